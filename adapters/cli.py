@@ -1,0 +1,160 @@
+"""The ``galley`` command: a driving adapter over the workflows and the composition root."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from galley.adapters.composition import REGISTRY, build_adapters
+from galley.adapters.logging import configure_logging
+from galley.adapters.run_config import load_run_config
+from galley.core.engine import Stream
+from galley.core.errors import GalleyError, WorkflowError
+from galley.workflows import WORKFLOWS
+from galley.workflows.sft import RunResult, new_run_id
+
+
+class ProgressObserver:
+    """A rich progress bar over the training loop: steps, loss and tokens/s."""
+
+    def __init__(self, console: Console) -> None:
+        self.progress = Progress(
+            TextColumn("{task.description}", style="bold", markup=False),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TextColumn("{task.fields[tps]} tok/s"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task: Any = None
+
+    def on_loop_start(self, loop: str, done: int, total: int) -> None:
+        self.progress.start()
+        self.task = self.progress.add_task(loop, total=total, completed=done, loss="-", tps="-")
+
+    def on_iteration_end(self, loop: str, counter: int) -> None:
+        self.progress.update(self.task, completed=counter)
+
+    def on_metrics(self, stream: Stream, step: int, metrics: Mapping[str, float]) -> None:
+        if stream == "train" and self.task is not None:
+            self.progress.update(self.task, loss=f"{metrics['loss']:.4f}", tps=f"{metrics.get('tokens_per_s', 0):,.0f}")
+
+    def stop(self) -> None:
+        self.progress.stop()
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def print_summary(console: Console, result: RunResult) -> None:
+    first_eval, last_eval = (result.eval[0], result.eval[-1]) if result.eval else ({}, {})
+    table = Table(title=f"run {result.run_id}", show_header=True)
+    table.add_column("metric")
+    table.add_column("before", justify="right")
+    table.add_column("after", justify="right")
+    if result.metrics:
+        table.add_row("train loss", _fmt(result.metrics[0]["loss"]), _fmt(result.metrics[-1]["loss"]))
+    table.add_row("held-out NLL", _fmt(first_eval.get("eval/nll")), _fmt(last_eval.get("eval/nll")))
+    if "eval/exact_match" in last_eval:
+        table.add_row("exact match", _fmt(last_eval["eval/exact_match_base"]), _fmt(last_eval["eval/exact_match"]))
+    console.print(table)
+    if result.samples:
+        samples = Table(title="held-out prompts: base vs fine-tuned", show_lines=True)
+        for column in ("prompt", "expected", "base", "fine-tuned"):
+            samples.add_column(column, overflow="fold")
+        for s in result.samples:
+            samples.add_row(s.prompt, s.reference, s.base, s.tuned)
+        console.print(samples)
+    console.print(f"steps: {result.steps}")
+    for record in result.checkpoints:
+        console.print(f"checkpoint (step {record.step}): {record.state.uri}")
+    if result.sampler is not None:
+        console.print(f"exported sampler weights: {result.sampler.uri}")
+
+
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    run_config = load_run_config(args.workflow, args.config, args.set, args.adapters)
+    config = run_config.config
+    if getattr(config, "run_id", "unset") is None:
+        config = attrs.evolve(config, run_id=new_run_id(args.workflow))
+    configure_logging("info" if args.verbose else "warning", args.log_file)
+    adapters = build_adapters(run_config.adapters)
+    kinds = ", ".join(f"{port}={c.kind}" for port, c in run_config.adapters.items())
+    console.print(f"galley {args.workflow} run {config.run_id}: {config.base_model} on {config.dataset}")
+    console.print(f"adapters: {kinds}")
+    observer = ProgressObserver(console)
+    try:
+        result = run_config.workflow.run(config, adapters, observers=[observer])
+    finally:
+        observer.stop()
+    print_summary(console, result)
+    return 0
+
+
+def cmd_workflows(args: argparse.Namespace, console: Console) -> int:
+    for spec in WORKFLOWS.values():
+        workflow = spec.build(spec.config_type())
+        console.print(f"{spec.name}: {spec.description}", style="bold")
+        console.print(f"  ports: {', '.join(sorted(workflow.ports))}")
+        for stage in workflow.stages():
+            ports = f" [{', '.join(sorted(stage.ports))}]" if stage.ports else ""
+            console.print(f"  - {stage.name}{ports}: {getattr(stage, 'doc', '')}")
+    return 0
+
+
+def cmd_adapters(args: argparse.Namespace, console: Console) -> int:
+    table = Table(title="adapters per port")
+    for column in ("port", "kind", "options", "description"):
+        table.add_column(column)
+    for port, kinds in REGISTRY.items():
+        for kind in kinds.values():
+            options = ", ".join(f.name for f in attrs.fields(kind.options))
+            table.add_row(port, kind.kind, options or "-", kind.description)
+    console.print(table)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="galley", description="Compose and run LLM fine-tuning workflows.")
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run a workflow")
+    run.add_argument("workflow", choices=sorted(WORKFLOWS))
+    run.add_argument("--config", type=Path, help="TOML file with [<workflow>] and [adapters] tables")
+    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
+    run.add_argument("--adapters", metavar="KIND", help="use this adapter kind for every port (e.g. noop)")
+    run.add_argument("--log-file", type=Path, help="write every event as JSON lines to this file")
+    run.add_argument("-v", "--verbose", action="store_true", help="show info events on the console")
+    run.set_defaults(handler=cmd_run)
+    sub.add_parser("workflows", help="list workflows, their stages and ports").set_defaults(handler=cmd_workflows)
+    sub.add_parser("adapters", help="list the adapter kinds per port").set_defaults(handler=cmd_adapters)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    console = Console(markup=False, highlight=False)
+    try:
+        code: int = args.handler(args, console)
+        return code
+    except WorkflowError as e:
+        console.print(f"error: {e}", style="red")
+        return 1
+    except GalleyError as e:
+        console.print(f"error: {e}", style="red")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

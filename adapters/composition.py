@@ -1,0 +1,196 @@
+"""The composition root: adapter kinds per port, and config -> :class:`Adapters`.
+
+A config names, per port, an adapter kind and its options::
+
+    [adapters]
+    default = "noop"          # kind for every port not listed
+    metrics = "noop"          # shorthand: kind only
+    [adapters.training]
+    kind = "noop"
+    sensitivity = 50.0        # the kind's options
+
+Kinds are registered in :data:`REGISTRY`; importing an adapter's dependencies happens only
+when that kind is built, so listing kinds costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import attrs
+
+from galley.core.adapter_set import PORT_NAMES, Adapters
+from galley.core.config import config_from_mapping
+from galley.core.errors import ConfigError
+
+# Ports in build order: an adapter may use the ones built before it.
+BUILD_ORDER: tuple[str, ...] = ("blobs", "hub", "datasets", "metrics", "training", "completer")
+DEFAULT_KINDS: Mapping[str, str] = dict.fromkeys(PORT_NAMES, "noop")
+
+
+@attrs.frozen
+class FaultOptions:
+    """Fault injection shared by the noop kinds (for reliability tests)."""
+
+    failure_rate: float = 0.0
+    latency_s: float = 0.0
+    fault_seed: int = 0
+
+    def faults(self) -> Any:
+        from galley.adapters.noop import Faults
+
+        if not (self.failure_rate or self.latency_s):
+            return None
+        return Faults(self.failure_rate, self.latency_s, self.fault_seed)
+
+
+@attrs.frozen
+class NoopTrainingOptions(FaultOptions):
+    sensitivity: float = 100.0
+    floor: float = 0.05
+
+
+@attrs.frozen
+class NoopDatasetOptions(FaultOptions):
+    seed: int = 0
+    train_rows: int = 256
+    test_rows: int = 32
+
+
+@attrs.frozen
+class NoopCompleterOptions(FaultOptions):
+    scripted: dict[str, str] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class NoOptions:
+    pass
+
+
+@attrs.frozen
+class LocalHubOptions:
+    root: str = "."
+
+
+Built = Mapping[str, Any]
+
+
+@attrs.frozen
+class AdapterKind:
+    port: str
+    kind: str
+    description: str
+    options: type[Any]
+    build: Callable[[Any, Built], Any] = attrs.field(repr=False)
+
+
+def _noop_training(o: NoopTrainingOptions, built: Built) -> Any:
+    from galley.adapters.noop import NoopTrainingClient
+
+    return NoopTrainingClient(built["blobs"], sensitivity=o.sensitivity, floor=o.floor, faults=o.faults())
+
+
+def _noop_datasets(o: NoopDatasetOptions, built: Built) -> Any:
+    from galley.adapters.noop import NoopDatasetStore
+
+    return NoopDatasetStore(seed=o.seed, train_rows=o.train_rows, test_rows=o.test_rows, faults=o.faults())
+
+
+def _noop_blobs(o: FaultOptions, built: Built) -> Any:
+    from galley.adapters.noop import NoopBlobStore
+
+    return NoopBlobStore(o.faults())
+
+
+def _noop_hub(o: NoOptions, built: Built) -> Any:
+    from galley.adapters.noop import NoopHubClient
+
+    return NoopHubClient()
+
+
+def _local_hub(o: LocalHubOptions, built: Built) -> Any:
+    from galley.adapters.local_hub import LocalDirectoryHub
+
+    return LocalDirectoryHub(o.root)
+
+
+def _noop_metrics(o: FaultOptions, built: Built) -> Any:
+    from galley.adapters.noop import NoopMetricsStore
+
+    return NoopMetricsStore(o.faults())
+
+
+def _noop_completer(o: NoopCompleterOptions, built: Built) -> Any:
+    from galley.adapters.noop import NoopCompleter
+
+    return NoopCompleter(o.scripted, blobs=built["blobs"], faults=o.faults())
+
+
+REGISTRY: dict[str, dict[str, AdapterKind]] = {port: {} for port in PORT_NAMES}
+
+
+def register(kind: AdapterKind) -> None:
+    """Add an adapter kind (your own, too) so configs and the CLI can name it."""
+    if kind.port not in REGISTRY:
+        raise ConfigError(f"unknown port {kind.port!r}; expected one of {', '.join(PORT_NAMES)}")
+    REGISTRY[kind.port][kind.kind] = kind
+
+
+for _kind in (
+    AdapterKind("training", "noop", "fake one-parameter model: loss falls with steps and LR", NoopTrainingOptions, _noop_training),
+    AdapterKind("datasets", "noop", "in-memory datasets; unknown names give a synthetic chat task", NoopDatasetOptions, _noop_datasets),
+    AdapterKind("blobs", "noop", "in-memory blobs (lost at exit)", FaultOptions, _noop_blobs),
+    AdapterKind("hub", "noop", "synthetic in-memory model repos", NoOptions, _noop_hub),
+    AdapterKind("hub", "local", "a local folder of repos: <root>/<org>/<name>", LocalHubOptions, _local_hub),
+    AdapterKind("metrics", "noop", "in-memory metric rows", FaultOptions, _noop_metrics),
+    AdapterKind("completer", "noop", "scripted or echoed answers", NoopCompleterOptions, _noop_completer),
+):
+    register(_kind)
+
+
+@attrs.frozen
+class AdapterChoice:
+    kind: str
+    options: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+def parse_adapters_table(table: Mapping[str, Any], source: str = "[adapters]") -> dict[str, AdapterChoice]:
+    """Per-port choices from an ``[adapters]`` table; ports not named get ``default``."""
+    if not isinstance(table, Mapping):
+        raise ConfigError(f"{source}: expected a table, got {type(table).__name__}")
+    unknown = sorted(set(table) - {*PORT_NAMES, "default"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown port(s) {', '.join(unknown)}; valid: default, {', '.join(PORT_NAMES)}")
+    default = table.get("default")
+    choices = {}
+    for port in PORT_NAMES:
+        entry = table.get(port, default or DEFAULT_KINDS[port])
+        if isinstance(entry, str):
+            choices[port] = AdapterChoice(entry)
+        elif isinstance(entry, Mapping):
+            options = {k: v for k, v in entry.items() if k != "kind"}
+            choices[port] = AdapterChoice(entry.get("kind", default or DEFAULT_KINDS[port]), options)
+        else:
+            raise ConfigError(f"{source}.{port}: expected a kind name or a table, got {entry!r}")
+    return choices
+
+
+def build_adapters(choices: Mapping[str, AdapterChoice], **instances: Any) -> Adapters:
+    """Build every port's adapter from its choice; ``instances`` are ready-made adapters
+    that take a port's place (and are seen by the adapters built after it)."""
+    built: dict[str, Any] = {}
+    for port in BUILD_ORDER:
+        if port in instances:
+            built[port] = instances[port]
+            continue
+        choice = choices.get(port, AdapterChoice(DEFAULT_KINDS[port]))
+        kinds = REGISTRY[port]
+        if choice.kind not in kinds:
+            raise ConfigError(
+                f"[adapters.{port}]: unknown adapter kind {choice.kind!r}; available: {', '.join(sorted(kinds))}"
+            )
+        spec = kinds[choice.kind]
+        options = config_from_mapping(spec.options, choice.options, f"[adapters.{port}] ({choice.kind})")
+        built[port] = spec.build(options, built)
+    return Adapters(**built)

@@ -1,0 +1,54 @@
+"""structlog setup for the CLI: warnings to the console, every event as JSON to a file."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+
+
+class _JsonFileTee:
+    """Writes each event (at ``level`` or above) as a JSON line, then passes it on."""
+
+    def __init__(self, stream: TextIO, level: int) -> None:
+        self.stream, self.level = stream, level
+
+    def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        if LEVELS.get(method, logging.INFO) >= self.level:
+            self.stream.write(json.dumps(event, default=str) + "\n")
+            self.stream.flush()
+        return event
+
+
+def _console_filter(level: int) -> Any:
+    def drop_below(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+        if LEVELS.get(method, logging.INFO) < level:
+            raise structlog.DropEvent
+        return event
+
+    return drop_below
+
+
+def configure_logging(console_level: str = "warning", json_file: Path | None = None, file_level: str = "info") -> None:
+    console, to_file = LEVELS[console_level], LEVELS[file_level]
+    processors: list[Any] = [
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    if json_file is not None:
+        json_file.parent.mkdir(parents=True, exist_ok=True)
+        processors.append(_JsonFileTee(json_file.open("a", encoding="utf-8"), to_file))
+    processors += [_console_filter(console), structlog.dev.ConsoleRenderer(colors=False)]
+    lowest = min(console, to_file) if json_file is not None else console
+    structlog.configure(
+        processors=processors,
+        wrapper_class=structlog.make_filtering_bound_logger(lowest),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )

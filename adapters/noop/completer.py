@@ -1,0 +1,94 @@
+"""A fake Completer: scripted answers (by prompt substring) or the prompt echoed back."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Mapping, Sequence
+
+from galley.adapters.noop.faults import FaultInjector, Faults
+from galley.adapters.noop.tokenizer import ByteTokenizer
+from galley.core.chat import ROLES
+from galley.core.errors import NotFoundError
+from galley.core.keys import join_key
+from galley.core.manifest import MANIFEST_NAME
+from galley.core.model_input import ModelInput
+from galley.core.types import Completion, ModelRef, SampledSequence, SamplingParams
+from galley.ports.blobs import BlobStore
+
+
+class NoopCompleter:
+    """Answers with ``scripted[key]`` for the longest ``key`` found in the prompt text, else
+    with the prompt's last line (without a role header such as ``User:``). Honours max_tokens, stop strings and stop token ids; logprobs
+    are a fixed function of (seed, position, token). Checks that a model's adapter exists when
+    a BlobStore is given, as a real completer would fail to load a missing one."""
+
+    def __init__(
+        self,
+        scripted: Mapping[str, str] | None = None,
+        *,
+        blobs: BlobStore | None = None,
+        faults: Faults | None = None,
+    ) -> None:
+        self.scripted = dict(scripted or {})
+        self.tokenizer = ByteTokenizer()
+        self._blobs = blobs
+        self._faults = FaultInjector(faults)
+
+    def _answer(self, text: str) -> str:
+        for key in sorted(self.scripted, key=len, reverse=True):
+            if key in text:
+                return self.scripted[key]
+        for line in reversed(text.splitlines()):
+            # Echo the last line with content, minus a chat header such as "User:".
+            head, sep, rest = line.partition(":")
+            if sep and head.strip().lower() in ROLES:
+                line = rest
+            if line.strip():
+                return line.strip()
+        return ""
+
+    def _sequence(self, text: str, params: SamplingParams, sample: int) -> SampledSequence:
+        tok = self.tokenizer
+        answer = self._answer(text)
+        cut = min((answer.find(s) for s in params.stop if s in answer), default=-1)
+        tokens = tok.encode(answer if cut < 0 else answer[:cut])
+        reason = "stop"
+        stop_ids = [i for i, t in enumerate(tokens) if t in params.stop_token_ids]
+        if stop_ids:
+            tokens = tokens[: stop_ids[0] + 1]
+        elif cut < 0 and not params.ignore_eos:
+            tokens.append(tok.eos_token_id)
+        if len(tokens) > params.max_tokens:
+            tokens, reason = tokens[: params.max_tokens], "length"
+        seed = (params.seed or 0) * 7919 + sample
+        logprobs = [-((zlib.crc32(bytes([i % 251, t % 251])) + seed) % 1000) / 2000.0 for i, t in enumerate(tokens)]
+        return SampledSequence(tokens, logprobs, reason, tok.decode(tokens))  # type: ignore[arg-type]
+
+    def _check_model(self, model: ModelRef | None) -> None:
+        if model is not None and model.adapter is not None and self._blobs is not None:
+            key = join_key(model.adapter.key, MANIFEST_NAME)
+            if not self._blobs.exists(key):
+                raise NotFoundError(f"sampler weights {model.adapter.key!r} not found (no {key!r})")
+
+    def complete(
+        self, prompt: str | ModelInput, params: SamplingParams, *, model: ModelRef | None = None, num_samples: int = 1
+    ) -> Completion:
+        self._faults("complete")
+        self._check_model(model)
+        ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt.to_ints()
+        text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids)
+        sequences = [self._sequence(text, params, i) for i in range(num_samples)]
+        prompt_logprobs = None
+        if params.include_prompt_logprobs:
+            prompt_logprobs = (None, *(-(t % 17) / 10.0 for t in ids[1:]))
+        return Completion(ids, sequences, prompt_logprobs)
+
+    def complete_batch(
+        self, prompts: Sequence[str | ModelInput], params: SamplingParams, *, model: ModelRef | None = None
+    ) -> list[Completion]:
+        return [self.complete(p, params, model=model) for p in prompts]
+
+    def stream(
+        self, prompt: str | ModelInput, params: SamplingParams, *, model: ModelRef | None = None
+    ) -> Iterator[str]:
+        yield from self.complete(prompt, params, model=model).text

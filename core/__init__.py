@@ -1,0 +1,96 @@
+"""galley's domain: types, rendering, schedules, batching, losses and the stage engine.
+
+Pure Python on attrs/cattrs/numpy/structlog: nothing here touches a framework or the network.
+"""
+
+from galley.core.adapter_set import PORT_NAMES, Adapters
+from galley.core.batching import BatchPlan, DataPosition
+from galley.core.chat import ROLES, Conversation, Message, TrainOn
+from galley.core.custom_loss import CustomLossOutput, forward_backward_custom
+from galley.core.errors import (
+    ConfigError,
+    DataError,
+    DataFlowError,
+    GalleyError,
+    NotFoundError,
+    TransientError,
+    ValidationError,
+    WorkflowError,
+)
+from galley.core.losses import LOSS_NAMES, LossFn, reference_loss
+from galley.core.model_input import EncodedTextChunk, ModelInput
+from galley.core.records import CheckpointRecord, MetricRecord
+from galley.core.rendering import RenderedExample, Renderer, RoleColonRenderer, to_datum
+from galley.core.schedules import LRSchedule, ScheduleKind, lr_at
+from galley.core.serialization import from_data, from_json, to_data, to_json
+from galley.core.tensors import TensorData
+from galley.core.tokenizer import Tokenizer
+from galley.core.types import (
+    AdamParams,
+    CheckpointRef,
+    Completion,
+    Datum,
+    ForwardBackwardInput,
+    ForwardBackwardOutput,
+    LoraConfig,
+    ModelInfo,
+    ModelRef,
+    OptimStepResult,
+    SampledSequence,
+    SamplingParams,
+    SessionConfig,
+)
+
+__all__ = [
+    "LOSS_NAMES",
+    "PORT_NAMES",
+    "ROLES",
+    "AdamParams",
+    "Adapters",
+    "BatchPlan",
+    "CheckpointRecord",
+    "CheckpointRef",
+    "Completion",
+    "ConfigError",
+    "Conversation",
+    "CustomLossOutput",
+    "DataError",
+    "DataFlowError",
+    "DataPosition",
+    "Datum",
+    "EncodedTextChunk",
+    "ForwardBackwardInput",
+    "ForwardBackwardOutput",
+    "GalleyError",
+    "LRSchedule",
+    "LoraConfig",
+    "LossFn",
+    "Message",
+    "MetricRecord",
+    "ModelInfo",
+    "ModelInput",
+    "ModelRef",
+    "NotFoundError",
+    "OptimStepResult",
+    "RenderedExample",
+    "Renderer",
+    "RoleColonRenderer",
+    "SampledSequence",
+    "SamplingParams",
+    "ScheduleKind",
+    "SessionConfig",
+    "TensorData",
+    "Tokenizer",
+    "TrainOn",
+    "TransientError",
+    "ValidationError",
+    "WorkflowError",
+    "forward_backward_custom",
+    "from_data",
+    "from_json",
+    "lr_at",
+    "reference_loss",
+    "to_data",
+    "to_datum",
+    "to_json",
+]

@@ -1,0 +1,83 @@
+"""attrs validators that raise :class:`ValidationError` naming ``Class.field``."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Collection
+from typing import Any
+
+import attrs
+
+from galley.core.errors import ValidationError
+
+Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def field_name(instance: object, attribute: attrs.Attribute[Any]) -> str:
+    return f"{type(instance).__name__}.{attribute.name}"
+
+
+def _number(instance: object, attribute: attrs.Attribute[Any], value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValidationError(
+            field_name(instance, attribute), f"expected a number, got {type(value).__name__}"
+        )
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValidationError(field_name(instance, attribute), f"expected a finite number, got {value}")
+    return float(value)
+
+
+def at_least(low: float) -> Validator:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if _number(instance, attribute, value) < low:
+            raise ValidationError(field_name(instance, attribute), f"must be >= {low}, got {value}")
+
+    return check
+
+
+def in_range(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Validator:
+    lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        x = _number(instance, attribute, value)
+        below = x <= low if low_open else x < low
+        above = x >= high if high_open else x > high
+        if below or above:
+            raise ValidationError(
+                field_name(instance, attribute), f"must be in {lo}{low}, {high}{hi}, got {value}"
+            )
+
+    return check
+
+
+def integer(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValidationError(
+            field_name(instance, attribute), f"expected an integer, got {value!r}"
+        )
+
+
+def int_at_least(low: int) -> Validator:
+    return attrs.validators.and_(integer, at_least(low))
+
+
+def one_of(choices: Collection[str]) -> Validator:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value not in choices:
+            raise ValidationError(
+                field_name(instance, attribute),
+                f"unknown value {value!r}; expected one of {', '.join(sorted(choices))}",
+            )
+
+    return check
+
+
+def safe_name(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """A name used as one path segment: non-empty, no separators, no '..'."""
+    if not isinstance(value, str) or not value:
+        raise ValidationError(field_name(instance, attribute), "expected a non-empty string")
+    if value in {".", ".."} or any(c in value for c in "/\\\0"):
+        raise ValidationError(
+            field_name(instance, attribute),
+            f"{value!r} is not a plain name (no '/', '\\\\', '..' or NUL allowed)",
+        )

@@ -1,0 +1,58 @@
+"""Build attrs config classes from plain mappings (TOML tables, ``--set`` flags) with errors
+that name the source and key, and list the valid keys when one is unknown."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+
+from galley.core.errors import ConfigError, GalleyError
+from galley.core.serialization import converter
+
+T = TypeVar("T")
+
+
+def config_from_mapping(cls: type[T], data: Mapping[str, Any], source: str) -> T:
+    """``cls(**data)`` with type conversion; unknown keys and invalid values are ConfigErrors."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: expected a table of settings, got {type(data).__name__}")
+    valid = [f.name for f in attrs.fields(cls)]  # type: ignore[misc]
+    unknown = sorted(set(data) - set(valid))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
+    try:
+        return converter.structure(dict(data), cls)
+    except cattrs.BaseValidationError as e:
+        raise ConfigError(f"{source}: {'; '.join(_messages(e))}") from None
+    except GalleyError as e:
+        raise ConfigError(f"{source}: {e}") from None
+
+
+def _messages(error: cattrs.BaseValidationError) -> list[str]:
+    out = []
+    for exc, note in error.group_exceptions():
+        where = getattr(note, "name", "?")
+        if isinstance(exc, cattrs.BaseValidationError):
+            out += [f"{where}: {m}" for m in _messages(exc)]
+        else:
+            out.append(f"{where}: {exc}")
+    return out
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value read as a TOML literal (``10``, ``1e-4``, ``true``,
+    ``"x"``, ``[1, 2]``), falling back to the plain string."""
+    import tomllib
+
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text!r}: expected key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value

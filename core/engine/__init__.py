@@ -1,0 +1,24 @@
+"""The stage engine: declare stages and loops, check the data flow, run with retries."""
+
+from galley.core.engine.dataflow import check_data_flow
+from galley.core.engine.retry import NO_RETRY, RetryPolicy, call_with_retry
+from galley.core.engine.runner import Observer, Runner, StageContext, Stream
+from galley.core.engine.stage import Every, FunctionStage, Loop, Stage, Step, Workflow, stage
+
+__all__ = [
+    "NO_RETRY",
+    "Every",
+    "FunctionStage",
+    "Loop",
+    "Observer",
+    "RetryPolicy",
+    "Runner",
+    "Stage",
+    "StageContext",
+    "Step",
+    "Stream",
+    "Workflow",
+    "call_with_retry",
+    "check_data_flow",
+    "stage",
+]

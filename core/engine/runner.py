@@ -1,0 +1,163 @@
+"""The runner: checks a workflow's data flow, then runs it stage by stage.
+
+It owns the cross-cutting work so stages stay small: structlog events for the workflow, every
+stage and every step; recording metrics through the MetricsStore port; retrying stages that
+raise transient errors; and stopping cleanly, with the state so far, on any other error.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol
+
+import attrs
+import structlog
+
+from galley.core.adapter_set import Adapters
+from galley.core.engine.dataflow import check_data_flow
+from galley.core.engine.retry import RetryPolicy, call_with_retry
+from galley.core.engine.stage import Every, Loop, Stage, Step, Workflow
+from galley.core.errors import DataFlowError, WorkflowError
+from galley.core.records import MetricRecord
+
+Stream = Literal["train", "eval"]
+
+
+class Observer(Protocol):
+    """Follows a run as it goes (the CLI's progress bar is one)."""
+
+    def on_loop_start(self, loop: str, done: int, total: int) -> None: ...
+
+    def on_iteration_end(self, loop: str, counter: int) -> None: ...
+
+    def on_metrics(self, stream: Stream, step: int, metrics: Mapping[str, float]) -> None: ...
+
+
+@attrs.define
+class StageContext:
+    """What a running stage may use besides its inputs: the adapters, a logger bound to the
+    run, and the metrics recorder."""
+
+    adapters: Adapters
+    run_id: str
+    log: Any
+    _runner: Runner
+
+    def record_metrics(self, step: int, metrics: Mapping[str, float], stream: Stream = "train") -> None:
+        self._runner.record_metrics(step, metrics, stream)
+
+
+class Runner:
+    """Runs workflows against one set of adapters under one run id."""
+
+    def __init__(
+        self,
+        adapters: Adapters,
+        *,
+        run_id: str,
+        retry: RetryPolicy | None = None,
+        observers: Sequence[Observer] = (),
+        trace_stages: bool = False,
+    ) -> None:
+        self.adapters = adapters
+        self.trace_stages = trace_stages
+        self.run_id = run_id
+        self.retry = retry or RetryPolicy()
+        self.observers = tuple(observers)
+        self.records: list[tuple[Stream, MetricRecord]] = []
+        self.log = structlog.get_logger("galley").bind(run_id=run_id)
+        self._ctx = StageContext(adapters, run_id, self.log, self)
+
+    def record_metrics(self, step: int, metrics: Mapping[str, float], stream: Stream = "train") -> None:
+        record = MetricRecord(self.run_id, step, metrics, time.time())
+        call_with_retry(
+            self.retry,
+            lambda: self.adapters.metrics.record(self.run_id, step, record.metrics),
+            self._on_retry("metrics.record", step),
+        )
+        self.records.append((stream, record))
+        self.log.info(f"{stream}.metrics", step=step, **record.metrics)
+        for observer in self.observers:
+            observer.on_metrics(stream, step, record.metrics)
+
+    def run(self, workflow: Workflow, initial: Mapping[str, Any]) -> dict[str, Any]:
+        """Run ``workflow`` from ``initial`` state; return the final state.
+
+        Raises :class:`DataFlowError` before running anything if a stage reads a key nothing
+        provides, and :class:`WorkflowError` (with ``.state``) when a stage fails for good."""
+        check_data_flow(workflow, initial)
+        state = dict(initial)
+        log = self.log.bind(workflow=workflow.name)
+        log.info("workflow.start", stages=[s.name for s in workflow.stages()])
+        started = time.perf_counter()
+        try:
+            self._run_steps(workflow.steps, state, None)
+            call_with_retry(self.retry, self.adapters.metrics.flush, self._on_retry("metrics.flush", None))
+        except WorkflowError as error:
+            log.error("workflow.error", stage=error.stage, step=error.step, error=str(error))
+            raise
+        log.info("workflow.end", duration_s=round(time.perf_counter() - started, 4))
+        return state
+
+    def _run_steps(self, steps: Sequence[Step], state: dict[str, Any], step: int | None) -> None:
+        for item in steps:
+            if isinstance(item, Loop):
+                self._run_loop(item, state)
+            elif isinstance(item, Every):
+                if item.should_run(state):
+                    self._run_stage(item.stage, state, step)
+            else:
+                self._run_stage(item, state, step)
+
+    def _run_loop(self, loop: Loop, state: dict[str, Any]) -> None:
+        done, total = int(state[loop.start]), int(state[loop.stop])
+        self.log.info("loop.start", loop=loop.name, done=done, total=total)
+        for observer in self.observers:
+            observer.on_loop_start(loop.name, done, total)
+        for counter in range(done + 1, total + 1):
+            state[loop.counter] = counter
+            self._run_steps(loop.body, state, counter)
+            self.log.debug("step.end", loop=loop.name, step=counter)
+            for observer in self.observers:
+                observer.on_iteration_end(loop.name, counter)
+        self.log.info("loop.end", loop=loop.name, steps=max(0, total - done))
+
+    def _run_stage(self, stage: Stage, state: dict[str, Any], step: int | None) -> None:
+        # Inside loops, stage events are debug-level and opt-in (``trace_stages``): a pair per
+        # stage per step would cost more than the fastest stages themselves.
+        quiet = step is not None and not self.trace_stages
+        emit = self.log.debug if step is not None else self.log.info
+        if not quiet:
+            emit("stage.start", stage=stage.name, step=step)
+        started = time.perf_counter()
+        inputs = {key: state[key] for key in stage.reads}
+        try:
+            outputs = call_with_retry(
+                self.retry, lambda: stage.run(self._ctx, inputs), self._on_retry(stage.name, step)
+            )
+        except Exception as error:
+            where = f" at step {step}" if step is not None else ""
+            raise WorkflowError(
+                f"stage {stage.name!r} failed{where}: {type(error).__name__}: {error}",
+                stage=stage.name,
+                step=step,
+                state=dict(state),
+            ) from error
+        if set(outputs) != stage.writes:
+            extra, missing = set(outputs) - stage.writes, stage.writes - set(outputs)
+            raise DataFlowError(
+                f"stage {stage.name!r} declared writes {sorted(stage.writes)} but returned "
+                f"{sorted(outputs)} (undeclared: {sorted(extra)}, missing: {sorted(missing)})"
+            )
+        state.update(outputs)
+        if not quiet:
+            emit("stage.end", stage=stage.name, step=step, duration_s=round(time.perf_counter() - started, 6))
+
+    def _on_retry(self, what: str, step: int | None) -> Any:
+        def log_retry(attempt: int, error: BaseException, delay: float) -> None:
+            self.log.warning(
+                "retry", what=what, step=step, attempt=attempt, delay_s=delay, error=str(error)
+            )
+
+        return log_retry

@@ -1,0 +1,125 @@
+"""Stages, loops and workflows: the shape of a run, declared before it runs.
+
+A stage names the state keys it reads and writes (and the ports it uses). It receives exactly
+the keys it reads, as keyword arguments, and returns a dict of exactly the keys it writes, so
+every data dependency is visible in the declaration and checked before anything runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+import attrs
+
+if TYPE_CHECKING:
+    from galley.core.engine.runner import StageContext
+
+StageFn = Callable[..., Mapping[str, Any]]
+
+
+@runtime_checkable
+class Stage(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def reads(self) -> frozenset[str]: ...
+
+    @property
+    def writes(self) -> frozenset[str]: ...
+
+    @property
+    def ports(self) -> frozenset[str]: ...
+
+    def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Do the work; return a value for every key in ``writes`` and nothing else.
+
+        A stage that raises a transient error is run again from the start, so it must not have
+        changed anything outside its return value before the failing call."""
+        ...
+
+
+@attrs.frozen
+class FunctionStage:
+    """A stage made from a function ``fn(ctx, **reads) -> {write: value}``."""
+
+    name: str
+    fn: StageFn = attrs.field(repr=False)
+    reads: frozenset[str] = attrs.field(converter=frozenset, factory=frozenset)
+    writes: frozenset[str] = attrs.field(converter=frozenset, factory=frozenset)
+    ports: frozenset[str] = attrs.field(converter=frozenset, factory=frozenset)
+    doc: str = ""
+
+    def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
+        return self.fn(ctx, **inputs)
+
+
+def stage(
+    *, reads: Iterable[str] = (), writes: Iterable[str] = (), ports: Iterable[str] = ()
+) -> Callable[[StageFn], FunctionStage]:
+    """Decorator: ``@stage(reads=("session",), writes=("pending",), ports=("training",))``."""
+
+    def wrap(fn: StageFn) -> FunctionStage:
+        doc = (fn.__doc__ or "").strip().split("\n")[0]
+        return FunctionStage(fn.__name__, fn, reads, writes, ports, doc)
+
+    return wrap
+
+
+@attrs.frozen
+class Every:
+    """Runs ``stage`` when ``state[key] % n == 0`` (never when ``n == 0``). Its writes are not
+    guaranteed, so later stages may not rely on them."""
+
+    stage: Stage
+    n: int
+    key: str = "step"
+
+    @property
+    def name(self) -> str:
+        return self.stage.name
+
+    def should_run(self, state: Mapping[str, Any]) -> bool:
+        return self.n > 0 and state[self.key] % self.n == 0
+
+
+@attrs.frozen
+class Loop:
+    """Runs ``body`` once for each ``counter`` in ``state[start] + 1 .. state[stop]``: the
+    1-based number of the iteration being run, with ``start`` iterations already done (so a
+    resumed run starts where it stopped)."""
+
+    name: str
+    body: tuple[Step, ...] = attrs.field(converter=tuple)
+    start: str = "start_step"
+    stop: str = "total_steps"
+    counter: str = "step"
+
+
+Step = Stage | Every | Loop
+
+
+@attrs.frozen
+class Workflow:
+    name: str
+    steps: tuple[Step, ...] = attrs.field(converter=tuple)
+    description: str = ""
+
+    def stages(self) -> list[Stage]:
+        """Every stage, in order, loops flattened."""
+        return list(_flatten(self.steps))
+
+    @property
+    def ports(self) -> frozenset[str]:
+        return frozenset(p for s in self.stages() for p in s.ports)
+
+
+def _flatten(steps: Iterable[Step]) -> Iterable[Stage]:
+    for step in steps:
+        if isinstance(step, Loop):
+            yield from _flatten(step.body)
+        elif isinstance(step, Every):
+            yield step.stage
+        else:
+            yield step

@@ -1,0 +1,66 @@
+"""galley's exception types.
+
+Every error galley raises on purpose derives from :class:`GalleyError`, so a caller can tell
+"galley refused this input" from "something crashed". Messages name the culprit (field, file,
+row, stage) and say what was expected.
+"""
+
+from __future__ import annotations
+
+
+class GalleyError(Exception):
+    """Base class of every error galley raises deliberately."""
+
+
+class ValidationError(GalleyError, ValueError):
+    """A value does not satisfy a type's contract; ``field`` names where it was found."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.reason = message
+
+
+class ConfigError(GalleyError, ValueError):
+    """A configuration (TOML file, ``--set`` flag, adapter options) is invalid."""
+
+
+class DataError(GalleyError, ValueError):
+    """A dataset row is malformed; the message names the source, row number and field."""
+
+    def __init__(self, source: str, row: int, field: str, message: str) -> None:
+        super().__init__(f"{source}, row {row}, field {field!r}: {message}")
+        self.source = source
+        self.row = row
+        self.field = field
+
+
+class DataFlowError(GalleyError):
+    """A workflow's stages read state that nothing provides; raised before anything runs."""
+
+
+class TransientError(GalleyError):
+    """A failure that may succeed when retried (a dropped connection, a busy server).
+
+    Adapters raise it (or a subclass) for faults worth retrying; the runner retries stages that
+    raise it, with bounded attempts and backoff. Everything else stops the run.
+    """
+
+
+class WorkflowError(GalleyError):
+    """A workflow stopped on an error; ``state`` holds everything committed before it."""
+
+    def __init__(
+        self, message: str, *, stage: str, step: int | None, state: dict[str, object]
+    ) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.step = step
+        self.state = state
+
+
+class NotFoundError(GalleyError, KeyError):
+    """A named thing (blob, dataset, repo file, checkpoint) does not exist."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""

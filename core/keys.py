@@ -1,0 +1,30 @@
+"""BlobStore keys: '/'-separated relative paths that can never escape the store's root."""
+
+from __future__ import annotations
+
+from galley.core.errors import ValidationError
+
+
+def check_key(key: str, field: str = "key") -> str:
+    """Return ``key`` if safe, else raise naming it: no absolute paths, '..', empty segments."""
+    if not isinstance(key, str) or not key:
+        raise ValidationError(field, f"expected a non-empty string key, got {key!r}")
+    problem = None
+    if key.startswith("/") or "\\" in key or "\0" in key or (len(key) > 1 and key[1] == ":"):
+        problem = "is absolute or has a backslash/NUL"
+    elif "://" in key:
+        problem = "is a URL; keys are relative to the store's root"
+    elif any(part in {"", ".", ".."} for part in key.split("/")):
+        problem = "has an empty, '.' or '..' segment"
+    if problem:
+        raise ValidationError(field, f"key {key!r} {problem}; expected a relative path like 'runs/x/y.json'")
+    return key
+
+
+def join_key(*parts: str) -> str:
+    return check_key("/".join(p.strip("/") for p in parts if p))
+
+
+def check_prefix(prefix: str, field: str = "prefix") -> str:
+    """Like :func:`check_key`, but the empty prefix (the whole store) is allowed."""
+    return prefix if prefix == "" else check_key(prefix.rstrip("/"), field)

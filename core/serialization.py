@@ -1,0 +1,69 @@
+"""JSON-safe (de)serialisation of every public type, through one cattrs converter.
+
+``to_data(obj)`` gives plain dicts/lists/str/float/int/bool/None that ``json.dumps`` accepts;
+``from_data(cls, data)`` rebuilds (and re-validates) the object. Unknown keys are refused, so a
+typo in a stored or hand-written document is an error, not a silently ignored field.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+import cattrs
+import numpy as np
+from cattrs.preconf.json import make_converter
+
+from galley.core.errors import ValidationError
+from galley.core.model_input import EncodedTextChunk
+from galley.core.tensors import DTYPES, TensorData
+
+T = TypeVar("T")
+
+converter = make_converter(forbid_extra_keys=True)
+
+
+def _unstructure_tensor(t: TensorData) -> dict[str, Any]:
+    data = t.data.reshape(-1).tolist()
+    if t.dtype == "float32":  # JSON has no NaN/Inf: carry them as strings
+        data = [x if np.isfinite(x) else repr(x) for x in data]
+    return {"dtype": t.dtype, "shape": list(t.shape), "data": data}
+
+
+def _structure_tensor(value: Any, _: Any) -> TensorData:
+    if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data"}:
+        raise ValidationError("TensorData", f"expected {{dtype, shape, data}}, got {value!r:.80}")
+    if value["dtype"] not in DTYPES:
+        raise ValidationError("TensorData.dtype", f"expected one of {DTYPES}, got {value['dtype']!r}")
+    flat = [float(x) if isinstance(x, str) else x for x in value["data"]]
+    try:
+        array = np.asarray(flat, dtype=value["dtype"]).reshape(value["shape"])
+    except (ValueError, TypeError) as e:
+        raise ValidationError("TensorData.data", f"does not fit shape {value['shape']}: {e}") from None
+    return TensorData(array)
+
+
+converter.register_unstructure_hook(TensorData, _unstructure_tensor)
+converter.register_structure_hook(TensorData, _structure_tensor)
+# A chunk is just its tokens: {"tokens": [...]} stays readable in JSONL.
+converter.register_unstructure_hook(EncodedTextChunk, lambda c: {"tokens": list(c.tokens)})
+
+
+def to_data(obj: Any) -> Any:
+    return converter.unstructure(obj)
+
+
+def from_data(cls: type[T], data: Any) -> T:
+    try:
+        return converter.structure(data, cls)
+    except cattrs.BaseValidationError as e:
+        leaves = "; ".join(cattrs.transform_error(e, path=cls.__name__))
+        raise ValidationError(cls.__name__, f"cannot read {cls.__name__}: {leaves}") from e
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(to_data(obj), sort_keys=True, separators=(",", ":"))
+
+
+def from_json(cls: type[T], text: str) -> T:
+    return from_data(cls, json.loads(text))

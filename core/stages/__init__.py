@@ -1,0 +1,37 @@
+"""Pure-domain stages: each depends only on the ports (through ``ctx.adapters``) and core."""
+
+from galley.core.stages.checkpoint import checkpoint_stage, export_sampler, read_index
+from galley.core.stages.data import load_dataset
+from galley.core.stages.evaluate import evaluate_stage, heldout_nll
+from galley.core.stages.render import render_dataset
+from galley.core.stages.sample import SampleComparison, sample_answers
+from galley.core.stages.session import start_session
+from galley.core.stages.train import (
+    InFlightStep,
+    Pipeline,
+    collect_results,
+    drain,
+    forward_backward,
+    optim_step,
+    plan_training,
+)
+
+__all__ = [
+    "InFlightStep",
+    "Pipeline",
+    "SampleComparison",
+    "checkpoint_stage",
+    "collect_results",
+    "drain",
+    "evaluate_stage",
+    "export_sampler",
+    "forward_backward",
+    "heldout_nll",
+    "load_dataset",
+    "optim_step",
+    "plan_training",
+    "read_index",
+    "render_dataset",
+    "sample_answers",
+    "start_session",
+]

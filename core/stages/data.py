@@ -1,0 +1,46 @@
+"""Load stage: dataset rows -> conversations, with a held-out split."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from galley.core.chat import Conversation
+from galley.core.data_formats import row_to_conversation
+from galley.core.engine import StageContext, stage
+from galley.core.errors import ValidationError
+
+
+def _conversations(ctx: StageContext, handle: Any, source: str) -> list[Conversation]:
+    rows = ctx.adapters.datasets.to_list(handle)
+    return [row_to_conversation(row, source=source, index=i) for i, row in enumerate(rows)]
+
+
+@stage(
+    reads=("dataset", "train_split", "eval_split", "eval_holdout", "seed"),
+    writes=("train_rows", "eval_rows"),
+    ports=("datasets",),
+)
+def load_dataset(
+    ctx: StageContext, dataset: str, train_split: str, eval_split: str, eval_holdout: int, seed: int
+) -> dict[str, Any]:
+    """Load the train split and the eval split (or hold out ``eval_holdout`` train rows)."""
+    store = ctx.adapters.datasets
+    handle = store.load(dataset)
+    train = _conversations(ctx, store.get_split(handle, train_split), f"{dataset}[{train_split}]")
+    if eval_split in store.splits(handle):
+        held_out = _conversations(ctx, store.get_split(handle, eval_split), f"{dataset}[{eval_split}]")
+    else:
+        if eval_holdout >= len(train):
+            raise ValidationError(
+                "eval_holdout",
+                f"{eval_holdout} held-out rows leave no training rows of {len(train)} in {dataset!r}",
+            )
+        order = np.random.default_rng([seed, 1]).permutation(len(train))
+        held_out = [train[i] for i in order[:eval_holdout]]
+        train = [train[i] for i in sorted(order[eval_holdout:])]
+    if not train:
+        raise ValidationError("dataset", f"{dataset!r} split {train_split!r} has no rows")
+    ctx.log.info("dataset.loaded", dataset=dataset, train_rows=len(train), eval_rows=len(held_out))
+    return {"train_rows": train, "eval_rows": held_out}

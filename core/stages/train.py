@@ -1,0 +1,183 @@
+"""Training stages: plan the batches, submit forward_backward and optim_step ahead, collect.
+
+Submission and collection are separate stages so the device never waits on the host: step k's
+requests are queued while step k-1 (up to ``submit_ahead`` steps) is still running, and each
+stage makes at most one non-idempotent call, so retrying a stage never doubles a gradient.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import numpy as np
+
+from galley.core.batching import BatchPlan, total_steps
+from galley.core.engine import StageContext, stage
+from galley.core.errors import ValidationError
+from galley.core.schedules import LRSchedule
+from galley.core.tensors import TensorData
+from galley.core.types import AdamParams, Datum, ForwardBackwardOutput, OptimStepResult
+
+if TYPE_CHECKING:
+    from galley.ports.training import TrainingSession
+
+
+@attrs.define
+class DoneClock:
+    """Records when a future finished (a done-callback), so throughput reflects when the
+    session did the work, not when the host got round to collecting it."""
+
+    at: float | None = None
+
+    def __call__(self, _: object) -> None:
+        self.at = time.perf_counter()
+
+
+@attrs.frozen
+class InFlightStep:
+    step: int
+    forward_backward: Future[ForwardBackwardOutput]
+    optim: Future[OptimStepResult] | None
+    tokens: int
+    submitted_at: float
+    done: DoneClock = attrs.field(factory=DoneClock, eq=False)
+
+
+@attrs.frozen
+class Pipeline:
+    """Steps submitted but not yet collected, oldest first."""
+
+    in_flight: tuple[InFlightStep, ...] = ()
+    last_done_at: float | None = None
+
+
+def normalised_batch(data: Sequence[Datum]) -> list[Datum]:
+    """The batch with weights divided by its trained-token count, so the summed loss is the
+    mean per-token NLL and the gradient's scale does not depend on batch length."""
+    total = sum(d.num_loss_tokens for d in data)
+    if total <= 0:
+        raise ValidationError("batch", "has no trained tokens (every weight is 0)")
+    out = []
+    for d in data:
+        weights = d.loss_fn_inputs["weights"].data / np.float32(total)
+        out.append(Datum(d.model_input, {**d.loss_fn_inputs, "weights": TensorData(weights)}))
+    return out
+
+
+@stage(
+    reads=(
+        "train_data", "batch_size", "seed", "num_epochs", "max_steps",
+        "learning_rate", "lr_schedule", "warmup_steps", "min_lr_ratio",
+    ),
+    writes=(
+        "batch_plan", "total_steps", "start_step", "schedule", "pipeline", "checkpoints", "evaluated_at",
+    ),
+)
+def plan_training(
+    ctx: StageContext,
+    train_data: Sequence[Datum],
+    batch_size: int,
+    seed: int,
+    num_epochs: int,
+    max_steps: int | None,
+    learning_rate: float,
+    lr_schedule: str,
+    warmup_steps: int,
+    min_lr_ratio: float,
+) -> dict[str, Any]:
+    """Fix the batch order (seeded shuffle per epoch), the step count and the LR schedule."""
+    plan = BatchPlan(num_examples=len(train_data), batch_size=batch_size, seed=seed)
+    steps = total_steps(plan, num_epochs, max_steps)
+    schedule = LRSchedule(learning_rate, lr_schedule, warmup_steps, max(1, steps), min_lr_ratio)  # type: ignore[arg-type]
+    ctx.log.info("training.planned", steps=steps, steps_per_epoch=plan.steps_per_epoch)
+    return {
+        "batch_plan": plan,
+        "total_steps": steps,
+        "start_step": 0,
+        "schedule": schedule,
+        "pipeline": Pipeline(),
+        "checkpoints": (),
+        "evaluated_at": -1,
+    }
+
+
+@stage(reads=("session", "train_data", "batch_plan", "step", "pipeline"), writes=("pipeline",), ports=("training",))
+def forward_backward(
+    ctx: StageContext,
+    session: TrainingSession,
+    train_data: Sequence[Datum],
+    batch_plan: BatchPlan,
+    step: int,
+    pipeline: Pipeline,
+) -> dict[str, Any]:
+    """Submit the gradient of step ``step``'s batch (does not wait)."""
+    batch = [train_data[i] for i in batch_plan.indices(step - 1)]
+    future = session.forward_backward(normalised_batch(batch), "cross_entropy")
+    entry = InFlightStep(step, future, None, sum(d.model_input.length for d in batch), time.perf_counter())
+    return {"pipeline": attrs.evolve(pipeline, in_flight=(*pipeline.in_flight, entry))}
+
+
+@stage(
+    reads=("session", "schedule", "step", "pipeline", "weight_decay", "grad_clip_norm"),
+    writes=("pipeline",),
+    ports=("training",),
+)
+def optim_step(
+    ctx: StageContext,
+    session: TrainingSession,
+    schedule: LRSchedule,
+    step: int,
+    pipeline: Pipeline,
+    weight_decay: float,
+    grad_clip_norm: float,
+) -> dict[str, Any]:
+    """Submit the AdamW update of step ``step`` with the scheduled LR (does not wait)."""
+    params = AdamParams(
+        learning_rate=schedule(step - 1), weight_decay=weight_decay, grad_clip_norm=grad_clip_norm
+    )
+    *older, last = pipeline.in_flight
+    if last.step != step or last.optim is not None:
+        raise ValidationError("pipeline", f"optim_step for step {step} without its forward_backward")
+    future = session.optim_step(params)
+    future.add_done_callback(last.done)
+    updated = attrs.evolve(last, optim=future)
+    return {"pipeline": attrs.evolve(pipeline, in_flight=(*older, updated))}
+
+
+def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipeline:
+    """Wait for the oldest steps until at most ``keep_in_flight`` remain; record their metrics."""
+    pending = list(pipeline.in_flight)
+    last = pipeline.last_done_at
+    while len(pending) > keep_in_flight:
+        entry = pending.pop(0)
+        fb = entry.forward_backward.result()
+        optim = entry.optim.result() if entry.optim is not None else None
+        done = entry.done.at or time.perf_counter()
+        elapsed = done - max(entry.submitted_at, last or entry.submitted_at)
+        last = done
+        metrics = {"loss": fb.metrics["loss:sum"], "tokens": float(entry.tokens)}
+        if optim is not None:
+            metrics |= {
+                "lr": optim.learning_rate,
+                "grad_norm": optim.grad_norm,
+                "update_norm": optim.update_norm,
+            }
+        metrics["tokens_per_s"] = entry.tokens / elapsed if elapsed > 0 else 0.0
+        ctx.record_metrics(entry.step, metrics)
+    return Pipeline(tuple(pending), last)
+
+
+@stage(reads=("pipeline", "submit_ahead"), writes=("pipeline",), ports=("training", "metrics"))
+def collect_results(ctx: StageContext, pipeline: Pipeline, submit_ahead: int) -> dict[str, Any]:
+    """Collect finished steps, leaving ``submit_ahead`` steps queued on the session."""
+    return {"pipeline": collect(ctx, pipeline, submit_ahead)}
+
+
+@stage(reads=("pipeline",), writes=("pipeline",), ports=("training", "metrics"))
+def drain(ctx: StageContext, pipeline: Pipeline) -> dict[str, Any]:
+    """Collect every step still in flight."""
+    return {"pipeline": collect(ctx, pipeline, 0)}

@@ -1,0 +1,37 @@
+"""The six ports: what stages need from the outside world, as ``typing.Protocol``s.
+
+An adapter is any object with these methods (no base class needed). Each docstring says what
+an adapter must guarantee.
+"""
+
+from galley.core.tokenizer import Tokenizer
+from galley.ports.blobs import BlobStore
+from galley.ports.completer import Completer, Prompt
+from galley.ports.datasets import DatasetHandle, DatasetStore, Row
+from galley.ports.hub import HubClient
+from galley.ports.metrics import MetricsStore
+from galley.ports.training import TrainingClient, TrainingSession
+
+PORTS: dict[str, type] = {
+    "training": TrainingClient,
+    "datasets": DatasetStore,
+    "blobs": BlobStore,
+    "hub": HubClient,
+    "metrics": MetricsStore,
+    "completer": Completer,
+}
+
+__all__ = [
+    "PORTS",
+    "BlobStore",
+    "Completer",
+    "DatasetHandle",
+    "DatasetStore",
+    "HubClient",
+    "MetricsStore",
+    "Prompt",
+    "Row",
+    "Tokenizer",
+    "TrainingClient",
+    "TrainingSession",
+]

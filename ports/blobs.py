@@ -1,0 +1,34 @@
+"""BlobStore: named bytes (checkpoints, exported weights, indexes)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
+
+
+@runtime_checkable
+class BlobStore(Protocol):
+    """Keys are '/'-separated relative paths (``galley.core.keys.check_key``); a key that is
+    absolute or contains '..' is refused with ``ValidationError`` before any I/O.
+    Missing keys raise ``NotFoundError`` naming the key. Safe to use from several threads."""
+
+    def read(self, key: str) -> bytes: ...
+
+    def stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+        """The object in chunks, for objects too large to hold twice in memory."""
+        ...
+
+    def write(self, key: str, data: bytes) -> None:
+        """Atomic: a reader sees the old object or the whole new one, never a part; a failed
+        write leaves the old object (or no object) in place."""
+        ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def list(self, prefix: str = "") -> list[str]:
+        """Sorted keys under ``prefix`` (a folder-like prefix: 'a/b' lists 'a/b/...')."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove one object; deleting a missing key is not an error."""
+        ...
