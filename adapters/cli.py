@@ -10,7 +10,14 @@ from typing import Any
 
 import attrs
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from galley.adapters.composition import REGISTRY, build_adapters
@@ -48,7 +55,11 @@ class ProgressObserver:
 
     def on_metrics(self, stream: Stream, step: int, metrics: Mapping[str, float]) -> None:
         if stream == "train" and self.task is not None:
-            self.progress.update(self.task, loss=f"{metrics['loss']:.4f}", tps=f"{metrics.get('tokens_per_s', 0):,.0f}")
+            self.progress.update(
+                self.task,
+                loss=f"{metrics['loss']:.4f}",
+                tps=f"{metrics.get('tokens_per_s', 0):,.0f}",
+            )
 
     def stop(self) -> None:
         self.progress.stop()
@@ -65,10 +76,16 @@ def print_summary(console: Console, result: RunResult) -> None:
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
     if result.metrics:
-        table.add_row("train loss", _fmt(result.metrics[0]["loss"]), _fmt(result.metrics[-1]["loss"]))
+        table.add_row(
+            "train loss", _fmt(result.metrics[0]["loss"]), _fmt(result.metrics[-1]["loss"])
+        )
     table.add_row("held-out NLL", _fmt(first_eval.get("eval/nll")), _fmt(last_eval.get("eval/nll")))
     if "eval/exact_match" in last_eval:
-        table.add_row("exact match", _fmt(last_eval["eval/exact_match_base"]), _fmt(last_eval["eval/exact_match"]))
+        table.add_row(
+            "exact match",
+            _fmt(last_eval["eval/exact_match_base"]),
+            _fmt(last_eval["eval/exact_match"]),
+        )
     console.print(table)
     if result.samples:
         samples = Table(title="held-out prompts: base vs fine-tuned", show_lines=True)
@@ -89,16 +106,19 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     config = run_config.config
     if getattr(config, "run_id", "unset") is None:
         config = attrs.evolve(config, run_id=new_run_id(args.workflow))
-    configure_logging("info" if args.verbose else "warning", args.log_file)
+    close_log = configure_logging("info" if args.verbose else "warning", args.log_file)
     adapters = build_adapters(run_config.adapters)
     kinds = ", ".join(f"{port}={c.kind}" for port, c in run_config.adapters.items())
-    console.print(f"galley {args.workflow} run {config.run_id}: {config.base_model} on {config.dataset}")
+    console.print(
+        f"galley {args.workflow} run {config.run_id}: {config.base_model} on {config.dataset}"
+    )
     console.print(f"adapters: {kinds}")
     observer = ProgressObserver(console)
     try:
         result = run_config.workflow.run(config, adapters, observers=[observer])
     finally:
         observer.stop()
+        close_log()
     print_summary(console, result)
     return 0
 
@@ -127,18 +147,34 @@ def cmd_adapters(args: argparse.Namespace, console: Console) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="galley", description="Compose and run LLM fine-tuning workflows.")
+    p = argparse.ArgumentParser(
+        prog="galley", description="Compose and run LLM fine-tuning workflows."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a workflow")
     run.add_argument("workflow", choices=sorted(WORKFLOWS))
-    run.add_argument("--config", type=Path, help="TOML file with [<workflow>] and [adapters] tables")
-    run.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a setting (repeatable)")
-    run.add_argument("--adapters", metavar="KIND", help="use this adapter kind for every port (e.g. noop)")
+    run.add_argument(
+        "--config", type=Path, help="TOML file with [<workflow>] and [adapters] tables"
+    )
+    run.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a setting (repeatable)",
+    )
+    run.add_argument(
+        "--adapters", metavar="KIND", help="use this adapter kind for every port (e.g. noop)"
+    )
     run.add_argument("--log-file", type=Path, help="write every event as JSON lines to this file")
     run.add_argument("-v", "--verbose", action="store_true", help="show info events on the console")
     run.set_defaults(handler=cmd_run)
-    sub.add_parser("workflows", help="list workflows, their stages and ports").set_defaults(handler=cmd_workflows)
-    sub.add_parser("adapters", help="list the adapter kinds per port").set_defaults(handler=cmd_adapters)
+    sub.add_parser("workflows", help="list workflows, their stages and ports").set_defaults(
+        handler=cmd_workflows
+    )
+    sub.add_parser("adapters", help="list the adapter kinds per port").set_defaults(
+        handler=cmd_adapters
+    )
     return p
 
 

@@ -88,13 +88,17 @@ class AdapterKind:
 def _noop_training(o: NoopTrainingOptions, built: Built) -> Any:
     from galley.adapters.noop import NoopTrainingClient
 
-    return NoopTrainingClient(built["blobs"], sensitivity=o.sensitivity, floor=o.floor, faults=o.faults())
+    return NoopTrainingClient(
+        built["blobs"], sensitivity=o.sensitivity, floor=o.floor, faults=o.faults()
+    )
 
 
 def _noop_datasets(o: NoopDatasetOptions, built: Built) -> Any:
     from galley.adapters.noop import NoopDatasetStore
 
-    return NoopDatasetStore(seed=o.seed, train_rows=o.train_rows, test_rows=o.test_rows, faults=o.faults())
+    return NoopDatasetStore(
+        seed=o.seed, train_rows=o.train_rows, test_rows=o.test_rows, faults=o.faults()
+    )
 
 
 def _noop_blobs(o: FaultOptions, built: Built) -> Any:
@@ -138,13 +142,29 @@ def register(kind: AdapterKind) -> None:
 
 
 for _kind in (
-    AdapterKind("training", "noop", "fake one-parameter model: loss falls with steps and LR", NoopTrainingOptions, _noop_training),
-    AdapterKind("datasets", "noop", "in-memory datasets; unknown names give a synthetic chat task", NoopDatasetOptions, _noop_datasets),
+    AdapterKind(
+        "training",
+        "noop",
+        "fake one-parameter model: loss falls with steps and LR",
+        NoopTrainingOptions,
+        _noop_training,
+    ),
+    AdapterKind(
+        "datasets",
+        "noop",
+        "in-memory datasets; unknown names give a synthetic chat task",
+        NoopDatasetOptions,
+        _noop_datasets,
+    ),
     AdapterKind("blobs", "noop", "in-memory blobs (lost at exit)", FaultOptions, _noop_blobs),
     AdapterKind("hub", "noop", "synthetic in-memory model repos", NoOptions, _noop_hub),
-    AdapterKind("hub", "local", "a local folder of repos: <root>/<org>/<name>", LocalHubOptions, _local_hub),
+    AdapterKind(
+        "hub", "local", "a local folder of repos: <root>/<org>/<name>", LocalHubOptions, _local_hub
+    ),
     AdapterKind("metrics", "noop", "in-memory metric rows", FaultOptions, _noop_metrics),
-    AdapterKind("completer", "noop", "scripted or echoed answers", NoopCompleterOptions, _noop_completer),
+    AdapterKind(
+        "completer", "noop", "scripted or echoed answers", NoopCompleterOptions, _noop_completer
+    ),
 ):
     register(_kind)
 
@@ -155,13 +175,18 @@ class AdapterChoice:
     options: Mapping[str, Any] = attrs.field(factory=dict)
 
 
-def parse_adapters_table(table: Mapping[str, Any], source: str = "[adapters]") -> dict[str, AdapterChoice]:
+def parse_adapters_table(
+    table: Mapping[str, Any], source: str = "[adapters]"
+) -> dict[str, AdapterChoice]:
     """Per-port choices from an ``[adapters]`` table; ports not named get ``default``."""
     if not isinstance(table, Mapping):
         raise ConfigError(f"{source}: expected a table, got {type(table).__name__}")
     unknown = sorted(set(table) - {*PORT_NAMES, "default"})
     if unknown:
-        raise ConfigError(f"{source}: unknown port(s) {', '.join(unknown)}; valid: default, {', '.join(PORT_NAMES)}")
+        raise ConfigError(
+            f"{source}: unknown port(s) {', '.join(unknown)}; "
+            f"valid: default, {', '.join(PORT_NAMES)}"
+        )
     default = table.get("default")
     choices = {}
     for port in PORT_NAMES:
@@ -170,7 +195,9 @@ def parse_adapters_table(table: Mapping[str, Any], source: str = "[adapters]") -
             choices[port] = AdapterChoice(entry)
         elif isinstance(entry, Mapping):
             options = {k: v for k, v in entry.items() if k != "kind"}
-            choices[port] = AdapterChoice(entry.get("kind", default or DEFAULT_KINDS[port]), options)
+            choices[port] = AdapterChoice(
+                entry.get("kind", default or DEFAULT_KINDS[port]), options
+            )
         else:
             raise ConfigError(f"{source}.{port}: expected a kind name or a table, got {entry!r}")
     return choices
@@ -188,9 +215,12 @@ def build_adapters(choices: Mapping[str, AdapterChoice], **instances: Any) -> Ad
         kinds = REGISTRY[port]
         if choice.kind not in kinds:
             raise ConfigError(
-                f"[adapters.{port}]: unknown adapter kind {choice.kind!r}; available: {', '.join(sorted(kinds))}"
+                f"[adapters.{port}]: unknown adapter kind {choice.kind!r}; "
+                f"available: {', '.join(sorted(kinds))}"
             )
         spec = kinds[choice.kind]
-        options = config_from_mapping(spec.options, choice.options, f"[adapters.{port}] ({choice.kind})")
+        options = config_from_mapping(
+            spec.options, choice.options, f"[adapters.{port}] ({choice.kind})"
+        )
         built[port] = spec.build(options, built)
     return Adapters(**built)

@@ -20,7 +20,9 @@ class LocalDirectoryHub:
         if not repo_id or len(parts) > 2 or any(p in {"", ".", ".."} for p in parts):
             raise ValidationError("repo_id", f"{repo_id!r} is not a repo id like 'org/name'")
         if revision not in (None, "main"):
-            raise NotFoundError(f"local repo {repo_id!r} has only revision 'main', not {revision!r}")
+            raise NotFoundError(
+                f"local repo {repo_id!r} has only revision 'main', not {revision!r}"
+            )
         path = self.root / repo_id
         if not path.is_dir():
             raise NotFoundError(f"no repo {repo_id!r} in local hub {str(self.root)!r}")

@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 class _JsonFileTee:
@@ -35,15 +41,20 @@ def _console_filter(level: int) -> Any:
     return drop_below
 
 
-def configure_logging(console_level: str = "warning", json_file: Path | None = None, file_level: str = "info") -> None:
+def configure_logging(
+    console_level: str = "warning", json_file: Path | None = None, file_level: str = "info"
+) -> Callable[[], None]:
+    """Configure structlog; returns a function that closes the JSON file (if any)."""
     console, to_file = LEVELS[console_level], LEVELS[file_level]
+    stream: TextIO | None = None
     processors: list[Any] = [
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     if json_file is not None:
         json_file.parent.mkdir(parents=True, exist_ok=True)
-        processors.append(_JsonFileTee(json_file.open("a", encoding="utf-8"), to_file))
+        stream = json_file.open("a", encoding="utf-8")
+        processors.append(_JsonFileTee(stream, to_file))
     processors += [_console_filter(console), structlog.dev.ConsoleRenderer(colors=False)]
     lowest = min(console, to_file) if json_file is not None else console
     structlog.configure(
@@ -52,3 +63,4 @@ def configure_logging(console_level: str = "warning", json_file: Path | None = N
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
+    return stream.close if stream is not None else lambda: None

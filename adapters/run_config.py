@@ -53,10 +53,13 @@ def load_run_config(
     source = str(config_file) if config_file else "config"
     unknown = sorted(set(document) - {workflow, "adapters"})
     if unknown:
-        raise ConfigError(f"{source}: unknown table(s) {', '.join(unknown)}; valid: [{workflow}], [adapters]")
+        raise ConfigError(
+            f"{source}: unknown table(s) {', '.join(unknown)}; valid: [{workflow}], [adapters]"
+        )
     fields = dict(document.get(workflow, {}))
     adapters = {
-        k: dict(v) if isinstance(v, dict) else v for k, v in dict(document.get("adapters", {})).items()
+        k: dict(v) if isinstance(v, dict) else v
+        for k, v in dict(document.get("adapters", {})).items()
     }
     if adapters_kind:
         adapters = {"default": adapters_kind}
@@ -72,6 +75,8 @@ def load_run_config(
             entry = {"kind": entry} if isinstance(entry, str) else entry
             adapters[path[1]] = {**entry, path[2]: value}
         else:
-            raise ConfigError(f"--set {text!r}: expected adapters.PORT=KIND or adapters.PORT.OPTION=VALUE")
+            raise ConfigError(
+                f"--set {text!r}: expected adapters.PORT=KIND or adapters.PORT.OPTION=VALUE"
+            )
     config = config_from_mapping(spec.config_type, fields, f"{source} [{workflow}]")
     return RunConfig(spec, config, parse_adapters_table(adapters, f"{source} [adapters]"))

@@ -25,9 +25,7 @@ def _implements(port_name: str) -> Any:
 
         port = PORTS[port_name]
         missing = [
-            name
-            for name in dir(port)
-            if not name.startswith("_") and not hasattr(value, name)
+            name for name in dir(port) if not name.startswith("_") and not hasattr(value, name)
         ]
         if missing:
             raise ValidationError(
@@ -57,7 +55,8 @@ class Adapters:
         unknown = sorted(set(overrides) - set(attrs.fields_dict(Adapters)))
         if unknown:
             raise ValidationError(
-                "Adapters", f"unknown port(s) {', '.join(unknown)}; expected {', '.join(PORT_NAMES)}"
+                "Adapters",
+                f"unknown port(s) {', '.join(unknown)}; expected {', '.join(PORT_NAMES)}",
             )
         return attrs.evolve(self, **overrides)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterable
 from typing import Any
 
 import attrs
@@ -11,6 +11,18 @@ import attrs
 from galley.core.errors import ValidationError
 
 Validator = Callable[[Any, "attrs.Attribute[Any]", Any], None]
+
+
+def int_tuple(value: Iterable[int]) -> tuple[int, ...]:
+    return tuple(value)
+
+
+def float_tuple(value: Iterable[float]) -> tuple[float, ...]:
+    return tuple(float(x) for x in value)
+
+
+def str_frozenset(value: Iterable[str]) -> frozenset[str]:
+    return frozenset(value)
 
 
 def field_name(instance: object, attribute: attrs.Attribute[Any]) -> str:
@@ -23,7 +35,9 @@ def _number(instance: object, attribute: attrs.Attribute[Any], value: Any) -> fl
             field_name(instance, attribute), f"expected a number, got {type(value).__name__}"
         )
     if isinstance(value, float) and not math.isfinite(value):
-        raise ValidationError(field_name(instance, attribute), f"expected a finite number, got {value}")
+        raise ValidationError(
+            field_name(instance, attribute), f"expected a finite number, got {value}"
+        )
     return float(value)
 
 
@@ -35,7 +49,9 @@ def at_least(low: float) -> Validator:
     return check
 
 
-def in_range(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Validator:
+def in_range(
+    low: float, high: float, *, low_open: bool = False, high_open: bool = False
+) -> Validator:
     lo, hi = ("(" if low_open else "["), (")" if high_open else "]")
 
     def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -57,6 +73,13 @@ def integer(instance: object, attribute: attrs.Attribute[Any], value: Any) -> No
         )
 
 
+def non_empty(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not value:
+        raise ValidationError(
+            field_name(instance, attribute), f"expected a non-empty string, got {value!r}"
+        )
+
+
 def int_at_least(low: int) -> Validator:
     return attrs.validators.and_(integer, at_least(low))
 
@@ -74,10 +97,6 @@ def one_of(choices: Collection[str]) -> Validator:
 
 def safe_name(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     """A name used as one path segment: non-empty, no separators, no '..'."""
-    if not isinstance(value, str) or not value:
-        raise ValidationError(field_name(instance, attribute), "expected a non-empty string")
-    if value in {".", ".."} or any(c in value for c in "/\\\0"):
-        raise ValidationError(
-            field_name(instance, attribute),
-            f"{value!r} is not a plain name (no '/', '\\\\', '..' or NUL allowed)",
-        )
+    from galley.core.keys import check_name
+
+    check_name(value, field_name(instance, attribute))

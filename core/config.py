@@ -4,13 +4,13 @@ that name the source and key, and list the valid keys when one is unknown."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import attrs
 import cattrs
 
 from galley.core.errors import ConfigError, GalleyError
-from galley.core.serialization import converter
+from galley.core.serialization import converter, describe_error
 
 T = TypeVar("T")
 
@@ -19,27 +19,18 @@ def config_from_mapping(cls: type[T], data: Mapping[str, Any], source: str) -> T
     """``cls(**data)`` with type conversion; unknown keys and invalid values are ConfigErrors."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a table of settings, got {type(data).__name__}")
-    valid = [f.name for f in attrs.fields(cls)]  # type: ignore[misc]
+    valid = [f.name for f in attrs.fields(cast(Any, cls))]
     unknown = sorted(set(data) - set(valid))
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}")
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}"
+        )
     try:
         return converter.structure(dict(data), cls)
     except cattrs.BaseValidationError as e:
-        raise ConfigError(f"{source}: {'; '.join(_messages(e))}") from None
+        raise ConfigError(f"{source}: {describe_error(e, cls.__name__)}") from None
     except GalleyError as e:
         raise ConfigError(f"{source}: {e}") from None
-
-
-def _messages(error: cattrs.BaseValidationError) -> list[str]:
-    out = []
-    for exc, note in error.group_exceptions():
-        where = getattr(note, "name", "?")
-        if isinstance(exc, cattrs.BaseValidationError):
-            out += [f"{where}: {m}" for m in _messages(exc)]
-        else:
-            out.append(f"{where}: {exc}")
-    return out
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

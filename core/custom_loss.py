@@ -38,7 +38,9 @@ class CustomLossOutput:
 def linearised_data(data: Sequence[Datum], grads: Sequence[npt.ArrayLike]) -> list[Datum]:
     """The cross-entropy data whose gradient equals the custom loss's: weights = -grad."""
     if len(grads) != len(data):
-        raise ValidationError("custom loss gradient", f"{len(grads)} gradients for {len(data)} datums")
+        raise ValidationError(
+            "custom loss gradient", f"{len(grads)} gradients for {len(data)} datums"
+        )
     out = []
     for i, (datum, grad) in enumerate(zip(data, grads, strict=True)):
         g = np.asarray(grad, dtype=np.float32)
@@ -76,4 +78,3 @@ def forward_backward_custom(
 
     backward.add_done_callback(finish)
     return result
-

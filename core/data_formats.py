@@ -35,7 +35,9 @@ def _messages(row: Mapping[str, Any], source: str, index: int) -> Conversation:
     if not isinstance(raw, list | tuple):
         raise DataError(source, index, "messages", f"expected a list, got {type(raw).__name__}")
     if not raw:
-        raise DataError(source, index, "messages", "empty conversation; expected at least one message")
+        raise DataError(
+            source, index, "messages", "empty conversation; expected at least one message"
+        )
     messages = []
     for j, m in enumerate(raw):
         where = f"messages[{j}]"
@@ -47,11 +49,17 @@ def _messages(row: Mapping[str, Any], source: str, index: int) -> Conversation:
         role, content = m["role"], m["content"]
         if role not in ROLES:
             raise DataError(
-                source, index, f"{where}.role", f"unknown role {role!r}; expected one of {', '.join(ROLES)}"
+                source,
+                index,
+                f"{where}.role",
+                f"unknown role {role!r}; expected one of {', '.join(ROLES)}",
             )
         if not isinstance(content, str):
             raise DataError(
-                source, index, f"{where}.content", f"expected a string, got {type(content).__name__}"
+                source,
+                index,
+                f"{where}.content",
+                f"expected a string, got {type(content).__name__}",
             )
         messages.append(Message(role, content))
     return Conversation(messages)
@@ -67,14 +75,24 @@ def row_to_conversation(row: Any, *, source: str, index: int) -> Conversation:
         if prompt_key in row or answer_key in row:
             if answer_key not in row or prompt_key not in row:
                 missing = answer_key if answer_key not in row else prompt_key
-                raise DataError(source, index, missing, f"missing (row has {prompt_key!r}/{answer_key!r} format)")
+                raise DataError(
+                    source,
+                    index,
+                    missing,
+                    f"missing (row has {prompt_key!r}/{answer_key!r} format)",
+                )
             prompt = _string(row, prompt_key, source, index)
             if prompt_key == "instruction" and row.get("input"):
                 prompt = f"{prompt}\n\n{_string(row, 'input', source, index)}"
             messages = []
             if row.get("system"):
                 messages.append(Message("system", _string(row, "system", source, index)))
-            messages += [Message("user", prompt), Message("assistant", _string(row, answer_key, source, index))]
+            messages += [
+                Message("user", prompt),
+                Message("assistant", _string(row, answer_key, source, index)),
+            ]
             return Conversation(messages)
     formats = ", ".join(["messages", *(f"{p}/{a}" for p, a in PAIR_FORMATS)])
-    raise DataError(source, index, "<row>", f"no known format; expected fields {formats}, got {sorted(row)}")
+    raise DataError(
+        source, index, "<row>", f"no known format; expected fields {formats}, got {sorted(row)}"
+    )

@@ -17,7 +17,9 @@ def check_key(key: str, field: str = "key") -> str:
     elif any(part in {"", ".", ".."} for part in key.split("/")):
         problem = "has an empty, '.' or '..' segment"
     if problem:
-        raise ValidationError(field, f"key {key!r} {problem}; expected a relative path like 'runs/x/y.json'")
+        raise ValidationError(
+            field, f"key {key!r} {problem}; expected a relative path like 'runs/x/y.json'"
+        )
     return key
 
 
@@ -28,3 +30,12 @@ def join_key(*parts: str) -> str:
 def check_prefix(prefix: str, field: str = "prefix") -> str:
     """Like :func:`check_key`, but the empty prefix (the whole store) is allowed."""
     return prefix if prefix == "" else check_key(prefix.rstrip("/"), field)
+
+
+def check_name(name: str, field: str = "name") -> str:
+    """A name used as one path segment (a checkpoint, a run id): no separators, no '..'."""
+    if not isinstance(name, str) or not name:
+        raise ValidationError(field, f"expected a non-empty string, got {name!r}")
+    if name in {".", ".."} or any(c in name for c in "/\\\0"):
+        raise ValidationError(field, f"{name!r} is not a plain name (no '/', '\\', '..' or NUL)")
+    return name

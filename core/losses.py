@@ -71,7 +71,8 @@ def resolve_loss_config(
         low, high = resolved["clip_low_threshold"], resolved["clip_high_threshold"]
         if not 0 <= low <= 1 <= high:
             raise ValidationError(
-                field, f"expected 0 <= clip_low_threshold <= 1 <= clip_high_threshold, got {low}, {high}"
+                field,
+                f"expected 0 <= clip_low_threshold <= 1 <= clip_high_threshold, got {low}, {high}",
             )
     return resolved
 

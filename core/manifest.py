@@ -60,7 +60,11 @@ def write_checkpoint(
     for filename, data in files.items():
         blobs.write(join_key(prefix, filename), data)
     manifest = Manifest(
-        kind, name, step, {filename: digest(data) for filename, data in files.items()}, dict(meta or {})
+        kind,
+        name,
+        step,
+        {filename: digest(data) for filename, data in files.items()},
+        dict(meta or {}),
     )
     blobs.write(join_key(prefix, MANIFEST_NAME), to_json(manifest).encode())
     return manifest
@@ -72,7 +76,9 @@ def read_checkpoint(blobs: BlobStore, prefix: str) -> tuple[Manifest, dict[str, 
     try:
         manifest = from_json(Manifest, blobs.read(key).decode())
     except (GalleyError, ValueError, json.JSONDecodeError) as e:
-        raise CorruptCheckpointError(f"checkpoint manifest {key!r} is missing or unreadable: {e}") from e
+        raise CorruptCheckpointError(
+            f"checkpoint manifest {key!r} is missing or unreadable: {e}"
+        ) from e
     files = {}
     for name, expected in manifest.files.items():
         blob_key = join_key(prefix, name)
@@ -84,7 +90,8 @@ def read_checkpoint(blobs: BlobStore, prefix: str) -> tuple[Manifest, dict[str, 
         if actual != expected:
             raise CorruptCheckpointError(
                 f"checkpoint blob {blob_key!r} is corrupt: expected {expected.size} bytes with "
-                f"sha256 {expected.sha256[:12]}..., got {actual.size} bytes with {actual.sha256[:12]}..."
+                f"sha256 {expected.sha256[:12]}..., "
+                f"got {actual.size} bytes with sha256 {actual.sha256[:12]}..."
             )
         files[name] = data
     return manifest, files

@@ -35,11 +35,15 @@ class EncodedTextChunk:
 Chunk = EncodedTextChunk
 
 
+def _chunks(value: Iterable[EncodedTextChunk]) -> tuple[EncodedTextChunk, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class ModelInput:
     """A sequence of chunks; today every chunk is text (images would be another chunk type)."""
 
-    chunks: tuple[EncodedTextChunk, ...] = attrs.field(converter=tuple, factory=tuple)
+    chunks: tuple[EncodedTextChunk, ...] = attrs.field(converter=_chunks, factory=tuple)
 
     @classmethod
     def from_ints(cls, tokens: Sequence[int]) -> ModelInput:

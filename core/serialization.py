@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import cattrs
 import numpy as np
 from cattrs.preconf.json import make_converter
+from cattrs.v import format_exception
 
 from galley.core.errors import ValidationError
 from galley.core.model_input import EncodedTextChunk
@@ -34,12 +35,16 @@ def _structure_tensor(value: Any, _: Any) -> TensorData:
     if not isinstance(value, dict) or set(value) != {"dtype", "shape", "data"}:
         raise ValidationError("TensorData", f"expected {{dtype, shape, data}}, got {value!r:.80}")
     if value["dtype"] not in DTYPES:
-        raise ValidationError("TensorData.dtype", f"expected one of {DTYPES}, got {value['dtype']!r}")
+        raise ValidationError(
+            "TensorData.dtype", f"expected one of {DTYPES}, got {value['dtype']!r}"
+        )
     flat = [float(x) if isinstance(x, str) else x for x in value["data"]]
     try:
         array = np.asarray(flat, dtype=value["dtype"]).reshape(value["shape"])
     except (ValueError, TypeError) as e:
-        raise ValidationError("TensorData.data", f"does not fit shape {value['shape']}: {e}") from None
+        raise ValidationError(
+            "TensorData.data", f"does not fit shape {value['shape']}: {e}"
+        ) from None
     return TensorData(array)
 
 
@@ -57,8 +62,20 @@ def from_data(cls: type[T], data: Any) -> T:
     try:
         return converter.structure(data, cls)
     except cattrs.BaseValidationError as e:
-        leaves = "; ".join(cattrs.transform_error(e, path=cls.__name__))
-        raise ValidationError(cls.__name__, f"cannot read {cls.__name__}: {leaves}") from e
+        raise ValidationError(
+            cls.__name__, f"cannot read {cls.__name__}: {describe_error(e, cls.__name__)}"
+        ) from e
+
+
+def _format(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, ValidationError):
+        return str(exc)
+    return format_exception(exc, type_)
+
+
+def describe_error(error: cattrs.BaseValidationError, path: str) -> str:
+    """One line per problem, each with its path, keeping galley's own messages whole."""
+    return "; ".join(cattrs.transform_error(error, path=path, format_exception=_format))
 
 
 def to_json(obj: Any) -> str:

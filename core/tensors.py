@@ -17,7 +17,9 @@ DTYPES: tuple[DType, ...] = ("int64", "float32")
 
 def _frozen_array(value: Any) -> npt.NDArray[Any]:
     if not isinstance(value, np.ndarray):
-        raise ValidationError("TensorData.data", f"expected a numpy array, got {type(value).__name__}")
+        raise ValidationError(
+            "TensorData.data", f"expected a numpy array, got {type(value).__name__}"
+        )
     if value.dtype.name not in DTYPES:
         raise ValidationError(
             "TensorData.data",
@@ -80,4 +82,6 @@ class TensorData:
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"TensorData(dtype={self.dtype}, shape={self.shape}, data={self.data.tolist()!r:.60})"
+        return (
+            f"TensorData(dtype={self.dtype}, shape={self.shape}, data={self.data.tolist()!r:.60})"
+        )

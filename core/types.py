@@ -6,13 +6,23 @@ it is built, naming the field, instead of deep inside an adapter.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
-from galley.core.checks import at_least, in_range, int_at_least, one_of, safe_name
+from galley.core.checks import (
+    at_least,
+    float_tuple,
+    in_range,
+    int_at_least,
+    int_tuple,
+    non_empty,
+    one_of,
+    safe_name,
+)
 from galley.core.errors import ValidationError
 from galley.core.losses import REQUIRED_INPUTS, LossFn, parse_loss_fn, resolve_loss_config
 from galley.core.model_input import ModelInput
@@ -29,7 +39,8 @@ KNOWN_LOSS_INPUTS: Mapping[str, str] = {
 
 def _tensor_map(value: Mapping[str, Any]) -> dict[str, TensorData]:
     return {
-        str(k): v if isinstance(v, TensorData) else TensorData.from_numpy(v) for k, v in value.items()
+        str(k): v if isinstance(v, TensorData) else TensorData.from_numpy(v)
+        for k, v in value.items()
     }
 
 
@@ -55,11 +66,14 @@ class Datum:
                 raise ValidationError(field, f"expected dtype {expected}, got {tensor.dtype}")
             if tensor.shape != (n,):
                 raise ValidationError(
-                    field, f"shape {tensor.shape} does not match model_input length {n}; expected ({n},)"
+                    field,
+                    f"shape {tensor.shape} does not match model_input length {n}; expected ({n},)",
                 )
 
     @classmethod
-    def from_tokens(cls, tokens: Sequence[int], weights: Sequence[float]) -> Datum:
+    def from_tokens(
+        cls, tokens: Sequence[int], weights: Sequence[float] | npt.NDArray[Any]
+    ) -> Datum:
         """Next-token datum from a full sequence and its per-token weights (weights[0] unused)."""
         if len(tokens) != len(weights):
             raise ValidationError(
@@ -86,11 +100,15 @@ def _loss_fn(value: Any) -> LossFn:
     return parse_loss_fn(value, "ForwardBackwardInput.loss_fn")
 
 
+def _datums(value: Iterable[Datum]) -> tuple[Datum, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class ForwardBackwardInput:
     """A validated ``forward``/``forward_backward`` request: data, loss and its config."""
 
-    data: tuple[Datum, ...] = attrs.field(converter=tuple)
+    data: tuple[Datum, ...] = attrs.field(converter=_datums)
     loss_fn: LossFn = attrs.field(default=LossFn.CROSS_ENTROPY, converter=_loss_fn)
     loss_fn_config: Mapping[str, float] = attrs.field(factory=dict)
 
@@ -115,7 +133,9 @@ class ForwardBackwardInput:
         return sum(d.model_input.length for d in self.data)
 
 
-def _metric_keys(instance: Any, attribute: attrs.Attribute[Any], value: Mapping[str, float]) -> None:
+def _metric_keys(
+    instance: Any, attribute: attrs.Attribute[Any], value: Mapping[str, float]
+) -> None:
     for key in value:
         name, sep, reduction = key.partition(":")
         if not (sep and name and reduction):
@@ -129,13 +149,15 @@ def _float_map(value: Mapping[str, Any]) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()}
 
 
+def _outputs(value: Iterable[Mapping[str, Any]]) -> tuple[dict[str, TensorData], ...]:
+    return tuple(_tensor_map(x) for x in value)
+
+
 @attrs.frozen
 class ForwardBackwardOutput:
     """Per-datum outputs (always ``logprobs`` of the targets) and summed metrics."""
 
-    loss_fn_outputs: tuple[Mapping[str, TensorData], ...] = attrs.field(
-        converter=lambda v: tuple(_tensor_map(x) for x in v)
-    )
+    loss_fn_outputs: tuple[Mapping[str, TensorData], ...] = attrs.field(converter=_outputs)
     metrics: Mapping[str, float] = attrs.field(converter=_float_map, validator=_metric_keys)
 
     def __attrs_post_init__(self) -> None:
@@ -199,7 +221,7 @@ class SessionConfig:
     weights (``<prefix>/state/<name>``, ``<prefix>/sampler/<name>``).
     """
 
-    base_model: str = attrs.field(validator=attrs.validators.min_len(1))
+    base_model: str = attrs.field(validator=non_empty)
     lora: LoraConfig = attrs.field(factory=LoraConfig)
     seed: int = attrs.field(default=0, validator=int_at_least(0))
     storage_prefix: str = "sessions/default"
@@ -214,7 +236,7 @@ class CheckpointRef:
 
     kind: CheckpointKind = attrs.field(validator=one_of(("state", "sampler")))
     name: str = attrs.field(validator=safe_name)
-    key: str = attrs.field(validator=attrs.validators.min_len(1))
+    key: str = attrs.field(validator=non_empty)
     step: int = attrs.field(default=0, validator=int_at_least(0))
     base_model: str = ""
 
@@ -237,13 +259,14 @@ class ModelInfo:
 class ModelRef:
     """What a Completer samples from: a base model plus optional exported sampler weights."""
 
-    base_model: str = attrs.field(validator=attrs.validators.min_len(1))
+    base_model: str = attrs.field(validator=non_empty)
     adapter: CheckpointRef | None = None
 
     def __attrs_post_init__(self) -> None:
         if self.adapter is not None and self.adapter.kind != "sampler":
             raise ValidationError(
-                "ModelRef.adapter", f"expected sampler weights, got a {self.adapter.kind} checkpoint"
+                "ModelRef.adapter",
+                f"expected sampler weights, got a {self.adapter.kind} checkpoint",
             )
 
 
@@ -254,13 +277,17 @@ def _str_tuple(value: Any) -> tuple[str, ...]:
 def _stop_strings(instance: Any, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
     for i, s in enumerate(value):
         if not isinstance(s, str) or not s:
-            raise ValidationError(f"SamplingParams.stop[{i}]", f"expected a non-empty string, got {s!r}")
+            raise ValidationError(
+                f"SamplingParams.stop[{i}]", f"expected a non-empty string, got {s!r}"
+            )
 
 
 def _stop_ids(instance: Any, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
     for i, t in enumerate(value):
         if isinstance(t, bool) or not isinstance(t, int) or t < 0:
-            raise ValidationError(f"SamplingParams.stop_token_ids[{i}]", f"expected a token id, got {t!r}")
+            raise ValidationError(
+                f"SamplingParams.stop_token_ids[{i}]", f"expected a token id, got {t!r}"
+            )
 
 
 def _top_k(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -278,7 +305,9 @@ class SamplingParams:
     top_k: int = attrs.field(default=-1, validator=_top_k)
     top_p: float = attrs.field(default=1.0, validator=in_range(0.0, 1.0, low_open=True))
     stop: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple, validator=_stop_strings)
-    stop_token_ids: tuple[int, ...] = attrs.field(default=(), converter=tuple, validator=_stop_ids)
+    stop_token_ids: tuple[int, ...] = attrs.field(
+        default=(), converter=int_tuple, validator=_stop_ids
+    )
     seed: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(int_at_least(0))
     )
@@ -291,8 +320,8 @@ StopReason = Literal["stop", "length"]
 
 @attrs.frozen
 class SampledSequence:
-    tokens: tuple[int, ...] = attrs.field(converter=tuple)
-    logprobs: tuple[float, ...] = attrs.field(converter=lambda v: tuple(float(x) for x in v))
+    tokens: tuple[int, ...] = attrs.field(converter=int_tuple)
+    logprobs: tuple[float, ...] = attrs.field(converter=float_tuple)
     stop_reason: StopReason = attrs.field(validator=one_of(("stop", "length")))
     text: str = ""
 
@@ -300,16 +329,21 @@ class SampledSequence:
         if len(self.logprobs) != len(self.tokens):
             raise ValidationError(
                 "SampledSequence.logprobs",
-                f"{len(self.logprobs)} logprobs for {len(self.tokens)} tokens; expected one per token",
+                f"{len(self.logprobs)} logprobs for {len(self.tokens)} tokens; "
+                "expected one per token",
             )
+
+
+def _sequences(value: Iterable[SampledSequence]) -> tuple[SampledSequence, ...]:
+    return tuple(value)
 
 
 @attrs.frozen
 class Completion:
     """The samples for one prompt; ``prompt_logprobs[0]`` is None (nothing precedes token 0)."""
 
-    prompt_tokens: tuple[int, ...] = attrs.field(converter=tuple)
-    sequences: tuple[SampledSequence, ...] = attrs.field(converter=tuple)
+    prompt_tokens: tuple[int, ...] = attrs.field(converter=int_tuple)
+    sequences: tuple[SampledSequence, ...] = attrs.field(converter=_sequences)
     prompt_logprobs: tuple[float | None, ...] | None = None
 
     @property

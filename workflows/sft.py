@@ -1,8 +1,8 @@
 """Supervised fine-tuning: the workflow, its config, and ``run``.
 
-    load_dataset -> start_session -> render_dataset -> plan_training -> evaluate_base
-    train loop: forward_backward -> optim_step -> collect_results [-> evaluate] [-> checkpoint]
-    drain -> evaluate_final -> final_checkpoint -> export_sampler -> sample_answers
+load_dataset -> start_session -> render_dataset -> plan_training -> evaluate_base
+train loop: forward_backward -> optim_step -> collect_results [-> evaluate] [-> checkpoint]
+drain -> evaluate_final -> final_checkpoint -> export_sampler -> sample_answers
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import attrs
 
 from galley.core.adapter_set import Adapters
 from galley.core.chat import TrainOn
-from galley.core.checks import at_least, in_range, int_at_least, one_of, safe_name
+from galley.core.checks import at_least, in_range, int_at_least, non_empty, one_of, safe_name
 from galley.core.config import config_from_mapping
 from galley.core.engine import Every, Loop, Observer, RetryPolicy, Runner, Workflow
 from galley.core.errors import WorkflowError
@@ -53,16 +53,20 @@ def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
 class SFTConfig:
     """Everything an SFT run needs besides its adapters; every field has a default."""
 
-    base_model: str = attrs.field(default=DEFAULT_BASE_MODEL, validator=attrs.validators.min_len(1))
-    dataset: str = attrs.field(default=DEFAULT_DATASET, validator=attrs.validators.min_len(1))
+    base_model: str = attrs.field(default=DEFAULT_BASE_MODEL, validator=non_empty)
+    dataset: str = attrs.field(default=DEFAULT_DATASET, validator=non_empty)
     train_split: str = "train"
     eval_split: str = "test"  # when the dataset lacks it, eval_holdout train rows are held out
     eval_holdout: int = attrs.field(default=32, validator=int_at_least(0))
-    max_steps: int | None = attrs.field(default=None, validator=attrs.validators.optional(int_at_least(1)))
+    max_steps: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(int_at_least(1))
+    )
     num_epochs: int = attrs.field(default=1, validator=int_at_least(1))
     batch_size: int = attrs.field(default=8, validator=int_at_least(1))
     learning_rate: float = attrs.field(default=3e-4, validator=at_least(0.0))
-    lr_schedule: str = attrs.field(default="linear", validator=one_of([k.value for k in ScheduleKind]))
+    lr_schedule: str = attrs.field(
+        default="linear", validator=one_of([k.value for k in ScheduleKind])
+    )
     warmup_steps: int = attrs.field(default=0, validator=int_at_least(0))
     min_lr_ratio: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))
     weight_decay: float = attrs.field(default=0.0, validator=at_least(0.0))
@@ -71,7 +75,9 @@ class SFTConfig:
     lora_alpha: float = attrs.field(default=32.0, validator=in_range(0.0, 1e6, low_open=True))
     max_length: int = attrs.field(default=256, validator=int_at_least(2))
     truncate: bool = True
-    train_on: str = attrs.field(default=TrainOn.LAST_ASSISTANT_MESSAGE.value, validator=one_of([t.value for t in TrainOn]))
+    train_on: str = attrs.field(
+        default=TrainOn.LAST_ASSISTANT_MESSAGE.value, validator=one_of([t.value for t in TrainOn])
+    )
     renderer: str = attrs.field(default="role_colon", validator=one_of(list(RENDERERS)))
     checkpoint_every: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = final only
     eval_every: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = before and after only

@@ -1,7 +1,7 @@
 """Noop adapters: deterministic, fast, realistic fakes of all six ports that succeed.
 
-Use them to develop and test workflows without a model, a network or a disk. (A fake that
-succeeds is not the same as an adapter that is not configured: see ``galley.adapters.unconfigured``.)
+Use them to develop and test workflows without a model, a network or a disk. A fake that
+succeeds is not an adapter that is not configured: see ``galley.adapters.unconfigured``.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from galley.adapters.noop.completer import NoopCompleter
-from galley.adapters.noop.faults import FaultInjector, Faults, InjectedFault
+from galley.adapters.noop.faults import FaultInjector, Faults, InjectedFaultError
 from galley.adapters.noop.stores import (
     MemoryDataset,
     NoopBlobStore,
@@ -32,7 +32,10 @@ def noop_adapters(*, faults: Faults | None = None, **overrides: Any) -> Adapters
     failures and latency into every noop adapter."""
     unknown = sorted(set(overrides) - set(PORT_NAMES))
     if unknown:
-        raise ValidationError("noop_adapters", f"unknown port(s) {', '.join(unknown)}; expected {', '.join(PORT_NAMES)}")
+        raise ValidationError(
+            "noop_adapters",
+            f"unknown port(s) {', '.join(unknown)}; expected {', '.join(PORT_NAMES)}",
+        )
     blobs = overrides.get("blobs") or NoopBlobStore(faults)
     defaults: dict[str, Any] = {
         "training": lambda: NoopTrainingClient(blobs, faults=faults),
@@ -41,7 +44,9 @@ def noop_adapters(*, faults: Faults | None = None, **overrides: Any) -> Adapters
         "metrics": lambda: NoopMetricsStore(faults),
         "completer": lambda: NoopCompleter(blobs=blobs, faults=faults),
     }
-    built = {port: overrides[port] if port in overrides else make() for port, make in defaults.items()}
+    built = {
+        port: overrides[port] if port in overrides else make() for port, make in defaults.items()
+    }
     return Adapters(blobs=blobs, **built)
 
 
@@ -49,7 +54,7 @@ __all__ = [
     "ByteTokenizer",
     "FaultInjector",
     "Faults",
-    "InjectedFault",
+    "InjectedFaultError",
     "MemoryDataset",
     "NoopBlobStore",
     "NoopCompleter",

@@ -18,9 +18,11 @@ from galley.ports.blobs import BlobStore
 
 class NoopCompleter:
     """Answers with ``scripted[key]`` for the longest ``key`` found in the prompt text, else
-    with the prompt's last line (without a role header such as ``User:``). Honours max_tokens, stop strings and stop token ids; logprobs
-    are a fixed function of (seed, position, token). Checks that a model's adapter exists when
-    a BlobStore is given, as a real completer would fail to load a missing one."""
+    echoes the prompt's last line (without a role header such as ``User:``).
+
+    Honours max_tokens, stop strings and stop token ids; logprobs are a fixed function of
+    (seed, position, token). Given a BlobStore, it checks that a model's adapter exists, as a
+    real completer fails to load a missing one."""
 
     def __init__(
         self,
@@ -41,10 +43,9 @@ class NoopCompleter:
         for line in reversed(text.splitlines()):
             # Echo the last line with content, minus a chat header such as "User:".
             head, sep, rest = line.partition(":")
-            if sep and head.strip().lower() in ROLES:
-                line = rest
-            if line.strip():
-                return line.strip()
+            content = rest if sep and head.strip().lower() in ROLES else line
+            if content.strip():
+                return content.strip()
         return ""
 
     def _sequence(self, text: str, params: SamplingParams, sample: int) -> SampledSequence:
@@ -61,7 +62,10 @@ class NoopCompleter:
         if len(tokens) > params.max_tokens:
             tokens, reason = tokens[: params.max_tokens], "length"
         seed = (params.seed or 0) * 7919 + sample
-        logprobs = [-((zlib.crc32(bytes([i % 251, t % 251])) + seed) % 1000) / 2000.0 for i, t in enumerate(tokens)]
+        logprobs = [
+            -((zlib.crc32(bytes([i % 251, t % 251])) + seed) % 1000) / 2000.0
+            for i, t in enumerate(tokens)
+        ]
         return SampledSequence(tokens, logprobs, reason, tok.decode(tokens))  # type: ignore[arg-type]
 
     def _check_model(self, model: ModelRef | None) -> None:
@@ -71,7 +75,12 @@ class NoopCompleter:
                 raise NotFoundError(f"sampler weights {model.adapter.key!r} not found (no {key!r})")
 
     def complete(
-        self, prompt: str | ModelInput, params: SamplingParams, *, model: ModelRef | None = None, num_samples: int = 1
+        self,
+        prompt: str | ModelInput,
+        params: SamplingParams,
+        *,
+        model: ModelRef | None = None,
+        num_samples: int = 1,
     ) -> Completion:
         self._faults("complete")
         self._check_model(model)
@@ -84,7 +93,11 @@ class NoopCompleter:
         return Completion(ids, sequences, prompt_logprobs)
 
     def complete_batch(
-        self, prompts: Sequence[str | ModelInput], params: SamplingParams, *, model: ModelRef | None = None
+        self,
+        prompts: Sequence[str | ModelInput],
+        params: SamplingParams,
+        *,
+        model: ModelRef | None = None,
     ) -> list[Completion]:
         return [self.complete(p, params, model=model) for p in prompts]
 

@@ -12,7 +12,7 @@ from galley.core.checks import at_least, in_range
 from galley.core.errors import TransientError
 
 
-class InjectedFault(TransientError):
+class InjectedFaultError(TransientError):
     """A failure injected on purpose (it is transient: a retry may succeed)."""
 
 
@@ -42,4 +42,4 @@ class FaultInjector:
             if fail:
                 self.injected += 1
         if fail:
-            raise InjectedFault(f"injected transient failure in {operation}")
+            raise InjectedFaultError(f"injected transient failure in {operation}")

@@ -23,9 +23,36 @@ from galley.core.records import MetricRecord
 Row = dict[str, Any]
 
 WORDS = (
-    "apple", "river", "stone", "cloud", "lemon", "tiger", "piano", "candle", "forest", "garden",
-    "silver", "window", "rocket", "pepper", "planet", "bridge", "orange", "castle", "mirror", "button",
-    "violet", "summer", "winter", "jacket", "pencil", "market", "island", "dragon", "spirit", "harbor",
+    "apple",
+    "river",
+    "stone",
+    "cloud",
+    "lemon",
+    "tiger",
+    "piano",
+    "candle",
+    "forest",
+    "garden",
+    "silver",
+    "window",
+    "rocket",
+    "pepper",
+    "planet",
+    "bridge",
+    "orange",
+    "castle",
+    "mirror",
+    "button",
+    "violet",
+    "summer",
+    "winter",
+    "jacket",
+    "pencil",
+    "market",
+    "island",
+    "dragon",
+    "spirit",
+    "harbor",
 )
 
 
@@ -77,7 +104,9 @@ class NoopDatasetStore:
         test_rows: int = 32,
         faults: Faults | None = None,
     ) -> None:
-        self._datasets = {k: {s: tuple(r) for s, r in v.items()} for k, v in (datasets or {}).items()}
+        self._datasets = {
+            k: {s: tuple(r) for s, r in v.items()} for k, v in (datasets or {}).items()
+        }
         self._seed, self._sizes = seed, {"train": train_rows, "test": test_rows}
         self._faults = FaultInjector(faults)
 
@@ -94,7 +123,8 @@ class NoopDatasetStore:
     def get_split(self, handle: MemoryDataset, split: str) -> MemoryDataset:
         if split not in handle.splits:
             raise NotFoundError(
-                f"dataset {handle.source!r} has no split {split!r}; it has {', '.join(handle.splits)}"
+                f"dataset {handle.source!r} has no split {split!r}; "
+                f"it has {', '.join(handle.splits)}"
             )
         return attrs.evolve(handle, split=split)
 
@@ -216,7 +246,8 @@ class NoopHubClient:
         self, repo_id: str, revision: str | None = None, allow_patterns: Sequence[str] | None = None
     ) -> Path:
         names = [
-            n for n in self._files(repo_id)
+            n
+            for n in self._files(repo_id)
             if allow_patterns is None or any(fnmatch.fnmatch(n, p) for p in allow_patterns)
         ]
         return self._materialise(repo_id, revision, names)

@@ -24,7 +24,7 @@ from galley.adapters.noop.faults import FaultInjector, Faults
 from galley.adapters.noop.tokenizer import ByteTokenizer
 from galley.adapters.request_queue import RequestQueue
 from galley.core.errors import ValidationError
-from galley.core.keys import join_key
+from galley.core.keys import check_name, join_key
 from galley.core.losses import reference_loss
 from galley.core.manifest import read_checkpoint, write_checkpoint
 from galley.core.types import (
@@ -53,7 +53,9 @@ class _Params:
     step: int = 0
 
 
-def difficulty(inputs: Sequence[int], targets: npt.NDArray[np.int64], vocab_size: int) -> npt.NDArray[np.float64]:
+def difficulty(
+    inputs: Sequence[int], targets: npt.NDArray[np.int64], vocab_size: int
+) -> npt.NDArray[np.float64]:
     """c_i in [0.5, 1.5] * ln(vocab): a fixed hash of (previous token, target token)."""
     prev = np.asarray(inputs, dtype=np.uint64)
     mixed = prev * np.uint64(2654435761) ^ targets.astype(np.uint64) * np.uint64(40503)
@@ -103,13 +105,19 @@ class NoopTrainingSession:
     # -- requests ------------------------------------------------------------------------
 
     def forward(
-        self, data: Sequence[Datum], loss_fn: str = "cross_entropy", loss_fn_config: Mapping[str, float] | None = None
+        self,
+        data: Sequence[Datum],
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float] | None = None,
     ) -> Future[ForwardBackwardOutput]:
         request = self._validated(data, loss_fn, loss_fn_config, "forward")
         return self._queue.submit(lambda: self._run(request, accumulate=False))
 
     def forward_backward(
-        self, data: Sequence[Datum], loss_fn: str = "cross_entropy", loss_fn_config: Mapping[str, float] | None = None
+        self,
+        data: Sequence[Datum],
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float] | None = None,
     ) -> Future[ForwardBackwardOutput]:
         request = self._validated(data, loss_fn, loss_fn_config, "forward_backward")
         return self._queue.submit(lambda: self._run(request, accumulate=True))
@@ -119,6 +127,7 @@ class NoopTrainingSession:
         return self._queue.submit(lambda: self._adamw(params))
 
     def save_state(self, name: str) -> Future[CheckpointRef]:
+        check_name(name, "save_state.name")
         self._faults("save_state")
         return self._queue.submit(lambda: self._save("state", name))
 
@@ -129,6 +138,7 @@ class NoopTrainingSession:
         return self._queue.submit(lambda: self._load(ref))
 
     def save_weights_for_sampler(self, name: str) -> Future[CheckpointRef]:
+        check_name(name, "save_weights_for_sampler.name")
         self._faults("save_weights_for_sampler")
         return self._queue.submit(lambda: self._save("sampler", name))
 
@@ -144,7 +154,7 @@ class NoopTrainingSession:
     def _validated(
         self, data: Sequence[Datum], loss_fn: str, config: Mapping[str, float] | None, op: str
     ) -> ForwardBackwardInput:
-        request = ForwardBackwardInput(tuple(data), loss_fn, dict(config or {}))  # type: ignore[arg-type]
+        request = ForwardBackwardInput(tuple(data), loss_fn, dict(config or {}))
         vocab = self._tokenizer.vocab_size
         for i, datum in enumerate(request.data):
             for what, ids in (
@@ -171,9 +181,17 @@ class NoopTrainingSession:
             targets = datum.loss_fn_inputs["target_tokens"].data
             logp = -difficulty(datum.model_input.to_ints(), targets, vocab) * scale
             inputs = {k: v.data for k, v in datum.loss_fn_inputs.items()}
-            loss, dloss_dlogp = reference_loss(request.loss_fn, logp, inputs, request.loss_fn_config)
+            loss, dloss_dlogp = reference_loss(
+                request.loss_fn, logp, inputs, request.loss_fn_config
+            )
             # dlogp/dθ = -c * (1 - floor) * (-k) * exp(-kθ)
-            dlogp_dtheta = -logp / scale * (1.0 - self._floor) * self._k * math.exp(-self._k * self._params.theta)
+            dlogp_dtheta = (
+                -logp
+                / scale
+                * (1.0 - self._floor)
+                * self._k
+                * math.exp(-self._k * self._params.theta)
+            )
             grad += float((dloss_dlogp * dlogp_dtheta).sum())
             total_loss += loss
             outputs.append({"logprobs": logp.astype(np.float32)})
@@ -193,7 +211,9 @@ class NoopTrainingSession:
         p.v = hp.beta2 * p.v + (1 - hp.beta2) * g * g
         m_hat = p.m / (1 - hp.beta1**p.step)
         v_hat = p.v / (1 - hp.beta2**p.step)
-        update = hp.learning_rate * (m_hat / (math.sqrt(v_hat) + hp.eps) + hp.weight_decay * p.theta)
+        update = hp.learning_rate * (
+            m_hat / (math.sqrt(v_hat) + hp.eps) + hp.weight_decay * p.theta
+        )
         p.theta -= update
         p.grad = 0.0
         return OptimStepResult(p.step, hp.learning_rate, grad_norm, abs(update))
@@ -206,7 +226,12 @@ class NoopTrainingSession:
             filename, data = SAMPLER_FILE, {"theta": self._params.theta}
         body = json.dumps({**data, "base_model": self.config.base_model}).encode()
         write_checkpoint(
-            self._blobs, prefix, kind=kind, name=name, step=self._params.step, files={filename: body}
+            self._blobs,
+            prefix,
+            kind=kind,
+            name=name,
+            step=self._params.step,
+            files={filename: body},
         )
         return CheckpointRef(kind, name, prefix, self._params.step, self.config.base_model)
 
@@ -242,4 +267,3 @@ class NoopTrainingClient:
         return NoopTrainingSession(
             config, self.blobs, f"noop-{next(self._ids)}", self.sensitivity, self.floor, self.faults
         )
-

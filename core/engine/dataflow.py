@@ -43,10 +43,14 @@ def _missing(
                 if later and later != who
                 else "; no stage writes it and the config does not provide it"
             )
-            raise DataFlowError(f"workflow {workflow!r}: stage {who!r} reads {key!r} before it is written{hint}")
+            raise DataFlowError(
+                f"workflow {workflow!r}: stage {who!r} reads {key!r} before it is written{hint}"
+            )
 
 
-def _check(steps: Sequence[Step], available: set[str], writers: dict[str, str], workflow: str) -> None:
+def _check(
+    steps: Sequence[Step], available: set[str], writers: dict[str, str], workflow: str
+) -> None:
     for step in steps:
         if isinstance(step, Loop):
             _missing(f"loop {step.name}", (step.start, step.stop), available, writers, workflow)

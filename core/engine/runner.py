@@ -44,7 +44,9 @@ class StageContext:
     log: Any
     _runner: Runner
 
-    def record_metrics(self, step: int, metrics: Mapping[str, float], stream: Stream = "train") -> None:
+    def record_metrics(
+        self, step: int, metrics: Mapping[str, float], stream: Stream = "train"
+    ) -> None:
         self._runner.record_metrics(step, metrics, stream)
 
 
@@ -66,10 +68,22 @@ class Runner:
         self.retry = retry or RetryPolicy()
         self.observers = tuple(observers)
         self.records: list[tuple[Stream, MetricRecord]] = []
+        # Metrics a stage records are held until the stage succeeds, like its state updates,
+        # so a retried attempt never records them twice.
+        self._uncommitted: list[tuple[int, Mapping[str, float], Stream]] | None = None
         self.log = structlog.get_logger("galley").bind(run_id=run_id)
         self._ctx = StageContext(adapters, run_id, self.log, self)
 
-    def record_metrics(self, step: int, metrics: Mapping[str, float], stream: Stream = "train") -> None:
+    def record_metrics(
+        self, step: int, metrics: Mapping[str, float], stream: Stream = "train"
+    ) -> None:
+        """Record now, or when the running stage succeeds if called from a stage."""
+        if self._uncommitted is not None:
+            self._uncommitted.append((step, dict(metrics), stream))
+        else:
+            self._commit_metrics(step, metrics, stream)
+
+    def _commit_metrics(self, step: int, metrics: Mapping[str, float], stream: Stream) -> None:
         record = MetricRecord(self.run_id, step, metrics, time.time())
         call_with_retry(
             self.retry,
@@ -93,7 +107,9 @@ class Runner:
         started = time.perf_counter()
         try:
             self._run_steps(workflow.steps, state, None)
-            call_with_retry(self.retry, self.adapters.metrics.flush, self._on_retry("metrics.flush", None))
+            call_with_retry(
+                self.retry, self.adapters.metrics.flush, self._on_retry("metrics.flush", None)
+            )
         except WorkflowError as error:
             log.error("workflow.error", stage=error.stage, step=error.step, error=str(error))
             raise
@@ -132,18 +148,18 @@ class Runner:
             emit("stage.start", stage=stage.name, step=step)
         started = time.perf_counter()
         inputs = {key: state[key] for key in stage.reads}
+
+        def attempt() -> Mapping[str, Any]:
+            self._uncommitted = []
+            return stage.run(self._ctx, inputs)
+
         try:
-            outputs = call_with_retry(
-                self.retry, lambda: stage.run(self._ctx, inputs), self._on_retry(stage.name, step)
-            )
+            outputs = call_with_retry(self.retry, attempt, self._on_retry(stage.name, step))
+            uncommitted = self._uncommitted or []
         except Exception as error:
-            where = f" at step {step}" if step is not None else ""
-            raise WorkflowError(
-                f"stage {stage.name!r} failed{where}: {type(error).__name__}: {error}",
-                stage=stage.name,
-                step=step,
-                state=dict(state),
-            ) from error
+            raise self._failure(stage, step, state, error) from error
+        finally:
+            self._uncommitted = None
         if set(outputs) != stage.writes:
             extra, missing = set(outputs) - stage.writes, stage.writes - set(outputs)
             raise DataFlowError(
@@ -151,8 +167,30 @@ class Runner:
                 f"{sorted(outputs)} (undeclared: {sorted(extra)}, missing: {sorted(missing)})"
             )
         state.update(outputs)
+        try:
+            for metrics_step, metrics, stream in uncommitted:
+                self._commit_metrics(metrics_step, metrics, stream)
+        except Exception as error:
+            raise self._failure(stage, step, state, error) from error
         if not quiet:
-            emit("stage.end", stage=stage.name, step=step, duration_s=round(time.perf_counter() - started, 6))
+            emit(
+                "stage.end",
+                stage=stage.name,
+                step=step,
+                duration_s=round(time.perf_counter() - started, 6),
+            )
+
+    @staticmethod
+    def _failure(
+        stage: Stage, step: int | None, state: dict[str, Any], error: Exception
+    ) -> WorkflowError:
+        where = f" at step {step}" if step is not None else ""
+        return WorkflowError(
+            f"stage {stage.name!r} failed{where}: {type(error).__name__}: {error}",
+            stage=stage.name,
+            step=step,
+            state=dict(state),
+        )
 
     def _on_retry(self, what: str, step: int | None) -> Any:
         def log_retry(attempt: int, error: BaseException, delay: float) -> None:

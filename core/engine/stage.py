@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 
+from galley.core.checks import str_frozenset
+
 if TYPE_CHECKING:
     from galley.core.engine.runner import StageContext
 
@@ -46,9 +48,9 @@ class FunctionStage:
 
     name: str
     fn: StageFn = attrs.field(repr=False)
-    reads: frozenset[str] = attrs.field(converter=frozenset, factory=frozenset)
-    writes: frozenset[str] = attrs.field(converter=frozenset, factory=frozenset)
-    ports: frozenset[str] = attrs.field(converter=frozenset, factory=frozenset)
+    reads: frozenset[str] = attrs.field(converter=str_frozenset, factory=frozenset)
+    writes: frozenset[str] = attrs.field(converter=str_frozenset, factory=frozenset)
+    ports: frozenset[str] = attrs.field(converter=str_frozenset, factory=frozenset)
     doc: str = ""
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -84,6 +86,10 @@ class Every:
         return self.n > 0 and state[self.key] % self.n == 0
 
 
+def _steps(value: Iterable[Step]) -> tuple[Step, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class Loop:
     """Runs ``body`` once for each ``counter`` in ``state[start] + 1 .. state[stop]``: the
@@ -91,7 +97,7 @@ class Loop:
     resumed run starts where it stopped)."""
 
     name: str
-    body: tuple[Step, ...] = attrs.field(converter=tuple)
+    body: tuple[Step, ...] = attrs.field(converter=_steps)
     start: str = "start_step"
     stop: str = "total_steps"
     counter: str = "step"
@@ -103,7 +109,7 @@ Step = Stage | Every | Loop
 @attrs.frozen
 class Workflow:
     name: str
-    steps: tuple[Step, ...] = attrs.field(converter=tuple)
+    steps: tuple[Step, ...] = attrs.field(converter=_steps)
     description: str = ""
 
     def stages(self) -> list[Stage]:

@@ -63,7 +63,9 @@ def checkpoint_stage(name: str, at: str) -> FunctionStage:
         if checkpoints and checkpoints[-1].step == step:
             return {"checkpoints": checkpoints}
         ref = session.save_state(step_name(step)).result()
-        record = CheckpointRecord(step_name(step), step, ref, batch_plan.position(step), time=time.time())
+        record = CheckpointRecord(
+            step_name(step), step, ref, batch_plan.position(step), time=time.time()
+        )
         append_index(ctx.adapters.blobs, output, run_id, record)
         ctx.log.info("checkpoint.saved", step=step, key=ref.key)
         return {"checkpoints": (*checkpoints, record)}

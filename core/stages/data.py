@@ -30,12 +30,15 @@ def load_dataset(
     handle = store.load(dataset)
     train = _conversations(ctx, store.get_split(handle, train_split), f"{dataset}[{train_split}]")
     if eval_split in store.splits(handle):
-        held_out = _conversations(ctx, store.get_split(handle, eval_split), f"{dataset}[{eval_split}]")
+        held_out = _conversations(
+            ctx, store.get_split(handle, eval_split), f"{dataset}[{eval_split}]"
+        )
     else:
         if eval_holdout >= len(train):
             raise ValidationError(
                 "eval_holdout",
-                f"{eval_holdout} held-out rows leave no training rows of {len(train)} in {dataset!r}",
+                f"holding out {eval_holdout} rows leaves none of the {len(train)} rows "
+                f"of {dataset!r} to train on",
             )
         order = np.random.default_rng([seed, 1]).permutation(len(train))
         held_out = [train[i] for i in order[:eval_holdout]]

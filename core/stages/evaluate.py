@@ -13,7 +13,9 @@ if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
 
 
-def heldout_nll(session: TrainingSession, data: Sequence[Datum], batch_size: int) -> dict[str, float]:
+def heldout_nll(
+    session: TrainingSession, data: Sequence[Datum], batch_size: int
+) -> dict[str, float]:
     """Mean NLL per trained token over ``data`` (all batches submitted before any wait)."""
     futures = [
         session.forward(list(data[i : i + batch_size]), "cross_entropy")

@@ -16,12 +16,19 @@ if TYPE_CHECKING:
 
 
 def _render_all(
-    renderer: Renderer, rows: Sequence[Conversation], train_on: TrainOn, max_length: int, truncate: bool, split: str
+    renderer: Renderer,
+    rows: Sequence[Conversation],
+    train_on: TrainOn,
+    max_length: int,
+    truncate: bool,
+    split: str,
 ) -> list[Datum]:
     data = []
     for i, conversation in enumerate(rows):
         try:
-            data.append(to_datum(renderer.render(conversation, train_on), max_length, truncate=truncate))
+            data.append(
+                to_datum(renderer.render(conversation, train_on), max_length, truncate=truncate)
+            )
         except ValidationError as e:
             raise DataError(f"{split} split", i, e.field, e.reason) from e
     return data

@@ -35,8 +35,13 @@ def exact_match(answer: str, reference: str) -> bool:
 
 @stage(
     reads=(
-        "eval_rows", "chat_renderer", "base_model", "sampler",
-        "num_samples", "sample_max_tokens", "total_steps",
+        "eval_rows",
+        "chat_renderer",
+        "base_model",
+        "sampler",
+        "num_samples",
+        "sample_max_tokens",
+        "total_steps",
     ),
     writes=("samples",),
     ports=("completer", "metrics"),
@@ -56,7 +61,9 @@ def sample_answers(
     if not pairs:
         return {"samples": ()}
     prompts = [chat_renderer.generation_prompt(conv) for conv, _ in pairs]
-    params = SamplingParams(max_tokens=sample_max_tokens, temperature=0.0, stop=chat_renderer.stop_sequences)
+    params = SamplingParams(
+        max_tokens=sample_max_tokens, temperature=0.0, stop=chat_renderer.stop_sequences
+    )
     completer = ctx.adapters.completer
     base = completer.complete_batch(prompts, params, model=ModelRef(base_model))
     tuned = completer.complete_batch(prompts, params, model=ModelRef(base_model, sampler))

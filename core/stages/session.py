@@ -15,7 +15,13 @@ from galley.core.types import LoraConfig, SessionConfig
     ports=("training",),
 )
 def start_session(
-    ctx: StageContext, base_model: str, lora_rank: int, lora_alpha: float, seed: int, output: str, run_id: str
+    ctx: StageContext,
+    base_model: str,
+    lora_rank: int,
+    lora_alpha: float,
+    seed: int,
+    output: str,
+    run_id: str,
 ) -> dict[str, Any]:
     """Start a training session (LoRA, or full fine-tuning when lora_rank is 0)."""
     config = SessionConfig(

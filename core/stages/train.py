@@ -70,11 +70,24 @@ def normalised_batch(data: Sequence[Datum]) -> list[Datum]:
 
 @stage(
     reads=(
-        "train_data", "batch_size", "seed", "num_epochs", "max_steps",
-        "learning_rate", "lr_schedule", "warmup_steps", "min_lr_ratio",
+        "train_data",
+        "batch_size",
+        "seed",
+        "num_epochs",
+        "max_steps",
+        "learning_rate",
+        "lr_schedule",
+        "warmup_steps",
+        "min_lr_ratio",
     ),
     writes=(
-        "batch_plan", "total_steps", "start_step", "schedule", "pipeline", "checkpoints", "evaluated_at",
+        "batch_plan",
+        "total_steps",
+        "start_step",
+        "schedule",
+        "pipeline",
+        "checkpoints",
+        "evaluated_at",
     ),
 )
 def plan_training(
@@ -92,7 +105,7 @@ def plan_training(
     """Fix the batch order (seeded shuffle per epoch), the step count and the LR schedule."""
     plan = BatchPlan(num_examples=len(train_data), batch_size=batch_size, seed=seed)
     steps = total_steps(plan, num_epochs, max_steps)
-    schedule = LRSchedule(learning_rate, lr_schedule, warmup_steps, max(1, steps), min_lr_ratio)  # type: ignore[arg-type]
+    schedule = LRSchedule(learning_rate, lr_schedule, warmup_steps, max(1, steps), min_lr_ratio)
     ctx.log.info("training.planned", steps=steps, steps_per_epoch=plan.steps_per_epoch)
     return {
         "batch_plan": plan,
@@ -105,7 +118,11 @@ def plan_training(
     }
 
 
-@stage(reads=("session", "train_data", "batch_plan", "step", "pipeline"), writes=("pipeline",), ports=("training",))
+@stage(
+    reads=("session", "train_data", "batch_plan", "step", "pipeline"),
+    writes=("pipeline",),
+    ports=("training",),
+)
 def forward_backward(
     ctx: StageContext,
     session: TrainingSession,
@@ -117,7 +134,9 @@ def forward_backward(
     """Submit the gradient of step ``step``'s batch (does not wait)."""
     batch = [train_data[i] for i in batch_plan.indices(step - 1)]
     future = session.forward_backward(normalised_batch(batch), "cross_entropy")
-    entry = InFlightStep(step, future, None, sum(d.model_input.length for d in batch), time.perf_counter())
+    entry = InFlightStep(
+        step, future, None, sum(d.model_input.length for d in batch), time.perf_counter()
+    )
     return {"pipeline": attrs.evolve(pipeline, in_flight=(*pipeline.in_flight, entry))}
 
 
@@ -141,7 +160,9 @@ def optim_step(
     )
     *older, last = pipeline.in_flight
     if last.step != step or last.optim is not None:
-        raise ValidationError("pipeline", f"optim_step for step {step} without its forward_backward")
+        raise ValidationError(
+            "pipeline", f"optim_step for step {step} without its forward_backward"
+        )
     future = session.optim_step(params)
     future.add_done_callback(last.done)
     updated = attrs.evolve(last, optim=future)

@@ -1,0 +1,43 @@
+"""The Completer contract."""
+
+from __future__ import annotations
+
+from galley.core import SamplingParams
+from galley.ports import Completer
+
+
+class CompleterContract:
+    def make(self) -> Completer:
+        raise NotImplementedError
+
+    def test_implements_the_port(self) -> None:
+        assert isinstance(self.make(), Completer)
+
+    def test_complete_respects_max_tokens_and_reports_logprobs(self) -> None:
+        c = self.make()
+        out = c.complete("Tell me a long story about a ship", SamplingParams(max_tokens=3, seed=1))
+        seq = out.sequences[0]
+        assert len(seq.tokens) <= 3 and len(seq.logprobs) == len(seq.tokens)
+        assert seq.stop_reason in ("stop", "length")
+
+    def test_seeded_sampling_is_reproducible(self) -> None:
+        c = self.make()
+        p = SamplingParams(max_tokens=8, temperature=1.0, seed=7)
+        assert c.complete("hello", p) == c.complete("hello", p)
+
+    def test_batch_matches_single_prompts(self) -> None:
+        c = self.make()
+        p = SamplingParams(max_tokens=6, temperature=0.0)
+        prompts = ["a", "a much longer prompt than the first"]
+        assert c.complete_batch(prompts, p) == [c.complete(x, p) for x in prompts]
+
+    def test_stream_joins_to_the_completion_text(self) -> None:
+        c = self.make()
+        p = SamplingParams(max_tokens=10, temperature=0.0)
+        assert "".join(c.stream("stream me", p)) == c.complete("stream me", p).text
+
+    def test_prompt_logprobs_on_request(self) -> None:
+        c = self.make()
+        out = c.complete("abc", SamplingParams(max_tokens=2, include_prompt_logprobs=True))
+        assert out.prompt_logprobs is not None
+        assert len(out.prompt_logprobs) == len(out.prompt_tokens) and out.prompt_logprobs[0] is None

@@ -1,0 +1,127 @@
+"""The TrainingClient contract: Tinker semantics any backend must keep.
+
+``make`` returns a client and a base model it can train. Backend-specific facts (how fast the
+loss falls) are not asserted here; ordering, accumulation, save/load and errors are."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+
+import numpy as np
+import pytest
+
+from galley.core import AdamParams, Datum, GalleyError, SessionConfig, ValidationError
+from galley.ports import TrainingClient, TrainingSession
+
+
+def text_datum(session: TrainingSession, text: str) -> Datum:
+    tokens = session.tokenizer.encode(text)
+    return Datum.from_tokens(tokens, [1.0] * len(tokens))
+
+
+class TrainingClientContract:
+    def make(self) -> tuple[TrainingClient, str]:
+        raise NotImplementedError
+
+    def session(self, **kwargs: object) -> TrainingSession:
+        """A new session of one client per test (sessions of a client share its storage)."""
+        if not hasattr(self, "_client"):
+            self._client, self._model = self.make()
+        return self._client.start_session(SessionConfig(base_model=self._model, **kwargs))  # type: ignore[arg-type]
+
+    def batch(self, session: TrainingSession) -> list[Datum]:
+        return [text_datum(session, "the quick brown fox"), text_datum(session, "jumps over it")]
+
+    def test_implements_the_port(self) -> None:
+        client, _ = self.make()
+        assert isinstance(client, TrainingClient)
+        assert isinstance(self.session(), TrainingSession)
+
+    def test_tokenizer_round_trips_text(self) -> None:
+        tok = self.session().tokenizer
+        assert tok.decode(tok.encode("hello, world")) == "hello, world"
+        assert 0 <= tok.eos_token_id < tok.vocab_size
+
+    def test_requests_return_futures_and_logprobs_per_token(self) -> None:
+        s = self.session()
+        data = self.batch(s)
+        future = s.forward(data)
+        assert isinstance(future, Future)
+        out = future.result()
+        assert [lp.shape for lp in out.logprobs] == [(d.model_input.length,) for d in data]
+        assert all((lp <= 0).all() for lp in out.logprobs)
+        expected = -sum(float(lp.sum()) for lp in out.logprobs)  # weights are all 1
+        assert out.metrics["loss:sum"] == pytest.approx(expected, rel=1e-5)
+
+    def test_forward_does_not_train(self) -> None:
+        s = self.session()
+        data = self.batch(s)
+        first = s.forward(data).result().metrics["loss:sum"]
+        s.forward(data).result()
+        s.optim_step(AdamParams(learning_rate=1e-2)).result()  # no gradient accumulated
+        assert s.forward(data).result().metrics["loss:sum"] == pytest.approx(first, rel=1e-6)
+
+    def test_requests_run_in_submission_order(self) -> None:
+        s = self.session()
+        data = self.batch(s)
+        before = s.forward(data)
+        s.forward_backward(data)
+        step = s.optim_step(AdamParams(learning_rate=1e-2))
+        after = s.forward(data)  # queued behind the update: sees the new weights
+        assert step.result().step == 1
+        assert after.result().metrics["loss:sum"] < before.result().metrics["loss:sum"]
+
+    def test_gradients_accumulate_until_optim_step(self) -> None:
+        """Two forward_backward calls on halves == one call on the whole batch."""
+        data_s1, data_s2 = self.session(), self.session()
+        data = self.batch(data_s1)
+        data_s1.forward_backward(data[:1])
+        data_s1.forward_backward(data[1:])
+        r1 = data_s1.optim_step(AdamParams(learning_rate=1e-3)).result()
+        data_s2.forward_backward(data)
+        r2 = data_s2.optim_step(AdamParams(learning_rate=1e-3)).result()
+        assert r1.grad_norm == pytest.approx(r2.grad_norm, rel=1e-4)
+        assert r1.grad_norm > 0 and r1.update_norm > 0
+
+    def test_save_and_load_state_resumes_exactly(self) -> None:
+        s = self.session()
+        data = self.batch(s)
+        s.forward_backward(data)
+        s.optim_step(AdamParams(learning_rate=1e-3))
+        ref = s.save_state("mid").result()
+        assert ref.kind == "state" and ref.step == 1
+        for _ in range(2):
+            s.forward_backward(data)
+            s.optim_step(AdamParams(learning_rate=1e-3))
+        expected = s.forward(data).result().logprobs
+        other = self.session()
+        other.load_state(ref).result()
+        for _ in range(2):
+            other.forward_backward(data)
+            other.optim_step(AdamParams(learning_rate=1e-3))
+        got = other.forward(data).result().logprobs
+        for e, g in zip(expected, got, strict=True):
+            np.testing.assert_array_equal(e, g)
+
+    def test_sampler_export_gives_a_sampler_ref(self) -> None:
+        s = self.session()
+        ref = s.save_weights_for_sampler("final").result()
+        assert ref.kind == "sampler" and ref.name == "final"
+
+    def test_invalid_requests_raise_at_submission(self) -> None:
+        s = self.session()
+        data = self.batch(s)
+        with pytest.raises(ValidationError, match="unknown loss"):
+            s.forward_backward(data, "mse")
+        with pytest.raises(ValidationError, match="advantages"):
+            s.forward_backward(data, "ppo")
+        with pytest.raises(ValidationError, match="vocabulary"):
+            s.forward([Datum.from_tokens([1, s.tokenizer.vocab_size + 5], [1.0, 1.0])])
+        with pytest.raises(ValidationError, match="name"):
+            s.save_state("../escape")
+
+    def test_closed_session_refuses_requests(self) -> None:
+        s = self.session()
+        s.close()
+        with pytest.raises(GalleyError, match="closed"):
+            s.forward(self.batch(s))

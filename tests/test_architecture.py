@@ -1,0 +1,110 @@
+"""The layout and the dependency rule, checked on the source and on a fresh interpreter."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+LAYERS = {
+    "core": "galley.core",
+    "ports": "galley.ports",
+    "adapters": "galley.adapters",
+    "workflows": "galley.workflows",
+}
+HEAVY = {
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "datasets",
+    "huggingface_hub",
+    "fsspec",
+    "safetensors",
+    "tokenizers",
+    "torch",
+    "transformers",
+}
+# Third-party packages each layer may import (beyond the standard library and galley itself).
+ALLOWED = {
+    "core": {"attrs", "cattrs", "structlog", "numpy"},
+    "ports": {"attrs", "cattrs", "structlog", "numpy"},
+    "workflows": {"attrs", "cattrs", "structlog", "numpy"},
+}
+# Which galley layers each layer may import.
+MAY_IMPORT = {
+    "core": {"galley.core", "galley.ports"},
+    "ports": {"galley.core", "galley.ports"},
+    "workflows": {"galley.core", "galley.ports", "galley.workflows"},
+}
+
+
+def imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("layer", ["core", "ports", "workflows"])
+def test_dependency_rule_in_source(layer: str) -> None:
+    problems = []
+    for path in sorted((ROOT / layer).rglob("*.py")):
+        for module in imports(path):
+            top = module.split(".")[0]
+            if top == "galley":
+                if not any(module == m or module.startswith(m + ".") for m in MAY_IMPORT[layer]):
+                    problems.append(f"{path.relative_to(ROOT)} imports {module}")
+            elif top not in sys.stdlib_module_names and top not in ALLOWED[layer]:
+                problems.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert problems == []
+
+
+def test_importing_core_ports_and_workflows_loads_no_framework() -> None:
+    code = (
+        "import sys, galley.core, galley.core.stages, galley.ports, galley.workflows.sft;"
+        "import galley.adapters.noop;"
+        f"print(sorted(m for m in {sorted(HEAVY)!r} if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_every_package_folder_is_packaged_with_py_typed() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert config["package-dir"] == {package: folder for folder, package in LAYERS.items()}
+    on_disk = set()
+    for folder, package in LAYERS.items():
+        assert (ROOT / folder / "py.typed").exists(), f"{folder}/ lacks py.typed"
+        for init in (ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / folder)
+            on_disk.add(".".join([package, *rel.parts]))
+    assert set(config["packages"]) == on_disk
+
+
+def test_wheel_installs_the_layers_as_galley_subpackages(tmp_path: Path) -> None:
+    """A normal (non-editable) build puts each layer folder under galley/ with py.typed."""
+    import zipfile
+
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        capture_output=True,
+        timeout=300,
+    )
+    (wheel,) = tmp_path.glob("galley-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for package in ("core", "ports", "adapters", "workflows"):
+        assert f"galley/{package}/__init__.py" in names and f"galley/{package}/py.typed" in names
+    assert "galley/core/engine/runner.py" in names and "galley/adapters/noop/training.py" in names
+    assert not any(n.startswith(("tests/", "core/")) for n in names)

