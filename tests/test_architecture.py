@@ -94,10 +94,16 @@ def test_every_package_folder_is_packaged_with_py_typed() -> None:
 
 def test_wheel_installs_the_layers_as_galley_subpackages(tmp_path: Path) -> None:
     """A normal (non-editable) build puts each layer folder under galley/ with py.typed."""
+    import shutil
     import zipfile
 
+    # Build from a copy: setuptools writes build/ next to the sources.
+    source = tmp_path / "src"
+    shutil.copytree(
+        ROOT, source, ignore=shutil.ignore_patterns(".git", "build", "*cache*", ".venv", "runs")
+    )
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(source)],
         check=True,
         capture_output=True,
         timeout=300,
