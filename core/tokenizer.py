@@ -11,10 +11,14 @@ class Tokenizer(Protocol):
     """Text <-> token ids for one model. Must be deterministic and thread-safe."""
 
     @property
-    def vocab_size(self) -> int: ...
+    def vocab_size(self) -> int:
+        """Number of token ids (every id the model can read or predict is below it)."""
+        ...
 
     @property
-    def eos_token_id(self) -> int: ...
+    def eos_token_id(self) -> int:
+        """The id that ends a sequence (sampling stops at it)."""
+        ...
 
     @property
     def bos_token_id(self) -> int | None:

@@ -12,7 +12,9 @@ class BlobStore(Protocol):
     absolute or contains '..' is refused with ``ValidationError`` before any I/O.
     Missing keys raise ``NotFoundError`` naming the key. Safe to use from several threads."""
 
-    def read(self, key: str) -> bytes: ...
+    def read(self, key: str) -> bytes:
+        """The whole object, as last completely written."""
+        ...
 
     def stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """The object in chunks, for objects too large to hold twice in memory."""
@@ -23,7 +25,9 @@ class BlobStore(Protocol):
         write leaves the old object (or no object) in place."""
         ...
 
-    def exists(self, key: str) -> bool: ...
+    def exists(self, key: str) -> bool:
+        """Whether a complete object is stored under ``key``."""
+        ...
 
     def list(self, prefix: str = "") -> list[str]:
         """Sorted keys under ``prefix`` (a folder-like prefix: 'a/b' lists 'a/b/...')."""

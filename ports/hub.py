@@ -12,7 +12,9 @@ class HubClient(Protocol):
     """Files come back as local paths (downloaded or cached) that stay valid for the process.
     A missing repo or file raises ``NotFoundError`` naming it."""
 
-    def download(self, repo_id: str, filename: str, revision: str | None = None) -> Path: ...
+    def download(self, repo_id: str, filename: str, revision: str | None = None) -> Path:
+        """Local path of one file of the repo at ``revision`` (default branch when None)."""
+        ...
 
     def snapshot(
         self,

@@ -31,13 +31,19 @@ class TrainingSession(Protocol):
     """
 
     @property
-    def session_id(self) -> str: ...
+    def session_id(self) -> str:
+        """Unique among the client's sessions; stable for the session's life."""
+        ...
 
     @property
-    def tokenizer(self) -> Tokenizer: ...
+    def tokenizer(self) -> Tokenizer:
+        """The base model's tokenizer: what ``Datum`` token ids mean."""
+        ...
 
     @property
-    def model_info(self) -> ModelInfo: ...
+    def model_info(self) -> ModelInfo:
+        """Name, vocabulary size, context length and parameter counts of the model."""
+        ...
 
     def forward(
         self,

@@ -90,9 +90,7 @@ def test_a_user_defined_adapter_fills_a_port() -> None:
     mine = ListMetrics()
     result = run(SFTConfig(max_steps=5, run_id="u"), noop_adapters(metrics=mine))
     assert [r.step for r in mine.rows if "loss" in r.metrics] == [1, 2, 3, 4, 5]
-    assert (
-        mine.flushed == 1 and result.metrics[-1]["loss"] == mine.rows[-1 - 2].metrics["loss"]
-    ) or True
+    assert mine.flushed == 1
     assert [r.metrics["loss"] for r in mine.rows if "loss" in r.metrics] == [
         m["loss"] for m in result.metrics
     ]
