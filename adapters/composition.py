@@ -69,6 +69,14 @@ class NoOptions:
 
 
 @attrs.frozen
+class JaxTrainingOptions:
+    dtype: str = "float32"
+    length_buckets: list[int] = attrs.field(
+        factory=lambda: [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+    )
+
+
+@attrs.frozen
 class LocalHubOptions:
     root: str = "."
 
@@ -90,6 +98,14 @@ def _noop_training(o: NoopTrainingOptions, built: Built) -> Any:
 
     return NoopTrainingClient(
         built["blobs"], sensitivity=o.sensitivity, floor=o.floor, faults=o.faults()
+    )
+
+
+def _jax_training(o: JaxTrainingOptions, built: Built) -> Any:
+    from galley.adapters.jax import JaxTrainingClient
+
+    return JaxTrainingClient(
+        built["hub"], built["blobs"], dtype=o.dtype, length_buckets=o.length_buckets
     )
 
 
@@ -155,6 +171,13 @@ for _kind in (
         "in-memory datasets; unknown names give a synthetic chat task",
         NoopDatasetOptions,
         _noop_datasets,
+    ),
+    AdapterKind(
+        "training",
+        "jax",
+        "LoRA or full training of HF decoders with JAX (Flax NNX + Optax)",
+        JaxTrainingOptions,
+        _jax_training,
     ),
     AdapterKind("blobs", "noop", "in-memory blobs (lost at exit)", FaultOptions, _noop_blobs),
     AdapterKind("hub", "noop", "synthetic in-memory model repos", NoOptions, _noop_hub),

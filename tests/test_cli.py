@@ -65,7 +65,7 @@ def test_toml_config_and_set_overrides(tmp_path: Path) -> None:
     [
         ("[sft]\nmax_stepz = 3\n", [], r"unknown key\(s\) max_stepz; valid keys: base_model"),
         ("[sfft]\n", [], r"unknown table\(s\) sfft; valid: \[sft\], \[adapters\]"),
-        ("[adapters]\ntraining = 'tpu'\n", [], "unknown adapter kind 'tpu'; available: noop"),
+        ("[adapters]\ntraining = 'tpu'\n", [], "unknown adapter kind 'tpu'; available: jax, noop"),
         (
             "[adapters]\ntrainer = 'noop'\n",
             [],

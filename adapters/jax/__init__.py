@@ -1,0 +1,5 @@
+"""The JAX adapters: a TrainingClient and a Completer for HF decoder models (Flax NNX + Optax)."""
+
+from galley.adapters.jax.training import JaxTrainingClient, JaxTrainingSession
+
+__all__ = ["JaxTrainingClient", "JaxTrainingSession"]

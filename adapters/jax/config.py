@@ -1,0 +1,127 @@
+"""Decoder model configs as Hugging Face checkpoints carry them (old and new ``transformers``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import numpy as np
+
+from galley.core.errors import ValidationError
+
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
+
+
+@attrs.frozen
+class RopeConfig:
+    theta: float = 10000.0
+    kind: str = "default"  # "default" | "llama3" | "linear"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position: int = 8192
+
+    def inverse_frequencies(self, head_dim: int) -> np.ndarray[Any, np.dtype[np.float64]]:
+        """HF's inv_freq, including the llama3 frequency-dependent rescaling."""
+        inv = 1.0 / (self.theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
+        if self.kind == "linear":
+            return inv / self.factor
+        if self.kind != "llama3":
+            return inv
+        low_wavelen = self.original_max_position / self.low_freq_factor
+        high_wavelen = self.original_max_position / self.high_freq_factor
+        wavelen = 2 * math.pi / inv
+        scaled = np.where(wavelen > low_wavelen, inv / self.factor, inv)
+        smooth = (self.original_max_position / wavelen - self.low_freq_factor) / (
+            self.high_freq_factor - self.low_freq_factor
+        )
+        smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return np.where(medium, smoothed, scaled)
+
+
+@attrs.frozen
+class ModelConfig:
+    model_type: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    rope: RopeConfig
+    tie_word_embeddings: bool
+    qkv_bias: bool  # Qwen2
+    qk_norm: bool  # Qwen3
+    max_position_embeddings: int
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+
+    @property
+    def num_parameters(self) -> int:
+        h, i, v, d = self.hidden_size, self.intermediate_size, self.vocab_size, self.head_dim
+        attn = h * d * (2 * self.num_heads + 2 * self.num_kv_heads)
+        layer = attn + 3 * h * i + 2 * h
+        return v * h * (1 if self.tie_word_embeddings else 2) + self.num_layers * layer + h
+
+
+def _rope(raw: Mapping[str, Any]) -> RopeConfig:
+    # transformers >= 5 writes rope_parameters; older versions rope_theta + rope_scaling.
+    params = dict(raw.get("rope_parameters") or {})
+    scaling = dict(raw.get("rope_scaling") or {})
+    merged = {**scaling, **params}
+    theta = merged.get("rope_theta", raw.get("rope_theta", 10000.0))
+    kind = merged.get("rope_type", merged.get("type", "default"))
+    if kind not in ("default", "llama3", "linear"):
+        raise ValidationError(
+            "config.json rope_type",
+            f"{kind!r} is not supported; expected default, linear or llama3",
+        )
+    return RopeConfig(
+        theta=float(theta),
+        kind=kind,
+        factor=float(merged.get("factor", 1.0)),
+        low_freq_factor=float(merged.get("low_freq_factor", 1.0)),
+        high_freq_factor=float(merged.get("high_freq_factor", 4.0)),
+        original_max_position=int(merged.get("original_max_position_embeddings", 8192)),
+    )
+
+
+def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> ModelConfig:
+    """A :class:`ModelConfig` from an HF ``config.json``; unsupported families are refused."""
+    model_type = raw.get("model_type")
+    if model_type not in SUPPORTED:
+        raise ValidationError(
+            f"{source} model_type",
+            f"{model_type!r} is not supported; expected one of {', '.join(SUPPORTED)}",
+        )
+    try:
+        heads = int(raw["num_attention_heads"])
+        hidden = int(raw["hidden_size"])
+        eos = raw.get("eos_token_id")
+        return ModelConfig(
+            model_type=model_type,
+            vocab_size=int(raw["vocab_size"]),
+            hidden_size=hidden,
+            intermediate_size=int(raw["intermediate_size"]),
+            num_layers=int(raw["num_hidden_layers"]),
+            num_heads=heads,
+            num_kv_heads=int(raw.get("num_key_value_heads") or heads),
+            head_dim=int(raw.get("head_dim") or hidden // heads),
+            rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+            rope=_rope(raw),
+            tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+            qkv_bias=model_type == "qwen2" or bool(raw.get("attention_bias", False)),
+            qk_norm=model_type == "qwen3",
+            max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
+            bos_token_id=raw.get("bos_token_id"),
+            eos_token_ids=tuple(eos)
+            if isinstance(eos, list)
+            else (() if eos is None else (int(eos),)),
+        )
+    except KeyError as e:
+        raise ValidationError(f"{source}", f"missing required field {e.args[0]!r}") from None

@@ -1,0 +1,272 @@
+"""Llama-family decoders (Llama 2/3, Mistral, Qwen2, Qwen3) as Flax NNX modules with LoRA.
+
+Linear kernels are stored ``[in, out]`` (HF stores ``[out, in]``). LoRA adds ``x @ A @ B *
+alpha / rank`` with ``A`` seeded and ``B = 0``, as PEFT does, so a fresh adapter changes
+nothing. ``LoRAParam`` marks what trains in a LoRA session; in a full fine-tune every
+``Param`` trains.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from galley.adapters.jax.config import ModelConfig
+from galley.core.errors import ValidationError
+from galley.core.types import LoraConfig
+
+Array = jax.Array
+ATTN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
+
+
+class Linear(nnx.Module):
+    def __init__(
+        self,
+        kernel: Array,
+        bias: Array | None,
+        lora_rank: int,
+        lora_alpha: float,
+        key: Array | None,
+    ) -> None:
+        self.kernel = nnx.Param(kernel)
+        self.bias = nnx.Param(bias) if bias is not None else None
+        self.lora_scale = lora_alpha / lora_rank if lora_rank else 0.0
+        if lora_rank and key is not None:
+            fan_in = kernel.shape[0]
+            bound = 1.0 / np.sqrt(fan_in)
+            a = jax.random.uniform(key, (fan_in, lora_rank), kernel.dtype, -bound, bound)
+            self.lora_a: nnx.LoRAParam[Array] | None = nnx.LoRAParam(a)
+            self.lora_b: nnx.LoRAParam[Array] | None = nnx.LoRAParam(
+                jnp.zeros((lora_rank, kernel.shape[1]), kernel.dtype)
+            )
+        else:
+            self.lora_a = self.lora_b = None
+
+    def __call__(self, x: Array) -> Array:
+        y = x @ self.kernel[...]
+        if self.bias is not None:
+            y = y + self.bias[...]
+        if self.lora_a is not None and self.lora_b is not None:
+            y = y + (x @ self.lora_a[...]) @ self.lora_b[...] * self.lora_scale
+        return y
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, weight: Array, eps: float) -> None:
+        self.weight = nnx.Param(weight)
+        self.eps = eps
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (self.weight[...] * normed).astype(x.dtype)
+
+
+def rotate_half(x: Array) -> Array:
+    half = x.shape[-1] // 2
+    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """x: [B, T, heads, D]; cos/sin: [B, T, D]."""
+    return x * cos[:, :, None, :] + rotate_half(x) * sin[:, :, None, :]
+
+
+KVCache = tuple[Array, Array]  # k, v: [B, S, kv_heads, D]
+
+
+class Attention(nnx.Module):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        linears: Mapping[str, Linear],
+        q_norm: RMSNorm | None,
+        k_norm: RMSNorm | None,
+    ) -> None:
+        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (linears[n] for n in ATTN_TARGETS)
+        self.q_norm, self.k_norm = q_norm, k_norm
+        self.num_heads, self.num_kv_heads, self.head_dim = (
+            cfg.num_heads,
+            cfg.num_kv_heads,
+            cfg.head_dim,
+        )
+
+    def __call__(
+        self,
+        x: Array,
+        cos: Array,
+        sin: Array,
+        mask: Array,
+        cache: KVCache | None,
+        index: Array | None,
+    ) -> tuple[Array, KVCache | None]:
+        b, t, _ = x.shape
+        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
+        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        if self.q_norm is not None and self.k_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None and index is not None:
+            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, index, 0, 0))
+            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, index, 0, 0))
+            cache = (k, v)
+        groups = self.num_heads // self.num_kv_heads
+        q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
+        scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / np.sqrt(self.head_dim)
+        scores = jnp.where(mask[:, None, None, :, :], scores, float(np.finfo(np.float32).min))
+        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(
+            b, t, self.num_heads * self.head_dim
+        )
+        return self.o_proj(out), cache
+
+
+class MLP(nnx.Module):
+    def __init__(self, linears: Mapping[str, Linear]) -> None:
+        self.gate_proj, self.up_proj, self.down_proj = (linears[n] for n in MLP_TARGETS)
+
+    def __call__(self, x: Array) -> Array:
+        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, attn: Attention, mlp: MLP, input_norm: RMSNorm, post_norm: RMSNorm) -> None:
+        self.self_attn, self.mlp = attn, mlp
+        self.input_layernorm, self.post_attention_layernorm = input_norm, post_norm
+
+    def __call__(
+        self,
+        x: Array,
+        cos: Array,
+        sin: Array,
+        mask: Array,
+        cache: KVCache | None,
+        index: Array | None,
+    ) -> tuple[Array, KVCache | None]:
+        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, index)
+        x = x + h
+        return x + self.mlp(self.post_attention_layernorm(x)), cache
+
+
+class CausalLM(nnx.Module):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        embed: Array,
+        layers: list[DecoderLayer],
+        norm: RMSNorm,
+        lm_head: Linear | None,
+    ) -> None:
+        self.cfg = cfg
+        self.embed_tokens = nnx.Param(embed)
+        self.layers = nnx.List(layers)
+        self.norm = norm
+        self.lm_head = lm_head  # None: tied to the embedding
+        self.inv_freq = nnx.Variable(
+            jnp.asarray(cfg.rope.inverse_frequencies(cfg.head_dim), jnp.float32)
+        )
+
+    def __call__(
+        self,
+        tokens: Array,
+        positions: Array,
+        mask: Array,
+        caches: list[KVCache] | None = None,
+        index: Array | None = None,
+    ) -> tuple[Array, list[KVCache] | None]:
+        """Logits [B, T, V] for ``tokens`` at ``positions``; ``mask[b, q, k]`` says which keys
+        each query sees. With ``caches``, keys/values are written at ``index`` and attended in
+        full (the mask then spans the cache)."""
+        x = jnp.take(self.embed_tokens[...], tokens, axis=0)
+        freqs = positions[..., None].astype(jnp.float32) * self.inv_freq[...]
+        emb = jnp.concatenate([freqs, freqs], axis=-1)
+        cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+        new_caches = []
+        for i, layer in enumerate(self.layers):
+            x, cache = layer(x, cos, sin, mask, None if caches is None else caches[i], index)
+            if cache is not None:
+                new_caches.append(cache)
+        x = self.norm(x)
+        logits = self.lm_head(x) if self.lm_head is not None else x @ self.embed_tokens[...].T
+        return logits.astype(jnp.float32), (new_caches if caches is not None else None)
+
+
+def causal_mask(length: int) -> Array:
+    return jnp.tril(jnp.ones((length, length), dtype=bool))[None]
+
+
+TensorGetter = Callable[[str], np.ndarray[Any, Any]]
+
+
+def build_model(
+    cfg: ModelConfig, tensor: TensorGetter, lora: LoraConfig | None, dtype: Any = jnp.float32
+) -> CausalLM:
+    """The model with weights from ``tensor(hf_name)`` and, when ``lora.rank > 0``, fresh LoRA
+    parameters on the targets ``lora`` selects (seeded by ``lora.seed``)."""
+    rank = lora.rank if lora is not None else 0
+    alpha = lora.alpha if lora is not None else 1.0
+    keys = iter(jax.random.split(jax.random.key(lora.seed if lora else 0), 7 * cfg.num_layers + 1))
+
+    def array(name: str) -> Array:
+        return jnp.asarray(tensor(name), dtype)
+
+    def linear(prefix: str, targeted: bool, bias: bool = False) -> Linear:
+        kernel = array(f"{prefix}.weight").T
+        return Linear(
+            kernel,
+            array(f"{prefix}.bias") if bias else None,
+            rank if targeted else 0,
+            alpha,
+            next(keys),
+        )
+
+    attn_on = bool(rank) and lora is not None and lora.train_attn
+    mlp_on = bool(rank) and lora is not None and lora.train_mlp
+    layers = []
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}"
+        attn_linears = {
+            n: linear(f"{p}.self_attn.{n}", attn_on, cfg.qkv_bias and n != "o_proj")
+            for n in ATTN_TARGETS
+        }
+        q_norm = (
+            RMSNorm(array(f"{p}.self_attn.q_norm.weight"), cfg.rms_norm_eps)
+            if cfg.qk_norm
+            else None
+        )
+        k_norm = (
+            RMSNorm(array(f"{p}.self_attn.k_norm.weight"), cfg.rms_norm_eps)
+            if cfg.qk_norm
+            else None
+        )
+        mlp = MLP({n: linear(f"{p}.mlp.{n}", mlp_on) for n in MLP_TARGETS})
+        layers.append(
+            DecoderLayer(
+                Attention(cfg, attn_linears, q_norm, k_norm),
+                mlp,
+                RMSNorm(array(f"{p}.input_layernorm.weight"), cfg.rms_norm_eps),
+                RMSNorm(array(f"{p}.post_attention_layernorm.weight"), cfg.rms_norm_eps),
+            )
+        )
+    embed = array("model.embed_tokens.weight")
+    unembed_on = bool(rank) and lora is not None and lora.train_unembed
+    if cfg.tie_word_embeddings:
+        # A tied head gets its own Linear only when LoRA targets it; the kernel is the embedding.
+        head = Linear(embed.T, None, rank, alpha, next(keys)) if unembed_on else None
+    else:
+        head = linear("lm_head", unembed_on)
+    return CausalLM(cfg, embed, layers, RMSNorm(array("model.norm.weight"), cfg.rms_norm_eps), head)
+
+
+def check_target_names(lora: LoraConfig) -> None:
+    if lora.rank and not (lora.train_attn or lora.train_mlp or lora.train_unembed):
+        raise ValidationError(
+            "LoraConfig", "rank > 0 but no target (attention, MLP, unembedding) is trained"
+        )

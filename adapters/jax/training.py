@@ -1,0 +1,442 @@
+"""The JAX TrainingClient: LoRA or full fine-tuning of HF decoder models with Flax NNX + Optax.
+
+Each operation is one pure jitted function of (trainable, frozen, optimizer state, batch):
+only trainable parameters get gradients and optimizer state; replaced buffers are donated;
+hyperparameters (LR, betas, clipping) are traced inputs, so changing them never recompiles;
+sequence lengths are padded to buckets. Parameters and batches live on a data-parallel
+``jax.sharding.Mesh`` over all local devices. Compiled steps are shared by sessions of the
+same model shape.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from safetensors.numpy import load as load_safetensors
+from safetensors.numpy import save as save_safetensors
+
+from galley.adapters.jax.batching import DEFAULT_LENGTH_BUCKETS, PaddedBatch, pad_batch
+from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
+from galley.adapters.jax.config import ModelConfig
+from galley.adapters.jax.losses import loss_sum, token_logprobs
+from galley.adapters.jax.model import CausalLM, build_model, causal_mask, check_target_names
+from galley.adapters.jax.peft_export import merged_hf_tensors, peft_adapter_files, tensor_names
+from galley.adapters.jax.tokenizer import HFTokenizerAdapter
+from galley.adapters.request_queue import RequestQueue
+from galley.core.errors import ValidationError
+from galley.core.keys import check_name, join_key
+from galley.core.losses import LossFn
+from galley.core.manifest import read_checkpoint, write_checkpoint
+from galley.core.types import (
+    AdamParams,
+    CheckpointRef,
+    Datum,
+    ForwardBackwardInput,
+    ForwardBackwardOutput,
+    ModelInfo,
+    OptimStepResult,
+    SessionConfig,
+)
+from galley.ports.blobs import BlobStore
+from galley.ports.hub import HubClient
+
+STATE_FILE = "state.safetensors"
+MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.txt", "*.model"]
+
+# Traces per step function (a trace is a compilation): tests assert buckets stop recompiles.
+TRACES: Counter[str] = Counter()
+
+
+def _tx() -> optax.GradientTransformation:
+    return optax.inject_hyperparams(optax.adamw)(
+        learning_rate=1e-4, b1=0.9, b2=0.95, eps=1e-12, weight_decay=0.0
+    )
+
+
+def _forward_logprobs(
+    graphdef: Any, trainable: Any, frozen: Any, batch: dict[str, jax.Array]
+) -> jax.Array:
+    model: CausalLM = nnx.merge(graphdef, trainable, frozen)
+    tokens = batch["tokens"]
+    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+    logits, _ = model(tokens, positions, causal_mask(tokens.shape[1]))
+    return token_logprobs(logits, batch["targets"])
+
+
+def _loss(
+    trainable: Any,
+    graphdef: Any,
+    frozen: Any,
+    batch: dict[str, jax.Array],
+    loss: LossFn,
+    clip: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    logp = _forward_logprobs(graphdef, trainable, frozen, batch)
+    value = loss_sum(
+        loss, logp, batch["weights"], batch["sampler_logprobs"], batch["advantages"], clip
+    )
+    return value, logp
+
+
+@partial(jax.jit, static_argnames=("graphdef", "loss"))
+def forward_step(
+    graphdef: Any,
+    trainable: Any,
+    frozen: Any,
+    batch: dict[str, jax.Array],
+    loss: LossFn,
+    clip: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    TRACES["forward"] += 1
+    return _loss(trainable, graphdef, frozen, batch, loss, clip)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "loss"), donate_argnames=("grads",))
+def forward_backward_step(
+    graphdef: Any,
+    trainable: Any,
+    frozen: Any,
+    grads: Any,
+    batch: dict[str, jax.Array],
+    loss: LossFn,
+    clip: jax.Array,
+) -> tuple[jax.Array, jax.Array, Any]:
+    TRACES["forward_backward"] += 1
+    (value, logp), g = jax.value_and_grad(_loss, has_aux=True)(
+        trainable, graphdef, frozen, batch, loss, clip
+    )
+    return value, logp, jax.tree.map(jnp.add, grads, g)
+
+
+@partial(jax.jit, donate_argnames=("trainable", "opt_state", "grads"))
+def optim_step(
+    trainable: Any, opt_state: Any, grads: Any, hyper: dict[str, jax.Array]
+) -> tuple[Any, Any, Any, jax.Array, jax.Array]:
+    TRACES["optim_step"] += 1
+    grad_norm = optax.tree.norm(grads)
+    clip = hyper["grad_clip_norm"]
+    scale = jnp.where((clip > 0) & (grad_norm > clip), clip / grad_norm, 1.0)
+    grads = jax.tree.map(lambda g: g * scale, grads)
+    for name in ("learning_rate", "b1", "b2", "eps", "weight_decay"):
+        opt_state.hyperparams[name] = hyper[name]
+    updates, opt_state = _tx().update(grads, opt_state, trainable)
+    new = optax.apply_updates(trainable, updates)
+    zero = jax.tree.map(jnp.zeros_like, grads)
+    return new, opt_state, zero, grad_norm, optax.tree.norm(updates)
+
+
+def _count(tree: Any) -> int:
+    return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
+
+
+def resolve_model_folder(base_model: str, hub: HubClient) -> Path:
+    """A local directory as is; otherwise a hub repo id, fetched through the HubClient."""
+    path = Path(base_model).expanduser()
+    if path.is_dir():
+        return path
+    return hub.snapshot(base_model, allow_patterns=MODEL_FILES)
+
+
+def flat_named(tree: Any) -> dict[str, np.ndarray[Any, Any]]:
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
+
+
+def unflatten_like(template: Any, tensors: Mapping[str, np.ndarray[Any, Any]], source: str) -> Any:
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
+    out = []
+    for path, leaf in leaves:
+        name = jax.tree_util.keystr(path)
+        if name not in tensors:
+            raise ValidationError(source, f"missing tensor {name!r}")
+        value = tensors[name]
+        if value.shape != np.shape(leaf):
+            raise ValidationError(
+                source, f"tensor {name!r} has shape {value.shape}, expected {np.shape(leaf)}"
+            )
+        out.append(jnp.asarray(value, dtype=leaf.dtype))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+class JaxTrainingSession:
+    def __init__(self, client: JaxTrainingClient, config: SessionConfig, session_id: str) -> None:
+        self.config, self._client, self._id = config, client, session_id
+        self.folder = resolve_model_folder(config.base_model, client.hub)
+        self.model_config: ModelConfig = read_config(self.folder)
+        self._tokenizer = HFTokenizerAdapter(
+            self.folder, self.model_config.eos_token_ids, self.model_config.bos_token_id
+        )
+        lora = config.lora if config.lora.rank else None
+        if lora is not None:
+            check_target_names(lora)
+        reader = SafetensorsReader(self.folder)
+        try:
+            model = build_model(self.model_config, reader, lora, client.dtype)
+        finally:
+            reader.close()
+        num_parameters = _count(nnx.state(model, nnx.Param))
+        trainable_filter = nnx.LoRAParam if lora is not None else nnx.Param
+        parts: tuple[Any, ...] = nnx.split(model, trainable_filter, ...)
+        self._graphdef: Any = parts[0]
+        trainable, frozen = parts[1], parts[2]
+        mesh = client.mesh
+        self._replicated = NamedSharding(mesh, PartitionSpec())  # type: ignore[no-untyped-call]
+        self._data_sharding = NamedSharding(mesh, PartitionSpec("data"))  # type: ignore[no-untyped-call]
+        self._trainable = jax.device_put(trainable, self._replicated)
+        self._frozen = jax.device_put(frozen, self._replicated)
+        self._opt_state = jax.device_put(_tx().init(self._trainable), self._replicated)
+        self._grads = jax.tree.map(jnp.zeros_like, self._trainable)
+        self._step = 0
+        self._queue = RequestQueue(f"jax-session-{session_id}")
+        self._info = ModelInfo(
+            name=config.base_model,
+            vocab_size=self.model_config.vocab_size,
+            max_context=self.model_config.max_position_embeddings,
+            lora_rank=config.lora.rank,
+            num_parameters=num_parameters,
+            num_trainable_parameters=_count(self._trainable),
+        )
+
+    # -- port ---------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        return self._id
+
+    @property
+    def tokenizer(self) -> HFTokenizerAdapter:
+        return self._tokenizer
+
+    @property
+    def model_info(self) -> ModelInfo:
+        return self._info
+
+    def forward(
+        self,
+        data: Sequence[Datum],
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float] | None = None,
+    ) -> Future[ForwardBackwardOutput]:
+        request, batch = self._prepare(data, loss_fn, loss_fn_config)
+        return self._queue.submit(lambda: self._run(request, batch, backward=False))
+
+    def forward_backward(
+        self,
+        data: Sequence[Datum],
+        loss_fn: str = "cross_entropy",
+        loss_fn_config: Mapping[str, float] | None = None,
+    ) -> Future[ForwardBackwardOutput]:
+        request, batch = self._prepare(data, loss_fn, loss_fn_config)
+        return self._queue.submit(lambda: self._run(request, batch, backward=True))
+
+    def optim_step(self, params: AdamParams) -> Future[OptimStepResult]:
+        return self._queue.submit(lambda: self._optim(params))
+
+    def save_state(self, name: str) -> Future[CheckpointRef]:
+        check_name(name, "save_state.name")
+        return self._queue.submit(lambda: self._save_state(name))
+
+    def load_state(self, ref: CheckpointRef) -> Future[None]:
+        if ref.kind != "state":
+            raise ValidationError("load_state.ref", f"expected a state checkpoint, got {ref.kind}")
+        return self._queue.submit(lambda: self._load_state(ref))
+
+    def save_weights_for_sampler(self, name: str) -> Future[CheckpointRef]:
+        check_name(name, "save_weights_for_sampler.name")
+        return self._queue.submit(
+            lambda: self._save_sampler(name, merged=self.config.lora.rank == 0)
+        )
+
+    def save_merged_weights(self, name: str) -> Future[CheckpointRef]:
+        """Export base + trained weights merged, as an HF model folder (config, tokenizer,
+        model.safetensors) that ``transformers.AutoModelForCausalLM.from_pretrained`` loads."""
+        check_name(name, "save_merged_weights.name")
+        return self._queue.submit(lambda: self._save_sampler(name, merged=True))
+
+    def close(self) -> None:
+        self._queue.close()
+
+    # -- work (on the session's queue thread) ---------------------------------------------
+
+    def _prepare(
+        self, data: Sequence[Datum], loss_fn: str, config: Mapping[str, float] | None
+    ) -> tuple[ForwardBackwardInput, PaddedBatch]:
+        request = ForwardBackwardInput(tuple(data), loss_fn, dict(config or {}))
+        vocab = self.model_config.vocab_size
+        for i, datum in enumerate(request.data):
+            for what, ids in (
+                ("model_input", np.asarray(datum.model_input.to_ints())),
+                ("target_tokens", datum.loss_fn_inputs["target_tokens"].data),
+            ):
+                bad = np.flatnonzero(ids >= vocab)
+                if bad.size:
+                    raise ValidationError(
+                        f"data[{i}].{what}[{int(bad[0])}]",
+                        f"token id {int(ids[bad[0]])} is outside the vocabulary (size {vocab})",
+                    )
+        return request, pad_batch(request, self._client.length_buckets, self._client.mesh.size)
+
+    def _device_batch(self, batch: PaddedBatch) -> dict[str, jax.Array]:
+        arrays = {
+            "tokens": batch.tokens,
+            "targets": batch.targets,
+            "weights": batch.weights,
+            "sampler_logprobs": batch.sampler_logprobs,
+            "advantages": batch.advantages,
+        }
+        return {k: jax.device_put(v, self._data_sharding) for k, v in arrays.items()}
+
+    def _run(
+        self, request: ForwardBackwardInput, batch: PaddedBatch, *, backward: bool
+    ) -> ForwardBackwardOutput:
+        cfg = request.loss_fn_config
+        clip = jnp.asarray(
+            [cfg.get("clip_low_threshold", 0.8), cfg.get("clip_high_threshold", 1.2)], jnp.float32
+        )
+        device_batch = self._device_batch(batch)
+        if backward:
+            value, logp, self._grads = forward_backward_step(
+                self._graphdef,
+                self._trainable,
+                self._frozen,
+                self._grads,
+                device_batch,
+                request.loss_fn,
+                clip,
+            )
+        else:
+            value, logp = forward_step(
+                self._graphdef, self._trainable, self._frozen, device_batch, request.loss_fn, clip
+            )
+        logp_host = np.asarray(logp)
+        outputs = [
+            {"logprobs": logp_host[i, :n].astype(np.float32)} for i, n in enumerate(batch.lengths)
+        ]
+        return ForwardBackwardOutput(
+            outputs, {"loss:sum": float(value), "tokens:sum": float(batch.num_tokens)}
+        )
+
+    def _optim(self, p: AdamParams) -> OptimStepResult:
+        hyper = {
+            "learning_rate": p.learning_rate,
+            "b1": p.beta1,
+            "b2": p.beta2,
+            "eps": p.eps,
+            "weight_decay": p.weight_decay,
+            "grad_clip_norm": p.grad_clip_norm,
+        }
+        hyper_arrays = {k: jnp.asarray(v, jnp.float32) for k, v in hyper.items()}
+        self._trainable, self._opt_state, self._grads, grad_norm, update_norm = optim_step(
+            self._trainable, self._opt_state, self._grads, hyper_arrays
+        )
+        self._step += 1
+        return OptimStepResult(self._step, p.learning_rate, float(grad_norm), float(update_norm))
+
+    def _state_tree(self) -> dict[str, Any]:
+        return {"trainable": self._trainable, "opt_state": self._opt_state, "grads": self._grads}
+
+    def _save_state(self, name: str) -> CheckpointRef:
+        prefix = join_key(self.config.storage_prefix, "state", name)
+        tensors = flat_named(self._state_tree())
+        meta = {"base_model": self.config.base_model, "lora": json.dumps(self._lora_meta())}
+        write_checkpoint(
+            self._client.blobs,
+            prefix,
+            kind="state",
+            name=name,
+            step=self._step,
+            files={STATE_FILE: save_safetensors(tensors)},
+            meta=meta,
+        )
+        return CheckpointRef("state", name, prefix, self._step, self.config.base_model)
+
+    def _load_state(self, ref: CheckpointRef) -> None:
+        manifest, files = read_checkpoint(self._client.blobs, ref.key)
+        if json.loads(manifest.meta.get("lora", "{}")) != self._lora_meta():
+            raise ValidationError(
+                "load_state", f"checkpoint {ref.key!r} was saved with another LoRA shape"
+            )
+        tree = unflatten_like(
+            self._state_tree(), load_safetensors(files[STATE_FILE]), f"checkpoint {ref.key!r}"
+        )
+        self._trainable = jax.device_put(tree["trainable"], self._replicated)
+        self._opt_state = jax.device_put(tree["opt_state"], self._replicated)
+        self._grads = jax.device_put(tree["grads"], self._replicated)
+        self._step = manifest.step
+
+    def _lora_meta(self) -> dict[str, Any]:
+        lora = self.config.lora
+        return {
+            "rank": lora.rank,
+            "alpha": lora.alpha,
+            "attn": lora.train_attn,
+            "mlp": lora.train_mlp,
+            "unembed": lora.train_unembed,
+        }
+
+    def _save_sampler(self, name: str, *, merged: bool) -> CheckpointRef:
+        prefix = join_key(self.config.storage_prefix, "sampler", name)
+        model = nnx.merge(self._graphdef, self._trainable, self._frozen)
+        if merged:
+            files = {"model.safetensors": save_safetensors(merged_hf_tensors(model))}
+            for extra in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+                if (self.folder / extra).is_file():
+                    files[extra] = (self.folder / extra).read_bytes()
+            config = json.loads((self.folder / "config.json").read_text())
+            # A LoRA on a tied head unties it: the merged head differs from the embedding.
+            config["tie_word_embeddings"] = "lm_head.weight" not in tensor_names(
+                files["model.safetensors"]
+            )
+            files["config.json"] = json.dumps(config, indent=2).encode()
+            kind = "merged"
+        else:
+            files = peft_adapter_files(model, self.config)
+            kind = "peft"
+        write_checkpoint(
+            self._client.blobs,
+            prefix,
+            kind="sampler",
+            name=name,
+            step=self._step,
+            files=files,
+            meta={"format": kind, "base_model": self.config.base_model},
+        )
+        return CheckpointRef("sampler", name, prefix, self._step, self.config.base_model)
+
+
+class JaxTrainingClient:
+    """Sessions on HF decoder models; base models come through the HubClient (or a local
+    directory), checkpoints and exports go through the BlobStore."""
+
+    def __init__(
+        self,
+        hub: HubClient,
+        blobs: BlobStore,
+        *,
+        dtype: str = "float32",
+        length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
+        devices: Sequence[Any] | None = None,
+    ) -> None:
+        self.hub, self.blobs = hub, blobs
+        self.dtype = jnp.dtype(dtype)
+        self.length_buckets = tuple(length_buckets)
+        self.mesh = Mesh(
+            np.asarray(devices if devices is not None else jax.local_devices()), ("data",)
+        )
+        self._ids = itertools.count(1)
+
+    def start_session(self, config: SessionConfig) -> JaxTrainingSession:
+        return JaxTrainingSession(self, config, f"jax-{next(self._ids)}")

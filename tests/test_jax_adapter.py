@@ -1,0 +1,276 @@
+"""The JAX TrainingClient against the reference users trust: transformers + peft on CPU."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+from peft import PeftModel
+
+from galley.adapters.jax import JaxTrainingClient
+from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
+from galley.adapters.jax.config import parse_config
+from galley.adapters.jax.model import build_model, causal_mask
+from galley.adapters.jax.training import TRACES
+from galley.adapters.noop import NoopBlobStore, NoopHubClient
+from galley.core import AdamParams, Datum, LoraConfig, SessionConfig, ValidationError
+from galley.ports import BlobStore
+from tests.contracts.training_client import TrainingClientContract
+from tests.hf_models import make_model
+
+FAMILIES = [("llama", False), ("qwen2", True), ("qwen3", False), ("mistral", False)]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("models")
+    out = {
+        f"{fam}{'-tied' if tie else ''}": make_model(root / fam, fam, tie=tie)
+        for fam, tie in FAMILIES
+    }
+    out["llama3-rope"] = make_model(
+        root / "llama3",
+        "llama",
+        rope_parameters={
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        },
+    )
+    return out
+
+
+def hf_logits(folder: Path, tokens: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    with torch.no_grad():
+        return model(torch.tensor(tokens)).logits.numpy()
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2-tied", "qwen3", "mistral", "llama3-rope"])
+def test_logits_match_transformers(models: dict[str, Path], name: str) -> None:
+    folder = models[name]
+    cfg = read_config(folder)
+    tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 40))
+    model = build_model(cfg, SafetensorsReader(folder), None)
+    logits, _ = model(
+        jnp.asarray(tokens), jnp.broadcast_to(jnp.arange(40), (2, 40)), causal_mask(40)
+    )
+    ref = hf_logits(folder, tokens)
+    assert ref.std() > 1.0  # logits spread over several nats: a wrong model would show
+    assert np.abs(np.asarray(logits) - ref).max() <= 1e-4
+
+
+def test_old_and_new_config_formats_agree() -> None:
+    base = {
+        "model_type": "llama",
+        "vocab_size": 10,
+        "hidden_size": 8,
+        "intermediate_size": 16,
+        "num_hidden_layers": 1,
+        "num_attention_heads": 2,
+        "max_position_embeddings": 128,
+    }
+    scaling = {
+        "factor": 8.0,
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 64,
+    }
+    old = parse_config(
+        {**base, "rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", **scaling}}
+    )
+    new = parse_config(
+        {**base, "rope_parameters": {"rope_type": "llama3", "rope_theta": 5e5, **scaling}}
+    )
+    assert old == new and old.rope.kind == "llama3" and old.num_kv_heads == 2 and old.head_dim == 4
+    with pytest.raises(ValidationError, match="'gpt2' is not supported"):
+        parse_config({**base, "model_type": "gpt2"})
+    with pytest.raises(ValidationError, match="missing required field 'vocab_size'"):
+        parse_config({k: v for k, v in base.items() if k != "vocab_size"})
+
+
+def test_missing_tensor_is_named(models: dict[str, Path], tmp_path: Path) -> None:
+    from safetensors.numpy import load_file, save_file
+
+    folder = tmp_path / "broken"
+    folder.mkdir()
+    for f in models["llama"].iterdir():
+        (folder / f.name).write_bytes(f.read_bytes())
+    tensors = load_file(str(folder / "model.safetensors"))
+    del tensors["model.layers.1.mlp.up_proj.weight"]
+    save_file(tensors, str(folder / "model.safetensors"))
+    client = JaxTrainingClient(NoopHubClient(), NoopBlobStore())
+    with pytest.raises(ValidationError, match="missing tensor 'model.layers.1.mlp.up_proj.weight'"):
+        client.start_session(SessionConfig(str(folder)))
+
+
+def batch(tok: Any, texts: list[str]) -> list[Datum]:
+    out = []
+    for t in texts:
+        ids = [tok.bos_token_id, *tok.encode(t)]
+        out.append(Datum.from_tokens(ids, [0.0] + [1.0] * (len(ids) - 1)))
+    return out
+
+
+def write_blobs(blobs: BlobStore, prefix: str, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for key in blobs.list(prefix):
+        (folder / key.rsplit("/", 1)[-1]).write_bytes(blobs.read(key))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2-tied"])
+def test_lora_loss_and_gradients_match_peft(
+    models: dict[str, Path], tmp_path: Path, name: str
+) -> None:
+    folder, blobs = models[name], NoopBlobStore()
+    session = JaxTrainingClient(NoopHubClient(), blobs).start_session(
+        SessionConfig(str(folder), LoraConfig(rank=4, alpha=8.0, seed=3))
+    )
+    tok = session.tokenizer
+    session.forward_backward(batch(tok, ["the lazy dog jumps", "a ship"]))
+    session.optim_step(AdamParams(learning_rate=0.05)).result()  # B != 0 from here on
+    ref = session.save_weights_for_sampler("lora").result()
+    adapter_dir = write_blobs(blobs, ref.key, tmp_path / "adapter")
+    assert json.loads((adapter_dir / "adapter_config.json").read_text())["r"] == 4
+
+    data = batch(tok, ["galley rowed in rhythm", "quick brown fox"])
+    out = session.forward_backward(data).result()
+    grads = nnx.to_flat_state(session._grads)  # white-box: the accumulated LoRA gradient
+
+    peft_model = PeftModel.from_pretrained(
+        transformers.AutoModelForCausalLM.from_pretrained(folder), adapter_dir, is_trainable=True
+    )
+    peft_model.eval()
+    width = max(d.model_input.length for d in data)
+    total = torch.zeros(())
+    for d in data:
+        ids = torch.tensor([d.model_input.to_ints()])
+        logits = peft_model(ids).logits[0].double()
+        logp = torch.log_softmax(logits, -1).gather(
+            1, torch.tensor(d.loss_fn_inputs["target_tokens"].tolist())[:, None]
+        )[:, 0]
+        total = (
+            total
+            - (logp * torch.tensor(d.loss_fn_inputs["weights"].tolist(), dtype=torch.float64)).sum()
+        )
+    total.backward()
+    assert width > 3 and out.metrics["loss:sum"] == pytest.approx(float(total.detach()), rel=1e-5)
+    torch_grads = {
+        n: p.grad.numpy() for n, p in peft_model.named_parameters() if p.grad is not None
+    }
+    compared = 0
+    for path, variable in grads:
+        module = "lm_head" if path[0] == "lm_head" else "model." + ".".join(map(str, path[:-1]))
+        which = "lora_A" if path[-1] == "lora_a" else "lora_B"
+        expected = torch_grads[f"base_model.model.{module}.{which}.default.weight"].T
+        np.testing.assert_allclose(np.asarray(variable[...]), expected, rtol=2e-3, atol=2e-5)
+        compared += 1
+    assert compared == 2 * 7 * 2 + 2  # q,k,v,o,gate,up,down in 2 layers, plus the head
+
+
+def test_merged_export_loads_in_transformers_with_the_same_logits(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    folder, blobs = models["qwen2-tied"], NoopBlobStore()
+    session = JaxTrainingClient(NoopHubClient(), blobs).start_session(
+        SessionConfig(str(folder), LoraConfig(rank=4))
+    )
+    data = batch(session.tokenizer, ["the quick brown fox", "jumps over"])
+    for _ in range(2):
+        session.forward_backward(data)
+        session.optim_step(AdamParams(learning_rate=0.05))
+    ref = session.save_merged_weights("merged").result()
+    merged = write_blobs(blobs, ref.key, tmp_path / "merged")
+    tokens = np.asarray([data[0].model_input.to_ints()])
+    ours = np.concatenate(list(session.forward(data[:1]).result().logprobs))
+    hf = torch.log_softmax(torch.tensor(hf_logits(merged, tokens))[0], -1)
+    theirs = hf.gather(1, torch.tensor(data[0].loss_fn_inputs["target_tokens"].tolist())[:, None])[
+        :, 0
+    ].numpy()
+    np.testing.assert_allclose(ours, theirs, atol=1e-4)
+    assert not json.loads((merged / "config.json").read_text())["tie_word_embeddings"]
+
+
+def test_training_drives_loss_down_and_full_finetune_trains_everything(
+    models: dict[str, Path],
+) -> None:
+    client = JaxTrainingClient(NoopHubClient(), NoopBlobStore())
+    full = client.start_session(SessionConfig(str(models["llama"]), LoraConfig(rank=0)))
+    assert full.model_info.num_trainable_parameters == full.model_info.num_parameters
+    data = batch(full.tokenizer, ["the quick brown fox jumps over the lazy dog"] * 2)
+    losses = []
+    for _ in range(15):
+        losses.append(full.forward_backward(data).result().metrics["loss:sum"])
+        full.optim_step(AdamParams(learning_rate=3e-3))
+    assert losses[-1] < 0.1 * losses[0]
+
+
+def test_new_lengths_in_a_bucket_do_not_recompile(models: dict[str, Path]) -> None:
+    session = JaxTrainingClient(
+        NoopHubClient(), NoopBlobStore(), length_buckets=(32, 64)
+    ).start_session(SessionConfig(str(models["mistral"]), LoraConfig(rank=2)))
+    tok = session.tokenizer
+    session.forward_backward(batch(tok, ["a"])).result()
+    session.optim_step(AdamParams()).result()
+    before = dict(TRACES)
+    for text in ["the quick", "the quick brown fox", "galley ship rowed", "numbers 0 1 2 3 4"]:
+        session.forward_backward(batch(tok, [text])).result()
+        session.optim_step(
+            AdamParams(learning_rate=float(len(text)) * 1e-4, grad_clip_norm=1.0)
+        ).result()
+    assert dict(TRACES) == before  # same bucket, new lengths, new LR and clipping: no trace
+    session.forward_backward(
+        batch(tok, ["the quick brown fox jumps over the lazy dog " * 2])
+    ).result()
+    assert (
+        TRACES["forward_backward"] == before["forward_backward"] + 1
+    )  # the next bucket compiles once
+
+
+class TestJaxTrainingClientContract(TrainingClientContract):
+    folder: Path | None = None
+
+    @pytest.fixture(autouse=True)
+    def _model(self, models: dict[str, Path]) -> None:
+        self.folder = models["qwen3"]
+
+    def make(self) -> tuple[JaxTrainingClient, str]:
+        assert self.folder is not None
+        return JaxTrainingClient(NoopHubClient(), NoopBlobStore()), str(self.folder)
+
+
+def test_sft_workflow_runs_unchanged_on_the_jax_adapter(models: dict[str, Path]) -> None:
+    from galley.adapters.noop import noop_adapters
+    from galley.workflows.sft import SFTConfig, run
+
+    blobs = NoopBlobStore()
+    adapters = noop_adapters(blobs=blobs, training=JaxTrainingClient(NoopHubClient(), blobs))
+    config = SFTConfig(
+        base_model=str(models["llama"]),
+        max_steps=12,
+        batch_size=4,
+        learning_rate=5e-3,
+        lora_rank=8,
+        eval_every=6,
+        checkpoint_every=6,
+        run_id="jax-sft",
+        num_samples=2,
+    )
+    result = run(config, adapters)
+    assert [m["step"] for m in result.metrics] == list(range(1, 13))
+    assert result.metrics[-1]["loss"] < result.metrics[0]["loss"]
+    assert result.eval[-1]["eval/nll"] < result.eval[0]["eval/nll"]
+    assert [c.step for c in result.checkpoints] == [6, 12]
+    assert result.sampler is not None
+    assert blobs.exists(f"{result.sampler.key}/adapter_model.safetensors")
