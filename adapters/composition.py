@@ -77,6 +77,12 @@ class JaxTrainingOptions:
 
 
 @attrs.frozen
+class JaxCompleterOptions:
+    model: str | None = None  # default base model (hub repo id or directory)
+    dtype: str = "float32"
+
+
+@attrs.frozen
 class LocalHubOptions:
     root: str = "."
 
@@ -107,6 +113,12 @@ def _jax_training(o: JaxTrainingOptions, built: Built) -> Any:
     return JaxTrainingClient(
         built["hub"], built["blobs"], dtype=o.dtype, length_buckets=o.length_buckets
     )
+
+
+def _jax_completer(o: JaxCompleterOptions, built: Built) -> Any:
+    from galley.adapters.jax import JaxCompleter
+
+    return JaxCompleter(built["hub"], built["blobs"], model=o.model, dtype=o.dtype)
 
 
 def _noop_datasets(o: NoopDatasetOptions, built: Built) -> Any:
@@ -187,6 +199,13 @@ for _kind in (
     AdapterKind("metrics", "noop", "in-memory metric rows", FaultOptions, _noop_metrics),
     AdapterKind(
         "completer", "noop", "scripted or echoed answers", NoopCompleterOptions, _noop_completer
+    ),
+    AdapterKind(
+        "completer",
+        "jax",
+        "KV-cache sampling of HF decoders (+ exported adapters) with JAX",
+        JaxCompleterOptions,
+        _jax_completer,
     ),
 ):
     register(_kind)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from galley.core import SamplingParams
 from galley.ports import Completer
 
@@ -26,10 +28,17 @@ class CompleterContract:
         assert c.complete("hello", p) == c.complete("hello", p)
 
     def test_batch_matches_single_prompts(self) -> None:
+        """Same tokens and text; logprobs equal up to float rounding (batch shapes differ)."""
         c = self.make()
         p = SamplingParams(max_tokens=6, temperature=0.0)
         prompts = ["a", "a much longer prompt than the first"]
-        assert c.complete_batch(prompts, p) == [c.complete(x, p) for x in prompts]
+        for batched, single in zip(
+            c.complete_batch(prompts, p), [c.complete(x, p) for x in prompts], strict=True
+        ):
+            assert batched.prompt_tokens == single.prompt_tokens
+            for b, s in zip(batched.sequences, single.sequences, strict=True):
+                assert (b.tokens, b.text, b.stop_reason) == (s.tokens, s.text, s.stop_reason)
+                assert b.logprobs == pytest.approx(s.logprobs, abs=1e-4)
 
     def test_stream_joins_to_the_completion_text(self) -> None:
         c = self.make()

@@ -1,0 +1,372 @@
+"""The JAX Completer: prefill, then a compiled decode loop over a fixed-size KV cache.
+
+Prompts are left-padded into one batch (padding keys masked out); temperature, top-k, top-p
+and stop token ids are traced inputs, so changing them never recompiles; shapes are bucketed.
+Stop strings are applied on the host after decoding. Logprobs are the model's own
+(temperature 1) log-probabilities of the chosen tokens, as training computes them.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+from collections.abc import Iterator, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import attrs
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from safetensors.numpy import load as load_safetensors
+
+from galley.adapters.jax.batching import DEFAULT_LENGTH_BUCKETS, batch_bucket, bucket
+from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
+from galley.adapters.jax.config import ModelConfig
+from galley.adapters.jax.model import CausalLM, build_model
+from galley.adapters.jax.tokenizer import HFTokenizerAdapter
+from galley.adapters.jax.training import resolve_model_folder
+from galley.core.errors import ValidationError
+from galley.core.manifest import read_checkpoint
+from galley.core.model_input import ModelInput
+from galley.core.types import Completion, ModelRef, SampledSequence, SamplingParams
+from galley.ports.blobs import BlobStore
+from galley.ports.hub import HubClient
+
+MAX_STOP_IDS = 8
+Array = jax.Array
+
+
+@attrs.frozen
+class LoadedModel:
+    graphdef: Any
+    state: Any
+    config: ModelConfig
+    tokenizer: HFTokenizerAdapter
+
+
+def _filter_logits(logits: Array, top_k: Array, top_p: Array) -> Array:
+    """Mask logits outside the top-k and the top-p nucleus (k, p traced: no recompiles)."""
+    vocab = logits.shape[-1]
+    ordered = jnp.sort(logits, axis=-1)[..., ::-1]
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    kth = jnp.take_along_axis(
+        ordered, jnp.broadcast_to(k - 1, logits.shape[:-1])[..., None], axis=-1
+    )
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+    probs = jax.nn.softmax(jnp.sort(logits, axis=-1)[..., ::-1], axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the tokens ranked above each
+    ordered = jnp.sort(logits, axis=-1)[..., ::-1]
+    keep = before < top_p
+    threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
+    return jnp.where(logits < threshold, -jnp.inf, logits)
+
+
+def _pick(logits: Array, key: Array, temperature: Array, top_k: Array, top_p: Array) -> Array:
+    greedy = jnp.argmax(logits, axis=-1)
+    filtered = _filter_logits(logits / jnp.maximum(temperature, 1e-6), top_k, top_p)
+    sampled = jax.vmap(jax.random.categorical)(key, filtered)
+    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "new_tokens"))
+def generate(
+    graphdef: Any,
+    state: Any,
+    tokens: Array,  # int32 [B, P], left-padded
+    prompt_mask: Array,  # bool [B, P]
+    keys: Array,  # [B] PRNG keys, one per row
+    max_new: Array,  # int32: tokens to generate (<= new_tokens)
+    temperature: Array,
+    top_k: Array,
+    top_p: Array,
+    stop_ids: Array,  # int32 [MAX_STOP_IDS], -1 = unused
+    new_tokens: int,
+) -> tuple[Array, Array, Array, Array]:
+    """(tokens [B, N], logprobs [B, N], generated counts [B], prompt logprobs [B, P])."""
+    model: CausalLM = nnx.merge(graphdef, state)
+    cfg = model.cfg
+    b, p = tokens.shape
+    total = p + new_tokens
+    valid = jnp.concatenate([prompt_mask, jnp.zeros((b, new_tokens), bool)], axis=1)
+    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
+    causal = jnp.arange(total)[None, :] <= jnp.arange(p)[:, None]
+    empty = jnp.zeros((b, total, cfg.num_kv_heads, cfg.head_dim), model.embed_tokens[...].dtype)
+    logits, caches = model(
+        tokens,
+        positions,
+        causal[None] & valid[:, None, :],
+        [(empty, empty)] * cfg.num_layers,
+        jnp.int32(0),
+    )
+    step_logp = jax.nn.log_softmax(logits, axis=-1)
+    prompt_logp = jnp.take_along_axis(step_logp[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
+    prompt_logp = jnp.concatenate([jnp.zeros((b, 1)), prompt_logp], axis=1)
+    last_pos = positions[:, -1]
+
+    def cond(carry: tuple[Any, ...]) -> Array:
+        i, done = carry[0], carry[1]
+        keep_going: Array = (i < max_new) & ~jnp.all(done)
+        return keep_going
+
+    def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
+        i, done, count, logits, caches, valid, out, out_lp = carry
+        token = _pick(
+            logits, jax.vmap(jax.random.fold_in, (0, None))(keys, i), temperature, top_k, top_p
+        )
+        lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
+        out = out.at[:, i].set(jnp.where(done, 0, token))
+        out_lp = out_lp.at[:, i].set(jnp.where(done, 0.0, lp))
+        count = count + (~done).astype(jnp.int32)
+        done = done | jnp.any(token[:, None] == stop_ids[None, :], axis=-1)
+        valid = valid.at[:, p + i].set(True)
+        step_logits, caches = model(
+            token[:, None], (last_pos + 1 + i)[:, None], valid[:, None, :], caches, p + i
+        )
+        return i + 1, done, count, step_logits[:, 0], caches, valid, out, out_lp
+
+    carry = (
+        jnp.int32(0),
+        jnp.zeros((b,), bool),
+        jnp.zeros((b,), jnp.int32),
+        logits[:, -1],
+        caches,
+        valid,
+        jnp.zeros((b, new_tokens), jnp.int32),
+        jnp.zeros((b, new_tokens), jnp.float32),
+    )
+    carry = jax.lax.while_loop(cond, body, carry)
+    return carry[6], carry[7], carry[2], prompt_logp
+
+
+class JaxCompleter:
+    """Samples from HF decoder models, optionally with sampler weights exported by the JAX
+    TrainingClient (a PEFT adapter, merged in at load, or merged full weights)."""
+
+    def __init__(
+        self,
+        hub: HubClient,
+        blobs: BlobStore,
+        *,
+        model: str | None = None,
+        dtype: str = "float32",
+        length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
+    ) -> None:
+        self.hub, self.blobs, self.default_model = hub, blobs, model
+        self.dtype = jnp.dtype(dtype)
+        self.length_buckets = tuple(length_buckets)
+        self._models: dict[tuple[str, str | None], LoadedModel] = {}
+        self._lock = threading.Lock()
+        self._calls = 0
+
+    # -- loading --------------------------------------------------------------------------
+
+    def _load(self, ref: ModelRef | None) -> LoadedModel:
+        if ref is None:
+            if self.default_model is None:
+                raise ValidationError(
+                    "model", "no model given and the completer has no default model"
+                )
+            ref = ModelRef(self.default_model)
+        cache_key = (ref.base_model, ref.adapter.key if ref.adapter else None)
+        with self._lock:
+            if cache_key not in self._models:
+                self._models[cache_key] = self._build(ref)
+            return self._models[cache_key]
+
+    def _build(self, ref: ModelRef) -> LoadedModel:
+        folder = resolve_model_folder(ref.base_model, self.hub)
+        tokenizer_folder = folder
+        if ref.adapter is not None:
+            manifest, files = read_checkpoint(self.blobs, ref.adapter.key)
+            if manifest.meta.get("format") == "merged":
+                folder = Path(tempfile.mkdtemp(prefix="galley-merged-"))
+                for name, data in files.items():
+                    (folder / name).write_bytes(data)
+        cfg = read_config(folder)
+        reader = SafetensorsReader(folder)
+        try:
+            tensor: Any = reader
+            if ref.adapter is not None and manifest.meta.get("format") != "merged":
+                cfg, tensor = _with_peft(cfg, reader, files)
+            model = build_model(cfg, tensor, None, self.dtype)
+        finally:
+            reader.close()
+        graphdef, state = nnx.split(model)
+        tokenizer = HFTokenizerAdapter(tokenizer_folder, cfg.eos_token_ids, cfg.bos_token_id)
+        return LoadedModel(graphdef, state, cfg, tokenizer)
+
+    # -- sampling -------------------------------------------------------------------------
+
+    def _encode(self, loaded: LoadedModel, prompt: str | ModelInput) -> list[int]:
+        if isinstance(prompt, ModelInput):
+            ids = prompt.to_ints()
+        else:
+            ids = loaded.tokenizer.encode(prompt)
+            bos = loaded.tokenizer.bos_token_id
+            ids = ([bos] if bos is not None else []) + ids
+        if not ids:
+            raise ValidationError("prompt", "is empty; expected at least one token")
+        if max(ids) >= loaded.config.vocab_size:
+            raise ValidationError("prompt", f"token id {max(ids)} is outside the vocabulary")
+        return ids
+
+    def _sample(
+        self,
+        prompts: Sequence[str | ModelInput],
+        params: SamplingParams,
+        model: ModelRef | None,
+        num_samples: int,
+    ) -> list[Completion]:
+        loaded = self._load(model)
+        encoded = [self._encode(loaded, p) for p in prompts]
+        rows = [(i, s) for i in range(len(encoded)) for s in range(num_samples)]
+        width = bucket(max(len(e) for e in encoded), self.length_buckets)
+        new_tokens = bucket(
+            max(params.max_tokens, 1), (16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+        )
+        if width + new_tokens > loaded.config.max_position_embeddings * 4:
+            raise ValidationError("max_tokens", "prompt plus max_tokens exceed the model's context")
+        n = batch_bucket(len(rows), 1)
+        tokens, mask = np.zeros((n, width), np.int32), np.zeros((n, width), bool)
+        for r, (i, _) in enumerate(rows):
+            ids = encoded[i]
+            tokens[r, width - len(ids) :], mask[r, width - len(ids) :] = ids, True
+        mask[len(rows) :, -1] = True  # padding rows attend to one key, avoiding an empty softmax
+        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
+        base = jax.random.key(seed)
+        keys = jnp.stack([jax.random.fold_in(base, s) for _, s in rows] + [base] * (n - len(rows)))
+        stops = list(params.stop_token_ids) + (
+            []
+            if params.ignore_eos
+            else [loaded.tokenizer.eos_token_id, *loaded.config.eos_token_ids]
+        )
+        stop_ids = np.full((MAX_STOP_IDS,), -1, np.int32)
+        stop_ids[: min(len(stops), MAX_STOP_IDS)] = stops[:MAX_STOP_IDS]
+        out, out_lp, counts, prompt_lp = jax.device_get(
+            generate(
+                loaded.graphdef,
+                loaded.state,
+                jnp.asarray(tokens),
+                jnp.asarray(mask),
+                keys,
+                jnp.int32(params.max_tokens),
+                jnp.float32(params.temperature),
+                jnp.int32(params.top_k),
+                jnp.float32(params.top_p),
+                jnp.asarray(stop_ids),
+                new_tokens=new_tokens,
+            )
+        )
+        completions = []
+        for i, ids in enumerate(encoded):
+            sequences = []
+            for r in (r for r, (j, _) in enumerate(rows) if j == i):
+                k = int(counts[r])
+                sequences.append(
+                    _finish(
+                        loaded.tokenizer,
+                        out[r, :k].tolist(),
+                        out_lp[r, :k].tolist(),
+                        params,
+                        set(stops),
+                    )
+                )
+            prompt_logprobs = None
+            if params.include_prompt_logprobs:
+                tail = prompt_lp[rows.index((i, 0)), width - len(ids) + 1 :].tolist()
+                prompt_logprobs = (None, *tail)
+            completions.append(Completion(ids, sequences, prompt_logprobs))
+        return completions
+
+    def complete(
+        self,
+        prompt: str | ModelInput,
+        params: SamplingParams,
+        *,
+        model: ModelRef | None = None,
+        num_samples: int = 1,
+    ) -> Completion:
+        return self._sample([prompt], params, model, num_samples)[0]
+
+    def complete_batch(
+        self,
+        prompts: Sequence[str | ModelInput],
+        params: SamplingParams,
+        *,
+        model: ModelRef | None = None,
+    ) -> list[Completion]:
+        return self._sample(prompts, params, model, 1) if prompts else []
+
+    def stream(
+        self, prompt: str | ModelInput, params: SamplingParams, *, model: ModelRef | None = None
+    ) -> Iterator[str]:
+        """Text pieces per generated token (the loop is compiled, so pieces come after it ends)."""
+        completion = self.complete(prompt, params, model=model)
+        seq, tok = completion.sequences[0], self._load(model).tokenizer
+        emitted = ""
+        for k in range(1, len(seq.tokens) + 1):
+            text = tok.decode(seq.tokens[:k])
+            if len(text) > len(emitted) and text.startswith(emitted) and len(text) <= len(seq.text):
+                yield text[len(emitted) :]
+                emitted = text
+        if emitted != seq.text:
+            yield seq.text[len(emitted) :]
+
+
+def _finish(
+    tokenizer: HFTokenizerAdapter,
+    tokens: list[int],
+    logprobs: list[float],
+    params: SamplingParams,
+    stop_ids: set[int],
+) -> SampledSequence:
+    """Apply stop strings on the host; text excludes the stop token or string."""
+    stopped = bool(tokens) and tokens[-1] in stop_ids
+    body = tokens[:-1] if stopped else tokens
+    text = tokenizer.decode(body)
+    if params.stop:
+        hits = [(text.find(s), s) for s in params.stop if s in text]
+        if hits:
+            at = min(hits)[0]
+            for k in range(1, len(body) + 1):  # fewest tokens whose text reaches the stop string
+                if len(tokenizer.decode(body[:k])) >= at + 1 or at == 0:
+                    break
+            tokens, logprobs, text, stopped = tokens[:k], logprobs[:k], text[:at], True
+    reason = "stop" if stopped else "length"
+    return SampledSequence(tokens, logprobs, reason, text)  # type: ignore[arg-type]
+
+
+def _with_peft(
+    cfg: ModelConfig, reader: SafetensorsReader, files: dict[str, bytes]
+) -> tuple[ModelConfig, Any]:
+    """A tensor getter with a PEFT adapter folded into the base weights (W + B A alpha/r)."""
+    import json
+
+    adapter_config = json.loads(files["adapter_config.json"])
+    scale = float(adapter_config["lora_alpha"]) / float(adapter_config["r"])
+    lora = load_safetensors(files["adapter_model.safetensors"])
+    deltas: dict[str, np.ndarray[Any, Any]] = {}
+    for name, a in lora.items():
+        if name.endswith(".lora_A.weight"):
+            module = name.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
+            b = lora[name.replace("lora_A", "lora_B")]
+            deltas[f"{module}.weight"] = (b @ a) * scale
+    if "lm_head.weight" in deltas and cfg.tie_word_embeddings:
+        cfg = attrs.evolve(
+            cfg, tie_word_embeddings=False
+        )  # the tuned head no longer equals the embedding
+
+    def tensor(name: str) -> np.ndarray[Any, Any]:
+        source = (
+            "model.embed_tokens.weight"
+            if name == "lm_head.weight" and name not in set(reader.names())
+            else name
+        )
+        base = reader(source)
+        return base + deltas[name] if name in deltas else base
+
+    return cfg, tensor

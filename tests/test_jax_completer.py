@@ -1,0 +1,146 @@
+"""The JAX Completer: greedy parity with transformers.generate, sampling controls, adapters."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import attrs
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from galley.adapters.jax import JaxCompleter, JaxTrainingClient
+from galley.adapters.local_hub import LocalDirectoryHub
+from galley.adapters.noop import NoopBlobStore
+from galley.core import (
+    AdamParams,
+    Conversation,
+    LoraConfig,
+    ModelRef,
+    RoleColonRenderer,
+    SamplingParams,
+    SessionConfig,
+    TrainOn,
+    to_datum,
+)
+from tests.contracts.completer import CompleterContract
+from tests.hf_models import make_model
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> LocalDirectoryHub:
+    root = tmp_path_factory.mktemp("hub")
+    make_model(root / "tiny" / "llama", "llama")
+    make_model(root / "tiny" / "qwen3", "qwen3", tie=True)
+    return LocalDirectoryHub(root)
+
+
+def hf_greedy(folder: Path, prompt: list[int], n: int) -> list[int]:
+    model = transformers.AutoModelForCausalLM.from_pretrained(folder).eval()
+    out = model.generate(
+        torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=1, pad_token_id=2
+    )
+    return out[0, len(prompt) :].tolist()
+
+
+@pytest.mark.parametrize("repo", ["tiny/llama", "tiny/qwen3"])
+def test_greedy_generation_matches_transformers(hub: LocalDirectoryHub, repo: str) -> None:
+    completer = JaxCompleter(hub, NoopBlobStore(), model=repo)
+    prompts = ["the quick brown fox", "a", "numbers 0 1 2 3 and punctuation , ."]
+    params = SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True)
+    for completion in completer.complete_batch(prompts, params):  # different lengths, one batch
+        expected = hf_greedy(hub.snapshot(repo), list(completion.prompt_tokens), 20)
+        assert list(completion.sequences[0].tokens) == expected
+        assert completion.sequences[0].stop_reason == "length"
+
+
+def test_sampling_is_seeded_and_controlled(hub: LocalDirectoryHub) -> None:
+    completer = JaxCompleter(hub, NoopBlobStore(), model="tiny/llama")
+    params = SamplingParams(
+        max_tokens=16, temperature=1.0, top_k=50, top_p=0.95, seed=11, ignore_eos=True
+    )
+    first = completer.complete("the", params, num_samples=3)
+    assert first == completer.complete("the", params, num_samples=3)
+    assert len({s.tokens for s in first.sequences}) == 3  # independent samples
+    other = completer.complete("the", attrs.evolve(params, seed=12), num_samples=3)
+    assert other.sequences != first.sequences
+    # top_k = 1 is greedy whatever the temperature
+    greedy = completer.complete(
+        "the", SamplingParams(max_tokens=16, temperature=0.0, ignore_eos=True)
+    )
+    top1 = completer.complete(
+        "the", SamplingParams(max_tokens=16, temperature=2.0, top_k=1, seed=5, ignore_eos=True)
+    )
+    assert top1.sequences[0].tokens == greedy.sequences[0].tokens
+
+
+def test_stop_token_ids_and_stop_strings(hub: LocalDirectoryHub) -> None:
+    completer = JaxCompleter(hub, NoopBlobStore(), model="tiny/llama")
+    free = completer.complete(
+        "the quick", SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
+    ).sequences[0]
+    stop_id = free.tokens[3]
+    cut = completer.complete(
+        "the quick",
+        SamplingParams(max_tokens=12, temperature=0.0, stop_token_ids=(stop_id,), ignore_eos=True),
+    ).sequences[0]
+    first = free.tokens.index(stop_id)
+    assert cut.tokens == free.tokens[: first + 1] and cut.stop_reason == "stop"
+    assert len(cut.logprobs) == len(cut.tokens)
+    needle = free.text[len(free.text) // 2 : len(free.text) // 2 + 2]
+    if needle.strip():
+        by_string = completer.complete(
+            "the quick",
+            SamplingParams(max_tokens=12, temperature=0.0, stop=(needle,), ignore_eos=True),
+        ).sequences[0]
+        assert by_string.stop_reason == "stop" and needle not in by_string.text
+        assert free.text.startswith(by_string.text)
+
+
+def test_a_trained_adapter_answers_what_it_learned(hub: LocalDirectoryHub) -> None:
+    """LoRA-train a tiny model to reverse one word, export, and sample the answer back."""
+    blobs = NoopBlobStore()
+    session = JaxTrainingClient(hub, blobs).start_session(
+        SessionConfig("tiny/llama", LoraConfig(rank=8, alpha=16))
+    )
+    renderer = RoleColonRenderer(session.tokenizer)
+    chat = Conversation.of(("user", "Reverse the letters of: apple"), ("assistant", "elppa"))
+    datum = to_datum(renderer.render(chat, TrainOn.LAST_ASSISTANT_MESSAGE), 128)
+    losses = []
+    for _ in range(40):
+        losses.append(session.forward_backward([datum]).result().metrics["loss:sum"])
+        session.optim_step(AdamParams(learning_rate=1e-2))
+    assert losses[-1] < 0.05 * losses[0]
+    adapter = session.save_weights_for_sampler("reverse").result()
+    completer = JaxCompleter(hub, blobs)
+    prompt = renderer.generation_prompt(Conversation(chat.messages[:1]))
+    params = SamplingParams(max_tokens=16, temperature=0.0, stop=renderer.stop_sequences)
+    tuned = completer.complete(prompt, params, model=ModelRef("tiny/llama", adapter)).sequences[0]
+    base = completer.complete(prompt, params, model=ModelRef("tiny/llama")).sequences[0]
+    assert tuned.text.strip() == "elppa" and tuned.stop_reason == "stop"
+    assert base.text.strip() != "elppa"
+    # The in-training logprobs of the answer agree with the sampler's.
+    trained = session.forward([datum]).result().logprobs[0][-len(tuned.tokens) :]
+    np.testing.assert_allclose(trained, tuned.logprobs, atol=1e-4)
+
+
+class TestJaxCompleterContract(CompleterContract):
+    hub_: LocalDirectoryHub | None = None
+
+    @pytest.fixture(autouse=True)
+    def _hub(self, hub: LocalDirectoryHub) -> None:
+        self.hub_ = hub
+
+    def make(self) -> JaxCompleter:
+        assert self.hub_ is not None
+        return JaxCompleter(self.hub_, NoopBlobStore(), model="tiny/qwen3")
+
+
+def test_unknown_model_is_refused_through_the_hub(hub: LocalDirectoryHub) -> None:
+    from galley.core import NotFoundError
+
+    with pytest.raises(NotFoundError, match="no repo 'tiny/gpt9'"):
+        JaxCompleter(hub, NoopBlobStore()).complete(
+            "x", SamplingParams(), model=ModelRef("tiny/gpt9")
+        )
