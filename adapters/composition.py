@@ -83,6 +83,34 @@ class JaxCompleterOptions:
 
 
 @attrs.frozen
+class FsspecBlobOptions:
+    url: str = "."  # any fsspec URL: a local folder, memory://x, s3://bucket/prefix, ...
+    storage_options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class HuggingFaceHubOptions:
+    cache_dir: str | None = None  # default: HF_HOME's cache
+    offline: bool | None = None  # default: HF_HUB_OFFLINE
+
+
+@attrs.frozen
+class HFDatasetOptions:
+    cache_dir: str | None = None
+
+
+@attrs.frozen
+class JsonlMetricsOptions:
+    url: str = "runs"  # <url>/<run_id>/metrics.jsonl
+    storage_options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class SqliteMetricsOptions:
+    path: str = "runs/metrics.db"
+
+
+@attrs.frozen
 class LocalHubOptions:
     root: str = "."
 
@@ -119,6 +147,36 @@ def _jax_completer(o: JaxCompleterOptions, built: Built) -> Any:
     from galley.adapters.jax import JaxCompleter
 
     return JaxCompleter(built["hub"], built["blobs"], model=o.model, dtype=o.dtype)
+
+
+def _fsspec_blobs(o: FsspecBlobOptions, built: Built) -> Any:
+    from galley.adapters.fsspec_blobs import FsspecBlobStore
+
+    return FsspecBlobStore(o.url, **o.storage_options)
+
+
+def _hf_hub(o: HuggingFaceHubOptions, built: Built) -> Any:
+    from galley.adapters.hf_hub import HuggingFaceHubClient
+
+    return HuggingFaceHubClient(o.cache_dir, offline=o.offline)
+
+
+def _hf_datasets(o: HFDatasetOptions, built: Built) -> Any:
+    from galley.adapters.hf_datasets import HFDatasetStore
+
+    return HFDatasetStore(o.cache_dir)
+
+
+def _jsonl_metrics(o: JsonlMetricsOptions, built: Built) -> Any:
+    from galley.adapters.metrics_stores import JsonlMetricsStore
+
+    return JsonlMetricsStore(o.url, **o.storage_options)
+
+
+def _sqlite_metrics(o: SqliteMetricsOptions, built: Built) -> Any:
+    from galley.adapters.metrics_stores import SqliteMetricsStore
+
+    return SqliteMetricsStore(o.path)
 
 
 def _noop_datasets(o: NoopDatasetOptions, built: Built) -> Any:
@@ -192,6 +250,41 @@ for _kind in (
         _jax_training,
     ),
     AdapterKind("blobs", "noop", "in-memory blobs (lost at exit)", FaultOptions, _noop_blobs),
+    AdapterKind(
+        "blobs",
+        "fsspec",
+        "any fsspec URL (file, memory, s3, gcs...), atomic writes",
+        FsspecBlobOptions,
+        _fsspec_blobs,
+    ),
+    AdapterKind(
+        "hub",
+        "huggingface",
+        "the Hugging Face Hub via huggingface_hub (HF_HOME, HF_HUB_OFFLINE)",
+        HuggingFaceHubOptions,
+        _hf_hub,
+    ),
+    AdapterKind(
+        "datasets",
+        "hf",
+        "JSONL/JSON/CSV/Parquet files, save_to_disk folders, Hub ids (datasets)",
+        HFDatasetOptions,
+        _hf_datasets,
+    ),
+    AdapterKind(
+        "metrics",
+        "jsonl",
+        "one JSON line per step at <url>/<run_id>/metrics.jsonl (fsspec)",
+        JsonlMetricsOptions,
+        _jsonl_metrics,
+    ),
+    AdapterKind(
+        "metrics",
+        "sqlite",
+        "an SQLite file (WAL), shared by processes",
+        SqliteMetricsOptions,
+        _sqlite_metrics,
+    ),
     AdapterKind("hub", "noop", "synthetic in-memory model repos", NoOptions, _noop_hub),
     AdapterKind(
         "hub", "local", "a local folder of repos: <root>/<org>/<name>", LocalHubOptions, _local_hub

@@ -111,7 +111,29 @@ class RoleColonRenderer:
 
 RendererFactory = Callable[[Tokenizer], Renderer]
 
-RENDERERS: Mapping[str, RendererFactory] = {"role_colon": RoleColonRenderer}
+
+@runtime_checkable
+class HasChatTemplate(Protocol):
+    """A tokenizer that carries its model's chat template and can render with it."""
+
+    def chat_renderer(self) -> Renderer: ...
+
+
+def chat_template_renderer(tokenizer: Tokenizer) -> Renderer:
+    """The model's own chat template (from its tokenizer), for tokenizers that carry one."""
+    if not isinstance(tokenizer, HasChatTemplate):
+        raise ValidationError(
+            "renderer",
+            f"'chat_template' needs a tokenizer with a chat template; "
+            f"{type(tokenizer).__name__} has none",
+        )
+    return tokenizer.chat_renderer()
+
+
+RENDERERS: Mapping[str, RendererFactory] = {
+    "role_colon": RoleColonRenderer,
+    "chat_template": chat_template_renderer,
+}
 
 
 def make_renderer(name: str, tokenizer: Tokenizer) -> Renderer:

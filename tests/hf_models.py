@@ -18,10 +18,22 @@ CORPUS = [
     "a galley is a ship propelled by oars; its crew rowed in rhythm",
     "numbers 0 1 2 3 4 5 6 7 8 9 and punctuation , . ; : ! ?",
 ] * 4
-SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>"]
+SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|im_start|>", "<|im_end|>"]
+
+CHATML = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA3_STYLE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '<|im_end|>\n\n' + message['content'] | trim"
+    " + eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant<|im_end|>\n\n' }}{% endif %}"
+)
 
 
-def write_tokenizer(folder: Path, vocab_size: int) -> None:
+def write_tokenizer(folder: Path, vocab_size: int, chat_template: str | None = None) -> None:
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -32,12 +44,14 @@ def write_tokenizer(folder: Path, vocab_size: int) -> None:
     )
     tok.train_from_iterator(CORPUS, trainer)
     tok.save(str(folder / "tokenizer.json"))
-    config = {
+    config: dict[str, Any] = {
         "bos_token": "<|bos|>",
         "eos_token": "<|eos|>",
         "pad_token": "<|pad|>",
         "add_bos_token": True,
     }
+    if chat_template is not None:
+        config["chat_template"] = chat_template
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 

@@ -9,7 +9,8 @@ from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
 
-from galley.core.errors import NotFoundError
+from galley.adapters.chat_template import ChatTemplateRenderer
+from galley.core.errors import NotFoundError, ValidationError
 
 
 def _token_text(value: Any) -> str | None:
@@ -61,3 +62,23 @@ class HFTokenizerAdapter:
 
     def decode(self, tokens: Sequence[int]) -> str:
         return str(self._tok.decode(list(tokens), skip_special_tokens=True))
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        encoding = self._tok.encode(text, add_special_tokens=False)
+        return list(encoding.ids), [tuple(o) for o in encoding.offsets]  # type: ignore[misc]
+
+    def chat_renderer(self) -> ChatTemplateRenderer:
+        """A renderer using the model's chat template; raises if the model has none."""
+        template = self.config.get("chat_template")
+        if isinstance(template, list):  # named templates: use "default"
+            template = next((t["template"] for t in template if t.get("name") == "default"), None)
+        if not template:
+            raise ValidationError(
+                "renderer", "the model's tokenizer_config.json has no chat_template"
+            )
+        specials = {
+            k: v
+            for k in ("bos_token", "eos_token")
+            if isinstance(v := _token_text(self.config.get(k)), str)
+        }
+        return ChatTemplateRenderer(template, self.encode_with_offsets, specials)

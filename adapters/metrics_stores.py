@@ -1,0 +1,132 @@
+"""MetricsStores that outlive the process: JSON lines over fsspec, and SQLite.
+
+Both are readable while a run is going and from other processes: the JSONL store appends one
+line per step to ``<root>/<run_id>/metrics.jsonl``; the SQLite store uses WAL mode, so
+readers never block the writer.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import fsspec
+
+from galley.core.keys import check_name
+from galley.core.records import MetricRecord
+
+METRICS_FILE = "metrics.jsonl"
+
+
+def _row(run_id: str, step: int, metrics: Mapping[str, float]) -> dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "step": step,
+        "time": time.time(),
+        "metrics": {k: float(v) for k, v in metrics.items()},
+    }
+
+
+class JsonlMetricsStore:
+    """One JSON line per record. On a local disk each record is appended and flushed at once;
+    on object stores (no append) lines are buffered and the object rewritten on ``flush``."""
+
+    def __init__(self, url: str, *, flush_every: int = 50, **storage_options: Any) -> None:
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        self.root = root.rstrip("/")
+        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        self.appendable = "file" in protocols
+        self.flush_every = flush_every
+        self._pending: dict[str, list[str]] = {}
+        self._lock = threading.Lock()
+
+    def _path(self, run_id: str) -> str:
+        return f"{self.root}/{check_name(run_id, 'run_id')}/{METRICS_FILE}"
+
+    def record(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
+        line = json.dumps(_row(run_id, step, metrics), sort_keys=True) + "\n"
+        with self._lock:
+            if self.appendable:
+                path = self._path(run_id)
+                self.fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+                with self.fs.open(path, "a", encoding="utf-8") as f:
+                    f.write(line)  # one write of one whole line
+                return
+            self._pending.setdefault(run_id, []).append(line)
+            if len(self._pending[run_id]) >= self.flush_every:
+                self._flush_run(run_id)
+
+    def _flush_run(self, run_id: str) -> None:
+        lines = self._pending.pop(run_id, [])
+        if lines:
+            path = self._path(run_id)
+            existing = self.fs.cat_file(path) if self.fs.isfile(path) else b""
+            self.fs.pipe_file(path, existing + "".join(lines).encode())
+            self.fs.invalidate_cache()
+
+    def flush(self) -> None:
+        with self._lock:
+            for run_id in list(self._pending):
+                self._flush_run(run_id)
+
+    def read(self, run_id: str) -> list[MetricRecord]:
+        path = self._path(run_id)
+        if not self.fs.isfile(path):
+            return []
+        rows = []
+        for line in self.fs.cat_file(path).decode().splitlines():
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line another process is still writing
+            rows.append(MetricRecord(doc["run_id"], doc["step"], doc["metrics"], doc["time"]))
+        return rows
+
+
+class SqliteMetricsStore:
+    """Rows in one SQLite file (WAL mode), safe for several processes writing at once."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connect() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, "
+                "run_id TEXT NOT NULL, step INTEGER NOT NULL, time REAL NOT NULL, "
+                "metrics TEXT NOT NULL)"
+            )
+            db.execute("CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, id)")
+
+    def _connect(self) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = getattr(self._local, "db", None)
+        if db is None:
+            db = sqlite3.connect(self.path, timeout=30.0)
+            db.execute("PRAGMA busy_timeout=30000")
+            self._local.db = db
+        return db
+
+    def record(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
+        row = _row(run_id, step, metrics)
+        with self._connect() as db:  # one transaction per row: durable once record returns
+            db.execute(
+                "INSERT INTO metrics (run_id, step, time, metrics) VALUES (?, ?, ?, ?)",
+                (run_id, step, row["time"], json.dumps(row["metrics"], sort_keys=True)),
+            )
+
+    def flush(self) -> None:
+        """Every record is committed as it is made; nothing is buffered."""
+
+    def read(self, run_id: str) -> list[MetricRecord]:
+        cursor = self._connect().execute(
+            "SELECT run_id, step, metrics, time FROM metrics WHERE run_id = ? ORDER BY id",
+            (run_id,),
+        )
+        return [MetricRecord(r, s, json.loads(m), t) for r, s, m, t in cursor.fetchall()]

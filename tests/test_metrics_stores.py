@@ -1,0 +1,87 @@
+"""JSONL (fsspec) and SQLite metrics stores: the contract, and other processes reading them."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from galley.adapters.metrics_stores import JsonlMetricsStore, SqliteMetricsStore
+from tests.contracts.metrics_store import MetricsStoreContract
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class TestJsonlOnDisk(MetricsStoreContract):
+    @pytest.fixture(autouse=True)
+    def _root(self, tmp_path: Path) -> None:
+        self.root = tmp_path
+
+    def make(self) -> JsonlMetricsStore:
+        return JsonlMetricsStore(str(self.root / uuid.uuid4().hex[:6]))
+
+
+class TestJsonlInMemory(MetricsStoreContract):
+    def make(self) -> JsonlMetricsStore:
+        return JsonlMetricsStore(f"memory://metrics-{uuid.uuid4().hex}", flush_every=7)
+
+
+class TestSqlite(MetricsStoreContract):
+    @pytest.fixture(autouse=True)
+    def _root(self, tmp_path: Path) -> None:
+        self.root = tmp_path
+
+    def make(self) -> SqliteMetricsStore:
+        return SqliteMetricsStore(self.root / f"{uuid.uuid4().hex[:6]}.db")
+
+
+def test_jsonl_is_one_readable_line_per_record_while_the_run_goes(tmp_path: Path) -> None:
+    store = JsonlMetricsStore(str(tmp_path))
+    store.record("run-1", 1, {"loss": 3.0})
+    store.record("run-1", 2, {"loss": 2.5})
+    lines = (tmp_path / "run-1" / "metrics.jsonl").read_text().splitlines()  # no flush yet
+    assert [json.loads(line)["metrics"]["loss"] for line in lines] == [3.0, 2.5]
+    assert [r.step for r in JsonlMetricsStore(str(tmp_path)).read("run-1")] == [1, 2]
+
+
+WRITER = """
+import sys
+from galley.adapters.metrics_stores import SqliteMetricsStore, JsonlMetricsStore
+kind, where, worker = sys.argv[1], sys.argv[2], int(sys.argv[3])
+store = SqliteMetricsStore(where) if kind == "sqlite" else JsonlMetricsStore(where)
+for step in range(100):
+    store.record("shared", step, {"worker": worker, "step": step})
+store.flush()
+"""
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "jsonl"])
+def test_two_processes_write_the_same_store(tmp_path: Path, kind: str) -> None:
+    where = str(tmp_path / ("m.db" if kind == "sqlite" else "jsonl"))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", WRITER, kind, where, str(w)], cwd=ROOT)
+        for w in (1, 2)
+    ]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    store = SqliteMetricsStore(where) if kind == "sqlite" else JsonlMetricsStore(where)
+    rows = store.read("shared")
+    assert len(rows) == 200
+    for worker in (1, 2):
+        assert [r.step for r in rows if r.metrics["worker"] == worker] == list(range(100))
+
+
+def test_sqlite_rows_are_visible_to_another_process_at_once(tmp_path: Path) -> None:
+    db = tmp_path / "live.db"
+    SqliteMetricsStore(db).record("r", 7, {"loss": 1.25})
+    code = (
+        "from galley.adapters.metrics_stores import SqliteMetricsStore as S;"
+        f"print(S({str(db)!r}).read('r')[0].metrics['loss'])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "1.25"
