@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +24,11 @@ from galley.adapters.composition import REGISTRY, build_adapters
 from galley.adapters.logging import configure_logging
 from galley.adapters.run_config import load_run_config
 from galley.core.engine import Stream
-from galley.core.errors import GalleyError, WorkflowError
+from galley.core.errors import ConfigError, GalleyError, WorkflowError
 from galley.workflows import WORKFLOWS
 from galley.workflows.sft import RunResult, new_run_id
+
+SHOWN_SAMPLES = 4
 
 
 class ProgressObserver:
@@ -69,7 +71,7 @@ def _fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
-def print_summary(console: Console, result: RunResult) -> None:
+def print_summary(console: Console, result: RunResult, where: Callable[[str], str]) -> None:
     first_eval, last_eval = (result.eval[0], result.eval[-1]) if result.eval else ({}, {})
     table = Table(title=f"run {result.run_id}", show_header=True)
     table.add_column("metric")
@@ -91,14 +93,14 @@ def print_summary(console: Console, result: RunResult) -> None:
         samples = Table(title="held-out prompts: base vs fine-tuned", show_lines=True)
         for column in ("prompt", "expected", "base", "fine-tuned"):
             samples.add_column(column, overflow="fold")
-        for s in result.samples:
+        for s in result.samples[:SHOWN_SAMPLES]:
             samples.add_row(s.prompt, s.reference, s.base, s.tuned)
         console.print(samples)
     console.print(f"steps: {result.steps}")
     for record in result.checkpoints:
-        console.print(f"checkpoint (step {record.step}): {record.state.uri}")
+        console.print(f"checkpoint (step {record.step}): {where(record.state.key)}")
     if result.sampler is not None:
-        console.print(f"exported sampler weights: {result.sampler.uri}")
+        console.print(f"exported sampler weights: {where(result.sampler.key)}")
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
@@ -119,7 +121,45 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     finally:
         observer.stop()
         close_log()
-    print_summary(console, result)
+    blobs_choice = run_config.adapters["blobs"]
+
+    def where(key: str) -> str:
+        if blobs_choice.kind == "fsspec":
+            return f"{str(blobs_choice.options.get('url', '.')).rstrip('/')}/{key}"
+        return f"galley://{key}"
+
+    print_summary(console, result, where)
+    metrics = run_config.adapters["metrics"]
+    if metrics.kind == "jsonl":
+        console.print(
+            f"metrics: {metrics.options.get('url', 'runs')}/{result.run_id}/metrics.jsonl"
+        )
+    elif metrics.kind == "sqlite":
+        console.print(
+            f"metrics: {metrics.options.get('path', 'runs/metrics.db')} (run {result.run_id})"
+        )
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace, console: Console) -> int:
+    from galley.adapters.cli_sample_plot import sample
+
+    prompts = list(args.prompt)
+    if args.prompts_file is not None:
+        prompts += [
+            line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()
+        ]
+    if not prompts:
+        raise ConfigError("give a prompt or --prompts-file")
+    sample(console, args.checkpoint, prompts, args.max_tokens, args.temperature, args.renderer)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace, console: Console) -> int:
+    from galley.adapters.cli_sample_plot import plot
+
+    run_dir = args.run if args.run.is_dir() else Path("runs") / args.run
+    console.print(f"wrote {plot(run_dir)}")
     return 0
 
 
@@ -169,6 +209,19 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--log-file", type=Path, help="write every event as JSON lines to this file")
     run.add_argument("-v", "--verbose", action="store_true", help="show info events on the console")
     run.set_defaults(handler=cmd_run)
+    sample = sub.add_parser("sample", help="answer prompts with exported sampler weights")
+    sample.add_argument("prompt", nargs="*", help="user messages to answer")
+    sample.add_argument(
+        "--checkpoint", type=Path, required=True, help="a runs/<id>/sampler/<name> folder"
+    )
+    sample.add_argument("--prompts-file", type=Path, help="one prompt per line")
+    sample.add_argument("--max-tokens", type=int, default=64)
+    sample.add_argument("--temperature", type=float, default=0.0)
+    sample.add_argument("--renderer", default="role_colon")
+    sample.set_defaults(handler=cmd_sample)
+    plot = sub.add_parser("plot", help="chart a run's loss, held-out NLL and LR as a PNG")
+    plot.add_argument("run", type=Path, help="a run id under ./runs, or a run folder")
+    plot.set_defaults(handler=cmd_plot)
     sub.add_parser("workflows", help="list workflows, their stages and ports").set_defaults(
         handler=cmd_workflows
     )
@@ -185,10 +238,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args, console)
         return code
     except WorkflowError as e:
-        console.print(f"error: {e}", style="red")
+        console.print(f"error: {e}", style="red", soft_wrap=True)
         return 1
     except GalleyError as e:
-        console.print(f"error: {e}", style="red")
+        console.print(f"error: {e}", style="red", soft_wrap=True)
         return 2
 
 

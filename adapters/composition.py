@@ -26,7 +26,15 @@ from galley.core.errors import ConfigError
 
 # Ports in build order: an adapter may use the ones built before it.
 BUILD_ORDER: tuple[str, ...] = ("blobs", "hub", "datasets", "metrics", "training", "completer")
-DEFAULT_KINDS: Mapping[str, str] = dict.fromkeys(PORT_NAMES, "noop")
+# What `galley run sft` uses with no configuration: a real fine-tune of the embedded model.
+DEFAULT_KINDS: Mapping[str, str] = {
+    "training": "jax",
+    "datasets": "hf",
+    "blobs": "fsspec",
+    "hub": "auto",
+    "metrics": "jsonl",
+    "completer": "jax",
+}
 
 
 @attrs.frozen
@@ -97,6 +105,7 @@ class HuggingFaceHubOptions:
 @attrs.frozen
 class HFDatasetOptions:
     cache_dir: str | None = None
+    local_root: str | None = None  # ids found here first; default: galley's embedded datasets
 
 
 @attrs.frozen
@@ -112,7 +121,7 @@ class SqliteMetricsOptions:
 
 @attrs.frozen
 class LocalHubOptions:
-    root: str = "."
+    root: str | None = None  # default: galley's embedded models
 
 
 Built = Mapping[str, Any]
@@ -162,9 +171,10 @@ def _hf_hub(o: HuggingFaceHubOptions, built: Built) -> Any:
 
 
 def _hf_datasets(o: HFDatasetOptions, built: Built) -> Any:
+    from galley.adapters.embedded import DATASETS
     from galley.adapters.hf_datasets import HFDatasetStore
 
-    return HFDatasetStore(o.cache_dir)
+    return HFDatasetStore(o.cache_dir, local_root=o.local_root or DATASETS)
 
 
 def _jsonl_metrics(o: JsonlMetricsOptions, built: Built) -> Any:
@@ -200,9 +210,20 @@ def _noop_hub(o: NoOptions, built: Built) -> Any:
 
 
 def _local_hub(o: LocalHubOptions, built: Built) -> Any:
+    from galley.adapters.embedded import MODELS
     from galley.adapters.local_hub import LocalDirectoryHub
 
-    return LocalDirectoryHub(o.root)
+    return LocalDirectoryHub(o.root or MODELS)
+
+
+def _auto_hub(o: HuggingFaceHubOptions, built: Built) -> Any:
+    from galley.adapters.embedded import MODELS
+    from galley.adapters.hf_hub import HuggingFaceHubClient
+    from galley.adapters.local_hub import FallbackHub, LocalDirectoryHub
+
+    return FallbackHub(
+        LocalDirectoryHub(MODELS), HuggingFaceHubClient(o.cache_dir, offline=o.offline)
+    )
 
 
 def _noop_metrics(o: FaultOptions, built: Built) -> Any:
@@ -259,6 +280,13 @@ for _kind in (
     ),
     AdapterKind(
         "hub",
+        "auto",
+        "galley's embedded models, then the Hugging Face Hub",
+        HuggingFaceHubOptions,
+        _auto_hub,
+    ),
+    AdapterKind(
+        "hub",
         "huggingface",
         "the Hugging Face Hub via huggingface_hub (HF_HOME, HF_HUB_OFFLINE)",
         HuggingFaceHubOptions,
@@ -287,7 +315,11 @@ for _kind in (
     ),
     AdapterKind("hub", "noop", "synthetic in-memory model repos", NoOptions, _noop_hub),
     AdapterKind(
-        "hub", "local", "a local folder of repos: <root>/<org>/<name>", LocalHubOptions, _local_hub
+        "hub",
+        "local",
+        "a folder of repos <root>/<org>/<name> (default: embedded)",
+        LocalHubOptions,
+        _local_hub,
     ),
     AdapterKind("metrics", "noop", "in-memory metric rows", FaultOptions, _noop_metrics),
     AdapterKind(

@@ -73,11 +73,22 @@ class HFDatasetStore:
     """Sources: a data file (its rows are the ``train`` split), a ``save_to_disk`` folder, a
     folder of data files, or a Hub dataset id (needs the network or the HF cache)."""
 
-    def __init__(self, cache_dir: str | None = None) -> None:
+    def __init__(
+        self, cache_dir: str | None = None, *, local_root: str | Path | None = None
+    ) -> None:
         self.cache_dir = cache_dir
+        self.local_root = Path(local_root) if local_root is not None else None
+
+    def _local(self, source: str) -> Path:
+        """A file or folder; ids like 'org/name' are looked up under ``local_root`` first."""
+        if self.local_root is not None and "/" in source and ".." not in source.split("/"):
+            shipped = self.local_root / source
+            if shipped.exists():
+                return shipped
+        return Path(source).expanduser()
 
     def load(self, source: str, split: str | None = None) -> HFDatasetHandle:
-        path = Path(source).expanduser()
+        path = self._local(source)
         if path.is_file():
             data: Any = _load_file(path)
         elif path.is_dir() and (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import fnmatch
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from galley.core.errors import NotFoundError, ValidationError
 
@@ -48,3 +49,31 @@ class LocalDirectoryHub:
         ):
             raise NotFoundError(f"repo {repo_id!r} has no file matching {list(allow_patterns)}")
         return repo  # already local: the whole folder is the snapshot
+
+
+class FallbackHub:
+    """Asks ``first`` (say, the embedded models), then ``second`` (say, the Hugging Face Hub)
+    for repos the first does not have."""
+
+    def __init__(self, first: Any, second: Any) -> None:
+        self.first, self.second = first, second
+
+    def _either(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.first, method)(*args, **kwargs)
+        except NotFoundError:
+            return getattr(self.second, method)(*args, **kwargs)
+
+    def download(self, repo_id: str, filename: str, revision: str | None = None) -> Path:
+        result: Path = self._either("download", repo_id, filename, revision)
+        return result
+
+    def snapshot(
+        self, repo_id: str, revision: str | None = None, allow_patterns: Sequence[str] | None = None
+    ) -> Path:
+        result: Path = self._either("snapshot", repo_id, revision, allow_patterns)
+        return result
+
+    def list_files(self, repo_id: str, revision: str | None = None) -> list[str]:
+        result: list[str] = self._either("list_files", repo_id, revision)
+        return result

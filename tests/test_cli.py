@@ -116,7 +116,7 @@ def test_console_script_is_installed() -> None:
     exe = str(beside_python) if beside_python.exists() else shutil.which("galley")
     assert exe is not None, "the galley console script is not installed"
     done = subprocess.run(
-        [exe, "run", "sft", "--set", "max_steps=3", "--set", "num_samples=1"],
+        [exe, "run", "sft", "--adapters", "noop", "--set", "max_steps=3"],
         capture_output=True,
         text=True,
         timeout=120,

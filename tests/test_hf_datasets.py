@@ -108,4 +108,4 @@ def test_sft_runs_on_a_jsonl_file(tmp_path: Path) -> None:
         SFTConfig(dataset=str(path), eval_holdout=4, batch_size=4, run_id="hf"),
         noop_adapters(datasets=HFDatasetStore()),
     )
-    assert result.steps == 4 and result.eval[0]["eval/tokens"] > 0
+    assert result.steps == 16 and result.eval[0]["eval/tokens"] > 0

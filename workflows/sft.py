@@ -61,9 +61,10 @@ class SFTConfig:
     max_steps: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(int_at_least(1))
     )
-    num_epochs: int = attrs.field(default=1, validator=int_at_least(1))
+    num_epochs: int = attrs.field(default=4, validator=int_at_least(1))
     batch_size: int = attrs.field(default=8, validator=int_at_least(1))
-    learning_rate: float = attrs.field(default=3e-4, validator=at_least(0.0))
+    # Tuned for the embedded model's LoRA; billion-parameter models want about 1e-4 to 5e-4.
+    learning_rate: float = attrs.field(default=3e-3, validator=at_least(0.0))
     lr_schedule: str = attrs.field(
         default="linear", validator=one_of([k.value for k in ScheduleKind])
     )
@@ -83,7 +84,7 @@ class SFTConfig:
     eval_every: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = before and after only
     eval_batch_size: int = attrs.field(default=16, validator=int_at_least(1))
     submit_ahead: int = attrs.field(default=2, validator=int_at_least(0))
-    num_samples: int = attrs.field(default=4, validator=int_at_least(0))
+    num_samples: int = attrs.field(default=16, validator=int_at_least(0))  # held-out prompts scored
     sample_max_tokens: int = attrs.field(default=48, validator=int_at_least(1))
     seed: int = attrs.field(default=0, validator=int_at_least(0))
     output: str = attrs.field(default="runs", validator=_prefix)

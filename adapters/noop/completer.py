@@ -84,6 +84,11 @@ class NoopCompleter:
     ) -> Completion:
         self._faults("complete")
         self._check_model(model)
+        return self._answer_prompt(prompt, params, num_samples)
+
+    def _answer_prompt(
+        self, prompt: str | ModelInput, params: SamplingParams, num_samples: int
+    ) -> Completion:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt.to_ints()
         text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids)
         sequences = [self._sequence(text, params, i) for i in range(num_samples)]
@@ -99,7 +104,9 @@ class NoopCompleter:
         *,
         model: ModelRef | None = None,
     ) -> list[Completion]:
-        return [self.complete(p, params, model=model) for p in prompts]
+        self._faults("complete_batch")  # one request for the whole batch
+        self._check_model(model)
+        return [self._answer_prompt(p, params, 1) for p in prompts]
 
     def stream(
         self, prompt: str | ModelInput, params: SamplingParams, *, model: ModelRef | None = None

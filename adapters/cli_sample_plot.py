@@ -1,0 +1,102 @@
+"""``galley sample`` and ``galley plot``: use a trained adapter, chart a run's metrics."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from galley.adapters.composition import AdapterChoice, build_adapters
+from galley.adapters.fsspec_blobs import FsspecBlobStore
+from galley.adapters.metrics_stores import JsonlMetricsStore
+from galley.core.chat import Conversation, Message
+from galley.core.errors import NotFoundError, ValidationError
+from galley.core.manifest import MANIFEST_NAME
+from galley.core.rendering import make_renderer
+from galley.core.types import CheckpointRef, ModelRef, SamplingParams
+
+
+def sampler_ref(checkpoint: Path) -> tuple[FsspecBlobStore, ModelRef]:
+    """A local sampler-weights folder (``runs/<id>/sampler/<name>``) as a ModelRef."""
+    manifest_path = checkpoint / MANIFEST_NAME
+    if not manifest_path.is_file():
+        raise NotFoundError(
+            f"{str(checkpoint)!r} is not exported sampler weights (no {MANIFEST_NAME})"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    if manifest.get("kind") != "sampler":
+        raise ValidationError(
+            "--checkpoint",
+            f"{str(checkpoint)!r} holds a {manifest.get('kind')} checkpoint, not sampler weights",
+        )
+    base = manifest.get("meta", {}).get("base_model")
+    if not base:
+        raise ValidationError(
+            "--checkpoint", f"{str(manifest_path)!r} does not name its base model"
+        )
+    blobs = FsspecBlobStore(str(checkpoint.parent))
+    return blobs, ModelRef(
+        base,
+        CheckpointRef(
+            "sampler", checkpoint.name, checkpoint.name, int(manifest.get("step", 0)), base
+        ),
+    )
+
+
+def sample(
+    console: Console,
+    checkpoint: Path,
+    prompts: list[str],
+    max_tokens: int,
+    temperature: float,
+    renderer: str,
+) -> None:
+    blobs, model = sampler_ref(checkpoint)
+    adapters = build_adapters({"completer": AdapterChoice("jax")}, blobs=blobs)
+    completer = adapters.completer
+    from galley.adapters.jax.tokenizer import HFTokenizerAdapter
+    from galley.adapters.jax.training import resolve_model_folder
+
+    tokenizer = HFTokenizerAdapter(resolve_model_folder(model.base_model, adapters.hub))
+    chat = make_renderer(renderer, tokenizer)
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, stop=chat.stop_sequences, seed=0
+    )
+    inputs = [chat.generation_prompt(Conversation([Message("user", p)])) for p in prompts]
+    for prompt, completion in zip(
+        prompts, completer.complete_batch(inputs, params, model=model), strict=True
+    ):
+        console.print(f"> {prompt}", style="bold")
+        console.print(completion.text.strip())
+
+
+def plot(run_dir: Path) -> Path:
+    """Loss, held-out NLL and LR against step, from ``<run_dir>/metrics.jsonl``, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = JsonlMetricsStore(str(run_dir.parent)).read(run_dir.name)
+    if not rows:
+        raise NotFoundError(f"no metrics in {str(run_dir / 'metrics.jsonl')!r}")
+    series = {
+        "train loss": [(r.step, r.metrics["loss"]) for r in rows if "loss" in r.metrics],
+        "held-out NLL": [(r.step, r.metrics["eval/nll"]) for r in rows if "eval/nll" in r.metrics],
+        "learning rate": [(r.step, r.metrics["lr"]) for r in rows if "lr" in r.metrics],
+    }
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (title, points) in zip(axes, series.items(), strict=True):
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"galley run {run_dir.name}")
+    fig.tight_layout()
+    out = run_dir / "metrics.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
