@@ -81,7 +81,7 @@ class SFTConfig:
     )
     renderer: str = attrs.field(default="role_colon", validator=one_of(list(RENDERERS)))
     checkpoint_every: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = final only
-    eval_every: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = before and after only
+    eval_every: int = attrs.field(default=64, validator=int_at_least(0))  # 0 = before and after only
     eval_batch_size: int = attrs.field(default=16, validator=int_at_least(1))
     submit_ahead: int = attrs.field(default=2, validator=int_at_least(0))
     num_samples: int = attrs.field(default=16, validator=int_at_least(0))  # held-out prompts scored
