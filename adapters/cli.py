@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -104,7 +105,10 @@ def print_summary(console: Console, result: RunResult, where: Callable[[str], st
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
-    run_config = load_run_config(args.workflow, args.config, args.set, args.adapters)
+    sets = list(args.set)
+    if args.resume:
+        sets += [f"run_id={json.dumps(args.resume)}", "resume=true"]
+    run_config = load_run_config(args.workflow, args.config, sets, args.adapters)
     config = run_config.config
     if getattr(config, "run_id", "unset") is None:
         config = attrs.evolve(config, run_id=new_run_id(args.workflow))
@@ -205,6 +209,9 @@ def parser() -> argparse.ArgumentParser:
     )
     run.add_argument(
         "--adapters", metavar="KIND", help="use this adapter kind for every port (e.g. noop)"
+    )
+    run.add_argument(
+        "--resume", metavar="RUN_ID", help="continue this run from its newest good checkpoint"
     )
     run.add_argument("--log-file", type=Path, help="write every event as JSON lines to this file")
     run.add_argument("-v", "--verbose", action="store_true", help="show info events on the console")

@@ -19,7 +19,7 @@ from galley.core.chat import TrainOn
 from galley.core.checks import at_least, in_range, int_at_least, non_empty, one_of, safe_name
 from galley.core.config import config_from_mapping
 from galley.core.engine import Every, Loop, Observer, RetryPolicy, Runner, Workflow
-from galley.core.errors import WorkflowError
+from galley.core.errors import ValidationError, WorkflowError
 from galley.core.keys import check_prefix
 from galley.core.records import CheckpointRecord
 from galley.core.rendering import RENDERERS
@@ -36,6 +36,7 @@ from galley.core.stages import (
     optim_step,
     plan_training,
     render_dataset,
+    resume_from_checkpoint,
     sample_answers,
     start_session,
 )
@@ -81,7 +82,10 @@ class SFTConfig:
     )
     renderer: str = attrs.field(default="role_colon", validator=one_of(list(RENDERERS)))
     checkpoint_every: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = final only
-    eval_every: int = attrs.field(default=64, validator=int_at_least(0))  # 0 = before and after only
+    keep_checkpoints: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = keep all
+    eval_every: int = attrs.field(
+        default=64, validator=int_at_least(0)
+    )  # 0 = before and after only
     eval_batch_size: int = attrs.field(default=16, validator=int_at_least(1))
     submit_ahead: int = attrs.field(default=2, validator=int_at_least(0))
     num_samples: int = attrs.field(default=16, validator=int_at_least(0))  # held-out prompts scored
@@ -89,6 +93,14 @@ class SFTConfig:
     seed: int = attrs.field(default=0, validator=int_at_least(0))
     output: str = attrs.field(default="runs", validator=_prefix)
     run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
+    # Continue run `run_id` from its newest checkpoint that verifies (same config and seed).
+    resume: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        if self.resume and self.run_id is None:
+            raise ValidationError(
+                "SFTConfig.resume", "resuming needs the run_id of the run to continue"
+            )
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "sft config") -> SFTConfig:
@@ -114,6 +126,7 @@ def build_workflow(config: SFTConfig) -> Workflow:
             start_session,
             render_dataset,
             plan_training,
+            resume_from_checkpoint,
             evaluate_stage("evaluate_base", at="start_step"),
             Loop(
                 "train",
@@ -122,6 +135,9 @@ def build_workflow(config: SFTConfig) -> Workflow:
                     optim_step,
                     collect_results,
                     Every(evaluate_stage("evaluate", at="step"), config.eval_every),
+                    # Collect (and so record) every step in flight before the checkpoint's
+                    # index entry exists: a resumed run then has all metrics up to it.
+                    Every(drain, config.checkpoint_every),
                     Every(checkpoint_stage("checkpoint", at="step"), config.checkpoint_every),
                 ],
             ),
@@ -160,7 +176,11 @@ def run(
     finally:
         if "session" in state:
             state["session"].close()
-    rows = {"train": [], "eval": []}  # type: dict[str, list[dict[str, float]]]
+    rows = (
+        earlier_rows(adapters, run_id, state["start_step"])
+        if config.resume
+        else {"train": [], "eval": []}
+    )
     for stream, record in runner.records:
         rows[stream].append({"step": float(record.step), **record.metrics})
     return RunResult(
@@ -172,6 +192,22 @@ def run(
         sampler=state.get("sampler"),
         samples=tuple(state.get("samples", ())),
     )
+
+
+def earlier_rows(
+    adapters: Adapters, run_id: str, resumed_at: int
+) -> dict[str, list[dict[str, float]]]:
+    """Metrics the interrupted run recorded up to the checkpoint it resumes from (steps after
+    it are trained again). The last row of a step wins, so repeated resumes don't duplicate."""
+    train: dict[int, dict[str, float]] = {}
+    evals: list[dict[str, float]] = []
+    for record in adapters.metrics.read(run_id):
+        row = {"step": float(record.step), **record.metrics}
+        if "loss" in record.metrics and record.step <= resumed_at:
+            train[record.step] = row
+        elif "loss" not in record.metrics and record.step < resumed_at:
+            evals.append(row)
+    return {"train": [train[s] for s in sorted(train)], "eval": evals}
 
 
 def _merge_by_step(rows: list[dict[str, float]]) -> list[dict[str, float]]:

@@ -1,6 +1,11 @@
 """Pure-domain stages: each depends only on the ports (through ``ctx.adapters``) and core."""
 
-from galley.core.stages.checkpoint import checkpoint_stage, export_sampler, read_index
+from galley.core.stages.checkpoint import (
+    checkpoint_stage,
+    export_sampler,
+    read_index,
+    resume_from_checkpoint,
+)
 from galley.core.stages.data import load_dataset
 from galley.core.stages.evaluate import evaluate_stage, heldout_nll
 from galley.core.stages.render import render_dataset
@@ -32,6 +37,7 @@ __all__ = [
     "plan_training",
     "read_index",
     "render_dataset",
+    "resume_from_checkpoint",
     "sample_answers",
     "start_session",
 ]

@@ -13,11 +13,14 @@ from typing import TYPE_CHECKING, Any
 
 from galley.core.batching import BatchPlan
 from galley.core.engine import FunctionStage, StageContext, stage
+from galley.core.errors import NotFoundError
 from galley.core.keys import join_key
+from galley.core.manifest import MANIFEST_NAME, CorruptCheckpointError
 from galley.core.records import CheckpointRecord
 from galley.core.serialization import from_data, to_data
 
 if TYPE_CHECKING:
+    from galley.core.types import CheckpointRef
     from galley.ports.blobs import BlobStore
     from galley.ports.training import TrainingSession
 
@@ -36,11 +39,19 @@ def read_index(blobs: BlobStore, output: str, run_id: str) -> list[CheckpointRec
     return [from_data(CheckpointRecord, json.loads(line)) for line in lines if line.strip()]
 
 
-def append_index(blobs: BlobStore, output: str, run_id: str, record: CheckpointRecord) -> None:
-    key = index_key(output, run_id)
-    existing = blobs.read(key) if blobs.exists(key) else b""
-    line = json.dumps(to_data(record), sort_keys=True).encode() + b"\n"
-    blobs.write(key, existing + line)  # atomic: readers see the old or the new index
+def write_index(
+    blobs: BlobStore, output: str, run_id: str, records: Sequence[CheckpointRecord]
+) -> None:
+    lines = b"".join(json.dumps(to_data(r), sort_keys=True).encode() + b"\n" for r in records)
+    blobs.write(index_key(output, run_id), lines)  # atomic: readers see the old or the new index
+
+
+def delete_checkpoint(blobs: BlobStore, ref: CheckpointRef) -> None:
+    """Manifest first: a checkpoint without one is incomplete, never half-trusted."""
+    manifest = join_key(ref.key, MANIFEST_NAME)
+    blobs.delete(manifest)
+    for key in blobs.list(ref.key):
+        blobs.delete(key)
 
 
 def step_name(step: int) -> str:
@@ -48,7 +59,9 @@ def step_name(step: int) -> str:
 
 
 def checkpoint_stage(name: str, at: str) -> FunctionStage:
-    """Save the state after ``state[at]`` steps (skipped if that step is already saved)."""
+    """Save the state after ``state[at]`` steps (skipped if that step is already saved), add
+    it to the index, then drop checkpoints beyond the newest ``keep_checkpoints`` (0 = keep
+    all): the index is rewritten before any blob is deleted, so it never names a deleted one."""
 
     def run(
         ctx: StageContext,
@@ -57,6 +70,7 @@ def checkpoint_stage(name: str, at: str) -> FunctionStage:
         output: str,
         run_id: str,
         checkpoints: Sequence[CheckpointRecord],
+        keep_checkpoints: int,
         **position: int,
     ) -> dict[str, Any]:
         step = position[at]
@@ -66,18 +80,63 @@ def checkpoint_stage(name: str, at: str) -> FunctionStage:
         record = CheckpointRecord(
             step_name(step), step, ref, batch_plan.position(step), time=time.time()
         )
-        append_index(ctx.adapters.blobs, output, run_id, record)
-        ctx.log.info("checkpoint.saved", step=step, key=ref.key)
-        return {"checkpoints": (*checkpoints, record)}
+        kept = [*checkpoints, record]
+        dropped = kept[:-keep_checkpoints] if keep_checkpoints else []
+        kept = kept[len(dropped) :]
+        write_index(ctx.adapters.blobs, output, run_id, kept)
+        for old in dropped:
+            delete_checkpoint(ctx.adapters.blobs, old.state)
+        ctx.log.info("checkpoint.saved", step=step, key=ref.key, dropped=[d.step for d in dropped])
+        return {"checkpoints": tuple(kept)}
 
     return FunctionStage(
         name,
         run,
-        reads=("session", "batch_plan", "output", "run_id", "checkpoints", at),
+        reads=("session", "batch_plan", "output", "run_id", "checkpoints", "keep_checkpoints", at),
         writes=("checkpoints",),
         ports=("training", "blobs"),
         doc=f"Save training state after `{at}` steps and add it to the checkpoint index.",
     )
+
+
+@stage(
+    reads=("session", "output", "run_id", "resume", "eval_every"),
+    writes=("start_step", "checkpoints", "evaluated_at"),
+    ports=("training", "blobs"),
+)
+def resume_from_checkpoint(
+    ctx: StageContext,
+    session: TrainingSession,
+    output: str,
+    run_id: str,
+    resume: bool,
+    eval_every: int,
+) -> dict[str, Any]:
+    """When resuming, load the newest checkpoint that verifies (falling back past corrupt or
+    missing ones) and continue after its step; otherwise start at step 0. The start is
+    evaluated only where an uninterrupted run evaluates (step 0, or on the eval schedule)."""
+    if not resume:
+        return {"start_step": 0, "checkpoints": (), "evaluated_at": -1}
+    index = read_index(ctx.adapters.blobs, output, run_id)
+    if not index:
+        raise NotFoundError(
+            f"run {run_id!r} has no checkpoint to resume from (no {index_key(output, run_id)!r})"
+        )
+    for i in range(len(index) - 1, -1, -1):
+        record = index[i]
+        try:
+            session.load_state(record.state).result()
+        except CorruptCheckpointError as error:
+            ctx.log.warning("checkpoint.unusable", step=record.step, error=str(error))
+            continue
+        ctx.log.info("run.resumed", step=record.step, key=record.state.key)
+        on_schedule = eval_every > 0 and record.step % eval_every == 0
+        return {
+            "start_step": record.step,
+            "checkpoints": tuple(index[: i + 1]),
+            "evaluated_at": -1 if on_schedule else record.step,
+        }
+    raise CorruptCheckpointError(f"run {run_id!r}: none of its {len(index)} checkpoints verifies")
 
 
 @stage(reads=("session", "total_steps"), writes=("sampler",), ports=("training",))

@@ -80,15 +80,7 @@ def normalised_batch(data: Sequence[Datum]) -> list[Datum]:
         "warmup_steps",
         "min_lr_ratio",
     ),
-    writes=(
-        "batch_plan",
-        "total_steps",
-        "start_step",
-        "schedule",
-        "pipeline",
-        "checkpoints",
-        "evaluated_at",
-    ),
+    writes=("batch_plan", "total_steps", "schedule", "pipeline"),
 )
 def plan_training(
     ctx: StageContext,
@@ -110,11 +102,8 @@ def plan_training(
     return {
         "batch_plan": plan,
         "total_steps": steps,
-        "start_step": 0,
         "schedule": schedule,
         "pipeline": Pipeline(),
-        "checkpoints": (),
-        "evaluated_at": -1,
     }
 
 
