@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,34 @@ LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+
+
+SECRET_KEY = re.compile(
+    r"(^|_)(api_?key|token|secret|password|passwd|authorization|access_key|credentials?)$", re.I
+)
+SECRET_VALUE = re.compile(
+    r"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|Bearer\s+\S+)"
+)
+REDACTED = "[redacted]"
+
+
+def _redact(value: Any, key: str = "") -> Any:
+    if key and SECRET_KEY.search(key):
+        return REDACTED
+    if isinstance(value, str):
+        return SECRET_VALUE.sub(REDACTED, value)
+    if isinstance(value, dict):
+        return {k: _redact(v, str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return type(value)(_redact(v) for v in value)
+    return value
+
+
+def redact_secrets(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
+    """structlog processor: fields named like secrets (``api_key``, ``hf_token``, ``password``
+    ...) and values shaped like tokens (``hf_...``, ``sk-...``, AWS key ids, bearer headers)
+    become ``[redacted]``, at any depth. Counts such as ``tokens`` are left alone."""
+    return {k: _redact(v, k) for k, v in event.items()}
 
 
 class _JsonFileTee:
@@ -48,6 +77,7 @@ def configure_logging(
     console, to_file = LEVELS[console_level], LEVELS[file_level]
     stream: TextIO | None = None
     processors: list[Any] = [
+        redact_secrets,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]

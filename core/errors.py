@@ -64,3 +64,16 @@ class NotFoundError(GalleyError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class NonFiniteError(GalleyError):
+    """A loss or gradient norm came back NaN or infinite; names the step and its batch."""
+
+    def __init__(self, step: int, what: str, value: float, examples: tuple[int, ...]) -> None:
+        shown = ", ".join(map(str, examples[:16])) + (", ..." if len(examples) > 16 else "")
+        super().__init__(
+            f"step {step}: {what} is {value} (batch of examples {shown}); stopping before "
+            "any checkpoint is written from these weights"
+        )
+        self.step = step
+        self.examples = examples

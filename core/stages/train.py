@@ -7,6 +7,7 @@ stage makes at most one non-idempotent call, so retrying a stage never doubles a
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -17,7 +18,7 @@ import numpy as np
 
 from galley.core.batching import BatchPlan, total_steps
 from galley.core.engine import StageContext, stage
-from galley.core.errors import ValidationError
+from galley.core.errors import NonFiniteError, ValidationError
 from galley.core.schedules import LRSchedule
 from galley.core.tensors import TensorData
 from galley.core.types import AdamParams, Datum, ForwardBackwardOutput, OptimStepResult
@@ -44,6 +45,7 @@ class InFlightStep:
     optim: Future[OptimStepResult] | None
     tokens: int
     submitted_at: float
+    examples: tuple[int, ...] = ()
     done: DoneClock = attrs.field(factory=DoneClock, eq=False)
 
 
@@ -121,10 +123,12 @@ def forward_backward(
     pipeline: Pipeline,
 ) -> dict[str, Any]:
     """Submit the gradient of step ``step``'s batch (does not wait)."""
-    batch = [train_data[i] for i in batch_plan.indices(step - 1)]
+    indices = batch_plan.indices(step - 1)
+    batch = [train_data[i] for i in indices]
     future = session.forward_backward(normalised_batch(batch), "cross_entropy")
+    tokens = sum(d.model_input.length for d in batch)
     entry = InFlightStep(
-        step, future, None, sum(d.model_input.length for d in batch), time.perf_counter()
+        step, future, None, tokens, time.perf_counter(), tuple(int(i) for i in indices)
     )
     return {"pipeline": attrs.evolve(pipeline, in_flight=(*pipeline.in_flight, entry))}
 
@@ -158,6 +162,11 @@ def optim_step(
     return {"pipeline": attrs.evolve(pipeline, in_flight=(*older, updated))}
 
 
+def check_finite(entry: InFlightStep, what: str, value: float) -> None:
+    if not math.isfinite(value):
+        raise NonFiniteError(entry.step, what, value, entry.examples)
+
+
 def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipeline:
     """Wait for the oldest steps until at most ``keep_in_flight`` remain; record their metrics."""
     pending = list(pipeline.in_flight)
@@ -169,6 +178,9 @@ def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipel
         done = entry.done.at or time.perf_counter()
         elapsed = done - max(entry.submitted_at, last or entry.submitted_at)
         last = done
+        check_finite(entry, "loss", fb.metrics["loss:sum"])
+        if optim is not None:
+            check_finite(entry, "gradient norm", optim.grad_norm)
         metrics = {"loss": fb.metrics["loss:sum"], "tokens": float(entry.tokens)}
         if optim is not None:
             metrics |= {

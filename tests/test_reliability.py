@@ -1,0 +1,146 @@
+"""Reliability promises: non-finite values stop a run cleanly, secrets never reach the logs,
+runs sharing a blob root don't disturb each other, corrupt checkpoints are named."""
+
+from __future__ import annotations
+
+import json
+import threading
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from galley.adapters.fsspec_blobs import FsspecBlobStore
+from galley.adapters.logging import configure_logging, redact_secrets
+from galley.adapters.noop import NoopTrainingClient, noop_adapters
+from galley.core import ForwardBackwardOutput, SessionConfig, WorkflowError
+from galley.core.errors import NonFiniteError
+from galley.core.manifest import CorruptCheckpointError, read_checkpoint
+from galley.core.stages import read_index
+from galley.workflows.sft import SFTConfig, run
+
+
+class NaNAtCall(NoopTrainingClient):
+    """A backend whose loss turns NaN at the n-th forward_backward (a diverging run)."""
+
+    def __init__(self, *args: Any, at: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.at = at
+
+    def start_session(self, config: SessionConfig) -> Any:
+        session = super().start_session(config)
+        original, calls = session.forward_backward, []
+
+        def forward_backward(*args: Any, **kwargs: Any) -> Future[ForwardBackwardOutput]:
+            calls.append(1)
+            future = original(*args, **kwargs)
+            if len(calls) != self.at:
+                return future
+            poisoned: Future[ForwardBackwardOutput] = Future()
+            out = future.result()
+            poisoned.set_result(
+                ForwardBackwardOutput(
+                    out.loss_fn_outputs, {**out.metrics, "loss:sum": float("nan")}
+                )
+            )
+            return poisoned
+
+        session.forward_backward = forward_backward  # type: ignore[method-assign]
+        return session
+
+
+def test_a_nan_loss_stops_the_run_naming_step_and_batch(tmp_path: Path) -> None:
+    blobs = FsspecBlobStore(str(tmp_path))
+    adapters = noop_adapters(blobs=blobs, training=NaNAtCall(blobs, at=13))
+    with pytest.raises(WorkflowError) as info:
+        run(SFTConfig(max_steps=30, checkpoint_every=5, run_id="nan", batch_size=4), adapters)
+    cause = info.value.__cause__
+    assert isinstance(cause, NonFiniteError) and cause.step == 13 and len(cause.examples) == 4
+    assert "step 13: loss is nan (batch of examples" in str(cause)
+    # The last good checkpoint (step 10) is intact; nothing was saved from the NaN weights.
+    index = read_index(blobs, "runs", "nan")
+    assert [r.step for r in index] == [5, 10]
+    read_checkpoint(blobs, index[-1].state.key)  # verifies every blob
+
+
+def test_secrets_are_redacted_from_events(tmp_path: Path) -> None:
+    log = tmp_path / "events.jsonl"
+    close = configure_logging("error", log)
+    try:
+        structlog.get_logger("galley").info(
+            "hub.connect",
+            api_key="sk-abcdefghijklmnopqrstuvwxyz",
+            options={"hf_token": "hf_" + "x" * 30},
+            header="Authorization: Bearer abc.def",
+            note="uses hf_" + "y" * 24,
+            tokens=512,
+        )
+    finally:
+        close()
+    text = log.read_text()
+    assert (
+        "sk-abc" not in text
+        and "hf_xxx" not in text
+        and "hf_yyy" not in text
+        and "abc.def" not in text
+    )
+    event = json.loads(text.splitlines()[-1])
+    assert event["api_key"] == "[redacted]" and event["options"]["hf_token"] == "[redacted]"
+    assert event["tokens"] == 512  # a count named like a secret's cousin survives
+    assert redact_secrets(None, "info", {"password": "p"}) == {"password": "[redacted]"}
+
+
+def test_two_runs_sharing_a_blob_root_do_not_disturb_each_other(tmp_path: Path) -> None:
+    results: dict[str, Any] = {}
+
+    def go(run_id: str, lr: float) -> None:
+        blobs = FsspecBlobStore(str(tmp_path))
+        adapters = noop_adapters(blobs=blobs, training=NoopTrainingClient(blobs))
+        results[run_id] = run(
+            SFTConfig(
+                max_steps=20, checkpoint_every=4, learning_rate=lr, run_id=run_id, num_samples=2
+            ),
+            adapters,
+        )
+
+    threads = [
+        threading.Thread(target=go, args=(name, lr)) for name, lr in (("a", 1e-3), ("b", 3e-3))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    blobs = FsspecBlobStore(str(tmp_path))
+    for name in ("a", "b"):
+        index = read_index(blobs, "runs", name)
+        assert [r.step for r in index] == [4, 8, 12, 16, 20]
+        for record in index:
+            read_checkpoint(blobs, record.state.key)
+        alone = run(
+            SFTConfig(
+                max_steps=20,
+                checkpoint_every=4,
+                learning_rate={"a": 1e-3, "b": 3e-3}[name],
+                run_id=name,
+                num_samples=2,
+            ),
+            noop_adapters(),
+        )
+        assert [m["loss"] for m in results[name].metrics] == [m["loss"] for m in alone.metrics]
+
+
+def test_a_corrupt_blob_is_named(tmp_path: Path) -> None:
+    blobs = FsspecBlobStore(str(tmp_path))
+    session = NoopTrainingClient(blobs).start_session(SessionConfig("m", storage_prefix="s"))
+    ref = session.save_state("x").result()
+    path = tmp_path / "s" / "state" / "x" / "state.json"
+    path.write_bytes(path.read_bytes()[:-3])
+    with pytest.raises(
+        CorruptCheckpointError, match=r"'s/state/x/state.json' is corrupt: expected \d+ bytes"
+    ):
+        session.load_state(ref).result()
+    (tmp_path / "s" / "state" / "x" / "state.json").unlink()
+    with pytest.raises(CorruptCheckpointError, match="'s/state/x/state.json' is missing"):
+        session.load_state(ref).result()
