@@ -340,6 +340,8 @@ for _kind in (
 class AdapterChoice:
     kind: str
     options: Mapping[str, Any] = attrs.field(factory=dict)
+    retry: Mapping[str, Any] | None = None  # RetryPolicy fields: wrap the adapter in retries
+    faults: Mapping[str, Any] | None = None  # Faults fields (+ mid_write_failure_rate)
 
 
 def parse_adapters_table(
@@ -361,13 +363,45 @@ def parse_adapters_table(
         if isinstance(entry, str):
             choices[port] = AdapterChoice(entry)
         elif isinstance(entry, Mapping):
-            options = {k: v for k, v in entry.items() if k != "kind"}
-            choices[port] = AdapterChoice(
-                entry.get("kind", default or DEFAULT_KINDS[port]), options
-            )
+            options = {k: v for k, v in entry.items() if k not in {"kind", "retry", "faults"}}
+            kind = entry.get("kind", default or DEFAULT_KINDS[port])
+            choices[port] = AdapterChoice(kind, options, entry.get("retry"), entry.get("faults"))
         else:
             raise ConfigError(f"{source}.{port}: expected a kind name or a table, got {entry!r}")
     return choices
+
+
+@attrs.frozen
+class FaultsOptions:
+    failure_rate: float = 0.0
+    latency_s: float = 0.0
+    seed: int = 0
+    mid_write_failure_rate: float = 0.0
+
+
+@attrs.frozen
+class RetryOptions:
+    max_attempts: int = 3
+    initial_backoff_s: float = 0.05
+    multiplier: float = 2.0
+    max_backoff_s: float = 2.0
+
+
+def wrap(adapter: Any, port: str, choice: AdapterChoice) -> Any:
+    """Faults innermost, retries around them: retries see (and survive) the injected faults."""
+    from galley.adapters.noop.faults import Faults
+    from galley.adapters.resilience import with_faults, with_retries
+    from galley.core.engine.retry import RetryPolicy
+
+    if choice.faults is not None:
+        f = config_from_mapping(FaultsOptions, choice.faults, f"[adapters.{port}.faults]")
+        faults = Faults(f.failure_rate, f.latency_s, f.seed)
+        adapter = with_faults(adapter, faults, port, f.mid_write_failure_rate)
+    if choice.retry is not None:
+        r = config_from_mapping(RetryOptions, choice.retry, f"[adapters.{port}.retry]")
+        policy = RetryPolicy(r.max_attempts, r.initial_backoff_s, r.multiplier, r.max_backoff_s)
+        adapter = with_retries(adapter, policy, port)
+    return adapter
 
 
 def build_adapters(choices: Mapping[str, AdapterChoice], **instances: Any) -> Adapters:
@@ -389,5 +423,5 @@ def build_adapters(choices: Mapping[str, AdapterChoice], **instances: Any) -> Ad
         options = config_from_mapping(
             spec.options, choice.options, f"[adapters.{port}] ({choice.kind})"
         )
-        built[port] = spec.build(options, built)
+        built[port] = wrap(spec.build(options, built), port, choice)
     return Adapters(**built)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from galley.core.batching import BatchPlan
 from galley.core.engine import FunctionStage, StageContext, stage
-from galley.core.errors import NotFoundError
+from galley.core.errors import GalleyError, NotFoundError
 from galley.core.keys import join_key
 from galley.core.manifest import MANIFEST_NAME, CorruptCheckpointError
 from galley.core.records import CheckpointRecord
@@ -32,11 +32,19 @@ def index_key(output: str, run_id: str) -> str:
 
 
 def read_index(blobs: BlobStore, output: str, run_id: str) -> list[CheckpointRecord]:
+    """The index's entries, oldest first. Lines that don't parse (a torn write on a store
+    without atomic writes) are skipped: every entry before them is still trusted, and each
+    entry's checkpoint is verified against its manifest when loaded."""
     key = index_key(output, run_id)
     if not blobs.exists(key):
         return []
-    lines = blobs.read(key).decode().splitlines()
-    return [from_data(CheckpointRecord, json.loads(line)) for line in lines if line.strip()]
+    records = []
+    for line in blobs.read(key).decode(errors="replace").splitlines():
+        try:
+            records.append(from_data(CheckpointRecord, json.loads(line)))
+        except (ValueError, GalleyError):
+            continue
+    return records
 
 
 def write_index(
