@@ -65,6 +65,17 @@ def from_data(cls: type[T], data: Any) -> T:
         raise ValidationError(
             cls.__name__, f"cannot read {cls.__name__}: {describe_error(e, cls.__name__)}"
         ) from e
+    except ValidationError:
+        raise
+    except (
+        TypeError,
+        AttributeError,
+        KeyError,
+        ValueError,
+    ) as e:  # e.g. a list where an object belongs
+        raise ValidationError(
+            cls.__name__, f"cannot read {cls.__name__} from {type(data).__name__}: {e}"
+        ) from e
 
 
 def _format(exc: BaseException, type_: Any) -> str:
@@ -83,4 +94,8 @@ def to_json(obj: Any) -> str:
 
 
 def from_json(cls: type[T], text: str) -> T:
-    return from_data(cls, json.loads(text))
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValidationError(cls.__name__, f"not valid JSON: {e}") from None
+    return from_data(cls, data)

@@ -43,9 +43,15 @@ class SafetensorsReader:
         shards = sorted(set(weight_map.values())) or [
             p.name for p in sorted(folder.glob("*.safetensors"))
         ]
-        self._files = {
-            name: self._stack.enter_context(safe_open(str(folder / name), "np")) for name in shards
-        }
+        self._files = {}
+        for name in shards:
+            try:
+                self._files[name] = self._stack.enter_context(safe_open(str(folder / name), "np"))
+            except Exception as e:  # safetensors raises its own error types for bad files
+                self._stack.close()
+                raise ValidationError(
+                    f"{folder.name}/{name}", f"is not a readable safetensors file: {e}"
+                ) from None
         self._where = dict(weight_map)
         for name, handle in self._files.items():
             for key in handle.keys():  # noqa: SIM118 (safe_open has no __iter__)

@@ -125,3 +125,5 @@ def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> ModelCo
         )
     except KeyError as e:
         raise ValidationError(f"{source}", f"missing required field {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
+        raise ValidationError(f"{source}", f"a field has the wrong type: {e}") from None

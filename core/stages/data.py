@@ -11,15 +11,20 @@ from galley.core.data_formats import row_to_conversation
 from galley.core.engine import StageContext, stage
 from galley.core.errors import ValidationError
 
+Origin = tuple[str, int]  # (source, row): where a conversation came from, for error messages
 
-def _conversations(ctx: StageContext, handle: Any, source: str) -> list[Conversation]:
+
+def _conversations(
+    ctx: StageContext, handle: Any, source: str
+) -> tuple[list[Conversation], list[Origin]]:
     rows = ctx.adapters.datasets.to_list(handle)
-    return [row_to_conversation(row, source=source, index=i) for i, row in enumerate(rows)]
+    conversations = [row_to_conversation(row, source=source, index=i) for i, row in enumerate(rows)]
+    return conversations, [(source, i) for i in range(len(rows))]
 
 
 @stage(
     reads=("dataset", "train_split", "eval_split", "eval_holdout", "seed"),
-    writes=("train_rows", "eval_rows"),
+    writes=("train_rows", "eval_rows", "row_origins"),
     ports=("datasets",),
 )
 def load_dataset(
@@ -28,9 +33,11 @@ def load_dataset(
     """Load the train split and the eval split (or hold out ``eval_holdout`` train rows)."""
     store = ctx.adapters.datasets
     handle = store.load(dataset)
-    train = _conversations(ctx, store.get_split(handle, train_split), f"{dataset}[{train_split}]")
+    train, train_from = _conversations(
+        ctx, store.get_split(handle, train_split), f"{dataset}[{train_split}]"
+    )
     if eval_split in store.splits(handle):
-        held_out = _conversations(
+        held_out, eval_from = _conversations(
             ctx, store.get_split(handle, eval_split), f"{dataset}[{eval_split}]"
         )
     else:
@@ -41,9 +48,17 @@ def load_dataset(
                 f"of {dataset!r} to train on",
             )
         order = np.random.default_rng([seed, 1]).permutation(len(train))
-        held_out = [train[i] for i in order[:eval_holdout]]
-        train = [train[i] for i in sorted(order[eval_holdout:])]
+        held_out, eval_from = (
+            [train[i] for i in order[:eval_holdout]],
+            [train_from[i] for i in order[:eval_holdout]],
+        )
+        kept = sorted(order[eval_holdout:])
+        train, train_from = [train[i] for i in kept], [train_from[i] for i in kept]
     if not train:
         raise ValidationError("dataset", f"{dataset!r} split {train_split!r} has no rows")
     ctx.log.info("dataset.loaded", dataset=dataset, train_rows=len(train), eval_rows=len(held_out))
-    return {"train_rows": train, "eval_rows": held_out}
+    return {
+        "train_rows": train,
+        "eval_rows": held_out,
+        "row_origins": {"train": train_from, "eval": eval_from},
+    }

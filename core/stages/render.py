@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from galley.core.chat import Conversation, TrainOn
@@ -21,21 +21,30 @@ def _render_all(
     train_on: TrainOn,
     max_length: int,
     truncate: bool,
-    split: str,
+    origins: Sequence[tuple[str, int]],
 ) -> list[Datum]:
     data = []
-    for i, conversation in enumerate(rows):
+    for conversation, (source, row) in zip(rows, origins, strict=True):
         try:
             data.append(
                 to_datum(renderer.render(conversation, train_on), max_length, truncate=truncate)
             )
         except ValidationError as e:
-            raise DataError(f"{split} split", i, e.field, e.reason) from e
+            raise DataError(source, row, e.field, e.reason) from e
     return data
 
 
 @stage(
-    reads=("session", "train_rows", "eval_rows", "renderer", "train_on", "max_length", "truncate"),
+    reads=(
+        "session",
+        "train_rows",
+        "eval_rows",
+        "row_origins",
+        "renderer",
+        "train_on",
+        "max_length",
+        "truncate",
+    ),
     writes=("train_data", "eval_data", "chat_renderer"),
 )
 def render_dataset(
@@ -43,6 +52,7 @@ def render_dataset(
     session: TrainingSession,
     train_rows: Sequence[Conversation],
     eval_rows: Sequence[Conversation],
+    row_origins: Mapping[str, Sequence[tuple[str, int]]],
     renderer: str,
     train_on: str,
     max_length: int,
@@ -51,8 +61,8 @@ def render_dataset(
     """Tokenize conversations with the session's tokenizer; weights follow ``train_on``."""
     chat = make_renderer(renderer, session.tokenizer)
     mode = TrainOn(train_on)
-    train = _render_all(chat, train_rows, mode, max_length, truncate, "train")
-    held_out = _render_all(chat, eval_rows, mode, max_length, truncate, "eval")
+    train = _render_all(chat, train_rows, mode, max_length, truncate, row_origins["train"])
+    held_out = _render_all(chat, eval_rows, mode, max_length, truncate, row_origins["eval"])
     tokens = sum(d.model_input.length for d in train)
     ctx.log.info("dataset.rendered", train_examples=len(train), train_tokens=tokens)
     return {"train_data": train, "eval_data": held_out, "chat_renderer": chat}
