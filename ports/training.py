@@ -67,7 +67,8 @@ class TrainingSession(Protocol):
 
     def optim_step(self, params: AdamParams) -> Future[OptimStepResult]:
         """Apply one AdamW update with the accumulated gradient, then zero it. ``params``
-        may differ on every call (a schedule changes the LR)."""
+        may differ on every call (a schedule changes the LR). A non-finite gradient (NaN or
+        Inf) changes neither weights nor optimizer state; the result reports its norm."""
         ...
 
     def save_state(self, name: str) -> Future[CheckpointRef]:

@@ -65,6 +65,43 @@ def test_a_nan_loss_stops_the_run_naming_step_and_batch(tmp_path: Path) -> None:
     read_checkpoint(blobs, index[-1].state.key)  # verifies every blob
 
 
+def test_a_nan_step_can_be_skipped_instead(tmp_path: Path) -> None:
+    blobs = FsspecBlobStore(str(tmp_path))
+    config = SFTConfig(
+        max_steps=20, checkpoint_every=5, run_id="skip", on_nonfinite="skip", num_samples=0
+    )
+    result = run(config, noop_adapters(blobs=blobs, training=NaNAtCall(blobs, at=7)))
+    skipped = [m["step"] for m in result.metrics if m.get("skipped")]
+    assert skipped == [7] and len(result.metrics) == 20
+    assert all(m["loss"] == m["loss"] for m in result.metrics if "loss" in m)  # no NaN recorded
+    assert [c.step for c in result.checkpoints] == [5, 10, 15, 20]
+
+
+def test_jax_optim_step_with_a_nan_gradient_changes_nothing(tmp_path: Path) -> None:
+    import jax
+    import numpy as np
+
+    from galley.adapters.jax import JaxTrainingClient
+    from galley.adapters.noop import NoopBlobStore, NoopHubClient
+    from galley.core import AdamParams, Datum, LoraConfig
+    from tests.hf_models import make_model
+
+    folder = make_model(tmp_path / "m", "llama")
+    session = JaxTrainingClient(NoopHubClient(), NoopBlobStore()).start_session(
+        SessionConfig(str(folder), LoraConfig(rank=2))
+    )
+    data = [Datum.from_tokens([0, 5, 6, 7], [0, 1, 1, 1])]
+    session.forward_backward(data)
+    session.optim_step(AdamParams(learning_rate=0.05)).result()
+    before = [np.asarray(x) for x in jax.tree.leaves((session._trainable, session._opt_state))]
+    session._grads = jax.tree.map(lambda g: g * float("nan"), session._grads)
+    result = session.optim_step(AdamParams(learning_rate=0.05)).result()
+    after = [np.asarray(x) for x in jax.tree.leaves((session._trainable, session._opt_state))]
+    assert result.grad_norm != result.grad_norm and result.update_norm == 0.0
+    for a, b in zip(before, after, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_secrets_are_redacted_from_events(tmp_path: Path) -> None:
     log = tmp_path / "events.jsonl"
     close = configure_logging("error", log)

@@ -95,6 +95,8 @@ class SFTConfig:
     run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
     # Continue run `run_id` from its newest checkpoint that verifies (same config and seed).
     resume: bool = False
+    # A NaN/Inf loss or gradient: "stop" the run naming step and batch, or "skip" the step.
+    on_nonfinite: str = attrs.field(default="stop", validator=one_of(["stop", "skip"]))
 
     def __attrs_post_init__(self) -> None:
         if self.resume and self.run_id is None:

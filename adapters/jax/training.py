@@ -132,10 +132,17 @@ def optim_step(
     grads = jax.tree.map(lambda g: g * scale, grads)
     for name in ("learning_rate", "b1", "b2", "eps", "weight_decay"):
         opt_state.hyperparams[name] = hyper[name]
-    updates, opt_state = _tx().update(grads, opt_state, trainable)
+    updates, new_state = _tx().update(grads, opt_state, trainable)
     new = optax.apply_updates(trainable, updates)
+    # A non-finite gradient changes nothing (weights, moments, count): the step is skipped.
+    finite = jnp.isfinite(grad_norm)
+
+    def keep(fresh: Any, old: Any) -> Any:
+        return jax.tree.map(lambda a, b: jnp.where(finite, a, b), fresh, old)
+
     zero = jax.tree.map(jnp.zeros_like, grads)
-    return new, opt_state, zero, grad_norm, optax.tree.norm(updates)
+    update_norm = jnp.where(finite, optax.tree.norm(updates), 0.0)
+    return keep(new, trainable), keep(new_state, opt_state), zero, grad_norm, update_norm
 
 
 def _count(tree: Any) -> int:

@@ -204,6 +204,10 @@ class NoopTrainingSession:
         p = self._params
         g = p.grad
         grad_norm = abs(g)
+        if not math.isfinite(grad_norm):  # skipped: weights and optimizer state unchanged
+            p.step += 1
+            p.grad = 0.0
+            return OptimStepResult(p.step, hp.learning_rate, grad_norm, 0.0)
         if hp.grad_clip_norm > 0 and grad_norm > hp.grad_clip_norm:
             g *= hp.grad_clip_norm / grad_norm
         p.step += 1

@@ -55,6 +55,7 @@ class Pipeline:
 
     in_flight: tuple[InFlightStep, ...] = ()
     last_done_at: float | None = None
+    skip_nonfinite: bool = False  # else a NaN/Inf loss or gradient stops the run
 
 
 def normalised_batch(data: Sequence[Datum]) -> list[Datum]:
@@ -79,6 +80,7 @@ def normalised_batch(data: Sequence[Datum]) -> list[Datum]:
         "max_steps",
         "learning_rate",
         "lr_schedule",
+        "on_nonfinite",
         "warmup_steps",
         "min_lr_ratio",
     ),
@@ -93,6 +95,7 @@ def plan_training(
     max_steps: int | None,
     learning_rate: float,
     lr_schedule: str,
+    on_nonfinite: str,
     warmup_steps: int,
     min_lr_ratio: float,
 ) -> dict[str, Any]:
@@ -105,7 +108,7 @@ def plan_training(
         "batch_plan": plan,
         "total_steps": steps,
         "schedule": schedule,
-        "pipeline": Pipeline(),
+        "pipeline": Pipeline(skip_nonfinite=on_nonfinite == "skip"),
     }
 
 
@@ -178,6 +181,14 @@ def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipel
         done = entry.done.at or time.perf_counter()
         elapsed = done - max(entry.submitted_at, last or entry.submitted_at)
         last = done
+        finite = math.isfinite(fb.metrics["loss:sum"]) and (
+            optim is None or math.isfinite(optim.grad_norm)
+        )
+        if not finite and pipeline.skip_nonfinite:
+            # The backend left weights and optimizer state as they were (port guarantee).
+            ctx.log.warning("step.skipped", step=entry.step, examples=list(entry.examples))
+            ctx.record_metrics(entry.step, {"skipped": 1.0, "tokens": float(entry.tokens)})
+            continue
         check_finite(entry, "loss", fb.metrics["loss:sum"])
         if optim is not None:
             check_finite(entry, "gradient norm", optim.grad_norm)
@@ -190,7 +201,7 @@ def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipel
             }
         metrics["tokens_per_s"] = entry.tokens / elapsed if elapsed > 0 else 0.0
         ctx.record_metrics(entry.step, metrics)
-    return Pipeline(tuple(pending), last)
+    return attrs.evolve(pipeline, in_flight=tuple(pending), last_done_at=last)
 
 
 @stage(reads=("pipeline", "submit_ahead"), writes=("pipeline",), ports=("training", "metrics"))
