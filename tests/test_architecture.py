@@ -114,3 +114,23 @@ def test_wheel_installs_the_layers_as_galley_subpackages(tmp_path: Path) -> None
         assert f"galley/{package}/__init__.py" in names and f"galley/{package}/py.typed" in names
     assert "galley/core/engine/runner.py" in names and "galley/adapters/noop/training.py" in names
     assert not any(n.startswith(("tests/", "core/")) for n in names)
+
+
+def test_no_code_runs_from_data() -> None:
+    """No pickle-family module is imported and nothing is eval'd or exec'd in package code."""
+    unsafe_modules = {"pickle", "cPickle", "cloudpickle", "dill", "marshal", "shelve", "joblib"}
+    problems = []
+    for layer in LAYERS:
+        for path in sorted((ROOT / layer).rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            for module in imports(path):
+                if module.split(".")[0] in unsafe_modules:
+                    problems.append(f"{path.relative_to(ROOT)} imports {module}")
+            for node in ast.walk(tree):
+                if (
+                    isinstance(node, ast.Call)
+                    and isinstance(node.func, ast.Name)
+                    and node.func.id in {"eval", "exec"}
+                ):
+                    problems.append(f"{path.relative_to(ROOT)}:{node.lineno} calls {node.func.id}")
+    assert problems == []

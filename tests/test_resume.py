@@ -146,3 +146,27 @@ def test_resuming_needs_a_run_with_checkpoints(tmp_path: Path) -> None:
     with pytest.raises(WorkflowError, match="no checkpoint to resume from") as info:
         run(SFTConfig(max_steps=3, run_id="nothing", resume=True), local_adapters(tmp_path))
     assert isinstance(info.value.__cause__, NotFoundError)
+
+
+def test_cli_resume(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from galley.adapters.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    common = [
+        "--set",
+        "adapters.training=noop",
+        "--set",
+        "adapters.completer=noop",
+        "--set",
+        "max_steps=10",
+    ]
+    assert main(["run", "sft", *common, "--set", "checkpoint_every=5", "--set", "run_id=cli"]) == 0
+    (
+        tmp_path / "runs" / "cli" / "state" / "step-000010" / "manifest.json"
+    ).unlink()  # an interrupted save
+    capsys.readouterr()
+    assert main(["run", "sft", *common, "--set", "checkpoint_every=5", "--resume", "cli"]) == 0
+    out = capsys.readouterr().out
+    assert "steps: 5" in out and "runs/cli/state/step-000010" in out
