@@ -132,6 +132,21 @@ class ForwardBackwardInput:
     def num_tokens(self) -> int:
         return sum(d.model_input.length for d in self.data)
 
+    def check_vocabulary(self, vocab_size: int) -> None:
+        """Refuse any input or target token id the model has no embedding for, naming it."""
+        for i, datum in enumerate(self.data):
+            for what, ids in (
+                ("model_input", np.asarray(datum.model_input.to_ints())),
+                ("target_tokens", datum.loss_fn_inputs["target_tokens"].data),
+            ):
+                bad = np.flatnonzero(ids >= vocab_size)
+                if bad.size:
+                    raise ValidationError(
+                        f"data[{i}].{what}[{int(bad[0])}]",
+                        f"token id {int(ids[bad[0]])} is outside the vocabulary "
+                        f"(size {vocab_size})",
+                    )
+
 
 def _metric_keys(
     instance: Any, attribute: attrs.Attribute[Any], value: Mapping[str, float]

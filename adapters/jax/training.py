@@ -282,18 +282,7 @@ class JaxTrainingSession:
         self, data: Sequence[Datum], loss_fn: str, config: Mapping[str, float] | None
     ) -> tuple[ForwardBackwardInput, PaddedBatch]:
         request = ForwardBackwardInput(tuple(data), loss_fn, dict(config or {}))
-        vocab = self.model_config.vocab_size
-        for i, datum in enumerate(request.data):
-            for what, ids in (
-                ("model_input", np.asarray(datum.model_input.to_ints())),
-                ("target_tokens", datum.loss_fn_inputs["target_tokens"].data),
-            ):
-                bad = np.flatnonzero(ids >= vocab)
-                if bad.size:
-                    raise ValidationError(
-                        f"data[{i}].{what}[{int(bad[0])}]",
-                        f"token id {int(ids[bad[0]])} is outside the vocabulary (size {vocab})",
-                    )
+        request.check_vocabulary(self.model_config.vocab_size)
         return request, pad_batch(request, self._client.length_buckets, self._client.mesh.size)
 
     def _device_batch(self, batch: PaddedBatch) -> dict[str, jax.Array]:

@@ -155,18 +155,7 @@ class NoopTrainingSession:
         self, data: Sequence[Datum], loss_fn: str, config: Mapping[str, float] | None, op: str
     ) -> ForwardBackwardInput:
         request = ForwardBackwardInput(tuple(data), loss_fn, dict(config or {}))
-        vocab = self._tokenizer.vocab_size
-        for i, datum in enumerate(request.data):
-            for what, ids in (
-                ("model_input", np.asarray(datum.model_input.to_ints())),
-                ("target_tokens", datum.loss_fn_inputs["target_tokens"].data),
-            ):
-                bad = np.flatnonzero(ids >= vocab)
-                if bad.size:
-                    raise ValidationError(
-                        f"data[{i}].{what}[{int(bad[0])}]",
-                        f"token id {int(ids[bad[0]])} is outside the vocabulary (size {vocab})",
-                    )
+        request.check_vocabulary(self._tokenizer.vocab_size)
         self._faults(op)
         return request
 
