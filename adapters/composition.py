@@ -38,36 +38,20 @@ DEFAULT_KINDS: Mapping[str, str] = {
 
 
 @attrs.frozen
-class FaultOptions:
-    """Fault injection shared by the noop kinds (for reliability tests)."""
-
-    failure_rate: float = 0.0
-    latency_s: float = 0.0
-    fault_seed: int = 0
-
-    def faults(self) -> Any:
-        from galley.adapters.noop import Faults
-
-        if not (self.failure_rate or self.latency_s):
-            return None
-        return Faults(self.failure_rate, self.latency_s, self.fault_seed)
-
-
-@attrs.frozen
-class NoopTrainingOptions(FaultOptions):
+class NoopTrainingOptions:
     sensitivity: float = 100.0
     floor: float = 0.05
 
 
 @attrs.frozen
-class NoopDatasetOptions(FaultOptions):
+class NoopDatasetOptions:
     seed: int = 0
     train_rows: int = 256
     test_rows: int = 32
 
 
 @attrs.frozen
-class NoopCompleterOptions(FaultOptions):
+class NoopCompleterOptions:
     scripted: dict[str, str] = attrs.field(factory=dict)
 
 
@@ -139,9 +123,7 @@ class AdapterKind:
 def _noop_training(o: NoopTrainingOptions, built: Built) -> Any:
     from galley.adapters.noop import NoopTrainingClient
 
-    return NoopTrainingClient(
-        built["blobs"], sensitivity=o.sensitivity, floor=o.floor, faults=o.faults()
-    )
+    return NoopTrainingClient(built["blobs"], sensitivity=o.sensitivity, floor=o.floor)
 
 
 def _jax_training(o: JaxTrainingOptions, built: Built) -> Any:
@@ -192,15 +174,13 @@ def _sqlite_metrics(o: SqliteMetricsOptions, built: Built) -> Any:
 def _noop_datasets(o: NoopDatasetOptions, built: Built) -> Any:
     from galley.adapters.noop import NoopDatasetStore
 
-    return NoopDatasetStore(
-        seed=o.seed, train_rows=o.train_rows, test_rows=o.test_rows, faults=o.faults()
-    )
+    return NoopDatasetStore(seed=o.seed, train_rows=o.train_rows, test_rows=o.test_rows)
 
 
-def _noop_blobs(o: FaultOptions, built: Built) -> Any:
+def _noop_blobs(o: NoOptions, built: Built) -> Any:
     from galley.adapters.noop import NoopBlobStore
 
-    return NoopBlobStore(o.faults())
+    return NoopBlobStore()
 
 
 def _noop_hub(o: NoOptions, built: Built) -> Any:
@@ -226,16 +206,16 @@ def _auto_hub(o: HuggingFaceHubOptions, built: Built) -> Any:
     )
 
 
-def _noop_metrics(o: FaultOptions, built: Built) -> Any:
+def _noop_metrics(o: NoOptions, built: Built) -> Any:
     from galley.adapters.noop import NoopMetricsStore
 
-    return NoopMetricsStore(o.faults())
+    return NoopMetricsStore()
 
 
 def _noop_completer(o: NoopCompleterOptions, built: Built) -> Any:
     from galley.adapters.noop import NoopCompleter
 
-    return NoopCompleter(o.scripted, blobs=built["blobs"], faults=o.faults())
+    return NoopCompleter(o.scripted, blobs=built["blobs"])
 
 
 REGISTRY: dict[str, dict[str, AdapterKind]] = {port: {} for port in PORT_NAMES}
@@ -270,7 +250,7 @@ for _kind in (
         JaxTrainingOptions,
         _jax_training,
     ),
-    AdapterKind("blobs", "noop", "in-memory blobs (lost at exit)", FaultOptions, _noop_blobs),
+    AdapterKind("blobs", "noop", "in-memory blobs (lost at exit)", NoOptions, _noop_blobs),
     AdapterKind(
         "blobs",
         "fsspec",
@@ -321,7 +301,7 @@ for _kind in (
         LocalHubOptions,
         _local_hub,
     ),
-    AdapterKind("metrics", "noop", "in-memory metric rows", FaultOptions, _noop_metrics),
+    AdapterKind("metrics", "noop", "in-memory metric rows", NoOptions, _noop_metrics),
     AdapterKind(
         "completer", "noop", "scripted or echoed answers", NoopCompleterOptions, _noop_completer
     ),

@@ -32,9 +32,6 @@ class EncodedTextChunk:
         return len(self.tokens)
 
 
-Chunk = EncodedTextChunk
-
-
 def _chunks(value: Iterable[EncodedTextChunk]) -> tuple[EncodedTextChunk, ...]:
     return tuple(value)
 

@@ -74,7 +74,7 @@ def test_toml_config_and_set_overrides(tmp_path: Path) -> None:
         (
             "[adapters.training]\nkind = 'noop'\nturbo = true\n",
             [],
-            r"unknown key\(s\) turbo; valid keys: failure_rate",
+            r"unknown key\(s\) turbo; valid keys: sensitivity",
         ),
         ("[sft]\nbatch_size = 'eight'\n", [], "batch_size"),
         ("not toml = = =", [], "is not valid TOML"),

@@ -61,13 +61,6 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
 
-    @property
-    def num_parameters(self) -> int:
-        h, i, v, d = self.hidden_size, self.intermediate_size, self.vocab_size, self.head_dim
-        attn = h * d * (2 * self.num_heads + 2 * self.num_kv_heads)
-        layer = attn + 3 * h * i + 2 * h
-        return v * h * (1 if self.tie_word_embeddings else 2) + self.num_layers * layer + h
-
 
 def _rope(raw: Mapping[str, Any]) -> RopeConfig:
     # transformers >= 5 writes rope_parameters; older versions rope_theta + rope_scaling.

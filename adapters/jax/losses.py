@@ -39,9 +39,6 @@ def loss_sum(
     return -jnp.sum(jax.lax.stop_gradient(clipped) * logp * advantages)
 
 
-JaxLoss = Callable[[list[Array]], Array]
-
-
 def custom_loss_from_jax(
     loss: Callable[[Sequence[Datum], list[Array]], Array],
 ) -> Callable[
