@@ -94,7 +94,7 @@ def generate(
     valid = jnp.concatenate([prompt_mask, jnp.zeros((b, new_tokens), bool)], axis=1)
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
     causal = jnp.arange(total)[None, :] <= jnp.arange(p)[:, None]
-    empty = jnp.zeros((b, total, cfg.num_kv_heads, cfg.head_dim), model.embed_tokens[...].dtype)
+    empty = jnp.zeros((b, cfg.num_kv_heads, total, cfg.head_dim), model.embed_tokens[...].dtype)
     logits, caches = model(
         tokens,
         positions,

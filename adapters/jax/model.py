@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 
 from galley.adapters.jax.config import ModelConfig
+from galley.adapters.jax.lora import lora_project
 from galley.core.errors import ValidationError
 from galley.core.types import LoraConfig
 
@@ -49,11 +50,15 @@ class Linear(nnx.Module):
             self.lora_a = self.lora_b = None
 
     def __call__(self, x: Array) -> Array:
-        y = x @ self.kernel[...]
+        """``x``: [rows, in] (the model keeps activations 2-D so no matmul sees a batch axis)."""
+        if self.lora_a is not None and self.lora_b is not None:
+            y = lora_project(
+                x, self.kernel[...], self.lora_a[...], self.lora_b[...], self.lora_scale
+            )
+        else:
+            y = x @ self.kernel[...]
         if self.bias is not None:
             y = y + self.bias[...]
-        if self.lora_a is not None and self.lora_b is not None:
-            y = y + (x @ self.lora_a[...]) @ self.lora_b[...] * self.lora_scale
         return y
 
 
@@ -78,7 +83,7 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return x * cos[:, :, None, :] + rotate_half(x) * sin[:, :, None, :]
 
 
-KVCache = tuple[Array, Array]  # k, v: [B, S, kv_heads, D]
+KVCache = tuple[Array, Array]  # k, v: [B, kv_heads, S, D]
 
 
 class Attention(nnx.Module):
@@ -106,26 +111,31 @@ class Attention(nnx.Module):
         cache: KVCache | None,
         index: Array | None,
     ) -> tuple[Array, KVCache | None]:
-        b, t, _ = x.shape
-        q = self.q_proj(x).reshape(b, t, self.num_heads, self.head_dim)
-        k = self.k_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).reshape(b, t, self.num_kv_heads, self.head_dim)
+        """``x``: [B·T, hidden]; ``cos``/``sin``: [B, T, D]; ``mask``: [B, T, S].
+
+        Heads are laid out ``[B, kv_heads, group·T, D]``: the query heads sharing one KV head
+        are stacked along the query axis, so both attention products are plain batched
+        matmuls over (B, kv_heads) with no grouped 5-D contraction to transpose."""
+        b, t = cos.shape[:2]
+        kv, groups, d = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
+        q = self.q_proj(x).reshape(b, t, self.num_heads, d)
+        k = self.k_proj(x).reshape(b, t, kv, d)
+        v = self.v_proj(x).reshape(b, t, kv, d)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q = q.transpose(0, 2, 1, 3).reshape(b, kv, groups * t, d)
+        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         if cache is not None and index is not None:
-            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, index, 0, 0))
-            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, index, 0, 0))
+            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, 0, index, 0))
+            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, 0, index, 0))
             cache = (k, v)
-        groups = self.num_heads // self.num_kv_heads
-        q = q.reshape(b, t, self.num_kv_heads, groups, self.head_dim)
-        scores = jnp.einsum("btkgd,bskd->bkgts", q, k).astype(jnp.float32) / np.sqrt(self.head_dim)
-        scores = jnp.where(mask[:, None, None, :, :], scores, float(np.finfo(np.float32).min))
+        scores = jnp.einsum("bkqd,bksd->bkqs", q, k).astype(jnp.float32) / np.sqrt(d)
+        grouped_mask = jnp.tile(mask, (1, groups, 1))[:, None]  # row g·T + t is mask[:, t]
+        scores = jnp.where(grouped_mask, scores, float(np.finfo(np.float32).min))
         probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(
-            b, t, self.num_heads * self.head_dim
-        )
-        return self.o_proj(out), cache
+        out = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(b, self.num_heads, t, d)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b * t, self.num_heads * d)), cache
 
 
 class MLP(nnx.Module):
@@ -184,7 +194,8 @@ class CausalLM(nnx.Module):
         """Logits [B, T, V] for ``tokens`` at ``positions``; ``mask[b, q, k]`` says which keys
         each query sees. With ``caches``, keys/values are written at ``index`` and attended in
         full (the mask then spans the cache)."""
-        x = jnp.take(self.embed_tokens[...], tokens, axis=0)
+        b, t = tokens.shape
+        x = jnp.take(self.embed_tokens[...], tokens.reshape(b * t), axis=0)  # [B·T, hidden]
         freqs = positions[..., None].astype(jnp.float32) * self.inv_freq[...]
         emb = jnp.concatenate([freqs, freqs], axis=-1)
         cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
@@ -195,7 +206,8 @@ class CausalLM(nnx.Module):
                 new_caches.append(cache)
         x = self.norm(x)
         logits = self.lm_head(x) if self.lm_head is not None else x @ self.embed_tokens[...].T
-        return logits.astype(jnp.float32), (new_caches if caches is not None else None)
+        logits = logits.reshape(b, t, -1).astype(jnp.float32)
+        return logits, (new_caches if caches is not None else None)
 
 
 def causal_mask(length: int) -> Array:
