@@ -71,6 +71,18 @@ def test_logits_match_transformers(models: dict[str, Path], name: str) -> None:
     assert np.abs(np.asarray(logits) - ref).max() <= 1e-4
 
 
+@pytest.mark.parametrize("length", [40, 130, 256])
+def test_causal_fast_path_matches_transformers(models: dict[str, Path], length: int) -> None:
+    """Training attends with ``mask=None``: query chunks that skip the masked triangle (1, 2
+    and 4 chunks at these lengths)."""
+    folder = models["qwen2-tied"]
+    cfg = read_config(folder)
+    tokens = np.random.default_rng(2).integers(0, cfg.vocab_size, (2, length))
+    model = build_model(cfg, SafetensorsReader(folder), None)
+    logits, _ = model(jnp.asarray(tokens), jnp.broadcast_to(jnp.arange(length), (2, length)))
+    assert np.abs(np.asarray(logits) - hf_logits(folder, tokens)).max() <= 1e-4
+
+
 def test_old_and_new_config_formats_agree() -> None:
     base = {
         "model_type": "llama",

@@ -8,7 +8,7 @@ nothing. ``LoRAParam`` marks what trains in a LoRA session; in a full fine-tune 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -16,8 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from galley.adapters.jax.attention import attention, causal_attention, group_mask
 from galley.adapters.jax.config import ModelConfig
-from galley.adapters.jax.lora import lora_project
+from galley.adapters.jax.lora import lora_project, merge_is_cheaper, split_columns
 from galley.core.errors import ValidationError
 from galley.core.types import LoraConfig
 
@@ -50,16 +51,35 @@ class Linear(nnx.Module):
             self.lora_a = self.lora_b = None
 
     def __call__(self, x: Array) -> Array:
-        """``x``: [rows, in] (the model keeps activations 2-D so no matmul sees a batch axis)."""
-        if self.lora_a is not None and self.lora_b is not None:
-            y = lora_project(
-                x, self.kernel[...], self.lora_a[...], self.lora_b[...], self.lora_scale
+        return project(x, [self])[0]
+
+
+def project(x: Array, linears: Sequence[Linear]) -> list[Array]:
+    """The outputs of ``linears`` applied to the same ``x`` ([rows, in]: the model keeps
+    activations 2-D so no matmul sees a batch axis). With enough rows, they run as one matmul
+    over the concatenated kernels (LoRA merged in: see ``lora``)."""
+    kernels = tuple(linear.kernel[...] for linear in linears)
+    adapters = [(linear.lora_a, linear.lora_b) for linear in linears]
+    if all(a is not None and b is not None for a, b in adapters):
+        outputs = list(
+            lora_project(
+                x,
+                kernels,
+                tuple(a[...] for a, _ in adapters),  # type: ignore[index]
+                tuple(b[...] for _, b in adapters),  # type: ignore[index]
+                linears[0].lora_scale,
             )
-        else:
-            y = x @ self.kernel[...]
-        if self.bias is not None:
-            y = y + self.bias[...]
-        return y
+        )
+    elif any(a is not None for a, _ in adapters):
+        return [out for linear in linears for out in project(x, [linear])]
+    elif len(kernels) > 1 and merge_is_cheaper(x.shape[0], kernels):
+        outputs = list(split_columns(x @ jnp.concatenate(kernels, axis=1), kernels))
+    else:
+        outputs = [x @ kernel for kernel in kernels]
+    return [
+        y + linear.bias[...] if linear.bias is not None else y
+        for y, linear in zip(outputs, linears, strict=True)
+    ]
 
 
 class RMSNorm(nnx.Module):
@@ -107,35 +127,32 @@ class Attention(nnx.Module):
         x: Array,
         cos: Array,
         sin: Array,
-        mask: Array,
+        mask: Array | None,
         cache: KVCache | None,
         index: Array | None,
     ) -> tuple[Array, KVCache | None]:
-        """``x``: [B·T, hidden]; ``cos``/``sin``: [B, T, D]; ``mask``: [B, T, S].
-
-        Heads are laid out ``[B, kv_heads, group·T, D]``: the query heads sharing one KV head
-        are stacked along the query axis, so both attention products are plain batched
-        matmuls over (B, kv_heads) with no grouped 5-D contraction to transpose."""
+        """``x``: [B·T, hidden]; ``cos``/``sin``: [B, T, D]; ``mask``: [B, T, S], or None for
+        causal attention within ``x`` (training). See ``attention`` for the head layout."""
         b, t = cos.shape[:2]
         kv, groups, d = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
-        q = self.q_proj(x).reshape(b, t, self.num_heads, d)
-        k = self.k_proj(x).reshape(b, t, kv, d)
-        v = self.v_proj(x).reshape(b, t, kv, d)
+        q, k, v = project(x, [self.q_proj, self.k_proj, self.v_proj])
+        q, k, v = q.reshape(b, t, self.num_heads, d), k.reshape(b, t, kv, d), v.reshape(b, t, kv, d)
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        q = q.transpose(0, 2, 1, 3).reshape(b, kv, groups * t, d)
+        # [B, T, kv·groups, D] -> [B, kv, T·groups, D]: row t·groups + g is head kv·groups + g.
+        q = q.reshape(b, t, kv, groups, d).transpose(0, 2, 1, 3, 4).reshape(b, kv, t * groups, d)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         if cache is not None and index is not None:
             k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, 0, index, 0))
             v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, 0, index, 0))
             cache = (k, v)
-        scores = jnp.einsum("bkqd,bksd->bkqs", q, k).astype(jnp.float32) / np.sqrt(d)
-        grouped_mask = jnp.tile(mask, (1, groups, 1))[:, None]  # row g·T + t is mask[:, t]
-        scores = jnp.where(grouped_mask, scores, float(np.finfo(np.float32).min))
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(b, self.num_heads, t, d)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(b * t, self.num_heads * d)), cache
+        if mask is None:
+            out = causal_attention(q, k, v, groups)
+        else:
+            out = attention(q, k, v, group_mask(mask, groups))
+        out = out.reshape(b, kv, t, groups, d).transpose(0, 2, 1, 3, 4)
+        return self.o_proj(out.reshape(b * t, self.num_heads * d)), cache
 
 
 class MLP(nnx.Module):
@@ -143,7 +160,8 @@ class MLP(nnx.Module):
         self.gate_proj, self.up_proj, self.down_proj = (linears[n] for n in MLP_TARGETS)
 
     def __call__(self, x: Array) -> Array:
-        return self.down_proj(jax.nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = project(x, [self.gate_proj, self.up_proj])
+        return self.down_proj(jax.nn.silu(gate) * up)
 
 
 class DecoderLayer(nnx.Module):
@@ -156,7 +174,7 @@ class DecoderLayer(nnx.Module):
         x: Array,
         cos: Array,
         sin: Array,
-        mask: Array,
+        mask: Array | None,
         cache: KVCache | None,
         index: Array | None,
     ) -> tuple[Array, KVCache | None]:
@@ -187,13 +205,14 @@ class CausalLM(nnx.Module):
         self,
         tokens: Array,
         positions: Array,
-        mask: Array,
+        mask: Array | None = None,
         caches: list[KVCache] | None = None,
         index: Array | None = None,
     ) -> tuple[Array, list[KVCache] | None]:
         """Logits [B, T, V] for ``tokens`` at ``positions``; ``mask[b, q, k]`` says which keys
-        each query sees. With ``caches``, keys/values are written at ``index`` and attended in
-        full (the mask then spans the cache)."""
+        each query sees (None: causal over ``tokens``, the fast training path). With
+        ``caches``, keys/values are written at ``index`` and attended in full (the mask then
+        spans the cache)."""
         b, t = tokens.shape
         x = jnp.take(self.embed_tokens[...], tokens.reshape(b * t), axis=0)  # [B·T, hidden]
         freqs = positions[..., None].astype(jnp.float32) * self.inv_freq[...]

@@ -32,7 +32,7 @@ from galley.adapters.jax.batching import DEFAULT_LENGTH_BUCKETS, PaddedBatch, pa
 from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
 from galley.adapters.jax.config import ModelConfig
 from galley.adapters.jax.losses import loss_sum, token_logprobs
-from galley.adapters.jax.model import CausalLM, build_model, causal_mask, check_target_names
+from galley.adapters.jax.model import CausalLM, build_model, check_target_names
 from galley.adapters.jax.peft_export import merged_hf_tensors, peft_adapter_files, tensor_names
 from galley.adapters.jax.tokenizer import HFTokenizerAdapter
 from galley.adapters.request_queue import RequestQueue
@@ -72,7 +72,7 @@ def _forward_logprobs(
     model: CausalLM = nnx.merge(graphdef, trainable, frozen)
     tokens = batch["tokens"]
     positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    logits, _ = model(tokens, positions, causal_mask(tokens.shape[1]))
+    logits, _ = model(tokens, positions)
     return token_logprobs(logits, batch["targets"])
 
 
