@@ -6,8 +6,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from galley.adapters.jax.attention import attention, causal_attention, group_mask
+from galley.adapters.jax.completer import _filter_logits
 from galley.adapters.jax.lora import lora_project, merge_is_cheaper
 
 
@@ -18,7 +21,9 @@ def textbook(
     lora_bs: tuple[jax.Array, ...],
     scale: float,
 ) -> tuple[jax.Array, ...]:
-    return tuple(x @ w + (x @ a) @ b * scale for w, a, b in zip(kernels, lora_as, lora_bs))
+    return tuple(
+        x @ w + (x @ a) @ b * scale for w, a, b in zip(kernels, lora_as, lora_bs, strict=True)
+    )
 
 
 @pytest.mark.parametrize("rows", [3, 400])  # 3: the unmerged path; 400: merged, one matmul
@@ -35,7 +40,7 @@ def test_lora_project_matches_autodiff(rows: int, outs: tuple[int, ...]) -> None
 
     def loss(fn, x, kernels, lora_as, lora_bs):  # type: ignore[no-untyped-def]
         ys = fn(x, kernels, lora_as, lora_bs, scale)
-        return sum(jnp.sum(y * w) for y, w in zip(ys, weights))
+        return sum(jnp.sum(y * w) for y, w in zip(ys, weights, strict=True))
 
     args = (x, kernels, lora_as, lora_bs)
     want = jax.grad(lambda *a: loss(textbook, *a), argnums=(0, 1, 2, 3))(*args)
@@ -64,3 +69,31 @@ def test_causal_attention_equals_masked_attention(length: int) -> None:
     got = jax.value_and_grad(chunked, argnums=(0, 1, 2))(q, k, v)
     for w, c in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_allclose(np.asarray(c), np.asarray(w), rtol=1e-4, atol=1e-4)
+
+
+def reference_filter(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:  # type: ignore[type-arg]
+    """Top-k, then the smallest prefix of the ranking whose mass before it is < top_p."""
+    out = logits.copy()
+    for row in out:
+        order = np.argsort(-row, kind="stable")
+        kept = order[: top_k if top_k > 0 else len(row)]
+        probs = np.exp(row[kept] - row[kept].max())
+        probs /= probs.sum()
+        before = np.cumsum(probs) - probs
+        threshold = row[kept][before < top_p].min()
+        row[row < threshold] = -np.inf
+    return out
+
+
+@given(
+    seed=st.integers(0, 10_000),
+    top_k=st.one_of(st.just(-1), st.integers(1, 40)),
+    top_p=st.floats(0.05, 1.0),
+)
+@settings(max_examples=60, deadline=None)
+def test_top_k_top_p_filter_matches_reference(seed: int, top_k: int, top_p: float) -> None:
+    logits = np.random.default_rng(seed).standard_normal((3, 32)).astype(np.float32) * 3
+    got = np.asarray(_filter_logits(jnp.asarray(logits), jnp.int32(top_k), jnp.float32(top_p)))
+    want = reference_filter(logits, top_k, top_p)
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
+    np.testing.assert_array_equal(got[~np.isinf(got)], want[~np.isinf(want)])

@@ -49,27 +49,35 @@ class LoadedModel:
 
 
 def _filter_logits(logits: Array, top_k: Array, top_p: Array) -> Array:
-    """Mask logits outside the top-k and the top-p nucleus (k, p traced: no recompiles)."""
+    """Mask logits outside the top-k and the top-p nucleus (k, p traced: no recompiles).
+    One descending sort serves both filters: top-k only cuts the sorted tail."""
     vocab = logits.shape[-1]
-    ordered = jnp.sort(logits, axis=-1)[..., ::-1]
-    k = jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
-    kth = jnp.take_along_axis(
-        ordered, jnp.broadcast_to(k - 1, logits.shape[:-1])[..., None], axis=-1
-    )
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-    probs = jax.nn.softmax(jnp.sort(logits, axis=-1)[..., ::-1], axis=-1)
+    ordered = -jnp.sort(-logits, axis=-1)
+    rank = jnp.arange(vocab)
+    in_top_k = rank < jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
+    probs = jax.nn.softmax(jnp.where(in_top_k, ordered, -jnp.inf), axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # mass of the tokens ranked above each
-    ordered = jnp.sort(logits, axis=-1)[..., ::-1]
-    keep = before < top_p
+    keep = in_top_k & (before < top_p)
     threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
     return jnp.where(logits < threshold, -jnp.inf, logits)
 
 
 def _pick(logits: Array, key: Array, temperature: Array, top_k: Array, top_p: Array) -> Array:
-    greedy = jnp.argmax(logits, axis=-1)
-    filtered = _filter_logits(logits / jnp.maximum(temperature, 1e-6), top_k, top_p)
-    sampled = jax.vmap(jax.random.categorical)(key, filtered)
-    return jnp.where(temperature > 0, sampled, greedy).astype(jnp.int32)
+    """Greedy at temperature 0; otherwise sample, sorting the vocabulary only when a top-k or
+    top-p filter is on (a sort per step would cost more than the model's forward)."""
+
+    def sample() -> Array:
+        scaled = logits / jnp.maximum(temperature, 1e-6)
+        filtered = jax.lax.cond(
+            (top_k > 0) | (top_p < 1.0),
+            lambda: _filter_logits(scaled, top_k, top_p),
+            lambda: scaled,
+        )
+        return jax.vmap(jax.random.categorical)(key, filtered).astype(jnp.int32)
+
+    return jax.lax.cond(
+        temperature > 0, sample, lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    )
 
 
 @partial(jax.jit, static_argnames=("graphdef", "new_tokens"))

@@ -15,43 +15,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))  # run as a script: tests.hf_models must import
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script
+from tests.benchmarks.common import (
+    ARCH,
+    make_model,
+    matmul_peak_gflops,
+    peak_rss_mb,
+    run_child,
+)
 
-ARCH = {
-    "vocab_size": 8192,
-    "hidden_size": 512,
-    "intermediate_size": 1376,
-    "num_hidden_layers": 8,
-    "num_attention_heads": 8,
-    "num_key_value_heads": 4,
-    "max_position_embeddings": 1024,
-    "tie_word_embeddings": False,
-}
 BATCH, LENGTH, RANK = 8, 256, 16
-
-
-def make_model(folder: Path) -> None:
-    import torch
-    import transformers
-
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(
-        transformers.LlamaConfig(**ARCH, bos_token_id=0, eos_token_id=1)
-    )
-    model.save_pretrained(folder)
-    from tests.hf_models import write_tokenizer
-
-    write_tokenizer(folder, 400)
 
 
 def batch_tokens() -> Any:
@@ -114,18 +94,6 @@ def run_torch(folder: Path, steps: int) -> list[float]:
     return times
 
 
-def matmul_peak_gflops() -> float:
-    import numpy as np
-
-    a = np.random.default_rng(0).standard_normal((2048, 2048), dtype=np.float32)
-    best = float("inf")
-    for _ in range(5):
-        start = time.perf_counter()
-        a @ a
-        best = min(best, time.perf_counter() - start)
-    return 2 * 2048**3 / best / 1e9
-
-
 def model_flops_per_step() -> float:
     """LoRA training FLOPs: forward (2N per token) + backward through activations (2N), where
     N counts every weight matmul incl. the LM head, plus attention scores both ways."""
@@ -144,7 +112,7 @@ def model_flops_per_step() -> float:
 def child(framework: str, folder: str, steps: int) -> None:
     times = (run_galley if framework == "galley" else run_torch)(Path(folder), steps)
     timed = times[1:]
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = peak_rss_mb()
     print(
         json.dumps(
             {"first_step_s": times[0], "step_s": statistics.median(timed), "peak_mb": peak_mb}
@@ -162,32 +130,13 @@ def main() -> None:
     if args.child:
         child(args.child[0], args.child[1], args.steps)
         return
-    env = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(args.threads),
-    }
     folder = Path(tempfile.mkdtemp(prefix="galley-bench-")) / "model"
     make_model(folder)
     results: dict[str, list[dict[str, float]]] = {"galley": [], "torch": []}
     for _ in range(args.rounds):
         for framework in ("galley", "torch"):
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    __file__,
-                    "--steps",
-                    str(args.steps),
-                    "--child",
-                    framework,
-                    str(folder),
-                ],
-                capture_output=True,
-                text=True,
-                env=env,
-                check=True,
-                cwd=REPO,
-            )
-            results[framework].append(json.loads(done.stdout.strip().splitlines()[-1]))
+            child_args = ["--steps", str(args.steps), "--child", framework, str(folder)]
+            results[framework].append(run_child(__file__, child_args, args.threads))
     tokens = BATCH * LENGTH
     peak = matmul_peak_gflops()
     flops = model_flops_per_step()
