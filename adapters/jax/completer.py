@@ -75,9 +75,10 @@ def _pick(logits: Array, key: Array, temperature: Array, top_k: Array, top_p: Ar
         )
         return jax.vmap(jax.random.categorical)(key, filtered).astype(jnp.int32)
 
-    return jax.lax.cond(
+    picked: Array = jax.lax.cond(
         temperature > 0, sample, lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32)
     )
+    return picked
 
 
 @partial(jax.jit, static_argnames=("graphdef", "new_tokens"))

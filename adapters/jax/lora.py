@@ -14,6 +14,7 @@ intermediates, with the small operand on the transposed side of each contraction
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from functools import partial
 
@@ -77,10 +78,11 @@ def _backward(
         g_all = jnp.concatenate(grads, axis=1) if len(grads) > 1 else grads[0]
         dx = jax.lax.dot_general(g_all, _merged(kernels, lora_as, lora_bs, scale), _LAST)
     else:
-        dx = sum(
+        parts = [
             jax.lax.dot_general(g, w, _LAST) + jax.lax.dot_general(gr, a, _LAST)
             for g, w, gr, a in zip(grads, kernels, g_rank, lora_as, strict=True)
-        )
+        ]
+        dx = functools.reduce(jnp.add, parts)
     # [rank, in] and [rank, out] products: the rank-wide operand is the transposed one.
     d_as = tuple(jax.lax.dot_general(gr, x, _FIRST).T for gr in g_rank)
     d_bs = tuple(
