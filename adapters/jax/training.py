@@ -145,6 +145,19 @@ def optim_step(
     return keep(new, trainable), keep(new_state, opt_state), zero, grad_norm, update_norm
 
 
+def hyper_arrays(p: AdamParams) -> dict[str, jax.Array]:
+    """``optim_step``'s traced hyperparameters: new values never recompile."""
+    hyper = {
+        "learning_rate": p.learning_rate,
+        "b1": p.beta1,
+        "b2": p.beta2,
+        "eps": p.eps,
+        "weight_decay": p.weight_decay,
+        "grad_clip_norm": p.grad_clip_norm,
+    }
+    return {k: jnp.asarray(v, jnp.float32) for k, v in hyper.items()}
+
+
 def _count(tree: Any) -> int:
     return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
 
@@ -326,17 +339,8 @@ class JaxTrainingSession:
         )
 
     def _optim(self, p: AdamParams) -> OptimStepResult:
-        hyper = {
-            "learning_rate": p.learning_rate,
-            "b1": p.beta1,
-            "b2": p.beta2,
-            "eps": p.eps,
-            "weight_decay": p.weight_decay,
-            "grad_clip_norm": p.grad_clip_norm,
-        }
-        hyper_arrays = {k: jnp.asarray(v, jnp.float32) for k, v in hyper.items()}
         self._trainable, self._opt_state, self._grads, grad_norm, update_norm = optim_step(
-            self._trainable, self._opt_state, self._grads, hyper_arrays
+            self._trainable, self._opt_state, self._grads, hyper_arrays(p)
         )
         self._step += 1
         return OptimStepResult(self._step, p.learning_rate, float(grad_norm), float(update_norm))

@@ -29,12 +29,11 @@ import structlog
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script
 
-import jax
 import jax.numpy as jnp
 
 from galley.adapters.composition import build_adapters
 from galley.adapters.jax.batching import pad_batch
-from galley.adapters.jax.training import forward_backward_step, optim_step
+from galley.adapters.jax.training import forward_backward_step, hyper_arrays, optim_step
 from galley.adapters.noop import NoopBlobStore, NoopMetricsStore
 from galley.core import AdamParams, Datum, ForwardBackwardInput
 from galley.workflows.sft import SFTConfig, run
@@ -114,14 +113,7 @@ def bare_round(recording: Recording) -> float:
             data, loss_fn, cfg = payload
             request = ForwardBackwardInput(tuple(data), loss_fn, dict(cfg or {}))
             batch = pad_batch(request, client.length_buckets, client.mesh.size)
-            arrays = {
-                "tokens": batch.tokens,
-                "targets": batch.targets,
-                "weights": batch.weights,
-                "sampler_logprobs": batch.sampler_logprobs,
-                "advantages": batch.advantages,
-            }
-            device = {k: jax.device_put(v, session._data_sharding) for k, v in arrays.items()}
+            device = session._device_batch(batch)
             clip = jnp.asarray([0.8, 1.2], jnp.float32)
             value, _, session._grads = forward_backward_step(
                 session._graphdef,
@@ -133,18 +125,8 @@ def bare_round(recording: Recording) -> float:
                 clip,
             )
         else:
-            p: AdamParams = payload
-            hyper = {
-                "learning_rate": p.learning_rate,
-                "b1": p.beta1,
-                "b2": p.beta2,
-                "eps": p.eps,
-                "weight_decay": p.weight_decay,
-                "grad_clip_norm": p.grad_clip_norm,
-            }
-            hyper = {k: jnp.asarray(v, jnp.float32) for k, v in hyper.items()}
             session._trainable, session._opt_state, session._grads, norm, _ = optim_step(
-                session._trainable, session._opt_state, session._grads, hyper
+                session._trainable, session._opt_state, session._grads, hyper_arrays(payload)
             )
             float(value), float(norm)  # what a loop logs: one host read each
             stamps.append(time.perf_counter())
