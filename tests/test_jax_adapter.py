@@ -18,13 +18,19 @@ from peft import PeftModel
 from galley.adapters.jax import JaxTrainingClient
 from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
 from galley.adapters.jax.config import parse_config
-from galley.adapters.jax.model import build_model, causal_mask
+from galley.adapters.jax.model import build_model
 from galley.adapters.jax.training import TRACES
 from galley.adapters.noop import NoopBlobStore, NoopHubClient
 from galley.core import AdamParams, Datum, LoraConfig, SessionConfig, ValidationError
 from galley.ports import BlobStore
 from tests.contracts.training_client import TrainingClientContract
 from tests.hf_models import make_model
+
+
+def causal_mask(length: int) -> jax.Array:
+    """An explicit causal mask: exercises the general (masked) attention path."""
+    return jnp.tril(jnp.ones((length, length), dtype=bool))[None]
+
 
 FAMILIES = [("llama", False), ("qwen2", True), ("qwen3", False), ("mistral", False)]
 

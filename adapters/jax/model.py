@@ -229,10 +229,6 @@ class CausalLM(nnx.Module):
         return logits, (new_caches if caches is not None else None)
 
 
-def causal_mask(length: int) -> Array:
-    return jnp.tril(jnp.ones((length, length), dtype=bool))[None]
-
-
 TensorGetter = Callable[[str], np.ndarray[Any, Any]]
 
 

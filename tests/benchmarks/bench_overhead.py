@@ -93,7 +93,7 @@ def per_step(stamps: list[float]) -> float:
     return (stamps[-1] - stamps[1]) / (len(stamps) - 2)
 
 
-def workflow_round(steps: int, output: str) -> tuple[float, Recording]:
+def workflow_round(steps: int) -> tuple[float, Recording]:
     adapters = build_adapters({}, blobs=NoopBlobStore(), metrics=NoopMetricsStore())
     recording = Recording(adapters.training)
     adapters = adapters.replace(training=recording)
@@ -139,13 +139,12 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    output = tempfile.mkdtemp(prefix="galley-bench-")
-    os.chdir(output)
-    _, recording = workflow_round(args.steps, output)  # compiles every bucket it uses
+    os.chdir(tempfile.mkdtemp(prefix="galley-bench-"))  # the run's files land there
+    _, recording = workflow_round(args.steps)  # compiles every bucket it uses
     bare_round(recording)
     workflow, bare = [], []
     for _ in range(args.rounds):
-        seconds, recording = workflow_round(args.steps, output)
+        seconds, recording = workflow_round(args.steps)
         workflow.append(seconds)
         bare.append(bare_round(recording))
     w, b = statistics.median(workflow), statistics.median(bare)
