@@ -6,6 +6,8 @@ step, and resuming at step k replays exactly the batches an uninterrupted run wo
 
 from __future__ import annotations
 
+import functools
+
 import attrs
 import numpy as np
 import numpy.typing as npt
@@ -42,10 +44,8 @@ class BatchPlan:
         return full if self.drop_last or rest == 0 else full + 1
 
     def epoch_order(self, epoch: int) -> npt.NDArray[np.int64]:
-        if not self.shuffle:
-            return np.arange(self.num_examples, dtype=np.int64)
-        rng = np.random.default_rng([self.seed, epoch])
-        return rng.permutation(self.num_examples).astype(np.int64)
+        """The example order of ``epoch`` (read-only; cached, as every step of it asks)."""
+        return _epoch_order(self.num_examples, self.seed, epoch, self.shuffle)
 
     def position(self, step: int) -> DataPosition:
         epoch, batch = divmod(step, self.steps_per_epoch)
@@ -56,6 +56,16 @@ class BatchPlan:
         pos = self.position(step)
         start = pos.batch_in_epoch * self.batch_size
         return self.epoch_order(pos.epoch)[start : start + self.batch_size]
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(num_examples: int, seed: int, epoch: int, shuffle: bool) -> npt.NDArray[np.int64]:
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(num_examples).astype(np.int64)
+    else:
+        order = np.arange(num_examples, dtype=np.int64)
+    order.flags.writeable = False
+    return order
 
 
 def total_steps(plan: BatchPlan, num_epochs: int, max_steps: int | None) -> int:

@@ -55,7 +55,8 @@ class ModelInput:
 
     @property
     def length(self) -> int:
-        return sum(chunk.length for chunk in self.chunks)
+        chunks = self.chunks  # one chunk is the common case, and this is on every hot path
+        return len(chunks[0].tokens) if len(chunks) == 1 else sum(len(c.tokens) for c in chunks)
 
     def append(self, chunk: EncodedTextChunk) -> ModelInput:
         return ModelInput((*self.chunks, chunk))

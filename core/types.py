@@ -35,6 +35,7 @@ KNOWN_LOSS_INPUTS: Mapping[str, str] = {
     "advantages": "float32",
     "logprobs": "float32",
 }
+_KNOWN_DTYPES = {key: np.dtype(name) for key, name in KNOWN_LOSS_INPUTS.items()}
 
 
 def _tensor_map(value: Mapping[str, Any]) -> dict[str, TensorData]:
@@ -58,17 +59,16 @@ class Datum:
     def __attrs_post_init__(self) -> None:
         n = self.model_input.length
         for key, tensor in self.loss_fn_inputs.items():
-            field = f"Datum.loss_fn_inputs[{key!r}]"
-            expected = KNOWN_LOSS_INPUTS.get(key)
-            if expected is None:
+            expected = _KNOWN_DTYPES.get(key)
+            if expected is None or (tensor.data.dtype == expected and tensor.data.shape == (n,)):
                 continue
+            field = f"Datum.loss_fn_inputs[{key!r}]"
             if tensor.dtype != expected:
                 raise ValidationError(field, f"expected dtype {expected}, got {tensor.dtype}")
-            if tensor.shape != (n,):
-                raise ValidationError(
-                    field,
-                    f"shape {tensor.shape} does not match model_input length {n}; expected ({n},)",
-                )
+            raise ValidationError(
+                field,
+                f"shape {tensor.shape} does not match model_input length {n}; expected ({n},)",
+            )
 
     @classmethod
     def from_tokens(
@@ -134,12 +134,20 @@ class ForwardBackwardInput:
 
     def check_vocabulary(self, vocab_size: int) -> None:
         """Refuse any input or target token id the model has no embedding for, naming it."""
+        # One bound check over the whole batch (max over C tuples, one concatenated array);
+        # the datum and position are located only when it fails.
+        chunks = [c.tokens for d in self.data for c in d.model_input.chunks if c.tokens]
+        targets = np.concatenate([d.loss_fn_inputs["target_tokens"].data for d in self.data])
+        if max(map(max, chunks), default=0) < vocab_size and (
+            not targets.size or (targets.max() < vocab_size and targets.min() >= 0)
+        ):
+            return
         for i, datum in enumerate(self.data):
             for what, ids in (
-                ("model_input", np.asarray(datum.model_input.to_ints())),
+                ("model_input", np.asarray(datum.model_input.to_ints(), dtype=np.int64)),
                 ("target_tokens", datum.loss_fn_inputs["target_tokens"].data),
             ):
-                bad = np.flatnonzero(ids >= vocab_size)
+                bad = np.flatnonzero((ids >= vocab_size) | (ids < 0))
                 if bad.size:
                     raise ValidationError(
                         f"data[{i}].{what}[{int(bad[0])}]",

@@ -15,6 +15,7 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
+from typing import Any
 
 import attrs
 import numpy as np
@@ -22,11 +23,12 @@ import numpy.typing as npt
 
 from galley.adapters.noop.faults import FaultInjector, Faults
 from galley.adapters.noop.tokenizer import ByteTokenizer
-from galley.adapters.request_queue import RequestQueue
+from galley.adapters.request_queue import ImmediateQueue
 from galley.core.errors import ValidationError
 from galley.core.keys import check_name, join_key
-from galley.core.losses import reference_loss
+from galley.core.losses import REQUIRED_INPUTS, LossFn, reference_loss
 from galley.core.manifest import read_checkpoint, write_checkpoint
+from galley.core.tensors import TensorData
 from galley.core.types import (
     AdamParams,
     CheckpointKind,
@@ -54,12 +56,32 @@ class _Params:
 
 
 def difficulty(
-    inputs: Sequence[int], targets: npt.NDArray[np.int64], vocab_size: int
+    inputs: Sequence[int] | npt.NDArray[np.uint64],
+    targets: npt.NDArray[np.int64],
+    vocab_size: int,
 ) -> npt.NDArray[np.float64]:
     """c_i in [0.5, 1.5] * ln(vocab): a fixed hash of (previous token, target token)."""
     prev = np.asarray(inputs, dtype=np.uint64)
     mixed = prev * np.uint64(2654435761) ^ targets.astype(np.uint64) * np.uint64(40503)
     return (0.5 + (mixed % np.uint64(1000)).astype(np.float64) / 1000.0) * math.log(vocab_size)
+
+
+def _concatenated_inputs(data: Sequence[Datum], loss: LossFn) -> dict[str, npt.NDArray[Any]]:
+    """The loss inputs of every datum end to end; a datum without ``weights`` weighs 1."""
+    inputs = {
+        key: np.concatenate([d.loss_fn_inputs[key].data for d in data])
+        for key in REQUIRED_INPUTS[loss]
+    }
+    if loss is LossFn.CROSS_ENTROPY and any("weights" in d.loss_fn_inputs for d in data):
+        inputs["weights"] = np.concatenate(
+            [
+                d.loss_fn_inputs["weights"].data
+                if "weights" in d.loss_fn_inputs
+                else np.ones(d.model_input.length, np.float32)
+                for d in data
+            ]
+        )
+    return inputs
 
 
 class NoopTrainingSession:
@@ -80,7 +102,7 @@ class NoopTrainingSession:
         self._faults = faults
         self._tokenizer = ByteTokenizer()
         self._params = _Params()
-        self._queue = RequestQueue(f"noop-session-{session_id}")
+        self._queue = ImmediateQueue(f"noop-session-{session_id}")
 
     @property
     def session_id(self) -> str:
@@ -163,30 +185,26 @@ class NoopTrainingSession:
         return self._floor + (1.0 - self._floor) * math.exp(-self._k * self._params.theta)
 
     def _run(self, request: ForwardBackwardInput, *, accumulate: bool) -> ForwardBackwardOutput:
+        # Losses are per-token sums, so the whole batch is one concatenated sequence.
+        data = request.data
+        lengths = [d.model_input.length for d in data]
+        chunks = (chunk.tokens for d in data for chunk in d.model_input.chunks)
+        tokens = np.fromiter(itertools.chain.from_iterable(chunks), np.uint64, sum(lengths))
+        inputs = _concatenated_inputs(data, request.loss_fn)
         scale = self._scale()
-        vocab = self._tokenizer.vocab_size
-        total_loss, grad, outputs = 0.0, 0.0, []
-        for datum in request.data:
-            targets = datum.loss_fn_inputs["target_tokens"].data
-            logp = -difficulty(datum.model_input.to_ints(), targets, vocab) * scale
-            inputs = {k: v.data for k, v in datum.loss_fn_inputs.items()}
-            loss, dloss_dlogp = reference_loss(
-                request.loss_fn, logp, inputs, request.loss_fn_config
-            )
-            # dlogp/dθ = -c * (1 - floor) * (-k) * exp(-kθ)
-            dlogp_dtheta = (
-                -logp
-                / scale
-                * (1.0 - self._floor)
-                * self._k
-                * math.exp(-self._k * self._params.theta)
-            )
-            grad += float((dloss_dlogp * dlogp_dtheta).sum())
-            total_loss += loss
-            outputs.append({"logprobs": logp.astype(np.float32)})
+        logp = difficulty(tokens, inputs["target_tokens"], self._tokenizer.vocab_size)
+        logp *= -scale
+        loss, dloss_dlogp = reference_loss(request.loss_fn, logp, inputs, request.loss_fn_config)
         if accumulate:
-            self._params.grad += grad
-        metrics = {"loss:sum": total_loss, "tokens:sum": float(request.num_tokens)}
+            # dlogp/dθ = -c * (1 - floor) * (-k) * exp(-kθ) = logp * dscale/scale
+            dscale = -(1.0 - self._floor) * self._k * math.exp(-self._k * self._params.theta)
+            self._params.grad += float(dloss_dlogp @ logp) * dscale / scale
+        logp32, ends = logp.astype(np.float32), itertools.accumulate(lengths)
+        outputs = [
+            {"logprobs": TensorData(logp32[end - n : end])}
+            for n, end in zip(lengths, ends, strict=True)
+        ]
+        metrics = {"loss:sum": loss, "tokens:sum": float(sum(lengths))}
         return ForwardBackwardOutput(outputs, metrics)
 
     def _adamw(self, hp: AdamParams) -> OptimStepResult:

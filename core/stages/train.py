@@ -61,14 +61,14 @@ class Pipeline:
 def normalised_batch(data: Sequence[Datum]) -> list[Datum]:
     """The batch with weights divided by its trained-token count, so the summed loss is the
     mean per-token NLL and the gradient's scale does not depend on batch length."""
-    total = sum(d.num_loss_tokens for d in data)
+    weights = [d.loss_fn_inputs["weights"].data for d in data]
+    total = np.float32(np.concatenate(weights).sum())
     if total <= 0:
         raise ValidationError("batch", "has no trained tokens (every weight is 0)")
-    out = []
-    for d in data:
-        weights = d.loss_fn_inputs["weights"].data / np.float32(total)
-        out.append(Datum(d.model_input, {**d.loss_fn_inputs, "weights": TensorData(weights)}))
-    return out
+    return [
+        Datum(d.model_input, {**d.loss_fn_inputs, "weights": TensorData(w / total)})
+        for d, w in zip(data, weights, strict=True)
+    ]
 
 
 @stage(

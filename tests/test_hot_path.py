@@ -1,0 +1,124 @@
+"""The per-step request path: the immediate queue, batch-wide vocabulary checks, and the
+noop session's batched arithmetic against a per-datum computation."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from galley.adapters.noop import NoopBlobStore, NoopTrainingClient
+from galley.adapters.noop.training import difficulty
+from galley.adapters.request_queue import ImmediateQueue
+from galley.core import Datum, ModelInput, SessionConfig, TensorData
+from galley.core.batching import BatchPlan
+from galley.core.errors import GalleyError, ValidationError
+from galley.core.losses import LossFn, reference_loss
+from galley.core.types import ForwardBackwardInput
+
+
+def test_immediate_queue_resolves_in_order_and_delivers_failures_through_the_future() -> None:
+    queue = ImmediateQueue("q")
+    seen: list[int] = []
+    first = queue.submit(lambda: seen.append(1) or 1)
+    failed = queue.submit(lambda: 1 // 0)
+    assert first.done() and first.result() == 1
+    assert seen == [1]
+    with pytest.raises(ZeroDivisionError):
+        failed.result()
+    queue.close()
+    with pytest.raises(GalleyError, match="q is closed"):
+        queue.submit(lambda: 2)
+
+
+def test_immediate_queue_runs_one_request_at_a_time_across_threads() -> None:
+    queue, active, overlaps = ImmediateQueue("q"), [0], [0]
+
+    def work() -> None:
+        active[0] += 1
+        overlaps[0] = max(overlaps[0], active[0])
+        sum(range(2000))
+        active[0] -= 1
+
+    threads = [
+        threading.Thread(target=lambda: [queue.submit(work) for _ in range(200)]) for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps[0] == 1
+
+
+def _datum(inputs: list[int], targets: list[int]) -> Datum:
+    return Datum(
+        ModelInput.from_ints(inputs),
+        {"target_tokens": TensorData(np.asarray(targets, dtype=np.int64))},
+    )
+
+
+@pytest.mark.parametrize(
+    ("data", "where", "token"),
+    [
+        ([_datum([1, 2], [2, 3]), _datum([4, 300], [5, 6])], r"data\[1\]\.model_input\[1\]", 300),
+        ([_datum([1, 2], [2, 3]), _datum([4, 5], [5, 256])], r"data\[1\]\.target_tokens\[1\]", 256),
+        ([_datum([1, 2], [-7, 3])], r"data\[0\]\.target_tokens\[0\]", -7),
+    ],
+)
+def test_vocabulary_check_names_the_datum_and_position(
+    data: list[Datum], where: str, token: int
+) -> None:
+    request = ForwardBackwardInput(data)
+    with pytest.raises(ValidationError, match=rf"{where}: token id {token} is outside"):
+        request.check_vocabulary(256)
+    ForwardBackwardInput([_datum([1, 255], [255, 0])]).check_vocabulary(256)  # in range: passes
+
+
+def test_epoch_order_is_cached_and_read_only() -> None:
+    plan = BatchPlan(50, 8, seed=3)
+    order = plan.epoch_order(2)
+    assert order is plan.epoch_order(2)
+    assert not order.flags.writeable
+    assert sorted(order.tolist()) == list(range(50))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.lists(st.integers(0, 255), min_size=2, max_size=20),
+            st.floats(0.0, 2.0, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=6,
+    ),
+    theta=st.floats(-0.05, 0.05),
+)
+def test_noop_batch_matches_per_datum_arithmetic(
+    rows: list[tuple[list[int], float]], theta: float
+) -> None:
+    """The batched fake equals the model written one datum at a time (its definition)."""
+    client = NoopTrainingClient(NoopBlobStore())
+    session = client.start_session(SessionConfig("m"))
+    session._params.theta = theta
+    data = [Datum.from_tokens(tokens, [w] * len(tokens)) for tokens, w in rows]
+    out = session.forward_backward(data).result()
+    k, floor = client.sensitivity, client.floor
+    scale = floor + (1 - floor) * math.exp(-k * theta)
+    total_loss, grad = 0.0, 0.0
+    for datum, logprobs in zip(data, out.logprobs, strict=True):
+        targets = datum.loss_fn_inputs["target_tokens"].data
+        c = difficulty(datum.model_input.to_ints(), targets, session.tokenizer.vocab_size)
+        logp = -c * scale
+        inputs = {"weights": datum.loss_fn_inputs["weights"].data}
+        loss, dloss = reference_loss(LossFn.CROSS_ENTROPY, logp, inputs)
+        total_loss += loss
+        grad += float((dloss * c * (1 - floor) * k * math.exp(-k * theta)).sum())
+        np.testing.assert_allclose(logprobs, logp.astype(np.float32), rtol=1e-6)
+    assert out.loss == pytest.approx(total_loss, rel=1e-9, abs=1e-12)
+    assert session.parameters()["grad"] == pytest.approx(grad, rel=1e-9, abs=1e-12)
+    session.close()
