@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,6 +71,32 @@ def test_causal_attention_equals_masked_attention(length: int) -> None:
     got = jax.value_and_grad(chunked, argnums=(0, 1, 2))(q, k, v)
     for w, c in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_allclose(np.asarray(c), np.asarray(w), rtol=1e-4, atol=1e-4)
+
+
+def textbook_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    scores = jnp.einsum("bkqd,bksd->bkqs", q, k) / np.sqrt(q.shape[-1])
+    probs = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), axis=-1)
+    return jnp.einsum("bkqs,bksd->bkqd", probs, v)
+
+
+def test_attention_backward_matches_autodiff_of_the_textbook_form() -> None:
+    """Including a padded row that sees no key at all: masked scores get no gradient."""
+    batch, kv, rows, length, dim = 2, 2, 6, 5, 8
+    keys = jax.random.split(jax.random.key(2), 5)
+    q = jax.random.normal(keys[0], (batch, kv, rows, dim))
+    k, v = (jax.random.normal(key, (batch, kv, length, dim)) for key in keys[1:3])
+    g = jax.random.normal(keys[3], q.shape)
+    mask = jax.random.bernoulli(keys[4], 0.6, (batch, 1, rows, length)).at[0, 0, 2].set(False)
+
+    def loss(fn: Any) -> Any:
+        return jax.value_and_grad(
+            lambda q, k, v: jnp.sum(fn(q, k, v, mask) * g), argnums=(0, 1, 2)
+        )(q, k, v)
+
+    for want, got in zip(
+        jax.tree.leaves(loss(textbook_attention)), jax.tree.leaves(loss(attention)), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
 def reference_filter(logits: np.ndarray, top_k: int, top_p: float) -> np.ndarray:  # type: ignore[type-arg]
