@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from galley.adapters.jax.attention import attention, causal_attention, group_mask
-from galley.adapters.jax.completer import _filter_logits
+from galley.adapters.jax.completer import _filter_logits, _sample_categorical
 from galley.adapters.jax.lora import lora_project, merge_is_cheaper
 
 
@@ -125,3 +125,14 @@ def test_top_k_top_p_filter_matches_reference(seed: int, top_k: int, top_p: floa
     want = reference_filter(logits, top_k, top_p)
     np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
     np.testing.assert_array_equal(got[~np.isinf(got)], want[~np.isinf(want)])
+
+
+def test_inverse_cdf_sampling_draws_from_the_softmax_and_never_a_masked_token() -> None:
+    want = np.array([0.5, 0.0, 0.3, 0.15, 0.05, 0.0])
+    logits = jnp.log(jnp.asarray(want, jnp.float32))  # -inf for the two impossible tokens
+    draws = 20_000
+    keys = jax.random.split(jax.random.key(0), draws)
+    picked = np.asarray(_sample_categorical(keys, jnp.broadcast_to(logits, (draws, 6))))
+    freq = np.bincount(picked, minlength=6) / draws
+    assert freq[1] == freq[5] == 0
+    np.testing.assert_allclose(freq, want, atol=0.015)  # about 4 standard errors

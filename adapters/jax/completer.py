@@ -62,6 +62,18 @@ def _filter_logits(logits: Array, top_k: Array, top_p: Array) -> Array:
     return jnp.where(logits < threshold, -jnp.inf, logits)
 
 
+def _sample_categorical(key: Array, logits: Array) -> Array:
+    """One draw per row from softmax(logits) by inverting the CDF with one uniform per row:
+    the same distribution as ``jax.random.categorical``, which draws a Gumbel per vocabulary
+    entry (65k random numbers per step at this batch, more than the model's attention)."""
+    probs = jax.nn.softmax(logits, axis=-1)
+    cdf = jnp.cumsum(probs, axis=-1)
+    target = jax.vmap(jax.random.uniform)(key)[:, None] * cdf[:, -1:]
+    # The first token whose cumulative mass exceeds the target: it has probability > 0.
+    picked = jnp.sum(cdf <= target, axis=-1)
+    return jnp.where(picked < logits.shape[-1], picked, jnp.argmax(logits, axis=-1))
+
+
 def _pick(logits: Array, key: Array, temperature: Array, top_k: Array, top_p: Array) -> Array:
     """Greedy at temperature 0; otherwise sample, sorting the vocabulary only when a top-k or
     top-p filter is on (a sort per step would cost more than the model's forward)."""
@@ -73,7 +85,7 @@ def _pick(logits: Array, key: Array, temperature: Array, top_k: Array, top_p: Ar
             lambda: _filter_logits(scaled, top_k, top_p),
             lambda: scaled,
         )
-        return jax.vmap(jax.random.categorical)(key, filtered).astype(jnp.int32)
+        return _sample_categorical(key, filtered).astype(jnp.int32)
 
     picked: Array = jax.lax.cond(
         temperature > 0, sample, lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32)
@@ -201,7 +213,7 @@ class JaxCompleter:
             tensor: Any = reader
             if ref.adapter is not None and manifest.meta.get("format") != "merged":
                 cfg, tensor = _with_peft(cfg, reader, files)
-            model = build_model(cfg, tensor, None, self.dtype)
+            model = build_model(cfg, tensor, None, self.dtype, transposed_kernels=True)
         finally:
             reader.close()
         graphdef, state = nnx.split(model)
