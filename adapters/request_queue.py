@@ -1,40 +1,113 @@
 """A session's request queue: requests run one at a time, in submission order, behind futures.
 
 ``RequestQueue`` runs them on one worker thread, so the caller can prepare the next request
-while a device works on this one. ``ImmediateQueue`` runs each request as it is submitted, in
-the caller's thread: the behaviour of an instant server, for fakes whose work takes
-microseconds and would be dwarfed by a thread hand-off.
+while a device works on this one. A request may return ``Deferred``: its work is dispatched
+to the device and only copying the result to the host remains. The worker then dispatches the
+requests queued behind it before finishing it, so the device goes from one step's gradient
+to its optimizer update to the next step's gradient without waiting on the host.
+
+``ImmediateQueue`` runs each request as it is submitted, in the caller's thread: the
+behaviour of an instant server, for fakes whose work takes microseconds and would be dwarfed
+by a thread hand-off.
 """
 
 from __future__ import annotations
 
+import collections
+import queue
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Future
+from typing import Any, Generic, TypeVar
 
 from galley.core.errors import GalleyError
 
 T = TypeVar("T")
 
+# Requests dispatched but not yet finished; bounds device memory held by results in flight.
+MAX_UNFINISHED = 4
+
+
+class Deferred(Generic[T]):
+    """A request's result that is still on the device; ``finish()`` brings it to the host."""
+
+    def __init__(self, finish: Callable[[], T]) -> None:
+        self.finish = finish
+
+
+Job = tuple[Callable[[], Any], "Future[Any]"]
+
 
 class RequestQueue:
-    """Runs submitted callables one at a time, in order, returning futures. After ``close``
-    (which waits for queued work) new submissions are refused."""
+    """Runs submitted callables one at a time, in order, on a worker thread, returning futures
+    that resolve in submission order. After ``close`` (which waits for queued work) new
+    submissions are refused."""
 
     def __init__(self, name: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._closed = False
         self._name = name
+        self._lock = threading.Lock()
+        self._worker = threading.Thread(target=self._work, name=name, daemon=True)
+        self._worker.start()
 
-    def submit(self, fn: Callable[[], T]) -> Future[T]:
-        if self._closed:
-            raise GalleyError(f"{self._name} is closed; start a new session")
-        return self._executor.submit(fn)
+    def submit(self, fn: Callable[[], T | Deferred[T]]) -> Future[T]:
+        future: Future[T] = Future()
+        with self._lock:
+            if self._closed:
+                raise GalleyError(f"{self._name} is closed; start a new session")
+            self._jobs.put((fn, future))
+        return future
 
     def close(self) -> None:
-        self._closed = True
-        self._executor.shutdown(wait=True)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._jobs.put(None)
+        self._worker.join()
+
+    def _work(self) -> None:
+        unfinished: collections.deque[tuple[Deferred[Any], Future[Any]]] = collections.deque()
+        while True:
+            try:
+                # Block only when nothing waits to be finished; otherwise dispatch what is
+                # already queued first, and finish the oldest when the queue is empty.
+                job = self._jobs.get(block=not unfinished)
+            except queue.Empty:
+                _finish(*unfinished.popleft())
+                continue
+            if job is None:
+                break
+            fn, future = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn()
+            except BaseException as error:  # delivered through the future, in order
+                _finish_all(unfinished)
+                future.set_exception(error)
+                continue
+            if isinstance(result, Deferred):
+                unfinished.append((result, future))
+                if len(unfinished) > MAX_UNFINISHED:
+                    _finish(*unfinished.popleft())
+            else:
+                _finish_all(unfinished)
+                future.set_result(result)
+        _finish_all(unfinished)
+
+
+def _finish(deferred: Deferred[Any], future: Future[Any]) -> None:
+    try:
+        future.set_result(deferred.finish())
+    except BaseException as error:
+        future.set_exception(error)
+
+
+def _finish_all(unfinished: collections.deque[tuple[Deferred[Any], Future[Any]]]) -> None:
+    while unfinished:
+        _finish(*unfinished.popleft())
 
 
 class ImmediateQueue:
@@ -46,17 +119,16 @@ class ImmediateQueue:
         self._closed = False
         self._name = name
 
-    def submit(self, fn: Callable[[], T]) -> Future[T]:
+    def submit(self, fn: Callable[[], T | Deferred[T]]) -> Future[T]:
         if self._closed:
             raise GalleyError(f"{self._name} is closed; start a new session")
         future: Future[T] = Future()
         with self._lock:
             try:
                 result = fn()
+                future.set_result(result.finish() if isinstance(result, Deferred) else result)
             except Exception as error:  # delivered through the future, as from a worker
                 future.set_exception(error)
-            else:
-                future.set_result(result)
         return future
 
     def close(self) -> None:

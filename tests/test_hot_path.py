@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from galley.adapters.noop import NoopBlobStore, NoopTrainingClient
 from galley.adapters.noop.training import difficulty
-from galley.adapters.request_queue import ImmediateQueue
+from galley.adapters.request_queue import Deferred, ImmediateQueue, RequestQueue
 from galley.core import Datum, ModelInput, SessionConfig, TensorData
 from galley.core.batching import BatchPlan
 from galley.core.errors import GalleyError, ValidationError
@@ -52,6 +52,54 @@ def test_immediate_queue_runs_one_request_at_a_time_across_threads() -> None:
     for t in threads:
         t.join()
     assert overlaps[0] == 1
+
+
+def test_request_queue_dispatches_queued_work_before_finishing_deferred_results() -> None:
+    """The device goes from one request to the next without waiting for host copies, and
+    futures still resolve in submission order with each its own result or error."""
+    queue, log, gate = RequestQueue("q"), [], threading.Event()
+
+    def deferred(name: str, fail_on_finish: bool = False) -> Deferred[str]:
+        log.append(f"dispatch {name}")
+
+        def finish() -> str:
+            log.append(f"finish {name}")
+            if fail_on_finish:
+                raise ValueError(name)
+            return name
+
+        return Deferred(finish)
+
+    blocker = queue.submit(gate.wait)  # holds the worker until everything below is queued
+    a = queue.submit(lambda: deferred("a"))
+    b = queue.submit(lambda: deferred("b", fail_on_finish=True))
+    c = queue.submit(lambda: log.append("plain c") or "c")
+    d = queue.submit(lambda: deferred("d"))
+    gate.set()
+    assert blocker.result() is True
+    assert a.result() == "a" and c.result() == "c" and d.result() == "d"
+    with pytest.raises(ValueError, match="b"):
+        b.result()
+    # c runs while a and b are in flight; its result is set once they have finished
+    assert log == [
+        "dispatch a",
+        "dispatch b",
+        "plain c",
+        "finish a",
+        "finish b",
+        "dispatch d",
+        "finish d",
+    ]
+    queue.close()
+    with pytest.raises(GalleyError, match="q is closed"):
+        queue.submit(lambda: 1)
+
+
+def test_request_queue_close_finishes_what_is_in_flight() -> None:
+    queue = RequestQueue("q")
+    futures = [queue.submit(lambda i=i: Deferred(lambda: i * i)) for i in range(10)]
+    queue.close()
+    assert [f.result(timeout=0) for f in futures] == [i * i for i in range(10)]
 
 
 def _datum(inputs: list[int], targets: list[int]) -> Datum:

@@ -35,7 +35,7 @@ from galley.adapters.jax.losses import loss_sum, token_logprobs
 from galley.adapters.jax.model import CausalLM, build_model, check_target_names
 from galley.adapters.jax.peft_export import merged_hf_tensors, peft_adapter_files, tensor_names
 from galley.adapters.jax.tokenizer import HFTokenizerAdapter
-from galley.adapters.request_queue import RequestQueue
+from galley.adapters.request_queue import Deferred, RequestQueue
 from galley.core.errors import ValidationError
 from galley.core.keys import check_name, join_key
 from galley.core.losses import LossFn
@@ -310,7 +310,7 @@ class JaxTrainingSession:
 
     def _run(
         self, request: ForwardBackwardInput, batch: PaddedBatch, *, backward: bool
-    ) -> ForwardBackwardOutput:
+    ) -> Deferred[ForwardBackwardOutput]:
         cfg = request.loss_fn_config
         clip = jnp.asarray(
             [cfg.get("clip_low_threshold", 0.8), cfg.get("clip_high_threshold", 1.2)], jnp.float32
@@ -330,20 +330,28 @@ class JaxTrainingSession:
             value, logp = forward_step(
                 self._graphdef, self._trainable, self._frozen, device_batch, request.loss_fn, clip
             )
-        logp_host = np.asarray(logp)
-        outputs = [
-            {"logprobs": logp_host[i, :n].astype(np.float32)} for i, n in enumerate(batch.lengths)
-        ]
-        return ForwardBackwardOutput(
-            outputs, {"loss:sum": float(value), "tokens:sum": float(batch.num_tokens)}
-        )
 
-    def _optim(self, p: AdamParams) -> OptimStepResult:
+        def finish() -> ForwardBackwardOutput:
+            logp_host = np.asarray(logp)
+            outputs = [
+                {"logprobs": logp_host[i, :n].astype(np.float32)}
+                for i, n in enumerate(batch.lengths)
+            ]
+            return ForwardBackwardOutput(
+                outputs, {"loss:sum": float(value), "tokens:sum": float(batch.num_tokens)}
+            )
+
+        return Deferred(finish)
+
+    def _optim(self, p: AdamParams) -> Deferred[OptimStepResult]:
         self._trainable, self._opt_state, self._grads, grad_norm, update_norm = optim_step(
             self._trainable, self._opt_state, self._grads, hyper_arrays(p)
         )
         self._step += 1
-        return OptimStepResult(self._step, p.learning_rate, float(grad_norm), float(update_norm))
+        step = self._step
+        return Deferred(
+            lambda: OptimStepResult(step, p.learning_rate, float(grad_norm), float(update_norm))
+        )
 
     def _state_tree(self) -> dict[str, Any]:
         return {"trainable": self._trainable, "opt_state": self._opt_state, "grads": self._grads}
