@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from galley.adapters.jax.attention import attention, causal_attention, group_mask
 from galley.adapters.jax.completer import _filter_logits, _sample_categorical
 from galley.adapters.jax.lora import lora_project, merge_is_cheaper
+from galley.adapters.jax.model import swiglu
 
 
 def textbook(
@@ -136,3 +137,19 @@ def test_inverse_cdf_sampling_draws_from_the_softmax_and_never_a_masked_token() 
     freq = np.bincount(picked, minlength=6) / draws
     assert freq[1] == freq[5] == 0
     np.testing.assert_allclose(freq, want, atol=0.015)  # about 4 standard errors
+
+
+def test_swiglu_backward_matches_autodiff() -> None:
+    keys = jax.random.split(jax.random.key(3), 3)
+    gate, up, g = (jax.random.normal(k, (7, 11)) * 3 for k in keys)
+
+    def textbook(gate: jax.Array, up: jax.Array) -> jax.Array:
+        return jnp.sum(jax.nn.silu(gate) * up * g)
+
+    def ours(gate: jax.Array, up: jax.Array) -> jax.Array:
+        return jnp.sum(swiglu(gate, up) * g)
+
+    want = jax.value_and_grad(textbook, argnums=(0, 1))(gate, up)
+    got = jax.value_and_grad(ours, argnums=(0, 1))(gate, up)
+    for w, o in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
+        np.testing.assert_allclose(np.asarray(o), np.asarray(w), rtol=1e-5, atol=1e-5)
