@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
 import numpy as np
+import numpy.typing as npt
 
 from galley.core.errors import ValidationError
 
@@ -52,6 +55,15 @@ class ModelInput:
 
     def to_ints(self) -> list[int]:
         return [t for chunk in self.chunks for t in chunk.tokens]
+
+    @functools.cached_property
+    def token_array(self) -> npt.NDArray[np.int64]:
+        """The tokens as a read-only int64 array, built once: every training step that
+        reuses this input (each epoch of a dataset) reads it without converting again."""
+        tokens = itertools.chain.from_iterable(chunk.tokens for chunk in self.chunks)
+        array = np.fromiter(tokens, np.int64, self.length)
+        array.flags.writeable = False
+        return array
 
     @property
     def length(self) -> int:

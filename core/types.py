@@ -134,17 +134,16 @@ class ForwardBackwardInput:
 
     def check_vocabulary(self, vocab_size: int) -> None:
         """Refuse any input or target token id the model has no embedding for, naming it."""
-        # One bound check over the whole batch (max over C tuples, one concatenated array);
-        # the datum and position are located only when it fails.
-        chunks = [c.tokens for d in self.data for c in d.model_input.chunks if c.tokens]
-        targets = np.concatenate([d.loss_fn_inputs["target_tokens"].data for d in self.data])
-        if max(map(max, chunks), default=0) < vocab_size and (
-            not targets.size or (targets.max() < vocab_size and targets.min() >= 0)
-        ):
+        # One bound check over the whole batch; the culprit is located only when it fails.
+        every_id = np.concatenate(
+            [d.model_input.token_array for d in self.data]
+            + [d.loss_fn_inputs["target_tokens"].data for d in self.data]
+        )
+        if not every_id.size or (every_id.max() < vocab_size and every_id.min() >= 0):
             return
         for i, datum in enumerate(self.data):
             for what, ids in (
-                ("model_input", np.asarray(datum.model_input.to_ints(), dtype=np.int64)),
+                ("model_input", datum.model_input.token_array),
                 ("target_tokens", datum.loss_fn_inputs["target_tokens"].data),
             ):
                 bad = np.flatnonzero((ids >= vocab_size) | (ids < 0))

@@ -170,3 +170,16 @@ def test_noop_batch_matches_per_datum_arithmetic(
     assert out.loss == pytest.approx(total_loss, rel=1e-9, abs=1e-12)
     assert session.parameters()["grad"] == pytest.approx(grad, rel=1e-9, abs=1e-12)
     session.close()
+
+
+@given(chunks=st.lists(st.lists(st.integers(0, 2**40), max_size=12), max_size=4))
+def test_token_array_is_the_read_only_cached_token_sequence(chunks: list[list[int]]) -> None:
+    model_input = ModelInput.empty()
+    for tokens in chunks:
+        model_input = model_input.append_ints(tokens)
+    array = model_input.token_array
+    assert array.tolist() == model_input.to_ints()
+    assert array.dtype == np.int64 and not array.flags.writeable
+    assert model_input.token_array is array
+    twin = ModelInput(model_input.chunks)  # its cache never filled: equality ignores it
+    assert twin == model_input and hash(twin) == hash(model_input)

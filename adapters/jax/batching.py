@@ -55,7 +55,7 @@ def pad_batch(
     }
     for i, (datum, n) in enumerate(zip(request.data, lengths, strict=True)):
         inputs = datum.loss_fn_inputs
-        arrays["tokens"][i, :n] = datum.model_input.to_ints()
+        arrays["tokens"][i, :n] = datum.model_input.token_array
         arrays["targets"][i, :n] = inputs["target_tokens"].data
         arrays["weights"][i, :n] = inputs["weights"].data if "weights" in inputs else 1.0
         if "logprobs" in inputs:

@@ -188,8 +188,7 @@ class NoopTrainingSession:
         # Losses are per-token sums, so the whole batch is one concatenated sequence.
         data = request.data
         lengths = [d.model_input.length for d in data]
-        chunks = (chunk.tokens for d in data for chunk in d.model_input.chunks)
-        tokens = np.fromiter(itertools.chain.from_iterable(chunks), np.uint64, sum(lengths))
+        tokens = np.concatenate([d.model_input.token_array for d in data])
         inputs = _concatenated_inputs(data, request.loss_fn)
         scale = self._scale()
         logp = difficulty(tokens, inputs["target_tokens"], self._tokenizer.vocab_size)
