@@ -13,9 +13,11 @@ by a thread hand-off.
 
 from __future__ import annotations
 
+import atexit
 import collections
 import queue
 import threading
+import weakref
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Generic, TypeVar
@@ -37,6 +39,17 @@ class Deferred(Generic[T]):
 
 Job = tuple[Callable[[], Any], "Future[Any]"]
 
+_open_queues: weakref.WeakSet[RequestQueue] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_open_queues() -> None:
+    """At interpreter exit, finish what sessions never closed still have queued (a save
+    submitted and not awaited, say), as a thread pool would; the worker threads are daemons
+    so that an unclosed queue never blocks exit."""
+    for open_queue in list(_open_queues):
+        open_queue.close()
+
 
 class RequestQueue:
     """Runs submitted callables one at a time, in order, on a worker thread, returning futures
@@ -50,6 +63,7 @@ class RequestQueue:
         self._lock = threading.Lock()
         self._worker = threading.Thread(target=self._work, name=name, daemon=True)
         self._worker.start()
+        _open_queues.add(self)
 
     def submit(self, fn: Callable[[], T | Deferred[T]]) -> Future[T]:
         future: Future[T] = Future()
@@ -65,7 +79,8 @@ class RequestQueue:
                 return
             self._closed = True
             self._jobs.put(None)
-        self._worker.join()
+        if threading.current_thread() is not self._worker:  # a done-callback may close it
+            self._worker.join()
 
     def _work(self) -> None:
         unfinished: collections.deque[tuple[Deferred[Any], Future[Any]]] = collections.deque()

@@ -4,7 +4,10 @@ noop session's batched arithmetic against a per-datum computation."""
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -183,3 +186,29 @@ def test_token_array_is_the_read_only_cached_token_sequence(chunks: list[list[in
     assert model_input.token_array is array
     twin = ModelInput(model_input.chunks)  # its cache never filled: equality ignores it
     assert twin == model_input and hash(twin) == hash(model_input)
+
+
+def test_request_queue_finishes_unclosed_work_at_interpreter_exit(tmp_path: Path) -> None:
+    """A save submitted and never awaited still lands when the script ends without close()."""
+    marker = tmp_path / "saved.txt"
+    script = (
+        "import time\n"
+        "from galley.adapters.request_queue import Deferred, RequestQueue\n"
+        "q = RequestQueue('exit-test')\n"
+        "q.submit(lambda: time.sleep(0.3))\n"
+        f"q.submit(lambda: Deferred(lambda: open({str(marker)!r}, 'w').write('ok')))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], timeout=60, check=False)
+    assert done.returncode == 0
+    assert marker.read_text() == "ok"
+
+
+def test_request_queue_may_be_closed_from_its_own_callbacks() -> None:
+    queue, gate, closed = RequestQueue("q"), threading.Event(), threading.Event()
+    queue.submit(gate.wait)
+    future = queue.submit(lambda: threading.current_thread().name)
+    future.add_done_callback(lambda _: (queue.close(), closed.set()))  # runs on the worker
+    gate.set()
+    assert closed.wait(10) and future.result() == "q"
+    with pytest.raises(GalleyError):
+        queue.submit(lambda: 2)
