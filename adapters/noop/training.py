@@ -56,7 +56,7 @@ class _Params:
 
 
 def difficulty(
-    inputs: Sequence[int] | npt.NDArray[np.uint64],
+    inputs: Sequence[int] | npt.NDArray[np.int64],
     targets: npt.NDArray[np.int64],
     vocab_size: int,
 ) -> npt.NDArray[np.float64]:
