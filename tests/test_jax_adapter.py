@@ -77,6 +77,23 @@ def test_logits_match_transformers(models: dict[str, Path], name: str) -> None:
     assert np.abs(np.asarray(logits) - ref).max() <= 1e-4
 
 
+@pytest.mark.parametrize("name", ["llama", "qwen2-tied", "qwen3"])
+@pytest.mark.parametrize("length", [5, 40])  # 2 x 5 rows: the few-row products; 80: matmuls
+def test_sampling_layout_matches_transformers(
+    models: dict[str, Path], name: str, length: int
+) -> None:
+    """The Completer's model: [out, in] kernels, q/k/v and gate/up stacked (with qkv biases
+    for Qwen2, a tied head), and broadcast multiply-and-sum for few rows."""
+    folder = models[name]
+    cfg = read_config(folder)
+    tokens = np.random.default_rng(3).integers(0, cfg.vocab_size, (2, length))
+    model = build_model(cfg, SafetensorsReader(folder), None, sampling_layout=True)
+    assert model.layers[0].self_attn.k_proj is None and model.layers[0].mlp.up_proj is None
+    positions = jnp.broadcast_to(jnp.arange(length), (2, length))
+    logits, _ = model(jnp.asarray(tokens), positions, causal_mask(length))
+    assert np.abs(np.asarray(logits) - hf_logits(folder, tokens)).max() <= 1e-4
+
+
 @pytest.mark.parametrize("length", [40, 130, 256])
 def test_causal_fast_path_matches_transformers(models: dict[str, Path], length: int) -> None:
     """Training attends with ``mask=None``: query chunks that skip the masked triangle (1, 2

@@ -213,7 +213,7 @@ class JaxCompleter:
             tensor: Any = reader
             if ref.adapter is not None and manifest.meta.get("format") != "merged":
                 cfg, tensor = _with_peft(cfg, reader, files)
-            model = build_model(cfg, tensor, None, self.dtype, transposed_kernels=True)
+            model = build_model(cfg, tensor, None, self.dtype, sampling_layout=True)
         finally:
             reader.close()
         graphdef, state = nnx.split(model)

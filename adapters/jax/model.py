@@ -1,9 +1,10 @@
 """Llama-family decoders (Llama 2/3, Mistral, Qwen2, Qwen3) as Flax NNX modules with LoRA.
 
-Linear kernels are stored ``[in, out]`` (HF stores ``[out, in]``), except in models built for
-sampling (``transposed_kernels``): decoding multiplies a few rows by every weight once per
-token, and those skinny matmuls run about 25% faster on CPU against ``[out, in]`` kernels,
-contracting both operands' last axes. LoRA adds ``x @ A @ B *
+Linear kernels are stored ``[in, out]`` (HF stores ``[out, in]``), except in models built in
+the sampling layout (``build_model(..., sampling_layout=True)``, no LoRA): decoding reads every
+weight once per token for a few rows, so there kernels keep HF's ``[out, in]``, q/k/v and
+gate/up are stacked into one kernel each at load, and few-row products run as broadcast
+multiply-and-sum (``times_transposed``). LoRA adds ``x @ A @ B *
 alpha / rank`` with ``A`` seeded and ``B = 0``, as PEFT does, so a fresh adapter changes
 nothing. ``LoRAParam`` marks what trains in a LoRA session; in a full fine-tune every
 ``Param`` trains.
@@ -39,11 +40,14 @@ class Linear(nnx.Module):
         lora_alpha: float,
         key: Array | None,
         transposed: bool = False,
+        parts: tuple[int, ...] = (),
     ) -> None:
         if transposed and lora_rank:
             raise ValidationError("Linear", "LoRA needs an [in, out] kernel, not a transposed one")
         self.kernel = nnx.Param(kernel)
         self.transposed = transposed  # kernel is [out, in]
+        # Output widths when the kernel stacks several projections (the sampling layout).
+        self.parts = parts
         self.bias = nnx.Param(bias) if bias is not None else None
         self.lora_scale = lora_alpha / lora_rank if lora_rank else 0.0
         if lora_rank and key is not None:
@@ -61,10 +65,33 @@ class Linear(nnx.Module):
         return project(x, [self])[0]
 
 
-def project(x: Array, linears: Sequence[Linear]) -> list[Array]:
+SKINNY_ROWS = 16  # at most this many rows (decoding), a matmul is bound by reading the weights
+
+
+def times_transposed(x: Array, kernel: Array) -> Array:
+    """``x @ kernel.T`` for an ``[out, in]`` kernel. For a few rows, as a broadcast multiply
+    summed over ``in``: XLA then streams each kernel row once for all rows of ``x``, at about
+    1.5x the bandwidth its GEMM reaches on these shapes (2x for the MLP's). Forward only: its
+    autodiff would materialise ``[out, rows, in]``.
+
+    Each ``x`` should feed one such product: XLA merges equal broadcasts of a shared ``x``
+    into one materialised ``[out, rows, in]`` array (hence the stacked kernels)."""
+    if x.shape[0] <= SKINNY_ROWS:
+        return jnp.sum(kernel[:, None, :] * x[None, :, :], axis=-1).T
+    return jax.lax.dot_general(x, kernel, (((1,), (1,)), ((), ())))
+
+
+def project(x: Array, linears: Sequence[Linear | None]) -> list[Array]:
     """The outputs of ``linears`` applied to the same ``x`` ([rows, in]: the model keeps
     activations 2-D so no matmul sees a batch axis). With enough rows, they run as one matmul
-    over the concatenated kernels (LoRA merged in: see ``lora``)."""
+    over the concatenated kernels (LoRA merged in: see ``lora``). In the sampling layout the
+    first linear stacks them all and the others are None."""
+    if linears[0] is not None and linears[0].parts:
+        return _stacked_outputs(x, linears[0])
+    return _each_output(x, [linear for linear in linears if linear is not None])
+
+
+def _each_output(x: Array, linears: Sequence[Linear]) -> list[Array]:
     kernels = tuple(linear.kernel[...] for linear in linears)
     adapters = [(linear.lora_a, linear.lora_b) for linear in linears]
     if all(a is not None and b is not None for a, b in adapters):
@@ -80,8 +107,7 @@ def project(x: Array, linears: Sequence[Linear]) -> list[Array]:
     elif any(a is not None for a, _ in adapters):
         return [out for linear in linears for out in project(x, [linear])]
     elif linears[0].transposed:
-        contract_last = (((1,), (1,)), ((), ()))
-        outputs = [jax.lax.dot_general(x, kernel, contract_last) for kernel in kernels]
+        outputs = [times_transposed(x, kernel) for kernel in kernels]
     elif len(kernels) > 1 and merge_is_cheaper(x.shape[0], kernels):
         outputs = list(split_columns(x @ jnp.concatenate(kernels, axis=1), kernels))
     else:
@@ -90,6 +116,13 @@ def project(x: Array, linears: Sequence[Linear]) -> list[Array]:
         y + linear.bias[...] if linear.bias is not None else y
         for y, linear in zip(outputs, linears, strict=True)
     ]
+
+
+def _stacked_outputs(x: Array, stacked: Linear) -> list[Array]:
+    y = times_transposed(x, stacked.kernel[...])
+    if stacked.bias is not None:
+        y = y + stacked.bias[...]
+    return list(jnp.split(y, np.cumsum(stacked.parts)[:-1].tolist(), axis=1))
 
 
 class RMSNorm(nnx.Module):
@@ -124,7 +157,9 @@ class Attention(nnx.Module):
         q_norm: RMSNorm | None,
         k_norm: RMSNorm | None,
     ) -> None:
-        self.q_proj, self.k_proj, self.v_proj, self.o_proj = (linears[n] for n in ATTN_TARGETS)
+        # In the sampling layout, q_proj stacks q, k and v, and there is no k_proj or v_proj.
+        self.q_proj, self.o_proj = linears["q_proj"], linears["o_proj"]
+        self.k_proj, self.v_proj = linears.get("k_proj"), linears.get("v_proj")
         self.q_norm, self.k_norm = q_norm, k_norm
         self.num_heads, self.num_kv_heads, self.head_dim = (
             cfg.num_heads,
@@ -188,7 +223,9 @@ swiglu.defvjp(_swiglu_forward, _swiglu_backward)
 
 class MLP(nnx.Module):
     def __init__(self, linears: Mapping[str, Linear]) -> None:
-        self.gate_proj, self.up_proj, self.down_proj = (linears[n] for n in MLP_TARGETS)
+        # In the sampling layout, gate_proj stacks gate and up, and there is no up_proj.
+        self.gate_proj, self.down_proj = linears["gate_proj"], linears["down_proj"]
+        self.up_proj = linears.get("up_proj")
 
     def __call__(self, x: Array) -> Array:
         gate, up = project(x, [self.gate_proj, self.up_proj])
@@ -222,8 +259,10 @@ class CausalLM(nnx.Module):
         layers: list[DecoderLayer],
         norm: RMSNorm,
         lm_head: Linear | None,
+        sampling_layout: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.sampling_layout = sampling_layout
         self.embed_tokens = nnx.Param(embed)
         self.layers = nnx.List(layers)
         self.norm = norm
@@ -255,7 +294,12 @@ class CausalLM(nnx.Module):
             if cache is not None:
                 new_caches.append(cache)
         x = self.norm(x)
-        logits = self.lm_head(x) if self.lm_head is not None else x @ self.embed_tokens[...].T
+        if self.lm_head is not None:
+            logits = self.lm_head(x)
+        elif self.sampling_layout:  # the embedding is [vocab, hidden]: an [out, in] kernel
+            logits = times_transposed(x, self.embed_tokens[...])
+        else:
+            logits = x @ self.embed_tokens[...].T
         logits = logits.reshape(b, t, -1).astype(jnp.float32)
         return logits, (new_caches if caches is not None else None)
 
@@ -269,11 +313,13 @@ def build_model(
     lora: LoraConfig | None,
     dtype: Any = jnp.float32,
     *,
-    transposed_kernels: bool = False,
+    sampling_layout: bool = False,
 ) -> CausalLM:
     """The model with weights from ``tensor(hf_name)`` and, when ``lora.rank > 0``, fresh LoRA
-    parameters on the targets ``lora`` selects (seeded by ``lora.seed``). With
-    ``transposed_kernels`` (no LoRA), kernels keep HF's ``[out, in]``: the sampling layout."""
+    parameters on the targets ``lora`` selects (seeded by ``lora.seed``). ``sampling_layout``
+    (no LoRA, forward only) keeps kernels ``[out, in]`` and stacks q/k/v and gate/up."""
+    if sampling_layout and lora is not None and lora.rank:
+        raise ValidationError("build_model", "the sampling layout has no LoRA; merge it first")
     rank = lora.rank if lora is not None else 0
     alpha = lora.alpha if lora is not None else 1.0
     keys = iter(jax.random.split(jax.random.key(lora.seed if lora else 0), 7 * cfg.num_layers + 1))
@@ -284,23 +330,42 @@ def build_model(
     def linear(prefix: str, targeted: bool, bias: bool = False) -> Linear:
         kernel = array(f"{prefix}.weight")
         return Linear(
-            kernel if transposed_kernels else kernel.T,
+            kernel if sampling_layout else kernel.T,
             array(f"{prefix}.bias") if bias else None,
             rank if targeted else 0,
             alpha,
             next(keys),
-            transposed_kernels,
+            sampling_layout,
         )
+
+    def stacked(prefixes: Sequence[str], bias: bool) -> Linear:
+        """Projections of one input as one ``[Σout, in]`` kernel (the sampling layout)."""
+        kernels = [array(f"{prefix}.weight") for prefix in prefixes]
+        biases = jnp.concatenate([array(f"{prefix}.bias") for prefix in prefixes]) if bias else None
+        widths = tuple(int(k.shape[0]) for k in kernels)
+        return Linear(jnp.concatenate(kernels, axis=0), biases, 0, alpha, None, True, widths)
 
     attn_on = bool(rank) and lora is not None and lora.train_attn
     mlp_on = bool(rank) and lora is not None and lora.train_mlp
     layers = []
     for i in range(cfg.num_layers):
         p = f"model.layers.{i}"
-        attn_linears = {
-            n: linear(f"{p}.self_attn.{n}", attn_on, cfg.qkv_bias and n != "o_proj")
-            for n in ATTN_TARGETS
-        }
+        if sampling_layout:
+            qkv = [f"{p}.self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj")]
+            attn_linears = {
+                "q_proj": stacked(qkv, cfg.qkv_bias),
+                "o_proj": linear(f"{p}.self_attn.o_proj", False),
+            }
+            mlp_linears = {
+                "gate_proj": stacked([f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"], False),
+                "down_proj": linear(f"{p}.mlp.down_proj", False),
+            }
+        else:
+            attn_linears = {
+                n: linear(f"{p}.self_attn.{n}", attn_on, cfg.qkv_bias and n != "o_proj")
+                for n in ATTN_TARGETS
+            }
+            mlp_linears = {n: linear(f"{p}.mlp.{n}", mlp_on) for n in MLP_TARGETS}
         q_norm = (
             RMSNorm(array(f"{p}.self_attn.q_norm.weight"), cfg.rms_norm_eps)
             if cfg.qk_norm
@@ -311,11 +376,10 @@ def build_model(
             if cfg.qk_norm
             else None
         )
-        mlp = MLP({n: linear(f"{p}.mlp.{n}", mlp_on) for n in MLP_TARGETS})
         layers.append(
             DecoderLayer(
                 Attention(cfg, attn_linears, q_norm, k_norm),
-                mlp,
+                MLP(mlp_linears),
                 RMSNorm(array(f"{p}.input_layernorm.weight"), cfg.rms_norm_eps),
                 RMSNorm(array(f"{p}.post_attention_layernorm.weight"), cfg.rms_norm_eps),
             )
@@ -327,7 +391,8 @@ def build_model(
         head = Linear(embed.T, None, rank, alpha, next(keys)) if unembed_on else None
     else:
         head = linear("lm_head", unembed_on)
-    return CausalLM(cfg, embed, layers, RMSNorm(array("model.norm.weight"), cfg.rms_norm_eps), head)
+    norm = RMSNorm(array("model.norm.weight"), cfg.rms_norm_eps)
+    return CausalLM(cfg, embed, layers, norm, head, sampling_layout)
 
 
 def check_target_names(lora: LoraConfig) -> None:
