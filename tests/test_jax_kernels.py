@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from galley.adapters.jax.attention import attention, causal_attention, group_mask
 from galley.adapters.jax.completer import _filter_logits, _sample_categorical
 from galley.adapters.jax.lora import lora_project, merge_is_cheaper
-from galley.adapters.jax.model import swiglu
+from galley.adapters.jax.model import SKINNY_ROWS, swiglu, times_transposed
 
 
 def textbook(
@@ -153,3 +153,16 @@ def test_swiglu_backward_matches_autodiff() -> None:
     got = jax.value_and_grad(ours, argnums=(0, 1))(gate, up)
     for w, o in zip(jax.tree.leaves(want), jax.tree.leaves(got), strict=True):
         np.testing.assert_allclose(np.asarray(o), np.asarray(w), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("rows", [1, SKINNY_ROWS, 40])  # few rows: multiply-and-sum; 40: GEMM
+def test_times_transposed_is_x_times_kernel_transposed(dtype: Any, rows: int) -> None:
+    keys = jax.random.split(jax.random.key(4), 2)
+    x = jax.random.normal(keys[0], (rows, 96)).astype(dtype)
+    kernel = jax.random.normal(keys[1], (200, 96)).astype(dtype)
+    want = np.asarray(x, np.float32) @ np.asarray(kernel, np.float32).T
+    got = times_transposed(x, kernel)
+    assert got.dtype == dtype and got.shape == (rows, 200)
+    tolerance = 1e-4 if dtype == jnp.float32 else 0.1  # bf16 output: 8 bits of mantissa
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tolerance, atol=tolerance)

@@ -76,8 +76,9 @@ def times_transposed(x: Array, kernel: Array) -> Array:
 
     Each ``x`` should feed one such product: XLA merges equal broadcasts of a shared ``x``
     into one materialised ``[out, rows, in]`` array (hence the stacked kernels)."""
-    if x.shape[0] <= SKINNY_ROWS:
-        return jnp.sum(kernel[:, None, :] * x[None, :, :], axis=-1).T
+    if x.shape[0] <= SKINNY_ROWS:  # products and sums in float32, as a GEMM accumulates
+        products = kernel[:, None, :].astype(jnp.float32) * x[None, :, :].astype(jnp.float32)
+        return jnp.sum(products, axis=-1).T.astype(x.dtype)
     return jax.lax.dot_general(x, kernel, (((1,), (1,)), ((), ())))
 
 
