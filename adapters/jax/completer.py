@@ -57,7 +57,8 @@ def _filter_logits(logits: Array, top_k: Array, top_p: Array) -> Array:
     in_top_k = rank < jnp.where(top_k > 0, jnp.minimum(top_k, vocab), vocab)
     probs = jax.nn.softmax(jnp.where(in_top_k, ordered, -jnp.inf), axis=-1)
     before = jnp.cumsum(probs, axis=-1) - probs  # mass of the tokens ranked above each
-    keep = in_top_k & (before < top_p)
+    # top_p = 1 keeps every token: rounding in the cumulative sum must not cut the tail.
+    keep = in_top_k & ((before < top_p) | (top_p >= 1.0))
     threshold = jnp.min(jnp.where(keep, ordered, jnp.inf), axis=-1, keepdims=True)
     return jnp.where(logits < threshold, -jnp.inf, logits)
 
