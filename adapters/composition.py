@@ -66,12 +66,14 @@ class JaxTrainingOptions:
     length_buckets: list[int] = attrs.field(
         factory=lambda: [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
     )
+    compilation_cache_dir: str | None = None  # keep compiled steps here across processes
 
 
 @attrs.frozen
 class JaxCompleterOptions:
     model: str | None = None  # default base model (hub repo id or directory)
     dtype: str = "float32"
+    compilation_cache_dir: str | None = None
 
 
 @attrs.frozen
@@ -130,14 +132,24 @@ def _jax_training(o: JaxTrainingOptions, built: Built) -> Any:
     from galley.adapters.jax import JaxTrainingClient
 
     return JaxTrainingClient(
-        built["hub"], built["blobs"], dtype=o.dtype, length_buckets=o.length_buckets
+        built["hub"],
+        built["blobs"],
+        dtype=o.dtype,
+        length_buckets=o.length_buckets,
+        compilation_cache_dir=o.compilation_cache_dir,
     )
 
 
 def _jax_completer(o: JaxCompleterOptions, built: Built) -> Any:
     from galley.adapters.jax import JaxCompleter
 
-    return JaxCompleter(built["hub"], built["blobs"], model=o.model, dtype=o.dtype)
+    return JaxCompleter(
+        built["hub"],
+        built["blobs"],
+        model=o.model,
+        dtype=o.dtype,
+        compilation_cache_dir=o.compilation_cache_dir,
+    )
 
 
 def _fsspec_blobs(o: FsspecBlobOptions, built: Built) -> Any:

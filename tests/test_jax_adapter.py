@@ -252,6 +252,28 @@ def test_training_drives_loss_down_and_full_finetune_trains_everything(
     assert losses[-1] < 0.1 * losses[0]
 
 
+def test_bfloat16_session_trains_float32_adapters(models: dict[str, Path]) -> None:
+    """A bf16 base keeps float32 adapters: AdamW's small steps must not round away."""
+    client = JaxTrainingClient(NoopHubClient(), NoopBlobStore(), dtype="bfloat16")
+    session = client.start_session(SessionConfig(str(models["llama"]), LoraConfig(rank=4)))
+    adapters = nnx.to_flat_state(session._trainable)  # white-box: the trainable state
+    frozen = jax.tree.leaves(session._frozen)
+    assert {v[...].dtype for _, v in adapters} == {jnp.dtype(jnp.float32)}
+    assert jnp.dtype(jnp.bfloat16) in {leaf.dtype for leaf in frozen}
+    before = {path: np.asarray(v[...]) for path, v in adapters}
+    data = batch(session.tokenizer, ["the quick brown fox jumps over the lazy dog"] * 2)
+    losses = []
+    for _ in range(10):
+        losses.append(session.forward_backward(data).result().metrics["loss:sum"])
+        session.optim_step(AdamParams(learning_rate=1e-4)).result()  # before reading state
+    after = dict(nnx.to_flat_state(session._trainable))
+    # lr 1e-4 is below half a bf16 ulp of most entries of A (|A| ~ 0.1): they move only in f32.
+    moved = [
+        np.abs(np.asarray(after[p][...]) - before[p]).max() for p in before if p[-1] == "lora_a"
+    ]
+    assert min(moved) > 0 and losses[-1] < losses[0]
+
+
 def test_new_lengths_in_a_bucket_do_not_recompile(models: dict[str, Path]) -> None:
     session = JaxTrainingClient(
         NoopHubClient(), NoopBlobStore(), length_buckets=(32, 64)

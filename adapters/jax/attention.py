@@ -34,7 +34,7 @@ def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
 
 
 def _probabilities(q: Array, k: Array, mask: Array) -> Array:
-    scores = jnp.einsum("bkqd,bksd->bkqs", q * (1.0 / np.sqrt(q.shape[-1])), k)
+    scores = jnp.einsum("bkqd,bksd->bkqs", q * float(q.shape[-1]) ** -0.5, k)
     scores = jnp.where(mask, scores.astype(jnp.float32), _MASKED)
     exp = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
     return exp / jnp.sum(exp, axis=-1, keepdims=True)
@@ -52,7 +52,7 @@ def _attention_backward(
     residuals: tuple[Array, ...], d_out: Array
 ) -> tuple[Array, Array, Array, None]:
     q, k, v, mask, probs, out = residuals
-    scale = 1.0 / np.sqrt(q.shape[-1])
+    scale = float(q.shape[-1]) ** -0.5  # a Python float keeps bf16 operands bf16
     d_v = jnp.einsum("bkqs,bkqd->bksd", probs.astype(d_out.dtype), d_out)
     d_probs = jnp.einsum("bkqd,bksd->bkqs", d_out, v).astype(jnp.float32)
     delta = jnp.sum(d_out.astype(jnp.float32) * out.astype(jnp.float32), -1, keepdims=True)

@@ -25,6 +25,7 @@ from safetensors.numpy import load as load_safetensors
 
 from galley.adapters.jax.batching import DEFAULT_LENGTH_BUCKETS, batch_bucket, bucket
 from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
+from galley.adapters.jax.compilation_cache import use_compilation_cache
 from galley.adapters.jax.config import ModelConfig
 from galley.adapters.jax.model import CausalLM, build_model
 from galley.adapters.jax.tokenizer import HFTokenizerAdapter
@@ -176,7 +177,10 @@ class JaxCompleter:
         model: str | None = None,
         dtype: str = "float32",
         length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
+        compilation_cache_dir: str | None = None,
     ) -> None:
+        if compilation_cache_dir is not None:
+            use_compilation_cache(compilation_cache_dir)
         self.hub, self.blobs, self.default_model = hub, blobs, model
         self.dtype = jnp.dtype(dtype)
         self.length_buckets = tuple(length_buckets)

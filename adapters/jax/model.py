@@ -51,12 +51,14 @@ class Linear(nnx.Module):
         self.bias = nnx.Param(bias) if bias is not None else None
         self.lora_scale = lora_alpha / lora_rank if lora_rank else 0.0
         if lora_rank and key is not None:
+            # Adapters are float32 whatever the base dtype: they are what trains, and a bf16
+            # weight would round away AdamW's ~1e-4 updates. Products cast them to x's dtype.
             fan_in = kernel.shape[0]
             bound = 1.0 / np.sqrt(fan_in)
-            a = jax.random.uniform(key, (fan_in, lora_rank), kernel.dtype, -bound, bound)
+            a = jax.random.uniform(key, (fan_in, lora_rank), jnp.float32, -bound, bound)
             self.lora_a: nnx.LoRAParam[Array] | None = nnx.LoRAParam(a)
             self.lora_b: nnx.LoRAParam[Array] | None = nnx.LoRAParam(
-                jnp.zeros((lora_rank, kernel.shape[1]), kernel.dtype)
+                jnp.zeros((lora_rank, kernel.shape[1]), jnp.float32)
             )
         else:
             self.lora_a = self.lora_b = None
@@ -76,7 +78,9 @@ def times_transposed(x: Array, kernel: Array) -> Array:
 
     Each ``x`` should feed one such product: XLA merges equal broadcasts of a shared ``x``
     into one materialised ``[out, rows, in]`` array (hence the stacked kernels)."""
-    if x.shape[0] <= SKINNY_ROWS:  # products and sums in float32, as a GEMM accumulates
+    if x.shape[0] <= SKINNY_ROWS and jax.default_backend() == "cpu":
+        # Products and sums in float32, as a GEMM accumulates. Measured on CPUs only: other
+        # backends keep their own GEMM.
         products = kernel[:, None, :].astype(jnp.float32) * x[None, :, :].astype(jnp.float32)
         return jnp.sum(products, axis=-1).T.astype(x.dtype)
     return jax.lax.dot_general(x, kernel, (((1,), (1,)), ((), ())))
@@ -100,8 +104,8 @@ def _each_output(x: Array, linears: Sequence[Linear]) -> list[Array]:
             lora_project(
                 x,
                 kernels,
-                tuple(a[...] for a, _ in adapters),  # type: ignore[index]
-                tuple(b[...] for _, b in adapters),  # type: ignore[index]
+                tuple(a[...].astype(x.dtype) for a, _ in adapters),  # type: ignore[index]
+                tuple(b[...].astype(x.dtype) for _, b in adapters),  # type: ignore[index]
                 linears[0].lora_scale,
             )
         )

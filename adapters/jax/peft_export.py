@@ -66,10 +66,8 @@ def merged_hf_tensors(model: CausalLM) -> dict[str, np.ndarray[Any, Any]]:
             continue
         kernel = np.asarray(node.kernel[...])
         if node.lora_a is not None and node.lora_b is not None:
-            kernel = (
-                kernel
-                + np.asarray(node.lora_a[...]) @ np.asarray(node.lora_b[...]) * node.lora_scale
-            )
+            delta = np.asarray(node.lora_a[...]) @ np.asarray(node.lora_b[...]) * node.lora_scale
+            kernel = (kernel + delta).astype(kernel.dtype)  # float32 adapters, base dtype kept
         tensors[f"{name}.weight"] = np.ascontiguousarray(kernel.T)
         if node.bias is not None:
             tensors[f"{name}.bias"] = np.asarray(node.bias[...])

@@ -30,6 +30,7 @@ from safetensors.numpy import save as save_safetensors
 
 from galley.adapters.jax.batching import DEFAULT_LENGTH_BUCKETS, PaddedBatch, pad_batch
 from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
+from galley.adapters.jax.compilation_cache import use_compilation_cache
 from galley.adapters.jax.config import ModelConfig
 from galley.adapters.jax.losses import loss_sum, token_logprobs
 from galley.adapters.jax.model import CausalLM, build_model, check_target_names
@@ -437,7 +438,10 @@ class JaxTrainingClient:
         dtype: str = "float32",
         length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
         devices: Sequence[Any] | None = None,
+        compilation_cache_dir: str | None = None,
     ) -> None:
+        if compilation_cache_dir is not None:
+            use_compilation_cache(compilation_cache_dir)
         self.hub, self.blobs = hub, blobs
         self.dtype = jnp.dtype(dtype)
         self.length_buckets = tuple(length_buckets)
