@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
+import galley.adapters.jax.model as model_module
 from galley.adapters.jax.attention import attention, causal_attention, group_mask
+from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
 from galley.adapters.jax.completer import _filter_logits, _sample_categorical
 from galley.adapters.jax.lora import lora_project, merge_is_cheaper
-from galley.adapters.jax.model import SKINNY_ROWS, swiglu, times_transposed
+from galley.adapters.jax.model import SKINNY_ROWS, build_model, swiglu, times_transposed
+from galley.core import LoraConfig
+from tests.hf_models import make_model
 
 
 def textbook(
@@ -181,3 +187,29 @@ def test_times_transposed_is_x_times_kernel_transposed(dtype: Any, rows: int) ->
     assert got.dtype == dtype and got.shape == (rows, 200)
     tolerance = 1e-4 if dtype == jnp.float32 else 0.1  # bf16 output: 8 bits of mantissa
     np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tolerance, atol=tolerance)
+
+
+def test_fused_attention_path_keeps_the_head_layout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The GPU's fused causal attention (cuDNN) takes [B, T, heads, D] straight from the
+    projections; run through the same code with XLA's kernel, logits and gradients match the
+    CPU path's (4 query heads on 2 KV heads, so a wrong grouping would show)."""
+    folder = make_model(tmp_path / "m", "llama")
+    cfg = read_config(folder)
+    model = build_model(cfg, SafetensorsReader(folder), LoraConfig(rank=2), jnp.float32)
+    tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 24)))
+    positions = jnp.broadcast_to(jnp.arange(24), (2, 24))
+    graphdef, lora, rest = nnx.split(model, nnx.LoRAParam, ...)
+
+    def loss(lora: Any) -> jax.Array:
+        logits, _ = nnx.merge(graphdef, lora, rest)(tokens, positions)
+        return jnp.sum(jax.nn.log_softmax(logits)[..., 3]), logits
+
+    (_, plain), plain_grads = jax.value_and_grad(loss, has_aux=True)(lora)
+    assert model_module.fused_attention(jnp.bfloat16) is None  # on this CPU
+    monkeypatch.setattr(model_module, "fused_attention", lambda dtype: "xla")
+    (_, fused), fused_grads = jax.value_and_grad(loss, has_aux=True)(lora)
+    np.testing.assert_allclose(np.asarray(fused), np.asarray(plain), atol=1e-4)
+    for a, b in zip(jax.tree.leaves(fused_grads), jax.tree.leaves(plain_grads), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-3, atol=1e-5)

@@ -13,7 +13,7 @@ nothing. ``LoRAParam`` marks what trains in a LoRA session; in a full fine-tune 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -154,6 +154,15 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
 KVCache = tuple[Array, Array]  # k, v: [B, kv_heads, S, D]
 
 
+def fused_attention(dtype: Any) -> Literal["cudnn", "xla"] | None:
+    """The fused kernel causal training attention uses, or None for ``causal_attention``
+    (written for CPUs): cuDNN's flash attention on a GPU in bf16/fp16, which never writes the
+    [T, T] scores XLA's form keeps for the backward."""
+    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
+        return "cudnn"
+    return None
+
+
 class Attention(nnx.Module):
     def __init__(
         self,
@@ -190,6 +199,10 @@ class Attention(nnx.Module):
         if self.q_norm is not None and self.k_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        fused = fused_attention(q.dtype)
+        if mask is None and cache is None and fused is not None:  # training, on a GPU
+            out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=fused)
+            return self.o_proj(out.reshape(b * t, self.num_heads * d)), None
         # [B, T, kv·groups, D] -> [B, kv, T·groups, D]: row t·groups + g is head kv·groups + g.
         q = q.reshape(b, t, kv, groups, d).transpose(0, 2, 1, 3, 4).reshape(b, kv, t * groups, d)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
