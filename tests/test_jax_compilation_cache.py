@@ -2,15 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from tests.hf_models import make_model
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.python_script import run_python
 
 # One training step in a fresh interpreter; prints the loss and JAX's cache hits and misses.
 STEP = """
@@ -35,17 +30,8 @@ print(json.dumps({"loss": loss, "hits": events["/jax/compilation_cache/cache_hit
 
 def run_step(model: Path, cache: Path) -> dict[str, float]:
     # Cache every program, however quickly it compiled (the default keeps those over 1 s).
-    env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
-    done = subprocess.run(
-        [sys.executable, "-c", STEP, str(model), str(cache)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        check=True,
-    )
-    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
-    return result
+    env = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    return run_python(STEP, str(model), str(cache), env=env)
 
 
 def test_second_process_loads_compiled_steps_from_the_cache(tmp_path: Path) -> None:

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -19,8 +16,7 @@ from galley.adapters.jax.losses import custom_loss_from_jax
 from galley.adapters.noop import NoopBlobStore, NoopHubClient
 from galley.core import AdamParams, Datum, LoraConfig, SessionConfig, forward_backward_custom
 from tests.hf_models import make_model
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.python_script import run_python
 
 MESH_SCRIPT = """
 import json, sys
@@ -45,21 +41,8 @@ print(json.dumps({"devices": used, "losses": losses, "logprobs": weights}))
 
 
 def run_on_devices(folder: Path, n: int) -> dict[str, object]:
-    env = {
-        **os.environ,
-        "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-        "JAX_PLATFORMS": "cpu",
-    }
-    done = subprocess.run(
-        [sys.executable, "-c", MESH_SCRIPT, str(folder), str(n)],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    return run_python(MESH_SCRIPT, str(folder), str(n), env=env)
 
 
 def test_four_devices_train_like_one(tmp_path: Path) -> None:
