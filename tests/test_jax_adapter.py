@@ -14,6 +14,7 @@ import torch
 import transformers
 from flax import nnx
 from peft import PeftModel
+from safetensors import safe_open
 
 from galley.adapters.jax import JaxTrainingClient
 from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
@@ -252,9 +253,11 @@ def test_training_drives_loss_down_and_full_finetune_trains_everything(
     assert losses[-1] < 0.1 * losses[0]
 
 
-def test_bfloat16_session_trains_float32_adapters(models: dict[str, Path]) -> None:
-    """A bf16 base keeps float32 adapters: AdamW's small steps must not round away."""
-    client = JaxTrainingClient(NoopHubClient(), NoopBlobStore(), dtype="bfloat16")
+def test_bfloat16_session_trains_float32_adapters(models: dict[str, Path], tmp_path: Path) -> None:
+    """A bf16 base keeps float32 adapters: AdamW's small steps must not round away. Its
+    merged export stays bf16 and loads in transformers with the session's logprobs."""
+    blobs = NoopBlobStore()
+    client = JaxTrainingClient(NoopHubClient(), blobs, dtype="bfloat16")
     session = client.start_session(SessionConfig(str(models["llama"]), LoraConfig(rank=4)))
     adapters = nnx.to_flat_state(session._trainable)  # white-box: the trainable state
     frozen = jax.tree.leaves(session._frozen)
@@ -272,6 +275,18 @@ def test_bfloat16_session_trains_float32_adapters(models: dict[str, Path]) -> No
         np.abs(np.asarray(after[p][...]) - before[p]).max() for p in before if p[-1] == "lora_a"
     ]
     assert min(moved) > 0 and losses[-1] < losses[0]
+
+    ref = session.save_merged_weights("merged-bf16").result()
+    merged = write_blobs(blobs, ref.key, tmp_path / "merged")
+    with safe_open(str(merged / "model.safetensors"), "pt") as stored:
+        assert stored.get_tensor("model.embed_tokens.weight").dtype == torch.bfloat16
+    hf = transformers.AutoModelForCausalLM.from_pretrained(merged, dtype=torch.bfloat16)
+    ours = np.concatenate(list(session.forward(data[:1]).result().logprobs))
+    with torch.no_grad():
+        logits = hf(torch.tensor([data[0].model_input.to_ints()])).logits[0].float()
+    targets = torch.tensor(data[0].loss_fn_inputs["target_tokens"].tolist())[:, None]
+    theirs = torch.log_softmax(logits, -1).gather(1, targets)[:, 0].numpy()
+    np.testing.assert_allclose(ours, theirs, atol=0.1)  # bf16 kernels round differently
 
 
 def test_new_lengths_in_a_bucket_do_not_recompile(models: dict[str, Path]) -> None:

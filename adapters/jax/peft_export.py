@@ -72,9 +72,3 @@ def merged_hf_tensors(model: CausalLM) -> dict[str, np.ndarray[Any, Any]]:
         if node.bias is not None:
             tensors[f"{name}.bias"] = np.asarray(node.bias[...])
     return tensors
-
-
-def tensor_names(safetensors_bytes: bytes) -> list[str]:
-    from safetensors.numpy import load
-
-    return list(load(safetensors_bytes))

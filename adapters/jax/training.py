@@ -34,7 +34,7 @@ from galley.adapters.jax.compilation_cache import use_compilation_cache
 from galley.adapters.jax.config import ModelConfig
 from galley.adapters.jax.losses import loss_sum, token_logprobs
 from galley.adapters.jax.model import CausalLM, build_model, check_target_names
-from galley.adapters.jax.peft_export import merged_hf_tensors, peft_adapter_files, tensor_names
+from galley.adapters.jax.peft_export import merged_hf_tensors, peft_adapter_files
 from galley.adapters.jax.tokenizer import HFTokenizerAdapter
 from galley.adapters.request_queue import Deferred, RequestQueue
 from galley.core.errors import ValidationError
@@ -400,15 +400,14 @@ class JaxTrainingSession:
         prefix = join_key(self.config.storage_prefix, "sampler", name)
         model = nnx.merge(self._graphdef, self._trainable, self._frozen)
         if merged:
-            files = {"model.safetensors": save_safetensors(merged_hf_tensors(model))}
+            tensors = merged_hf_tensors(model)
+            files = {"model.safetensors": save_safetensors(tensors)}
             for extra in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
                 if (self.folder / extra).is_file():
                     files[extra] = (self.folder / extra).read_bytes()
             config = json.loads((self.folder / "config.json").read_text())
             # A LoRA on a tied head unties it: the merged head differs from the embedding.
-            config["tie_word_embeddings"] = "lm_head.weight" not in tensor_names(
-                files["model.safetensors"]
-            )
+            config["tie_word_embeddings"] = "lm_head.weight" not in tensors
             files["config.json"] = json.dumps(config, indent=2).encode()
             kind = "merged"
         else:
