@@ -169,7 +169,7 @@ def main() -> None:
             child_args += ["--child", framework, str(folder)]
             results[framework].append(run_child(__file__, child_args, args.threads))
     tokens = preset.batch * preset.length
-    peak, peak_kind = peak_gflops(gpu=args.preset != "cpu")
+    peak, peak_kind = peak_gflops()
     flops = model_flops_per_step(preset)
     summary: dict[str, Any] = {
         "benchmark": "train",

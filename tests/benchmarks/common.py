@@ -159,9 +159,12 @@ def gpu_bf16_peak_gflops() -> float:
     return 2 * n**3 / sorted(times)[len(times) // 2] / 1e9
 
 
-def peak_gflops(gpu: bool) -> tuple[float, str]:
-    """The peak MFU is measured against, and its name."""
-    if gpu:
+def peak_gflops() -> tuple[float, str]:
+    """The peak MFU is measured against (the GPU's bf16 one where PyTorch sees a GPU), and
+    its name."""
+    import torch
+
+    if torch.cuda.is_available():
         return gpu_bf16_peak_gflops(), "bf16 GPU"
     return matmul_peak_gflops(), "fp32 CPU"
 
