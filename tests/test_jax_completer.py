@@ -11,6 +11,7 @@ import torch
 import transformers
 
 from galley.adapters.jax import JaxCompleter, JaxTrainingClient
+from galley.adapters.jax.completer import phase_ends
 from galley.adapters.local_hub import LocalDirectoryHub
 from galley.adapters.noop import NoopBlobStore
 from galley.core import (
@@ -53,6 +54,32 @@ def test_greedy_generation_matches_transformers(hub: LocalDirectoryHub, repo: st
         expected = hf_greedy(hub.snapshot(repo), list(completion.prompt_tokens), 20)
         assert list(completion.sequences[0].tokens) == expected
         assert completion.sequences[0].stop_reason == "length"
+
+
+def test_logprobs_match_transformers_across_decode_phases(hub: LocalDirectoryHub) -> None:
+    """Prompt and sampled logprobs equal transformers' over the whole sequence, for left-padded
+    prompts of different lengths in one batch and more new tokens than one decode phase
+    (whose cache is shorter than the next's) holds."""
+    repo, new_tokens = "tiny/llama", 40
+    assert phase_ends(64)[0] < new_tokens  # 40 new tokens (bucket 64) span several phases
+    completer = JaxCompleter(hub, NoopBlobStore(), model=repo)
+    params = SamplingParams(
+        max_tokens=new_tokens,
+        temperature=1.0,
+        seed=3,
+        ignore_eos=True,
+        include_prompt_logprobs=True,
+    )
+    model = transformers.AutoModelForCausalLM.from_pretrained(hub.snapshot(repo)).eval()
+    for completion in completer.complete_batch(["the quick brown fox jumps", "a"], params):
+        seq, n = completion.sequences[0], len(completion.prompt_tokens)
+        assert len(seq.tokens) == new_tokens and completion.prompt_logprobs is not None
+        ids = torch.tensor([[*completion.prompt_tokens, *seq.tokens]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0, :-1].double(), dim=-1)
+        expected = logp.gather(1, ids[0, 1:, None])[:, 0].numpy()
+        np.testing.assert_allclose(completion.prompt_logprobs[1:], expected[: n - 1], atol=1e-4)
+        np.testing.assert_allclose(seq.logprobs, expected[n - 1 :], atol=1e-4)
 
 
 def test_sampling_is_seeded_and_controlled(hub: LocalDirectoryHub) -> None:

@@ -9,6 +9,10 @@ the backward). Keys and values are ``[B, kv_heads, S, D]``.
 chunks and each chunk only meets the keys at or before its last position, skipping most of
 the masked-out upper triangle (about 35% of attention time at T=256, more at longer T).
 
+``decode_attention`` is sampling's path for one new position per row: its keys come from a
+KV cache that stores them transposed, ``[B, kv_heads, D, S]``, so the score product streams
+the cache with positions contiguous (about 20% faster than ``[S, D]`` keys at 8 rows).
+
 ``attention`` has a hand-written backward: the ``delta`` form of the softmax gradient
 (rowsum(dO·O) instead of a pass over the S-wide gradient of the softmax) takes attention's
 forward+backward from about 40 to 25 ms per layer of the benchmark model on 2 CPU cores.
@@ -34,10 +38,20 @@ def attention(q: Array, k: Array, v: Array, mask: Array) -> Array:
 
 
 def _probabilities(q: Array, k: Array, mask: Array) -> Array:
-    scores = jnp.einsum("bkqd,bksd->bkqs", q * float(q.shape[-1]) ** -0.5, k)
+    return _masked_softmax(jnp.einsum("bkqd,bksd->bkqs", q * float(q.shape[-1]) ** -0.5, k), mask)
+
+
+def _masked_softmax(scores: Array, mask: Array) -> Array:
     scores = jnp.where(mask, scores.astype(jnp.float32), _MASKED)
     exp = jnp.exp(scores - jnp.max(scores, axis=-1, keepdims=True))
     return exp / jnp.sum(exp, axis=-1, keepdims=True)
+
+
+def decode_attention(q: Array, keys_t: Array, v: Array, mask: Array) -> Array:
+    """``attention`` (forward only) with keys stored transposed: ``keys_t`` [B, kv, D, S]."""
+    scores = jnp.einsum("bkqd,bkds->bkqs", q * float(q.shape[-1]) ** -0.5, keys_t)
+    probs = _masked_softmax(scores, mask)
+    return jnp.einsum("bkqs,bksd->bkqd", probs.astype(v.dtype), v)
 
 
 def _attention_forward(

@@ -20,7 +20,12 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from galley.adapters.jax.attention import attention, causal_attention, group_mask
+from galley.adapters.jax.attention import (
+    attention,
+    causal_attention,
+    decode_attention,
+    group_mask,
+)
 from galley.adapters.jax.config import ModelConfig
 from galley.adapters.jax.lora import lora_project, merge_is_cheaper, split_columns
 from galley.core.errors import ValidationError
@@ -151,7 +156,8 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return x * cos[:, :, None, :] + rotate_half(x) * sin[:, :, None, :]
 
 
-KVCache = tuple[Array, Array]  # k, v: [B, kv_heads, S, D]
+# Keys transposed, [B, kv_heads, D, S] (see ``decode_attention``); values [B, kv_heads, S, D].
+KVCache = tuple[Array, Array]
 
 
 def fused_attention(dtype: Any) -> Literal["cudnn", "xla"] | None:
@@ -207,10 +213,15 @@ class Attention(nnx.Module):
         q = q.reshape(b, t, kv, groups, d).transpose(0, 2, 1, 3, 4).reshape(b, kv, t * groups, d)
         k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
         if cache is not None and index is not None:
-            k = jax.lax.dynamic_update_slice(cache[0], k.astype(cache[0].dtype), (0, 0, index, 0))
+            keys_t = jax.lax.dynamic_update_slice(
+                cache[0], k.swapaxes(2, 3).astype(cache[0].dtype), (0, 0, 0, index)
+            )
             v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, 0, index, 0))
-            cache = (k, v)
-        if mask is None:
+            cache = (keys_t, v)
+            k = keys_t.swapaxes(2, 3)  # read only when t > 1 (a prompt), where it is small
+        if cache is not None and mask is not None and t == 1:
+            out = decode_attention(q, cache[0], v, group_mask(mask, groups))
+        elif mask is None:
             out = causal_attention(q, k, v, groups)
         else:
             out = attention(q, k, v, group_mask(mask, groups))
@@ -296,11 +307,13 @@ class CausalLM(nnx.Module):
         mask: Array | None = None,
         caches: list[KVCache] | None = None,
         index: Array | None = None,
+        last_only: bool = False,
     ) -> tuple[Array, list[KVCache] | None]:
-        """Logits [B, T, V] for ``tokens`` at ``positions``; ``mask[b, q, k]`` says which keys
-        each query sees (None: causal over ``tokens``, the fast training path). With
-        ``caches``, keys/values are written at ``index`` and attended in full (the mask then
-        spans the cache)."""
+        """Logits [B, T, V] for ``tokens`` at ``positions`` ([B, 1, V] for the last position
+        only with ``last_only``: sampling a prompt needs no more, and the head is 15% of its
+        FLOPs); ``mask[b, q, k]`` says which keys each query sees (None: causal over
+        ``tokens``, the fast training path). With ``caches``, keys/values are written at
+        ``index`` and attended in full (the mask then spans the cache)."""
         b, t = tokens.shape
         x = jnp.take(self.embed_tokens[...], tokens.reshape(b * t), axis=0)  # [B·T, hidden]
         freqs = positions[..., None].astype(jnp.float32) * self.inv_freq[...]
@@ -311,6 +324,8 @@ class CausalLM(nnx.Module):
             x, cache = layer(x, cos, sin, mask, None if caches is None else caches[i], index)
             if cache is not None:
                 new_caches.append(cache)
+        if last_only:
+            x, t = x.reshape(b, t, -1)[:, -1], 1
         x = self.norm(x)
         if self.lm_head is not None:
             logits = self.lm_head(x)
