@@ -91,7 +91,8 @@ def reference_loss(
     cfg = resolve_loss_config(loss, config)
     logp = np.asarray(logprobs, dtype=np.float64)
     if loss is LossFn.CROSS_ENTROPY:
-        weights = np.asarray(inputs.get("weights", np.ones_like(logp)), dtype=np.float64)
+        given = inputs.get("weights")
+        weights = np.ones_like(logp) if given is None else np.asarray(given, dtype=np.float64)
         return float(-(logp * weights).sum()), -weights
     adv = np.asarray(inputs["advantages"], dtype=np.float64)
     ratio = np.exp(logp - np.asarray(inputs["logprobs"], dtype=np.float64))

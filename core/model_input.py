@@ -65,10 +65,10 @@ class ModelInput:
         array.flags.writeable = False
         return array
 
-    @property
+    @functools.cached_property
     def length(self) -> int:
-        chunks = self.chunks  # one chunk is the common case, and this is on every hot path
-        return len(chunks[0].tokens) if len(chunks) == 1 else sum(len(c.tokens) for c in chunks)
+        """Counted once: batching, requests and adapters ask for it dozens of times a step."""
+        return sum(len(chunk.tokens) for chunk in self.chunks)
 
     def append(self, chunk: EncodedTextChunk) -> ModelInput:
         return ModelInput((*self.chunks, chunk))

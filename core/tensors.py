@@ -18,6 +18,12 @@ _INT64, _FLOAT32 = np.dtype(np.int64), np.dtype(np.float32)
 
 
 def _frozen_array(value: Any) -> npt.NDArray[Any]:
+    array = np.array(_checked(value), copy=True)
+    array.flags.writeable = False
+    return array
+
+
+def _checked(value: Any) -> npt.NDArray[Any]:
     if not isinstance(value, np.ndarray):
         raise ValidationError(
             "TensorData.data", f"expected a numpy array, got {type(value).__name__}"
@@ -28,9 +34,7 @@ def _frozen_array(value: Any) -> npt.NDArray[Any]:
             f"dtype {value.dtype.name} is not supported; expected one of {', '.join(DTYPES)} "
             "(use TensorData.from_numpy to convert)",
         )
-    array = np.array(value, copy=True)
-    array.flags.writeable = False
-    return array
+    return value
 
 
 @attrs.frozen(eq=False)
@@ -48,6 +52,17 @@ class TensorData:
         if arr.dtype.kind == "f":
             return cls(arr.astype(np.float32))
         raise ValidationError("TensorData.data", f"cannot convert dtype {arr.dtype} to a tensor")
+
+    @classmethod
+    def adopt(cls, array: npt.NDArray[Any]) -> TensorData:
+        """Wrap an array the caller has just computed and keeps no other handle to, making it
+        read-only in place instead of copying it (the constructor's defensive copy is most of
+        the cost of a request's per-datum tensors)."""
+        array = _checked(array)
+        array.flags.writeable = False
+        tensor = object.__new__(cls)
+        object.__setattr__(tensor, "data", array)  # the converter's work, done above
+        return tensor
 
     @classmethod
     def from_list(cls, values: Sequence[Any], dtype: DType) -> TensorData:

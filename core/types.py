@@ -89,6 +89,22 @@ class Datum:
             },
         )
 
+    def reweighted(self, weights: npt.NDArray[np.float32]) -> Datum:
+        """This datum with ``weights`` in place of its own: a float32 array, one entry per
+        token, that the caller has just computed and keeps no handle to. Only the new array is
+        checked, and it is not copied: the trainer reweights every datum of every step."""
+        n = self.model_input.length
+        if weights.dtype != _KNOWN_DTYPES["weights"] or weights.shape != (n,):
+            raise ValidationError(
+                "Datum.reweighted",
+                f"expected float32 weights of shape ({n},), got {weights.dtype} {weights.shape}",
+            )
+        datum: Datum = object.__new__(Datum)
+        inputs = {**self.loss_fn_inputs, "weights": TensorData.adopt(weights)}
+        object.__setattr__(datum, "model_input", self.model_input)  # validated with self
+        object.__setattr__(datum, "loss_fn_inputs", inputs)
+        return datum
+
     @property
     def num_loss_tokens(self) -> float:
         """Sum of weights (the number of trained tokens for 0/1 weights)."""

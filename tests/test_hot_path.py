@@ -21,6 +21,7 @@ from galley.core import Datum, ModelInput, SessionConfig, TensorData
 from galley.core.batching import BatchPlan
 from galley.core.errors import GalleyError, ValidationError
 from galley.core.losses import LossFn, reference_loss
+from galley.core.stages.train import normalised_batch
 from galley.core.types import ForwardBackwardInput
 
 
@@ -212,3 +213,50 @@ def test_request_queue_may_be_closed_from_its_own_callbacks() -> None:
     assert closed.wait(10) and future.result() == "q"
     with pytest.raises(GalleyError):
         queue.submit(lambda: 2)
+
+
+def test_adopted_tensor_is_the_array_itself_made_read_only() -> None:
+    fresh = np.arange(4, dtype=np.float32)
+    tensor = TensorData.adopt(fresh)
+    assert tensor.data is fresh and not fresh.flags.writeable
+    assert tensor == TensorData(np.arange(4, dtype=np.float32))
+    with pytest.raises(ValidationError, match="dtype float64 is not supported"):
+        TensorData.adopt(np.zeros(2))
+
+
+def test_reweighted_datum_replaces_only_the_weights_and_checks_them() -> None:
+    datum = Datum.from_tokens([5, 6, 7, 8], [0.0, 1.0, 0.0, 1.0])
+    new = datum.reweighted(np.array([0.5, 0.0, 0.5], np.float32))
+    assert new.model_input is datum.model_input
+    assert new.loss_fn_inputs["target_tokens"] is datum.loss_fn_inputs["target_tokens"]
+    assert new.loss_fn_inputs["weights"].tolist() == [0.5, 0.0, 0.5]
+    assert datum.loss_fn_inputs["weights"].tolist() == [1.0, 0.0, 1.0]  # untouched
+    assert new == Datum(datum.model_input, {**datum.loss_fn_inputs, "weights": [0.5, 0.0, 0.5]})
+    with pytest.raises(ValidationError, match=r"Datum.reweighted.*shape \(3,\)"):
+        datum.reweighted(np.ones(2, np.float32))
+    with pytest.raises(ValidationError, match="float32"):
+        datum.reweighted(np.ones(3, np.float64))
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0]), min_size=2, max_size=12),
+        min_size=1,
+        max_size=6,
+    ).filter(lambda rows: sum(sum(r[1:]) for r in rows) > 0)
+)
+def test_normalised_batch_divides_every_weight_by_the_batch_total(
+    rows: list[list[float]],
+) -> None:
+    batch = [Datum.from_tokens(list(range(len(w))), w) for w in rows]
+    total = np.float32(sum(np.float32(x) for w in rows for x in w[1:]))
+    normalised = normalised_batch(batch)
+    for before, after in zip(batch, normalised, strict=True):
+        expected = before.loss_fn_inputs["weights"].data / total
+        np.testing.assert_allclose(after.loss_fn_inputs["weights"].data, expected, rtol=1e-6)
+        assert after.model_input is before.model_input
+        assert not after.loss_fn_inputs["weights"].data.flags.writeable
+    assert sum(float(d.loss_fn_inputs["weights"].data.sum()) for d in normalised) == (
+        pytest.approx(1.0, rel=1e-5)
+    )

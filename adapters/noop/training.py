@@ -61,9 +61,10 @@ def difficulty(
     vocab_size: int,
 ) -> npt.NDArray[np.float64]:
     """c_i in [0.5, 1.5] * ln(vocab): a fixed hash of (previous token, target token)."""
-    prev = np.asarray(inputs, dtype=np.uint64)
-    mixed = prev * np.uint64(2654435761) ^ targets.astype(np.uint64) * np.uint64(40503)
-    return (0.5 + (mixed % np.uint64(1000)).astype(np.float64) / 1000.0) * math.log(vocab_size)
+    # In int64: both products stay below 2**63 for any vocabulary under 2**31 ids, so this is
+    # the unsigned hash's value, without converting the ids to uint64 first.
+    mixed = np.asarray(inputs, dtype=np.int64) * 2654435761 ^ targets * 40503
+    return (0.5 + (mixed % 1000) / 1000.0) * math.log(vocab_size)
 
 
 def _concatenated_inputs(data: Sequence[Datum], loss: LossFn) -> dict[str, npt.NDArray[Any]]:
@@ -200,7 +201,7 @@ class NoopTrainingSession:
             self._params.grad += float(dloss_dlogp @ logp) * dscale / scale
         logp32, ends = logp.astype(np.float32), itertools.accumulate(lengths)
         outputs = [
-            {"logprobs": TensorData(logp32[end - n : end])}
+            {"logprobs": TensorData.adopt(logp32[end - n : end])}
             for n, end in zip(lengths, ends, strict=True)
         ]
         metrics = {"loss:sum": loss, "tokens:sum": float(sum(lengths))}

@@ -160,7 +160,7 @@ class Runner:
             raise self._failure(stage, step, state, error) from error
         finally:
             self._uncommitted = None
-        if set(outputs) != stage.writes:
+        if outputs.keys() != stage.writes:
             extra, missing = set(outputs) - stage.writes, stage.writes - set(outputs)
             raise DataFlowError(
                 f"stage {stage.name!r} declared writes {sorted(stage.writes)} but returned "

@@ -20,7 +20,6 @@ from galley.core.batching import BatchPlan, total_steps
 from galley.core.engine import StageContext, stage
 from galley.core.errors import NonFiniteError, ValidationError
 from galley.core.schedules import LRSchedule
-from galley.core.tensors import TensorData
 from galley.core.types import AdamParams, Datum, ForwardBackwardOutput, OptimStepResult
 
 if TYPE_CHECKING:
@@ -57,18 +56,29 @@ class Pipeline:
     last_done_at: float | None = None
     skip_nonfinite: bool = False  # else a NaN/Inf loss or gradient stops the run
 
+    # Every step changes the pipeline two or three times: these build the new one directly
+    # (``attrs.evolve`` looks the fields up again on each call).
+    def with_in_flight(
+        self, in_flight: tuple[InFlightStep, ...], last_done_at: float | None = None
+    ) -> Pipeline:
+        last = self.last_done_at if last_done_at is None else last_done_at
+        return Pipeline(in_flight, last, self.skip_nonfinite)
+
 
 def normalised_batch(data: Sequence[Datum]) -> list[Datum]:
     """The batch with weights divided by its trained-token count, so the summed loss is the
     mean per-token NLL and the gradient's scale does not depend on batch length."""
-    weights = [d.loss_fn_inputs["weights"].data for d in data]
-    total = np.float32(np.concatenate(weights).sum())
+    weights = np.concatenate([d.loss_fn_inputs["weights"].data for d in data])
+    total = np.float32(weights.sum())
     if total <= 0:
         raise ValidationError("batch", "has no trained tokens (every weight is 0)")
-    return [
-        Datum(d.model_input, {**d.loss_fn_inputs, "weights": TensorData(w / total)})
-        for d, w in zip(data, weights, strict=True)
-    ]
+    weights /= total
+    normalised, start = [], 0
+    for d in data:
+        end = start + d.model_input.length
+        normalised.append(d.reweighted(weights[start:end]))
+        start = end
+    return normalised
 
 
 @stage(
@@ -130,10 +140,8 @@ def forward_backward(
     batch = [train_data[i] for i in indices]
     future = session.forward_backward(normalised_batch(batch), "cross_entropy")
     tokens = sum(d.model_input.length for d in batch)
-    entry = InFlightStep(
-        step, future, None, tokens, time.perf_counter(), tuple(int(i) for i in indices)
-    )
-    return {"pipeline": attrs.evolve(pipeline, in_flight=(*pipeline.in_flight, entry))}
+    entry = InFlightStep(step, future, None, tokens, time.perf_counter(), tuple(indices.tolist()))
+    return {"pipeline": pipeline.with_in_flight((*pipeline.in_flight, entry))}
 
 
 @stage(
@@ -161,8 +169,16 @@ def optim_step(
         )
     future = session.optim_step(params)
     future.add_done_callback(last.done)
-    updated = attrs.evolve(last, optim=future)
-    return {"pipeline": attrs.evolve(pipeline, in_flight=(*older, updated))}
+    updated = InFlightStep(
+        last.step,
+        last.forward_backward,
+        future,
+        last.tokens,
+        last.submitted_at,
+        last.examples,
+        last.done,
+    )
+    return {"pipeline": pipeline.with_in_flight((*older, updated))}
 
 
 def check_finite(entry: InFlightStep, what: str, value: float) -> None:
@@ -201,7 +217,7 @@ def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipel
             }
         metrics["tokens_per_s"] = entry.tokens / elapsed if elapsed > 0 else 0.0
         ctx.record_metrics(entry.step, metrics)
-    return attrs.evolve(pipeline, in_flight=tuple(pending), last_done_at=last)
+    return pipeline.with_in_flight(tuple(pending), last)
 
 
 @stage(reads=("pipeline", "submit_ahead"), writes=("pipeline",), ports=("training", "metrics"))
