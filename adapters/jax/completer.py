@@ -97,13 +97,14 @@ def _pick(logits: Array, key: Array, temperature: Array, top_k: Array, top_p: Ar
 
 
 DECODE_PHASES = 4
+MIN_PHASE = 32  # shorter phases save less attention than their extra compile costs
 
 
 def phase_ends(new_tokens: int) -> list[int]:
     """Where decoding's phases end: each phase's loop attends to a cache only as long as its
     last token needs (on average 3/4 of the whole at 128 new tokens after a 64-token
     prompt), at the price of compiling the decode step once per phase."""
-    size = max(16, -(-new_tokens // DECODE_PHASES))
+    size = max(MIN_PHASE, -(-new_tokens // DECODE_PHASES))
     return [*range(size, new_tokens, size), new_tokens]
 
 
