@@ -30,6 +30,10 @@ def field_name(instance: object, attribute: attrs.Attribute[Any]) -> str:
 
 
 def _number(instance: object, attribute: attrs.Attribute[Any], value: Any) -> float:
+    if type(value) is float and math.isfinite(value):  # the common cases, checked first
+        return value
+    if type(value) is int:  # not a bool: type() is exact
+        return float(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError(
             field_name(instance, attribute), f"expected a number, got {type(value).__name__}"

@@ -88,7 +88,8 @@ def reference_loss(
     ``logprobs`` are the current policy's per-token target logprobs; ``inputs`` holds
     ``weights`` (cross entropy, default 1) or ``logprobs`` of the sampler (q) and ``advantages``.
     """
-    cfg = resolve_loss_config(loss, config)
+    # Cross entropy and importance sampling take no config: an empty one needs no resolving.
+    cfg = {} if not config and not CONFIG_DEFAULTS[loss] else resolve_loss_config(loss, config)
     logp = np.asarray(logprobs, dtype=np.float64)
     if loss is LossFn.CROSS_ENTROPY:
         given = inputs.get("weights")

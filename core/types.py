@@ -6,8 +6,9 @@ it is built, naming the field, instead of deep inside an adapter.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Literal, TypeVar, overload
 
 import attrs
 import numpy as np
@@ -89,18 +90,24 @@ class Datum:
             },
         )
 
-    def reweighted(self, weights: npt.NDArray[np.float32]) -> Datum:
-        """This datum with ``weights`` in place of its own: a float32 array, one entry per
-        token, that the caller has just computed and keeps no handle to. Only the new array is
-        checked, and it is not copied: the trainer reweights every datum of every step."""
+    def with_inputs(self, replaced: Mapping[str, npt.NDArray[Any]]) -> Datum:
+        """This datum with some of its loss inputs replaced by arrays the caller has just
+        computed and keeps no handle to (the right dtype, one entry per token). Only the new
+        arrays are checked, and they are not copied: the trainer reweights every datum of
+        every step."""
         n = self.model_input.length
-        if weights.dtype != _KNOWN_DTYPES["weights"] or weights.shape != (n,):
-            raise ValidationError(
-                "Datum.reweighted",
-                f"expected float32 weights of shape ({n},), got {weights.dtype} {weights.shape}",
-            )
+        for key, array in replaced.items():
+            expected = _KNOWN_DTYPES.get(key)
+            if expected is None or array.dtype != expected or array.shape != (n,):
+                raise ValidationError(
+                    f"Datum.with_inputs[{key!r}]",
+                    f"expected a known input of dtype {expected} and shape ({n},), got "
+                    f"{array.dtype} {array.shape}",
+                )
+        inputs = {**self.loss_fn_inputs}
+        for key, array in replaced.items():
+            inputs[key] = TensorData.adopt(array)
         datum: Datum = object.__new__(Datum)
-        inputs = {**self.loss_fn_inputs, "weights": TensorData.adopt(weights)}
         object.__setattr__(datum, "model_input", self.model_input)  # validated with self
         object.__setattr__(datum, "loss_fn_inputs", inputs)
         return datum
@@ -112,19 +119,180 @@ class Datum:
         return float(weights.data.sum()) if weights is not None else float(self.model_input.length)
 
 
+T = TypeVar("T")
+
+
+class _Columnar(Sequence[T]):
+    """A sequence whose items are views cut from arrays laid end to end: ``_starts[i]`` to
+    ``_starts[i + 1]`` is item i's span. Equal to any sequence with equal items."""
+
+    __slots__ = ("_starts",)
+    _starts: list[int]
+
+    def _item(self, i: int) -> T:
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self._starts) - 1
+
+    @overload
+    def __getitem__(self, index: int) -> T: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[T]: ...
+
+    def __getitem__(self, index: int | slice) -> T | Sequence[T]:
+        if isinstance(index, slice):
+            return [self._item(i) for i in range(*index.indices(len(self)))]
+        return self._item(range(len(self))[index])
+
+    def __iter__(self) -> Iterator[T]:
+        return (self._item(i) for i in range(len(self)))
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, str):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+
+    __hash__ = None  # type: ignore[assignment]  # equal to lists and tuples of its items
+
+    @property
+    def num_tokens(self) -> int:
+        return self._starts[-1]
+
+    def bounds(self, i: int) -> tuple[int, int]:
+        """Where item ``i`` sits in the columns."""
+        return self._starts[i], self._starts[i + 1]
+
+    @property
+    def offsets(self) -> list[int]:
+        """Where each item starts in the columns."""
+        return self._starts[:-1]
+
+
+class DatumBatch(_Columnar[Datum]):
+    """One request's datums with their per-token arrays also laid end to end.
+
+    An adapter that works on whole batches (the noop model, the JAX padder) reads ``tokens``,
+    ``lengths`` and ``column(key)``, one array each, instead of one per datum; the trainer
+    replaces a column (the normalised weights) without building a ``Datum`` per row. It is the
+    ``Sequence[Datum]`` the port takes: indexing builds the datum, with replaced columns sliced
+    in. ``replaced`` columns are handed over: made read-only, not copied. ``DatumBatch.of``
+    wraps any sequence of datums (a batch is returned as is)."""
+
+    __slots__ = ("_columns", "_replaced", "_tokens", "datums", "lengths")
+
+    def __init__(
+        self, datums: Sequence[Datum], replaced: Mapping[str, npt.NDArray[Any]] | None = None
+    ) -> None:
+        self.datums: tuple[Datum, ...] = tuple(datums)
+        self.lengths: tuple[int, ...] = tuple(d.model_input.length for d in self.datums)
+        self._starts = [0, *itertools.accumulate(self.lengths)]
+        self._replaced: dict[str, npt.NDArray[Any]] = {}
+        self._columns: dict[str, npt.NDArray[Any]] = {}
+        self._tokens: npt.NDArray[np.int64] | None = None
+        for key, column in (replaced or {}).items():
+            field = f"DatumBatch.replaced[{key!r}]"
+            expected = _KNOWN_DTYPES.get(key)
+            if expected is None or column.dtype != expected or column.shape != (self.num_tokens,):
+                raise ValidationError(
+                    field,
+                    f"expected a known input of dtype {expected} and shape ({self.num_tokens},),"
+                    f" got {column.dtype} {column.shape}",
+                )
+            if not all(key in d.loss_fn_inputs for d in self.datums):
+                raise ValidationError(field, "replaces an input some datum does not have")
+            column.flags.writeable = False
+            self._replaced[key] = column
+
+    @classmethod
+    def of(cls, data: Iterable[Datum]) -> DatumBatch:
+        return data if isinstance(data, DatumBatch) else cls(tuple(data))
+
+    def _item(self, i: int) -> Datum:
+        datum = self.datums[i]
+        if not self._replaced:
+            return datum
+        start, end = self._starts[i], self._starts[i + 1]
+        return datum.with_inputs({k: c[start:end] for k, c in self._replaced.items()})
+
+    @property
+    def tokens(self) -> npt.NDArray[np.int64]:
+        """Every datum's input tokens, end to end (read-only)."""
+        if self._tokens is None:
+            arrays = [d.model_input.token_array for d in self.datums]
+            self._tokens = _read_only(np.concatenate(arrays) if arrays else np.zeros(0, np.int64))
+        return self._tokens
+
+    def has(self, key: str) -> bool:
+        """Whether any datum has the loss input ``key``."""
+        return key in self._replaced or any(key in d.loss_fn_inputs for d in self.datums)
+
+    def column(self, key: str, fill: float | None = None) -> npt.NDArray[Any]:
+        """Loss input ``key`` of every datum, end to end (read-only); a datum without it
+        contributes ``fill`` for each of its tokens (a KeyError when ``fill`` is None)."""
+        if key in self._replaced:
+            return self._replaced[key]
+        if key not in self._columns:
+            parts = []
+            for d, n in zip(self.datums, self.lengths, strict=True):
+                tensor = d.loss_fn_inputs.get(key)
+                if tensor is None and fill is None:
+                    raise KeyError(key)
+                dtype = _KNOWN_DTYPES.get(key, np.float32)
+                parts.append(tensor.data if tensor is not None else np.full(n, fill, dtype))
+            empty = np.zeros(0, _KNOWN_DTYPES.get(key, np.float32))
+            self._columns[key] = _read_only(np.concatenate(parts) if parts else empty)
+        return self._columns[key]
+
+
+def _read_only(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
+    array.flags.writeable = False
+    return array
+
+
+class DatumOutputs(_Columnar[Mapping[str, TensorData]]):
+    """Per-datum outputs kept as columns (one array per key, every datum's values end to end)
+    and cut per datum only when read: a trainer reads each step's summed metrics, and a
+    datum's per-token logprobs only when it asks for them."""
+
+    __slots__ = ("_columns",)
+
+    def __init__(self, columns: Mapping[str, npt.NDArray[Any]], lengths: Sequence[int]) -> None:
+        self._starts = [0, *itertools.accumulate(lengths)]
+        self._columns: dict[str, npt.NDArray[Any]] = {}
+        for key, column in columns.items():
+            if column.shape != (self.num_tokens,):
+                raise ValidationError(
+                    f"DatumOutputs[{key!r}]",
+                    f"expected shape ({self.num_tokens},) for {len(self)} datums, "
+                    f"got {column.shape}",
+                )
+            self._columns[key] = TensorData.adopt(column).data  # dtype checked, read-only
+
+    @property
+    def column_names(self) -> frozenset[str]:
+        """The keys every datum's output has."""
+        return frozenset(self._columns)
+
+    def _item(self, i: int) -> Mapping[str, TensorData]:
+        start, end = self._starts[i], self._starts[i + 1]
+        return {key: TensorData.adopt(column[start:end]) for key, column in self._columns.items()}
+
+
 def _loss_fn(value: Any) -> LossFn:
     return parse_loss_fn(value, "ForwardBackwardInput.loss_fn")
 
 
-def _datums(value: Iterable[Datum]) -> tuple[Datum, ...]:
-    return tuple(value)
+def _as_batch(value: Iterable[Datum]) -> DatumBatch:
+    return DatumBatch.of(value)
 
 
 @attrs.frozen
 class ForwardBackwardInput:
     """A validated ``forward``/``forward_backward`` request: data, loss and its config."""
 
-    data: tuple[Datum, ...] = attrs.field(converter=_datums)
+    data: DatumBatch = attrs.field(converter=_as_batch)
     loss_fn: LossFn = attrs.field(default=LossFn.CROSS_ENTROPY, converter=_loss_fn)
     loss_fn_config: Mapping[str, float] = attrs.field(factory=dict)
 
@@ -132,7 +300,8 @@ class ForwardBackwardInput:
         if not self.data:
             raise ValidationError("ForwardBackwardInput.data", "expected at least one Datum")
         required = REQUIRED_INPUTS[self.loss_fn]
-        for i, datum in enumerate(self.data):
+        # A batch's replaced columns replace inputs its datums have: its datums have its keys.
+        for i, datum in enumerate(self.data.datums):
             missing = [k for k in required if k not in datum.loss_fn_inputs]
             if missing:
                 raise ValidationError(
@@ -146,18 +315,18 @@ class ForwardBackwardInput:
 
     @property
     def num_tokens(self) -> int:
-        return sum(d.model_input.length for d in self.data)
+        return self.data.num_tokens
 
     def check_vocabulary(self, vocab_size: int) -> None:
         """Refuse any input or target token id the model has no embedding for, naming it."""
         # One bound check over the whole batch; the culprit is located only when it fails.
-        every_id = np.concatenate(
-            [d.model_input.token_array for d in self.data]
-            + [d.loss_fn_inputs["target_tokens"].data for d in self.data]
-        )
-        if not every_id.size or (every_id.max() < vocab_size and every_id.min() >= 0):
+        batch = self.data
+        in_range = True
+        for ids in (batch.tokens, batch.column("target_tokens")):
+            in_range &= not ids.size or (ids.max() < vocab_size and ids.min() >= 0)
+        if in_range:
             return
-        for i, datum in enumerate(self.data):
+        for i, datum in enumerate(batch):
             for what, ids in (
                 ("model_input", datum.model_input.token_array),
                 ("target_tokens", datum.loss_fn_inputs["target_tokens"].data),
@@ -187,19 +356,27 @@ def _float_map(value: Mapping[str, Any]) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()}
 
 
-def _outputs(value: Iterable[Mapping[str, Any]]) -> tuple[dict[str, TensorData], ...]:
-    return tuple(_tensor_map(x) for x in value)
+def _outputs(value: Iterable[Mapping[str, Any]]) -> Sequence[Mapping[str, TensorData]]:
+    return value if isinstance(value, DatumOutputs) else tuple(_tensor_map(x) for x in value)
 
 
 @attrs.frozen
 class ForwardBackwardOutput:
     """Per-datum outputs (always ``logprobs`` of the targets) and summed metrics."""
 
-    loss_fn_outputs: tuple[Mapping[str, TensorData], ...] = attrs.field(converter=_outputs)
+    # A DatumOutputs (columns, cut per datum when read) is kept as is.
+    loss_fn_outputs: Sequence[Mapping[str, TensorData]] = attrs.field(converter=_outputs)
     metrics: Mapping[str, float] = attrs.field(converter=_float_map, validator=_metric_keys)
 
     def __attrs_post_init__(self) -> None:
-        for i, out in enumerate(self.loss_fn_outputs):
+        outputs = self.loss_fn_outputs
+        if isinstance(outputs, DatumOutputs):
+            if "logprobs" not in outputs.column_names and len(outputs):
+                raise ValidationError(
+                    "ForwardBackwardOutput.loss_fn_outputs", "expected a 'logprobs' column"
+                )
+            return
+        for i, out in enumerate(outputs):
             if "logprobs" not in out:
                 raise ValidationError(
                     f"ForwardBackwardOutput.loss_fn_outputs[{i}]", "expected a 'logprobs' tensor"

@@ -14,10 +14,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from galley.adapters.jax.batching import pad_batch
 from galley.adapters.noop import NoopBlobStore, NoopTrainingClient
 from galley.adapters.noop.training import difficulty
 from galley.adapters.request_queue import Deferred, ImmediateQueue, RequestQueue
-from galley.core import Datum, ModelInput, SessionConfig, TensorData
+from galley.core import (
+    Datum,
+    DatumBatch,
+    DatumOutputs,
+    ForwardBackwardOutput,
+    ModelInput,
+    SessionConfig,
+    TensorData,
+)
 from galley.core.batching import BatchPlan
 from galley.core.errors import GalleyError, ValidationError
 from galley.core.losses import LossFn, reference_loss
@@ -224,28 +233,95 @@ def test_adopted_tensor_is_the_array_itself_made_read_only() -> None:
         TensorData.adopt(np.zeros(2))
 
 
-def test_reweighted_datum_replaces_only_the_weights_and_checks_them() -> None:
+def test_with_inputs_replaces_only_the_given_inputs_and_checks_them() -> None:
     datum = Datum.from_tokens([5, 6, 7, 8], [0.0, 1.0, 0.0, 1.0])
-    new = datum.reweighted(np.array([0.5, 0.0, 0.5], np.float32))
+    new = datum.with_inputs({"weights": np.array([0.5, 0.0, 0.5], np.float32)})
     assert new.model_input is datum.model_input
     assert new.loss_fn_inputs["target_tokens"] is datum.loss_fn_inputs["target_tokens"]
     assert new.loss_fn_inputs["weights"].tolist() == [0.5, 0.0, 0.5]
     assert datum.loss_fn_inputs["weights"].tolist() == [1.0, 0.0, 1.0]  # untouched
     assert new == Datum(datum.model_input, {**datum.loss_fn_inputs, "weights": [0.5, 0.0, 0.5]})
-    with pytest.raises(ValidationError, match=r"Datum.reweighted.*shape \(3,\)"):
-        datum.reweighted(np.ones(2, np.float32))
+    with pytest.raises(ValidationError, match=r"with_inputs\['weights'\].*shape \(3,\)"):
+        datum.with_inputs({"weights": np.ones(2, np.float32)})
     with pytest.raises(ValidationError, match="float32"):
-        datum.reweighted(np.ones(3, np.float64))
+        datum.with_inputs({"weights": np.ones(3, np.float64)})
+    with pytest.raises(ValidationError, match="'mystery'"):
+        datum.with_inputs({"mystery": np.ones(3, np.float32)})
+
+
+batch_weights = st.lists(
+    st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0]), min_size=2, max_size=12),
+    min_size=1,
+    max_size=6,
+)
 
 
 @settings(max_examples=50, deadline=None)
-@given(
-    st.lists(
-        st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0]), min_size=2, max_size=12),
-        min_size=1,
-        max_size=6,
-    ).filter(lambda rows: sum(sum(r[1:]) for r in rows) > 0)
-)
+@given(batch_weights, st.data())
+def test_datum_batch_columns_are_its_datums_end_to_end(
+    rows: list[list[float]], data: st.DataObject
+) -> None:
+    datums = [
+        Datum.from_tokens([(7 * i + j) % 50 for j in range(len(w))], w) for i, w in enumerate(rows)
+    ]
+    if data.draw(st.booleans()):  # a datum without weights weighs 1 in the filled column
+        datums[0] = Datum(
+            datums[0].model_input, {"target_tokens": datums[0].loss_fn_inputs["target_tokens"]}
+        )
+    batch = DatumBatch(datums)
+    assert list(batch) == datums and batch == datums and len(batch) == len(datums)
+    assert batch.lengths == tuple(d.model_input.length for d in datums)
+    np.testing.assert_array_equal(
+        batch.tokens, np.concatenate([d.model_input.token_array for d in datums])
+    )
+    targets = np.concatenate([d.loss_fn_inputs["target_tokens"].data for d in datums])
+    np.testing.assert_array_equal(batch.column("target_tokens"), targets)
+    filled = batch.column("weights", fill=1.0)
+    for i, d in enumerate(datums):
+        start, end = batch.bounds(i)
+        expected = d.loss_fn_inputs["weights"].data if "weights" in d.loss_fn_inputs else 1.0
+        np.testing.assert_array_equal(filled[start:end], expected)
+    assert not batch.tokens.flags.writeable and not filled.flags.writeable
+    assert DatumBatch.of(batch) is batch and batch[-1] == datums[-1] and batch[1:] == datums[1:]
+
+
+def test_datum_batch_refuses_a_bad_replaced_column_naming_it() -> None:
+    datums = [Datum.from_tokens([1, 2, 3], [0, 1, 1]), Datum.from_tokens([4, 5], [0, 1])]
+    with pytest.raises(ValidationError, match=r"replaced\['weights'\].*shape \(3,\)"):
+        DatumBatch(datums, {"weights": np.ones(2, np.float32)})
+    with pytest.raises(ValidationError, match="float32"):
+        DatumBatch(datums, {"weights": np.ones(3)})
+    bare = Datum(
+        datums[1].model_input, {"target_tokens": datums[1].loss_fn_inputs["target_tokens"]}
+    )
+    with pytest.raises(ValidationError, match="some datum does not have"):
+        DatumBatch([datums[0], bare], {"weights": np.ones(3, np.float32)})
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.integers(0, 6), min_size=0, max_size=6))
+def test_datum_outputs_cut_columns_per_datum_when_read(lengths: list[int]) -> None:
+    column = np.arange(sum(lengths), dtype=np.float32)
+    outputs = DatumOutputs({"logprobs": column}, lengths)
+    expected = []
+    start = 0
+    for n in lengths:
+        expected.append({"logprobs": TensorData(column[start : start + n].copy())})
+        start += n
+    assert len(outputs) == len(lengths) and outputs == expected
+    result = ForwardBackwardOutput(outputs, {"loss:sum": 1.0})
+    assert result.loss_fn_outputs is outputs
+    assert [list(x) for x in result.logprobs] == [list(e["logprobs"].data) for e in expected]
+    assert result == ForwardBackwardOutput(expected, {"loss:sum": 1.0})
+    assert not column.flags.writeable
+    with pytest.raises(ValidationError, match="'logprobs' column"):
+        ForwardBackwardOutput(DatumOutputs({"advantages": np.zeros(2, np.float32)}, [2]), {})
+    with pytest.raises(ValidationError, match=r"DatumOutputs\['logprobs'\]"):
+        DatumOutputs({"logprobs": np.zeros(3, np.float32)}, [2])
+
+
+@settings(max_examples=50, deadline=None)
+@given(batch_weights.filter(lambda rows: sum(sum(r[1:]) for r in rows) > 0))
 def test_normalised_batch_divides_every_weight_by_the_batch_total(
     rows: list[list[float]],
 ) -> None:
@@ -260,3 +336,45 @@ def test_normalised_batch_divides_every_weight_by_the_batch_total(
     assert sum(float(d.loss_fn_inputs["weights"].data.sum()) for d in normalised) == (
         pytest.approx(1.0, rel=1e-5)
     )
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 9), st.booleans(), st.booleans()), min_size=1, max_size=5))
+def test_padded_batch_rows_are_the_datums_inputs(rows: list[tuple[int, bool, bool]]) -> None:
+    """Each datum fills its row from column 0; without weights it weighs 1 on its tokens,
+    without sampler logprobs or advantages it has zeros; padding is zero everywhere."""
+    datums = []
+    for i, (n, weighted, sampled) in enumerate(rows):
+        inputs: dict[str, np.ndarray] = {"target_tokens": np.arange(n, dtype=np.int64) + i}
+        if weighted:
+            inputs["weights"] = np.linspace(0.1, 1.0, n, dtype=np.float32)
+        if sampled:
+            inputs["logprobs"] = -np.arange(n, dtype=np.float32) - i
+            inputs["advantages"] = np.full(n, float(i + 1), np.float32)
+        datums.append(Datum(ModelInput.from_ints(list(range(i, i + n))), inputs))
+    normalise = data_is_weighted(datums)
+    request = ForwardBackwardInput(normalised_batch(datums) if normalise else datums)
+    padded = pad_batch(request, (4, 8, 16), 1)
+    assert padded.lengths == tuple(n for n, _, _ in rows)
+    for i, datum in enumerate(request.data):
+        n = datum.model_input.length
+        inputs = datum.loss_fn_inputs
+        expected = {
+            "tokens": datum.model_input.token_array,
+            "targets": inputs["target_tokens"].data,
+            "weights": inputs["weights"].data if "weights" in inputs else np.ones(n),
+            "sampler_logprobs": inputs["logprobs"].data if "logprobs" in inputs else np.zeros(n),
+            "advantages": inputs["advantages"].data if "advantages" in inputs else np.zeros(n),
+        }
+        for name, values in expected.items():
+            row = getattr(padded, name)[i]
+            np.testing.assert_allclose(row[:n], values, rtol=1e-6)
+            assert not row[n:].any()
+    for name in expected:
+        assert not getattr(padded, name)[len(rows) :].any()
+
+
+def data_is_weighted(datums: list[Datum]) -> bool:
+    """``normalised_batch`` needs every datum weighted and some weight above 0."""
+    weights = [d.loss_fn_inputs.get("weights") for d in datums]
+    return all(w is not None for w in weights) and sum(float(w.data.sum()) for w in weights) > 0

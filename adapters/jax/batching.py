@@ -27,6 +27,21 @@ def batch_bucket(n: int, multiple: int) -> int:
     return int(np.ceil(size / multiple) * multiple)
 
 
+PADDED_DTYPES = {
+    "tokens": np.int32,
+    "targets": np.int32,
+    "weights": np.float32,
+    "sampler_logprobs": np.float32,
+    "advantages": np.float32,
+}
+# Padded array, loss input, and its value for a datum without it.
+INPUT_COLUMNS = (
+    ("weights", "weights", 1.0),
+    ("sampler_logprobs", "logprobs", 0.0),
+    ("advantages", "advantages", 0.0),
+)
+
+
 @attrs.frozen
 class PaddedBatch:
     tokens: np.ndarray[Any, Any]  # int32 [B, T]
@@ -44,22 +59,20 @@ class PaddedBatch:
 def pad_batch(
     request: ForwardBackwardInput, length_buckets: Sequence[int], row_multiple: int
 ) -> PaddedBatch:
-    lengths = tuple(d.model_input.length for d in request.data)
+    """Datum i's tokens and loss inputs fill row i from column 0, read from the request's
+    columns; a datum without weights weighs 1, one without sampler logprobs or advantages
+    has zeros."""
+    batch = request.data
+    lengths = batch.lengths
     rows, width = batch_bucket(len(lengths), row_multiple), bucket(max(lengths), length_buckets)
-    arrays = {
-        "tokens": np.zeros((rows, width), np.int32),
-        "targets": np.zeros((rows, width), np.int32),
-        "weights": np.zeros((rows, width), np.float32),
-        "sampler_logprobs": np.zeros((rows, width), np.float32),
-        "advantages": np.zeros((rows, width), np.float32),
-    }
-    for i, (datum, n) in enumerate(zip(request.data, lengths, strict=True)):
-        inputs = datum.loss_fn_inputs
-        arrays["tokens"][i, :n] = datum.model_input.token_array
-        arrays["targets"][i, :n] = inputs["target_tokens"].data
-        arrays["weights"][i, :n] = inputs["weights"].data if "weights" in inputs else 1.0
-        if "logprobs" in inputs:
-            arrays["sampler_logprobs"][i, :n] = inputs["logprobs"].data
-        if "advantages" in inputs:
-            arrays["advantages"][i, :n] = inputs["advantages"].data
+    arrays = {name: np.zeros((rows, width), dtype) for name, dtype in PADDED_DTYPES.items()}
+    columns = [("tokens", batch.tokens), ("targets", batch.column("target_tokens"))]
+    for name, key, fill in INPUT_COLUMNS:
+        if batch.has(key):
+            columns.append((name, batch.column(key, fill=fill)))
+        elif key == "weights":
+            arrays[name][: len(lengths)] = np.arange(width) < np.asarray(lengths)[:, None]
+    for i, (start, n) in enumerate(zip(batch.offsets, lengths, strict=True)):
+        for name, column in columns:
+            arrays[name][i, :n] = column[start : start + n]
     return PaddedBatch(lengths=lengths, **arrays)

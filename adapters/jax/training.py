@@ -45,6 +45,7 @@ from galley.core.types import (
     AdamParams,
     CheckpointRef,
     Datum,
+    DatumOutputs,
     ForwardBackwardInput,
     ForwardBackwardOutput,
     ModelInfo,
@@ -333,13 +334,13 @@ class JaxTrainingSession:
             )
 
         def finish() -> ForwardBackwardOutput:
-            logp_host = np.asarray(logp)
-            outputs = [
-                {"logprobs": logp_host[i, :n].astype(np.float32)}
-                for i, n in enumerate(batch.lengths)
-            ]
+            lengths = batch.lengths
+            real = np.arange(batch.tokens.shape[1]) < np.asarray(lengths)[:, None]
+            # Row-major: the real positions of each row, rows end to end.
+            column = np.asarray(logp)[: len(lengths)][real].astype(np.float32)
             return ForwardBackwardOutput(
-                outputs, {"loss:sum": float(value), "tokens:sum": float(batch.num_tokens)}
+                DatumOutputs({"logprobs": column}, lengths),
+                {"loss:sum": float(value), "tokens:sum": float(batch.num_tokens)},
             )
 
         return Deferred(finish)

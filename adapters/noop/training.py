@@ -28,12 +28,13 @@ from galley.core.errors import ValidationError
 from galley.core.keys import check_name, join_key
 from galley.core.losses import REQUIRED_INPUTS, LossFn, reference_loss
 from galley.core.manifest import read_checkpoint, write_checkpoint
-from galley.core.tensors import TensorData
 from galley.core.types import (
     AdamParams,
     CheckpointKind,
     CheckpointRef,
     Datum,
+    DatumBatch,
+    DatumOutputs,
     ForwardBackwardInput,
     ForwardBackwardOutput,
     ModelInfo,
@@ -67,21 +68,11 @@ def difficulty(
     return (0.5 + (mixed % 1000) / 1000.0) * math.log(vocab_size)
 
 
-def _concatenated_inputs(data: Sequence[Datum], loss: LossFn) -> dict[str, npt.NDArray[Any]]:
+def _loss_inputs(batch: DatumBatch, loss: LossFn) -> dict[str, npt.NDArray[Any]]:
     """The loss inputs of every datum end to end; a datum without ``weights`` weighs 1."""
-    inputs = {
-        key: np.concatenate([d.loss_fn_inputs[key].data for d in data])
-        for key in REQUIRED_INPUTS[loss]
-    }
-    if loss is LossFn.CROSS_ENTROPY and any("weights" in d.loss_fn_inputs for d in data):
-        inputs["weights"] = np.concatenate(
-            [
-                d.loss_fn_inputs["weights"].data
-                if "weights" in d.loss_fn_inputs
-                else np.ones(d.model_input.length, np.float32)
-                for d in data
-            ]
-        )
+    inputs = {key: batch.column(key) for key in REQUIRED_INPUTS[loss]}
+    if loss is LossFn.CROSS_ENTROPY and batch.has("weights"):
+        inputs["weights"] = batch.column("weights", fill=1.0)
     return inputs
 
 
@@ -177,7 +168,7 @@ class NoopTrainingSession:
     def _validated(
         self, data: Sequence[Datum], loss_fn: str, config: Mapping[str, float] | None, op: str
     ) -> ForwardBackwardInput:
-        request = ForwardBackwardInput(tuple(data), loss_fn, dict(config or {}))
+        request = ForwardBackwardInput(data, loss_fn, dict(config or {}))
         request.check_vocabulary(self._tokenizer.vocab_size)
         self._faults(op)
         return request
@@ -187,24 +178,18 @@ class NoopTrainingSession:
 
     def _run(self, request: ForwardBackwardInput, *, accumulate: bool) -> ForwardBackwardOutput:
         # Losses are per-token sums, so the whole batch is one concatenated sequence.
-        data = request.data
-        lengths = [d.model_input.length for d in data]
-        tokens = np.concatenate([d.model_input.token_array for d in data])
-        inputs = _concatenated_inputs(data, request.loss_fn)
+        batch = request.data
+        inputs = _loss_inputs(batch, request.loss_fn)
         scale = self._scale()
-        logp = difficulty(tokens, inputs["target_tokens"], self._tokenizer.vocab_size)
+        logp = difficulty(batch.tokens, inputs["target_tokens"], self._tokenizer.vocab_size)
         logp *= -scale
         loss, dloss_dlogp = reference_loss(request.loss_fn, logp, inputs, request.loss_fn_config)
         if accumulate:
             # dlogp/dθ = -c * (1 - floor) * (-k) * exp(-kθ) = logp * dscale/scale
             dscale = -(1.0 - self._floor) * self._k * math.exp(-self._k * self._params.theta)
             self._params.grad += float(dloss_dlogp @ logp) * dscale / scale
-        logp32, ends = logp.astype(np.float32), itertools.accumulate(lengths)
-        outputs = [
-            {"logprobs": TensorData.adopt(logp32[end - n : end])}
-            for n, end in zip(lengths, ends, strict=True)
-        ]
-        metrics = {"loss:sum": loss, "tokens:sum": float(sum(lengths))}
+        outputs = DatumOutputs({"logprobs": logp.astype(np.float32)}, batch.lengths)
+        metrics = {"loss:sum": loss, "tokens:sum": float(batch.num_tokens)}
         return ForwardBackwardOutput(outputs, metrics)
 
     def _adamw(self, hp: AdamParams) -> OptimStepResult:

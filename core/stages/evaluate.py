@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from galley.core.engine import FunctionStage, StageContext
 from galley.core.stages.train import Pipeline, collect
-from galley.core.types import Datum
+from galley.core.types import Datum, DatumBatch
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
@@ -22,7 +24,8 @@ def heldout_nll(
         for i in range(0, len(data), batch_size)
     ]
     loss = sum(f.result().metrics["loss:sum"] for f in futures)
-    weight = sum(d.num_loss_tokens for d in data)
+    # Trained tokens: every weight (1 per token for a datum without weights), in one sum.
+    weight = float(DatumBatch.of(data).column("weights", fill=1.0).sum(dtype=np.float64))
     return {"eval/nll": loss / weight, "eval/tokens": weight}
 
 

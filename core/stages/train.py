@@ -20,7 +20,13 @@ from galley.core.batching import BatchPlan, total_steps
 from galley.core.engine import StageContext, stage
 from galley.core.errors import NonFiniteError, ValidationError
 from galley.core.schedules import LRSchedule
-from galley.core.types import AdamParams, Datum, ForwardBackwardOutput, OptimStepResult
+from galley.core.types import (
+    AdamParams,
+    Datum,
+    DatumBatch,
+    ForwardBackwardOutput,
+    OptimStepResult,
+)
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
@@ -65,20 +71,16 @@ class Pipeline:
         return Pipeline(in_flight, last, self.skip_nonfinite)
 
 
-def normalised_batch(data: Sequence[Datum]) -> list[Datum]:
+def normalised_batch(data: Sequence[Datum]) -> DatumBatch:
     """The batch with weights divided by its trained-token count, so the summed loss is the
-    mean per-token NLL and the gradient's scale does not depend on batch length."""
+    mean per-token NLL and the gradient's scale does not depend on batch length. One division
+    over the weights column: no per-datum objects."""
     weights = np.concatenate([d.loss_fn_inputs["weights"].data for d in data])
     total = np.float32(weights.sum())
     if total <= 0:
         raise ValidationError("batch", "has no trained tokens (every weight is 0)")
     weights /= total
-    normalised, start = [], 0
-    for d in data:
-        end = start + d.model_input.length
-        normalised.append(d.reweighted(weights[start:end]))
-        start = end
-    return normalised
+    return DatumBatch(data, {"weights": weights})
 
 
 @stage(
@@ -136,11 +138,12 @@ def forward_backward(
     pipeline: Pipeline,
 ) -> dict[str, Any]:
     """Submit the gradient of step ``step``'s batch (does not wait)."""
-    indices = batch_plan.indices(step - 1)
+    indices = batch_plan.indices(step - 1).tolist()
     batch = [train_data[i] for i in indices]
-    future = session.forward_backward(normalised_batch(batch), "cross_entropy")
-    tokens = sum(d.model_input.length for d in batch)
-    entry = InFlightStep(step, future, None, tokens, time.perf_counter(), tuple(indices.tolist()))
+    normalised = normalised_batch(batch)
+    future = session.forward_backward(normalised, "cross_entropy")
+    tokens = normalised.num_tokens
+    entry = InFlightStep(step, future, None, tokens, time.perf_counter(), tuple(indices))
     return {"pipeline": pipeline.with_in_flight((*pipeline.in_flight, entry))}
 
 
