@@ -53,6 +53,17 @@ class InFlightStep:
     examples: tuple[int, ...] = ()
     done: DoneClock = attrs.field(factory=DoneClock, eq=False)
 
+    def with_optim(self, optim: Future[OptimStepResult]) -> InFlightStep:
+        return InFlightStep(
+            self.step,
+            self.forward_backward,
+            optim,
+            self.tokens,
+            self.submitted_at,
+            self.examples,
+            self.done,
+        )
+
 
 @attrs.frozen
 class Pipeline:
@@ -172,16 +183,7 @@ def optim_step(
         )
     future = session.optim_step(params)
     future.add_done_callback(last.done)
-    updated = InFlightStep(
-        last.step,
-        last.forward_backward,
-        future,
-        last.tokens,
-        last.submitted_at,
-        last.examples,
-        last.done,
-    )
-    return {"pipeline": pipeline.with_in_flight((*older, updated))}
+    return {"pipeline": pipeline.with_in_flight((*older, last.with_optim(future)))}
 
 
 def check_finite(entry: InFlightStep, what: str, value: float) -> None:
