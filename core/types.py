@@ -251,6 +251,9 @@ def _read_only(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
     return array
 
 
+_OUTPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.int64))
+
+
 class DatumOutputs(_Columnar[Mapping[str, TensorData]]):
     """Per-datum outputs kept as columns (one array per key, every datum's values end to end)
     and cut per datum only when read: a trainer reads each step's summed metrics, and a
@@ -268,7 +271,11 @@ class DatumOutputs(_Columnar[Mapping[str, TensorData]]):
                     f"expected shape ({self.num_tokens},) for {len(self)} datums, "
                     f"got {column.shape}",
                 )
-            self._columns[key] = TensorData.adopt(column).data  # dtype checked, read-only
+            if column.dtype not in _OUTPUT_DTYPES:
+                raise ValidationError(
+                    f"DatumOutputs[{key!r}]", f"expected float32 or int64, got {column.dtype}"
+                )
+            self._columns[key] = _read_only(column)
 
     @property
     def column_names(self) -> frozenset[str]:
@@ -300,8 +307,11 @@ class ForwardBackwardInput:
         if not self.data:
             raise ValidationError("ForwardBackwardInput.data", "expected at least one Datum")
         required = REQUIRED_INPUTS[self.loss_fn]
+        needed = set(required)
         # A batch's replaced columns replace inputs its datums have: its datums have its keys.
         for i, datum in enumerate(self.data.datums):
+            if needed <= datum.loss_fn_inputs.keys():  # one C-level check per datum
+                continue
             missing = [k for k in required if k not in datum.loss_fn_inputs]
             if missing:
                 raise ValidationError(

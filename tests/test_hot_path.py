@@ -318,6 +318,8 @@ def test_datum_outputs_cut_columns_per_datum_when_read(lengths: list[int]) -> No
         ForwardBackwardOutput(DatumOutputs({"advantages": np.zeros(2, np.float32)}, [2]), {})
     with pytest.raises(ValidationError, match=r"DatumOutputs\['logprobs'\]"):
         DatumOutputs({"logprobs": np.zeros(3, np.float32)}, [2])
+    with pytest.raises(ValidationError, match="float32 or int64, got float64"):
+        DatumOutputs({"logprobs": np.zeros(2)}, [2])
 
 
 @settings(max_examples=50, deadline=None)
