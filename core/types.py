@@ -329,12 +329,13 @@ class ForwardBackwardInput:
 
     def check_vocabulary(self, vocab_size: int) -> None:
         """Refuse any input or target token id the model has no embedding for, naming it."""
-        # One bound check over the whole batch; the culprit is located only when it fails.
+        # One bound check per column over the whole batch, read as unsigned so a negative id
+        # is a huge one; the culprit is located only when it fails.
         batch = self.data
-        in_range = True
-        for ids in (batch.tokens, batch.column("target_tokens")):
-            in_range &= not ids.size or (ids.max() < vocab_size and ids.min() >= 0)
-        if in_range:
+        if all(
+            not ids.size or ids.view(np.uint64).max() < vocab_size
+            for ids in (batch.tokens, batch.column("target_tokens"))
+        ):
             return
         for i, datum in enumerate(batch):
             for what, ids in (

@@ -139,6 +139,26 @@ def test_vocabulary_check_names_the_datum_and_position(
     ForwardBackwardInput([_datum([1, 255], [255, 0])]).check_vocabulary(256)  # in range: passes
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.integers(-(2**63), 2**63 - 1) | st.integers(-3, 260), min_size=1, max_size=6),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_vocabulary_check_refuses_exactly_the_out_of_range_ids(targets: list[list[int]]) -> None:
+    # The batch-wide check reads ids as unsigned: a negative id must still be refused.
+    request = ForwardBackwardInput([_datum([1] * len(t), t) for t in targets])
+    bad = [(i, j) for i, t in enumerate(targets) for j, x in enumerate(t) if not 0 <= x < 256]
+    if not bad:
+        request.check_vocabulary(256)
+        return
+    i, j = bad[0]
+    with pytest.raises(ValidationError, match=rf"data\[{i}\]\.target_tokens\[{j}\]"):
+        request.check_vocabulary(256)
+
+
 def test_epoch_order_is_cached_and_read_only() -> None:
     plan = BatchPlan(50, 8, seed=3)
     order = plan.epoch_order(2)
