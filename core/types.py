@@ -95,15 +95,8 @@ class Datum:
         computed and keeps no handle to (the right dtype, one entry per token). Only the new
         arrays are checked, and they are not copied: the trainer reweights every datum of
         every step."""
-        n = self.model_input.length
         for key, array in replaced.items():
-            expected = _KNOWN_DTYPES.get(key)
-            if expected is None or array.dtype != expected or array.shape != (n,):
-                raise ValidationError(
-                    f"Datum.with_inputs[{key!r}]",
-                    f"expected a known input of dtype {expected} and shape ({n},), got "
-                    f"{array.dtype} {array.shape}",
-                )
+            _check_known_column(f"Datum.with_inputs[{key!r}]", key, array, self.model_input.length)
         inputs = {**self.loss_fn_inputs}
         for key, array in replaced.items():
             inputs[key] = TensorData.adopt(array)
@@ -193,13 +186,7 @@ class DatumBatch(_Columnar[Datum]):
         self._tokens: npt.NDArray[np.int64] | None = None
         for key, column in (replaced or {}).items():
             field = f"DatumBatch.replaced[{key!r}]"
-            expected = _KNOWN_DTYPES.get(key)
-            if expected is None or column.dtype != expected or column.shape != (self.num_tokens,):
-                raise ValidationError(
-                    field,
-                    f"expected a known input of dtype {expected} and shape ({self.num_tokens},),"
-                    f" got {column.dtype} {column.shape}",
-                )
+            _check_known_column(field, key, column, self.num_tokens)
             if not all(key in d.loss_fn_inputs for d in self.datums):
                 raise ValidationError(field, "replaces an input some datum does not have")
             column.flags.writeable = False
@@ -234,16 +221,27 @@ class DatumBatch(_Columnar[Datum]):
         if key in self._replaced:
             return self._replaced[key]
         if key not in self._columns:
+            dtype = _KNOWN_DTYPES.get(key, np.float32)
             parts = []
             for d, n in zip(self.datums, self.lengths, strict=True):
                 tensor = d.loss_fn_inputs.get(key)
                 if tensor is None and fill is None:
                     raise KeyError(key)
-                dtype = _KNOWN_DTYPES.get(key, np.float32)
                 parts.append(tensor.data if tensor is not None else np.full(n, fill, dtype))
-            empty = np.zeros(0, _KNOWN_DTYPES.get(key, np.float32))
-            self._columns[key] = _read_only(np.concatenate(parts) if parts else empty)
+            column = np.concatenate(parts) if parts else np.zeros(0, dtype)
+            self._columns[key] = _read_only(column)
         return self._columns[key]
+
+
+def _check_known_column(field: str, key: str, array: npt.NDArray[Any], n: int) -> None:
+    """``array`` can stand for loss input ``key`` over ``n`` tokens: a known key, its dtype."""
+    expected = _KNOWN_DTYPES.get(key)
+    if expected is None or array.dtype != expected or array.shape != (n,):
+        raise ValidationError(
+            field,
+            f"expected a known input of dtype {expected} and shape ({n},), got "
+            f"{array.dtype} {array.shape}",
+        )
 
 
 def _read_only(array: npt.NDArray[Any]) -> npt.NDArray[Any]:

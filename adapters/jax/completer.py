@@ -179,8 +179,8 @@ def generate(
         step_logits, caches = model(
             token[:, None], (last_pos + i)[:, None], valid[:, None, :], caches, p + i - 1
         )
-        picked = pick(i, step_logits[:, 0], done, count, out, out_lp)
-        return i + 1, picked[0], *picked[1:3], caches, valid, *picked[3:]
+        token, done, count, out, out_lp = pick(i, step_logits[:, 0], done, count, out, out_lp)
+        return i + 1, token, done, count, caches, valid, out, out_lp
 
     token, done, count, out, out_lp = pick(
         jnp.int32(0),
