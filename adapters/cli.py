@@ -23,9 +23,10 @@ from rich.table import Table
 
 from galley.adapters.composition import REGISTRY, build_adapters
 from galley.adapters.logging import configure_logging
-from galley.adapters.run_config import load_run_config
+from galley.adapters.run_config import load_run_config, resumed_config
 from galley.core.engine import Stream
 from galley.core.errors import ConfigError, GalleyError, WorkflowError
+from galley.core.records import TRAIN
 from galley.workflows import WORKFLOWS
 from galley.workflows.sft import RunResult, new_run_id
 
@@ -57,12 +58,16 @@ class ProgressObserver:
         self.progress.update(self.task, completed=counter)
 
     def on_metrics(self, stream: Stream, step: int, metrics: Mapping[str, float]) -> None:
-        if stream == "train" and self.task is not None:
-            self.progress.update(
-                self.task,
-                loss=f"{metrics['loss']:.4f}",
-                tps=f"{metrics.get('tokens_per_s', 0):,.0f}",
-            )
+        if stream != TRAIN or self.task is None:
+            return
+        if "loss" not in metrics:  # a skipped step (non-finite loss or gradient)
+            self.progress.update(self.task, loss=f"skipped step {step}")
+            return
+        self.progress.update(
+            self.task,
+            loss=f"{metrics['loss']:.4f}",
+            tps=f"{metrics.get('tokens_per_s', 0):,.0f}",
+        )
 
     def stop(self) -> None:
         self.progress.stop()
@@ -78,10 +83,12 @@ def print_summary(console: Console, result: RunResult, where: Callable[[str], st
     table.add_column("metric")
     table.add_column("before", justify="right")
     table.add_column("after", justify="right")
-    if result.metrics:
-        table.add_row(
-            "train loss", _fmt(result.metrics[0]["loss"]), _fmt(result.metrics[-1]["loss"])
-        )
+    losses = [m["loss"] for m in result.metrics if "loss" in m]  # skipped steps have none
+    if losses:
+        table.add_row("train loss", _fmt(losses[0]), _fmt(losses[-1]))
+    skipped = sum(1 for m in result.metrics if m.get("skipped"))
+    if skipped:
+        table.add_row("skipped steps", "", str(skipped))
     table.add_row("held-out NLL", _fmt(first_eval.get("eval/nll")), _fmt(last_eval.get("eval/nll")))
     if "eval/exact_match" in last_eval:
         table.add_row(
@@ -105,6 +112,8 @@ def print_summary(console: Console, result: RunResult, where: Callable[[str], st
 
 
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    if args.accept_changes and not args.resume:
+        raise ConfigError("--accept-changes applies to a resume: give it with --resume RUN_ID")
     sets = list(args.set)
     if args.resume:
         sets += [f"run_id={json.dumps(args.resume)}", "resume=true"]
@@ -114,6 +123,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         config = attrs.evolve(config, run_id=new_run_id(args.workflow))
     close_log = configure_logging("info" if args.verbose else "warning", args.log_file)
     adapters = build_adapters(run_config.adapters)
+    if args.resume:
+        config = resumed_config(run_config, adapters, args.resume)
     kinds = ", ".join(f"{port}={c.kind}" for port, c in run_config.adapters.items())
     console.print(
         f"galley {args.workflow} run {config.run_id}: {config.base_model} on {config.dataset}"
@@ -121,7 +132,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     console.print(f"adapters: {kinds}")
     observer = ProgressObserver(console)
     try:
-        result = run_config.workflow.run(config, adapters, observers=[observer])
+        result = run_config.workflow.run(
+            config, adapters, observers=[observer], accept_changes=args.accept_changes
+        )
     finally:
         observer.stop()
         close_log()
@@ -211,7 +224,16 @@ def parser() -> argparse.ArgumentParser:
         "--adapters", metavar="KIND", help="use this adapter kind for every port (e.g. noop)"
     )
     run.add_argument(
-        "--resume", metavar="RUN_ID", help="continue this run from its newest good checkpoint"
+        "--resume",
+        metavar="RUN_ID",
+        help="continue this run from its newest good checkpoint, with its saved settings "
+        "(settings given as well are checked against them)",
+    )
+    run.add_argument(
+        "--accept-changes",
+        action="store_true",
+        help="with --resume: continue even if the given settings change what the run trains "
+        "(the change is recorded in the run's run.json)",
     )
     run.add_argument("--log-file", type=Path, help="write every event as JSON lines to this file")
     run.add_argument("-v", "--verbose", action="store_true", help="show info events on the console")

@@ -13,6 +13,7 @@ from galley.adapters.metrics_stores import JsonlMetricsStore
 from galley.core.chat import Conversation, Message
 from galley.core.errors import NotFoundError, ValidationError
 from galley.core.manifest import MANIFEST_NAME
+from galley.core.records import EVAL, TRAIN
 from galley.core.rendering import make_renderer
 from galley.core.types import CheckpointRef, ModelRef, SamplingParams
 
@@ -36,12 +37,21 @@ def sampler_ref(checkpoint: Path) -> tuple[FsspecBlobStore, ModelRef]:
             "--checkpoint", f"{str(manifest_path)!r} does not name its base model"
         )
     blobs = FsspecBlobStore(str(checkpoint.parent))
-    return blobs, ModelRef(
-        base,
-        CheckpointRef(
-            "sampler", checkpoint.name, checkpoint.name, int(manifest.get("step", 0)), base
-        ),
-    )
+    # The folder may have been copied or renamed: the ref says what its manifest says it is.
+    try:
+        ref = CheckpointRef(
+            "sampler",
+            manifest["name"],
+            checkpoint.name,
+            manifest["run_id"],
+            int(manifest["step"]),
+            base,
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValidationError(
+            "--checkpoint", f"{str(manifest_path)!r} is not a galley manifest ({e})"
+        ) from None
+    return blobs, ModelRef(base, ref)
 
 
 def sample(
@@ -81,10 +91,19 @@ def plot(run_dir: Path) -> Path:
     rows = JsonlMetricsStore(str(run_dir.parent)).read(run_dir.name)
     if not rows:
         raise NotFoundError(f"no metrics in {str(run_dir / 'metrics.jsonl')!r}")
+    # Per stream, the last row of a step wins: a resumed run trained some steps again.
+    latest: dict[tuple[str, int, str], float] = {}
+    for r in rows:
+        for name, value in r.metrics.items():
+            latest[(r.stream, r.step, name)] = value
+
+    def curve(stream: str, name: str) -> list[tuple[int, float]]:
+        return sorted((s, v) for (st, s, n), v in latest.items() if (st, n) == (stream, name))
+
     series = {
-        "train loss": [(r.step, r.metrics["loss"]) for r in rows if "loss" in r.metrics],
-        "held-out NLL": [(r.step, r.metrics["eval/nll"]) for r in rows if "eval/nll" in r.metrics],
-        "learning rate": [(r.step, r.metrics["lr"]) for r in rows if "lr" in r.metrics],
+        "train loss": curve(TRAIN, "loss"),
+        "held-out NLL": curve(EVAL, "eval/nll"),
+        "learning rate": curve(TRAIN, "lr"),
     }
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, (title, points) in zip(axes, series.items(), strict=True):

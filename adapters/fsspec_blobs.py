@@ -3,6 +3,13 @@
 Writes are atomic: on a local disk the bytes go to a hidden temporary file in the same folder,
 are fsynced, then renamed over the key (readers see the old object or the new one); object
 stores already publish a PUT whole. Keys never escape the root (``check_key``).
+
+Locks reach as far as the filesystem lets them: on a local disk a lock is an ``flock`` on the
+lock file, shared by every process on the machine and released by the kernel when its holder
+dies (network filesystems vary: NFS honours flock only in some setups). Every other filesystem
+(``memory://``, object stores) gets locks within this process only: S3, GCS and the like have
+no lock a dead holder gives up, so there one process per lock key is the caller's to ensure (a
+scheduler that runs each run once); a warning says so when such a lock is taken.
 """
 
 from __future__ import annotations
@@ -13,11 +20,15 @@ from collections.abc import Iterator
 from typing import Any
 
 import fsspec
+import structlog
 
+from galley.adapters.locks import ProcessLocks, Release, lock_file
 from galley.core.errors import NotFoundError
 from galley.core.keys import check_key, check_prefix
 
 TMP_MARK = ".galley-tmp-"
+# fsspec's memory filesystem is one per process, so its locks are too (per root).
+_PROCESS_LOCKS = ProcessLocks()
 
 
 class FsspecBlobStore:
@@ -91,6 +102,32 @@ class FsspecBlobStore:
             if TMP_MARK not in key.rsplit("/", 1)[-1]:
                 keys.append(key)
         return sorted(keys)
+
+    def lock(self, key: str, owner: str) -> Release:
+        path = self._path(key)
+        if self.local:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            return lock_file(path, key, owner)
+        held = _PROCESS_LOCKS.take(key, owner, scope=f"{self.fs.protocol}:{self.root}")
+        if "memory" not in self.fs.protocol:
+            structlog.get_logger("galley").warning(
+                "blobs.lock.process_only",
+                key=key,
+                note="this store cannot lock across processes: run each lock key once",
+            )
+        try:
+            self.write(key, owner.encode())
+        except BaseException:
+            held.release()
+            raise
+
+        def release() -> None:
+            try:
+                self.delete(key)
+            finally:
+                held.release()
+
+        return Release(release)
 
     def delete(self, key: str) -> None:
         path = self._path(key)

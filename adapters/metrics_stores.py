@@ -10,25 +10,25 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import fsspec
 
+from galley.core.errors import ConfigError, ValidationError
 from galley.core.keys import check_name
 from galley.core.records import MetricRecord
 
 METRICS_FILE = "metrics.jsonl"
 
 
-def _row(run_id: str, step: int, metrics: Mapping[str, float]) -> dict[str, Any]:
+def _row(record: MetricRecord) -> dict[str, Any]:
     return {
-        "run_id": run_id,
-        "step": step,
-        "time": time.time(),
-        "metrics": {k: float(v) for k, v in metrics.items()},
+        "run_id": record.run_id,
+        "stream": record.stream,
+        "step": record.step,
+        "time": record.time,
+        "metrics": dict(record.metrics),
     }
 
 
@@ -49,8 +49,9 @@ class JsonlMetricsStore:
     def _path(self, run_id: str) -> str:
         return f"{self.root}/{check_name(run_id, 'run_id')}/{METRICS_FILE}"
 
-    def record(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
-        line = json.dumps(_row(run_id, step, metrics), sort_keys=True) + "\n"
+    def record(self, record: MetricRecord) -> None:
+        run_id = record.run_id
+        line = json.dumps(_row(record), sort_keys=True) + "\n"
         with self._lock:
             if self.appendable:
                 path = self._path(run_id)
@@ -80,12 +81,23 @@ class JsonlMetricsStore:
         if not self.fs.isfile(path):
             return []
         rows = []
-        for line in self.fs.cat_file(path).decode().splitlines():
+        lines = self.fs.cat_file(path).decode().splitlines()
+        for number, line in enumerate(lines, 1):
             try:
                 doc = json.loads(line)
             except json.JSONDecodeError:
                 continue  # a line another process is still writing
-            rows.append(MetricRecord(doc["run_id"], doc["step"], doc["metrics"], doc["time"]))
+            try:
+                rows.append(
+                    MetricRecord(
+                        doc["run_id"], doc["stream"], doc["step"], doc["metrics"], doc["time"]
+                    )
+                )
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValidationError(
+                    f"{self.url}/{run_id}/{METRICS_FILE}, line {number}",
+                    f"expected a metrics row with run_id, stream, step, metrics and time ({e})",
+                ) from None
         return rows
 
 
@@ -100,10 +112,16 @@ class SqliteMetricsStore:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, "
-                "run_id TEXT NOT NULL, step INTEGER NOT NULL, time REAL NOT NULL, "
-                "metrics TEXT NOT NULL)"
+                "run_id TEXT NOT NULL, stream TEXT NOT NULL, step INTEGER NOT NULL, "
+                "time REAL NOT NULL, metrics TEXT NOT NULL)"
             )
             db.execute("CREATE INDEX IF NOT EXISTS metrics_run ON metrics (run_id, id)")
+            columns = {row[1] for row in db.execute("PRAGMA table_info(metrics)")}
+        if "stream" not in columns:
+            raise ConfigError(
+                f"metrics database {str(self.path)!r} was written by an earlier galley whose "
+                "rows do not say their stream (train, eval); give a new path"
+            )
 
     def _connect(self) -> sqlite3.Connection:
         db: sqlite3.Connection | None = getattr(self._local, "db", None)
@@ -113,12 +131,17 @@ class SqliteMetricsStore:
             self._local.db = db
         return db
 
-    def record(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
-        row = _row(run_id, step, metrics)
+    def record(self, record: MetricRecord) -> None:
         with self._connect() as db:  # one transaction per row: durable once record returns
             db.execute(
-                "INSERT INTO metrics (run_id, step, time, metrics) VALUES (?, ?, ?, ?)",
-                (run_id, step, row["time"], json.dumps(row["metrics"], sort_keys=True)),
+                "INSERT INTO metrics (run_id, stream, step, time, metrics) VALUES (?, ?, ?, ?, ?)",
+                (
+                    record.run_id,
+                    record.stream,
+                    record.step,
+                    record.time,
+                    json.dumps(dict(record.metrics), sort_keys=True),
+                ),
             )
 
     def flush(self) -> None:
@@ -126,7 +149,7 @@ class SqliteMetricsStore:
 
     def read(self, run_id: str) -> list[MetricRecord]:
         cursor = self._connect().execute(
-            "SELECT run_id, step, metrics, time FROM metrics WHERE run_id = ? ORDER BY id",
+            "SELECT run_id, stream, step, metrics, time FROM metrics WHERE run_id = ? ORDER BY id",
             (run_id,),
         )
-        return [MetricRecord(r, s, json.loads(m), t) for r, s, m, t in cursor.fetchall()]
+        return [MetricRecord(r, st, s, json.loads(m), t) for r, st, s, m, t in cursor.fetchall()]

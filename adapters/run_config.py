@@ -10,9 +10,10 @@ from typing import Any
 import attrs
 
 from galley.adapters.composition import AdapterChoice, parse_adapters_table
-from galley.core.adapter_set import PORT_NAMES
+from galley.core.adapter_set import PORT_NAMES, Adapters
 from galley.core.config import config_from_mapping, parse_assignment
 from galley.core.errors import ConfigError
+from galley.core.runs import resume_settings
 from galley.workflows import WORKFLOWS, WorkflowSpec
 
 
@@ -21,6 +22,7 @@ class RunConfig:
     workflow: WorkflowSpec
     config: Any
     adapters: dict[str, AdapterChoice]
+    given: dict[str, Any] = attrs.field(factory=dict)  # the workflow settings given explicitly
 
 
 def workflow_spec(name: str) -> WorkflowSpec:
@@ -79,4 +81,13 @@ def load_run_config(
                 f"--set {text!r}: expected adapters.PORT=KIND or adapters.PORT.OPTION=VALUE"
             )
     config = config_from_mapping(spec.config_type, fields, f"{source} [{workflow}]")
-    return RunConfig(spec, config, parse_adapters_table(adapters, f"{source} [adapters]"))
+    return RunConfig(spec, config, parse_adapters_table(adapters, f"{source} [adapters]"), fields)
+
+
+def resumed_config(run_config: RunConfig, adapters: Adapters, run_id: str) -> Any:
+    """The config to resume ``run_id`` with: the settings saved with the run, overridden by
+    the ones given explicitly (which the workflow then checks against the saved ones)."""
+    spec = run_config.workflow
+    saved = resume_settings(adapters, run_config.config.output, run_id, spec.config_type)
+    settings = {**saved, **run_config.given}
+    return config_from_mapping(spec.config_type, settings, f"run {run_id!r} resumed")

@@ -66,6 +66,15 @@ class NotFoundError(GalleyError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
+class LockedError(GalleyError):
+    """A lock is held by someone else; ``holder`` is the text its holder wrote."""
+
+    def __init__(self, key: str, holder: str) -> None:
+        super().__init__(f"{key!r} is locked by {holder}")
+        self.key = key
+        self.holder = holder
+
+
 class NonFiniteError(GalleyError):
     """A loss or gradient norm came back NaN or infinite; names the step and its batch."""
 

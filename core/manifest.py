@@ -1,7 +1,8 @@
 """Checkpoint manifests: which blobs make up a checkpoint, with their sizes and SHA-256.
 
 An adapter writes every blob first and the manifest last, so a manifest only exists for a
-complete checkpoint; a reader verifies each blob against it before trusting the bytes.
+complete checkpoint; a reader checks that the manifest is the checkpoint it asked for (kind,
+run, name and step) and verifies each blob against it before trusting the bytes.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from galley.core.keys import join_key
 from galley.core.serialization import from_json, to_json
 
 if TYPE_CHECKING:
+    from galley.core.types import CheckpointRef
     from galley.ports.blobs import BlobStore
 
 MANIFEST_NAME = "manifest.json"
@@ -25,6 +27,12 @@ MANIFEST_NAME = "manifest.json"
 
 class CorruptCheckpointError(GalleyError):
     """A checkpoint blob is missing, truncated or altered; the message names the blob."""
+
+
+class CheckpointMismatchError(CorruptCheckpointError):
+    """A checkpoint that verifies but is not the one asked for: its manifest names another
+    run, step or name (a folder copied over another, an index line pointing elsewhere). As
+    unusable as a corrupt one, so whoever falls back past corrupt checkpoints does here too."""
 
 
 @attrs.frozen
@@ -37,6 +45,7 @@ class BlobDigest:
 class Manifest:
     kind: str
     name: str
+    run_id: str
     step: int
     files: Mapping[str, BlobDigest]
     meta: Mapping[str, str] = attrs.field(factory=dict)
@@ -52,6 +61,7 @@ def write_checkpoint(
     *,
     kind: str,
     name: str,
+    run_id: str,
     step: int,
     files: Mapping[str, bytes],
     meta: Mapping[str, str] | None = None,
@@ -62,6 +72,7 @@ def write_checkpoint(
     manifest = Manifest(
         kind,
         name,
+        run_id,
         step,
         {filename: digest(data) for filename, data in files.items()},
         dict(meta or {}),
@@ -70,8 +81,11 @@ def write_checkpoint(
     return manifest
 
 
-def read_checkpoint(blobs: BlobStore, prefix: str) -> tuple[Manifest, dict[str, bytes]]:
-    """The manifest and every blob it names, each verified; raises CorruptCheckpointError."""
+def read_checkpoint(blobs: BlobStore, ref: CheckpointRef) -> tuple[Manifest, dict[str, bytes]]:
+    """The manifest of the checkpoint ``ref`` names and every blob it lists, each verified.
+    Raises CheckpointMismatchError if the manifest is another checkpoint's, and
+    CorruptCheckpointError if it or a blob is missing or altered."""
+    prefix = ref.key
     key = join_key(prefix, MANIFEST_NAME)
     try:
         manifest = from_json(Manifest, blobs.read(key).decode())
@@ -79,6 +93,7 @@ def read_checkpoint(blobs: BlobStore, prefix: str) -> tuple[Manifest, dict[str, 
         raise CorruptCheckpointError(
             f"checkpoint manifest {key!r} is missing or unreadable: {e}"
         ) from e
+    check_identity(manifest, ref)
     files = {}
     for name, expected in manifest.files.items():
         blob_key = join_key(prefix, name)
@@ -95,3 +110,19 @@ def read_checkpoint(blobs: BlobStore, prefix: str) -> tuple[Manifest, dict[str, 
             )
         files[name] = data
     return manifest, files
+
+
+def check_identity(manifest: Manifest, ref: CheckpointRef) -> None:
+    """Refuse a manifest that is not the checkpoint ``ref`` names. The key is not compared:
+    a checkpoint may be copied whole to another place and still be itself."""
+    found = _describe(manifest.kind, manifest.run_id, manifest.name, manifest.step)
+    asked = _describe(ref.kind, ref.run_id, ref.name, ref.step)
+    if found != asked:
+        raise CheckpointMismatchError(
+            f"checkpoint {ref.key!r} holds {found}, not {asked} as asked; refusing to load it "
+            "(was it copied over, or does an index point into another run?)"
+        )
+
+
+def _describe(kind: str, run_id: str, name: str, step: int) -> str:
+    return f"{kind} {name!r} (step {step}) of run {run_id!r}"

@@ -449,6 +449,9 @@ class SessionConfig:
     lora: LoraConfig = attrs.field(factory=LoraConfig)
     seed: int = attrs.field(default=0, validator=int_at_least(0))
     storage_prefix: str = "sessions/default"
+    # The run this session trains for: stamped on every checkpoint it saves, so a load can
+    # tell a checkpoint of this run from one of another.
+    run_id: str = attrs.field(default="default", validator=safe_name)
 
 
 CheckpointKind = Literal["state", "sampler"]
@@ -456,11 +459,16 @@ CheckpointKind = Literal["state", "sampler"]
 
 @attrs.frozen
 class CheckpointRef:
-    """A saved training state (weights + optimizer) or sampler weights, by BlobStore key."""
+    """A saved training state (weights + optimizer) or sampler weights, by BlobStore key.
+
+    ``run_id``, ``name`` and ``step`` say which checkpoint this is; its manifest records the
+    same, and a load refuses a checkpoint whose manifest says otherwise (one copied over
+    another, or an index line pointing into another run)."""
 
     kind: CheckpointKind = attrs.field(validator=one_of(("state", "sampler")))
     name: str = attrs.field(validator=safe_name)
     key: str = attrs.field(validator=non_empty)
+    run_id: str = attrs.field(validator=safe_name)
     step: int = attrs.field(default=0, validator=int_at_least(0))
     base_model: str = ""
 

@@ -5,7 +5,7 @@ an adapter must guarantee.
 """
 
 from galley.core.tokenizer import Tokenizer
-from galley.ports.blobs import BlobStore
+from galley.ports.blobs import BlobLock, BlobStore
 from galley.ports.completer import Completer, Prompt
 from galley.ports.datasets import DatasetHandle, DatasetStore, Row
 from galley.ports.hub import HubClient
@@ -23,6 +23,7 @@ PORTS: dict[str, type] = {
 
 __all__ = [
     "PORTS",
+    "BlobLock",
     "BlobStore",
     "Completer",
     "DatasetHandle",

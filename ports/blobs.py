@@ -7,6 +7,14 @@ from typing import Protocol, runtime_checkable
 
 
 @runtime_checkable
+class BlobLock(Protocol):
+    """An exclusive lock held through a BlobStore; ``release`` removes its key and gives it
+    up (calling it again does nothing)."""
+
+    def release(self) -> None: ...
+
+
+@runtime_checkable
 class BlobStore(Protocol):
     """Keys are '/'-separated relative paths (``galley.core.keys.check_key``); a key that is
     absolute or contains '..' is refused with ``ValidationError`` before any I/O.
@@ -35,4 +43,12 @@ class BlobStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove one object; deleting a missing key is not an error."""
+        ...
+
+    def lock(self, key: str, owner: str) -> BlobLock:
+        """Take the exclusive lock named ``key`` and write ``owner`` (who holds it, as text)
+        to that key; while held, another ``lock`` of the key (from any process this store
+        can coordinate) raises ``LockedError`` whose ``holder`` is that text. A holder that
+        died without releasing loses the lock: the next ``lock`` takes it over. Each adapter
+        documents how far its locks reach (a local file lock, one process, ...)."""
         ...

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 from galley.core.records import MetricRecord
@@ -11,9 +10,10 @@ from galley.core.records import MetricRecord
 @runtime_checkable
 class MetricsStore(Protocol):
     """``record`` may buffer; after ``flush`` every recorded row is durable and visible to
-    ``read`` from any process. Rows of a run come back in the order they were recorded."""
+    ``read`` from any process. Rows of a run come back in the order they were recorded, each
+    with the stream (``train``, ``eval``, ...) its writer gave it."""
 
-    def record(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
+    def record(self, record: MetricRecord) -> None:
         """Append one row (may buffer until ``flush``)."""
         ...
 
@@ -22,5 +22,6 @@ class MetricsStore(Protocol):
         ...
 
     def read(self, run_id: str) -> list[MetricRecord]:
-        """Every flushed row of ``run_id`` in record order; [] for an unknown run."""
+        """Every flushed row of ``run_id`` in record order, as recorded (stream, step,
+        metrics, time); [] for an unknown run."""
         ...

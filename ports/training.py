@@ -72,7 +72,8 @@ class TrainingSession(Protocol):
         ...
 
     def save_state(self, name: str) -> Future[CheckpointRef]:
-        """Save trainable weights, optimizer state and step under ``name``.
+        """Save trainable weights, optimizer state and step under ``name``; the ref and the
+        saved manifest both record the session's run id, the name and the step.
 
         Atomic: the returned ref only resolves once every blob is completely written; a failure
         part-way leaves no loadable partial checkpoint and never damages an earlier one.
@@ -81,7 +82,10 @@ class TrainingSession(Protocol):
 
     def load_state(self, ref: CheckpointRef) -> Future[None]:
         """Restore a state saved by ``save_state``; training then continues exactly as it
-        would have from the moment it was saved."""
+        would have from the moment it was saved. A checkpoint whose manifest records another
+        run id, name or step than ``ref`` (one copied over another) fails the future with
+        ``CheckpointMismatchError``; a missing or altered blob with
+        ``CorruptCheckpointError``. Either way nothing is loaded."""
         ...
 
     def save_weights_for_sampler(self, name: str) -> Future[CheckpointRef]:

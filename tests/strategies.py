@@ -28,6 +28,7 @@ from galley.core.batching import DataPosition
 from galley.core.chat import ROLES
 from galley.core.model_input import EncodedTextChunk
 from galley.core.records import CheckpointRecord, MetricRecord
+from galley.core.runs import ConfigChange, FieldChange, RunRecord
 
 token = st.integers(0, 200_000)
 finite = st.floats(allow_nan=False, allow_infinity=False, width=32)
@@ -72,6 +73,7 @@ checkpoint_refs = st.builds(
     kind=st.sampled_from(["state", "sampler"]),
     name=name,
     key=name,
+    run_id=name,
     step=st.integers(0, 10**6),
     base_model=text,
 )
@@ -136,7 +138,11 @@ PUBLIC_TYPES = {
         LoraConfig, rank=st.integers(0, 512), alpha=st.floats(0.5, 512), seed=st.integers(0, 2**31)
     ),
     SessionConfig: st.builds(
-        SessionConfig, base_model=name, seed=st.integers(0, 2**31), storage_prefix=name
+        SessionConfig,
+        base_model=name,
+        seed=st.integers(0, 2**31),
+        storage_prefix=name,
+        run_id=name,
     ),
     SamplingParams: sampling_params,
     SampledSequence: sampled_sequences(),
@@ -156,8 +162,31 @@ PUBLIC_TYPES = {
     ),
     Message: st.builds(Message, st.sampled_from(ROLES), text),
     Conversation: conversations,
+    RunRecord: st.builds(
+        RunRecord,
+        workflow=name,
+        run_id=name,
+        config_version=st.integers(1, 9),
+        config=st.dictionaries(name, st.one_of(st.none(), st.booleans(), finite, text)),
+        created=finite,
+        history=st.lists(
+            st.builds(
+                ConfigChange,
+                time=finite,
+                changes=st.dictionaries(
+                    name, st.builds(FieldChange, st.one_of(finite, text), st.one_of(finite, text))
+                ),
+                accepted=st.lists(name, max_size=3).map(tuple),
+            ),
+            max_size=3,
+        ).map(tuple),
+    ),
     MetricRecord: st.builds(
-        MetricRecord, run_id=name, step=st.integers(0, 10**6), metrics=st.dictionaries(name, finite)
+        MetricRecord,
+        run_id=name,
+        stream=name,
+        step=st.integers(0, 10**6),
+        metrics=st.dictionaries(name, finite),
     ),
     CheckpointRecord: st.builds(
         CheckpointRecord,

@@ -166,7 +166,7 @@ CASES: list[tuple[str, Any, str]] = [
     ),
     ("flag run id with slash", cli("run", "sft", "--set", "run_id=a/b"), "run_id"),
     (
-        "resume without checkpoints",
+        "resume of a run that never ran",
         cli(
             "run",
             "sft",
@@ -177,7 +177,7 @@ CASES: list[tuple[str, Any, str]] = [
             "--set",
             "adapters.completer=noop",
         ),
-        "no checkpoint to resume from",
+        "run 'never-ran' has nothing to resume: no 'runs/never-ran/run.json'",
     ),
     (
         "jsonl not json",

@@ -39,7 +39,7 @@ def test_run_sft_on_noop(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     assert "galley://runs/cli/state/step-000012" in out and "galley://runs/cli/sampler/final" in out
     events = [json.loads(line) for line in log.read_text().splitlines()]
     names = [e["event"] for e in events]
-    assert names[0] == "workflow.start" and names[-1] == "workflow.end"
+    assert names[:2] == ["run.claimed", "workflow.start"] and names[-1] == "workflow.end"
     assert sum(n == "train.metrics" for n in names) == 12
     assert all(e["run_id"] == "cli" for e in events)
 

@@ -157,7 +157,7 @@ def test_other_errors_stop_at_once_naming_stage_and_step(adapters: Adapters) -> 
 def test_events_and_metrics(adapters: Adapters) -> None:
     @stage(reads=("step",), writes=())
     def measure(ctx: StageContext, step: int) -> dict[str, Any]:
-        ctx.record_metrics(step, {"loss": 1.0 / step})
+        ctx.record_metrics("train", step, {"loss": 1.0 / step})
         return {}
 
     with capture_logs() as logs:
@@ -179,7 +179,7 @@ def test_metrics_of_a_failed_attempt_are_not_recorded(adapters: Adapters) -> Non
 
     @stage(reads=("x",), writes=())
     def measure_then_fail_once(ctx: StageContext, x: int) -> dict[str, Any]:
-        ctx.record_metrics(1, {"loss": 2.0})
+        ctx.record_metrics("train", 1, {"loss": 2.0})
         attempts.append(1)
         if len(attempts) == 1:
             raise TransientError("blip after recording")

@@ -124,13 +124,14 @@ def test_a_torn_index_write_keeps_the_earlier_entries(tmp_path: Path) -> None:
 
 def test_faulty_adapter_is_seeded() -> None:
     from galley.adapters.noop import Faults, NoopMetricsStore
+    from galley.core import MetricRecord
 
     def failures(seed: int) -> list[int]:
         store = FaultyAdapter(NoopMetricsStore(), Faults(0.5, seed=seed), "metrics")
         out = []
         for i in range(40):
             try:
-                store.record("r", i, {"x": 1.0})
+                store.record(MetricRecord("r", "train", i, {"x": 1.0}))
             except TransientError:
                 out.append(i)
         return out

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from galley.adapters.fsspec_blobs import FsspecBlobStore
+from galley.core import LockedError
 from tests.contracts.blob_store import BlobStoreContract
 
 
@@ -108,3 +109,36 @@ def test_a_failed_local_write_keeps_the_old_object(
     monkeypatch.undo()
     assert store.read("ckpt/state.bin") == b"good"
     assert os.listdir(tmp_path / "ckpt") == ["state.bin"]
+
+
+HOLDER = """
+import sys
+from galley.adapters.fsspec_blobs import FsspecBlobStore
+from galley.core import LockedError
+FsspecBlobStore(sys.argv[1]).lock("runs/r/run.lock", "the other process")
+print("held", flush=True)
+sys.stdin.read()  # hold the lock until the parent closes stdin, or kills us
+"""
+
+
+def test_a_local_lock_excludes_other_processes_until_its_holder_dies(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        store = FsspecBlobStore(str(tmp_path))
+        with pytest.raises(LockedError, match="locked by the other process"):
+            store.lock("runs/r/run.lock", "this process")
+        holder.kill()  # dies holding it: no release, no cleanup
+        holder.wait(timeout=30)
+        taken = store.lock("runs/r/run.lock", "this process")  # the kernel freed it
+        assert store.read("runs/r/run.lock") == b"this process"
+        taken.release()
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)

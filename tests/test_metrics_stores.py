@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from galley.adapters.metrics_stores import JsonlMetricsStore, SqliteMetricsStore
+from galley.core import ConfigError, MetricRecord, ValidationError
 from tests.contracts.metrics_store import MetricsStoreContract
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,8 +42,8 @@ class TestSqlite(MetricsStoreContract):
 
 def test_jsonl_is_one_readable_line_per_record_while_the_run_goes(tmp_path: Path) -> None:
     store = JsonlMetricsStore(str(tmp_path))
-    store.record("run-1", 1, {"loss": 3.0})
-    store.record("run-1", 2, {"loss": 2.5})
+    store.record(MetricRecord("run-1", "train", 1, {"loss": 3.0}))
+    store.record(MetricRecord("run-1", "train", 2, {"loss": 2.5}))
     lines = (tmp_path / "run-1" / "metrics.jsonl").read_text().splitlines()  # no flush yet
     assert [json.loads(line)["metrics"]["loss"] for line in lines] == [3.0, 2.5]
     assert [r.step for r in JsonlMetricsStore(str(tmp_path)).read("run-1")] == [1, 2]
@@ -51,10 +52,11 @@ def test_jsonl_is_one_readable_line_per_record_while_the_run_goes(tmp_path: Path
 WRITER = """
 import sys
 from galley.adapters.metrics_stores import SqliteMetricsStore, JsonlMetricsStore
+from galley.core import MetricRecord
 kind, where, worker = sys.argv[1], sys.argv[2], int(sys.argv[3])
 store = SqliteMetricsStore(where) if kind == "sqlite" else JsonlMetricsStore(where)
 for step in range(100):
-    store.record("shared", step, {"worker": worker, "step": step})
+    store.record(MetricRecord("shared", "train", step, {"worker": worker, "step": step}))
 store.flush()
 """
 
@@ -76,7 +78,7 @@ def test_two_processes_write_the_same_store(tmp_path: Path, kind: str) -> None:
 
 def test_sqlite_rows_are_visible_to_another_process_at_once(tmp_path: Path) -> None:
     db = tmp_path / "live.db"
-    SqliteMetricsStore(db).record("r", 7, {"loss": 1.25})
+    SqliteMetricsStore(db).record(MetricRecord("r", "train", 7, {"loss": 1.25}))
     code = (
         "from galley.adapters.metrics_stores import SqliteMetricsStore as S;"
         f"print(S({str(db)!r}).read('r')[0].metrics['loss'])"
@@ -85,3 +87,22 @@ def test_sqlite_rows_are_visible_to_another_process_at_once(tmp_path: Path) -> N
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
     )
     assert out.stdout.strip() == "1.25"
+
+
+def test_stores_of_rows_without_a_stream_are_refused_not_guessed(tmp_path: Path) -> None:
+    """Rows written before metrics carried their stream: a reader would have to guess it."""
+    import sqlite3
+
+    db = tmp_path / "old.db"
+    with sqlite3.connect(db) as old:
+        old.execute(
+            "CREATE TABLE metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, "
+            "step INTEGER NOT NULL, time REAL NOT NULL, metrics TEXT NOT NULL)"
+        )
+    with pytest.raises(ConfigError, match="earlier galley whose rows do not say their stream"):
+        SqliteMetricsStore(db)
+    (tmp_path / "r").mkdir()
+    row = {"run_id": "r", "step": 1, "time": 0.0, "metrics": {"loss": 1.0}}
+    (tmp_path / "r" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValidationError, match=r"r/metrics.jsonl, line 1: expected .* stream"):
+        JsonlMetricsStore(str(tmp_path)).read("r")

@@ -62,7 +62,7 @@ def test_a_nan_loss_stops_the_run_naming_step_and_batch(tmp_path: Path) -> None:
     # The last good checkpoint (step 10) is intact; nothing was saved from the NaN weights.
     index = read_index(blobs, "runs", "nan")
     assert [r.step for r in index] == [5, 10]
-    read_checkpoint(blobs, index[-1].state.key)  # verifies every blob
+    read_checkpoint(blobs, index[-1].state)  # verifies every blob
 
 
 def test_a_nan_step_can_be_skipped_instead(tmp_path: Path) -> None:
@@ -154,7 +154,7 @@ def test_two_runs_sharing_a_blob_root_do_not_disturb_each_other(tmp_path: Path) 
         index = read_index(blobs, "runs", name)
         assert [r.step for r in index] == [4, 8, 12, 16, 20]
         for record in index:
-            read_checkpoint(blobs, record.state.key)
+            read_checkpoint(blobs, record.state)
         alone = run(
             SFTConfig(
                 max_steps=20,

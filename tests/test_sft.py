@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Mapping
 
 import pytest
 
@@ -76,8 +75,8 @@ class ListMetrics:
         self.rows: list[MetricRecord] = []
         self.flushed = 0
 
-    def record(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
-        self.rows.append(MetricRecord(run_id, step, metrics))
+    def record(self, record: MetricRecord) -> None:
+        self.rows.append(record)
 
     def flush(self) -> None:
         self.flushed += 1
@@ -89,16 +88,17 @@ class ListMetrics:
 def test_a_user_defined_adapter_fills_a_port() -> None:
     mine = ListMetrics()
     result = run(SFTConfig(max_steps=5, run_id="u"), noop_adapters(metrics=mine))
-    assert [r.step for r in mine.rows if "loss" in r.metrics] == [1, 2, 3, 4, 5]
-    assert mine.flushed == 1
-    assert [r.metrics["loss"] for r in mine.rows if "loss" in r.metrics] == [
+    assert [r.step for r in mine.rows if r.stream == "train"] == [1, 2, 3, 4, 5]
+    assert [r.stream for r in mine.rows if r.step == 0] == ["eval"]
+    assert mine.flushed == 2  # before the final checkpoint's index entry, and at the end
+    assert [r.metrics["loss"] for r in mine.rows if r.stream == "train"] == [
         m["loss"] for m in result.metrics
     ]
 
 
 def test_an_object_missing_port_methods_is_refused() -> None:
     class Half:
-        def record(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None: ...
+        def record(self, record: MetricRecord) -> None: ...
 
     with pytest.raises(
         ValueError,
@@ -123,7 +123,7 @@ def test_transient_faults_are_survived_with_the_same_result() -> None:
 
 
 def test_a_permanent_failure_stops_cleanly_with_state() -> None:
-    adapters = noop_adapters(faults=Faults(failure_rate=1.0))
+    adapters = noop_adapters(datasets=NoopDatasetStore(faults=Faults(failure_rate=1.0)))
     with pytest.raises(WorkflowError, match="load_dataset") as info:
         run(
             SFTConfig(max_steps=5, run_id="x"),

@@ -44,9 +44,10 @@ BAD = [
     (lambda: LoraConfig(rank=-4), "LoraConfig.rank"),
     (lambda: LoraConfig(rank=2.5), "LoraConfig.rank"),  # type: ignore[arg-type]
     (lambda: SessionConfig(base_model=""), "base_model"),
-    (lambda: CheckpointRef("weights", "x", "k"), "CheckpointRef.kind"),  # type: ignore[arg-type]
-    (lambda: CheckpointRef("state", "../x", "k"), "CheckpointRef.name"),
-    (lambda: ModelRef("m", CheckpointRef("state", "x", "k")), "ModelRef.adapter"),
+    (lambda: CheckpointRef("weights", "x", "k", "r"), "CheckpointRef.kind"),  # type: ignore[arg-type]
+    (lambda: CheckpointRef("state", "../x", "k", "r"), "CheckpointRef.name"),
+    (lambda: CheckpointRef("state", "x", "k", "a/b"), "CheckpointRef.run_id"),
+    (lambda: ModelRef("m", CheckpointRef("state", "x", "k", "r")), "ModelRef.adapter"),
     (lambda: SampledSequence([1, 2], [-0.1], "stop"), "SampledSequence.logprobs"),
     (lambda: SampledSequence([1], [-0.1], "eos"), "SampledSequence.stop_reason"),
     (lambda: Message("robot", "hi"), "Message.role"),

@@ -1,6 +1,7 @@
 """Supervised fine-tuning: the workflow, its config, and ``run``.
 
-load_dataset -> start_session -> render_dataset -> plan_training -> evaluate_base
+load_dataset -> start_session -> render_dataset -> plan_training -> resume_from_checkpoint
+-> save_run_record -> evaluate_base
 train loop: forward_backward -> optim_step -> collect_results [-> evaluate] [-> checkpoint]
 drain -> evaluate_final -> final_checkpoint -> export_sampler -> sample_answers
 """
@@ -9,8 +10,9 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
 import attrs
 
@@ -21,8 +23,9 @@ from galley.core.config import config_from_mapping
 from galley.core.engine import Every, Loop, Observer, RetryPolicy, Runner, Workflow
 from galley.core.errors import ValidationError, WorkflowError
 from galley.core.keys import check_prefix
-from galley.core.records import CheckpointRecord
+from galley.core.records import EVAL, TRAIN, CheckpointRecord
 from galley.core.rendering import RENDERERS
+from galley.core.runs import claim_run, resume_settings
 from galley.core.schedules import ScheduleKind
 from galley.core.stages import (
     SampleComparison,
@@ -38,6 +41,7 @@ from galley.core.stages import (
     render_dataset,
     resume_from_checkpoint,
     sample_answers,
+    save_run_record,
     start_session,
 )
 from galley.core.types import CheckpointRef
@@ -93,16 +97,73 @@ class SFTConfig:
     seed: int = attrs.field(default=0, validator=int_at_least(0))
     output: str = attrs.field(default="runs", validator=_prefix)
     run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
-    # Continue run `run_id` from its newest checkpoint that verifies (same config and seed).
+    # Continue run `run_id` from its newest checkpoint that verifies (settings checked
+    # against the run's saved ones: see TRAJECTORY_FIELDS).
     resume: bool = False
     # A NaN/Inf loss or gradient: "stop" the run naming step and batch, or "skip" the step.
     on_nonfinite: str = attrs.field(default="stop", validator=one_of(["stop", "skip"]))
+
+    # The shape of this class as saved in run records; bump it, and add an upgrade from the
+    # old shape (saved mapping -> new mapping), when a field is renamed or its meaning changes.
+    CONFIG_VERSION: ClassVar[int] = 1
+    CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
+
+    # How a resume treats each field (a test checks every field is in exactly one set).
+    # Changing one of these would train other weights than the saved run did: refused unless
+    # accepted explicitly.
+    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "base_model",
+            "dataset",
+            "train_split",
+            "eval_split",  # a dataset without it holds out train rows instead
+            "eval_holdout",
+            "batch_size",
+            "learning_rate",
+            "lr_schedule",
+            "warmup_steps",
+            "min_lr_ratio",
+            "weight_decay",
+            "grad_clip_norm",
+            "lora_rank",
+            "lora_alpha",
+            "max_length",
+            "truncate",
+            "train_on",
+            "renderer",
+            "seed",
+        }
+    )
+    # How many steps the run has: the LR schedule's length, so part of the trajectory unless
+    # the schedule is constant (then a run may be extended or cut short freely).
+    SCHEDULE_LENGTH_FIELDS: ClassVar[frozenset[str]] = frozenset({"max_steps", "num_epochs"})
+    # Where and how often to evaluate, checkpoint, sample and report, and who the run is.
+    FREE_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "checkpoint_every",
+            "keep_checkpoints",
+            "eval_every",
+            "eval_batch_size",
+            "submit_ahead",
+            "num_samples",
+            "sample_max_tokens",
+            "output",
+            "run_id",
+            "resume",
+            "on_nonfinite",  # what happens at a NaN, not what a finite step trains
+        }
+    )
 
     def __attrs_post_init__(self) -> None:
         if self.resume and self.run_id is None:
             raise ValidationError(
                 "SFTConfig.resume", "resuming needs the run_id of the run to continue"
             )
+
+    def trajectory_fields(self) -> frozenset[str]:
+        if self.lr_schedule == ScheduleKind.CONSTANT:
+            return self.TRAJECTORY_FIELDS
+        return self.TRAJECTORY_FIELDS | self.SCHEDULE_LENGTH_FIELDS
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str = "sft config") -> SFTConfig:
@@ -129,6 +190,7 @@ def build_workflow(config: SFTConfig) -> Workflow:
             render_dataset,
             plan_training,
             resume_from_checkpoint,
+            save_run_record,
             evaluate_stage("evaluate_base", at="start_step"),
             Loop(
                 "train",
@@ -163,53 +225,73 @@ def run(
     *,
     observers: Sequence[Observer] = (),
     retry: RetryPolicy | None = None,
+    accept_changes: bool = False,
 ) -> RunResult:
-    """Run SFT. Raises ``DataFlowError`` before doing anything if the workflow is miswired and
-    ``WorkflowError`` (with the state so far) if a stage fails for good."""
+    """Run SFT. Before anything is written, claims the run (see ``galley.core.runs``): a new
+    run refuses an existing ``run_id``, a resume refuses a run in use or settings that would
+    change its training (unless ``accept_changes``). Raises ``DataFlowError`` before doing
+    anything if the workflow is miswired and ``WorkflowError`` (with the state so far) if a
+    stage fails for good."""
     run_id = config.run_id or new_run_id()
-    initial = attrs.asdict(attrs.evolve(config, run_id=run_id), recurse=False)
+    config = attrs.evolve(config, run_id=run_id)
+    initial = attrs.asdict(config, recurse=False)
     runner = Runner(adapters, run_id=run_id, retry=retry, observers=observers)
     state: dict[str, Any] = {}
-    try:
-        state = runner.run(build_workflow(config), initial)
-    except WorkflowError as error:
-        state = error.state
-        raise
-    finally:
-        if "session" in state:
-            state["session"].close()
-    rows = (
-        earlier_rows(adapters, run_id, state["start_step"])
-        if config.resume
-        else {"train": [], "eval": []}
+    claim = claim_run(
+        adapters, "sft", config, accept_changes=accept_changes, retry=runner.retry, log=runner.log
     )
-    for stream, record in runner.records:
-        rows[stream].append({"step": float(record.step), **record.metrics})
+    with claim as run_record:
+        try:
+            state = runner.run(build_workflow(config), {**initial, "run_record": run_record})
+        except WorkflowError as error:
+            state = error.state
+            raise
+        finally:
+            if "session" in state:
+                state["session"].close()
+    rows = defaultdict(
+        list, earlier_rows(adapters, run_id, state["start_step"]) if config.resume else {}
+    )
+    for record in runner.records:
+        rows[record.stream].append({"step": float(record.step), **record.metrics})
     return RunResult(
         run_id=run_id,
         steps=state["total_steps"] - state["start_step"],
-        metrics=rows["train"],
-        eval=_merge_by_step(rows["eval"]),
+        metrics=rows[TRAIN],
+        eval=_merge_by_step(rows[EVAL]),
         checkpoints=tuple(state["checkpoints"]),
         sampler=state.get("sampler"),
         samples=tuple(state.get("samples", ())),
     )
 
 
+def resume_config(
+    adapters: Adapters, run_id: str, *, output: str = "runs", **changes: Any
+) -> SFTConfig:
+    """The saved config of run ``run_id`` (under ``output``), set to resume, with ``changes``:
+    ``run(resume_config(adapters, "my-run"), adapters)`` continues it as it was started."""
+    saved = resume_settings(adapters, output, run_id, SFTConfig)
+    return SFTConfig.from_mapping({**saved, **changes, "resume": True}, f"run {run_id!r}")
+
+
 def earlier_rows(
     adapters: Adapters, run_id: str, resumed_at: int
 ) -> dict[str, list[dict[str, float]]]:
     """Metrics the interrupted run recorded up to the checkpoint it resumes from (steps after
-    it are trained again). The last row of a step wins, so repeated resumes don't duplicate."""
+    it are trained again, and the start is evaluated again if due). The last row of a step
+    wins, so repeated resumes don't duplicate."""
     train: dict[int, dict[str, float]] = {}
-    evals: list[dict[str, float]] = []
+    evals: dict[int, list[dict[str, float]]] = {}
     for record in adapters.metrics.read(run_id):
         row = {"step": float(record.step), **record.metrics}
-        if "loss" in record.metrics and record.step <= resumed_at:
+        if record.stream == TRAIN and record.step <= resumed_at:
             train[record.step] = row
-        elif "loss" not in record.metrics and record.step < resumed_at:
-            evals.append(row)
-    return {"train": [train[s] for s in sorted(train)], "eval": evals}
+        elif record.stream == EVAL and record.step < resumed_at:
+            evals.setdefault(record.step, []).append(row)
+    return {
+        TRAIN: [train[s] for s in sorted(train)],
+        EVAL: [row for s in sorted(evals) for row in evals[s]],
+    }
 
 
 def _merge_by_step(rows: list[dict[str, float]]) -> list[dict[str, float]]:

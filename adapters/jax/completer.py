@@ -248,7 +248,7 @@ class JaxCompleter:
         folder = resolve_model_folder(ref.base_model, self.hub)
         tokenizer_folder = folder
         if ref.adapter is not None:
-            manifest, files = read_checkpoint(self.blobs, ref.adapter.key)
+            manifest, files = read_checkpoint(self.blobs, ref.adapter)
             if manifest.meta.get("format") == "merged":
                 folder = Path(tempfile.mkdtemp(prefix="galley-merged-"))
                 for name, data in files.items():

@@ -40,7 +40,7 @@ from galley.adapters.request_queue import Deferred, RequestQueue
 from galley.core.errors import ValidationError
 from galley.core.keys import check_name, join_key
 from galley.core.losses import LossFn
-from galley.core.manifest import read_checkpoint, write_checkpoint
+from galley.core.manifest import CheckpointMismatchError, read_checkpoint, write_checkpoint
 from galley.core.types import (
     AdamParams,
     CheckpointRef,
@@ -367,14 +367,22 @@ class JaxTrainingSession:
             prefix,
             kind="state",
             name=name,
+            run_id=self.config.run_id,
             step=self._step,
             files={STATE_FILE: save_safetensors(tensors)},
             meta=meta,
         )
-        return CheckpointRef("state", name, prefix, self._step, self.config.base_model)
+        return CheckpointRef(
+            "state", name, prefix, self.config.run_id, self._step, self.config.base_model
+        )
 
     def _load_state(self, ref: CheckpointRef) -> None:
-        manifest, files = read_checkpoint(self._client.blobs, ref.key)
+        manifest, files = read_checkpoint(self._client.blobs, ref)
+        if STATE_FILE not in files:
+            raise CheckpointMismatchError(
+                f"checkpoint {ref.key!r} was not saved by the JAX training adapter "
+                f"(it has no {STATE_FILE}): resume with the adapter that saved it"
+            )
         if json.loads(manifest.meta.get("lora", "{}")) != self._lora_meta():
             raise ValidationError(
                 "load_state", f"checkpoint {ref.key!r} was saved with another LoRA shape"
@@ -419,11 +427,14 @@ class JaxTrainingSession:
             prefix,
             kind="sampler",
             name=name,
+            run_id=self.config.run_id,
             step=self._step,
             files=files,
             meta={"format": kind, "base_model": self.config.base_model},
         )
-        return CheckpointRef("sampler", name, prefix, self._step, self.config.base_model)
+        return CheckpointRef(
+            "sampler", name, prefix, self.config.run_id, self._step, self.config.base_model
+        )
 
 
 class JaxTrainingClient:

@@ -7,7 +7,6 @@ import fnmatch
 import json
 import tempfile
 import threading
-import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 import attrs
 import numpy as np
 
+from galley.adapters.locks import ProcessLocks, Release
 from galley.adapters.noop.faults import FaultInjector, Faults
 from galley.core.errors import NotFoundError, ValidationError
 from galley.core.keys import check_key, check_prefix
@@ -158,12 +158,14 @@ class NoopDatasetStore:
 
 
 class NoopBlobStore:
-    """Blobs in a dict. Writes replace whole objects under a lock, so they are atomic."""
+    """Blobs in a dict. Writes replace whole objects under a lock, so they are atomic. Locks
+    (``lock``) are exact: the blobs live in this process, and so do their holders."""
 
     def __init__(self, faults: Faults | None = None) -> None:
         self._blobs: dict[str, bytes] = {}
         self._lock = threading.Lock()
         self._faults = FaultInjector(faults)
+        self._locks = ProcessLocks()
 
     def read(self, key: str) -> bytes:
         check_key(key)
@@ -200,6 +202,19 @@ class NoopBlobStore:
         self._faults("blobs.delete")
         with self._lock:
             self._blobs.pop(key, None)
+
+    def lock(self, key: str, owner: str) -> Release:
+        check_key(key)
+        held = self._locks.take(key, owner)
+        with self._lock:
+            self._blobs[key] = owner.encode()
+
+        def release() -> None:
+            with self._lock:
+                self._blobs.pop(key, None)
+            held.release()
+
+        return Release(release)
 
 
 def _check_repo_id(repo_id: str) -> str:
@@ -264,11 +279,10 @@ class NoopMetricsStore:
         self._lock = threading.Lock()
         self._faults = FaultInjector(faults)
 
-    def record(self, run_id: str, step: int, metrics: Mapping[str, float]) -> None:
+    def record(self, record: MetricRecord) -> None:
         self._faults("metrics.record")
-        row = MetricRecord(run_id, step, metrics, time.time())
         with self._lock:
-            self._rows.setdefault(run_id, []).append(row)
+            self._rows.setdefault(record.run_id, []).append(record)  # frozen: safe to keep
 
     def flush(self) -> None:
         self._faults("metrics.flush")

@@ -27,7 +27,7 @@ from galley.adapters.request_queue import ImmediateQueue
 from galley.core.errors import ValidationError
 from galley.core.keys import check_name, join_key
 from galley.core.losses import REQUIRED_INPUTS, LossFn, reference_loss
-from galley.core.manifest import read_checkpoint, write_checkpoint
+from galley.core.manifest import CheckpointMismatchError, read_checkpoint, write_checkpoint
 from galley.core.types import (
     AdamParams,
     CheckpointKind,
@@ -226,13 +226,21 @@ class NoopTrainingSession:
             prefix,
             kind=kind,
             name=name,
+            run_id=self.config.run_id,
             step=self._params.step,
             files={filename: body},
         )
-        return CheckpointRef(kind, name, prefix, self._params.step, self.config.base_model)
+        return CheckpointRef(
+            kind, name, prefix, self.config.run_id, self._params.step, self.config.base_model
+        )
 
     def _load(self, ref: CheckpointRef) -> None:
-        _, files = read_checkpoint(self._blobs, ref.key)
+        _, files = read_checkpoint(self._blobs, ref)
+        if STATE_FILE not in files:
+            raise CheckpointMismatchError(
+                f"checkpoint {ref.key!r} was not saved by the noop training adapter "
+                f"(it has no {STATE_FILE}): resume with the adapter that saved it"
+            )
         data = json.loads(files[STATE_FILE])
         self._params = _Params(**{f.name: data[f.name] for f in attrs.fields(_Params)})
 

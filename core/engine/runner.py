@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 import attrs
 import structlog
@@ -21,7 +21,7 @@ from galley.core.engine.stage import Every, Loop, Stage, Step, Workflow
 from galley.core.errors import DataFlowError, WorkflowError
 from galley.core.records import MetricRecord
 
-Stream = Literal["train", "eval"]
+Stream = str  # a MetricRecord's stream: "train", "eval", or a workflow's own
 
 
 class Observer(Protocol):
@@ -44,10 +44,12 @@ class StageContext:
     log: Any
     _runner: Runner
 
-    def record_metrics(
-        self, step: int, metrics: Mapping[str, float], stream: Stream = "train"
-    ) -> None:
-        self._runner.record_metrics(step, metrics, stream)
+    def record_metrics(self, stream: Stream, step: int, metrics: Mapping[str, float]) -> None:
+        self._runner.record_metrics(stream, step, metrics)
+
+    def flush_metrics(self) -> None:
+        """Make every metric committed so far durable (before writing what points past it)."""
+        self._runner.flush_metrics()
 
 
 class Runner:
@@ -67,33 +69,36 @@ class Runner:
         self.run_id = run_id
         self.retry = retry or RetryPolicy()
         self.observers = tuple(observers)
-        self.records: list[tuple[Stream, MetricRecord]] = []
+        self.records: list[MetricRecord] = []
         # Metrics a stage records are held until the stage succeeds, like its state updates,
         # so a retried attempt never records them twice.
-        self._uncommitted: list[tuple[int, Mapping[str, float], Stream]] | None = None
+        self._uncommitted: list[MetricRecord] | None = None
         self.log = structlog.get_logger("galley").bind(run_id=run_id)
         self._ctx = StageContext(adapters, run_id, self.log, self)
 
-    def record_metrics(
-        self, step: int, metrics: Mapping[str, float], stream: Stream = "train"
-    ) -> None:
+    def record_metrics(self, stream: Stream, step: int, metrics: Mapping[str, float]) -> None:
         """Record now, or when the running stage succeeds if called from a stage."""
+        record = MetricRecord(self.run_id, stream, step, metrics, time.time())
         if self._uncommitted is not None:
-            self._uncommitted.append((step, dict(metrics), stream))
+            self._uncommitted.append(record)
         else:
-            self._commit_metrics(step, metrics, stream)
+            self._commit_metrics(record)
 
-    def _commit_metrics(self, step: int, metrics: Mapping[str, float], stream: Stream) -> None:
-        record = MetricRecord(self.run_id, step, metrics, time.time())
+    def _commit_metrics(self, record: MetricRecord) -> None:
         call_with_retry(
             self.retry,
-            lambda: self.adapters.metrics.record(self.run_id, step, record.metrics),
-            self._on_retry("metrics.record", step),
+            lambda: self.adapters.metrics.record(record),
+            self._on_retry("metrics.record", record.step),
         )
-        self.records.append((stream, record))
-        self.log.info(f"{stream}.metrics", step=step, **record.metrics)
+        self.records.append(record)
+        self.log.info(f"{record.stream}.metrics", step=record.step, **record.metrics)
         for observer in self.observers:
-            observer.on_metrics(stream, step, record.metrics)
+            observer.on_metrics(record.stream, record.step, record.metrics)
+
+    def flush_metrics(self) -> None:
+        call_with_retry(
+            self.retry, self.adapters.metrics.flush, self._on_retry("metrics.flush", None)
+        )
 
     def run(self, workflow: Workflow, initial: Mapping[str, Any]) -> dict[str, Any]:
         """Run ``workflow`` from ``initial`` state; return the final state.
@@ -107,9 +112,7 @@ class Runner:
         started = time.perf_counter()
         try:
             self._run_steps(workflow.steps, state, None)
-            call_with_retry(
-                self.retry, self.adapters.metrics.flush, self._on_retry("metrics.flush", None)
-            )
+            self.flush_metrics()
         except WorkflowError as error:
             log.error("workflow.error", stage=error.stage, step=error.step, error=str(error))
             raise
@@ -168,8 +171,8 @@ class Runner:
             )
         state.update(outputs)
         try:
-            for metrics_step, metrics, stream in uncommitted:
-                self._commit_metrics(metrics_step, metrics, stream)
+            for record in uncommitted:
+                self._commit_metrics(record)
         except Exception as error:
             raise self._failure(stage, step, state, error) from error
         if not quiet:

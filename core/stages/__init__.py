@@ -5,6 +5,7 @@ from galley.core.stages.checkpoint import (
     export_sampler,
     read_index,
     resume_from_checkpoint,
+    save_run_record,
 )
 from galley.core.stages.data import load_dataset
 from galley.core.stages.evaluate import evaluate_stage, heldout_nll
@@ -39,5 +40,6 @@ __all__ = [
     "render_dataset",
     "resume_from_checkpoint",
     "sample_answers",
+    "save_run_record",
     "start_session",
 ]

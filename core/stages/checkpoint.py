@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from galley.core.batching import BatchPlan
 from galley.core.engine import FunctionStage, StageContext, stage
-from galley.core.errors import GalleyError, NotFoundError
+from galley.core.errors import GalleyError, ValidationError
 from galley.core.keys import join_key
-from galley.core.manifest import MANIFEST_NAME, CorruptCheckpointError
+from galley.core.manifest import MANIFEST_NAME, CheckpointMismatchError, CorruptCheckpointError
 from galley.core.records import CheckpointRecord
+from galley.core.runs import RunRecord, write_run_record
 from galley.core.serialization import from_data, to_data
 
 if TYPE_CHECKING:
@@ -91,6 +92,9 @@ def checkpoint_stage(name: str, at: str) -> FunctionStage:
         kept = [*checkpoints, record]
         dropped = kept[:-keep_checkpoints] if keep_checkpoints else []
         kept = kept[len(dropped) :]
+        # A resume continues after the newest index entry with the metrics stored up to it:
+        # rows a store still buffers must be durable before the entry exists.
+        ctx.flush_metrics()
         write_index(ctx.adapters.blobs, output, run_id, kept)
         for old in dropped:
             delete_checkpoint(ctx.adapters.blobs, old.state)
@@ -107,8 +111,18 @@ def checkpoint_stage(name: str, at: str) -> FunctionStage:
     )
 
 
+def check_entry(record: CheckpointRecord, run_id: str) -> None:
+    """Refuse an index entry whose checkpoint ref is not this run's at the entry's step."""
+    ref = record.state
+    if ref.run_id != run_id or ref.step != record.step:
+        raise CheckpointMismatchError(
+            f"index entry {record.name!r} (step {record.step}) of run {run_id!r} points at "
+            f"{ref.key!r}, a checkpoint of run {ref.run_id!r} at step {ref.step}"
+        )
+
+
 @stage(
-    reads=("session", "output", "run_id", "resume", "eval_every"),
+    reads=("session", "output", "run_id", "resume", "eval_every", "total_steps"),
     writes=("start_step", "checkpoints", "evaluated_at"),
     ports=("training", "blobs"),
 )
@@ -119,32 +133,55 @@ def resume_from_checkpoint(
     run_id: str,
     resume: bool,
     eval_every: int,
+    total_steps: int,
 ) -> dict[str, Any]:
-    """When resuming, load the newest checkpoint that verifies (falling back past corrupt or
-    missing ones) and continue after its step; otherwise start at step 0. The start is
-    evaluated only where an uninterrupted run evaluates (step 0, or on the eval schedule)."""
+    """When resuming, load the newest checkpoint that verifies and is this run's (falling
+    back past corrupt, missing or mismatched ones) and continue after its step; otherwise, or
+    when no checkpoint was written yet, start at step 0. A checkpoint past the run's last step
+    is refused; one at it leaves only the stages after training to run. The start is
+    evaluated only where an uninterrupted run evaluates (step 0, on the eval schedule, or the
+    last step)."""
+    fresh = {"start_step": 0, "checkpoints": (), "evaluated_at": -1}
     if not resume:
-        return {"start_step": 0, "checkpoints": (), "evaluated_at": -1}
+        return fresh
     index = read_index(ctx.adapters.blobs, output, run_id)
     if not index:
-        raise NotFoundError(
-            f"run {run_id!r} has no checkpoint to resume from (no {index_key(output, run_id)!r})"
-        )
+        ctx.log.warning("run.restarted", reason=f"no checkpoint in {index_key(output, run_id)!r}")
+        return fresh
+    problems = []
     for i in range(len(index) - 1, -1, -1):
         record = index[i]
         try:
+            check_entry(record, run_id)
             session.load_state(record.state).result()
         except CorruptCheckpointError as error:
             ctx.log.warning("checkpoint.unusable", step=record.step, error=str(error))
+            problems.append(f"step {record.step}: {error}")
             continue
+        if record.step > total_steps:
+            raise ValidationError(
+                "total steps",
+                f"run {run_id!r} is to end at step {total_steps}, but its checkpoint "
+                f"{record.state.key!r} is already at step {record.step}; a run cannot resume "
+                "below its checkpoint (give the saved max_steps, or more)",
+            )
         ctx.log.info("run.resumed", step=record.step, key=record.state.key)
         on_schedule = eval_every > 0 and record.step % eval_every == 0
         return {
             "start_step": record.step,
             "checkpoints": tuple(index[: i + 1]),
-            "evaluated_at": -1 if on_schedule else record.step,
+            "evaluated_at": -1 if on_schedule or record.step == total_steps else record.step,
         }
-    raise CorruptCheckpointError(f"run {run_id!r}: none of its {len(index)} checkpoints verifies")
+    raise CorruptCheckpointError(
+        f"run {run_id!r}: none of its {len(index)} checkpoints is usable ({'; '.join(problems)})"
+    )
+
+
+@stage(reads=("run_record", "output"), ports=("blobs",))
+def save_run_record(ctx: StageContext, run_record: RunRecord, output: str) -> dict[str, Any]:
+    """Save the run's settings (and any change a resume made to them) before its first step."""
+    write_run_record(ctx.adapters, output, run_record)
+    return {}
 
 
 @stage(reads=("session", "total_steps"), writes=("sampler",), ports=("training",))

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from galley.core.engine import FunctionStage, StageContext
+from galley.core.records import EVAL
 from galley.core.stages.train import Pipeline, collect
 from galley.core.types import Datum, DatumBatch
 
@@ -46,7 +47,7 @@ def evaluate_stage(name: str, at: str) -> FunctionStage:
         step = position[at]
         pipeline = collect(ctx, pipeline, 0)
         if eval_data and step != evaluated_at:
-            ctx.record_metrics(step, heldout_nll(session, eval_data, eval_batch_size), "eval")
+            ctx.record_metrics(EVAL, step, heldout_nll(session, eval_data, eval_batch_size))
         return {"pipeline": pipeline, "evaluated_at": step}
 
     return FunctionStage(

@@ -9,6 +9,7 @@ import attrs
 
 from galley.core.chat import Conversation
 from galley.core.engine import StageContext, stage
+from galley.core.records import EVAL
 from galley.core.rendering import Renderer
 from galley.core.types import CheckpointRef, ModelRef, SamplingParams
 
@@ -73,11 +74,11 @@ def sample_answers(
     )
     n = len(samples)
     ctx.record_metrics(
+        EVAL,
         total_steps,
         {
             "eval/exact_match_base": sum(exact_match(s.base, s.reference) for s in samples) / n,
             "eval/exact_match": sum(exact_match(s.tuned, s.reference) for s in samples) / n,
         },
-        "eval",
     )
     return {"samples": samples}

@@ -29,6 +29,7 @@ def start_session(
         lora=LoraConfig(rank=lora_rank, alpha=lora_alpha, seed=seed),
         seed=seed,
         storage_prefix=join_key(output, run_id),
+        run_id=run_id,
     )
     session = ctx.adapters.training.start_session(config)
     info = session.model_info

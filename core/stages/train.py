@@ -19,6 +19,7 @@ import numpy as np
 from galley.core.batching import BatchPlan, total_steps
 from galley.core.engine import StageContext, stage
 from galley.core.errors import NonFiniteError, ValidationError
+from galley.core.records import TRAIN
 from galley.core.schedules import LRSchedule
 from galley.core.types import (
     AdamParams,
@@ -208,7 +209,7 @@ def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipel
         if not finite and pipeline.skip_nonfinite:
             # The backend left weights and optimizer state as they were (port guarantee).
             ctx.log.warning("step.skipped", step=entry.step, examples=list(entry.examples))
-            ctx.record_metrics(entry.step, {"skipped": 1.0, "tokens": float(entry.tokens)})
+            ctx.record_metrics(TRAIN, entry.step, {"skipped": 1.0, "tokens": float(entry.tokens)})
             continue
         check_finite(entry, "loss", fb.metrics["loss:sum"])
         if optim is not None:
@@ -221,7 +222,7 @@ def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipel
                 "update_norm": optim.update_norm,
             }
         metrics["tokens_per_s"] = entry.tokens / elapsed if elapsed > 0 else 0.0
-        ctx.record_metrics(entry.step, metrics)
+        ctx.record_metrics(TRAIN, entry.step, metrics)
     return pipeline.with_in_flight(tuple(pending), last)
 
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from galley.core import NotFoundError, ValidationError
+from galley.core import LockedError, NotFoundError, ValidationError
 from galley.ports import BlobStore
 
 
@@ -83,3 +83,25 @@ class BlobStoreContract:
             t.join()
         seen.add(store.read("shared"))
         assert seen <= set(payloads)
+
+    def test_a_lock_is_exclusive_until_released(self) -> None:
+        store = self.make()
+        held = store.lock("runs/r/run.lock", "holder one")
+        assert store.read("runs/r/run.lock") == b"holder one"
+        with pytest.raises(LockedError, match="'runs/r/run.lock' is locked by holder one") as info:
+            store.lock("runs/r/run.lock", "holder two")
+        assert info.value.holder == "holder one"
+        other = store.lock("runs/other/run.lock", "holder three")  # another key is free
+        held.release()
+        held.release()  # releasing twice is harmless
+        assert not store.exists("runs/r/run.lock")  # nothing left behind
+        again = store.lock("runs/r/run.lock", "holder two")
+        assert store.read("runs/r/run.lock") == b"holder two"
+        with pytest.raises(LockedError, match="holder two"):
+            store.lock("runs/r/run.lock", "holder one")
+        again.release()
+        other.release()
+
+    def test_lock_keys_escaping_the_root_are_refused(self) -> None:
+        with pytest.raises(ValidationError, match="key"):
+            self.make().lock("../run.lock", "me")

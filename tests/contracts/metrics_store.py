@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 
+from galley.core import MetricRecord
 from galley.ports import MetricsStore
 
 
@@ -16,23 +17,38 @@ class MetricsStoreContract:
 
     def test_read_returns_what_record_wrote_in_order(self) -> None:
         store = self.make()
-        store.record("run-a", 1, {"loss": 2.5, "lr": 1e-4})
-        store.record("run-b", 1, {"loss": 9.0})
-        store.record("run-a", 2, {"loss": 2.25, "lr": 1e-4})
-        store.flush()
-        rows = store.read("run-a")
-        assert [(r.run_id, r.step, dict(r.metrics)) for r in rows] == [
-            ("run-a", 1, {"loss": 2.5, "lr": 1e-4}),
-            ("run-a", 2, {"loss": 2.25, "lr": 1e-4}),
+        written = [
+            MetricRecord("run-a", "train", 1, {"loss": 2.5, "lr": 1e-4}, 10.0),
+            MetricRecord("run-b", "train", 1, {"loss": 9.0}, 11.0),
+            MetricRecord("run-a", "eval", 1, {"eval/nll": 3.0}, 12.0),
+            MetricRecord("run-a", "train", 2, {"skipped": 1.0, "tokens": 40.0}, 13.0),
         ]
+        for record in written:
+            store.record(record)
+        store.flush()
+        assert store.read("run-a") == [r for r in written if r.run_id == "run-a"]
         assert store.read("missing") == []
+
+    def test_the_stream_is_kept_not_inferred(self) -> None:
+        """A train row without a loss (a skipped step) is still a train row, and an eval row
+        named like a train metric is still an eval row."""
+        store = self.make()
+        store.record(MetricRecord("r", "train", 3, {"skipped": 1.0}))
+        store.record(MetricRecord("r", "eval", 3, {"loss": 1.0}))
+        store.record(MetricRecord("r", "rollouts", 3, {"reward": 0.5}))
+        store.flush()
+        assert [(r.stream, dict(r.metrics)) for r in store.read("r")] == [
+            ("train", {"skipped": 1.0}),
+            ("eval", {"loss": 1.0}),
+            ("rollouts", {"reward": 0.5}),
+        ]
 
     def test_concurrent_records_are_all_kept(self) -> None:
         store = self.make()
 
         def work(worker: int) -> None:
             for step in range(50):
-                store.record("run", step, {"worker": float(worker)})
+                store.record(MetricRecord("run", "train", step, {"worker": float(worker)}))
 
         threads = [threading.Thread(target=work, args=(w,)) for w in range(4)]
         for t in threads:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 
+import attrs
 import numpy as np
 import pytest
 
 from galley.core import AdamParams, Datum, GalleyError, SessionConfig, ValidationError
+from galley.core.manifest import CheckpointMismatchError
 from galley.ports import TrainingClient, TrainingSession
 
 
@@ -102,6 +104,28 @@ class TrainingClientContract:
         got = other.forward(data).result().logprobs
         for e, g in zip(expected, got, strict=True):
             np.testing.assert_array_equal(e, g)
+
+    def test_checkpoints_say_which_run_and_step_they_are(self) -> None:
+        s = self.session(run_id="run-a")
+        s.forward_backward(self.batch(s))
+        s.optim_step(AdamParams(learning_rate=1e-3))
+        ref = s.save_state("one").result()
+        assert (ref.run_id, ref.name, ref.step) == ("run-a", "one", 1)
+        sampler = s.save_weights_for_sampler("final").result()
+        assert (sampler.run_id, sampler.step) == ("run-a", 1)
+
+    @pytest.mark.parametrize("field", ["run_id", "name", "step"])
+    def test_load_state_refuses_a_checkpoint_that_is_not_the_one_asked_for(
+        self, field: str
+    ) -> None:
+        """A ref whose run, name or step differs from what the checkpoint's manifest records
+        (a folder copied over another, an index line pointing into another run) is refused
+        with a galley error before anything is loaded."""
+        s = self.session(run_id="run-a")
+        ref = s.save_state("one").result()
+        other = attrs.evolve(ref, **{field: {"run_id": "run-b", "name": "two", "step": 7}[field]})
+        with pytest.raises(CheckpointMismatchError, match=f"not state .* of run '{other.run_id}'"):
+            self.session(run_id="run-b").load_state(other).result()
 
     def test_sampler_export_gives_a_sampler_ref(self) -> None:
         s = self.session()

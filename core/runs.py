@@ -1,0 +1,294 @@
+"""A run's identity: who owns it while it runs, and the settings it trains with.
+
+Every run keeps two files of its own next to its checkpoints (``<output>/<run_id>/``):
+
+- ``run.json``, its record: the workflow, the config it was started with (versioned, so a
+  later galley can still read it) and every later change a resume made to it;
+- ``run.lock``, held (``BlobStore.lock``) for as long as a process runs it.
+
+``claim_run`` ties them together before any work: a new run refuses an id that is taken, a
+resume refuses a run that another process is running, and a resume whose settings would train
+other weights than the saved run did is refused, naming every difference, unless the caller
+accepts the change (it then goes into the record's history). The claim writes nothing but the
+lock: the workflow saves the record (``save_run_record``) once it knows where training starts,
+so a resume refused later (a checkpoint past the run's end) leaves the record as it was. In a
+run of several processes, process 0 claims the run and the others train under its claim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
+
+import attrs
+
+from galley.core.config import config_from_mapping
+from galley.core.engine.retry import NO_RETRY, RetryPolicy, call_with_retry
+from galley.core.errors import ConfigError, GalleyError, LockedError, NotFoundError
+from galley.core.keys import join_key
+from galley.core.serialization import from_json, to_data
+
+if TYPE_CHECKING:
+    from galley.core.adapter_set import Adapters
+
+T = TypeVar("T")
+
+RECORD_NAME = "run.json"
+LOCK_NAME = "run.lock"
+
+
+class RunExistsError(ConfigError):
+    """A new run was given the id of a run that already exists."""
+
+
+class RunInUseError(GalleyError):
+    """Another live process holds the run's lock."""
+
+
+class SettingsChangedError(ConfigError):
+    """A resume's settings would change the run's training; ``changes`` lists them."""
+
+    def __init__(self, message: str, changes: Mapping[str, FieldChange]) -> None:
+        super().__init__(message)
+        self.changes = changes
+
+
+class RunSettings(Protocol):
+    """What ``claim_run`` needs of a workflow's config class (attrs, one field per setting).
+
+    ``CONFIG_VERSION`` is the shape of the config; ``CONFIG_UPGRADES[v]`` turns a saved config
+    of version ``v`` into one of version ``v + 1``, so records of older shapes stay readable.
+    ``trajectory_fields()`` names the fields whose change would train other weights."""
+
+    CONFIG_VERSION: ClassVar[int]
+    CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]]
+
+    @property
+    def output(self) -> str: ...
+
+    @property
+    def run_id(self) -> str | None: ...
+
+    @property
+    def resume(self) -> bool: ...
+
+    def trajectory_fields(self) -> frozenset[str]: ...
+
+
+@attrs.frozen
+class FieldChange:
+    saved: Any
+    given: Any
+
+
+@attrs.frozen
+class ConfigChange:
+    """A resume that continued with settings other than the saved ones; ``accepted`` names
+    the changed fields that alter the training trajectory (accepted explicitly)."""
+
+    time: float
+    changes: Mapping[str, FieldChange]
+    accepted: tuple[str, ...] = ()
+
+
+@attrs.frozen
+class RunRecord:
+    workflow: str
+    run_id: str
+    config_version: int
+    config: Mapping[str, Any]
+    created: float
+    history: tuple[ConfigChange, ...] = ()
+
+
+def run_folder(output: str, run_id: str) -> str:
+    return join_key(output, run_id)
+
+
+def record_key(output: str, run_id: str) -> str:
+    return join_key(output, run_id, RECORD_NAME)
+
+
+def lock_key(output: str, run_id: str) -> str:
+    return join_key(output, run_id, LOCK_NAME)
+
+
+def read_run_record(adapters: Adapters, output: str, run_id: str) -> RunRecord | None:
+    """The run's record, or None when the run has none (it never started)."""
+    key = record_key(output, run_id)
+    if not adapters.blobs.exists(key):
+        return None
+    try:
+        return from_json(RunRecord, adapters.blobs.read(key).decode())
+    except (GalleyError, UnicodeDecodeError) as e:
+        raise ConfigError(f"run record {key!r} is unreadable: {e}") from None
+
+
+def _nothing_to_resume(output: str, run_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"run {run_id!r} has nothing to resume: no {record_key(output, run_id)!r} (it never "
+        "started here: another output folder or blob store? or an earlier galley without run "
+        "records started it)"
+    )
+
+
+def resume_settings(
+    adapters: Adapters, output: str, run_id: str, config_type: type[Any]
+) -> dict[str, Any]:
+    """The settings saved with run ``run_id``, in the current config shape: what a resume
+    continues with when it is given none."""
+    record = read_run_record(adapters, output, run_id)
+    if record is None:
+        raise _nothing_to_resume(output, run_id)
+    return saved_settings(record, config_type)
+
+
+def saved_settings(record: RunRecord, config_type: type[Any]) -> dict[str, Any]:
+    """The record's config as a mapping of the current config shape (upgraded if older)."""
+    version, current = record.config_version, config_type.CONFIG_VERSION
+    if version > current:
+        raise ConfigError(
+            f"run {record.run_id!r} was saved with config version {version}; this galley reads "
+            f"versions up to {current}: upgrade galley to resume it"
+        )
+    data = dict(record.config)
+    for v in range(version, current):
+        data = config_type.CONFIG_UPGRADES[v](data)
+    return data
+
+
+def saved_config(record: RunRecord, config_type: type[Any]) -> Any:
+    """The record's config as a ``config_type`` instance (upgraded if older)."""
+    source = f"run record of {record.run_id!r}"
+    return config_from_mapping(config_type, saved_settings(record, config_type), source)
+
+
+def _settings(config: Any) -> dict[str, Any]:
+    """A config as stored: JSON data, without ``resume`` (how it was started, not what)."""
+    data: dict[str, Any] = to_data(attrs.evolve(config, resume=False))
+    return data
+
+
+def config_changes(saved: RunSettings, given: RunSettings) -> dict[str, FieldChange]:
+    old, new = _settings(saved), _settings(given)
+    return {k: FieldChange(old[k], new[k]) for k in old if old[k] != new[k]}
+
+
+def _owner(workflow: str, run_id: str) -> str:
+    when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    where = f"pid {os.getpid()} on {socket.gethostname()}"
+    return f"galley {workflow} run {run_id!r} ({where}, since {when})"
+
+
+def _refuse_changes(run_id: str, output: str, changes: Mapping[str, FieldChange]) -> None:
+    listed = "; ".join(f"{k}: saved {c.saved!r}, given {c.given!r}" for k, c in changes.items())
+    raise SettingsChangedError(
+        f"refusing to resume run {run_id!r} with settings that change what it trains: "
+        f"{listed}. Resume with the saved settings (give only --resume {run_id}), or accept "
+        f"the change explicitly (--accept-changes; Python: accept_changes=True), which is "
+        f"recorded in {record_key(output, run_id)!r}",
+        changes,
+    )
+
+
+def _check_new(adapters: Adapters, output: str, run_id: str) -> None:
+    folder = run_folder(output, run_id)
+    taken = set(adapters.blobs.list(folder)) - {lock_key(output, run_id)}
+    if taken or adapters.metrics.read(run_id):
+        raise RunExistsError(
+            f"run {run_id!r} already exists ({folder!r} holds its files or metrics); continue "
+            f"it with --resume {run_id} (Python: resume=True), or choose another run_id"
+        )
+
+
+def _resumed_record(
+    record: RunRecord | None,
+    workflow: str,
+    config: RunSettings,
+    accept_changes: bool,
+    log: Any,
+) -> RunRecord:
+    output, run_id = config.output, str(config.run_id)
+    if record is None:
+        raise _nothing_to_resume(output, run_id)
+    if record.workflow != workflow:
+        raise ConfigError(f"run {run_id!r} is a {record.workflow} run, not a {workflow} run")
+    saved: RunSettings = saved_config(record, type(config))
+    changes = config_changes(saved, config)
+    trajectory = saved.trajectory_fields() | config.trajectory_fields()
+    accepted = tuple(k for k in changes if k in trajectory)
+    if accepted and not accept_changes:
+        _refuse_changes(run_id, output, {k: changes[k] for k in accepted})
+    if not changes:
+        return record
+    log.warning(
+        "run.settings_changed",
+        changes={k: [c.saved, c.given] for k, c in changes.items()},
+        accepted=list(accepted),
+    )
+    change = ConfigChange(time.time(), changes, accepted)
+    return attrs.evolve(
+        record,
+        config=_settings(config),
+        config_version=type(config).CONFIG_VERSION,
+        history=(*record.history, change),
+    )
+
+
+@contextlib.contextmanager
+def claim_run(
+    adapters: Adapters,
+    workflow: str,
+    config: RunSettings,
+    *,
+    accept_changes: bool = False,
+    retry: RetryPolicy = NO_RETRY,
+    log: Any,
+) -> Iterator[RunRecord]:
+    """Own run ``config.run_id`` for the body of the ``with``: lock it, check that the run
+    may start (a new id) or continue (an existing run, with settings that keep its
+    trajectory, unless ``accept_changes``), yield the record to save for it, and release the
+    lock on the way out, however the body ends. Refuses before anything is written; store
+    calls that fail transiently are retried under ``retry``."""
+    output, run_id = config.output, str(config.run_id)
+
+    def io(what: str, call: Callable[[], T]) -> T:
+        def warn(attempt: int, error: BaseException, delay: float) -> None:
+            log.warning("retry", what=what, attempt=attempt, delay_s=delay, error=str(error))
+
+        return call_with_retry(retry, call, warn)
+
+    key = lock_key(output, run_id)
+    try:
+        held = io("blobs.lock", lambda: adapters.blobs.lock(key, _owner(workflow, run_id)))
+    except LockedError as e:
+        raise RunInUseError(
+            f"run {run_id!r} is in use by {e.holder}; wait for it to end (or stop it), then "
+            f"try again ({key!r})"
+        ) from None
+    try:
+        existing = io("run.read", lambda: read_run_record(adapters, output, run_id))
+        if config.resume:
+            record = _resumed_record(existing, workflow, config, accept_changes, log)
+        else:
+            io("run.check_new", lambda: _check_new(adapters, output, run_id))
+            record = RunRecord(
+                workflow, run_id, type(config).CONFIG_VERSION, _settings(config), time.time()
+            )
+        log.info("run.claimed", resume=config.resume, lock=key)
+        yield record
+    finally:
+        try:
+            held.release()
+        except Exception as error:  # never hide how the run ended; a stale lock is taken over
+            log.warning("run.unlock_failed", lock=key, error=str(error))
+
+
+def write_run_record(adapters: Adapters, output: str, record: RunRecord) -> None:
+    data = json.dumps(to_data(record), indent=2, sort_keys=True).encode()
+    adapters.blobs.write(record_key(output, record.run_id), data)  # atomic
