@@ -22,11 +22,20 @@ from rich.progress import (
 from rich.table import Table
 
 from galley.adapters.composition import REGISTRY, build_adapters
-from galley.adapters.logging import configure_logging
+from galley.adapters.logging import RedactingConsole, configure_logging
 from galley.adapters.run_config import load_run_config, resumed_config
+from galley.core.adapter_set import Adapters
 from galley.core.engine import Stream
-from galley.core.errors import ConfigError, GalleyError, WorkflowError
+from galley.core.errors import (
+    ConfigError,
+    DataError,
+    GalleyError,
+    NotFoundError,
+    ValidationError,
+    WorkflowError,
+)
 from galley.core.records import TRAIN
+from galley.core.runs import read_run_record
 from galley.workflows import WORKFLOWS
 from galley.workflows.sft import RunResult, new_run_id
 
@@ -89,6 +98,9 @@ def print_summary(console: Console, result: RunResult, where: Callable[[str], st
     skipped = sum(1 for m in result.metrics if m.get("skipped"))
     if skipped:
         table.add_row("skipped steps", "", str(skipped))
+    for split, count in result.skipped_examples.items():
+        if count:
+            table.add_row(f"{split} rows too long (skipped)", "", str(count))
     table.add_row("held-out NLL", _fmt(first_eval.get("eval/nll")), _fmt(last_eval.get("eval/nll")))
     if "eval/exact_match" in last_eval:
         table.add_row(
@@ -111,6 +123,11 @@ def print_summary(console: Console, result: RunResult, where: Callable[[str], st
         console.print(f"exported sampler weights: {where(result.sampler.key)}")
 
 
+# A run that stopped on one of these was refused for its input (exit 2), not broken (exit 1).
+INPUT_ERRORS = (ConfigError, ValidationError, DataError, NotFoundError)
+INTERRUPTED = 130  # the shell's code for a Ctrl-C
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.accept_changes and not args.resume:
         raise ConfigError("--accept-changes applies to a resume: give it with --resume RUN_ID")
@@ -122,21 +139,25 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if getattr(config, "run_id", "unset") is None:
         config = attrs.evolve(config, run_id=new_run_id(args.workflow))
     close_log = configure_logging("info" if args.verbose else "warning", args.log_file)
-    adapters = build_adapters(run_config.adapters)
-    if args.resume:
-        config = resumed_config(run_config, adapters, args.resume)
-    kinds = ", ".join(f"{port}={c.kind}" for port, c in run_config.adapters.items())
-    console.print(
-        f"galley {args.workflow} run {config.run_id}: {config.base_model} on {config.dataset}"
-    )
-    console.print(f"adapters: {kinds}")
-    observer = ProgressObserver(console)
     try:
-        result = run_config.workflow.run(
-            config, adapters, observers=[observer], accept_changes=args.accept_changes
+        adapters = build_adapters(run_config.adapters)
+        if args.resume:
+            config = resumed_config(run_config, adapters, args.resume)
+        kinds = ", ".join(f"{port}={c.kind}" for port, c in run_config.adapters.items())
+        console.print(
+            f"galley {args.workflow} run {config.run_id}: {config.base_model} on {config.dataset}"
         )
+        console.print(f"adapters: {kinds}")
+        observer = ProgressObserver(console)
+        try:
+            result = run_config.workflow.run(
+                config, adapters, observers=[observer], accept_changes=args.accept_changes
+            )
+        finally:
+            observer.stop()
+    except WorkflowError as error:
+        return report_failure(console, error, args.workflow, config, adapters)
     finally:
-        observer.stop()
         close_log()
     blobs_choice = run_config.adapters["blobs"]
 
@@ -158,18 +179,56 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def report_failure(
+    console: Console, error: WorkflowError, workflow: str, config: Any, adapters: Adapters
+) -> int:
+    """Say what stopped the run and what to do next; the exit code says which kind it was."""
+    interrupted = isinstance(error.__cause__, KeyboardInterrupt)
+    console.print("interrupted" if interrupted else f"error: {error}", style="red", soft_wrap=True)
+    saved = error.state.get("checkpoints")
+    last = saved[-1] if isinstance(saved, tuple) and saved else None
+    try:
+        resumable = read_run_record(adapters, config.output, config.run_id) is not None
+    except GalleyError:
+        resumable = False
+    if resumable:
+        start = f"step {last.step}" if last is not None else "the start (no checkpoint yet)"
+        console.print(
+            f"to continue from {start}: galley run {workflow} --resume {config.run_id}",
+            soft_wrap=True,
+        )
+    else:
+        console.print("nothing of the run was written; fix the cause and run it again")
+    if interrupted:
+        return INTERRUPTED
+    return 2 if isinstance(error.__cause__, INPUT_ERRORS) else 1
+
+
 def cmd_sample(args: argparse.Namespace, console: Console) -> int:
     from galley.adapters.cli_sample_plot import sample
 
     prompts = list(args.prompt)
     if args.prompts_file is not None:
-        prompts += [
-            line.strip() for line in args.prompts_file.read_text().splitlines() if line.strip()
-        ]
+        prompts += [line.strip() for line in read_lines(args.prompts_file) if line.strip()]
     if not prompts:
         raise ConfigError("give a prompt or --prompts-file")
     sample(console, args.checkpoint, prompts, args.max_tokens, args.temperature, args.renderer)
     return 0
+
+
+def read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except IsADirectoryError:
+        raise ConfigError(f"--prompts-file {str(path)!r} is a folder; expected a file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"--prompts-file {str(path)!r} is not UTF-8 (byte {e.start + 1})"
+        ) from None
+    except OSError as e:
+        raise ConfigError(
+            f"--prompts-file {str(path)!r} cannot be read: {e.strerror or e}"
+        ) from None
 
 
 def cmd_plot(args: argparse.Namespace, console: Console) -> int:
@@ -261,8 +320,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Exit 0: done. 1: a run failed while running (the message says how to continue). 2: the
+    input was refused, before anything was written. 130: interrupted (Ctrl-C)."""
     args = parser().parse_args(argv)
-    console = Console(markup=False, highlight=False)
+    console = RedactingConsole(markup=False, highlight=False)
     try:
         code: int = args.handler(args, console)
         return code
@@ -272,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GalleyError as e:
         console.print(f"error: {e}", style="red", soft_wrap=True)
         return 2
+    except KeyboardInterrupt:
+        console.print("interrupted", style="red")
+        return INTERRUPTED
 
 
 if __name__ == "__main__":

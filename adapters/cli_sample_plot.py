@@ -25,14 +25,22 @@ def sampler_ref(checkpoint: Path) -> tuple[FsspecBlobStore, ModelRef]:
         raise NotFoundError(
             f"{str(checkpoint)!r} is not exported sampler weights (no {MANIFEST_NAME})"
         )
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValidationError(
+            "--checkpoint", f"{str(manifest_path)!r} is unreadable: {e}"
+        ) from None
+    if not isinstance(manifest, dict):
+        raise ValidationError("--checkpoint", f"{str(manifest_path)!r} is not a JSON object")
     if manifest.get("kind") != "sampler":
         raise ValidationError(
             "--checkpoint",
             f"{str(checkpoint)!r} holds a {manifest.get('kind')} checkpoint, not sampler weights",
         )
-    base = manifest.get("meta", {}).get("base_model")
-    if not base:
+    meta = manifest.get("meta")
+    base = meta.get("base_model") if isinstance(meta, dict) else None
+    if not base or not isinstance(base, str):
         raise ValidationError(
             "--checkpoint", f"{str(manifest_path)!r} does not name its base model"
         )

@@ -20,8 +20,8 @@ from typing import Any
 
 import attrs
 
+from galley.adapters.settings import settings_from_mapping
 from galley.core.adapter_set import PORT_NAMES, Adapters
-from galley.core.config import config_from_mapping
 from galley.core.errors import ConfigError
 
 # Ports in build order: an adapter may use the ones built before it.
@@ -349,6 +349,8 @@ def parse_adapters_table(
             f"valid: default, {', '.join(PORT_NAMES)}"
         )
     default = table.get("default")
+    if default is not None and not isinstance(default, str):
+        raise ConfigError(f"{source}.default: expected a kind name, got {default!r:.60}")
     choices = {}
     for port in PORT_NAMES:
         entry = table.get(port, default or DEFAULT_KINDS[port])
@@ -357,9 +359,13 @@ def parse_adapters_table(
         elif isinstance(entry, Mapping):
             options = {k: v for k, v in entry.items() if k not in {"kind", "retry", "faults"}}
             kind = entry.get("kind", default or DEFAULT_KINDS[port])
+            if not isinstance(kind, str):
+                raise ConfigError(f"{source}.{port}.kind: expected a kind name, got {kind!r:.60}")
             choices[port] = AdapterChoice(kind, options, entry.get("retry"), entry.get("faults"))
         else:
-            raise ConfigError(f"{source}.{port}: expected a kind name or a table, got {entry!r}")
+            raise ConfigError(
+                f"{source}.{port}: expected a kind name or a table, got {entry!r:.60}"
+            )
     return choices
 
 
@@ -386,11 +392,11 @@ def wrap(adapter: Any, port: str, choice: AdapterChoice) -> Any:
     from galley.core.engine.retry import RetryPolicy
 
     if choice.faults is not None:
-        f = config_from_mapping(FaultsOptions, choice.faults, f"[adapters.{port}.faults]")
+        f = settings_from_mapping(FaultsOptions, choice.faults, f"[adapters.{port}.faults]")
         faults = Faults(f.failure_rate, f.latency_s, f.seed)
         adapter = with_faults(adapter, faults, port, f.mid_write_failure_rate)
     if choice.retry is not None:
-        r = config_from_mapping(RetryOptions, choice.retry, f"[adapters.{port}.retry]")
+        r = settings_from_mapping(RetryOptions, choice.retry, f"[adapters.{port}.retry]")
         policy = RetryPolicy(r.max_attempts, r.initial_backoff_s, r.multiplier, r.max_backoff_s)
         adapter = with_retries(adapter, policy, port)
     return adapter
@@ -412,7 +418,7 @@ def build_adapters(choices: Mapping[str, AdapterChoice], **instances: Any) -> Ad
                 f"available: {', '.join(sorted(kinds))}"
             )
         spec = kinds[choice.kind]
-        options = config_from_mapping(
+        options = settings_from_mapping(
             spec.options, choice.options, f"[adapters.{port}] ({choice.kind})"
         )
         built[port] = wrap(spec.build(options, built), port, choice)

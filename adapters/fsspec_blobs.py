@@ -14,7 +14,9 @@ scheduler that runs each run once); a warning says so when such a lock is taken.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -23,24 +25,45 @@ import fsspec
 import structlog
 
 from galley.adapters.locks import ProcessLocks, Release, lock_file
-from galley.core.errors import NotFoundError
+from galley.core.errors import ConfigError, NotFoundError
 from galley.core.keys import check_key, check_prefix
 
 TMP_MARK = ".galley-tmp-"
+# Who writes a temporary file, in its name: a later writer on this machine can tell a killed
+# writer's leftovers (its process is gone) from a live writer's file.
+_HOST = socket.gethostname().replace(".", "_")
+_WRITER = f"{_HOST}-{os.getpid()}"
 # fsspec's memory filesystem is one per process, so its locks are too (per root).
 _PROCESS_LOCKS = ProcessLocks()
+
+
+def open_filesystem(url: str, what: str, **storage_options: Any) -> tuple[Any, str, bool]:
+    """The fsspec filesystem of ``url``, its root (no trailing '/') and whether it is a local
+    disk, whose root folder is made here. A URL that cannot be a folder of files (an unknown
+    protocol, a missing package, a local path through a file) is a ConfigError naming it."""
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **storage_options)
+    except ImportError as e:
+        raise ConfigError(f"{what} {url!r} needs a package that is not installed: {e}") from None
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{what} {url!r} is not a usable fsspec URL: {e}") from None
+    root = root.rstrip("/")
+    protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
+    local = "file" in protocols
+    if local:
+        try:
+            os.makedirs(root or "/", exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                f"{what} {url!r} cannot be a folder here: {e.strerror or e}"
+            ) from None
+    return fs, root, local
 
 
 class FsspecBlobStore:
     def __init__(self, url: str, **storage_options: Any) -> None:
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
-        self.root = root.rstrip("/")
-        self.local = "file" in (
-            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        )
-        if self.local:
-            os.makedirs(self.root, exist_ok=True)
+        self.fs, self.root, self.local = open_filesystem(url, "blob store", **storage_options)
 
     def _path(self, key: str) -> str:
         return f"{self.root}/{check_key(key)}"
@@ -71,7 +94,7 @@ class FsspecBlobStore:
             return
         folder, name = os.path.split(path)
         os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f"{TMP_MARK}{name}.{uuid.uuid4().hex}")
+        tmp = os.path.join(folder, f"{TMP_MARK}{_WRITER}.{uuid.uuid4().hex}.{name}")
         try:
             with open(tmp, "wb") as f:
                 f.write(data)
@@ -104,10 +127,14 @@ class FsspecBlobStore:
         return sorted(keys)
 
     def lock(self, key: str, owner: str) -> Release:
+        """On a local disk, taking the lock also sweeps its folder of the temporary files that
+        writers of this machine killed mid-write left behind."""
         path = self._path(key)
         if self.local:
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            return lock_file(path, key, owner)
+            held = lock_file(path, key, owner)
+            _sweep_dead_writers(os.path.dirname(path))
+            return held
         held = _PROCESS_LOCKS.take(key, owner, scope=f"{self.fs.protocol}:{self.root}")
         if "memory" not in self.fs.protocol:
             structlog.get_logger("galley").warning(
@@ -134,3 +161,30 @@ class FsspecBlobStore:
         if self.fs.isfile(path):
             self.fs.rm_file(path)
             self.fs.invalidate_cache()
+            folder = os.path.dirname(path)
+            if self.local and folder != self.root:  # a key's folder dies with its last key
+                with contextlib.suppress(OSError):  # not empty: other keys live there
+                    os.rmdir(folder)
+
+
+def _sweep_dead_writers(folder: str) -> None:
+    """Remove the temporary files under ``folder`` whose writer ran on this machine and has
+    exited (a write killed between its temporary file and the rename)."""
+    for parent, _, names in os.walk(folder):
+        for name in names:
+            if not name.startswith(TMP_MARK):
+                continue
+            host, _, pid = name[len(TMP_MARK) :].split(".", 1)[0].rpartition("-")
+            if host == _HOST and pid.isdigit() and not _alive(int(pid)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(os.path.join(parent, name))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True

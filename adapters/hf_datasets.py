@@ -31,26 +31,32 @@ class HFDatasetHandle:
         return self.data
 
 
-def _bad_json_line(path: Path) -> DataError | None:
-    """The first line of a JSONL file that is not a JSON object, as a DataError."""
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f):
+def _check_jsonl(path: Path) -> None:
+    """Refuse a JSONL file that is empty, not UTF-8, or has a line that is not a JSON object,
+    naming the line as an editor numbers it."""
+    rows = 0
+    with path.open("rb") as f:
+        for number, raw in enumerate(f, 1):
+            where = f"{path}, line {number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(where, None, "<text>", f"not UTF-8 (byte {e.start + 1})") from None
             if not line.strip():
                 continue
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as e:
-                return DataError(
-                    str(path), number, "<json>", f"not valid JSON: {e.msg} at column {e.colno}"
-                )
+                raise DataError(
+                    where, None, "<json>", f"not valid JSON: {e.msg} at column {e.colno}"
+                ) from None
             if not isinstance(value, dict):
-                return DataError(
-                    str(path),
-                    number,
-                    "<row>",
-                    f"expected a JSON object, got {type(value).__name__}",
+                raise DataError(
+                    where, None, "<row>", f"expected a JSON object, got {type(value).__name__}"
                 )
-    return None
+            rows += 1
+    if not rows:
+        raise DataError(str(path), None, "<file>", "has no rows (the file is empty)")
 
 
 def _load_file(path: Path) -> datasets.DatasetDict:
@@ -60,13 +66,11 @@ def _load_file(path: Path) -> datasets.DatasetDict:
             "dataset", f"{str(path)!r}: unknown file type; expected {', '.join(BUILDERS)}"
         )
     if path.suffix.lower() == ".jsonl":
-        problem = _bad_json_line(path)
-        if problem is not None:
-            raise problem
+        _check_jsonl(path)
     try:
         return datasets.load_dataset(builder, data_files={"train": str(path)})
     except Exception as e:  # datasets wraps parse and schema errors in many types
-        raise DataError(str(path), -1, "<file>", f"could not be read as {builder}: {e}") from e
+        raise DataError(str(path), None, "<file>", f"could not be read as {builder}: {e}") from e
 
 
 class HFDatasetStore:

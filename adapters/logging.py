@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -11,6 +12,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
+from rich.console import Console
+
+from galley.core.errors import ConfigError
 
 LEVELS = {
     "debug": logging.DEBUG,
@@ -25,15 +29,21 @@ SECRET_KEY = re.compile(
 )
 SECRET_VALUE = re.compile(
     r"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|Bearer\s+\S+)"
+    r"|(?<=://)[^/\s:@]*:[^/\s@]+(?=@)"  # the user:password of a URL
 )
 REDACTED = "[redacted]"
+
+
+def redact_text(text: str) -> str:
+    """``text`` with token-shaped values and URL passwords replaced by ``[redacted]``."""
+    return SECRET_VALUE.sub(REDACTED, text)
 
 
 def _redact(value: Any, key: str = "") -> Any:
     if key and SECRET_KEY.search(key):
         return REDACTED
     if isinstance(value, str):
-        return SECRET_VALUE.sub(REDACTED, value)
+        return redact_text(value)
     if isinstance(value, dict):
         return {k: _redact(v, str(k)) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -48,17 +58,41 @@ def redact_secrets(logger: Any, method: str, event: dict[str, Any]) -> dict[str,
     return {k: _redact(v, k) for k, v in event.items()}
 
 
-class _JsonFileTee:
-    """Writes each event (at ``level`` or above) as a JSON line, then passes it on."""
+class RedactingConsole(Console):
+    """The CLI's console: what it prints goes through the same redaction as the event log
+    (a token given in a setting, a password in a blob store URL)."""
 
-    def __init__(self, stream: TextIO, level: int) -> None:
-        self.stream, self.level = stream, level
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        super().print(*(redact_text(o) if isinstance(o, str) else o for o in objects), **kwargs)
+
+
+class _JsonFileTee:
+    """Writes each event (at ``level`` or above) as a JSON line, then passes it on. A log file
+    that stops taking writes (a full disk) is given up with one warning: logging never stops
+    a run."""
+
+    def __init__(self, stream: TextIO, level: int, path: Path) -> None:
+        self.stream, self.level, self.path = stream, level, path
+        self.broken = False
 
     def __call__(self, logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
-        if LEVELS.get(method, logging.INFO) >= self.level:
+        if self.broken or LEVELS.get(method, logging.INFO) < self.level:
+            return event
+        try:
             self.stream.write(json.dumps(event, default=str) + "\n")
             self.stream.flush()
+        except (OSError, ValueError) as e:
+            self.broken = True
+            print(
+                f"galley: warning: the log file {str(self.path)!r} cannot be written "
+                f"({e}); its events are no longer logged",
+                file=sys.stderr,
+            )
         return event
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # the warning was given when a write failed
+            self.stream.close()
 
 
 def _console_filter(level: int) -> Any:
@@ -75,16 +109,15 @@ def configure_logging(
 ) -> Callable[[], None]:
     """Configure structlog; returns a function that closes the JSON file (if any)."""
     console, to_file = LEVELS[console_level], LEVELS[file_level]
-    stream: TextIO | None = None
     processors: list[Any] = [
         redact_secrets,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
+    tee: _JsonFileTee | None = None
     if json_file is not None:
-        json_file.parent.mkdir(parents=True, exist_ok=True)
-        stream = json_file.open("a", encoding="utf-8")
-        processors.append(_JsonFileTee(stream, to_file))
+        tee = _JsonFileTee(_open_log(json_file), to_file, json_file)
+        processors.append(tee)
     processors += [_console_filter(console), structlog.dev.ConsoleRenderer(colors=False)]
     lowest = min(console, to_file) if json_file is not None else console
     structlog.configure(
@@ -93,4 +126,16 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
-    return stream.close if stream is not None else lambda: None
+    return tee.close if tee is not None else lambda: None
+
+
+def _open_log(path: Path) -> TextIO:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("a", encoding="utf-8")
+    except IsADirectoryError:
+        raise ConfigError(f"--log-file {str(path)!r} is a folder; expected a file") from None
+    except OSError as e:
+        raise ConfigError(
+            f"--log-file {str(path)!r} cannot be opened for writing: {e.strerror or e}"
+        ) from None

@@ -13,8 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-import fsspec
-
+from galley.adapters.fsspec_blobs import open_filesystem
 from galley.core.errors import ConfigError, ValidationError
 from galley.core.keys import check_name
 from galley.core.records import MetricRecord
@@ -38,10 +37,9 @@ class JsonlMetricsStore:
 
     def __init__(self, url: str, *, flush_every: int = 50, **storage_options: Any) -> None:
         self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url, **storage_options)
-        self.root = root.rstrip("/")
-        protocols = self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
-        self.appendable = "file" in protocols
+        self.fs, self.root, self.appendable = open_filesystem(
+            url, "metrics store", **storage_options
+        )
         self.flush_every = flush_every
         self._pending: dict[str, list[str]] = {}
         self._lock = threading.Lock()
@@ -106,8 +104,23 @@ class SqliteMetricsStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise ConfigError(f"metrics database {str(self.path)!r} is a folder; expected a file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(
+                f"metrics database {str(self.path)!r}: its folder cannot be made: {e.strerror or e}"
+            ) from None
         self._local = threading.local()
+        try:
+            self._create()
+        except sqlite3.Error as e:
+            raise ConfigError(
+                f"metrics database {str(self.path)!r} cannot be opened as SQLite: {e}"
+            ) from None
+
+    def _create(self) -> None:
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(

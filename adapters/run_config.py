@@ -10,8 +10,8 @@ from typing import Any
 import attrs
 
 from galley.adapters.composition import AdapterChoice, parse_adapters_table
+from galley.adapters.settings import parse_assignment, settings_from_mapping
 from galley.core.adapter_set import PORT_NAMES, Adapters
-from galley.core.config import config_from_mapping, parse_assignment
 from galley.core.errors import ConfigError
 from galley.core.runs import resume_settings
 from galley.workflows import WORKFLOWS, WorkflowSpec
@@ -32,12 +32,29 @@ def workflow_spec(name: str) -> WorkflowSpec:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    where = f"config file {str(path)!r}"
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file {str(path)!r} does not exist") from None
+        raise ConfigError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where} is a folder; expected a TOML file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{where} is not UTF-8 text (byte {e.start + 1}); TOML is UTF-8"
+        ) from None
+    except OSError as e:
+        raise ConfigError(f"{where} cannot be read: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
+        raise ConfigError(f"{where} is not valid TOML: {e}") from None
+
+
+def _table(document: dict[str, Any], name: str, source: str) -> dict[str, Any]:
+    value = document.get(name, {})
+    if not isinstance(value, dict):
+        shape = "an array of tables" if isinstance(value, list) else f"{type(value).__name__}"
+        raise ConfigError(f"{source}: [{name}] must be a table (`[{name}]`), not {shape}")
+    return dict(value)
 
 
 def load_run_config(
@@ -58,10 +75,10 @@ def load_run_config(
         raise ConfigError(
             f"{source}: unknown table(s) {', '.join(unknown)}; valid: [{workflow}], [adapters]"
         )
-    fields = dict(document.get(workflow, {}))
+    fields = _table(document, workflow, source)
     adapters = {
         k: dict(v) if isinstance(v, dict) else v
-        for k, v in dict(document.get("adapters", {})).items()
+        for k, v in _table(document, "adapters", source).items()
     }
     if adapters_kind:
         adapters = {"default": adapters_kind}
@@ -75,13 +92,38 @@ def load_run_config(
         elif len(path) == 3 and path[1] in PORT_NAMES:
             entry = adapters.get(path[1], {})
             entry = {"kind": entry} if isinstance(entry, str) else entry
+            if not isinstance(entry, dict):
+                raise ConfigError(
+                    f"--set {text!r}: [adapters] {path[1]} is {entry!r:.40}, not a kind or a table"
+                )
             adapters[path[1]] = {**entry, path[2]: value}
         else:
             raise ConfigError(
                 f"--set {text!r}: expected adapters.PORT=KIND or adapters.PORT.OPTION=VALUE"
             )
-    config = config_from_mapping(spec.config_type, fields, f"{source} [{workflow}]")
-    return RunConfig(spec, config, parse_adapters_table(adapters, f"{source} [adapters]"), fields)
+    config = settings_from_mapping(spec.config_type, fields, f"{source} [{workflow}]")
+    choices = parse_adapters_table(adapters, f"{source} [adapters]")
+    return RunConfig(spec, config, metrics_beside_the_run(choices, config.output), fields)
+
+
+def metrics_beside_the_run(
+    choices: dict[str, AdapterChoice], output: str
+) -> dict[str, AdapterChoice]:
+    """A JSONL or SQLite metrics store not told where to write goes where the run's other
+    files go (``<blob store folder>/<output>``), so ``--set output=...`` moves them all."""
+    blobs, metrics = choices["blobs"], choices["metrics"]
+    on_files = blobs.kind == "fsspec"
+    folder = str(blobs.options.get("url", ".")).rstrip("/") if on_files else "."
+    options = dict(metrics.options)
+    if metrics.kind == "jsonl" and "url" not in options:
+        options["url"] = f"{folder}/{output}"
+        if on_files and "storage_options" not in options and "storage_options" in blobs.options:
+            options["storage_options"] = blobs.options["storage_options"]
+    elif metrics.kind == "sqlite" and "path" not in options and "://" not in folder:
+        options["path"] = f"{folder}/{output}/metrics.db"
+    else:
+        return choices
+    return {**choices, "metrics": attrs.evolve(metrics, options=options)}
 
 
 def resumed_config(run_config: RunConfig, adapters: Adapters, run_id: str) -> Any:
@@ -90,4 +132,4 @@ def resumed_config(run_config: RunConfig, adapters: Adapters, run_id: str) -> An
     spec = run_config.workflow
     saved = resume_settings(adapters, run_config.config.output, run_id, spec.config_type)
     settings = {**saved, **run_config.given}
-    return config_from_mapping(spec.config_type, settings, f"run {run_id!r} resumed")
+    return settings_from_mapping(spec.config_type, settings, f"run {run_id!r} resumed")

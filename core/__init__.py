@@ -14,6 +14,7 @@ from galley.core.errors import (
     GalleyError,
     LockedError,
     NotFoundError,
+    PortTimeoutError,
     TransientError,
     ValidationError,
     WorkflowError,
@@ -21,7 +22,14 @@ from galley.core.errors import (
 from galley.core.losses import LOSS_NAMES, LossFn, reference_loss
 from galley.core.model_input import EncodedTextChunk, ModelInput
 from galley.core.records import CheckpointRecord, MetricRecord
-from galley.core.rendering import RenderedExample, Renderer, RoleColonRenderer, to_datum
+from galley.core.rendering import (
+    RenderedExample,
+    Renderer,
+    RoleColonRenderer,
+    Truncation,
+    fit_conversation,
+    to_datum,
+)
 from galley.core.schedules import LRSchedule, ScheduleKind, lr_at
 from galley.core.serialization import from_data, from_json, to_data, to_json
 from galley.core.tensors import TensorData
@@ -78,6 +86,7 @@ __all__ = [
     "ModelRef",
     "NotFoundError",
     "OptimStepResult",
+    "PortTimeoutError",
     "RenderedExample",
     "Renderer",
     "RoleColonRenderer",
@@ -89,8 +98,10 @@ __all__ = [
     "Tokenizer",
     "TrainOn",
     "TransientError",
+    "Truncation",
     "ValidationError",
     "WorkflowError",
+    "fit_conversation",
     "forward_backward_custom",
     "from_data",
     "from_json",

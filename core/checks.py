@@ -77,6 +77,13 @@ def integer(instance: object, attribute: attrs.Attribute[Any], value: Any) -> No
         )
 
 
+def boolean(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if type(value) is not bool:
+        raise ValidationError(
+            field_name(instance, attribute), f"expected true or false, got {value!r}"
+        )
+
+
 def non_empty(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str) or not value:
         raise ValidationError(

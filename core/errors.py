@@ -26,10 +26,13 @@ class ConfigError(GalleyError, ValueError):
 
 
 class DataError(GalleyError, ValueError):
-    """A dataset row is malformed; the message names the source, row number and field."""
+    """A dataset row is malformed; the message names the source, row and field. ``row`` is
+    the 0-based index; the message counts from 1, as editors and spreadsheets do. A problem
+    with a whole file has no row."""
 
-    def __init__(self, source: str, row: int, field: str, message: str) -> None:
-        super().__init__(f"{source}, row {row}, field {field!r}: {message}")
+    def __init__(self, source: str, row: int | None, field: str, message: str) -> None:
+        where = f"{source}, row {row + 1}" if row is not None else source
+        super().__init__(f"{where}, field {field!r}: {message}")
         self.source = source
         self.row = row
         self.field = field
@@ -73,6 +76,10 @@ class LockedError(GalleyError):
         super().__init__(f"{key!r} is locked by {holder}")
         self.key = key
         self.holder = holder
+
+
+class PortTimeoutError(GalleyError):
+    """A port call's future did not resolve within the run's timeout; names the call."""
 
 
 class NonFiniteError(GalleyError):

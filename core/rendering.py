@@ -1,12 +1,14 @@
 """Renderers turn a conversation into tokens plus per-token loss weights.
 
 The weights say which tokens are trained on (the :class:`TrainOn` choice); ``to_datum`` then
-shifts them into a next-token :class:`Datum`, truncating to a maximum length.
+shifts them into a next-token :class:`Datum`, fitting it to a maximum length
+(``Truncation``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
 import attrs
@@ -146,22 +148,91 @@ def make_renderer(name: str, tokenizer: Tokenizer) -> Renderer:
     return factory(tokenizer)
 
 
-def to_datum(example: RenderedExample, max_length: int, *, truncate: bool = True) -> Datum:
+class Truncation(StrEnum):
+    """What to do with an example longer than ``max_length`` (TRL's ``truncation_mode``)."""
+
+    KEEP_END = "keep_end"  # drop the oldest prompt: leading messages, then leading tokens
+    KEEP_START = "keep_start"  # drop the end
+    ERROR = "error"  # refuse it
+
+
+class DoesNotFitError(ValidationError):
+    """An example that no truncation can fit without cutting what it trains on: the run
+    skips it (and counts it) instead of stopping."""
+
+
+def to_datum(
+    example: RenderedExample, max_length: int, truncation: str = Truncation.KEEP_END
+) -> Datum:
     """Shift a rendered example into a next-token Datum of at most ``max_length`` input tokens.
 
-    Raises when the example is longer than allowed and ``truncate`` is off, or when it has no
-    trained token left after truncation (such a row would silently train on nothing).
-    """
+    ``keep_end`` drops leading tokens, never a trained one (one token stays before the first
+    trained token, to predict it from); ``keep_start`` drops the end. Raises ValidationError
+    for a long example under ``error``, and DoesNotFitError when what would be left trains on
+    nothing (``keep_end``: the trained tokens alone are too long; ``keep_start``: none are in
+    the kept start)."""
+    mode = Truncation(truncation)
     tokens = example.model_input.to_ints()
     weights = example.weights
-    if len(tokens) - 1 > max_length:
-        if not truncate:
+    excess = len(tokens) - 1 - max_length
+    if excess > 0:
+        if mode is Truncation.ERROR:
             raise ValidationError(
                 "max_length",
                 f"example has {len(tokens)} tokens, more than max_length + 1 = {max_length + 1} "
-                "(raise max_length or enable truncation)",
+                "(raise max_length, or truncate: truncation='keep_end' or 'keep_start')",
             )
-        tokens, weights = tokens[: max_length + 1], weights[: max_length + 1]
+        if mode is Truncation.KEEP_START:
+            tokens, weights = tokens[: max_length + 1], weights[: max_length + 1]
+        else:
+            trained = np.flatnonzero(weights[1:])
+            first = int(trained[0]) + 1 if trained.size else len(tokens)
+            if excess > first - 1:
+                raise DoesNotFitError(
+                    "max_length",
+                    f"example trains on {len(tokens) - first} tokens after {first} of prompt; "
+                    f"they do not fit in max_length {max_length} even with the prompt cut to "
+                    "one token",
+                )
+            tokens, weights = tokens[excess:], weights[excess:]
     if len(tokens) < 2 or not weights[1:].any():
-        raise ValidationError("weights", "example has no trained token (after truncation)")
+        raise DoesNotFitError("weights", "example has no trained token (after truncation)")
     return Datum.from_tokens(tokens, weights)
+
+
+def fit_conversation(
+    renderer: Renderer,
+    conversation: Conversation,
+    train_on: TrainOn,
+    max_length: int,
+    truncation: str = Truncation.KEEP_END,
+) -> Datum:
+    """Render ``conversation`` as a Datum of at most ``max_length`` tokens. Under ``keep_end``
+    a multi-turn chat first loses whole leading messages that are not trained on (a leading
+    system message is kept), re-rendered each time; then ``to_datum`` cuts tokens."""
+    example = renderer.render(conversation, train_on)
+    if Truncation(truncation) is Truncation.KEEP_END:
+        while example.model_input.length - 1 > max_length:
+            shorter = _without_oldest_prompt_message(conversation, train_on)
+            if shorter is None:
+                break
+            conversation, example = shorter, renderer.render(shorter, train_on)
+    return to_datum(example, max_length, truncation)
+
+
+def _without_oldest_prompt_message(
+    conversation: Conversation, train_on: TrainOn
+) -> Conversation | None:
+    """The conversation without its oldest message that is neither a leading system message,
+    nor trained on, nor the one right before the first trained message (whose end is the
+    prompt's most useful part: ``to_datum`` cuts into it token by token instead)."""
+    messages, last = conversation.messages, conversation.last_assistant_index
+    if train_on is TrainOn.ALL_TOKENS:
+        return None
+    first_trained = next(
+        (i for i, m in enumerate(messages) if _trained(train_on, i, m.role, last)), None
+    )
+    oldest = 1 if messages[0].role == "system" else 0
+    if first_trained is None or oldest >= first_trained - 1:
+        return None
+    return Conversation(messages[:oldest] + messages[oldest + 1 :])

@@ -27,11 +27,16 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import attrs
 
-from galley.core.config import config_from_mapping
 from galley.core.engine.retry import NO_RETRY, RetryPolicy, call_with_retry
-from galley.core.errors import ConfigError, GalleyError, LockedError, NotFoundError
+from galley.core.errors import (
+    ConfigError,
+    GalleyError,
+    LockedError,
+    NotFoundError,
+    ValidationError,
+)
 from galley.core.keys import join_key
-from galley.core.serialization import from_json, to_data
+from galley.core.serialization import from_data, from_json, to_data
 
 if TYPE_CHECKING:
     from galley.core.adapter_set import Adapters
@@ -164,8 +169,10 @@ def saved_settings(record: RunRecord, config_type: type[Any]) -> dict[str, Any]:
 
 def saved_config(record: RunRecord, config_type: type[Any]) -> Any:
     """The record's config as a ``config_type`` instance (upgraded if older)."""
-    source = f"run record of {record.run_id!r}"
-    return config_from_mapping(config_type, saved_settings(record, config_type), source)
+    try:
+        return from_data(config_type, saved_settings(record, config_type))
+    except ValidationError as e:
+        raise ConfigError(f"the run record of {record.run_id!r} does not fit: {e}") from None
 
 
 def _settings(config: Any) -> dict[str, Any]:
@@ -224,19 +231,20 @@ def _resumed_record(
     accepted = tuple(k for k in changes if k in trajectory)
     if accepted and not accept_changes:
         _refuse_changes(run_id, output, {k: changes[k] for k in accepted})
-    if not changes:
-        return record
-    log.warning(
-        "run.settings_changed",
-        changes={k: [c.saved, c.given] for k, c in changes.items()},
-        accepted=list(accepted),
-    )
-    change = ConfigChange(time.time(), changes, accepted)
+    history = record.history
+    if changes:
+        log.warning(
+            "run.settings_changed",
+            changes={k: [c.saved, c.given] for k, c in changes.items()},
+            accepted=list(accepted),
+        )
+        history = (*history, ConfigChange(time.time(), changes, accepted))
+    # The record is saved in the current config shape (an older one upgraded) from now on.
     return attrs.evolve(
         record,
         config=_settings(config),
         config_version=type(config).CONFIG_VERSION,
-        history=(*record.history, change),
+        history=history,
     )
 
 
@@ -275,6 +283,9 @@ def claim_run(
         existing = io("run.read", lambda: read_run_record(adapters, output, run_id))
         if config.resume:
             record = _resumed_record(existing, workflow, config, accept_changes, log)
+            # The run's metrics are read again at its end: a store that cannot read them is
+            # refused now, not after the training.
+            io("metrics.read", lambda: adapters.metrics.read(run_id))
         else:
             io("run.check_new", lambda: _check_new(adapters, output, run_id))
             record = RunRecord(

@@ -2,7 +2,9 @@
 
 ``to_data(obj)`` gives plain dicts/lists/str/float/int/bool/None that ``json.dumps`` accepts;
 ``from_data(cls, data)`` rebuilds (and re-validates) the object. Unknown keys are refused, so a
-typo in a stored or hand-written document is an error, not a silently ignored field.
+typo in a stored or hand-written document is an error, not a silently ignored field, and values
+are read strictly: a string is not a bool (``"false"`` would be true), a float or a bool is not
+an integer, a list is not a string. Only an integer may stand for a float.
 """
 
 from __future__ import annotations
@@ -48,6 +50,33 @@ def _structure_tensor(value: Any, _: Any) -> TensorData:
     return TensorData(array)
 
 
+class WrongTypeError(ValueError):
+    """A document value of the wrong type (read strictly, never coerced)."""
+
+
+def _shown(value: Any) -> str:
+    return f"{value!r:.60}" if isinstance(value, str | int | float | bool) else type(value).__name__
+
+
+def _exactly(kind: type[Any], expected: str) -> Any:
+    def structure(value: Any, _: Any) -> Any:
+        if type(value) is not kind:
+            raise WrongTypeError(f"expected {expected}, got {_shown(value)}")
+        return value
+
+    return structure
+
+
+def _structure_float(value: Any, _: Any) -> float:
+    if type(value) not in (int, float):
+        raise WrongTypeError(f"expected a number, got {_shown(value)}")
+    return float(value)
+
+
+converter.register_structure_hook(bool, _exactly(bool, "true or false"))
+converter.register_structure_hook(int, _exactly(int, "an integer"))
+converter.register_structure_hook(str, _exactly(str, "a string"))
+converter.register_structure_hook(float, _structure_float)
 converter.register_unstructure_hook(TensorData, _unstructure_tensor)
 converter.register_structure_hook(TensorData, _structure_tensor)
 # A chunk is just its tokens: {"tokens": [...]} stays readable in JSONL.
@@ -79,7 +108,7 @@ def from_data(cls: type[T], data: Any) -> T:
 
 
 def _format(exc: BaseException, type_: Any) -> str:
-    if isinstance(exc, ValidationError):
+    if isinstance(exc, ValidationError | WrongTypeError):
         return str(exc)
     return format_exception(exc, type_)
 

@@ -22,10 +22,12 @@ from galley.adapters.fsspec_blobs import FsspecBlobStore
 from galley.adapters.hf_datasets import HFDatasetStore
 from galley.adapters.jax import JaxTrainingClient
 from galley.adapters.noop import NoopBlobStore, NoopHubClient, NoopTrainingClient, noop_adapters
+from galley.adapters.settings import settings_from_mapping
 from galley.core import (
     Datum,
     ForwardBackwardInput,
     GalleyError,
+    LoraConfig,
     ModelInput,
     SamplingParams,
     SessionConfig,
@@ -120,6 +122,50 @@ def truncate(name: str) -> Callable[[Path], None]:
     return lambda folder: (folder / name).write_bytes((folder / name).read_bytes()[:100])
 
 
+def edit_tensor(name: str, edit: Callable[[np.ndarray], np.ndarray]) -> Callable[[Path], None]:
+    def change(folder: Path) -> None:
+        from safetensors.numpy import load_file, save_file
+
+        tensors = load_file(str(folder / "model.safetensors"))
+        tensors[name] = edit(tensors[name])
+        save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+    return change
+
+
+def write(name: str, text: str) -> Callable[[Path], None]:
+    return lambda folder: (folder / name).write_text(text)
+
+
+def with_nan(array: np.ndarray) -> np.ndarray:
+    array = array.copy()
+    array.flat[3] = np.nan
+    return array
+
+
+def tokenizer_of(tmp: Path, breakage: Callable[[Path], None]) -> Any:
+    """A session on a model folder whose tokenizer is broken: asked for when first used."""
+    return model_folder(tmp, breakage)(tmp).tokenizer
+
+
+def lora_session(tmp: Path, rank: int) -> Any:
+    folder = make_model(tmp / "model", "llama")
+    return JaxTrainingClient(NoopHubClient(), NoopBlobStore()).start_session(
+        SessionConfig(str(folder), LoraConfig(rank=rank))
+    )
+
+
+def in_file(name: str, data: bytes) -> Callable[[Path], Path]:
+    def make(tmp: Path) -> Path:
+        (tmp / name).write_bytes(data)
+        return tmp / name
+
+    return make
+
+
+NOOP = ("run", "sft", "--adapters", "noop", "--set", "max_steps=2")
+
+
 # (case id, action (possibly built lazily from tmp), the message that must appear)
 CASES: list[tuple[str, Any, str]] = [
     ("toml syntax", toml("[sft\nmax_steps = 3"), "is not valid TOML"),
@@ -182,17 +228,17 @@ CASES: list[tuple[str, Any, str]] = [
     (
         "jsonl not json",
         sft_on_rows([GOOD, GOOD, '{"prompt": "q", "completion": ']),
-        r"data.jsonl, row 2, field '<json>': not valid JSON",
+        r"data.jsonl, line 3, field '<json>': not valid JSON",
     ),
     (
         "row wrong type",
         sft_on_rows([GOOD, {"prompt": "q", "completion": 5}, GOOD]),
-        "row 1, field 'completion': expected a string",
+        "row 2, field 'completion': expected a string",
     ),
     (
         "row missing field",
         sft_on_rows([GOOD, GOOD, {"prompt": "q"}]),
-        "row 2, field 'completion': missing",
+        "row 3, field 'completion': missing",
     ),
     (
         "empty conversation",
@@ -207,9 +253,11 @@ CASES: list[tuple[str, Any, str]] = [
     (
         "row too long, no truncation",
         sft_on_rows(
-            [GOOD, {"prompt": "q" * 300, "completion": "a"}, GOOD], truncate=False, max_length=64
+            [GOOD, {"prompt": "q" * 300, "completion": "a"}, GOOD],
+            truncation="error",
+            max_length=64,
         ),
-        r"data.jsonl\[train\], row 1, field 'max_length'.*raise max_length or enable truncation",
+        r"data.jsonl\[train\], row 2, field 'max_length'.*raise max_length, or truncate",
     ),
     (
         "holdout takes everything",
@@ -289,6 +337,201 @@ CASES: list[tuple[str, Any, str]] = [
         "model.safetensors: is not a readable safetensors file",
     ),
     (
+        "tensor of the wrong shape",
+        lambda tmp: model_folder(tmp, edit_tensor("model.norm.weight", lambda a: a[:-1]))(tmp),
+        r"model.safetensors tensor 'model.norm.weight': has shape \(63,\); its config.json "
+        r"implies \(64,\)",
+    ),
+    (
+        "vocab_size beyond the embedding",
+        lambda tmp: model_folder(tmp, set_config(vocab_size=4000))(tmp),
+        r"tensor 'model.embed_tokens.weight': has shape \(\d+, 64\); its config.json implies "
+        r"\(4000, 64\)",
+    ),
+    (
+        "NaN weights",
+        lambda tmp: model_folder(tmp, edit_tensor("model.layers.0.mlp.up_proj.weight", with_nan))(
+            tmp
+        ),
+        "tensor 'model.layers.0.mlp.up_proj.weight': has 1 NaN or infinite values",
+    ),
+    (
+        "zero heads",
+        lambda tmp: model_folder(tmp, set_config(num_attention_heads=0))(tmp),
+        "num_attention_heads: expected a positive integer, got 0",
+    ),
+    (
+        "negative layers",
+        lambda tmp: model_folder(tmp, set_config(num_hidden_layers=-1))(tmp),
+        "num_hidden_layers: expected a positive integer, got -1",
+    ),
+    (
+        "KV heads not dividing heads",
+        lambda tmp: model_folder(tmp, set_config(num_key_value_heads=3))(tmp),
+        r"num_key_value_heads: 3 does not divide num_attention_heads \(4\)",
+    ),
+    (
+        "config.json not JSON",
+        lambda tmp: model_folder(tmp, write("config.json", "{not json"))(tmp),
+        "config.json: is not a readable JSON file",
+    ),
+    (
+        "weight map out of the model folder",
+        lambda tmp: model_folder(
+            tmp,
+            write(
+                "model.safetensors.index.json",
+                '{"weight_map": {"model.norm.weight": "../../../../etc/passwd"}}',
+            ),
+        )(tmp),
+        r"weight_map\['model.norm.weight'\]: '../../../../etc/passwd' is not a file name in "
+        "the model folder; refusing to open it",
+    ),
+    (
+        "tokenizer not a tokenizer",
+        lambda tmp: tokenizer_of(tmp, write("tokenizer.json", "garbage")),
+        "tokenizer.json: is not a readable tokenizer",
+    ),
+    (
+        "tokenizer config not JSON",
+        lambda tmp: tokenizer_of(tmp, write("tokenizer_config.json", "{")),
+        "tokenizer_config.json: is not readable JSON",
+    ),
+    (
+        "LoRA rank above the projections",
+        lambda tmp: lora_session(tmp, 40),
+        "LoraConfig.rank: 40 is above 32, the smallest dimension of the attention projections",
+    ),
+    (
+        "dtype int8",
+        cli(*NOOP, "--set", "adapters.training=jax", "--set", "adapters.training.dtype=int8"),
+        "dtype 'int8' is not one of float32, bfloat16, float16",
+    ),
+    (
+        "no length buckets",
+        cli(
+            *NOOP, "--set", "adapters.training=jax", "--set", "adapters.training.length_buckets=[]"
+        ),
+        "length_buckets: expected positive integer lengths, got",
+    ),
+    (
+        "a negative length bucket",
+        cli(
+            *NOOP,
+            "--set",
+            "adapters.training=jax",
+            "--set",
+            "adapters.training.length_buckets=[-4]",
+        ),
+        "length_buckets: expected positive integer lengths",
+    ),
+    (
+        "samples longer than the context",
+        cli(*NOOP, "--set", "sample_max_tokens=5000"),
+        "sample_max_tokens: 5000 new tokens leave no room for a prompt in the model's context "
+        "of 4096 tokens",
+    ),
+    ("flag max_steps 5.9", cli(*NOOP, "--set", "max_steps=5.9"), "expected an integer, got 5.9"),
+    ("flag max_steps true", cli(*NOOP, "--set", "max_steps=true"), "expected an integer, got True"),
+    (
+        "flag learning_rate true",
+        cli(*NOOP, "--set", "learning_rate=true"),
+        "expected a number, got True",
+    ),
+    (
+        "flag truncation false",
+        cli(*NOOP, "--set", 'truncation="false"'),
+        "unknown value 'false'; expected one of error, keep_end, keep_start",
+    ),
+    ("flag resume as text", cli(*NOOP, "--set", 'resume="false"'), "expected true or false"),
+    (
+        "flag base_model a list",
+        cli(*NOOP, "--set", "base_model=[1]"),
+        "expected a string, got list",
+    ),
+    ("toml sft not a table", toml("sft = 5", "--adapters", "noop"), r"\[sft\] must be a table"),
+    (
+        "toml adapters a string",
+        toml('adapters = "noop"'),
+        r"\[adapters\] must be a table .*not str",
+    ),
+    ("toml array of sft tables", toml("[[sft]]\nmax_steps = 2"), "not an array of tables"),
+    (
+        "config is a folder",
+        lambda tmp: cli("run", "sft", "--config", str(tmp))(tmp),
+        "is a folder; expected a TOML file",
+    ),
+    (
+        "config not UTF-8",
+        lambda tmp: cli("run", "sft", "--config", str(in_file("run.toml", b"\xff\xfe=")(tmp)))(tmp),
+        r"is not UTF-8 text \(byte 1\)",
+    ),
+    (
+        "blobs URL through a file",
+        lambda tmp: cli(
+            *NOOP,
+            "--set",
+            "adapters.blobs=fsspec",
+            "--set",
+            f"adapters.blobs.url={in_file('d.txt', b'x')(tmp)}/runs",
+        )(tmp),
+        "blob store '.*d.txt/runs' cannot be a folder here: Not a directory",
+    ),
+    (
+        "blobs URL under /dev/null",
+        cli(*NOOP, "--set", "adapters.blobs=fsspec", "--set", "adapters.blobs.url=/dev/null/x"),
+        "blob store '/dev/null/x' cannot be a folder here",
+    ),
+    (
+        "blobs URL of an unknown protocol",
+        cli(*NOOP, "--set", "adapters.blobs=fsspec", "--set", "adapters.blobs.url=bogus://x"),
+        "blob store 'bogus://x' is not a usable fsspec URL: Protocol not known: bogus",
+    ),
+    (
+        "SQLite path a folder",
+        lambda tmp: cli(
+            *NOOP, "--set", "adapters.metrics=sqlite", "--set", f"adapters.metrics.path={tmp}"
+        )(tmp),
+        "metrics database .* is a folder; expected a file",
+    ),
+    (
+        "log file a folder",
+        lambda tmp: cli(*NOOP, "--log-file", str(tmp))(tmp),
+        "--log-file .* is a folder; expected a file",
+    ),
+    (
+        "log file unwritable",
+        cli(*NOOP, "--log-file", "/dev/null/events.jsonl"),
+        "--log-file '/dev/null/events.jsonl' cannot be opened for writing",
+    ),
+    (
+        "sample with a malformed manifest",
+        lambda tmp: cli(
+            "sample",
+            "--checkpoint",
+            str(in_file("manifest.json", b"{broken")(tmp).parent),
+            "hi",
+        )(tmp),
+        "manifest.json' is unreadable",
+    ),
+    (
+        "sample with a folder of prompts",
+        lambda tmp: cli("sample", "--checkpoint", str(tmp), "--prompts-file", str(tmp))(tmp),
+        "--prompts-file .* is a folder; expected a file",
+    ),
+    (
+        "plot of a metrics line without run_id",
+        lambda tmp: cli(
+            "plot", str(in_file("metrics.jsonl", b'{"step": 1, "metrics": {}}\n')(tmp).parent)
+        )(tmp),
+        r"metrics.jsonl, line 1: expected a metrics row with run_id",
+    ),
+    (
+        "empty jsonl",
+        sft_on_rows([]),
+        r"data.jsonl, field '<file>': has no rows \(the file is empty\)",
+    ),
+    (
         "blob key with ..",
         lambda tmp: FsspecBlobStore(str(tmp / "b")).write("runs/../../etc", b"x"),
         r"key 'runs/../../etc' has an empty, '.' or '..' segment",
@@ -326,7 +569,8 @@ def test_bad_input_is_refused_clearly_leaving_nothing_behind(
         left = {
             f
             for f in files_under(tmp_path)
-            if not f.startswith(("model/", "run.toml", "data.jsonl", "d.txt"))
+            if not f.startswith(("model/", "run.toml", "data.jsonl", "d.txt", "manifest.json"))
+            and f != "metrics.jsonl"
         }
         assert left == set(), f"files left behind: {left}"
     finally:
@@ -376,7 +620,7 @@ def test_junk_toml_raises_only_config_errors(text: str) -> None:
 )
 def test_junk_configs_raise_only_config_errors(data: dict[str, Any]) -> None:
     with contextlib.suppress(GalleyError):
-        SFTConfig.from_mapping(data)
+        settings_from_mapping(SFTConfig, data, "sft config")
 
 
 @settings(max_examples=150, deadline=None)

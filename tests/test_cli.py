@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -123,3 +124,129 @@ def test_console_script_is_installed() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert "3/3" in done.stdout
+
+
+NOOP_ON_DISK = [
+    "--adapters",
+    "noop",
+    "--set",
+    "adapters.blobs=fsspec",
+    "--set",
+    "adapters.metrics=jsonl",
+    "--set",
+    "num_samples=0",
+]
+
+
+def say(capsys: pytest.CaptureFixture[str]) -> str:
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_a_run_that_fails_while_running_exits_1_saying_how_to_continue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from galley.adapters.noop.training import NoopTrainingSession
+
+    monkeypatch.chdir(tmp_path)
+    optim = NoopTrainingSession.optim_step
+
+    def lost_at_step_5(self: NoopTrainingSession, params: object) -> object:
+        if self._params.step == 4:
+            raise RuntimeError("device lost")
+        return optim(self, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(NoopTrainingSession, "optim_step", lost_at_step_5)
+    args = ["run", "sft", *NOOP_ON_DISK, "--set", "run_id=f", "--set", "checkpoint_every=2"]
+    assert main([*args, "--set", "max_steps=8"]) == 1
+    out = say(capsys)
+    assert "stage 'optim_step' failed at step 5: RuntimeError: device lost" in out
+    assert "to continue from step 4: galley run sft --resume f" in out
+
+
+def test_ctrl_c_exits_130_saying_how_to_continue(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from galley.adapters.noop.training import NoopTrainingSession
+
+    monkeypatch.chdir(tmp_path)
+    optim = NoopTrainingSession.optim_step
+
+    def interrupted_at_step_3(self: NoopTrainingSession, params: object) -> object:
+        if self._params.step == 2:
+            raise KeyboardInterrupt
+        return optim(self, params)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(NoopTrainingSession, "optim_step", interrupted_at_step_3)
+    args = ["run", "sft", *NOOP_ON_DISK, "--set", "run_id=c", "--set", "checkpoint_every=2"]
+    assert main([*args, "--set", "max_steps=8"]) == 130
+    out = say(capsys)
+    assert "interrupted" in out and "to continue from step 2: galley run sft --resume c" in out
+    assert "Traceback" not in out
+    assert not (tmp_path / "runs" / "c" / "run.lock").exists()  # the run let go of its id
+
+
+def test_input_refused_while_loading_exits_2_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "sft", *NOOP_ON_DISK, "--set", "run_id=i", "--set", "eval_split=none"]
+    assert main([*args, "--set", "eval_holdout=100000"]) == 2
+    out = say(capsys)
+    assert "eval_holdout: holding out 100000 rows leaves none" in out
+    assert "nothing of the run was written" in out
+    assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
+
+
+def test_a_failing_log_file_warns_once_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "sft", "--adapters", "noop", "--set", "max_steps=4"]) == 0
+    capsys.readouterr()
+    args = ["run", "sft", "--adapters", "noop", "--set", "max_steps=4", "-v"]
+    assert main([*args, "--log-file", "/dev/full"]) == 0  # every write fails: disk full
+    err = capsys.readouterr().err
+    assert err.count("the log file '/dev/full' cannot be written") == 1
+
+
+def test_secrets_given_as_settings_are_not_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    token = "hf_" + "a1B2c3D4e5" * 3
+    url = "memory://alice:hunter2@bucket/galley"
+    sets = ["--set", f"base_model={token}", "--set", "adapters.blobs=fsspec"]
+    sets += ["--set", f"adapters.blobs.url={url}", "--set", "max_steps=2"]
+    assert main(["run", "sft", "--adapters", "noop", *sets]) == 0
+    out = capsys.readouterr().out
+    assert token not in out and "hunter2" not in out
+    assert "[redacted]" in out and "memory://[redacted]@bucket/galley/runs/" in out
+    assert main(["run", "sft", "--adapters", "noop", "--set", f"dataset={token}", "--set", "x=1"])
+    assert token not in capsys.readouterr().out  # nor on an error line
+
+
+def test_output_moves_the_metrics_with_the_checkpoints(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "sft", *NOOP_ON_DISK, "--set", "run_id=o", "--set", "max_steps=2"]
+    assert main([*args, "--set", "output=elsewhere"]) == 0
+    assert (tmp_path / "elsewhere" / "o" / "metrics.jsonl").is_file()
+    assert (tmp_path / "elsewhere" / "o" / "checkpoints.jsonl").is_file()
+    assert not (tmp_path / "runs").exists()
+
+
+def test_rows_too_long_to_fit_are_skipped_and_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    rows = [{"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(12)]
+    rows[3] = {"prompt": "q", "completion": "a very long answer " * 20}  # trained: cannot fit
+    rows[5] = {"prompt": "a very long question " * 20, "completion": "short"}  # prompt is cut
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["run", "sft", "--adapters", "noop", "--set", "adapters.datasets=hf"]
+    args += ["--set", "dataset=data.jsonl", "--set", "max_length=64", "--set", "max_steps=2"]
+    assert main([*args, "--set", "eval_holdout=2", "--set", "num_samples=0"]) == 0
+    out, err = capsys.readouterr()
+    assert re.search(r"(train|eval) rows too long \(skipped\)\W+1", " ".join(out.split()))
+    assert "example.skipped" in err and "row=4" in err  # named as an editor numbers it

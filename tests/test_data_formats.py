@@ -63,7 +63,7 @@ def test_formats(row: dict[str, Any], expected: list[tuple[str, str]]) -> None:
 )
 def test_malformed_rows_name_file_row_and_field(row: Any, field: str, message: str) -> None:
     with pytest.raises(
-        DataError, match=rf"data.jsonl, row 7, field '{field}': .*{message}"
+        DataError, match=rf"data.jsonl, row 8, field '{field}': .*{message}"
     ) as info:
         conv(row)
     assert info.value.row == 7

@@ -142,3 +142,25 @@ def test_a_local_lock_excludes_other_processes_until_its_holder_dies(tmp_path: P
     finally:
         holder.kill()
         holder.wait(timeout=30)
+
+
+def test_a_killed_writers_temporary_files_are_swept_by_the_next_lock(tmp_path: Path) -> None:
+    """A write SIGKILLed between its temporary file and the rename leaves the file; whoever
+    next locks that folder removes it, and leaves a live writer's file alone."""
+    script = (
+        "import os, signal, sys\n"
+        "import galley.adapters.fsspec_blobs as fb\n"
+        "def die(src, dst): os.kill(os.getpid(), signal.SIGKILL)\n"
+        "fb.os.replace = die\n"
+        "fb.FsspecBlobStore(sys.argv[1]).write('runs/r/state/step-000001/state.json', b'x')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], check=False)
+    assert done.returncode == -9
+    folder = tmp_path / "runs" / "r" / "state" / "step-000001"
+    [left] = os.listdir(folder)
+    assert left.startswith(".galley-tmp-")
+    live = folder / f".galley-tmp-{socket.gethostname().replace('.', '_')}-{os.getpid()}.x.y"
+    live.write_bytes(b"being written")
+    held = FsspecBlobStore(str(tmp_path)).lock("runs/r/run.lock", "next run")
+    assert os.listdir(folder) == [live.name]
+    held.release()

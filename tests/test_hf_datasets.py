@@ -87,8 +87,19 @@ def test_instruction_and_input_output_rows(tmp_path: Path) -> None:
 def test_malformed_jsonl_names_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text('{"prompt": "a", "completion": "b"}\n{"prompt": "a", "completion": \n')
-    with pytest.raises(DataError, match=r"bad.jsonl, row 1, field '<json>': not valid JSON"):
+    with pytest.raises(DataError, match=r"bad.jsonl, line 2, field '<json>': not valid JSON"):
         HFDatasetStore().load(str(path))
+
+
+def test_empty_and_non_utf8_jsonl_files_are_named(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    with pytest.raises(DataError, match=r"empty.jsonl, field '<file>': has no rows"):
+        HFDatasetStore().load(str(empty))
+    latin = tmp_path / "latin.jsonl"
+    latin.write_bytes(b'{"prompt": "a", "completion": "b"}\n{"prompt": "caf\xe9"}\n')
+    with pytest.raises(DataError, match=r"latin.jsonl, line 2, field '<text>': not UTF-8"):
+        HFDatasetStore().load(str(latin))
 
 
 def test_a_bad_row_stops_sft_before_training_naming_the_row(tmp_path: Path) -> None:
@@ -96,7 +107,7 @@ def test_a_bad_row_stops_sft_before_training_naming_the_row(tmp_path: Path) -> N
     path = write_jsonl(tmp_path / "train.jsonl", rows)
     adapters = noop_adapters(datasets=HFDatasetStore())
     with pytest.raises(
-        WorkflowError, match=r"train.jsonl\[train\], row 5, field 'completion': missing"
+        WorkflowError, match=r"train.jsonl\[train\], row 6, field 'completion': missing"
     ) as info:
         run(SFTConfig(dataset=str(path), max_steps=3, run_id="bad"), adapters)
     assert info.value.stage == "load_dataset" and "session" not in info.value.state

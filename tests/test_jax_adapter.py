@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +17,21 @@ from flax import nnx
 from peft import PeftModel
 from safetensors import safe_open
 
-from galley.adapters.jax import JaxTrainingClient
+from galley.adapters.jax import JaxCompleter, JaxTrainingClient
 from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
 from galley.adapters.jax.config import parse_config
 from galley.adapters.jax.model import build_model
 from galley.adapters.jax.training import TRACES
 from galley.adapters.noop import NoopBlobStore, NoopHubClient
-from galley.core import AdamParams, Datum, LoraConfig, SessionConfig, ValidationError
+from galley.core import (
+    AdamParams,
+    Datum,
+    LoraConfig,
+    ModelRef,
+    SamplingParams,
+    SessionConfig,
+    ValidationError,
+)
 from galley.ports import BlobStore
 from tests.contracts.training_client import TrainingClientContract
 from tests.hf_models import make_model
@@ -237,6 +246,16 @@ def test_merged_export_loads_in_transformers_with_the_same_logits(
     ].numpy()
     np.testing.assert_allclose(ours, theirs, atol=1e-4)
     assert not json.loads((merged / "config.json").read_text())["tie_word_embeddings"]
+    # A Completer reads the export through a temporary copy that it removes, and keeps at
+    # most max_models models loaded.
+    copies = lambda: set(Path(tempfile.gettempdir()).glob("galley-merged-*"))  # noqa: E731
+    before = copies()
+    completer = JaxCompleter(NoopHubClient(), blobs, max_models=1)
+    params = SamplingParams(max_tokens=2, temperature=0.0)
+    tuned = completer.complete(data[0].model_input, params, model=ModelRef(str(folder), ref))
+    completer.complete(data[0].model_input, params, model=ModelRef(str(folder)))
+    assert copies() == before and len(completer._models) == 1
+    assert tuned.sequences[0].tokens  # it sampled from the merged weights
 
 
 def test_training_drives_loss_down_and_full_finetune_trains_everything(
@@ -402,3 +421,19 @@ def test_every_loss_matches_the_core_reference(models: dict[str, Path], loss: st
     for a, b in zip(jax.tree.leaves(session._grads), jax.tree.leaves(twin._grads), strict=True):
         scale = float(np.abs(np.asarray(b)).max()) or 1.0
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4 * scale)
+
+
+def test_a_model_without_a_tokenizer_trains_on_ids_and_names_the_missing_file(
+    tmp_path: Path,
+) -> None:
+    from galley.core import NotFoundError
+
+    folder = make_model(tmp_path / "m", "llama")
+    (folder / "tokenizer.json").unlink()
+    session = JaxTrainingClient(NoopHubClient(), NoopBlobStore()).start_session(
+        SessionConfig(str(folder), LoraConfig(rank=2))
+    )
+    out = session.forward_backward([Datum.from_tokens([0, 5, 6, 7], [0, 1, 1, 1])]).result()
+    assert out.metrics["loss:sum"] > 0
+    with pytest.raises(NotFoundError, match="has no tokenizer.json"):
+        _ = session.tokenizer

@@ -65,3 +65,11 @@ class TestNoopTrainingClient(TrainingClientContract):
 class TestNoopCompleter(CompleterContract):
     def make(self) -> NoopCompleter:
         return NoopCompleter()
+
+
+def test_the_noop_hub_leaves_no_folder_behind() -> None:
+    hub = NoopHubClient()
+    folder = hub.download("org/model", "config.json").parent
+    assert folder.is_dir()
+    hub.close()
+    assert not folder.exists()

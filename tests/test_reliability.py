@@ -9,13 +9,14 @@ from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import structlog
 
 from galley.adapters.fsspec_blobs import FsspecBlobStore
 from galley.adapters.logging import configure_logging, redact_secrets
 from galley.adapters.noop import NoopTrainingClient, noop_adapters
-from galley.core import ForwardBackwardOutput, SessionConfig, WorkflowError
+from galley.core import ForwardBackwardOutput, PortTimeoutError, SessionConfig, WorkflowError
 from galley.core.errors import NonFiniteError
 from galley.core.manifest import CorruptCheckpointError, read_checkpoint
 from galley.core.stages import read_index
@@ -181,3 +182,46 @@ def test_a_corrupt_blob_is_named(tmp_path: Path) -> None:
     (tmp_path / "s" / "state" / "x" / "state.json").unlink()
     with pytest.raises(CorruptCheckpointError, match="'s/state/x/state.json' is missing"):
         session.load_state(ref).result()
+
+
+class HangsAtStep(NoopTrainingClient):
+    """A backend whose n-th forward_backward never answers."""
+
+    def __init__(self, *args: Any, at: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.at = at
+
+    def start_session(self, config: SessionConfig) -> Any:
+        session = super().start_session(config)
+        original, calls = session.forward_backward, []
+
+        def forward_backward(*args: Any, **kwargs: Any) -> Future[ForwardBackwardOutput]:
+            calls.append(1)
+            return Future() if len(calls) == self.at else original(*args, **kwargs)
+
+        session.forward_backward = forward_backward  # type: ignore[method-assign]
+        return session
+
+
+def test_a_call_that_never_answers_stops_the_run_naming_it(tmp_path: Path) -> None:
+    blobs = FsspecBlobStore(str(tmp_path))
+    adapters = noop_adapters(blobs=blobs, training=HangsAtStep(blobs, at=4))
+    config = SFTConfig(max_steps=8, checkpoint_every=2, num_samples=0, run_id="hang")
+    with pytest.raises(WorkflowError) as info:
+        run(attrs.evolve(config, call_timeout_s=0.2), adapters)
+    assert isinstance(info.value.__cause__, PortTimeoutError)
+    assert "training.forward_backward (step 4) did not finish within 0.2 s" in str(info.value)
+    assert info.value.stage in {"collect_results", "drain", "checkpoint"}
+    assert [r.step for r in read_index(blobs, "runs", "hang")] == [2]  # resumable from step 2
+
+
+def test_a_metrics_store_that_cannot_flush_stops_the_run_as_a_workflow_error() -> None:
+    from galley.adapters.noop import NoopMetricsStore
+
+    class FullDisk(NoopMetricsStore):
+        def flush(self) -> None:
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(WorkflowError, match="No space left on device") as info:
+        run(SFTConfig(max_steps=2, num_samples=0, run_id="f"), noop_adapters(metrics=FullDisk()))
+    assert isinstance(info.value.__cause__, OSError)

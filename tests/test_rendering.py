@@ -10,8 +10,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from galley.adapters.noop import ByteTokenizer
-from galley.core import Conversation, Message, RoleColonRenderer, TrainOn, ValidationError, to_datum
+from galley.core import (
+    Conversation,
+    Message,
+    RoleColonRenderer,
+    TrainOn,
+    Truncation,
+    ValidationError,
+    fit_conversation,
+    to_datum,
+)
 from galley.core.chat import ROLES
+from galley.core.rendering import DoesNotFitError
 
 tok = ByteTokenizer()
 renderer = RoleColonRenderer(tok)
@@ -86,9 +96,9 @@ def test_weights_are_binary_and_follow_the_choice(
 
 
 @given(conversations, st.integers(2, 64))
-def test_to_datum_shifts_and_truncates(conversation: Conversation, max_length: int) -> None:
+def test_keep_start_shifts_and_cuts_the_end(conversation: Conversation, max_length: int) -> None:
     ex = renderer.render(conversation, TrainOn.ALL_TOKENS)
-    d = to_datum(ex, max_length)
+    d = to_datum(ex, max_length, Truncation.KEEP_START)
     ids = ex.model_input.to_ints()
     n = min(len(ids) - 1, max_length)
     assert d.model_input.to_ints() == ids[:n]
@@ -96,13 +106,69 @@ def test_to_datum_shifts_and_truncates(conversation: Conversation, max_length: i
     np.testing.assert_array_equal(d.loss_fn_inputs["weights"].data, ex.weights[1 : n + 1])
 
 
-def test_overlong_example_without_truncation_is_refused() -> None:
+def trained_ids(ids: list[int], weights: np.ndarray) -> list[int]:
+    return [t for t, w in zip(ids, weights, strict=True) if w]
+
+
+@given(conversations, st.sampled_from(list(TrainOn)), st.integers(2, 80))
+def test_keep_end_drops_only_prompt_and_skips_what_cannot_fit(
+    conversation: Conversation, train_on: TrainOn, max_length: int
+) -> None:
+    """keep_end: the datum fits, is a tail of the rendering (token level), and keeps every
+    trained token; it refuses to fit (DoesNotFit) exactly when the trained tokens plus one
+    token of prompt are longer than max_length + 1."""
+    ex = renderer.render(conversation, train_on)
+    ids, weights = ex.model_input.to_ints(), ex.weights
+    trained = np.flatnonzero(weights[1:]) + 1
+    if not trained.size:
+        with pytest.raises(DoesNotFitError):
+            to_datum(ex, max_length)
+        return
+    if len(ids) - trained[0] + 1 > max_length + 1:
+        with pytest.raises(DoesNotFitError, match="do not fit"):
+            to_datum(ex, max_length)
+        return
+    d = to_datum(ex, max_length)
+    kept = [*d.model_input.to_ints(), d.loss_fn_inputs["target_tokens"].tolist()[-1]]
+    assert len(kept) - 1 <= max_length and kept == ids[len(ids) - len(kept) :]
+    kept_weights = np.concatenate([[0.0], d.loss_fn_inputs["weights"].data])
+    assert trained_ids(kept, kept_weights) == trained_ids(ids[1:], weights[1:])
+
+
+@given(conversations, st.sampled_from(list(TrainOn)), st.integers(2, 80))
+def test_fitting_a_conversation_never_loses_a_trained_token(
+    conversation: Conversation, train_on: TrainOn, max_length: int
+) -> None:
+    full = renderer.render(conversation, train_on)
+    try:
+        d = fit_conversation(renderer, conversation, train_on, max_length)
+    except DoesNotFitError:
+        return
+    assert d.model_input.length <= max_length
+    assert d.loss_fn_inputs["weights"].data.sum() == full.weights[1:].sum()
+
+
+def test_keep_end_drops_whole_leading_messages_first() -> None:
+    chat = Conversation.of(
+        ("system", "be brief"),
+        ("user", "an old question " * 4),
+        ("assistant", "an old answer " * 4),
+        ("user", "2+2?"),
+        ("assistant", "4"),
+    )
+    d = fit_conversation(renderer, chat, TrainOn.LAST_ASSISTANT_MESSAGE, 50)
+    text = tok.decode([t for t in d.model_input.to_ints() if t < 256])
+    assert text == "System: be brief\n\nUser: 2+2?\n\nAssistant: 4"  # both old turns gone
+
+
+def test_overlong_example_under_error_is_refused() -> None:
     ex = renderer.render(CHAT, TrainOn.ALL_TOKENS)
-    with pytest.raises(ValidationError, match="max_length"):
-        to_datum(ex, 10, truncate=False)
+    with pytest.raises(ValidationError, match="max_length") as info:
+        to_datum(ex, 10, Truncation.ERROR)
+    assert not isinstance(info.value, DoesNotFitError)  # an error, not a skip
 
 
-def test_example_with_nothing_trained_after_truncation_is_refused() -> None:
+def test_example_with_nothing_trained_after_truncation_does_not_fit() -> None:
     ex = renderer.render(CHAT, TrainOn.LAST_ASSISTANT_MESSAGE)
-    with pytest.raises(ValidationError, match="no trained token"):
-        to_datum(ex, 10)
+    with pytest.raises(DoesNotFitError, match="no trained token"):
+        to_datum(ex, 10, Truncation.KEEP_START)

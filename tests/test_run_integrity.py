@@ -7,6 +7,7 @@ a resume that forgot or changed the run's settings, a skipped step mistaken for 
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -114,7 +115,7 @@ def test_a_resume_below_the_checkpoint_is_refused_and_writes_nothing(
     assert "max_steps: saved 10, given 3" in refused.text
     # Accepting the change does not make a step-10 checkpoint a step-3 one.
     below = galley("run", "sft", *P, "--resume", "sh", "--set", "max_steps=3", "--accept-changes")
-    assert below.code == 1
+    assert below.code == 2  # invalid input, refused before anything was written
     assert (
         "run 'sh' is to end at step 3, but its checkpoint 'runs/sh/state/step-000010' is "
         "already at step 10" in below.text
@@ -449,6 +450,21 @@ def test_saved_configs_of_an_older_shape_are_upgraded_and_newer_ones_refused() -
         saved_config(newer, RenamedConfig)
 
 
+def test_a_run_saved_with_the_first_config_shape_resumes(galley: Galley, tmp_path: Path) -> None:
+    """SFTConfig version 1 had ``truncate: bool``; version 2 has ``truncation``."""
+    assert galley("run", "sft", *P, "--set", "run_id=v1", "--set", "max_steps=4").code == 0
+    path = tmp_path / "runs" / "v1" / "run.json"
+    record = json.loads(path.read_text())
+    record["config"]["truncate"] = True
+    del record["config"]["truncation"]
+    path.write_text(json.dumps({**record, "config_version": 1}))
+    resumed = galley("run", "sft", *P, "--resume", "v1", "--set", "max_steps=4")
+    assert resumed.code == 0, resumed.text
+    upgraded = json.loads(path.read_text())
+    assert upgraded["config_version"] == 2 and upgraded["history"] == []
+    assert upgraded["config"]["truncation"] == "keep_start"  # what truncate=true did
+
+
 # -- 5. metrics are durable before a checkpoint points past them -----------------------------
 # (tests/test_resume.py kills runs on a buffering store right after a checkpoint's index line)
 
@@ -521,7 +537,7 @@ CHANGED_VALUES: dict[str, Any] = {
     "lora_rank": 4,
     "lora_alpha": 8.0,
     "max_length": 64,
-    "truncate": False,
+    "truncation": "error",
     "train_on": "all_assistant_messages",
     "renderer": "chat_template",
     "checkpoint_every": 3,
@@ -535,6 +551,7 @@ CHANGED_VALUES: dict[str, Any] = {
     "run_id": "p",
     "resume": True,
     "on_nonfinite": "skip",
+    "call_timeout_s": 30.0,
 }
 
 
@@ -567,3 +584,16 @@ def test_a_resume_is_refused_exactly_when_a_trajectory_field_changes(
             assert resumed.config == {**record.config, **changes}
             assert [set(c.changes) for c in resumed.history] == ([set(changes)] if changes else [])
             assert all(c.accepted == () for c in resumed.history)
+
+
+def test_a_resume_whose_metrics_cannot_be_read_is_refused_before_training(
+    galley: Galley, tmp_path: Path
+) -> None:
+    assert galley("run", "sft", *P, "--set", "run_id=m", "--set", "max_steps=4").code == 0
+    metrics = tmp_path / "runs" / "m" / "metrics.jsonl"
+    metrics.write_text(metrics.read_text() + '{"step": 9, "metrics": {}}\n')
+    before = files(tmp_path / "runs" / "m")
+    refused = galley("run", "sft", *P, "--resume", "m", "--set", "max_steps=4")
+    assert refused.code == 2
+    assert re.search(r"metrics.jsonl, line \d+: expected a metrics row with run_id", refused.text)
+    assert files(tmp_path / "runs" / "m") == before

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from galley.adapters.noop import Faults, NoopDatasetStore, noop_adapters
+from galley.adapters.settings import settings_from_mapping
 from galley.core import Adapters, ConfigError, MetricRecord, WorkflowError
 from galley.core.engine import RetryPolicy
 from galley.core.stages import read_index
@@ -136,7 +137,13 @@ def test_a_permanent_failure_stops_cleanly_with_state() -> None:
 def test_workflow_declares_its_stages_and_ports() -> None:
     workflow = build_workflow(SFTConfig())
     names = [s.name for s in workflow.stages()]
-    assert names[:4] == ["load_dataset", "start_session", "render_dataset", "plan_training"]
+    assert names[:5] == [
+        "load_dataset",
+        "start_session",
+        "check_sampling",
+        "render_dataset",
+        "plan_training",
+    ]
     assert {"forward_backward", "optim_step", "checkpoint", "evaluate", "sample_answers"} <= set(
         names
     )
@@ -159,7 +166,7 @@ def test_workflow_declares_its_stages_and_ports() -> None:
 )
 def test_bad_config_is_refused_naming_the_key(data: dict[str, object], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
-        SFTConfig.from_mapping(data)
+        settings_from_mapping(SFTConfig, data, "sft config")
 
 
 def test_run_result_metrics_are_json_safe(adapters: Adapters) -> None:

@@ -1,7 +1,7 @@
 """Supervised fine-tuning: the workflow, its config, and ``run``.
 
-load_dataset -> start_session -> render_dataset -> plan_training -> resume_from_checkpoint
--> save_run_record -> evaluate_base
+load_dataset -> start_session -> check_sampling -> render_dataset -> plan_training
+-> resume_from_checkpoint -> save_run_record -> evaluate_base
 train loop: forward_backward -> optim_step -> collect_results [-> evaluate] [-> checkpoint]
 drain -> evaluate_final -> final_checkpoint -> export_sampler -> sample_answers
 """
@@ -18,17 +18,26 @@ import attrs
 
 from galley.core.adapter_set import Adapters
 from galley.core.chat import TrainOn
-from galley.core.checks import at_least, in_range, int_at_least, non_empty, one_of, safe_name
-from galley.core.config import config_from_mapping
+from galley.core.checks import (
+    at_least,
+    boolean,
+    in_range,
+    int_at_least,
+    non_empty,
+    one_of,
+    safe_name,
+)
 from galley.core.engine import Every, Loop, Observer, RetryPolicy, Runner, Workflow
 from galley.core.errors import ValidationError, WorkflowError
 from galley.core.keys import check_prefix
 from galley.core.records import EVAL, TRAIN, CheckpointRecord
-from galley.core.rendering import RENDERERS
+from galley.core.rendering import RENDERERS, Truncation
 from galley.core.runs import claim_run, resume_settings
 from galley.core.schedules import ScheduleKind
+from galley.core.serialization import from_data
 from galley.core.stages import (
     SampleComparison,
+    check_sampling,
     checkpoint_stage,
     collect_results,
     drain,
@@ -54,14 +63,22 @@ def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     check_prefix(value, "SFTConfig.output")
 
 
+def _truncation_from_truncate(v1: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 had ``truncate: bool``: true cut a long row's end, false refused it."""
+    v2 = {k: v for k, v in v1.items() if k != "truncate"}
+    v2["truncation"] = "keep_start" if v1.get("truncate", True) else "error"
+    return v2
+
+
 @attrs.frozen
 class SFTConfig:
     """Everything an SFT run needs besides its adapters; every field has a default."""
 
     base_model: str = attrs.field(default=DEFAULT_BASE_MODEL, validator=non_empty)
     dataset: str = attrs.field(default=DEFAULT_DATASET, validator=non_empty)
-    train_split: str = "train"
-    eval_split: str = "test"  # when the dataset lacks it, eval_holdout train rows are held out
+    train_split: str = attrs.field(default="train", validator=non_empty)
+    # When the dataset lacks it, eval_holdout train rows are held out.
+    eval_split: str = attrs.field(default="test", validator=non_empty)
     eval_holdout: int = attrs.field(default=32, validator=int_at_least(0))
     max_steps: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(int_at_least(1))
@@ -80,7 +97,12 @@ class SFTConfig:
     lora_rank: int = attrs.field(default=16, validator=int_at_least(0))  # 0 = full fine-tuning
     lora_alpha: float = attrs.field(default=32.0, validator=in_range(0.0, 1e6, low_open=True))
     max_length: int = attrs.field(default=256, validator=int_at_least(2))
-    truncate: bool = True
+    # A row longer than max_length: "keep_end" drops its oldest prompt (whole leading messages,
+    # then tokens), "keep_start" its end, "error" stops the run; one that still cannot fit
+    # without losing what it trains on is skipped and counted.
+    truncation: str = attrs.field(
+        default=Truncation.KEEP_END.value, validator=one_of([t.value for t in Truncation])
+    )
     train_on: str = attrs.field(
         default=TrainOn.LAST_ASSISTANT_MESSAGE.value, validator=one_of([t.value for t in TrainOn])
     )
@@ -99,14 +121,19 @@ class SFTConfig:
     run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
     # Continue run `run_id` from its newest checkpoint that verifies (settings checked
     # against the run's saved ones: see TRAJECTORY_FIELDS).
-    resume: bool = False
+    resume: bool = attrs.field(default=False, validator=boolean)
     # A NaN/Inf loss or gradient: "stop" the run naming step and batch, or "skip" the step.
     on_nonfinite: str = attrs.field(default="stop", validator=one_of(["stop", "skip"]))
+    # Seconds a training call may take before the run stops naming it (0 = wait forever);
+    # generous when set: a first step compiles for up to a minute.
+    call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
 
     # The shape of this class as saved in run records; bump it, and add an upgrade from the
     # old shape (saved mapping -> new mapping), when a field is renamed or its meaning changes.
-    CONFIG_VERSION: ClassVar[int] = 1
-    CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
+    CONFIG_VERSION: ClassVar[int] = 2
+    CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {
+        1: _truncation_from_truncate,
+    }
 
     # How a resume treats each field (a test checks every field is in exactly one set).
     # Changing one of these would train other weights than the saved run did: refused unless
@@ -128,7 +155,7 @@ class SFTConfig:
             "lora_rank",
             "lora_alpha",
             "max_length",
-            "truncate",
+            "truncation",
             "train_on",
             "renderer",
             "seed",
@@ -151,6 +178,7 @@ class SFTConfig:
             "run_id",
             "resume",
             "on_nonfinite",  # what happens at a NaN, not what a finite step trains
+            "call_timeout_s",
         }
     )
 
@@ -165,10 +193,6 @@ class SFTConfig:
             return self.TRAJECTORY_FIELDS
         return self.TRAJECTORY_FIELDS | self.SCHEDULE_LENGTH_FIELDS
 
-    @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], source: str = "sft config") -> SFTConfig:
-        return config_from_mapping(cls, data, source)
-
 
 @attrs.frozen
 class RunResult:
@@ -179,6 +203,8 @@ class RunResult:
     checkpoints: tuple[CheckpointRecord, ...]
     sampler: CheckpointRef | None
     samples: tuple[SampleComparison, ...]
+    # Rows left out because no truncation fits them: {"train": n, "eval": m}
+    skipped_examples: Mapping[str, int] = attrs.field(factory=dict)
 
 
 def build_workflow(config: SFTConfig) -> Workflow:
@@ -187,6 +213,7 @@ def build_workflow(config: SFTConfig) -> Workflow:
         [
             load_dataset,
             start_session,
+            check_sampling,
             render_dataset,
             plan_training,
             resume_from_checkpoint,
@@ -235,7 +262,13 @@ def run(
     run_id = config.run_id or new_run_id()
     config = attrs.evolve(config, run_id=run_id)
     initial = attrs.asdict(config, recurse=False)
-    runner = Runner(adapters, run_id=run_id, retry=retry, observers=observers)
+    runner = Runner(
+        adapters,
+        run_id=run_id,
+        retry=retry,
+        observers=observers,
+        call_timeout_s=config.call_timeout_s,
+    )
     state: dict[str, Any] = {}
     claim = claim_run(
         adapters, "sft", config, accept_changes=accept_changes, retry=runner.retry, log=runner.log
@@ -262,6 +295,7 @@ def run(
         checkpoints=tuple(state["checkpoints"]),
         sampler=state.get("sampler"),
         samples=tuple(state.get("samples", ())),
+        skipped_examples=dict(state.get("skipped_examples", {})),
     )
 
 
@@ -270,8 +304,8 @@ def resume_config(
 ) -> SFTConfig:
     """The saved config of run ``run_id`` (under ``output``), set to resume, with ``changes``:
     ``run(resume_config(adapters, "my-run"), adapters)`` continues it as it was started."""
-    saved = resume_settings(adapters, output, run_id, SFTConfig)
-    return SFTConfig.from_mapping({**saved, **changes, "resume": True}, f"run {run_id!r}")
+    saved = from_data(SFTConfig, resume_settings(adapters, output, run_id, SFTConfig))
+    return attrs.evolve(saved, resume=True, **changes)
 
 
 def earlier_rows(

@@ -7,11 +7,28 @@ from collections.abc import Sequence
 from typing import Any
 
 import attrs
+import jax.numpy as jnp
 import numpy as np
 
+from galley.core.errors import ConfigError
 from galley.core.types import ForwardBackwardInput
 
 DEFAULT_LENGTH_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
+DTYPES = ("float32", "bfloat16", "float16")  # what a model's weights and activations may be
+
+
+def checked_buckets(buckets: Sequence[int], where: str) -> tuple[int, ...]:
+    """Length buckets as a sorted tuple; empty, non-integer or non-positive ones are refused."""
+    values = tuple(buckets) if not isinstance(buckets, str | bytes) else ()
+    if not values or any(type(b) is not int or b < 1 for b in values):
+        raise ConfigError(f"{where}: expected positive integer lengths, got {buckets!r:.80}")
+    return tuple(sorted(set(values)))
+
+
+def checked_dtype(dtype: str, where: str) -> Any:
+    if dtype not in DTYPES:
+        raise ConfigError(f"{where}: dtype {dtype!r} is not one of {', '.join(DTYPES)}")
+    return jnp.dtype(dtype)
 
 
 def bucket(n: int, buckets: Sequence[int]) -> int:

@@ -18,20 +18,48 @@ INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
 
 
+def read_json(path: Path) -> Any:
+    """A JSON file of a model folder; unreadable or malformed ones are named."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValidationError(str(path), f"is not a readable JSON file: {e}") from None
+
+
 def read_config(folder: Path) -> ModelConfig:
     path = folder / "config.json"
     if not path.is_file():
         raise NotFoundError(f"model folder {str(folder)!r} has no config.json")
-    return parse_config(json.loads(path.read_text()), str(path))
+    return parse_config(read_json(path), str(path))
+
+
+def _weight_map(folder: Path) -> dict[str, str]:
+    """The index's tensor -> shard map; every shard must be a file in ``folder`` itself."""
+    path = folder / INDEX
+    weight_map = read_json(path)
+    weight_map = weight_map.get("weight_map") if isinstance(weight_map, dict) else None
+    if not isinstance(weight_map, dict):
+        raise ValidationError(str(path), "has no 'weight_map' object")
+    for name, shard in weight_map.items():
+        inside = isinstance(shard, str) and Path(shard).name == shard and shard not in {"", ".."}
+        if not inside:
+            raise ValidationError(
+                f"{path} weight_map[{name!r}]",
+                f"{shard!r} is not a file name in the model folder; refusing to open it",
+            )
+    return weight_map
 
 
 class SafetensorsReader:
-    """Tensors by HF name across the shards of a model folder (numpy, no torch)."""
+    """Tensors by HF name across the shards of a model folder (numpy, no torch). With
+    ``shapes`` (``expected_shapes(config)``), every tensor read is checked against its shape
+    there and for NaN/Inf values, naming the file and the tensor."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, shapes: dict[str, tuple[int, ...]] | None = None) -> None:
         self.folder = folder
+        self.shapes = shapes or {}
         if (folder / INDEX).is_file():
-            weight_map: dict[str, str] = json.loads((folder / INDEX).read_text())["weight_map"]
+            weight_map = _weight_map(folder)
         elif (folder / SINGLE).is_file():
             weight_map = {}
         else:
@@ -67,7 +95,20 @@ class SafetensorsReader:
                 f"{self.folder.name} weights",
                 f"missing tensor {name!r} (the checkpoint does not match its config)",
             )
-        return np.asarray(self._files[shard].get_tensor(name))
+        tensor = np.asarray(self._files[shard].get_tensor(name))
+        where = f"{self.folder.name}/{shard} tensor {name!r}"
+        expected = self.shapes.get(name)
+        if expected is not None and tensor.shape != expected:
+            raise ValidationError(
+                where, f"has shape {tensor.shape}; its config.json implies {expected}"
+            )
+        if tensor.dtype.kind == "f" or tensor.dtype.name == "bfloat16":
+            finite = np.isfinite(tensor.astype(np.float32, copy=False))
+            if not finite.all():
+                raise ValidationError(
+                    where, f"has {int(finite.size - finite.sum())} NaN or infinite values"
+                )
+        return tensor
 
     def close(self) -> None:
         self._stack.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from functools import partial
 from pathlib import Path
@@ -24,14 +25,20 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load as load_safetensors
 
-from galley.adapters.jax.batching import DEFAULT_LENGTH_BUCKETS, batch_bucket, bucket
+from galley.adapters.jax.batching import (
+    DEFAULT_LENGTH_BUCKETS,
+    batch_bucket,
+    bucket,
+    checked_buckets,
+    checked_dtype,
+)
 from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
 from galley.adapters.jax.compilation_cache import use_compilation_cache
-from galley.adapters.jax.config import ModelConfig
+from galley.adapters.jax.config import ModelConfig, expected_shapes
 from galley.adapters.jax.model import CausalLM, build_model
 from galley.adapters.jax.tokenizer import HFTokenizerAdapter
 from galley.adapters.jax.training import resolve_model_folder
-from galley.core.errors import ValidationError
+from galley.core.errors import ConfigError, ValidationError
 from galley.core.manifest import read_checkpoint
 from galley.core.model_input import ModelInput
 from galley.core.types import Completion, ModelRef, SampledSequence, SamplingParams
@@ -219,13 +226,18 @@ class JaxCompleter:
         dtype: str = "float32",
         length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
         compilation_cache_dir: str | None = None,
+        max_models: int = 4,
     ) -> None:
         if compilation_cache_dir is not None:
             use_compilation_cache(compilation_cache_dir)
         self.hub, self.blobs, self.default_model = hub, blobs, model
-        self.dtype = jnp.dtype(dtype)
-        self.length_buckets = tuple(length_buckets)
-        self._models: dict[tuple[str, str | None], LoadedModel] = {}
+        self.dtype = checked_dtype(dtype, "JaxCompleter")
+        self.length_buckets = checked_buckets(length_buckets, "JaxCompleter.length_buckets")
+        if type(max_models) is not int or max_models < 1:
+            raise ConfigError(f"JaxCompleter.max_models: expected at least 1, got {max_models!r}")
+        self.max_models = max_models
+        # The models sampled from most recently (a base, its adapters): the oldest is dropped.
+        self._models: OrderedDict[tuple[str, str | None], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
         self._calls = 0
 
@@ -240,28 +252,33 @@ class JaxCompleter:
             ref = ModelRef(self.default_model)
         cache_key = (ref.base_model, ref.adapter.key if ref.adapter else None)
         with self._lock:
-            if cache_key not in self._models:
+            if cache_key in self._models:
+                self._models.move_to_end(cache_key)
+            else:
                 self._models[cache_key] = self._build(ref)
+                while len(self._models) > self.max_models:
+                    self._models.popitem(last=False)
             return self._models[cache_key]
 
     def _build(self, ref: ModelRef) -> LoadedModel:
         folder = resolve_model_folder(ref.base_model, self.hub)
         tokenizer_folder = folder
-        if ref.adapter is not None:
-            manifest, files = read_checkpoint(self.blobs, ref.adapter)
-            if manifest.meta.get("format") == "merged":
-                folder = Path(tempfile.mkdtemp(prefix="galley-merged-"))
-                for name, data in files.items():
-                    (folder / name).write_bytes(data)
-        cfg = read_config(folder)
-        reader = SafetensorsReader(folder)
-        try:
-            tensor: Any = reader
-            if ref.adapter is not None and manifest.meta.get("format") != "merged":
-                cfg, tensor = _with_peft(cfg, reader, files)
-            model = build_model(cfg, tensor, None, self.dtype, sampling_layout=True)
-        finally:
-            reader.close()
+        with tempfile.TemporaryDirectory(prefix="galley-merged-") as merged:
+            if ref.adapter is not None:
+                manifest, files = read_checkpoint(self.blobs, ref.adapter)
+                if manifest.meta.get("format") == "merged":  # read from a copy, removed after
+                    folder = Path(merged)
+                    for name, data in files.items():
+                        (folder / name).write_bytes(data)
+            cfg = read_config(folder)
+            reader = SafetensorsReader(folder, expected_shapes(cfg))
+            try:
+                tensor: Any = reader
+                if ref.adapter is not None and manifest.meta.get("format") != "merged":
+                    cfg, tensor = _with_peft(cfg, reader, files)
+                model = build_model(cfg, tensor, None, self.dtype, sampling_layout=True)
+            finally:
+                reader.close()
         graphdef, state = nnx.split(model)
         tokenizer = HFTokenizerAdapter(tokenizer_folder, cfg.eos_token_ids, cfg.bos_token_id)
         return LoadedModel(graphdef, state, cfg, tokenizer)

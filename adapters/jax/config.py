@@ -84,27 +84,51 @@ def _rope(raw: Mapping[str, Any]) -> RopeConfig:
     )
 
 
+def _size(raw: Mapping[str, Any], key: str, source: str, default: int | None = None) -> int:
+    """A positive integer field of config.json (a count or a width)."""
+    value = raw.get(key) if raw.get(key) is not None else default
+    if value is None:
+        raise ValidationError(source, f"missing required field {key!r}")
+    if type(value) is not int or value < 1:
+        raise ValidationError(f"{source} {key}", f"expected a positive integer, got {value!r}")
+    return value
+
+
 def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> ModelConfig:
-    """A :class:`ModelConfig` from an HF ``config.json``; unsupported families are refused."""
+    """A :class:`ModelConfig` from an HF ``config.json``; unsupported families, and sizes that
+    no model has (zero heads, a KV head count that does not divide the heads), are refused."""
+    if not isinstance(raw, Mapping):
+        raise ValidationError(source, f"expected a JSON object, got {type(raw).__name__}")
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED:
         raise ValidationError(
             f"{source} model_type",
             f"{model_type!r} is not supported; expected one of {', '.join(SUPPORTED)}",
         )
+    heads = _size(raw, "num_attention_heads", source)
+    hidden = _size(raw, "hidden_size", source)
+    kv_heads = _size(raw, "num_key_value_heads", source, heads)
+    if heads % kv_heads:
+        raise ValidationError(
+            f"{source} num_key_value_heads",
+            f"{kv_heads} does not divide num_attention_heads ({heads})",
+        )
+    if raw.get("head_dim") is None and hidden % heads:
+        raise ValidationError(
+            f"{source} hidden_size",
+            f"{hidden} is not a multiple of num_attention_heads ({heads}) and head_dim is unset",
+        )
     try:
-        heads = int(raw["num_attention_heads"])
-        hidden = int(raw["hidden_size"])
         eos = raw.get("eos_token_id")
         return ModelConfig(
             model_type=model_type,
-            vocab_size=int(raw["vocab_size"]),
+            vocab_size=_size(raw, "vocab_size", source),
             hidden_size=hidden,
-            intermediate_size=int(raw["intermediate_size"]),
-            num_layers=int(raw["num_hidden_layers"]),
+            intermediate_size=_size(raw, "intermediate_size", source),
+            num_layers=_size(raw, "num_hidden_layers", source),
             num_heads=heads,
-            num_kv_heads=int(raw.get("num_key_value_heads") or heads),
-            head_dim=int(raw.get("head_dim") or hidden // heads),
+            num_kv_heads=kv_heads,
+            head_dim=_size(raw, "head_dim", source, hidden // heads),
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             rope=_rope(raw),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
@@ -120,3 +144,33 @@ def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> ModelCo
         raise ValidationError(f"{source}", f"missing required field {e.args[0]!r}") from None
     except (TypeError, ValueError) as e:
         raise ValidationError(f"{source}", f"a field has the wrong type: {e}") from None
+
+
+def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The shape config.json implies for every weight a checkpoint of it holds."""
+    h, d, vocab, inner = cfg.hidden_size, cfg.head_dim, cfg.vocab_size, cfg.intermediate_size
+    q, kv = cfg.num_heads * d, cfg.num_kv_heads * d
+    shapes = {
+        "model.embed_tokens.weight": (vocab, h),
+        "lm_head.weight": (vocab, h),
+        "model.norm.weight": (h,),
+    }
+    for i in range(cfg.num_layers):
+        p = f"model.layers.{i}"
+        shapes |= {
+            f"{p}.input_layernorm.weight": (h,),
+            f"{p}.post_attention_layernorm.weight": (h,),
+            f"{p}.self_attn.q_proj.weight": (q, h),
+            f"{p}.self_attn.k_proj.weight": (kv, h),
+            f"{p}.self_attn.v_proj.weight": (kv, h),
+            f"{p}.self_attn.o_proj.weight": (h, q),
+            f"{p}.self_attn.q_proj.bias": (q,),
+            f"{p}.self_attn.k_proj.bias": (kv,),
+            f"{p}.self_attn.v_proj.bias": (kv,),
+            f"{p}.self_attn.q_norm.weight": (d,),
+            f"{p}.self_attn.k_norm.weight": (d,),
+            f"{p}.mlp.gate_proj.weight": (inner, h),
+            f"{p}.mlp.up_proj.weight": (inner, h),
+            f"{p}.mlp.down_proj.weight": (h, inner),
+        }
+    return shapes

@@ -428,6 +428,26 @@ def build_model(
     return CausalLM(cfg, embed, layers, norm, head, sampling_layout)
 
 
+def check_lora_rank(lora: LoraConfig, cfg: ModelConfig) -> None:
+    """Refuse a rank above the smallest dimension of a projection LoRA adapts: the factors
+    of such an update cannot have that rank."""
+    d = cfg.head_dim
+    dims: dict[str, int] = {}
+    if lora.train_attn:
+        dims["attention"] = min(cfg.hidden_size, cfg.num_kv_heads * d, cfg.num_heads * d)
+    if lora.train_mlp:
+        dims["MLP"] = min(cfg.hidden_size, cfg.intermediate_size)
+    if lora.train_unembed:
+        dims["unembedding"] = min(cfg.hidden_size, cfg.vocab_size)
+    if dims and lora.rank > min(dims.values()):
+        which = min(dims, key=lambda k: dims[k])
+        raise ValidationError(
+            "LoraConfig.rank",
+            f"{lora.rank} is above {dims[which]}, the smallest dimension of the {which} "
+            "projections it adapts; give a rank up to that (or 0 for full fine-tuning)",
+        )
+
+
 def check_target_names(lora: LoraConfig) -> None:
     if lora.rank and not (lora.train_attn or lora.train_mlp or lora.train_unembed):
         raise ValidationError(

@@ -27,11 +27,19 @@ class HFTokenizerAdapter:
         path = folder / "tokenizer.json"
         if not path.is_file():
             raise NotFoundError(f"model folder {str(folder)!r} has no tokenizer.json")
-        self._tok = HFTokenizer.from_file(str(path))
+        try:
+            self._tok = HFTokenizer.from_file(str(path))
+        except Exception as e:  # tokenizers raises its own exception types
+            raise ValidationError(str(path), f"is not a readable tokenizer: {e}") from None
         config_path = folder / "tokenizer_config.json"
-        self.config: dict[str, Any] = (
-            json.loads(config_path.read_text()) if config_path.is_file() else {}
-        )
+        self.config: dict[str, Any] = {}
+        if config_path.is_file():
+            try:
+                self.config = json.loads(config_path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ValidationError(str(config_path), f"is not readable JSON: {e}") from None
+            if not isinstance(self.config, dict):
+                raise ValidationError(str(config_path), "is not a JSON object")
         eos = self._id(_token_text(self.config.get("eos_token")))
         self._eos = eos if eos is not None else (eos_fallback[0] if eos_fallback else 0)
         bos = self._id(_token_text(self.config.get("bos_token")))

@@ -28,12 +28,23 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from galley.adapters.jax.batching import DEFAULT_LENGTH_BUCKETS, PaddedBatch, pad_batch
+from galley.adapters.jax.batching import (
+    DEFAULT_LENGTH_BUCKETS,
+    PaddedBatch,
+    checked_buckets,
+    checked_dtype,
+    pad_batch,
+)
 from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
 from galley.adapters.jax.compilation_cache import use_compilation_cache
-from galley.adapters.jax.config import ModelConfig
+from galley.adapters.jax.config import ModelConfig, expected_shapes
 from galley.adapters.jax.losses import loss_sum, token_logprobs
-from galley.adapters.jax.model import CausalLM, build_model, check_target_names
+from galley.adapters.jax.model import (
+    CausalLM,
+    build_model,
+    check_lora_rank,
+    check_target_names,
+)
 from galley.adapters.jax.peft_export import merged_hf_tensors, peft_adapter_files
 from galley.adapters.jax.tokenizer import HFTokenizerAdapter
 from galley.adapters.request_queue import Deferred, RequestQueue
@@ -198,13 +209,12 @@ class JaxTrainingSession:
         self.config, self._client, self._id = config, client, session_id
         self.folder = resolve_model_folder(config.base_model, client.hub)
         self.model_config: ModelConfig = read_config(self.folder)
-        self._tokenizer = HFTokenizerAdapter(
-            self.folder, self.model_config.eos_token_ids, self.model_config.bos_token_id
-        )
+        self._tokenizer: HFTokenizerAdapter | None = None  # read when first asked for
         lora = config.lora if config.lora.rank else None
         if lora is not None:
             check_target_names(lora)
-        reader = SafetensorsReader(self.folder)
+            check_lora_rank(lora, self.model_config)
+        reader = SafetensorsReader(self.folder, expected_shapes(self.model_config))
         try:
             model = build_model(self.model_config, reader, lora, client.dtype)
         finally:
@@ -240,6 +250,11 @@ class JaxTrainingSession:
 
     @property
     def tokenizer(self) -> HFTokenizerAdapter:
+        """The model folder's tokenizer, read on first use: a folder without one still trains
+        on token ids, and asking for it then names the missing file."""
+        if self._tokenizer is None:
+            cfg = self.model_config
+            self._tokenizer = HFTokenizerAdapter(self.folder, cfg.eos_token_ids, cfg.bos_token_id)
         return self._tokenizer
 
     @property
@@ -454,8 +469,8 @@ class JaxTrainingClient:
         if compilation_cache_dir is not None:
             use_compilation_cache(compilation_cache_dir)
         self.hub, self.blobs = hub, blobs
-        self.dtype = jnp.dtype(dtype)
-        self.length_buckets = tuple(length_buckets)
+        self.dtype = checked_dtype(dtype, "JaxTrainingClient")
+        self.length_buckets = checked_buckets(length_buckets, "JaxTrainingClient.length_buckets")
         self.mesh = Mesh(
             np.asarray(devices if devices is not None else jax.local_devices()), ("data",)
         )

@@ -230,8 +230,22 @@ class NoopHubClient:
 
     def __init__(self, repos: Mapping[str, Mapping[str, bytes | str]] | None = None) -> None:
         self._repos = {k: dict(v) for k, v in (repos or {}).items()}
-        self._root = Path(tempfile.mkdtemp(prefix="galley-noop-hub-"))
+        self._folder: tempfile.TemporaryDirectory[str] | None = None  # made when first needed
         self._lock = threading.Lock()
+
+    @property
+    def _root(self) -> Path:
+        """The folder files are materialised in: removed when the client is closed or garbage
+        collected, or at exit."""
+        if self._folder is None:
+            self._folder = tempfile.TemporaryDirectory(prefix="galley-noop-hub-")
+        return Path(self._folder.name)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._folder is not None:
+                self._folder.cleanup()
+                self._folder = None
 
     def _files(self, repo_id: str) -> dict[str, bytes | str]:
         _check_repo_id(repo_id)
@@ -242,8 +256,8 @@ class NoopHubClient:
 
     def _materialise(self, repo_id: str, revision: str | None, names: Sequence[str]) -> Path:
         files = self._files(repo_id)
-        folder = self._root / repo_id.replace("/", "--") / (revision or "main")
         with self._lock:
+            folder = self._root / repo_id.replace("/", "--") / (revision or "main")
             for name in names:
                 path = folder / name
                 if not path.exists():

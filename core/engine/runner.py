@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol
+from concurrent.futures import Future
+from typing import Any, Protocol, TypeVar
 
 import attrs
 import structlog
@@ -18,9 +19,10 @@ from galley.core.adapter_set import Adapters
 from galley.core.engine.dataflow import check_data_flow
 from galley.core.engine.retry import RetryPolicy, call_with_retry
 from galley.core.engine.stage import Every, Loop, Stage, Step, Workflow
-from galley.core.errors import DataFlowError, WorkflowError
+from galley.core.errors import DataFlowError, PortTimeoutError, WorkflowError
 from galley.core.records import MetricRecord
 
+T = TypeVar("T")
 Stream = str  # a MetricRecord's stream: "train", "eval", or a workflow's own
 
 
@@ -51,6 +53,21 @@ class StageContext:
         """Make every metric committed so far durable (before writing what points past it)."""
         self._runner.flush_metrics()
 
+    def wait(self, future: Future[T], call: str) -> T:
+        """The result of a port call's ``future``, waiting at most the run's ``call_timeout_s``
+        (forever when it is 0): a backend that never answers fails the stage, naming ``call``,
+        instead of hanging the run."""
+        timeout = self._runner.call_timeout_s or None
+        try:
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            if future.done():  # the call itself failed with a timeout of its own
+                raise
+            raise PortTimeoutError(
+                f"{call} did not finish within {timeout:g} s (call_timeout_s); the backend may "
+                "be stuck, or a first step still compiling needs a longer timeout"
+            ) from None
+
 
 class Runner:
     """Runs workflows against one set of adapters under one run id."""
@@ -63,8 +80,10 @@ class Runner:
         retry: RetryPolicy | None = None,
         observers: Sequence[Observer] = (),
         trace_stages: bool = False,
+        call_timeout_s: float = 0.0,
     ) -> None:
         self.adapters = adapters
+        self.call_timeout_s = call_timeout_s
         self.trace_stages = trace_stages
         self.run_id = run_id
         self.retry = retry or RetryPolicy()
@@ -112,7 +131,20 @@ class Runner:
         started = time.perf_counter()
         try:
             self._run_steps(workflow.steps, state, None)
-            self.flush_metrics()
+            try:
+                self.flush_metrics()
+            except (Exception, KeyboardInterrupt) as error:
+                raise WorkflowError(
+                    f"flushing the metrics store failed: {type(error).__name__}: {error}",
+                    stage="flush_metrics",
+                    step=None,
+                    state=dict(state),
+                ) from error
+        except KeyboardInterrupt as error:  # between stages (an observer's turn)
+            log.error("workflow.interrupted")
+            raise WorkflowError(
+                "interrupted", stage="(between stages)", step=state.get("step"), state=dict(state)
+            ) from error
         except WorkflowError as error:
             log.error("workflow.error", stage=error.stage, step=error.step, error=str(error))
             raise
@@ -159,7 +191,7 @@ class Runner:
         try:
             outputs = call_with_retry(self.retry, attempt, self._on_retry(stage.name, step))
             uncommitted = self._uncommitted or []
-        except Exception as error:
+        except (Exception, KeyboardInterrupt) as error:  # Ctrl-C stops a run like a failure
             raise self._failure(stage, step, state, error) from error
         finally:
             self._uncommitted = None
@@ -173,7 +205,7 @@ class Runner:
         try:
             for record in uncommitted:
                 self._commit_metrics(record)
-        except Exception as error:
+        except (Exception, KeyboardInterrupt) as error:
             raise self._failure(stage, step, state, error) from error
         if not quiet:
             emit(
@@ -185,11 +217,12 @@ class Runner:
 
     @staticmethod
     def _failure(
-        stage: Stage, step: int | None, state: dict[str, Any], error: Exception
+        stage: Stage, step: int | None, state: dict[str, Any], error: BaseException
     ) -> WorkflowError:
         where = f" at step {step}" if step is not None else ""
+        what = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
         return WorkflowError(
-            f"stage {stage.name!r} failed{where}: {type(error).__name__}: {error}",
+            f"stage {stage.name!r} {what}{where}: {type(error).__name__}: {error}",
             stage=stage.name,
             step=step,
             state=dict(state),

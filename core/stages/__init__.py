@@ -10,7 +10,7 @@ from galley.core.stages.checkpoint import (
 from galley.core.stages.data import load_dataset
 from galley.core.stages.evaluate import evaluate_stage, heldout_nll
 from galley.core.stages.render import render_dataset
-from galley.core.stages.sample import SampleComparison, sample_answers
+from galley.core.stages.sample import SampleComparison, check_sampling, sample_answers
 from galley.core.stages.session import start_session
 from galley.core.stages.train import (
     InFlightStep,
@@ -26,6 +26,7 @@ __all__ = [
     "InFlightStep",
     "Pipeline",
     "SampleComparison",
+    "check_sampling",
     "checkpoint_stage",
     "collect_results",
     "drain",

@@ -85,7 +85,7 @@ def checkpoint_stage(name: str, at: str) -> FunctionStage:
         step = position[at]
         if checkpoints and checkpoints[-1].step == step:
             return {"checkpoints": checkpoints}
-        ref = session.save_state(step_name(step)).result()
+        ref = ctx.wait(session.save_state(step_name(step)), "training.save_state")
         record = CheckpointRecord(
             step_name(step), step, ref, batch_plan.position(step), time=time.time()
         )
@@ -153,7 +153,7 @@ def resume_from_checkpoint(
         record = index[i]
         try:
             check_entry(record, run_id)
-            session.load_state(record.state).result()
+            ctx.wait(session.load_state(record.state), "training.load_state")
         except CorruptCheckpointError as error:
             ctx.log.warning("checkpoint.unusable", step=record.step, error=str(error))
             problems.append(f"step {record.step}: {error}")
@@ -187,6 +187,6 @@ def save_run_record(ctx: StageContext, run_record: RunRecord, output: str) -> di
 @stage(reads=("session", "total_steps"), writes=("sampler",), ports=("training",))
 def export_sampler(ctx: StageContext, session: TrainingSession, total_steps: int) -> dict[str, Any]:
     """Export the final weights for sampling (the LoRA adapter, for LoRA sessions)."""
-    ref = session.save_weights_for_sampler("final").result()
+    ref = ctx.wait(session.save_weights_for_sampler("final"), "training.save_weights_for_sampler")
     ctx.log.info("sampler.exported", key=ref.key, step=total_steps)
     return {"sampler": ref}

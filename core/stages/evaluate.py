@@ -17,14 +17,14 @@ if TYPE_CHECKING:
 
 
 def heldout_nll(
-    session: TrainingSession, data: Sequence[Datum], batch_size: int
+    ctx: StageContext, session: TrainingSession, data: Sequence[Datum], batch_size: int
 ) -> dict[str, float]:
     """Mean NLL per trained token over ``data`` (all batches submitted before any wait)."""
     futures = [
         session.forward(list(data[i : i + batch_size]), "cross_entropy")
         for i in range(0, len(data), batch_size)
     ]
-    loss = sum(f.result().metrics["loss:sum"] for f in futures)
+    loss = sum(ctx.wait(f, "training.forward").metrics["loss:sum"] for f in futures)
     # Trained tokens: every weight (1 per token for a datum without weights), in one sum.
     weight = float(DatumBatch.of(data).column("weights", fill=1.0).sum(dtype=np.float64))
     return {"eval/nll": loss / weight, "eval/tokens": weight}
@@ -47,7 +47,7 @@ def evaluate_stage(name: str, at: str) -> FunctionStage:
         step = position[at]
         pipeline = collect(ctx, pipeline, 0)
         if eval_data and step != evaluated_at:
-            ctx.record_metrics(EVAL, step, heldout_nll(session, eval_data, eval_batch_size))
+            ctx.record_metrics(EVAL, step, heldout_nll(ctx, session, eval_data, eval_batch_size))
         return {"pipeline": pipeline, "evaluated_at": step}
 
     return FunctionStage(

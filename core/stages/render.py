@@ -1,4 +1,4 @@
-"""Render stage: conversations -> token Datums with loss weights, truncated."""
+"""Render stage: conversations -> token Datums with loss weights, fitted to ``max_length``."""
 
 from __future__ import annotations
 
@@ -8,30 +8,36 @@ from typing import TYPE_CHECKING, Any
 from galley.core.chat import Conversation, TrainOn
 from galley.core.engine import StageContext, stage
 from galley.core.errors import DataError, ValidationError
-from galley.core.rendering import Renderer, make_renderer, to_datum
+from galley.core.rendering import DoesNotFitError, Renderer, fit_conversation, make_renderer
 from galley.core.types import Datum
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
 
+SHOWN_SKIPS = 5  # rows named one by one in the log; the rest are counted
+
 
 def _render_all(
+    ctx: StageContext,
     renderer: Renderer,
     rows: Sequence[Conversation],
     train_on: TrainOn,
     max_length: int,
-    truncate: bool,
+    truncation: str,
     origins: Sequence[tuple[str, int]],
-) -> list[Datum]:
-    data = []
+) -> tuple[list[Datum], int]:
+    """The rows as Datums, and how many were skipped because they cannot fit."""
+    data, skipped = [], 0
     for conversation, (source, row) in zip(rows, origins, strict=True):
         try:
-            data.append(
-                to_datum(renderer.render(conversation, train_on), max_length, truncate=truncate)
-            )
+            data.append(fit_conversation(renderer, conversation, train_on, max_length, truncation))
+        except DoesNotFitError as e:
+            skipped += 1
+            if skipped <= SHOWN_SKIPS:
+                ctx.log.warning("example.skipped", source=source, row=row + 1, reason=e.reason)
         except ValidationError as e:
             raise DataError(source, row, e.field, e.reason) from e
-    return data
+    return data, skipped
 
 
 @stage(
@@ -43,9 +49,9 @@ def _render_all(
         "renderer",
         "train_on",
         "max_length",
-        "truncate",
+        "truncation",
     ),
-    writes=("train_data", "eval_data", "chat_renderer"),
+    writes=("train_data", "eval_data", "chat_renderer", "skipped_examples"),
 )
 def render_dataset(
     ctx: StageContext,
@@ -56,13 +62,28 @@ def render_dataset(
     renderer: str,
     train_on: str,
     max_length: int,
-    truncate: bool,
+    truncation: str,
 ) -> dict[str, Any]:
-    """Tokenize conversations with the session's tokenizer; weights follow ``train_on``."""
+    """Tokenize conversations with the session's tokenizer; weights follow ``train_on``; rows
+    too long are truncated as ``truncation`` says, and those that still cannot fit skipped."""
     chat = make_renderer(renderer, session.tokenizer)
     mode = TrainOn(train_on)
-    train = _render_all(chat, train_rows, mode, max_length, truncate, row_origins["train"])
-    held_out = _render_all(chat, eval_rows, mode, max_length, truncate, row_origins["eval"])
+    fit = (mode, max_length, truncation)
+    train, train_skips = _render_all(ctx, chat, train_rows, *fit, row_origins["train"])
+    held_out, eval_skips = _render_all(ctx, chat, eval_rows, *fit, row_origins["eval"])
+    if not train:
+        raise ValidationError(
+            "max_length",
+            f"none of the {len(train_rows)} training rows fits in max_length {max_length}",
+        )
+    skipped = {"train": train_skips, "eval": eval_skips}
+    if train_skips or eval_skips:
+        ctx.log.warning("examples.skipped", max_length=max_length, **skipped)
     tokens = sum(d.model_input.length for d in train)
     ctx.log.info("dataset.rendered", train_examples=len(train), train_tokens=tokens)
-    return {"train_data": train, "eval_data": held_out, "chat_renderer": chat}
+    return {
+        "train_data": train,
+        "eval_data": held_out,
+        "chat_renderer": chat,
+        "skipped_examples": skipped,
+    }

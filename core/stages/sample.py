@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
 from galley.core.chat import Conversation
 from galley.core.engine import StageContext, stage
+from galley.core.errors import ValidationError
 from galley.core.records import EVAL
 from galley.core.rendering import Renderer
 from galley.core.types import CheckpointRef, ModelRef, SamplingParams
+
+if TYPE_CHECKING:
+    from galley.ports.training import TrainingSession
 
 
 @attrs.frozen
@@ -32,6 +36,21 @@ def split_last_answer(conversation: Conversation) -> tuple[Conversation, str] | 
 
 def exact_match(answer: str, reference: str) -> bool:
     return answer.strip() == reference.strip()
+
+
+@stage(reads=("session", "num_samples", "sample_max_tokens"), ports=("training",))
+def check_sampling(
+    ctx: StageContext, session: TrainingSession, num_samples: int, sample_max_tokens: int
+) -> dict[str, Any]:
+    """Refuse sample settings the model cannot meet before training, not after it."""
+    context = session.model_info.max_context
+    if num_samples and sample_max_tokens >= context:
+        raise ValidationError(
+            "sample_max_tokens",
+            f"{sample_max_tokens} new tokens leave no room for a prompt in the model's context "
+            f"of {context} tokens; give fewer (or num_samples=0)",
+        )
+    return {}
 
 
 @stage(

@@ -198,8 +198,12 @@ def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipel
     last = pipeline.last_done_at
     while len(pending) > keep_in_flight:
         entry = pending.pop(0)
-        fb = entry.forward_backward.result()
-        optim = entry.optim.result() if entry.optim is not None else None
+        fb = ctx.wait(entry.forward_backward, f"training.forward_backward (step {entry.step})")
+        optim = (
+            ctx.wait(entry.optim, f"training.optim_step (step {entry.step})")
+            if entry.optim is not None
+            else None
+        )
         done = entry.done.at or time.perf_counter()
         elapsed = done - max(entry.submitted_at, last or entry.submitted_at)
         last = done

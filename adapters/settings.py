@@ -1,5 +1,9 @@
-"""Build attrs config classes from plain mappings (TOML tables, ``--set`` flags) with errors
-that name the source and key, and list the valid keys when one is unknown."""
+"""Settings from outside galley into config classes: TOML tables, ``--set`` flags, adapter
+options and mappings from Python all take this one path.
+
+Values are read strictly (galley's cattrs converter): ``truncate = "false"`` is refused, not
+read as true; ``max_steps = 5.9`` or ``true`` is refused, not read as 5 or 1. Errors name the
+source and key, and an unknown key is refused listing the valid ones."""
 
 from __future__ import annotations
 
@@ -15,8 +19,9 @@ from galley.core.serialization import converter, describe_error
 T = TypeVar("T")
 
 
-def config_from_mapping(cls: type[T], data: Mapping[str, Any], source: str) -> T:
-    """``cls(**data)`` with type conversion; unknown keys and invalid values are ConfigErrors."""
+def settings_from_mapping(cls: type[T], data: Mapping[str, Any], source: str) -> T:
+    """``cls(**data)``, every value checked for its field's type; unknown keys and invalid
+    values are ConfigErrors naming ``source``."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a table of settings, got {type(data).__name__}")
     valid = [f.name for f in attrs.fields(cast(Any, cls))]
