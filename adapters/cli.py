@@ -24,6 +24,7 @@ from rich.table import Table
 from galley.adapters.composition import REGISTRY, build_adapters
 from galley.adapters.logging import RedactingConsole, configure_logging
 from galley.adapters.run_config import load_run_config, resumed_config
+from galley.adapters.settings import read_text
 from galley.core.adapter_set import Adapters
 from galley.core.engine import Stream
 from galley.core.errors import (
@@ -209,26 +210,12 @@ def cmd_sample(args: argparse.Namespace, console: Console) -> int:
 
     prompts = list(args.prompt)
     if args.prompts_file is not None:
-        prompts += [line.strip() for line in read_lines(args.prompts_file) if line.strip()]
+        lines = read_text(args.prompts_file, "--prompts-file").splitlines()
+        prompts += [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise ConfigError("give a prompt or --prompts-file")
     sample(console, args.checkpoint, prompts, args.max_tokens, args.temperature, args.renderer)
     return 0
-
-
-def read_lines(path: Path) -> list[str]:
-    try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except IsADirectoryError:
-        raise ConfigError(f"--prompts-file {str(path)!r} is a folder; expected a file") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"--prompts-file {str(path)!r} is not UTF-8 (byte {e.start + 1})"
-        ) from None
-    except OSError as e:
-        raise ConfigError(
-            f"--prompts-file {str(path)!r} cannot be read: {e.strerror or e}"
-        ) from None
 
 
 def cmd_plot(args: argparse.Namespace, console: Console) -> int:

@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 
 from galley.adapters.composition import AdapterChoice, parse_adapters_table
-from galley.adapters.settings import parse_assignment, settings_from_mapping
+from galley.adapters.settings import parse_assignment, read_text, settings_from_mapping
 from galley.core.adapter_set import PORT_NAMES, Adapters
 from galley.core.errors import ConfigError
 from galley.core.runs import resume_settings
@@ -32,21 +32,11 @@ def workflow_spec(name: str) -> WorkflowSpec:
 
 
 def read_toml(path: Path) -> dict[str, Any]:
-    where = f"config file {str(path)!r}"
+    text = read_text(path, "config file")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{where} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{where} is a folder; expected a TOML file") from None
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"{where} is not UTF-8 text (byte {e.start + 1}); TOML is UTF-8"
-        ) from None
-    except OSError as e:
-        raise ConfigError(f"{where} cannot be read: {e.strerror or e}") from None
+        return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{where} is not valid TOML: {e}") from None
+        raise ConfigError(f"config file {str(path)!r} is not valid TOML: {e}") from None
 
 
 def _table(document: dict[str, Any], name: str, source: str) -> dict[str, Any]:

@@ -8,6 +8,7 @@ source and key, and an unknown key is refused listing the valid ones."""
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TypeVar, cast
 
 import attrs
@@ -36,6 +37,22 @@ def settings_from_mapping(cls: type[T], data: Mapping[str, Any], source: str) ->
         raise ConfigError(f"{source}: {describe_error(e, cls.__name__)}") from None
     except GalleyError as e:
         raise ConfigError(f"{source}: {e}") from None
+
+
+def read_text(path: Path, what: str) -> str:
+    """A UTF-8 text file the user named (``what``: how they named it), or a ConfigError saying
+    why it cannot be read: missing, a folder, not UTF-8, not readable."""
+    where = f"{what} {str(path)!r}"
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{where} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{where} is a folder; expected a file") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{where} is not UTF-8 text (byte {e.start + 1})") from None
+    except OSError as e:
+        raise ConfigError(f"{where} cannot be read: {e.strerror or e}") from None
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

@@ -459,7 +459,7 @@ CASES: list[tuple[str, Any, str]] = [
     (
         "config is a folder",
         lambda tmp: cli("run", "sft", "--config", str(tmp))(tmp),
-        "is a folder; expected a TOML file",
+        "is a folder; expected a file",
     ),
     (
         "config not UTF-8",

@@ -15,6 +15,7 @@ from galley.adapters.cli import main
 from galley.adapters.composition import AdapterChoice, build_adapters
 from galley.adapters.run_config import load_run_config
 from galley.core import ConfigError
+from tests.test_run_integrity import P
 
 
 def test_run_sft_on_noop(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -126,63 +127,47 @@ def test_console_script_is_installed() -> None:
     assert "3/3" in done.stdout
 
 
-NOOP_ON_DISK = [
-    "--adapters",
-    "noop",
-    "--set",
-    "adapters.blobs=fsspec",
-    "--set",
-    "adapters.metrics=jsonl",
-    "--set",
-    "num_samples=0",
-]
+NOOP_ON_DISK = P  # noop training on files a user can look at
 
 
 def say(capsys: pytest.CaptureFixture[str]) -> str:
     return " ".join(capsys.readouterr().out.split())
 
 
-def test_a_run_that_fails_while_running_exits_1_saying_how_to_continue(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize(
+    ("stop", "code", "said"),
+    [
+        (RuntimeError("device lost"), 1, "stage 'optim_step' failed at step 5: RuntimeError"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+    ],
+)
+def test_a_run_stopped_midway_says_how_to_continue(
+    stop: BaseException,
+    code: int,
+    said: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
+    """A failure exits 1, a Ctrl-C 130; either way the run lets go of its id and says how to
+    continue from its last checkpoint."""
     from galley.adapters.noop.training import NoopTrainingSession
 
     monkeypatch.chdir(tmp_path)
     optim = NoopTrainingSession.optim_step
 
-    def lost_at_step_5(self: NoopTrainingSession, params: object) -> object:
+    def stopped_at_step_5(self: NoopTrainingSession, params: object) -> object:
         if self._params.step == 4:
-            raise RuntimeError("device lost")
+            raise stop
         return optim(self, params)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(NoopTrainingSession, "optim_step", lost_at_step_5)
+    monkeypatch.setattr(NoopTrainingSession, "optim_step", stopped_at_step_5)
     args = ["run", "sft", *NOOP_ON_DISK, "--set", "run_id=f", "--set", "checkpoint_every=2"]
-    assert main([*args, "--set", "max_steps=8"]) == 1
+    assert main([*args, "--set", "max_steps=8"]) == code
     out = say(capsys)
-    assert "stage 'optim_step' failed at step 5: RuntimeError: device lost" in out
-    assert "to continue from step 4: galley run sft --resume f" in out
-
-
-def test_ctrl_c_exits_130_saying_how_to_continue(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from galley.adapters.noop.training import NoopTrainingSession
-
-    monkeypatch.chdir(tmp_path)
-    optim = NoopTrainingSession.optim_step
-
-    def interrupted_at_step_3(self: NoopTrainingSession, params: object) -> object:
-        if self._params.step == 2:
-            raise KeyboardInterrupt
-        return optim(self, params)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(NoopTrainingSession, "optim_step", interrupted_at_step_3)
-    args = ["run", "sft", *NOOP_ON_DISK, "--set", "run_id=c", "--set", "checkpoint_every=2"]
-    assert main([*args, "--set", "max_steps=8"]) == 130
-    out = say(capsys)
-    assert "interrupted" in out and "to continue from step 2: galley run sft --resume c" in out
+    assert said in out and "to continue from step 4: galley run sft --resume f" in out
     assert "Traceback" not in out
-    assert not (tmp_path / "runs" / "c" / "run.lock").exists()  # the run let go of its id
+    assert not (tmp_path / "runs" / "f" / "run.lock").exists()
 
 
 def test_input_refused_while_loading_exits_2_and_writes_nothing(

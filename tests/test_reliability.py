@@ -23,12 +23,15 @@ from galley.core.stages import read_index
 from galley.workflows.sft import SFTConfig, run
 
 
-class NaNAtCall(NoopTrainingClient):
-    """A backend whose loss turns NaN at the n-th forward_backward (a diverging run)."""
+class NthForwardBackward(NoopTrainingClient):
+    """A backend whose ``at``-th forward_backward returns ``nth(future)`` instead."""
 
     def __init__(self, *args: Any, at: int, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.at = at
+
+    def nth(self, future: Future[ForwardBackwardOutput]) -> Future[ForwardBackwardOutput]:
+        raise NotImplementedError
 
     def start_session(self, config: SessionConfig) -> Any:
         session = super().start_session(config)
@@ -37,19 +40,22 @@ class NaNAtCall(NoopTrainingClient):
         def forward_backward(*args: Any, **kwargs: Any) -> Future[ForwardBackwardOutput]:
             calls.append(1)
             future = original(*args, **kwargs)
-            if len(calls) != self.at:
-                return future
-            poisoned: Future[ForwardBackwardOutput] = Future()
-            out = future.result()
-            poisoned.set_result(
-                ForwardBackwardOutput(
-                    out.loss_fn_outputs, {**out.metrics, "loss:sum": float("nan")}
-                )
-            )
-            return poisoned
+            return self.nth(future) if len(calls) == self.at else future
 
         session.forward_backward = forward_backward  # type: ignore[method-assign]
         return session
+
+
+class NaNAtCall(NthForwardBackward):
+    """The loss turns NaN at the n-th forward_backward (a diverging run)."""
+
+    def nth(self, future: Future[ForwardBackwardOutput]) -> Future[ForwardBackwardOutput]:
+        out = future.result()
+        poisoned: Future[ForwardBackwardOutput] = Future()
+        poisoned.set_result(
+            ForwardBackwardOutput(out.loss_fn_outputs, {**out.metrics, "loss:sum": float("nan")})
+        )
+        return poisoned
 
 
 def test_a_nan_loss_stops_the_run_naming_step_and_batch(tmp_path: Path) -> None:
@@ -184,23 +190,11 @@ def test_a_corrupt_blob_is_named(tmp_path: Path) -> None:
         session.load_state(ref).result()
 
 
-class HangsAtStep(NoopTrainingClient):
-    """A backend whose n-th forward_backward never answers."""
+class HangsAtStep(NthForwardBackward):
+    """The n-th forward_backward never answers."""
 
-    def __init__(self, *args: Any, at: int, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.at = at
-
-    def start_session(self, config: SessionConfig) -> Any:
-        session = super().start_session(config)
-        original, calls = session.forward_backward, []
-
-        def forward_backward(*args: Any, **kwargs: Any) -> Future[ForwardBackwardOutput]:
-            calls.append(1)
-            return Future() if len(calls) == self.at else original(*args, **kwargs)
-
-        session.forward_backward = forward_backward  # type: ignore[method-assign]
-        return session
+    def nth(self, future: Future[ForwardBackwardOutput]) -> Future[ForwardBackwardOutput]:
+        return Future()
 
 
 def test_a_call_that_never_answers_stops_the_run_naming_it(tmp_path: Path) -> None:
