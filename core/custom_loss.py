@@ -1,4 +1,4 @@
-"""Any differentiable loss on any TrainingClient, by linearisation (reference.md §1).
+"""Any differentiable loss on any TrainingClient, by linearisation.
 
 ``forward`` gives the per-token logprobs; the user's function returns the loss and its gradient
 with respect to those logprobs; ``forward_backward`` with cross entropy and

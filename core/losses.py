@@ -1,4 +1,4 @@
-"""The built-in losses (Tinker semantics, reference.md §1) and a numpy reference of each.
+"""The built-in losses (the Tinker API's semantics) and a numpy reference of each.
 
 Losses are per-token sums, never averages: callers normalise through ``weights``. The numpy
 reference returns the loss and its gradient with respect to the per-token logprobs; fake

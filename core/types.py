@@ -1,4 +1,4 @@
-"""Training and sampling types (Tinker semantics, reference.md §1).
+"""Training and sampling types (the Tinker API's semantics).
 
 All are frozen attrs classes that validate on construction, so a malformed request fails where
 it is built, naming the field, instead of deep inside an adapter.

@@ -26,8 +26,8 @@ def token_logprobs(logits: Array, targets: Array) -> Array:
 def loss_sum(
     loss: LossFn, logp: Array, weights: Array, sampler_logp: Array, advantages: Array, clip: Array
 ) -> Array:
-    """Per-token sums as in reference.md §1; ``clip`` = (low, high) for ppo/cispo. Padding
-    carries weight 0 and advantage 0, so it contributes nothing."""
+    """Per-token sums as defined in ``galley.core.losses``; ``clip`` = (low, high) for
+    ppo/cispo. Padding carries weight 0 and advantage 0, so it contributes nothing."""
     if loss is LossFn.CROSS_ENTROPY:
         return -jnp.sum(logp * weights)
     ratio = jnp.exp(logp - sampler_logp)
