@@ -223,6 +223,11 @@ def _resumed_record(
     output, run_id = config.output, str(config.run_id)
     if record is None:
         raise _nothing_to_resume(output, run_id)
+    if record.run_id != run_id:
+        raise ConfigError(
+            f"{record_key(output, run_id)!r} is the record of run {record.run_id!r}, not of "
+            f"{run_id!r} (copied from another run?); refusing to resume with it"
+        )
     if record.workflow != workflow:
         raise ConfigError(f"run {run_id!r} is a {record.workflow} run, not a {workflow} run")
     saved: RunSettings = saved_config(record, type(config))

@@ -279,6 +279,15 @@ def test_an_index_pointing_into_another_run_is_refused(tmp_path: Path) -> None:
         assert "of run 'other'" in str(info.value)
 
 
+def test_a_run_record_copied_from_another_run_is_refused(tmp_path: Path) -> None:
+    run(CONSTANT, local_adapters(tmp_path))
+    run(attrs.evolve(CONSTANT, run_id="other"), local_adapters(tmp_path))
+    record = tmp_path / "runs" / "c" / "run.json"
+    record.write_bytes((tmp_path / "runs" / "other" / "run.json").read_bytes())
+    with pytest.raises(ConfigError, match="is the record of run 'other', not of 'c'"):
+        run(attrs.evolve(CONSTANT, resume=True), local_adapters(tmp_path))
+
+
 # -- 4. resume knows the run's settings ------------------------------------------------------
 
 
