@@ -153,32 +153,32 @@ def _jax_completer(o: JaxCompleterOptions, built: Built) -> Any:
 
 
 def _fsspec_blobs(o: FsspecBlobOptions, built: Built) -> Any:
-    from galley.adapters.fsspec_blobs import FsspecBlobStore
+    from galley.adapters.fsspec.blobs import FsspecBlobStore
 
     return FsspecBlobStore(o.url, **o.storage_options)
 
 
 def _hf_hub(o: HuggingFaceHubOptions, built: Built) -> Any:
-    from galley.adapters.hf_hub import HuggingFaceHubClient
+    from galley.adapters.hf.hub import HuggingFaceHubClient
 
     return HuggingFaceHubClient(o.cache_dir, offline=o.offline)
 
 
 def _hf_datasets(o: HFDatasetOptions, built: Built) -> Any:
     from galley.adapters.embedded import DATASETS
-    from galley.adapters.hf_datasets import HFDatasetStore
+    from galley.adapters.hf.datasets import HFDatasetStore
 
     return HFDatasetStore(o.cache_dir, local_root=o.local_root or DATASETS)
 
 
 def _jsonl_metrics(o: JsonlMetricsOptions, built: Built) -> Any:
-    from galley.adapters.metrics_stores import JsonlMetricsStore
+    from galley.adapters.fsspec.metrics import JsonlMetricsStore
 
     return JsonlMetricsStore(o.url, **o.storage_options)
 
 
 def _sqlite_metrics(o: SqliteMetricsOptions, built: Built) -> Any:
-    from galley.adapters.metrics_stores import SqliteMetricsStore
+    from galley.adapters.sqlite.metrics import SqliteMetricsStore
 
     return SqliteMetricsStore(o.path)
 
@@ -203,15 +203,15 @@ def _noop_hub(o: NoOptions, built: Built) -> Any:
 
 def _local_hub(o: LocalHubOptions, built: Built) -> Any:
     from galley.adapters.embedded import MODELS
-    from galley.adapters.local_hub import LocalDirectoryHub
+    from galley.adapters.hf.local_hub import LocalDirectoryHub
 
     return LocalDirectoryHub(o.root or MODELS)
 
 
 def _auto_hub(o: HuggingFaceHubOptions, built: Built) -> Any:
     from galley.adapters.embedded import MODELS
-    from galley.adapters.hf_hub import HuggingFaceHubClient
-    from galley.adapters.local_hub import FallbackHub, LocalDirectoryHub
+    from galley.adapters.hf.hub import HuggingFaceHubClient
+    from galley.adapters.hf.local_hub import FallbackHub, LocalDirectoryHub
 
     return FallbackHub(
         LocalDirectoryHub(MODELS), HuggingFaceHubClient(o.cache_dir, offline=o.offline)
@@ -387,8 +387,8 @@ class RetryOptions:
 
 def wrap(adapter: Any, port: str, choice: AdapterChoice) -> Any:
     """Faults innermost, retries around them: retries see (and survive) the injected faults."""
-    from galley.adapters.noop.faults import Faults
-    from galley.adapters.resilience import with_faults, with_retries
+    from galley.adapters.helpers.faults import Faults
+    from galley.adapters.helpers.resilience import with_faults, with_retries
     from galley.core.engine.retry import RetryPolicy
 
     if choice.faults is not None:

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from galley.adapters.cli import main
-from galley.adapters.fsspec_blobs import FsspecBlobStore
-from galley.adapters.hf_datasets import HFDatasetStore
+from galley.adapters.fsspec.blobs import FsspecBlobStore
+from galley.adapters.hf.datasets import HFDatasetStore
 from galley.adapters.jax import JaxTrainingClient
 from galley.adapters.noop import NoopBlobStore, NoopHubClient, NoopTrainingClient, noop_adapters
 from galley.adapters.settings import settings_from_mapping
@@ -591,7 +591,7 @@ junk_json = st.recursive(
 )
 @given(st.text(max_size=200))
 def test_junk_toml_raises_only_config_errors(text: str) -> None:
-    from galley.adapters.run_config import load_run_config
+    from galley.adapters.cli.run_config import load_run_config
 
     path = Path(os.environ.get("TMPDIR", "/tmp")) / "galley-junk.toml"
     path.write_text(text)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import transformers
 
-from galley.adapters.jax.tokenizer import HFTokenizerAdapter
+from galley.adapters.hf.tokenizer import HFTokenizerAdapter
 from galley.core import Conversation, TrainOn, ValidationError
 from galley.core.rendering import make_renderer
 from tests.hf_models import CHATML, LLAMA3_STYLE, write_tokenizer

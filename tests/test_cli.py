@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from galley.adapters.cli import main
+from galley.adapters.cli.run_config import load_run_config
 from galley.adapters.composition import AdapterChoice, build_adapters
-from galley.adapters.run_config import load_run_config
 from galley.core import ConfigError
 from tests.test_run_integrity import P
 

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 from galley.adapters.composition import AdapterChoice, build_adapters
-from galley.adapters.fsspec_blobs import FsspecBlobStore
-from galley.adapters.metrics_stores import JsonlMetricsStore
+from galley.adapters.fsspec.blobs import FsspecBlobStore
+from galley.adapters.fsspec.metrics import JsonlMetricsStore
+from galley.adapters.helpers.resilience import FaultyAdapter, with_retries
 from galley.adapters.noop import NoopTrainingClient, noop_adapters
-from galley.adapters.resilience import FaultyAdapter, with_retries
 from galley.core import TransientError, WorkflowError
 from galley.core.engine import NO_RETRY, RetryPolicy
 from galley.core.stages import read_index

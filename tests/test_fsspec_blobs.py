@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from galley.adapters.fsspec_blobs import FsspecBlobStore
+from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.core import LockedError
 from tests.contracts.blob_store import BlobStoreContract
 
@@ -113,7 +113,7 @@ def test_a_failed_local_write_keeps_the_old_object(
 
 HOLDER = """
 import sys
-from galley.adapters.fsspec_blobs import FsspecBlobStore
+from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.core import LockedError
 FsspecBlobStore(sys.argv[1]).lock("runs/r/run.lock", "the other process")
 print("held", flush=True)
@@ -149,7 +149,7 @@ def test_a_killed_writers_temporary_files_are_swept_by_the_next_lock(tmp_path: P
     next locks that folder removes it, and leaves a live writer's file alone."""
     script = (
         "import os, signal, sys\n"
-        "import galley.adapters.fsspec_blobs as fb\n"
+        "import galley.adapters.fsspec.blobs as fb\n"
         "def die(src, dst): os.kill(os.getpid(), signal.SIGKILL)\n"
         "fb.os.replace = die\n"
         "fb.FsspecBlobStore(sys.argv[1]).write('runs/r/state/step-000001/state.json', b'x')\n"

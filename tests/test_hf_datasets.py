@@ -8,7 +8,7 @@ from pathlib import Path
 import datasets
 import pytest
 
-from galley.adapters.hf_datasets import HFDatasetStore
+from galley.adapters.hf.datasets import HFDatasetStore
 from galley.adapters.noop import noop_adapters
 from galley.core import DataError, WorkflowError
 from galley.core.data_formats import row_to_conversation

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from galley.adapters.hf_hub import HuggingFaceHubClient
+from galley.adapters.hf.hub import HuggingFaceHubClient
 from galley.core import NotFoundError
 from tests.contracts.hub_client import HubClientContract
 

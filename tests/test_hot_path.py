@@ -14,10 +14,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from galley.adapters.helpers.request_queue import Deferred, ImmediateQueue, RequestQueue
 from galley.adapters.jax.batching import pad_batch
 from galley.adapters.noop import NoopBlobStore, NoopTrainingClient
 from galley.adapters.noop.training import difficulty
-from galley.adapters.request_queue import Deferred, ImmediateQueue, RequestQueue
 from galley.core import (
     Datum,
     DatumBatch,
@@ -223,7 +223,7 @@ def test_request_queue_finishes_unclosed_work_at_interpreter_exit(tmp_path: Path
     marker = tmp_path / "saved.txt"
     script = (
         "import time\n"
-        "from galley.adapters.request_queue import Deferred, RequestQueue\n"
+        "from galley.adapters.helpers.request_queue import Deferred, RequestQueue\n"
         "q = RequestQueue('exit-test')\n"
         "q.submit(lambda: time.sleep(0.3))\n"
         f"q.submit(lambda: Deferred(lambda: open({str(marker)!r}, 'w').write('ok')))\n"

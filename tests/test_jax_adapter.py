@@ -17,9 +17,9 @@ from flax import nnx
 from peft import PeftModel
 from safetensors import safe_open
 
+from galley.adapters.hf.model_files import SafetensorsReader
 from galley.adapters.jax import JaxCompleter, JaxTrainingClient
-from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
-from galley.adapters.jax.config import parse_config
+from galley.adapters.jax.config import parse_config, read_config
 from galley.adapters.jax.model import build_model
 from galley.adapters.jax.training import TRACES
 from galley.adapters.noop import NoopBlobStore, NoopHubClient

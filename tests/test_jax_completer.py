@@ -10,9 +10,9 @@ import pytest
 import torch
 import transformers
 
+from galley.adapters.hf.local_hub import LocalDirectoryHub
 from galley.adapters.jax import JaxCompleter, JaxTrainingClient
 from galley.adapters.jax.completer import phase_ends
-from galley.adapters.local_hub import LocalDirectoryHub
 from galley.adapters.noop import NoopBlobStore
 from galley.core import (
     AdamParams,

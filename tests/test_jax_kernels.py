@@ -14,9 +14,10 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 import galley.adapters.jax.model as model_module
+from galley.adapters.hf.model_files import SafetensorsReader
 from galley.adapters.jax.attention import attention, causal_attention, group_mask
-from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
 from galley.adapters.jax.completer import _filter_logits, _sample_categorical
+from galley.adapters.jax.config import read_config
 from galley.adapters.jax.lora import lora_project, merge_is_cheaper
 from galley.adapters.jax.model import SKINNY_ROWS, build_model, swiglu, times_transposed
 from galley.core import LoraConfig

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from galley.adapters.cli import main
-from galley.adapters.metrics_stores import JsonlMetricsStore
+from galley.adapters.fsspec.metrics import JsonlMetricsStore
 
 JOB = ["--set", "max_steps=6", "--set", "checkpoint_every=2", "--set", "num_samples=0"]
 RUN = ["run", "sft", "--set", "run_id=job", *JOB]
@@ -22,8 +22,8 @@ RUN = ["run", "sft", "--set", "run_id=job", *JOB]
 KILLED = """
 import os, signal, sys
 from galley.adapters import cli
-from galley.adapters.fsspec_blobs import FsspecBlobStore
-from galley.adapters.metrics_stores import JsonlMetricsStore
+from galley.adapters.fsspec.blobs import FsspecBlobStore
+from galley.adapters.fsspec.metrics import JsonlMetricsStore
 
 where, at, argv = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 die = lambda: os.kill(os.getpid(), signal.SIGKILL)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from galley.adapters.metrics_stores import JsonlMetricsStore, SqliteMetricsStore
+from galley.adapters.fsspec.metrics import JsonlMetricsStore
+from galley.adapters.sqlite.metrics import SqliteMetricsStore
 from galley.core import ConfigError, MetricRecord, ValidationError
 from tests.contracts.metrics_store import MetricsStoreContract
 
@@ -51,7 +52,8 @@ def test_jsonl_is_one_readable_line_per_record_while_the_run_goes(tmp_path: Path
 
 WRITER = """
 import sys
-from galley.adapters.metrics_stores import SqliteMetricsStore, JsonlMetricsStore
+from galley.adapters.fsspec.metrics import JsonlMetricsStore
+from galley.adapters.sqlite.metrics import SqliteMetricsStore
 from galley.core import MetricRecord
 kind, where, worker = sys.argv[1], sys.argv[2], int(sys.argv[3])
 store = SqliteMetricsStore(where) if kind == "sqlite" else JsonlMetricsStore(where)
@@ -80,7 +82,7 @@ def test_sqlite_rows_are_visible_to_another_process_at_once(tmp_path: Path) -> N
     db = tmp_path / "live.db"
     SqliteMetricsStore(db).record(MetricRecord("r", "train", 7, {"loss": 1.25}))
     code = (
-        "from galley.adapters.metrics_stores import SqliteMetricsStore as S;"
+        "from galley.adapters.sqlite.metrics import SqliteMetricsStore as S;"
         f"print(S({str(db)!r}).read('r')[0].metrics['loss'])"
     )
     out = subprocess.run(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from galley.adapters.local_hub import LocalDirectoryHub
+from galley.adapters.hf.local_hub import LocalDirectoryHub
 from galley.adapters.noop import (
     NoopBlobStore,
     NoopCompleter,

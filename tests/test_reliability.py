@@ -13,8 +13,8 @@ import attrs
 import pytest
 import structlog
 
-from galley.adapters.fsspec_blobs import FsspecBlobStore
-from galley.adapters.logging import configure_logging, redact_secrets
+from galley.adapters.cli.logging import configure_logging, redact_secrets
+from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.adapters.noop import NoopTrainingClient, noop_adapters
 from galley.core import ForwardBackwardOutput, PortTimeoutError, SessionConfig, WorkflowError
 from galley.core.errors import NonFiniteError

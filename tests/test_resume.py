@@ -13,8 +13,8 @@ from typing import Any
 import attrs
 import pytest
 
-from galley.adapters.fsspec_blobs import FsspecBlobStore
-from galley.adapters.metrics_stores import JsonlMetricsStore
+from galley.adapters.fsspec.blobs import FsspecBlobStore
+from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.adapters.noop import noop_adapters
 from galley.core import NotFoundError, ValidationError
 from galley.core.stages import read_index
@@ -24,8 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 RUNNER = """
 import json, os, signal, sys
-from galley.adapters.fsspec_blobs import FsspecBlobStore
-from galley.adapters.metrics_stores import JsonlMetricsStore
+from galley.adapters.fsspec.blobs import FsspecBlobStore
+from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.adapters.noop import NoopTrainingClient, noop_adapters
 from galley.workflows.sft import SFTConfig, run
 

@@ -23,8 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from galley.adapters.cli import main
-from galley.adapters.fsspec_blobs import FsspecBlobStore
-from galley.adapters.metrics_stores import JsonlMetricsStore
+from galley.adapters.fsspec.blobs import FsspecBlobStore
+from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.adapters.noop import NoopTrainingClient, noop_adapters
 from galley.core import Adapters, ConfigError, WorkflowError
 from galley.core.runs import (
@@ -181,8 +181,8 @@ def test_an_id_with_only_metrics_elsewhere_is_taken_too(tmp_path: Path) -> None:
 
 HOLD_AT_STEP = """
 import sys
-from galley.adapters.fsspec_blobs import FsspecBlobStore
-from galley.adapters.metrics_stores import JsonlMetricsStore
+from galley.adapters.fsspec.blobs import FsspecBlobStore
+from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.adapters.noop import NoopTrainingClient, noop_adapters
 from galley.workflows.sft import SFTConfig, run
 

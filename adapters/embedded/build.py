@@ -25,9 +25,9 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from galley.adapters.embedded import DATASETS, DEFAULT_DATASET, DEFAULT_MODEL, MODELS
 from galley.adapters.embedded.corpus import instruction_rows, pretraining_lines, split_words
-from galley.adapters.fsspec_blobs import FsspecBlobStore
+from galley.adapters.fsspec.blobs import FsspecBlobStore
+from galley.adapters.hf.local_hub import LocalDirectoryHub
 from galley.adapters.jax import JaxTrainingClient, JaxTrainingSession
-from galley.adapters.local_hub import LocalDirectoryHub
 from galley.core import AdamParams, Datum, LoraConfig, LRSchedule, SessionConfig
 
 SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>"]

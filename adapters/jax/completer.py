@@ -25,6 +25,8 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load as load_safetensors
 
+from galley.adapters.hf.model_files import SafetensorsReader, resolve_model_folder
+from galley.adapters.hf.tokenizer import HFTokenizerAdapter
 from galley.adapters.jax.batching import (
     DEFAULT_LENGTH_BUCKETS,
     batch_bucket,
@@ -32,12 +34,9 @@ from galley.adapters.jax.batching import (
     checked_buckets,
     checked_dtype,
 )
-from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
 from galley.adapters.jax.compilation_cache import use_compilation_cache
-from galley.adapters.jax.config import ModelConfig, expected_shapes
+from galley.adapters.jax.config import ModelConfig, expected_shapes, read_config
 from galley.adapters.jax.model import CausalLM, build_model
-from galley.adapters.jax.tokenizer import HFTokenizerAdapter
-from galley.adapters.jax.training import resolve_model_folder
 from galley.core.errors import ConfigError, ValidationError
 from galley.core.manifest import read_checkpoint
 from galley.core.model_input import ModelInput

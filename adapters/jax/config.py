@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import attrs
 import numpy as np
 
-from galley.core.errors import ValidationError
+from galley.adapters.hf.model_files import read_json
+from galley.core.errors import NotFoundError, ValidationError
 
 SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -174,3 +176,10 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
             f"{p}.mlp.down_proj.weight": (h, inner),
         }
     return shapes
+
+
+def read_config(folder: Path) -> ModelConfig:
+    path = folder / "config.json"
+    if not path.is_file():
+        raise NotFoundError(f"model folder {str(folder)!r} has no config.json")
+    return parse_config(read_json(path), str(path))

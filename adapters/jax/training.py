@@ -16,7 +16,6 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -28,6 +27,9 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
+from galley.adapters.helpers.request_queue import Deferred, RequestQueue
+from galley.adapters.hf.model_files import SafetensorsReader, resolve_model_folder
+from galley.adapters.hf.tokenizer import HFTokenizerAdapter
 from galley.adapters.jax.batching import (
     DEFAULT_LENGTH_BUCKETS,
     PaddedBatch,
@@ -35,9 +37,8 @@ from galley.adapters.jax.batching import (
     checked_dtype,
     pad_batch,
 )
-from galley.adapters.jax.checkpoint_files import SafetensorsReader, read_config
 from galley.adapters.jax.compilation_cache import use_compilation_cache
-from galley.adapters.jax.config import ModelConfig, expected_shapes
+from galley.adapters.jax.config import ModelConfig, expected_shapes, read_config
 from galley.adapters.jax.losses import loss_sum, token_logprobs
 from galley.adapters.jax.model import (
     CausalLM,
@@ -46,8 +47,6 @@ from galley.adapters.jax.model import (
     check_target_names,
 )
 from galley.adapters.jax.peft_export import merged_hf_tensors, peft_adapter_files
-from galley.adapters.jax.tokenizer import HFTokenizerAdapter
-from galley.adapters.request_queue import Deferred, RequestQueue
 from galley.core.errors import ValidationError
 from galley.core.keys import check_name, join_key
 from galley.core.losses import LossFn
@@ -67,7 +66,6 @@ from galley.ports.blobs import BlobStore
 from galley.ports.hub import HubClient
 
 STATE_FILE = "state.safetensors"
-MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.txt", "*.model"]
 
 # Traces per step function (a trace is a compilation): tests assert buckets stop recompiles.
 TRACES: Counter[str] = Counter()
@@ -173,14 +171,6 @@ def hyper_arrays(p: AdamParams) -> dict[str, jax.Array]:
 
 def _count(tree: Any) -> int:
     return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
-
-
-def resolve_model_folder(base_model: str, hub: HubClient) -> Path:
-    """A local directory as is; otherwise a hub repo id, fetched through the HubClient."""
-    path = Path(base_model).expanduser()
-    if path.is_dir():
-        return path
-    return hub.snapshot(base_model, allow_patterns=MODEL_FILES)
 
 
 def flat_named(tree: Any) -> dict[str, np.ndarray[Any, Any]]:

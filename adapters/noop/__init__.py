@@ -1,15 +1,15 @@
 """Noop adapters: deterministic, fast, realistic fakes of all six ports that succeed.
 
 Use them to develop and test workflows without a model, a network or a disk. A fake that
-succeeds is not an adapter that is not configured: see ``galley.adapters.unconfigured``.
+succeeds is not an adapter that is not configured: see ``galley.adapters.helpers.unconfigured``.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from galley.adapters.helpers.faults import FaultInjector, Faults, InjectedFaultError
 from galley.adapters.noop.completer import NoopCompleter
-from galley.adapters.noop.faults import FaultInjector, Faults, InjectedFaultError
 from galley.adapters.noop.stores import (
     MemoryDataset,
     NoopBlobStore,

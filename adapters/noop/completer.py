@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 
-from galley.adapters.noop.faults import FaultInjector, Faults
+from galley.adapters.helpers.faults import FaultInjector, Faults
 from galley.adapters.noop.tokenizer import ByteTokenizer
 from galley.core.chat import ROLES
 from galley.core.errors import NotFoundError

@@ -14,8 +14,8 @@ from typing import Any
 import attrs
 import numpy as np
 
-from galley.adapters.locks import ProcessLocks, Release
-from galley.adapters.noop.faults import FaultInjector, Faults
+from galley.adapters.helpers.faults import FaultInjector, Faults
+from galley.adapters.helpers.locks import ProcessLocks, Release
 from galley.core.errors import NotFoundError, ValidationError
 from galley.core.keys import check_key, check_prefix
 from galley.core.records import MetricRecord

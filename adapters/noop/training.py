@@ -21,9 +21,9 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from galley.adapters.noop.faults import FaultInjector, Faults
+from galley.adapters.helpers.faults import FaultInjector, Faults
+from galley.adapters.helpers.request_queue import ImmediateQueue
 from galley.adapters.noop.tokenizer import ByteTokenizer
-from galley.adapters.request_queue import ImmediateQueue
 from galley.core.errors import ValidationError
 from galley.core.keys import check_name, join_key
 from galley.core.losses import REQUIRED_INPUTS, LossFn, reference_loss

@@ -9,7 +9,7 @@ from typing import Any
 
 from tokenizers import Tokenizer as HFTokenizer
 
-from galley.adapters.chat_template import ChatTemplateRenderer
+from galley.adapters.hf.chat_template import ChatTemplateRenderer
 from galley.core.errors import NotFoundError, ValidationError
 
 

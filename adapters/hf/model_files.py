@@ -1,4 +1,5 @@
-"""Reading HF model folders: config.json, (sharded) safetensors, tokenizer files."""
+"""Hugging Face model folders: finding one (a local directory, or a repo through the
+HubClient), and reading its JSON files and (sharded) safetensors weights with numpy."""
 
 from __future__ import annotations
 
@@ -11,11 +12,21 @@ from typing import Any
 import numpy as np
 from safetensors import safe_open
 
-from galley.adapters.jax.config import ModelConfig, parse_config
 from galley.core.errors import NotFoundError, ValidationError
+from galley.ports.hub import HubClient
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
+# What a model needs from a hub repo: configs, weights, tokenizer files.
+MODEL_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.txt", "*.model"]
+
+
+def resolve_model_folder(base_model: str, hub: HubClient) -> Path:
+    """A local directory as is; otherwise a hub repo id, fetched through the HubClient."""
+    path = Path(base_model).expanduser()
+    if path.is_dir():
+        return path
+    return hub.snapshot(base_model, allow_patterns=MODEL_FILES)
 
 
 def read_json(path: Path) -> Any:
@@ -24,13 +35,6 @@ def read_json(path: Path) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValidationError(str(path), f"is not a readable JSON file: {e}") from None
-
-
-def read_config(folder: Path) -> ModelConfig:
-    path = folder / "config.json"
-    if not path.is_file():
-        raise NotFoundError(f"model folder {str(folder)!r} has no config.json")
-    return parse_config(read_json(path), str(path))
 
 
 def _weight_map(folder: Path) -> dict[str, str]:

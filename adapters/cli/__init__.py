@@ -21,9 +21,9 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from galley.adapters.cli.logging import RedactingConsole, configure_logging
+from galley.adapters.cli.run_config import load_run_config, resumed_config
 from galley.adapters.composition import REGISTRY, build_adapters
-from galley.adapters.logging import RedactingConsole, configure_logging
-from galley.adapters.run_config import load_run_config, resumed_config
 from galley.adapters.settings import read_text
 from galley.core.adapter_set import Adapters
 from galley.core.engine import Stream
@@ -206,7 +206,7 @@ def report_failure(
 
 
 def cmd_sample(args: argparse.Namespace, console: Console) -> int:
-    from galley.adapters.cli_sample_plot import sample
+    from galley.adapters.cli.sample_plot import sample
 
     prompts = list(args.prompt)
     if args.prompts_file is not None:
@@ -219,7 +219,7 @@ def cmd_sample(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_plot(args: argparse.Namespace, console: Console) -> int:
-    from galley.adapters.cli_sample_plot import plot
+    from galley.adapters.cli.sample_plot import plot
 
     run_dir = args.run if args.run.is_dir() else Path("runs") / args.run
     console.print(f"wrote {plot(run_dir)}")

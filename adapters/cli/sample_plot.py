@@ -8,8 +8,8 @@ from pathlib import Path
 from rich.console import Console
 
 from galley.adapters.composition import AdapterChoice, build_adapters
-from galley.adapters.fsspec_blobs import FsspecBlobStore
-from galley.adapters.metrics_stores import JsonlMetricsStore
+from galley.adapters.fsspec.blobs import FsspecBlobStore
+from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.core.chat import Conversation, Message
 from galley.core.errors import NotFoundError, ValidationError
 from galley.core.manifest import MANIFEST_NAME
@@ -73,8 +73,8 @@ def sample(
     blobs, model = sampler_ref(checkpoint)
     adapters = build_adapters({"completer": AdapterChoice("jax")}, blobs=blobs)
     completer = adapters.completer
-    from galley.adapters.jax.tokenizer import HFTokenizerAdapter
-    from galley.adapters.jax.training import resolve_model_folder
+    from galley.adapters.hf.model_files import resolve_model_folder
+    from galley.adapters.hf.tokenizer import HFTokenizerAdapter
 
     tokenizer = HFTokenizerAdapter(resolve_model_folder(model.base_model, adapters.hub))
     chat = make_renderer(renderer, tokenizer)

@@ -24,7 +24,7 @@ from typing import Any
 import fsspec
 import structlog
 
-from galley.adapters.locks import ProcessLocks, Release, lock_file
+from galley.adapters.helpers.locks import ProcessLocks, Release, lock_file
 from galley.core.errors import ConfigError, NotFoundError
 from galley.core.keys import check_key, check_prefix
 

@@ -1,0 +1,1 @@
+"""A MetricsStore in one SQLite file."""
