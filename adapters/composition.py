@@ -9,21 +9,32 @@ A config names, per port, an adapter kind and its options::
     kind = "noop"
     sensitivity = 50.0        # the kind's options
 
-Kinds are registered in :data:`REGISTRY`; importing an adapter's dependencies happens only
-when that kind is built, so listing kinds costs nothing.
+Each adapter package declares its kinds next to its code (``noop/kinds.py``, ``jax/kinds.py``,
+...) as a ``KINDS`` tuple of :class:`AdapterKind`, published through the ``galley.adapters``
+entry-point group: galley's own kinds and installed plugins are found the same way, when the
+registry is first read. A kind's module imports only what describes it (its options class);
+what the adapter needs (JAX, datasets, fsspec) is imported when the kind is built, so listing
+kinds, or a noop run, imports none of it. A kind may also be named by where it lives,
+``"my_pkg.my_module:NAME"``, with NAME an :class:`AdapterKind` or a factory called with the
+options as keyword arguments.
 """
 
 from __future__ import annotations
 
+import importlib
+import threading
 from collections.abc import Callable, Mapping
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import attrs
+import structlog
 
 from galley.adapters.settings import settings_from_mapping
 from galley.core.adapter_set import PORT_NAMES, Adapters
-from galley.core.errors import ConfigError
+from galley.core.errors import ConfigError, GalleyError
 
+ENTRY_POINT_GROUP = "galley.adapters"
 # Ports in build order: an adapter may use the ones built before it.
 BUILD_ORDER: tuple[str, ...] = ("blobs", "hub", "datasets", "metrics", "training", "completer")
 # What `galley run sft` uses with no configuration: a real fine-tune of the embedded model.
@@ -36,23 +47,7 @@ DEFAULT_KINDS: Mapping[str, str] = {
     "completer": "jax",
 }
 
-
-@attrs.frozen
-class NoopTrainingOptions:
-    sensitivity: float = 100.0
-    floor: float = 0.05
-
-
-@attrs.frozen
-class NoopDatasetOptions:
-    seed: int = 0
-    train_rows: int = 256
-    test_rows: int = 32
-
-
-@attrs.frozen
-class NoopCompleterOptions:
-    scripted: dict[str, str] = attrs.field(factory=dict)
+Built = Mapping[str, Any]
 
 
 @attrs.frozen
@@ -61,271 +56,130 @@ class NoOptions:
 
 
 @attrs.frozen
-class JaxTrainingOptions:
-    dtype: str = "float32"
-    length_buckets: list[int] = attrs.field(
-        factory=lambda: [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
-    )
-    compilation_cache_dir: str | None = None  # keep compiled steps here across processes
-
-
-@attrs.frozen
-class JaxCompleterOptions:
-    model: str | None = None  # default base model (hub repo id or directory)
-    dtype: str = "float32"
-    compilation_cache_dir: str | None = None
-
-
-@attrs.frozen
-class FsspecBlobOptions:
-    url: str = "."  # any fsspec URL: a local folder, memory://x, s3://bucket/prefix, ...
-    storage_options: dict[str, Any] = attrs.field(factory=dict)
-
-
-@attrs.frozen
-class HuggingFaceHubOptions:
-    cache_dir: str | None = None  # default: HF_HOME's cache
-    offline: bool | None = None  # default: HF_HUB_OFFLINE
-
-
-@attrs.frozen
-class HFDatasetOptions:
-    cache_dir: str | None = None
-    local_root: str | None = None  # ids found here first; default: galley's embedded datasets
-
-
-@attrs.frozen
-class JsonlMetricsOptions:
-    url: str = "runs"  # <url>/<run_id>/metrics.jsonl
-    storage_options: dict[str, Any] = attrs.field(factory=dict)
-
-
-@attrs.frozen
-class SqliteMetricsOptions:
-    path: str = "runs/metrics.db"
-
-
-@attrs.frozen
-class LocalHubOptions:
-    root: str | None = None  # default: galley's embedded models
-
-
-Built = Mapping[str, Any]
-
-
-@attrs.frozen
 class AdapterKind:
+    """A kind of adapter for one port: its name, its options (an attrs class, filled from the
+    config strictly) and how to build it from them and the adapters built before it.
+    ``origin`` says where it comes from (galley, or a plugin package)."""
+
     port: str
     kind: str
     description: str
-    options: type[Any]
+    options: type[Any] | None  # None: options go to ``build`` as a plain dict, unchecked
     build: Callable[[Any, Built], Any] = attrs.field(repr=False)
+    origin: str = "galley"
 
 
-def _noop_training(o: NoopTrainingOptions, built: Built) -> Any:
-    from galley.adapters.noop import NoopTrainingClient
+class Registry:
+    """Adapter kinds by port and name: entry points first (galley's own before plugins'),
+    then kinds registered from Python. A plugin that fails to load, or names a kind that is
+    taken, is left out with a warning (``problems``); the others still load."""
 
-    return NoopTrainingClient(built["blobs"], sensitivity=o.sensitivity, floor=o.floor)
+    def __init__(self, group: str = ENTRY_POINT_GROUP) -> None:
+        self.group = group
+        self._kinds: dict[str, dict[str, AdapterKind]] | None = None
+        self._registered: list[AdapterKind] = []
+        self.problems: list[str] = []
+        self._lock = threading.Lock()
+
+    def kinds(self) -> Mapping[str, Mapping[str, AdapterKind]]:
+        with self._lock:
+            if self._kinds is None:
+                self._kinds = {port: {} for port in PORT_NAMES}
+                for ep in sorted(entry_points(group=self.group), key=_galley_first):
+                    self._load(ep)
+                for kind in self._registered:
+                    self._add(kind, "registered from Python")
+            return self._kinds
+
+    def register(self, kind: AdapterKind) -> None:
+        if kind.port not in PORT_NAMES:
+            raise ConfigError(
+                f"unknown port {kind.port!r}; expected one of {', '.join(PORT_NAMES)}"
+            )
+        with self._lock:
+            self._registered.append(kind)
+            if self._kinds is not None:
+                self._kinds[kind.port][kind.kind] = kind  # a later registration wins
+
+    def resolve(self, port: str, name: str) -> AdapterKind:
+        """The kind ``name`` of ``port``: a registered name, or ``"module:attribute"``."""
+        if ":" in name:
+            return _imported_kind(port, name)
+        kinds = self.kinds()[port]
+        if name not in kinds:
+            raise ConfigError(
+                f"[adapters.{port}]: unknown adapter kind {name!r}; "
+                f"available: {', '.join(sorted(kinds))}" + self._problems_note()
+            )
+        return kinds[name]
+
+    def _problems_note(self) -> str:
+        return f" (left out: {'; '.join(self.problems)})" if self.problems else ""
+
+    def _load(self, ep: EntryPoint) -> None:
+        dist = ep.dist
+        package = f"{dist.name} {dist.version}" if dist is not None else ep.value
+        origin = "galley" if dist is not None and dist.name == "galley" else package
+        try:
+            loaded = ep.load()
+            kinds = [loaded] if isinstance(loaded, AdapterKind) else list(loaded)
+            if not all(isinstance(k, AdapterKind) for k in kinds):
+                raise TypeError("expected an AdapterKind or an iterable of them")
+        except Exception as e:  # a plugin's bug must not take the others down
+            self._problem(f"entry point {ep.name!r} of {package} ({ep.value}): {e}")
+            return
+        for kind in kinds:
+            self._add(attrs.evolve(kind, origin=origin), f"entry point {ep.name!r} of {package}")
+
+    def _add(self, kind: AdapterKind, where: str) -> None:
+        assert self._kinds is not None
+        if kind.port not in self._kinds:
+            self._problem(f"{where}: kind {kind.kind!r} names an unknown port {kind.port!r}")
+        elif kind.kind in self._kinds[kind.port] and kind.origin != "galley":
+            taken = self._kinds[kind.port][kind.kind].origin
+            self._problem(f"{where}: {kind.port} kind {kind.kind!r} is taken (by {taken})")
+        else:
+            self._kinds[kind.port][kind.kind] = kind
+
+    def _problem(self, text: str) -> None:
+        self.problems.append(text)
+        structlog.get_logger("galley").warning("adapters.plugin_left_out", problem=text)
 
 
-def _jax_training(o: JaxTrainingOptions, built: Built) -> Any:
-    from galley.adapters.jax import JaxTrainingClient
+def _galley_first(ep: EntryPoint) -> tuple[bool, str]:
+    return (ep.dist is None or ep.dist.name != "galley", ep.name)
 
-    return JaxTrainingClient(
-        built["hub"],
-        built["blobs"],
-        dtype=o.dtype,
-        length_buckets=o.length_buckets,
-        compilation_cache_dir=o.compilation_cache_dir,
+
+def _imported_kind(port: str, name: str) -> AdapterKind:
+    module_name, _, attribute = name.partition(":")
+    try:
+        found = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as e:
+        raise ConfigError(f"[adapters.{port}]: kind {name!r} cannot be imported: {e}") from None
+    if isinstance(found, AdapterKind):
+        if found.port != port:
+            raise ConfigError(f"[adapters.{port}]: {name!r} is a {found.port} kind, not {port}")
+        return attrs.evolve(found, origin=module_name)
+    if not callable(found):
+        raise ConfigError(
+            f"[adapters.{port}]: {name!r} is neither an AdapterKind nor a factory to call"
+        )
+    return AdapterKind(
+        port, name, f"factory {name}", None, lambda options, built: found(**options), module_name
     )
 
 
-def _jax_completer(o: JaxCompleterOptions, built: Built) -> Any:
-    from galley.adapters.jax import JaxCompleter
-
-    return JaxCompleter(
-        built["hub"],
-        built["blobs"],
-        model=o.model,
-        dtype=o.dtype,
-        compilation_cache_dir=o.compilation_cache_dir,
-    )
-
-
-def _fsspec_blobs(o: FsspecBlobOptions, built: Built) -> Any:
-    from galley.adapters.fsspec.blobs import FsspecBlobStore
-
-    return FsspecBlobStore(o.url, **o.storage_options)
-
-
-def _hf_hub(o: HuggingFaceHubOptions, built: Built) -> Any:
-    from galley.adapters.hf.hub import HuggingFaceHubClient
-
-    return HuggingFaceHubClient(o.cache_dir, offline=o.offline)
-
-
-def _hf_datasets(o: HFDatasetOptions, built: Built) -> Any:
-    from galley.adapters.embedded import DATASETS
-    from galley.adapters.hf.datasets import HFDatasetStore
-
-    return HFDatasetStore(o.cache_dir, local_root=o.local_root or DATASETS)
-
-
-def _jsonl_metrics(o: JsonlMetricsOptions, built: Built) -> Any:
-    from galley.adapters.fsspec.metrics import JsonlMetricsStore
-
-    return JsonlMetricsStore(o.url, **o.storage_options)
-
-
-def _sqlite_metrics(o: SqliteMetricsOptions, built: Built) -> Any:
-    from galley.adapters.sqlite.metrics import SqliteMetricsStore
-
-    return SqliteMetricsStore(o.path)
-
-
-def _noop_datasets(o: NoopDatasetOptions, built: Built) -> Any:
-    from galley.adapters.noop import NoopDatasetStore
-
-    return NoopDatasetStore(seed=o.seed, train_rows=o.train_rows, test_rows=o.test_rows)
-
-
-def _noop_blobs(o: NoOptions, built: Built) -> Any:
-    from galley.adapters.noop import NoopBlobStore
-
-    return NoopBlobStore()
-
-
-def _noop_hub(o: NoOptions, built: Built) -> Any:
-    from galley.adapters.noop import NoopHubClient
-
-    return NoopHubClient()
-
-
-def _local_hub(o: LocalHubOptions, built: Built) -> Any:
-    from galley.adapters.embedded import MODELS
-    from galley.adapters.hf.local_hub import LocalDirectoryHub
-
-    return LocalDirectoryHub(o.root or MODELS)
-
-
-def _auto_hub(o: HuggingFaceHubOptions, built: Built) -> Any:
-    from galley.adapters.embedded import MODELS
-    from galley.adapters.hf.hub import HuggingFaceHubClient
-    from galley.adapters.hf.local_hub import FallbackHub, LocalDirectoryHub
-
-    return FallbackHub(
-        LocalDirectoryHub(MODELS), HuggingFaceHubClient(o.cache_dir, offline=o.offline)
-    )
-
-
-def _noop_metrics(o: NoOptions, built: Built) -> Any:
-    from galley.adapters.noop import NoopMetricsStore
-
-    return NoopMetricsStore()
-
-
-def _noop_completer(o: NoopCompleterOptions, built: Built) -> Any:
-    from galley.adapters.noop import NoopCompleter
-
-    return NoopCompleter(o.scripted, blobs=built["blobs"])
-
-
-REGISTRY: dict[str, dict[str, AdapterKind]] = {port: {} for port in PORT_NAMES}
+REGISTRY = Registry()
 
 
 def register(kind: AdapterKind) -> None:
     """Add an adapter kind (your own, too) so configs and the CLI can name it."""
-    if kind.port not in REGISTRY:
-        raise ConfigError(f"unknown port {kind.port!r}; expected one of {', '.join(PORT_NAMES)}")
-    REGISTRY[kind.port][kind.kind] = kind
+    REGISTRY.register(kind)
 
 
-for _kind in (
-    AdapterKind(
-        "training",
-        "noop",
-        "fake one-parameter model: loss falls with steps and LR",
-        NoopTrainingOptions,
-        _noop_training,
-    ),
-    AdapterKind(
-        "datasets",
-        "noop",
-        "in-memory datasets; unknown names give a synthetic chat task",
-        NoopDatasetOptions,
-        _noop_datasets,
-    ),
-    AdapterKind(
-        "training",
-        "jax",
-        "LoRA or full training of HF decoders with JAX (Flax NNX + Optax)",
-        JaxTrainingOptions,
-        _jax_training,
-    ),
-    AdapterKind("blobs", "noop", "in-memory blobs (lost at exit)", NoOptions, _noop_blobs),
-    AdapterKind(
-        "blobs",
-        "fsspec",
-        "any fsspec URL (file, memory, s3, gcs...), atomic writes",
-        FsspecBlobOptions,
-        _fsspec_blobs,
-    ),
-    AdapterKind(
-        "hub",
-        "auto",
-        "galley's embedded models, then the Hugging Face Hub",
-        HuggingFaceHubOptions,
-        _auto_hub,
-    ),
-    AdapterKind(
-        "hub",
-        "huggingface",
-        "the Hugging Face Hub via huggingface_hub (HF_HOME, HF_HUB_OFFLINE)",
-        HuggingFaceHubOptions,
-        _hf_hub,
-    ),
-    AdapterKind(
-        "datasets",
-        "hf",
-        "JSONL/JSON/CSV/Parquet files, save_to_disk folders, Hub ids (datasets)",
-        HFDatasetOptions,
-        _hf_datasets,
-    ),
-    AdapterKind(
-        "metrics",
-        "jsonl",
-        "one JSON line per step at <url>/<run_id>/metrics.jsonl (fsspec)",
-        JsonlMetricsOptions,
-        _jsonl_metrics,
-    ),
-    AdapterKind(
-        "metrics",
-        "sqlite",
-        "an SQLite file (WAL), shared by processes",
-        SqliteMetricsOptions,
-        _sqlite_metrics,
-    ),
-    AdapterKind("hub", "noop", "synthetic in-memory model repos", NoOptions, _noop_hub),
-    AdapterKind(
-        "hub",
-        "local",
-        "a folder of repos <root>/<org>/<name> (default: embedded)",
-        LocalHubOptions,
-        _local_hub,
-    ),
-    AdapterKind("metrics", "noop", "in-memory metric rows", NoOptions, _noop_metrics),
-    AdapterKind(
-        "completer", "noop", "scripted or echoed answers", NoopCompleterOptions, _noop_completer
-    ),
-    AdapterKind(
-        "completer",
-        "jax",
-        "KV-cache sampling of HF decoders (+ exported adapters) with JAX",
-        JaxCompleterOptions,
-        _jax_completer,
-    ),
-):
-    register(_kind)
+def adapter_kinds() -> Mapping[str, Mapping[str, AdapterKind]]:
+    """Every kind by port: galley's, installed plugins', and those registered from Python."""
+    return REGISTRY.kinds()
 
 
 @attrs.frozen
@@ -411,15 +265,22 @@ def build_adapters(choices: Mapping[str, AdapterChoice], **instances: Any) -> Ad
             built[port] = instances[port]
             continue
         choice = choices.get(port, AdapterChoice(DEFAULT_KINDS[port]))
-        kinds = REGISTRY[port]
-        if choice.kind not in kinds:
-            raise ConfigError(
-                f"[adapters.{port}]: unknown adapter kind {choice.kind!r}; "
-                f"available: {', '.join(sorted(kinds))}"
+        spec = REGISTRY.resolve(port, choice.kind)
+        options = (
+            settings_from_mapping(
+                spec.options, choice.options, f"[adapters.{port}] ({choice.kind})"
             )
-        spec = kinds[choice.kind]
-        options = settings_from_mapping(
-            spec.options, choice.options, f"[adapters.{port}] ({choice.kind})"
+            if spec.options is not None
+            else dict(choice.options)
         )
-        built[port] = wrap(spec.build(options, built), port, choice)
+        try:
+            adapter = spec.build(options, built)
+        except GalleyError:
+            raise
+        except Exception as e:  # a plugin's (or a library's) own error type
+            raise ConfigError(
+                f"[adapters.{port}]: the {choice.kind!r} adapter ({spec.origin}) could not be "
+                f"built: {type(e).__name__}: {e}"
+            ) from e
+        built[port] = wrap(adapter, port, choice)
     return Adapters(**built)

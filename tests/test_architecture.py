@@ -68,6 +68,73 @@ def test_dependency_rule_in_source(layer: str) -> None:
     assert problems == []
 
 
+# The rooms of adapters/ and which others each may import. The composition root (composition,
+# settings) and the kinds modules that register with it are the "root" group.
+ADAPTER_GROUPS: dict[str, set[str]] = {
+    "helpers": set(),  # for adapter authors: imports no adapter
+    "root": {"helpers"},
+    "noop": {"root", "helpers"},
+    "hf": {"root", "helpers", "embedded"},  # the default hub and datasets read the embedded ones
+    "fsspec": {"root", "helpers"},
+    "sqlite": {"root", "helpers"},
+    "jax": {"root", "helpers", "hf"},  # tokenizers, chat templates, model files
+    "embedded": {"root", "helpers", "hf", "fsspec", "jax"},  # data; build.py is a dev tool
+    "cli": {"root", "helpers", "hf", "fsspec"},  # driving: nothing imports it
+}
+
+
+def adapter_group(module: str) -> str | None:
+    """The group of a ``galley.adapters...`` module (None for one that belongs to none)."""
+    parts = module.split(".")[2:]
+    if not parts or parts[0] in {"composition", "settings"}:
+        return "root"
+    return parts[0] if parts[0] in ADAPTER_GROUPS else None
+
+
+def test_every_adapter_module_belongs_to_a_group() -> None:
+    strays = [
+        str(path.relative_to(ROOT))
+        for path in sorted((ROOT / "adapters").rglob("*.py"))
+        if adapter_group(module_of(path)) is None
+    ]
+    assert strays == [], "put each module in a group folder (or declare the group)"
+
+
+def module_of(path: Path) -> str:
+    rel = path.relative_to(ROOT / "adapters").with_suffix("")
+    parts = [p for p in rel.parts if p != "__init__"]
+    return ".".join(["galley", "adapters", *parts])
+
+
+def test_adapter_groups_import_only_what_they_may() -> None:
+    problems = []
+    for path in sorted((ROOT / "adapters").rglob("*.py")):
+        group = adapter_group(module_of(path))
+        assert group is not None
+        for module in imports(path):
+            if not module.startswith("galley.adapters"):
+                continue
+            target = adapter_group(module)
+            if target != group and target not in ADAPTER_GROUPS[group]:
+                problems.append(f"{path.relative_to(ROOT)} ({group}) imports {module} ({target})")
+    assert problems == []
+
+
+def test_listing_adapters_and_a_noop_run_import_no_framework(tmp_path: Path) -> None:
+    """Kinds are lazy: `galley adapters` and a noop run load none of the heavy libraries."""
+    code = (
+        "import sys\n"
+        "from galley.adapters.cli import main\n"
+        "assert main(['adapters']) == 0\n"
+        "assert main(['run', 'sft', '--adapters', 'noop', '--set', 'max_steps=2']) == 0\n"
+        f"print(sorted(m for m in {sorted(HEAVY)!r} if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_importing_core_ports_and_workflows_loads_no_framework() -> None:
     code = (
         "import sys, galley.core, galley.core.stages, galley.ports, galley.workflows.sft;"

@@ -17,20 +17,20 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from galley.adapters.cli import main
-from galley.adapters.composition import REGISTRY
+from galley.adapters.composition import NoOptions, adapter_kinds
 from galley.workflows.sft import SFTConfig
 
 FIELDS = [f.name for f in attrs.fields(SFTConfig)]
 # Kinds that run in milliseconds: the fuzz may pick any of them for any port.
 FAST_KINDS = {
     port: sorted(k for k in kinds if k in {"noop", "fsspec", "jsonl", "sqlite", "local"})
-    for port, kinds in REGISTRY.items()
+    for port, kinds in adapter_kinds().items()
 }
 OPTIONS = {
     (port, option.name)
-    for port, kinds in REGISTRY.items()
+    for port, kinds in adapter_kinds().items()
     for kind in kinds.values()
-    for option in attrs.fields(kind.options)
+    for option in attrs.fields(kind.options or NoOptions)
 }
 SLOW = {"max_steps", "num_epochs", "sample_max_tokens", "num_samples"}  # clamped below
 

@@ -23,7 +23,7 @@ from rich.table import Table
 
 from galley.adapters.cli.logging import RedactingConsole, configure_logging
 from galley.adapters.cli.run_config import load_run_config, resumed_config
-from galley.adapters.composition import REGISTRY, build_adapters
+from galley.adapters.composition import REGISTRY, NoOptions, adapter_kinds, build_adapters
 from galley.adapters.settings import read_text
 from galley.core.adapter_set import Adapters
 from galley.core.engine import Stream
@@ -239,13 +239,15 @@ def cmd_workflows(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_adapters(args: argparse.Namespace, console: Console) -> int:
     table = Table(title="adapters per port")
-    for column in ("port", "kind", "options", "description"):
+    for column in ("port", "kind", "options", "from", "description"):
         table.add_column(column)
-    for port, kinds in REGISTRY.items():
+    for port, kinds in adapter_kinds().items():
         for kind in kinds.values():
-            options = ", ".join(f.name for f in attrs.fields(kind.options))
-            table.add_row(port, kind.kind, options or "-", kind.description)
+            options = ", ".join(f.name for f in attrs.fields(kind.options or NoOptions))
+            table.add_row(port, kind.kind, options or "-", kind.origin, kind.description)
     console.print(table)
+    for problem in REGISTRY.problems:
+        console.print(f"left out: {problem}", style="yellow", soft_wrap=True)
     return 0
 
 

@@ -1,0 +1,51 @@
+"""The fsspec kinds (blobs, JSONL metrics), for configs and the CLI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from galley.adapters.composition import AdapterKind, Built
+
+
+@attrs.frozen
+class FsspecBlobOptions:
+    url: str = "."  # any fsspec URL: a local folder, memory://x, s3://bucket/prefix, ...
+    storage_options: dict[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class JsonlMetricsOptions:
+    url: str = "runs"  # <url>/<run_id>/metrics.jsonl
+    storage_options: dict[str, Any] = attrs.field(factory=dict)
+
+
+def _blobs(o: FsspecBlobOptions, built: Built) -> Any:
+    from galley.adapters.fsspec.blobs import FsspecBlobStore
+
+    return FsspecBlobStore(o.url, **o.storage_options)
+
+
+def _jsonl(o: JsonlMetricsOptions, built: Built) -> Any:
+    from galley.adapters.fsspec.metrics import JsonlMetricsStore
+
+    return JsonlMetricsStore(o.url, **o.storage_options)
+
+
+KINDS = (
+    AdapterKind(
+        "blobs",
+        "fsspec",
+        "any fsspec URL (file, memory, s3, gcs...), atomic writes",
+        FsspecBlobOptions,
+        _blobs,
+    ),
+    AdapterKind(
+        "metrics",
+        "jsonl",
+        "one JSON line per row at <url>/<run_id>/metrics.jsonl (fsspec)",
+        JsonlMetricsOptions,
+        _jsonl,
+    ),
+)

@@ -1,0 +1,69 @@
+"""The JAX kinds, for configs and the CLI. JAX itself is imported only when one is built."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from galley.adapters.composition import AdapterKind, Built
+
+
+@attrs.frozen
+class JaxTrainingOptions:
+    dtype: str = "float32"
+    length_buckets: list[int] = attrs.field(
+        factory=lambda: [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
+    )
+    compilation_cache_dir: str | None = None  # keep compiled steps here across processes
+
+
+@attrs.frozen
+class JaxCompleterOptions:
+    model: str | None = None  # default base model (hub repo id or directory)
+    dtype: str = "float32"
+    compilation_cache_dir: str | None = None
+    max_models: int = 4  # models kept loaded (least recently used dropped)
+
+
+def _training(o: JaxTrainingOptions, built: Built) -> Any:
+    from galley.adapters.jax import JaxTrainingClient
+
+    return JaxTrainingClient(
+        built["hub"],
+        built["blobs"],
+        dtype=o.dtype,
+        length_buckets=o.length_buckets,
+        compilation_cache_dir=o.compilation_cache_dir,
+    )
+
+
+def _completer(o: JaxCompleterOptions, built: Built) -> Any:
+    from galley.adapters.jax import JaxCompleter
+
+    return JaxCompleter(
+        built["hub"],
+        built["blobs"],
+        model=o.model,
+        dtype=o.dtype,
+        compilation_cache_dir=o.compilation_cache_dir,
+        max_models=o.max_models,
+    )
+
+
+KINDS = (
+    AdapterKind(
+        "training",
+        "jax",
+        "LoRA or full training of HF decoders with JAX (Flax NNX + Optax)",
+        JaxTrainingOptions,
+        _training,
+    ),
+    AdapterKind(
+        "completer",
+        "jax",
+        "KV-cache sampling of HF decoders (+ exported adapters) with JAX",
+        JaxCompleterOptions,
+        _completer,
+    ),
+)
