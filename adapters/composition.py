@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 import structlog
 
+from galley.adapters.helpers.fanout import fan_out
 from galley.adapters.settings import settings_from_mapping
 from galley.core.adapter_set import PORT_NAMES, Adapters
 from galley.core.errors import ConfigError, GalleyError
@@ -184,10 +185,30 @@ def adapter_kinds() -> Mapping[str, Mapping[str, AdapterKind]]:
 
 @attrs.frozen
 class AdapterChoice:
+    """A port's adapter as configured. ``parts`` (metrics only) are several adapters that
+    take every row: ``kind`` is then their kinds joined by '+'."""
+
     kind: str
     options: Mapping[str, Any] = attrs.field(factory=dict)
     retry: Mapping[str, Any] | None = None  # RetryPolicy fields: wrap the adapter in retries
     faults: Mapping[str, Any] | None = None  # Faults fields (+ mid_write_failure_rate)
+    parts: tuple[AdapterChoice, ...] = ()
+
+
+SEVERAL = ("metrics",)  # ports that take a list of kinds: every row goes to each
+
+
+def _choice(entry: Any, default: str, where: str) -> AdapterChoice:
+    """One kind: a name, or a table with ``kind`` (else ``default``) and its options."""
+    if isinstance(entry, str):
+        return AdapterChoice(entry)
+    if not isinstance(entry, Mapping):
+        raise ConfigError(f"{where}: expected a kind name or a table, got {entry!r:.60}")
+    options = {k: v for k, v in entry.items() if k not in {"kind", "retry", "faults"}}
+    kind = entry.get("kind", default)
+    if not isinstance(kind, str):
+        raise ConfigError(f"{where}.kind: expected a kind name, got {kind!r:.60}")
+    return AdapterChoice(kind, options, entry.get("retry"), entry.get("faults"))
 
 
 def parse_adapters_table(
@@ -207,19 +228,20 @@ def parse_adapters_table(
         raise ConfigError(f"{source}.default: expected a kind name, got {default!r:.60}")
     choices = {}
     for port in PORT_NAMES:
-        entry = table.get(port, default or DEFAULT_KINDS[port])
-        if isinstance(entry, str):
-            choices[port] = AdapterChoice(entry)
-        elif isinstance(entry, Mapping):
-            options = {k: v for k, v in entry.items() if k not in {"kind", "retry", "faults"}}
-            kind = entry.get("kind", default or DEFAULT_KINDS[port])
-            if not isinstance(kind, str):
-                raise ConfigError(f"{source}.{port}.kind: expected a kind name, got {kind!r:.60}")
-            choices[port] = AdapterChoice(kind, options, entry.get("retry"), entry.get("faults"))
-        else:
-            raise ConfigError(
-                f"{source}.{port}: expected a kind name or a table, got {entry!r:.60}"
+        fallback = default or DEFAULT_KINDS[port]
+        entry = table.get(port, fallback)
+        if isinstance(entry, list):
+            if port not in SEVERAL or not entry:
+                raise ConfigError(
+                    f"{source}.{port}: a list of kinds is for {', '.join(SEVERAL)} only, and "
+                    "needs one kind or more"
+                )
+            parts = tuple(
+                _choice(e, fallback, f"{source}.{port}[{i}]") for i, e in enumerate(entry)
             )
+            choices[port] = AdapterChoice("+".join(p.kind for p in parts), parts=parts)
+        else:
+            choices[port] = _choice(entry, fallback, f"{source}.{port}")
     return choices
 
 
@@ -265,22 +287,29 @@ def build_adapters(choices: Mapping[str, AdapterChoice], **instances: Any) -> Ad
             built[port] = instances[port]
             continue
         choice = choices.get(port, AdapterChoice(DEFAULT_KINDS[port]))
-        spec = REGISTRY.resolve(port, choice.kind)
-        options = (
-            settings_from_mapping(
-                spec.options, choice.options, f"[adapters.{port}] ({choice.kind})"
-            )
-            if spec.options is not None
-            else dict(choice.options)
-        )
-        try:
-            adapter = spec.build(options, built)
-        except GalleyError:
-            raise
-        except Exception as e:  # a plugin's (or a library's) own error type
-            raise ConfigError(
-                f"[adapters.{port}]: the {choice.kind!r} adapter ({spec.origin}) could not be "
-                f"built: {type(e).__name__}: {e}"
-            ) from e
-        built[port] = wrap(adapter, port, choice)
+        if choice.parts:
+            sinks = [(part.kind, build_one(port, part, built)) for part in choice.parts]
+            built[port] = fan_out(sinks)
+        else:
+            built[port] = build_one(port, choice, built)
     return Adapters(**built)
+
+
+def build_one(port: str, choice: AdapterChoice, built: Built) -> Any:
+    """The adapter ``choice`` names for ``port``, given the adapters built before it."""
+    spec = REGISTRY.resolve(port, choice.kind)
+    options = (
+        settings_from_mapping(spec.options, choice.options, f"[adapters.{port}] ({choice.kind})")
+        if spec.options is not None
+        else dict(choice.options)
+    )
+    try:
+        adapter = spec.build(options, built)
+    except GalleyError:
+        raise
+    except Exception as e:  # a plugin's (or a library's) own error type
+        raise ConfigError(
+            f"[adapters.{port}]: the {choice.kind!r} adapter ({spec.origin}) could not be "
+            f"built: {type(e).__name__}: {e}"
+        ) from e
+    return wrap(adapter, port, choice)

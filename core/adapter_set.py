@@ -14,7 +14,7 @@ if TYPE_CHECKING:
         Completer,
         DatasetStore,
         HubClient,
-        MetricsStore,
+        MetricsSink,
         TrainingClient,
     )
 
@@ -48,7 +48,7 @@ class Adapters:
     datasets: DatasetStore = attrs.field(validator=_implements("datasets"))
     blobs: BlobStore = attrs.field(validator=_implements("blobs"))
     hub: HubClient = attrs.field(validator=_implements("hub"))
-    metrics: MetricsStore = attrs.field(validator=_implements("metrics"))
+    metrics: MetricsSink = attrs.field(validator=_implements("metrics"))
     completer: Completer = attrs.field(validator=_implements("completer"))
 
     def replace(self, **overrides: Any) -> Adapters:

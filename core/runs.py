@@ -40,6 +40,7 @@ from galley.core.serialization import from_data, from_json, to_data
 
 if TYPE_CHECKING:
     from galley.core.adapter_set import Adapters
+    from galley.ports.metrics import MetricsReader
 
 T = TypeVar("T")
 
@@ -203,10 +204,17 @@ def _refuse_changes(run_id: str, output: str, changes: Mapping[str, FieldChange]
     )
 
 
+def metrics_reader(adapters: Adapters) -> MetricsReader | None:
+    """The metrics adapter, if it can read rows back (a write-only sink cannot)."""
+    metrics = adapters.metrics
+    return metrics if callable(getattr(metrics, "read", None)) else None  # type: ignore[return-value]
+
+
 def _check_new(adapters: Adapters, output: str, run_id: str) -> None:
     folder = run_folder(output, run_id)
     taken = set(adapters.blobs.list(folder)) - {lock_key(output, run_id)}
-    if taken or adapters.metrics.read(run_id):
+    reader = metrics_reader(adapters)
+    if taken or (reader is not None and reader.read(run_id)):
         raise RunExistsError(
             f"run {run_id!r} already exists ({folder!r} holds its files or metrics); continue "
             f"it with --resume {run_id} (Python: resume=True), or choose another run_id"
@@ -290,7 +298,9 @@ def claim_run(
             record = _resumed_record(existing, workflow, config, accept_changes, log)
             # The run's metrics are read again at its end: a store that cannot read them is
             # refused now, not after the training.
-            io("metrics.read", lambda: adapters.metrics.read(run_id))
+            reader = metrics_reader(adapters)
+            if reader is not None:
+                io("metrics.read", lambda: reader.read(run_id))
         else:
             io("run.check_new", lambda: _check_new(adapters, output, run_id))
             record = RunRecord(

@@ -9,7 +9,7 @@ from galley.ports.blobs import BlobLock, BlobStore
 from galley.ports.completer import Completer, Prompt
 from galley.ports.datasets import DatasetHandle, DatasetStore, Row
 from galley.ports.hub import HubClient
-from galley.ports.metrics import MetricsStore
+from galley.ports.metrics import MetricsReader, MetricsSink, MetricsStore
 from galley.ports.training import TrainingClient, TrainingSession
 
 PORTS: dict[str, type] = {
@@ -17,7 +17,7 @@ PORTS: dict[str, type] = {
     "datasets": DatasetStore,
     "blobs": BlobStore,
     "hub": HubClient,
-    "metrics": MetricsStore,
+    "metrics": MetricsSink,  # a store (which also reads) is one too
     "completer": Completer,
 }
 
@@ -29,6 +29,8 @@ __all__ = [
     "DatasetHandle",
     "DatasetStore",
     "HubClient",
+    "MetricsReader",
+    "MetricsSink",
     "MetricsStore",
     "Prompt",
     "Row",

@@ -108,3 +108,81 @@ def test_stores_of_rows_without_a_stream_are_refused_not_guessed(tmp_path: Path)
     (tmp_path / "r" / "metrics.jsonl").write_text(json.dumps(row) + "\n")
     with pytest.raises(ValidationError, match=r"r/metrics.jsonl, line 1: expected .* stream"):
         JsonlMetricsStore(str(tmp_path)).read("r")
+
+
+class Tracker:
+    """A write-only sink, as an experiment tracker is: no read."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.rows: list[MetricRecord] = []
+        self.fail_after = fail_after
+
+    def record(self, record: MetricRecord) -> None:
+        if self.fail_after is not None and len(self.rows) >= self.fail_after:
+            raise ConnectionError("tracker unreachable")
+        self.rows.append(record)
+
+    def flush(self) -> None: ...
+
+
+def test_a_write_only_sink_is_a_full_metrics_adapter() -> None:
+    from galley.adapters.noop import noop_adapters
+    from galley.workflows.sft import SFTConfig, run
+
+    tracker = Tracker()
+    result = run(SFTConfig(max_steps=3, num_samples=0, run_id="w"), noop_adapters(metrics=tracker))
+    assert [r.step for r in tracker.rows if r.stream == "train"] == [1, 2, 3]
+    assert len(result.metrics) == 3
+
+
+def test_several_sinks_get_every_row_and_a_failing_one_is_dropped(tmp_path: Path) -> None:
+    """`adapters.metrics = [...]`: each row goes to each sink; reads come from the first that
+    reads; a sink that fails is dropped with a warning and the run goes on."""
+    import structlog
+
+    from galley.adapters.composition import AdapterChoice, build_adapters
+    from galley.adapters.noop import noop_adapters
+    from galley.workflows.sft import SFTConfig, run
+
+    choices = {
+        "metrics": AdapterChoice(
+            "jsonl+noop+flaky",
+            parts=(
+                AdapterChoice("jsonl", {"url": str(tmp_path)}),
+                AdapterChoice("noop"),
+                AdapterChoice("tests.test_metrics_stores:flaky_tracker"),
+            ),
+        )
+    }
+    metrics = build_adapters(choices).metrics
+    flaky = MADE[-1]
+    with structlog.testing.capture_logs() as logs:
+        result = run(
+            SFTConfig(max_steps=4, num_samples=0, run_id="f"), noop_adapters(metrics=metrics)
+        )
+    assert len(flaky.rows) == 2  # it took two rows, then failed and was dropped
+    dropped = [e for e in logs if e["event"] == "metrics.sink_dropped"]
+    assert [e["sink"] for e in dropped] == ["tests.test_metrics_stores:flaky_tracker"]
+    on_disk = JsonlMetricsStore(str(tmp_path)).read("f")
+    assert [r.step for r in on_disk if r.stream == "train"] == [1, 2, 3, 4]
+    assert metrics.read("f") == on_disk  # type: ignore[attr-defined]  # the first that reads
+    assert [m["step"] for m in result.metrics] == [1, 2, 3, 4]
+
+
+def test_a_list_of_kinds_parses_from_toml_shapes() -> None:
+    from galley.adapters.composition import parse_adapters_table
+
+    choices = parse_adapters_table({"metrics": ["jsonl", {"kind": "sqlite", "path": "m.db"}]})
+    assert choices["metrics"].kind == "jsonl+sqlite"
+    assert [p.options for p in choices["metrics"].parts] == [{}, {"path": "m.db"}]
+    with pytest.raises(ConfigError, match="a list of kinds is for metrics only"):
+        parse_adapters_table({"blobs": ["noop", "fsspec"]})
+
+
+MADE: list[Tracker] = []
+
+
+def flaky_tracker() -> Tracker:
+    """A factory a config names by its path: a tracker that fails after two rows."""
+    MADE.append(Tracker(fail_after=2))
+    return MADE[-1]

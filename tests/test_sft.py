@@ -103,8 +103,7 @@ def test_an_object_missing_port_methods_is_refused() -> None:
 
     with pytest.raises(
         ValueError,
-        match="Adapters.metrics: Half does not implement the MetricsStore port: "
-        "missing flush, read",
+        match="Adapters.metrics: Half does not implement the MetricsSink port: missing flush",
     ):
         noop_adapters(metrics=Half())
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
+import structlog
 
 from galley.core.adapter_set import Adapters
 from galley.core.chat import TrainOn
@@ -32,7 +33,7 @@ from galley.core.errors import ValidationError, WorkflowError
 from galley.core.keys import check_prefix
 from galley.core.records import EVAL, TRAIN, CheckpointRecord
 from galley.core.rendering import RENDERERS, Truncation
-from galley.core.runs import claim_run, resume_settings
+from galley.core.runs import claim_run, metrics_reader, resume_settings
 from galley.core.schedules import ScheduleKind
 from galley.core.serialization import from_data
 from galley.core.stages import (
@@ -316,7 +317,13 @@ def earlier_rows(
     wins, so repeated resumes don't duplicate."""
     train: dict[int, dict[str, float]] = {}
     evals: dict[int, list[dict[str, float]]] = {}
-    for record in adapters.metrics.read(run_id):
+    reader = metrics_reader(adapters)
+    if reader is None:  # a write-only sink: the earlier rows live only there
+        structlog.get_logger("galley").warning(
+            "run.earlier_metrics_unread", run_id=run_id, reason="the metrics adapter cannot read"
+        )
+        return {TRAIN: [], EVAL: []}
+    for record in reader.read(run_id):
         row = {"step": float(record.step), **record.metrics}
         if record.stream == TRAIN and record.step <= resumed_at:
             train[record.step] = row

@@ -169,14 +169,13 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     print_summary(console, result, where)
     metrics = run_config.adapters["metrics"]
-    if metrics.kind == "jsonl":
-        console.print(
-            f"metrics: {metrics.options.get('url', 'runs')}/{result.run_id}/metrics.jsonl"
-        )
-    elif metrics.kind == "sqlite":
-        console.print(
-            f"metrics: {metrics.options.get('path', 'runs/metrics.db')} (run {result.run_id})"
-        )
+    for choice in metrics.parts or (metrics,):
+        if choice.kind == "jsonl":
+            url = choice.options.get("url", "runs")
+            console.print(f"metrics: {url}/{result.run_id}/metrics.jsonl")
+        elif choice.kind == "sqlite":
+            path = choice.options.get("path", "runs/metrics.db")
+            console.print(f"metrics: {path} (run {result.run_id})")
     return 0
 
 

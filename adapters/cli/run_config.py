@@ -104,16 +104,22 @@ def metrics_beside_the_run(
     blobs, metrics = choices["blobs"], choices["metrics"]
     on_files = blobs.kind == "fsspec"
     folder = str(blobs.options.get("url", ".")).rstrip("/") if on_files else "."
-    options = dict(metrics.options)
-    if metrics.kind == "jsonl" and "url" not in options:
-        options["url"] = f"{folder}/{output}"
-        if on_files and "storage_options" not in options and "storage_options" in blobs.options:
-            options["storage_options"] = blobs.options["storage_options"]
-    elif metrics.kind == "sqlite" and "path" not in options and "://" not in folder:
-        options["path"] = f"{folder}/{output}/metrics.db"
+
+    def placed(choice: AdapterChoice) -> AdapterChoice:
+        options = dict(choice.options)
+        if choice.kind == "jsonl" and "url" not in options:
+            options["url"] = f"{folder}/{output}"
+            if on_files and "storage_options" in blobs.options:
+                options.setdefault("storage_options", blobs.options["storage_options"])
+        elif choice.kind == "sqlite" and "path" not in options and "://" not in folder:
+            options["path"] = f"{folder}/{output}/metrics.db"
+        return attrs.evolve(choice, options=options)
+
+    if metrics.parts:
+        placed_metrics = attrs.evolve(metrics, parts=tuple(placed(p) for p in metrics.parts))
     else:
-        return choices
-    return {**choices, "metrics": attrs.evolve(metrics, options=options)}
+        placed_metrics = placed(metrics)
+    return {**choices, "metrics": placed_metrics}
 
 
 def resumed_config(run_config: RunConfig, adapters: Adapters, run_id: str) -> Any:
