@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import attrs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -437,3 +438,52 @@ def test_a_model_without_a_tokenizer_trains_on_ids_and_names_the_missing_file(
     assert out.metrics["loss:sum"] > 0
     with pytest.raises(NotFoundError, match="has no tokenizer.json"):
         _ = session.tokenizer
+
+
+def test_a_family_with_other_tensor_names_is_one_table(
+    models: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A checkpoint keeping Llama's weights under other names (``transformer.h.N...``) loads
+    through a Family whose HFNames say so, computes the same logprobs, and exports under its
+    own names: loading and export both read the table."""
+    import shutil
+
+    from safetensors.numpy import load, load_file, save_file
+
+    from galley.adapters.jax import families
+    from galley.adapters.jax.families import Family, HFNames
+    from galley.adapters.jax.families.llama import FAMILY as LLAMA
+
+    renamed = tmp_path / "renamed"
+    shutil.copytree(models["llama"], renamed)
+    tensors = load_file(str(renamed / "model.safetensors"))
+    moved = {
+        k.replace("model.layers.", "transformer.h.").replace("model.", "transformer."): v
+        for k, v in tensors.items()
+    }
+    save_file(moved, str(renamed / "model.safetensors"), metadata={"format": "pt"})
+    config = json.loads((renamed / "config.json").read_text())
+    (renamed / "config.json").write_text(json.dumps({**config, "model_type": "renamed"}))
+    names = HFNames(
+        embed="transformer.embed_tokens", norm="transformer.norm", layers="transformer.h"
+    )
+    table = {
+        **families.families(),
+        "renamed": attrs.evolve(LLAMA, model_types=("renamed",), names=names),
+    }
+    monkeypatch.setattr(families, "families", lambda: table)
+
+    client = JaxTrainingClient(NoopHubClient(), NoopBlobStore())
+    data = [Datum.from_tokens([0, 5, 6, 7, 8], [0, 1, 1, 1, 1])]
+    ours = client.start_session(SessionConfig(str(renamed), LoraConfig(rank=2)))
+    theirs = client.start_session(SessionConfig(str(models["llama"]), LoraConfig(rank=2)))
+    for a, b in zip(
+        ours.forward(data).result().logprobs, theirs.forward(data).result().logprobs, strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    ref = ours.save_weights_for_sampler("final").result()
+    exported = load(client.blobs.read(f"{ref.key}/adapter_model.safetensors"))
+    layers = {k.split(".lora_")[0].rsplit(".", 2)[0] for k in exported if ".h." in k}
+    assert layers and not any("model.layers" in k for k in exported)
+    assert all(k.startswith("base_model.model.transformer.h.") for k in layers)
+    assert isinstance(LLAMA, Family)

@@ -11,11 +11,12 @@ the masked-out upper triangle (about 35% of attention time at T=256, more at lon
 
 ``decode_attention`` is sampling's path for one new position per row: its keys come from a
 KV cache that stores them transposed, ``[B, kv_heads, D, S]``, so the score product streams
-the cache with positions contiguous (about 20% faster than ``[S, D]`` keys at 8 rows).
+the cache with positions contiguous (faster than ``[S, D]`` keys at a few rows: see
+docs/performance.md).
 
 ``attention`` has a hand-written backward: the ``delta`` form of the softmax gradient
-(rowsum(dO·O) instead of a pass over the S-wide gradient of the softmax) takes attention's
-forward+backward from about 40 to 25 ms per layer of the benchmark model on 2 CPU cores.
+(rowsum(dO·O) instead of a pass over the S-wide gradient of the softmax) saves a pass over
+the widest array of attention's backward.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """JAX's persistent compilation cache, pointed at a directory the user chooses.
 
-A training step of a 0.5B model took 35 s to compile on an H100, autotuning included: every
-process pays that again unless the compiled programs are kept. With a cache
+A large model's first training step compiles for tens of seconds, autotuning included (figures
+in docs/performance.md): every process pays that again unless the compiled programs are kept.
+With a cache
 directory, a rerun, a resumed job or an evaluation of the same model and bucket loads them
 instead. The setting is process-wide (JAX has one cache); the first directory configured in a
 process is the one used. The cache holds executable code: keep it where only you can write.

@@ -11,9 +11,8 @@ import attrs
 import numpy as np
 
 from galley.adapters.hf.model_files import read_json
+from galley.adapters.jax.families import Family, family_of
 from galley.core.errors import NotFoundError, ValidationError
-
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3")
 
 
 @attrs.frozen
@@ -46,6 +45,7 @@ class RopeConfig:
 
 @attrs.frozen
 class ModelConfig:
+    family: Family
     model_type: str
     vocab_size: int
     hidden_size: int
@@ -57,8 +57,8 @@ class ModelConfig:
     rms_norm_eps: float
     rope: RopeConfig
     tie_word_embeddings: bool
-    qkv_bias: bool  # Qwen2
-    qk_norm: bool  # Qwen3
+    qkv_bias: bool  # q/k/v projections carry a bias (Qwen2)
+    qk_norm: bool  # per-head RMSNorm of queries and keys (Qwen3)
     max_position_embeddings: int
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -102,11 +102,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> ModelCo
     if not isinstance(raw, Mapping):
         raise ValidationError(source, f"expected a JSON object, got {type(raw).__name__}")
     model_type = raw.get("model_type")
-    if model_type not in SUPPORTED:
-        raise ValidationError(
-            f"{source} model_type",
-            f"{model_type!r} is not supported; expected one of {', '.join(SUPPORTED)}",
-        )
+    family = family_of(model_type, source)
     heads = _size(raw, "num_attention_heads", source)
     hidden = _size(raw, "hidden_size", source)
     kv_heads = _size(raw, "num_key_value_heads", source, heads)
@@ -123,7 +119,8 @@ def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> ModelCo
     try:
         eos = raw.get("eos_token_id")
         return ModelConfig(
-            model_type=model_type,
+            family=family,
+            model_type=str(model_type),
             vocab_size=_size(raw, "vocab_size", source),
             hidden_size=hidden,
             intermediate_size=_size(raw, "intermediate_size", source),
@@ -134,8 +131,8 @@ def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> ModelCo
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
             rope=_rope(raw),
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
-            qkv_bias=model_type == "qwen2" or bool(raw.get("attention_bias", False)),
-            qk_norm=model_type == "qwen3",
+            qkv_bias=family.qkv_bias(raw),
+            qk_norm=family.qk_norm,
             max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
             bos_token_id=raw.get("bos_token_id"),
             eos_token_ids=tuple(eos)
@@ -149,32 +146,34 @@ def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> ModelCo
 
 
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
-    """The shape config.json implies for every weight a checkpoint of it holds."""
+    """The shape config.json implies for every weight a checkpoint of it holds, by HF name."""
     h, d, vocab, inner = cfg.hidden_size, cfg.head_dim, cfg.vocab_size, cfg.intermediate_size
     q, kv = cfg.num_heads * d, cfg.num_kv_heads * d
+    name = cfg.family.names.weight
     shapes = {
-        "model.embed_tokens.weight": (vocab, h),
-        "lm_head.weight": (vocab, h),
-        "model.norm.weight": (h,),
+        name("embed_tokens"): (vocab, h),
+        name("lm_head"): (vocab, h),
+        name("norm"): (h,),
     }
+    per_layer = {
+        "input_layernorm": (h,),
+        "post_attention_layernorm": (h,),
+        "self_attn.q_proj": (q, h),
+        "self_attn.k_proj": (kv, h),
+        "self_attn.v_proj": (kv, h),
+        "self_attn.o_proj": (h, q),
+        "self_attn.q_norm": (d,),
+        "self_attn.k_norm": (d,),
+        "mlp.gate_proj": (inner, h),
+        "mlp.up_proj": (inner, h),
+        "mlp.down_proj": (h, inner),
+    }
+    biases = {"self_attn.q_proj": (q,), "self_attn.k_proj": (kv,), "self_attn.v_proj": (kv,)}
     for i in range(cfg.num_layers):
-        p = f"model.layers.{i}"
-        shapes |= {
-            f"{p}.input_layernorm.weight": (h,),
-            f"{p}.post_attention_layernorm.weight": (h,),
-            f"{p}.self_attn.q_proj.weight": (q, h),
-            f"{p}.self_attn.k_proj.weight": (kv, h),
-            f"{p}.self_attn.v_proj.weight": (kv, h),
-            f"{p}.self_attn.o_proj.weight": (h, q),
-            f"{p}.self_attn.q_proj.bias": (q,),
-            f"{p}.self_attn.k_proj.bias": (kv,),
-            f"{p}.self_attn.v_proj.bias": (kv,),
-            f"{p}.self_attn.q_norm.weight": (d,),
-            f"{p}.self_attn.k_norm.weight": (d,),
-            f"{p}.mlp.gate_proj.weight": (inner, h),
-            f"{p}.mlp.up_proj.weight": (inner, h),
-            f"{p}.mlp.down_proj.weight": (h, inner),
-        }
+        for module, shape in per_layer.items():
+            shapes[name("layers", i, *module.split("."))] = shape
+        for module, shape in biases.items():
+            shapes[name("layers", i, *module.split("."), part="bias")] = shape
     return shapes
 
 

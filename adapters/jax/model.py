@@ -77,9 +77,9 @@ SKINNY_ROWS = 16  # at most this many rows (decoding), a matmul is bound by read
 
 def times_transposed(x: Array, kernel: Array) -> Array:
     """``x @ kernel.T`` for an ``[out, in]`` kernel. For a few rows, as a broadcast multiply
-    summed over ``in``: XLA then streams each kernel row once for all rows of ``x``, at about
-    1.5x the bandwidth its GEMM reaches on these shapes (2x for the MLP's). Forward only: its
-    autodiff would materialise ``[out, rows, in]``.
+    summed over ``in``: XLA then streams each kernel row once for all rows of ``x``, faster than
+    its GEMM on these shapes (docs/performance.md has the figures). Forward only: its autodiff
+    would materialise ``[out, rows, in]``.
 
     Each ``x`` should feed one such product: XLA merges equal broadcasts of a shared ``x``
     into one materialised ``[out, rows, in]`` array (hence the stacked kernels)."""
@@ -357,24 +357,26 @@ def build_model(
     alpha = lora.alpha if lora is not None else 1.0
     keys = iter(jax.random.split(jax.random.key(lora.seed if lora else 0), 7 * cfg.num_layers + 1))
 
-    def array(name: str) -> Array:
-        return jnp.asarray(tensor(name), dtype)
+    names = cfg.family.names  # where the checkpoint keeps each module
 
-    def linear(prefix: str, targeted: bool, bias: bool = False) -> Linear:
-        kernel = array(f"{prefix}.weight")
+    def array(*path: str | int, part: str = "weight") -> Array:
+        return jnp.asarray(tensor(names.weight(*path, part=part)), dtype)
+
+    def linear(path: tuple[str | int, ...], targeted: bool, bias: bool = False) -> Linear:
+        kernel = array(*path)
         return Linear(
             kernel if sampling_layout else kernel.T,
-            array(f"{prefix}.bias") if bias else None,
+            array(*path, part="bias") if bias else None,
             rank if targeted else 0,
             alpha,
             next(keys),
             sampling_layout,
         )
 
-    def stacked(prefixes: Sequence[str], bias: bool) -> Linear:
+    def stacked(paths: Sequence[tuple[str | int, ...]], bias: bool) -> Linear:
         """Projections of one input as one ``[Σout, in]`` kernel (the sampling layout)."""
-        kernels = [array(f"{prefix}.weight") for prefix in prefixes]
-        biases = jnp.concatenate([array(f"{prefix}.bias") for prefix in prefixes]) if bias else None
+        kernels = [array(*path) for path in paths]
+        biases = jnp.concatenate([array(*path, part="bias") for path in paths]) if bias else None
         widths = tuple(int(k.shape[0]) for k in kernels)
         return Linear(jnp.concatenate(kernels, axis=0), biases, 0, alpha, None, True, widths)
 
@@ -382,49 +384,41 @@ def build_model(
     mlp_on = bool(rank) and lora is not None and lora.train_mlp
     layers = []
     for i in range(cfg.num_layers):
-        p = f"model.layers.{i}"
+        attn, mlp = ("layers", i, "self_attn"), ("layers", i, "mlp")
         if sampling_layout:
-            qkv = [f"{p}.self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj")]
             attn_linears = {
-                "q_proj": stacked(qkv, cfg.qkv_bias),
-                "o_proj": linear(f"{p}.self_attn.o_proj", False),
+                "q_proj": stacked(
+                    [(*attn, n) for n in ("q_proj", "k_proj", "v_proj")], cfg.qkv_bias
+                ),
+                "o_proj": linear((*attn, "o_proj"), False),
             }
             mlp_linears = {
-                "gate_proj": stacked([f"{p}.mlp.gate_proj", f"{p}.mlp.up_proj"], False),
-                "down_proj": linear(f"{p}.mlp.down_proj", False),
+                "gate_proj": stacked([(*mlp, "gate_proj"), (*mlp, "up_proj")], False),
+                "down_proj": linear((*mlp, "down_proj"), False),
             }
         else:
             attn_linears = {
-                n: linear(f"{p}.self_attn.{n}", attn_on, cfg.qkv_bias and n != "o_proj")
-                for n in ATTN_TARGETS
+                n: linear((*attn, n), attn_on, cfg.qkv_bias and n != "o_proj") for n in ATTN_TARGETS
             }
-            mlp_linears = {n: linear(f"{p}.mlp.{n}", mlp_on) for n in MLP_TARGETS}
-        q_norm = (
-            RMSNorm(array(f"{p}.self_attn.q_norm.weight"), cfg.rms_norm_eps)
-            if cfg.qk_norm
-            else None
-        )
-        k_norm = (
-            RMSNorm(array(f"{p}.self_attn.k_norm.weight"), cfg.rms_norm_eps)
-            if cfg.qk_norm
-            else None
-        )
+            mlp_linears = {n: linear((*mlp, n), mlp_on) for n in MLP_TARGETS}
+        q_norm = RMSNorm(array(*attn, "q_norm"), cfg.rms_norm_eps) if cfg.qk_norm else None
+        k_norm = RMSNorm(array(*attn, "k_norm"), cfg.rms_norm_eps) if cfg.qk_norm else None
         layers.append(
             DecoderLayer(
                 Attention(cfg, attn_linears, q_norm, k_norm),
                 MLP(mlp_linears),
-                RMSNorm(array(f"{p}.input_layernorm.weight"), cfg.rms_norm_eps),
-                RMSNorm(array(f"{p}.post_attention_layernorm.weight"), cfg.rms_norm_eps),
+                RMSNorm(array("layers", i, "input_layernorm"), cfg.rms_norm_eps),
+                RMSNorm(array("layers", i, "post_attention_layernorm"), cfg.rms_norm_eps),
             )
         )
-    embed = array("model.embed_tokens.weight")
+    embed = array("embed_tokens")
     unembed_on = bool(rank) and lora is not None and lora.train_unembed
     if cfg.tie_word_embeddings:
         # A tied head gets its own Linear only when LoRA targets it; the kernel is the embedding.
         head = Linear(embed.T, None, rank, alpha, next(keys)) if unembed_on else None
     else:
-        head = linear("lm_head", unembed_on)
-    norm = RMSNorm(array("model.norm.weight"), cfg.rms_norm_eps)
+        head = linear(("lm_head",), unembed_on)
+    norm = RMSNorm(array("norm"), cfg.rms_norm_eps)
     return CausalLM(cfg, embed, layers, norm, head, sampling_layout)
 
 

@@ -13,11 +13,6 @@ from galley.adapters.jax.model import CausalLM, Linear, RMSNorm
 from galley.core.types import SessionConfig
 
 
-def hf_module_name(path: tuple[Any, ...]) -> str:
-    """An NNX path as an HF module name: (layers, 0, mlp, up_proj) -> model.layers.0.mlp.up_proj."""
-    return "lm_head" if path[0] == "lm_head" else "model." + ".".join(str(p) for p in path)
-
-
 def _modules(model: CausalLM) -> list[tuple[tuple[Any, ...], Any]]:
     return [
         (tuple(path), node)
@@ -32,7 +27,7 @@ def peft_adapter_files(model: CausalLM, config: SessionConfig) -> dict[str, byte
     targets = set()
     for path, node in _modules(model):
         if isinstance(node, Linear) and node.lora_a is not None and node.lora_b is not None:
-            name = f"base_model.model.{hf_module_name(path)}"
+            name = f"base_model.model.{model.cfg.family.names.module(path)}"
             tensors[f"{name}.lora_A.weight"] = np.ascontiguousarray(np.asarray(node.lora_a[...]).T)
             tensors[f"{name}.lora_B.weight"] = np.ascontiguousarray(np.asarray(node.lora_b[...]).T)
             targets.add(str(path[-1]))
@@ -57,10 +52,12 @@ def peft_adapter_files(model: CausalLM, config: SessionConfig) -> dict[str, byte
 
 
 def merged_hf_tensors(model: CausalLM) -> dict[str, np.ndarray[Any, Any]]:
-    """Every weight under its HF name, LoRA folded in (W + A B alpha/r), PyTorch layout."""
-    tensors = {"model.embed_tokens.weight": np.asarray(model.embed_tokens[...])}
+    """Every weight under its HF name (the family's table), LoRA folded in (W + A B alpha/r),
+    PyTorch layout."""
+    names = model.cfg.family.names
+    tensors = {names.weight("embed_tokens"): np.asarray(model.embed_tokens[...])}
     for path, node in _modules(model):
-        name = hf_module_name(path)
+        name = names.module(path)
         if isinstance(node, RMSNorm):
             tensors[f"{name}.weight"] = np.asarray(node.weight[...])
             continue

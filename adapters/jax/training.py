@@ -421,7 +421,7 @@ class JaxTrainingSession:
                     files[extra] = (self.folder / extra).read_bytes()
             config = json.loads((self.folder / "config.json").read_text())
             # A LoRA on a tied head unties it: the merged head differs from the embedding.
-            config["tie_word_embeddings"] = "lm_head.weight" not in tensors
+            config["tie_word_embeddings"] = model.cfg.family.names.weight("lm_head") not in tensors
             files["config.json"] = json.dumps(config, indent=2).encode()
             kind = "merged"
         else:

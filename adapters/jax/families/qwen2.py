@@ -1,0 +1,5 @@
+"""Qwen2 and Qwen2.5: Llama's layout with a bias on the q/k/v projections."""
+
+from galley.adapters.jax.families import Family
+
+FAMILY = Family("qwen2", ("qwen2",), qkv_bias=lambda config: True)

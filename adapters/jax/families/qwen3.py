@@ -1,0 +1,10 @@
+"""Qwen3: Llama's layout with queries and keys RMS-normalised per head (q_norm, k_norm)."""
+
+from galley.adapters.jax.families import Family
+
+FAMILY = Family(
+    "qwen3",
+    ("qwen3",),
+    qkv_bias=lambda config: bool(config.get("attention_bias", False)),
+    qk_norm=True,
+)
