@@ -72,8 +72,9 @@ class AdapterKind:
 
 class Registry:
     """Adapter kinds by port and name: entry points first (galley's own before plugins'),
-    then kinds registered from Python. A plugin that fails to load, or names a kind that is
-    taken, is left out with a warning (``problems``); the others still load."""
+    then kinds registered from Python (which replace any of the same name). A plugin that
+    fails to load, or names a kind that is taken, is left out with a warning (``problems``);
+    the others still load."""
 
     def __init__(self, group: str = ENTRY_POINT_GROUP) -> None:
         self.group = group
@@ -89,18 +90,21 @@ class Registry:
                 for ep in sorted(entry_points(group=self.group), key=_galley_first):
                     self._load(ep)
                 for kind in self._registered:
-                    self._add(kind, "registered from Python")
+                    self._kinds[kind.port][kind.kind] = kind
             return self._kinds
 
     def register(self, kind: AdapterKind) -> None:
+        """Add ``kind``; it replaces a kind of the same port and name (asked for by name)."""
         if kind.port not in PORT_NAMES:
             raise ConfigError(
                 f"unknown port {kind.port!r}; expected one of {', '.join(PORT_NAMES)}"
             )
+        if kind.origin == "galley":
+            kind = attrs.evolve(kind, origin="registered in Python")
         with self._lock:
             self._registered.append(kind)
             if self._kinds is not None:
-                self._kinds[kind.port][kind.kind] = kind  # a later registration wins
+                self._kinds[kind.port][kind.kind] = kind
 
     def resolve(self, port: str, name: str) -> AdapterKind:
         """The kind ``name`` of ``port``: a registered name, or ``"module:attribute"``."""

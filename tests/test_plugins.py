@@ -131,3 +131,33 @@ def test_code_that_is_not_installed_is_named_by_its_path(tmp_path: Path) -> None
     assert "kind 'no_such_module:Store' cannot be imported: No module named 'no_such_module'" in (
         " ".join(missing.stdout.split())
     )
+
+
+def test_a_kind_registered_from_python_is_listed_and_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import attrs
+
+    from galley.adapters.cli import main
+    from galley.adapters.composition import AdapterKind, register
+    from galley.adapters.noop import NoopMetricsStore
+
+    stores: list[NoopMetricsStore] = []
+
+    @attrs.frozen
+    class Options:
+        label: str = "x"
+
+    def build(options: Options, built: object) -> NoopMetricsStore:
+        stores.append(NoopMetricsStore())
+        return stores[-1]
+
+    register(AdapterKind("metrics", "in-memory-for-a-test", "a test's store", Options, build))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "200")  # one table row per line
+    assert main(["adapters"]) == 0
+    listed = " ".join(capsys.readouterr().out.split())
+    assert "in-memory-for-a-test │ label │ registered in Python" in listed
+    args = ["run", "sft", "--adapters", "noop", "--set", "max_steps=2", "--set", "run_id=r"]
+    assert main([*args, "--set", "adapters.metrics=in-memory-for-a-test"]) == 0
+    assert [r.step for r in stores[0].read("r") if r.stream == "train"] == [1, 2]
