@@ -53,19 +53,20 @@ class StageContext:
         """Make every metric committed so far durable (before writing what points past it)."""
         self._runner.flush_metrics()
 
-    def wait(self, future: Future[T], call: str) -> T:
+    def wait(self, future: Future[T], call: str, step: int | None = None) -> T:
         """The result of a port call's ``future``, waiting at most the run's ``call_timeout_s``
-        (forever when it is 0): a backend that never answers fails the stage, naming ``call``,
-        instead of hanging the run."""
+        (forever when it is 0): a backend that never answers fails the stage, naming ``call``
+        (and the ``step`` it was for), instead of hanging the run."""
         timeout = self._runner.call_timeout_s or None
         try:
             return future.result(timeout=timeout)
         except TimeoutError:
             if future.done():  # the call itself failed with a timeout of its own
                 raise
+            for_step = f" (step {step})" if step is not None else ""
             raise PortTimeoutError(
-                f"{call} did not finish within {timeout:g} s (call_timeout_s); the backend may "
-                "be stuck, or a first step still compiling needs a longer timeout"
+                f"{call}{for_step} did not finish within {timeout:g} s (call_timeout_s); the "
+                "backend may be stuck, or a first step still compiling needs a longer timeout"
             ) from None
 
 

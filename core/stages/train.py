@@ -198,9 +198,9 @@ def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipel
     last = pipeline.last_done_at
     while len(pending) > keep_in_flight:
         entry = pending.pop(0)
-        fb = ctx.wait(entry.forward_backward, f"training.forward_backward (step {entry.step})")
+        fb = ctx.wait(entry.forward_backward, "training.forward_backward", entry.step)
         optim = (
-            ctx.wait(entry.optim, f"training.optim_step (step {entry.step})")
+            ctx.wait(entry.optim, "training.optim_step", entry.step)
             if entry.optim is not None
             else None
         )
