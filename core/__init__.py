@@ -21,7 +21,7 @@ from galley.core.errors import (
 )
 from galley.core.losses import LOSS_NAMES, LossFn, reference_loss
 from galley.core.model_input import EncodedTextChunk, ModelInput
-from galley.core.records import CheckpointRecord, MetricRecord
+from galley.core.records import CheckpointRecord, MetricRecord, RunOutcome, TrackedRun
 from galley.core.rendering import (
     RenderedExample,
     Renderer,
@@ -90,12 +90,14 @@ __all__ = [
     "RenderedExample",
     "Renderer",
     "RoleColonRenderer",
+    "RunOutcome",
     "SampledSequence",
     "SamplingParams",
     "ScheduleKind",
     "SessionConfig",
     "TensorData",
     "Tokenizer",
+    "TrackedRun",
     "TrainOn",
     "TransientError",
     "Truncation",

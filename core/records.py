@@ -1,8 +1,9 @@
-"""What runs write down: metric rows and checkpoint index entries."""
+"""What runs write down: metric rows, checkpoint index entries, and what trackers are told."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any, Literal
 
 import attrs
 
@@ -30,6 +31,26 @@ class MetricRecord:
     step: int = attrs.field(validator=int_at_least(0))
     metrics: Mapping[str, float] = attrs.field(converter=_float_map)
     time: float = 0.0
+
+
+# How a run ended, as an experiment tracker is told (its run's status).
+RunOutcome = Literal["finished", "failed", "interrupted"]
+
+
+@attrs.frozen
+class TrackedRun:
+    """What an experiment tracker is told when a run starts or resumes: galley's run id, the
+    run's settings (JSON data, to log as hyperparameters), whether it resumes, the step
+    training continues after (0 for a new run; the checkpoint's step on a resume), and
+    ``links``, what trackers gave to be saved with the run when it first started (their own
+    run ids, ...): a resume passes them back so each continues the same run of its own."""
+
+    run_id: str
+    workflow: str
+    config: Mapping[str, Any] = attrs.field(factory=dict)
+    resumed: bool = False
+    start_step: int = attrs.field(default=0, validator=int_at_least(0))
+    links: Mapping[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen

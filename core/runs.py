@@ -3,7 +3,8 @@
 Every run keeps two files of its own next to its checkpoints (``<output>/<run_id>/``):
 
 - ``run.json``, its record: the workflow, the config it was started with (versioned, so a
-  later galley can still read it) and every later change a resume made to it;
+  later galley can still read it), every later change a resume made to it, and what the
+  experiment trackers gave to find their runs of it again (``trackers``);
 - ``run.lock``, held (``BlobStore.lock``) for as long as a process runs it.
 
 ``claim_run`` ties them together before any work: a new run refuses an id that is taken, a
@@ -110,6 +111,8 @@ class RunRecord:
     config: Mapping[str, Any]
     created: float
     history: tuple[ConfigChange, ...] = ()
+    # What experiment trackers gave when the run started (their run ids, ...), for a resume.
+    trackers: Mapping[str, str] = attrs.field(factory=dict)
 
 
 def run_folder(output: str, run_id: str) -> str:

@@ -9,7 +9,7 @@ from galley.ports.blobs import BlobLock, BlobStore
 from galley.ports.completer import Completer, Prompt
 from galley.ports.datasets import DatasetHandle, DatasetStore, Row
 from galley.ports.hub import HubClient
-from galley.ports.metrics import MetricsReader, MetricsSink, MetricsStore
+from galley.ports.metrics import MetricsReader, MetricsSink, MetricsStore, RunTracker
 from galley.ports.training import TrainingClient, TrainingSession
 
 PORTS: dict[str, type] = {
@@ -34,6 +34,7 @@ __all__ = [
     "MetricsStore",
     "Prompt",
     "Row",
+    "RunTracker",
     "Tokenizer",
     "TrainingClient",
     "TrainingSession",

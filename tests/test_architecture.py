@@ -29,6 +29,9 @@ HEAVY = {
     "tokenizers",
     "torch",
     "transformers",
+    "wandb",
+    "mlflow",
+    "tensorboard",
 }
 # Third-party packages each layer may import (beyond the standard library and galley itself).
 ALLOWED = {
@@ -77,6 +80,7 @@ ADAPTER_GROUPS: dict[str, set[str]] = {
     "hf": {"root", "helpers", "embedded"},  # the default hub and datasets read the embedded ones
     "fsspec": {"root", "helpers"},
     "sqlite": {"root", "helpers"},
+    "trackers": {"root", "helpers"},  # W&B, MLflow, TensorBoard
     "jax": {"root", "helpers", "hf"},  # tokenizers, chat templates, model files
     "embedded": {"root", "helpers", "hf", "fsspec", "jax"},  # data; build.py is a dev tool
     "cli": {"root", "helpers", "hf", "fsspec"},  # driving: nothing imports it

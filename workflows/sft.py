@@ -31,7 +31,7 @@ from galley.core.checks import (
 from galley.core.engine import Every, Loop, Observer, RetryPolicy, Runner, Workflow
 from galley.core.errors import ValidationError, WorkflowError
 from galley.core.keys import check_prefix
-from galley.core.records import EVAL, TRAIN, CheckpointRecord
+from galley.core.records import EVAL, TRAIN, CheckpointRecord, RunOutcome
 from galley.core.rendering import RENDERERS, Truncation
 from galley.core.runs import claim_run, metrics_reader, resume_settings
 from galley.core.schedules import ScheduleKind
@@ -54,6 +54,7 @@ from galley.core.stages import (
     save_run_record,
     start_session,
 )
+from galley.core.tracking import end_tracked_run
 from galley.core.types import CheckpointRef
 
 DEFAULT_BASE_MODEL = "galley/tiny-lm"
@@ -275,14 +276,19 @@ def run(
         adapters, "sft", config, accept_changes=accept_changes, retry=runner.retry, log=runner.log
     )
     with claim as run_record:
+        outcome: RunOutcome = "failed"
         try:
             state = runner.run(build_workflow(config), {**initial, "run_record": run_record})
+            outcome = "finished"
         except WorkflowError as error:
             state = error.state
+            if isinstance(error.__cause__, KeyboardInterrupt):
+                outcome = "interrupted"
             raise
         finally:
             if "session" in state:
                 state["session"].close()
+            end_tracked_run(adapters.metrics, outcome, runner.log)
     rows = defaultdict(
         list, earlier_rows(adapters, run_id, state["start_step"]) if config.resume else {}
     )

@@ -176,7 +176,29 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         elif choice.kind == "sqlite":
             path = choice.options.get("path", "runs/metrics.db")
             console.print(f"metrics: {path} (run {result.run_id})")
+    record = read_run_record(adapters, config.output, result.run_id)
+    for line in tracker_lines(metrics.parts or (metrics,), record.trackers if record else {}):
+        console.print(line, soft_wrap=True)
     return 0
+
+
+def tracker_lines(choices: Sequence[Any], links: Mapping[str, str]) -> list[str]:
+    """Where each experiment tracker put the run, and how to look at it."""
+    lines = []
+    for choice in choices:
+        o = choice.options
+        if choice.kind == "tensorboard" and "tensorboard.logdir" in links:
+            lines.append(f"tensorboard: tensorboard --logdir {links['tensorboard.logdir']}")
+        elif choice.kind == "mlflow" and "mlflow.run_id" in links:
+            uri = o.get("tracking_uri", "sqlite:///runs/mlflow.db")
+            lines.append(f"mlflow: run {links['mlflow.run_id']} in {uri}")
+        elif choice.kind == "wandb" and "wandb.run_id" in links:
+            mode, folder = o.get("mode", "offline"), o.get("dir", "runs")
+            sync = f" (offline: wandb sync {folder}/wandb/offline-run-*-{links['wandb.run_id']})"
+            lines.append(
+                f"wandb: run {links['wandb.run_id']}" + (sync if mode == "offline" else "")
+            )
+    return lines
 
 
 def report_failure(

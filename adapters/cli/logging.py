@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any, TextIO
 import structlog
 from rich.console import Console
 
+from galley.adapters.helpers.redaction import redact, redact_text
 from galley.core.errors import ConfigError
 
 LEVELS = {
@@ -24,38 +24,12 @@ LEVELS = {
 }
 
 
-SECRET_KEY = re.compile(
-    r"(^|_)(api_?key|token|secret|password|passwd|authorization|access_key|credentials?)$", re.I
-)
-SECRET_VALUE = re.compile(
-    r"\b(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|Bearer\s+\S+)"
-    r"|(?<=://)[^/\s:@]*:[^/\s@]+(?=@)"  # the user:password of a URL
-)
-REDACTED = "[redacted]"
-
-
-def redact_text(text: str) -> str:
-    """``text`` with token-shaped values and URL passwords replaced by ``[redacted]``."""
-    return SECRET_VALUE.sub(REDACTED, text)
-
-
-def _redact(value: Any, key: str = "") -> Any:
-    if key and SECRET_KEY.search(key):
-        return REDACTED
-    if isinstance(value, str):
-        return redact_text(value)
-    if isinstance(value, dict):
-        return {k: _redact(v, str(k)) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return type(value)(_redact(v) for v in value)
-    return value
-
-
 def redact_secrets(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
     """structlog processor: fields named like secrets (``api_key``, ``hf_token``, ``password``
-    ...) and values shaped like tokens (``hf_...``, ``sk-...``, AWS key ids, bearer headers)
-    become ``[redacted]``, at any depth. Counts such as ``tokens`` are left alone."""
-    return {k: _redact(v, k) for k, v in event.items()}
+    ...), values shaped like tokens (``hf_...``, ``sk-...``, AWS key ids, bearer headers) and
+    the environment's credentials (``WANDB_API_KEY`` ...) become ``[redacted]``, at any depth.
+    Counts such as ``tokens`` are left alone."""
+    return {k: redact(v, k) for k, v in event.items()}
 
 
 class RedactingConsole(Console):
@@ -95,6 +69,15 @@ class _JsonFileTee:
             self.stream.close()
 
 
+class _RedactingHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Where the libraries' own warnings go (MLflow's, W&B's, urllib3's, ...) while the CLI
+    runs: stderr, redacted like galley's events (a library may print a URL with its
+    password, or a request with its token)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact_text(super().format(record))
+
+
 def _console_filter(level: int) -> Any:
     def drop_below(logger: Any, method: str, event: dict[str, Any]) -> dict[str, Any]:
         if LEVELS.get(method, logging.INFO) < level:
@@ -126,7 +109,18 @@ def configure_logging(
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )
-    return tee.close if tee is not None else lambda: None
+    libraries = _RedactingHandler(sys.stderr)
+    libraries.setLevel(logging.WARNING)
+    libraries.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(libraries)
+
+    def close() -> None:
+        root.removeHandler(libraries)
+        if tee is not None:
+            tee.close()
+
+    return close
 
 
 def _open_log(path: Path) -> TextIO:

@@ -7,12 +7,13 @@ connection must not stop a training run that the other sinks still record.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import structlog
 
-from galley.core.records import MetricRecord
+from galley.core.records import MetricRecord, RunOutcome, TrackedRun
+from galley.ports.metrics import RunTracker
 
 log = structlog.get_logger("galley")
 
@@ -45,6 +46,25 @@ class FanOutMetrics:
 
     def flush(self) -> None:
         self._each("flush", lambda sink: sink.flush())
+
+    def open_run(self, run: TrackedRun) -> Mapping[str, str]:
+        """Open the run in every sink that tracks runs; what they give, merged."""
+        links: dict[str, str] = {}
+        self._each("open_run", lambda sink: _tracker_links(sink, run, links))
+        return links
+
+    def end_run(self, outcome: RunOutcome) -> None:
+        self._each("end_run", lambda sink: _end_tracker(sink, outcome))
+
+
+def _tracker_links(sink: Any, run: TrackedRun, links: dict[str, str]) -> None:
+    if isinstance(sink, RunTracker):
+        links.update(sink.open_run(run))
+
+
+def _end_tracker(sink: Any, outcome: RunOutcome) -> None:
+    if isinstance(sink, RunTracker):
+        sink.end_run(outcome)
 
 
 class FanOutStore(FanOutMetrics):

@@ -19,6 +19,7 @@ from galley.core.manifest import MANIFEST_NAME, CheckpointMismatchError, Corrupt
 from galley.core.records import CheckpointRecord
 from galley.core.runs import RunRecord, write_run_record
 from galley.core.serialization import from_data, to_data
+from galley.core.tracking import open_tracked_run
 
 if TYPE_CHECKING:
     from galley.core.types import CheckpointRef
@@ -177,10 +178,16 @@ def resume_from_checkpoint(
     )
 
 
-@stage(reads=("run_record", "output"), ports=("blobs",))
-def save_run_record(ctx: StageContext, run_record: RunRecord, output: str) -> dict[str, Any]:
-    """Save the run's settings (and any change a resume made to them) before its first step."""
-    write_run_record(ctx.adapters, output, run_record)
+@stage(reads=("run_record", "output", "resume", "start_step"), ports=("blobs", "metrics"))
+def save_run_record(
+    ctx: StageContext, run_record: RunRecord, output: str, resume: bool, start_step: int
+) -> dict[str, Any]:
+    """Before the run's first step: open it in the experiment trackers (a resume continues
+    theirs) and save its settings, any change a resume made to them, and the trackers' ids."""
+    record = open_tracked_run(
+        ctx.adapters.metrics, run_record, resumed=resume, start_step=start_step
+    )
+    write_run_record(ctx.adapters, output, record)
     return {}
 
 
