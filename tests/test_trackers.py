@@ -28,6 +28,7 @@ from galley.adapters.helpers.tracker import Tracker, flat_settings, metric_key
 from galley.core import Adapters, MetricRecord, RunOutcome, TrackedRun, WorkflowError
 from galley.core.runs import read_run_record
 from galley.workflows.sft import SFTConfig, run
+from tests.contracts.run_tracker import RunTrackerContract
 from tests.wandb_files import offline_runs
 
 CONFIG = SFTConfig(
@@ -90,6 +91,39 @@ def close_to(rows: Rows, expected: Rows, rel: float = 1e-6) -> bool:
     return rows.keys() == expected.keys() and all(
         rows[k] == pytest.approx(v, rel=rel, abs=1e-6) for k, v in expected.items()
     )
+
+
+@pytest.fixture(scope="module")
+def contract_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One folder for the contract tests: an MLflow store's tables are made once (seconds)."""
+    return tmp_path_factory.mktemp("contract")
+
+
+class TrackerContract(RunTrackerContract):
+    @pytest.fixture(autouse=True)
+    def _root(self, contract_root: Path) -> None:
+        self.root = contract_root
+
+    def make(self) -> Any:
+        options = {
+            "wandb": {"dir": str(self.root)},
+            "mlflow": {"tracking_uri": f"sqlite:///{self.root}/mlflow.db"},
+            "tensorboard": {"logdir": str(self.root)},
+        }[self.name]
+        table = {"default": "noop", "metrics": {"kind": self.name, **options}}
+        return build_adapters(parse_adapters_table(table)).metrics
+
+
+class TestWandb(TrackerContract):
+    name = "wandb"
+
+
+class TestMlflow(TrackerContract):
+    name = "mlflow"
+
+
+class TestTensorboard(TrackerContract):
+    name = "tensorboard"
 
 
 def test_each_tracker_keeps_the_settings_and_every_row(tmp_path: Path) -> None:
