@@ -81,6 +81,7 @@ ADAPTER_GROUPS: dict[str, set[str]] = {
     "fsspec": {"root", "helpers"},
     "sqlite": {"root", "helpers"},
     "trackers": {"root", "helpers"},  # W&B, MLflow, TensorBoard
+    "testing": {"root", "helpers", "noop", "fsspec"},  # contract suites, the pytest plugin
     "jax": {"root", "helpers", "hf"},  # tokenizers, chat templates, model files
     "embedded": {"root", "helpers", "hf", "fsspec", "jax"},  # data; build.py is a dev tool
     "cli": {"root", "helpers", "hf", "fsspec"},  # driving: nothing imports it

@@ -14,21 +14,17 @@ from pathlib import Path
 import pytest
 
 from galley.adapters.fsspec.blobs import FsspecBlobStore
+from galley.adapters.testing import BlobStoreContract
 from galley.core import LockedError
-from tests.contracts.blob_store import BlobStoreContract
 
 
 class TestFileBlobStore(BlobStoreContract):
-    @pytest.fixture(autouse=True)
-    def _root(self, tmp_path: Path) -> None:
-        self.root = tmp_path
-
-    def make(self) -> FsspecBlobStore:
-        return FsspecBlobStore(f"file://{self.root}/store-{uuid.uuid4().hex[:6]}")
+    def make_store(self, tmp_path: Path) -> FsspecBlobStore:
+        return FsspecBlobStore(f"file://{tmp_path}")
 
 
 class TestMemoryBlobStore(BlobStoreContract):
-    def make(self) -> FsspecBlobStore:
+    def make_store(self, tmp_path: Path) -> FsspecBlobStore:
         return FsspecBlobStore(f"memory://galley-{uuid.uuid4().hex}")
 
 
@@ -70,7 +66,7 @@ class TestS3BlobStore(BlobStoreContract):
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
         self.endpoint = s3_endpoint
 
-    def make(self) -> FsspecBlobStore:
+    def make_store(self, tmp_path: Path) -> FsspecBlobStore:
         import s3fs
 
         bucket = f"galley-{uuid.uuid4().hex[:12]}"
@@ -79,8 +75,9 @@ class TestS3BlobStore(BlobStoreContract):
         return FsspecBlobStore(f"s3://{bucket}/runs", **options)
 
     def test_concurrent_writers_never_tear_an_object(self) -> None:
-        """S3 PUTs are whole-object; 8 threads x 5 writes over HTTP is slow, so fewer here."""
-        store = self.make()
+        """write is atomic: a reader sees the old object or the whole new one. (S3 PUTs are
+        whole-object; 8 threads x 5 writes over HTTP is slow, so fewer here.)"""
+        store = self.store()
         for payload in (b"a" * 10_000, b"b" * 20_000):
             store.write("shared", payload)
             assert store.read("shared") == payload

@@ -10,10 +10,10 @@ import pytest
 
 from galley.adapters.hf.datasets import HFDatasetStore
 from galley.adapters.noop import noop_adapters
+from galley.adapters.testing import DatasetStoreContract
 from galley.core import DataError, WorkflowError
 from galley.core.data_formats import row_to_conversation
 from galley.workflows.sft import SFTConfig, run
-from tests.contracts.dataset_store import DatasetStoreContract
 
 ROWS = [{"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(20)]
 
@@ -28,7 +28,7 @@ class TestJsonlDataset(DatasetStoreContract):
     def _file(self, tmp_path: Path) -> None:
         self.path = write_jsonl(tmp_path / "data.jsonl", ROWS)
 
-    def make(self) -> tuple[HFDatasetStore, str]:
+    def make_store(self, tmp_path: Path) -> tuple[HFDatasetStore, str]:
         return HFDatasetStore(), str(self.path)
 
 
@@ -52,7 +52,7 @@ class TestSavedToDisk(DatasetStoreContract):
         ).save_to_disk(tmp_path / "saved")
         self.path = tmp_path / "saved"
 
-    def make(self) -> tuple[HFDatasetStore, str]:
+    def make_store(self, tmp_path: Path) -> tuple[HFDatasetStore, str]:
         return HFDatasetStore(), str(self.path)
 
 

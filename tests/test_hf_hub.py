@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from galley.adapters.hf.hub import HuggingFaceHubClient
+from galley.adapters.testing import HubClientContract
 from galley.core import NotFoundError
-from tests.contracts.hub_client import HubClientContract
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
@@ -44,7 +44,7 @@ class TestOfflineHub(HubClientContract):
     def _cache(self, cache: Path) -> None:
         self.cache = cache
 
-    def make(self) -> tuple[HuggingFaceHubClient, str]:
+    def make_hub(self, tmp_path: Path) -> tuple[HuggingFaceHubClient, str]:
         return HuggingFaceHubClient(str(self.cache), offline=True), "org/model"
 
 

@@ -24,6 +24,7 @@ from galley.adapters.jax.config import parse_config, read_config
 from galley.adapters.jax.model import build_model
 from galley.adapters.jax.training import TRACES
 from galley.adapters.noop import NoopBlobStore, NoopHubClient
+from galley.adapters.testing import TrainingClientContract
 from galley.core import (
     AdamParams,
     Datum,
@@ -34,7 +35,6 @@ from galley.core import (
     ValidationError,
 )
 from galley.ports import BlobStore
-from tests.contracts.training_client import TrainingClientContract
 from tests.hf_models import make_model
 
 
@@ -338,7 +338,7 @@ class TestJaxTrainingClientContract(TrainingClientContract):
     def _model(self, models: dict[str, Path]) -> None:
         self.folder = models["qwen3"]
 
-    def make(self) -> tuple[JaxTrainingClient, str]:
+    def make_client(self, tmp_path: Path) -> tuple[JaxTrainingClient, str]:
         assert self.folder is not None
         return JaxTrainingClient(NoopHubClient(), NoopBlobStore()), str(self.folder)
 

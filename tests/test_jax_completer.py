@@ -14,6 +14,7 @@ from galley.adapters.hf.local_hub import LocalDirectoryHub
 from galley.adapters.jax import JaxCompleter, JaxTrainingClient
 from galley.adapters.jax.completer import phase_ends
 from galley.adapters.noop import NoopBlobStore
+from galley.adapters.testing import CompleterContract
 from galley.core import (
     AdamParams,
     Conversation,
@@ -25,7 +26,6 @@ from galley.core import (
     TrainOn,
     to_datum,
 )
-from tests.contracts.completer import CompleterContract
 from tests.hf_models import make_model
 
 
@@ -159,7 +159,7 @@ class TestJaxCompleterContract(CompleterContract):
     def _hub(self, hub: LocalDirectoryHub) -> None:
         self.hub_ = hub
 
-    def make(self) -> JaxCompleter:
+    def make_completer(self, tmp_path: Path) -> JaxCompleter:
         assert self.hub_ is not None
         return JaxCompleter(self.hub_, NoopBlobStore(), model="tiny/qwen3")
 

@@ -12,33 +12,25 @@ import pytest
 
 from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.adapters.sqlite.metrics import SqliteMetricsStore
+from galley.adapters.testing import MetricsStoreContract
 from galley.core import ConfigError, MetricRecord, ValidationError
-from tests.contracts.metrics_store import MetricsStoreContract
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class TestJsonlOnDisk(MetricsStoreContract):
-    @pytest.fixture(autouse=True)
-    def _root(self, tmp_path: Path) -> None:
-        self.root = tmp_path
-
-    def make(self) -> JsonlMetricsStore:
-        return JsonlMetricsStore(str(self.root / uuid.uuid4().hex[:6]))
+    def make_store(self, tmp_path: Path) -> JsonlMetricsStore:
+        return JsonlMetricsStore(str(tmp_path))
 
 
 class TestJsonlInMemory(MetricsStoreContract):
-    def make(self) -> JsonlMetricsStore:
+    def make_store(self, tmp_path: Path) -> JsonlMetricsStore:
         return JsonlMetricsStore(f"memory://metrics-{uuid.uuid4().hex}", flush_every=7)
 
 
 class TestSqlite(MetricsStoreContract):
-    @pytest.fixture(autouse=True)
-    def _root(self, tmp_path: Path) -> None:
-        self.root = tmp_path
-
-    def make(self) -> SqliteMetricsStore:
-        return SqliteMetricsStore(self.root / f"{uuid.uuid4().hex[:6]}.db")
+    def make_store(self, tmp_path: Path) -> SqliteMetricsStore:
+        return SqliteMetricsStore(tmp_path / "metrics.db")
 
 
 def test_jsonl_is_one_readable_line_per_record_while_the_run_goes(tmp_path: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from galley.adapters.hf.local_hub import LocalDirectoryHub
 from galley.adapters.noop import (
     NoopBlobStore,
@@ -11,46 +13,45 @@ from galley.adapters.noop import (
     NoopMetricsStore,
     NoopTrainingClient,
 )
-from tests.contracts.blob_store import BlobStoreContract
-from tests.contracts.completer import CompleterContract
-from tests.contracts.dataset_store import DatasetStoreContract
-from tests.contracts.hub_client import HubClientContract
-from tests.contracts.metrics_store import MetricsStoreContract
-from tests.contracts.training_client import TrainingClientContract
+from galley.adapters.testing import (
+    BlobStoreContract,
+    CompleterContract,
+    DatasetStoreContract,
+    HubClientContract,
+    MetricsStoreContract,
+    TrainingClientContract,
+)
 
 
 class TestNoopBlobStore(BlobStoreContract):
-    def make(self) -> NoopBlobStore:
+    def make_store(self, tmp_path: Path) -> NoopBlobStore:
         return NoopBlobStore()
 
 
 class TestNoopMetricsStore(MetricsStoreContract):
-    def make(self) -> NoopMetricsStore:
+    def make_store(self, tmp_path: Path) -> NoopMetricsStore:
         return NoopMetricsStore()
 
 
 class TestNoopDatasetStore(DatasetStoreContract):
-    def make(self) -> tuple[NoopDatasetStore, str]:
+    def make_store(self, tmp_path: Path) -> tuple[NoopDatasetStore, str]:
         return NoopDatasetStore(), "anything"
 
 
 class TestNoopDatasetStoreGivenData(DatasetStoreContract):
-    def make(self) -> tuple[NoopDatasetStore, str]:
+    def make_store(self, tmp_path: Path) -> tuple[NoopDatasetStore, str]:
         rows = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(12)]
         return NoopDatasetStore({"mine": {"train": rows}}), "mine"
 
 
 class TestNoopHubClient(HubClientContract):
-    def make(self) -> tuple[NoopHubClient, str]:
+    def make_hub(self, tmp_path: Path) -> tuple[NoopHubClient, str]:
         return NoopHubClient(), "org/model"
 
 
 class TestLocalDirectoryHub(HubClientContract):
-    def make(self) -> tuple[LocalDirectoryHub, str]:
-        import tempfile
-        from pathlib import Path
-
-        root = Path(tempfile.mkdtemp())
+    def make_hub(self, tmp_path: Path) -> tuple[LocalDirectoryHub, str]:
+        root = tmp_path
         (root / "org" / "model").mkdir(parents=True)
         (root / "org" / "model" / "config.json").write_text('{"model_type": "llama"}')
         (root / "org" / "model" / "weights.bin").write_bytes(b"\x00")
@@ -58,12 +59,12 @@ class TestLocalDirectoryHub(HubClientContract):
 
 
 class TestNoopTrainingClient(TrainingClientContract):
-    def make(self) -> tuple[NoopTrainingClient, str]:
+    def make_client(self, tmp_path: Path) -> tuple[NoopTrainingClient, str]:
         return NoopTrainingClient(NoopBlobStore()), "galley/tiny-lm"
 
 
 class TestNoopCompleter(CompleterContract):
-    def make(self) -> NoopCompleter:
+    def make_completer(self, tmp_path: Path) -> NoopCompleter:
         return NoopCompleter()
 
 

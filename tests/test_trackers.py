@@ -25,10 +25,10 @@ from galley.adapters.composition import build_adapters, parse_adapters_table
 from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.adapters.helpers.redaction import redact_text
 from galley.adapters.helpers.tracker import Tracker, flat_settings, metric_key
+from galley.adapters.testing import RunTrackerContract
 from galley.core import Adapters, MetricRecord, RunOutcome, TrackedRun, WorkflowError
 from galley.core.runs import read_run_record
 from galley.workflows.sft import SFTConfig, run
-from tests.contracts.run_tracker import RunTrackerContract
 from tests.wandb_files import offline_runs
 
 CONFIG = SFTConfig(
@@ -104,11 +104,11 @@ class TrackerContract(RunTrackerContract):
     def _root(self, contract_root: Path) -> None:
         self.root = contract_root
 
-    def make(self) -> Any:
+    def make_tracker(self, tmp_path: Path) -> Any:
         options = {
-            "wandb": {"dir": str(self.root)},
-            "mlflow": {"tracking_uri": f"sqlite:///{self.root}/mlflow.db"},
-            "tensorboard": {"logdir": str(self.root)},
+            "wandb": {"dir": str(tmp_path)},
+            "mlflow": {"tracking_uri": f"sqlite:///{self.root}/mlflow.db"},  # one store: fast
+            "tensorboard": {"logdir": str(tmp_path)},
         }[self.name]
         table = {"default": "noop", "metrics": {"kind": self.name, **options}}
         return build_adapters(parse_adapters_table(table)).metrics

@@ -1,21 +1,31 @@
-"""The Completer contract."""
+"""The Completer contract. Subclass it and define ``make_completer(tmp_path)``."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from galley.adapters.testing.contract import Contract
 from galley.core import SamplingParams
 from galley.ports import Completer
 
 
-class CompleterContract:
-    def make(self) -> Completer:
+class CompleterContract(Contract):
+    port = "Completer"
+
+    def make_completer(self, tmp_path: Path) -> Completer:
         raise NotImplementedError
 
+    def make(self) -> Completer:
+        return self.make_completer(self.fresh_folder())
+
     def test_implements_the_port(self) -> None:
+        """It has every method of the port (complete, complete_batch, stream)."""
         assert isinstance(self.make(), Completer)
 
     def test_complete_respects_max_tokens_and_reports_logprobs(self) -> None:
+        """complete: at most max_tokens tokens, one logprob per token, a stop reason."""
         c = self.make()
         out = c.complete("Tell me a long story about a ship", SamplingParams(max_tokens=3, seed=1))
         seq = out.sequences[0]
@@ -23,12 +33,14 @@ class CompleterContract:
         assert seq.stop_reason in ("stop", "length")
 
     def test_seeded_sampling_is_reproducible(self) -> None:
+        """Seeded sampling is reproducible."""
         c = self.make()
         p = SamplingParams(max_tokens=8, temperature=1.0, seed=7)
         assert c.complete("hello", p) == c.complete("hello", p)
 
     def test_batch_matches_single_prompts(self) -> None:
-        """Same tokens and text; logprobs equal up to float rounding (batch shapes differ)."""
+        """complete_batch equals complete per prompt: same tokens and text; logprobs equal up
+        to float rounding (batch shapes differ)."""
         c = self.make()
         p = SamplingParams(max_tokens=6, temperature=0.0)
         prompts = ["a", "a much longer prompt than the first"]
@@ -41,11 +53,13 @@ class CompleterContract:
                 assert b.logprobs == pytest.approx(s.logprobs, abs=1e-4)
 
     def test_stream_joins_to_the_completion_text(self) -> None:
+        """stream: the pieces join to the completion's text."""
         c = self.make()
         p = SamplingParams(max_tokens=10, temperature=0.0)
         assert "".join(c.stream("stream me", p)) == c.complete("stream me", p).text
 
     def test_prompt_logprobs_on_request(self) -> None:
+        """include_prompt_logprobs: one per prompt token, None for the first."""
         c = self.make()
         out = c.complete("abc", SamplingParams(max_tokens=2, include_prompt_logprobs=True))
         assert out.prompt_logprobs is not None

@@ -1,16 +1,19 @@
 """The TrainingClient contract: Tinker semantics any backend must keep.
 
-``make`` returns a client and a base model it can train. Backend-specific facts (how fast the
-loss falls) are not asserted here; ordering, accumulation, save/load and errors are."""
+Subclass it and define ``make_client(tmp_path)``, returning a client and a base model it can
+train. Backend-specific facts (how fast the loss falls) are not asserted here; ordering,
+accumulation, save/load and errors are."""
 
 from __future__ import annotations
 
 from concurrent.futures import Future
+from pathlib import Path
 
 import attrs
 import numpy as np
 import pytest
 
+from galley.adapters.testing.contract import Contract
 from galley.core import AdamParams, Datum, GalleyError, SessionConfig, ValidationError
 from galley.core.manifest import CheckpointMismatchError
 from galley.ports import TrainingClient, TrainingSession
@@ -21,9 +24,14 @@ def text_datum(session: TrainingSession, text: str) -> Datum:
     return Datum.from_tokens(tokens, [1.0] * len(tokens))
 
 
-class TrainingClientContract:
-    def make(self) -> tuple[TrainingClient, str]:
+class TrainingClientContract(Contract):
+    port = "TrainingClient"
+
+    def make_client(self, tmp_path: Path) -> tuple[TrainingClient, str]:
         raise NotImplementedError
+
+    def make(self) -> tuple[TrainingClient, str]:
+        return self.make_client(self.fresh_folder())
 
     def session(self, **kwargs: object) -> TrainingSession:
         """A new session of one client per test (sessions of a client share its storage)."""
@@ -35,16 +43,20 @@ class TrainingClientContract:
         return [text_datum(session, "the quick brown fox"), text_datum(session, "jumps over it")]
 
     def test_implements_the_port(self) -> None:
+        """It has every method of the port; start_session returns a TrainingSession."""
         client, _ = self.make()
         assert isinstance(client, TrainingClient)
         assert isinstance(self.session(), TrainingSession)
 
     def test_tokenizer_round_trips_text(self) -> None:
+        """The session's tokenizer decodes what it encodes; eos is in the vocabulary."""
         tok = self.session().tokenizer
         assert tok.decode(tok.encode("hello, world")) == "hello, world"
         assert 0 <= tok.eos_token_id < tok.vocab_size
 
     def test_requests_return_futures_and_logprobs_per_token(self) -> None:
+        """Every request returns a Future at once; forward gives a logprob per token and
+        loss:sum, the per-token sum of the loss."""
         s = self.session()
         data = self.batch(s)
         future = s.forward(data)
@@ -56,6 +68,7 @@ class TrainingClientContract:
         assert out.metrics["loss:sum"] == pytest.approx(expected, rel=1e-5)
 
     def test_forward_does_not_train(self) -> None:
+        """forward keeps no gradient: an optim_step after forwards alone changes nothing."""
         s = self.session()
         data = self.batch(s)
         first = s.forward(data).result().metrics["loss:sum"]
@@ -64,6 +77,8 @@ class TrainingClientContract:
         assert s.forward(data).result().metrics["loss:sum"] == pytest.approx(first, rel=1e-6)
 
     def test_requests_run_in_submission_order(self) -> None:
+        """Requests of a session execute in submission order: a forward submitted after an
+        optim_step, without waiting, sees the updated weights."""
         s = self.session()
         data = self.batch(s)
         before = s.forward(data)
@@ -74,7 +89,8 @@ class TrainingClientContract:
         assert after.result().metrics["loss:sum"] < before.result().metrics["loss:sum"]
 
     def test_gradients_accumulate_until_optim_step(self) -> None:
-        """Two forward_backward calls on halves == one call on the whole batch."""
+        """Gradients accumulate across forward_backward calls until optim_step: two calls on
+        halves of a batch give the step of one call on the whole."""
         data_s1, data_s2 = self.session(), self.session()
         data = self.batch(data_s1)
         data_s1.forward_backward(data[:1])
@@ -86,6 +102,7 @@ class TrainingClientContract:
         assert r1.grad_norm > 0 and r1.update_norm > 0
 
     def test_save_and_load_state_resumes_exactly(self) -> None:
+        """load_state resumes exactly: the same steps after it give the same weights."""
         s = self.session()
         data = self.batch(s)
         s.forward_backward(data)
@@ -106,6 +123,7 @@ class TrainingClientContract:
             np.testing.assert_array_equal(e, g)
 
     def test_checkpoints_say_which_run_and_step_they_are(self) -> None:
+        """save_state stamps the session's run id, the name and the step on the ref."""
         s = self.session(run_id="run-a")
         s.forward_backward(self.batch(s))
         s.optim_step(AdamParams(learning_rate=1e-3))
@@ -118,9 +136,9 @@ class TrainingClientContract:
     def test_load_state_refuses_a_checkpoint_that_is_not_the_one_asked_for(
         self, field: str
     ) -> None:
-        """A ref whose run, name or step differs from what the checkpoint's manifest records
-        (a folder copied over another, an index line pointing into another run) is refused
-        with a galley error before anything is loaded."""
+        """load_state refuses a checkpoint whose manifest is not the ref's (a folder copied
+        over another, an index line pointing into another run) with CheckpointMismatchError
+        before anything is loaded."""
         s = self.session(run_id="run-a")
         ref = s.save_state("one").result()
         other = attrs.evolve(ref, **{field: {"run_id": "run-b", "name": "two", "step": 7}[field]})
@@ -128,11 +146,13 @@ class TrainingClientContract:
             self.session(run_id="run-b").load_state(other).result()
 
     def test_sampler_export_gives_a_sampler_ref(self) -> None:
+        """save_weights_for_sampler returns a sampler ref with the name given."""
         s = self.session()
         ref = s.save_weights_for_sampler("final").result()
         assert ref.kind == "sampler" and ref.name == "final"
 
     def test_invalid_requests_raise_at_submission(self) -> None:
+        """Invalid arguments raise ValidationError at submission."""
         s = self.session()
         data = self.batch(s)
         with pytest.raises(ValidationError, match="unknown loss"):
@@ -145,6 +165,7 @@ class TrainingClientContract:
             s.save_state("../escape")
 
     def test_closed_session_refuses_requests(self) -> None:
+        """A closed session refuses requests."""
         s = self.session()
         s.close()
         with pytest.raises(GalleyError, match="closed"):

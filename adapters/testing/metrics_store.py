@@ -1,22 +1,34 @@
-"""The MetricsStore contract."""
+"""The MetricsStore contract (a sink whose rows read back). Subclass it and define
+``make_store(tmp_path)``."""
 
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
+from galley.adapters.testing.contract import Contract
 from galley.core import MetricRecord
 from galley.ports import MetricsStore
 
 
-class MetricsStoreContract:
-    def make(self) -> MetricsStore:
+class MetricsStoreContract(Contract):
+    port = "MetricsStore"
+
+    def make_store(self, tmp_path: Path) -> MetricsStore:
+        """A new, empty store (``tmp_path`` is a fresh folder it may keep its rows in)."""
         raise NotImplementedError
 
+    def store(self) -> MetricsStore:
+        return self.make_store(self.fresh_folder())
+
     def test_implements_the_port(self) -> None:
-        assert isinstance(self.make(), MetricsStore)
+        """It has every method of the port (record, flush, read)."""
+        assert isinstance(self.store(), MetricsStore)
 
     def test_read_returns_what_record_wrote_in_order(self) -> None:
-        store = self.make()
+        """read: every flushed row of the run in record order, as recorded (stream, step,
+        metrics, time); [] for an unknown run."""
+        store = self.store()
         written = [
             MetricRecord("run-a", "train", 1, {"loss": 2.5, "lr": 1e-4}, 10.0),
             MetricRecord("run-b", "train", 1, {"loss": 9.0}, 11.0),
@@ -30,9 +42,10 @@ class MetricsStoreContract:
         assert store.read("missing") == []
 
     def test_the_stream_is_kept_not_inferred(self) -> None:
-        """A train row without a loss (a skipped step) is still a train row, and an eval row
-        named like a train metric is still an eval row."""
-        store = self.make()
+        """Each row carries the stream its writer gave it: a train row without a loss (a
+        skipped step) is still a train row, and an eval row named like a train metric is
+        still an eval row."""
+        store = self.store()
         store.record(MetricRecord("r", "train", 3, {"skipped": 1.0}))
         store.record(MetricRecord("r", "eval", 3, {"loss": 1.0}))
         store.record(MetricRecord("r", "rollouts", 3, {"reward": 0.5}))
@@ -44,7 +57,9 @@ class MetricsStoreContract:
         ]
 
     def test_concurrent_records_are_all_kept(self) -> None:
-        store = self.make()
+        """record from several threads: after flush every recorded row is durable, each
+        thread's rows in its order."""
+        store = self.store()
 
         def work(worker: int) -> None:
             for step in range(50):
