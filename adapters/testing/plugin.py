@@ -89,12 +89,14 @@ def galley_faults() -> Callable[..., Any]:
     return wrap
 
 
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None]:
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """A failed contract check's report names the guarantee it probes."""
-    outcome = yield
-    report = outcome.get_result()
+    report = yield
     if report.failed and report.when == "call":
         guarantee = guarantee_of(item)
         if guarantee is not None:
             report.sections.append(("galley contract", f"broken guarantee: {guarantee}"))
+    return report

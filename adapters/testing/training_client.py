@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import attrs
 import numpy as np
@@ -141,7 +142,8 @@ class TrainingClientContract(Contract):
         before anything is loaded."""
         s = self.session(run_id="run-a")
         ref = s.save_state("one").result()
-        other = attrs.evolve(ref, **{field: {"run_id": "run-b", "name": "two", "step": 7}[field]})
+        changed: dict[str, Any] = {"run_id": "run-b", "name": "two", "step": 7}
+        other = attrs.evolve(ref, **{field: changed[field]})
         with pytest.raises(CheckpointMismatchError, match=f"not state .* of run '{other.run_id}'"):
             self.session(run_id="run-b").load_state(other).result()
 
