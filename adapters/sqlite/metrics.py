@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from galley.core.errors import ConfigError
 from galley.core.records import MetricRecord
+
+OPEN_TIMEOUT_S = 30.0  # as long as a write waits for another process's (busy_timeout)
 
 
 class SqliteMetricsStore:
@@ -27,15 +30,29 @@ class SqliteMetricsStore:
             ) from None
         self._local = threading.local()
         try:
-            self._create()
+            self._create_when_free()
         except sqlite3.Error as e:
             raise ConfigError(
                 f"metrics database {str(self.path)!r} cannot be opened as SQLite: {e}"
             ) from None
 
+    def _create_when_free(self) -> None:
+        """``_create``, again while another process holds the file: switching a new file to
+        WAL takes a lock that SQLite refuses at once, without waiting, when two processes
+        open the file together."""
+        deadline = time.monotonic() + OPEN_TIMEOUT_S
+        while True:
+            try:
+                return self._create()
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.02)
+
     def _create(self) -> None:
         with self._connect() as db:
-            db.execute("PRAGMA journal_mode=WAL")
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
             db.execute(
                 "CREATE TABLE IF NOT EXISTS metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, "
                 "run_id TEXT NOT NULL, stream TEXT NOT NULL, step INTEGER NOT NULL, "

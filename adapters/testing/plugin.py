@@ -23,12 +23,10 @@ def galley_adapters(galley_blobs: Any) -> Callable[..., Adapters]:
     """Noop adapters of all six ports, any of them replaced: ``galley_adapters()``,
     ``galley_adapters(metrics=my_store)``. Blobs default to ``galley_blobs`` (files under
     the test's temporary folder), so checkpoints are real files a test can look at."""
-    from galley.adapters.noop import NoopTrainingClient, noop_adapters
+    from galley.adapters.noop import noop_adapters
 
     def make(**overrides: Any) -> Adapters:
-        blobs = overrides.pop("blobs", galley_blobs)
-        overrides.setdefault("training", NoopTrainingClient(blobs))
-        return noop_adapters(blobs=blobs, **overrides)
+        return noop_adapters(**{"blobs": galley_blobs, **overrides})
 
     return make
 
