@@ -399,3 +399,28 @@ def test_metric_keys_name_the_stream_once() -> None:
     assert metric_key("train", "loss") == "train/loss"
     assert metric_key("eval", "eval/nll") == "eval/nll"
     assert metric_key("eval", "train/loss") == "eval/train/loss"
+
+
+def test_the_cli_puts_trackers_beside_the_run_unless_told() -> None:
+    from galley.adapters.cli.run_config import metrics_beside_the_run
+
+    metrics = ["jsonl", "wandb", "mlflow", {"kind": "tensorboard", "logdir": "/elsewhere"}]
+    choices = parse_adapters_table(
+        {"blobs": {"kind": "fsspec", "url": "/data"}, "metrics": metrics}
+    )
+    placed = {
+        p.kind: dict(p.options) for p in metrics_beside_the_run(choices, "exp1")["metrics"].parts
+    }
+    assert placed == {
+        "jsonl": {"url": "/data/exp1"},
+        "wandb": {"dir": "/data/exp1"},
+        "mlflow": {"tracking_uri": "sqlite:////data/exp1/mlflow.db"},
+        "tensorboard": {"logdir": "/elsewhere"},  # told: left alone
+    }
+    on_s3 = parse_adapters_table(
+        {"blobs": {"kind": "fsspec", "url": "s3://b/p"}, "metrics": metrics}
+    )
+    placed = {
+        p.kind: dict(p.options) for p in metrics_beside_the_run(on_s3, "exp1")["metrics"].parts
+    }
+    assert placed["wandb"] == {} and placed["mlflow"] == {}  # local files only: their defaults

@@ -1,4 +1,6 @@
-"""Workflows: compositions of core stages, each with a config and a ``run`` entry point."""
+"""Workflows: compositions of core stages. Each is a config class, a build function, a ``run``
+entry point (over ``galley.core.engine.run.run_workflow``) and a summary of its result; the
+registry below is what the CLI runs (``galley run <name>``) and lists (``galley workflows``)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from typing import Any
 import attrs
 
 from galley.core.engine import Workflow
+from galley.core.summary import Summary
 from galley.workflows import sft
 
 
@@ -17,7 +20,8 @@ class WorkflowSpec:
     description: str
     config_type: type[Any]
     build: Callable[[Any], Workflow]
-    run: Callable[..., Any]
+    run: Callable[..., Any]  # (config, adapters, *, observers, retry, accept_changes) -> result
+    summarize: Callable[[Any], Summary]  # result -> what the CLI shows
 
 
 WORKFLOWS: dict[str, WorkflowSpec] = {
@@ -27,6 +31,7 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
         sft.SFTConfig,
         sft.build_workflow,
         sft.run,
+        sft.summarize,
     ),
 }
 

@@ -8,14 +8,10 @@ drain -> evaluate_final -> final_checkpoint -> export_sampler -> sample_answers
 
 from __future__ import annotations
 
-import secrets
-import time
-from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
-import structlog
 
 from galley.core.adapter_set import Adapters
 from galley.core.chat import TrainOn
@@ -28,12 +24,13 @@ from galley.core.checks import (
     one_of,
     safe_name,
 )
-from galley.core.engine import Every, Loop, Observer, RetryPolicy, Runner, Workflow
-from galley.core.errors import ValidationError, WorkflowError
+from galley.core.engine import Every, Loop, Observer, RetryPolicy, Workflow
+from galley.core.engine.run import run_workflow
+from galley.core.errors import ValidationError
 from galley.core.keys import check_prefix
-from galley.core.records import EVAL, TRAIN, CheckpointRecord, RunOutcome
+from galley.core.records import EVAL, TRAIN, CheckpointRecord
 from galley.core.rendering import RENDERERS, Truncation
-from galley.core.runs import claim_run, metrics_reader, resume_settings
+from galley.core.runs import resume_settings
 from galley.core.schedules import ScheduleKind
 from galley.core.serialization import from_data
 from galley.core.stages import (
@@ -54,7 +51,7 @@ from galley.core.stages import (
     save_run_record,
     start_session,
 )
-from galley.core.tracking import end_tracked_run
+from galley.core.summary import Summary, SummaryTable, number
 from galley.core.types import CheckpointRef
 
 DEFAULT_BASE_MODEL = "galley/tiny-lm"
@@ -244,10 +241,6 @@ def build_workflow(config: SFTConfig) -> Workflow:
     )
 
 
-def new_run_id(prefix: str = "sft") -> str:
-    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
-
 def run(
     config: SFTConfig,
     adapters: Adapters,
@@ -256,54 +249,77 @@ def run(
     retry: RetryPolicy | None = None,
     accept_changes: bool = False,
 ) -> RunResult:
-    """Run SFT. Before anything is written, claims the run (see ``galley.core.runs``): a new
-    run refuses an existing ``run_id``, a resume refuses a run in use or settings that would
-    change its training (unless ``accept_changes``). Raises ``DataFlowError`` before doing
-    anything if the workflow is miswired and ``WorkflowError`` (with the state so far) if a
-    stage fails for good."""
-    run_id = config.run_id or new_run_id()
-    config = attrs.evolve(config, run_id=run_id)
-    initial = attrs.asdict(config, recurse=False)
-    runner = Runner(
+    """Run SFT (``galley.core.engine.run.run_workflow``: the run is claimed before anything
+    is written, a resume continues from the newest good checkpoint with its saved settings
+    unless ``accept_changes``). Raises ``DataFlowError`` before doing anything if the
+    workflow is miswired and ``WorkflowError`` (with the state so far) if a stage fails."""
+    done = run_workflow(
+        "sft",
+        build_workflow,
+        config,
         adapters,
-        run_id=run_id,
-        retry=retry,
         observers=observers,
-        call_timeout_s=config.call_timeout_s,
+        retry=retry,
+        accept_changes=accept_changes,
     )
-    state: dict[str, Any] = {}
-    claim = claim_run(
-        adapters, "sft", config, accept_changes=accept_changes, retry=runner.retry, log=runner.log
-    )
-    with claim as run_record:
-        outcome: RunOutcome = "failed"
-        try:
-            state = runner.run(build_workflow(config), {**initial, "run_record": run_record})
-            outcome = "finished"
-        except WorkflowError as error:
-            state = error.state
-            if isinstance(error.__cause__, KeyboardInterrupt):
-                outcome = "interrupted"
-            raise
-        finally:
-            if "session" in state:
-                state["session"].close()
-            end_tracked_run(adapters.metrics, outcome, runner.log)
-    rows = defaultdict(
-        list, earlier_rows(adapters, run_id, state["start_step"]) if config.resume else {}
-    )
-    for record in runner.records:
-        rows[record.stream].append({"step": float(record.step), **record.metrics})
+    state = done.state
     return RunResult(
-        run_id=run_id,
+        run_id=done.run_id,
         steps=state["total_steps"] - state["start_step"],
-        metrics=rows[TRAIN],
-        eval=_merge_by_step(rows[EVAL]),
+        metrics=done.stream(TRAIN),
+        eval=done.stream(EVAL),
         checkpoints=tuple(state["checkpoints"]),
         sampler=state.get("sampler"),
         samples=tuple(state.get("samples", ())),
         skipped_examples=dict(state.get("skipped_examples", {})),
     )
+
+
+SHOWN_SAMPLES = 4
+
+
+def summarize(result: RunResult) -> Summary:
+    """Loss, held-out NLL and exact match before and after; a few answers, base vs tuned;
+    the steps trained and where the checkpoints and the export went."""
+    first_eval, last_eval = (result.eval[0], result.eval[-1]) if result.eval else ({}, {})
+    rows: list[tuple[str, ...]] = []
+    losses = [m["loss"] for m in result.metrics if "loss" in m]  # skipped steps have none
+    if losses:
+        rows.append(("train loss", number(losses[0]), number(losses[-1])))
+    skipped = sum(1 for m in result.metrics if m.get("skipped"))
+    if skipped:
+        rows.append(("skipped steps", "", str(skipped)))
+    for split, count in result.skipped_examples.items():
+        if count:
+            rows.append((f"{split} rows too long (skipped)", "", str(count)))
+    rows.append(
+        ("held-out NLL", number(first_eval.get("eval/nll")), number(last_eval.get("eval/nll")))
+    )
+    if "eval/exact_match" in last_eval:
+        rows.append(
+            (
+                "exact match",
+                number(last_eval["eval/exact_match_base"]),
+                number(last_eval["eval/exact_match"]),
+            )
+        )
+    tables = [SummaryTable(f"run {result.run_id}", ("metric", "before", "after"), tuple(rows))]
+    if result.samples:
+        answers = tuple(
+            (s.prompt, s.reference, s.base, s.tuned) for s in result.samples[:SHOWN_SAMPLES]
+        )
+        tables.append(
+            SummaryTable(
+                "held-out prompts: base vs fine-tuned",
+                ("prompt", "expected", "base", "fine-tuned"),
+                answers,
+                lines=True,
+            )
+        )
+    blobs = [(f"checkpoint (step {r.step})", r.state.key) for r in result.checkpoints]
+    if result.sampler is not None:
+        blobs.append(("exported sampler weights", result.sampler.key))
+    return Summary(tuple(tables), (f"steps: {result.steps}",), tuple(blobs))
 
 
 def resume_config(
@@ -313,36 +329,3 @@ def resume_config(
     ``run(resume_config(adapters, "my-run"), adapters)`` continues it as it was started."""
     saved = from_data(SFTConfig, resume_settings(adapters, output, run_id, SFTConfig))
     return attrs.evolve(saved, resume=True, **changes)
-
-
-def earlier_rows(
-    adapters: Adapters, run_id: str, resumed_at: int
-) -> dict[str, list[dict[str, float]]]:
-    """Metrics the interrupted run recorded up to the checkpoint it resumes from (steps after
-    it are trained again, and the start is evaluated again if due). The last row of a step
-    wins, so repeated resumes don't duplicate."""
-    train: dict[int, dict[str, float]] = {}
-    evals: dict[int, list[dict[str, float]]] = {}
-    reader = metrics_reader(adapters)
-    if reader is None:  # a write-only sink: the earlier rows live only there
-        structlog.get_logger("galley").warning(
-            "run.earlier_metrics_unread", run_id=run_id, reason="the metrics adapter cannot read"
-        )
-        return {TRAIN: [], EVAL: []}
-    for record in reader.read(run_id):
-        row = {"step": float(record.step), **record.metrics}
-        if record.stream == TRAIN and record.step <= resumed_at:
-            train[record.step] = row
-        elif record.stream == EVAL and record.step < resumed_at:
-            evals.setdefault(record.step, []).append(row)
-    return {
-        TRAIN: [train[s] for s in sorted(train)],
-        EVAL: [row for s in sorted(evals) for row in evals[s]],
-    }
-
-
-def _merge_by_step(rows: list[dict[str, float]]) -> list[dict[str, float]]:
-    merged: dict[float, dict[str, float]] = {}
-    for row in rows:
-        merged.setdefault(row["step"], {}).update(row)
-    return list(merged.values())

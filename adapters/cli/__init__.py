@@ -27,6 +27,7 @@ from galley.adapters.composition import REGISTRY, NoOptions, adapter_kinds, buil
 from galley.adapters.settings import read_text
 from galley.core.adapter_set import Adapters
 from galley.core.engine import Stream
+from galley.core.engine.run import new_run_id
 from galley.core.errors import (
     ConfigError,
     DataError,
@@ -37,10 +38,8 @@ from galley.core.errors import (
 )
 from galley.core.records import TRAIN
 from galley.core.runs import read_run_record
+from galley.core.summary import Summary
 from galley.workflows import WORKFLOWS
-from galley.workflows.sft import RunResult, new_run_id
-
-SHOWN_SAMPLES = 4
 
 
 class ProgressObserver:
@@ -83,45 +82,20 @@ class ProgressObserver:
         self.progress.stop()
 
 
-def _fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4f}"
-
-
-def print_summary(console: Console, result: RunResult, where: Callable[[str], str]) -> None:
-    first_eval, last_eval = (result.eval[0], result.eval[-1]) if result.eval else ({}, {})
-    table = Table(title=f"run {result.run_id}", show_header=True)
-    table.add_column("metric")
-    table.add_column("before", justify="right")
-    table.add_column("after", justify="right")
-    losses = [m["loss"] for m in result.metrics if "loss" in m]  # skipped steps have none
-    if losses:
-        table.add_row("train loss", _fmt(losses[0]), _fmt(losses[-1]))
-    skipped = sum(1 for m in result.metrics if m.get("skipped"))
-    if skipped:
-        table.add_row("skipped steps", "", str(skipped))
-    for split, count in result.skipped_examples.items():
-        if count:
-            table.add_row(f"{split} rows too long (skipped)", "", str(count))
-    table.add_row("held-out NLL", _fmt(first_eval.get("eval/nll")), _fmt(last_eval.get("eval/nll")))
-    if "eval/exact_match" in last_eval:
-        table.add_row(
-            "exact match",
-            _fmt(last_eval["eval/exact_match_base"]),
-            _fmt(last_eval["eval/exact_match"]),
-        )
-    console.print(table)
-    if result.samples:
-        samples = Table(title="held-out prompts: base vs fine-tuned", show_lines=True)
-        for column in ("prompt", "expected", "base", "fine-tuned"):
-            samples.add_column(column, overflow="fold")
-        for s in result.samples[:SHOWN_SAMPLES]:
-            samples.add_row(s.prompt, s.reference, s.base, s.tuned)
-        console.print(samples)
-    console.print(f"steps: {result.steps}")
-    for record in result.checkpoints:
-        console.print(f"checkpoint (step {record.step}): {where(record.state.key)}")
-    if result.sampler is not None:
-        console.print(f"exported sampler weights: {where(result.sampler.key)}")
+def print_summary(console: Console, summary: Summary, where: Callable[[str], str]) -> None:
+    """A workflow's summary of its run: its tables, its notes, where it put things."""
+    for shown in summary.tables:
+        table = Table(title=shown.title, show_header=True, show_lines=shown.lines)
+        for i, column in enumerate(shown.columns):
+            left = i == 0 or shown.lines
+            table.add_column(column, justify="left" if left else "right", overflow="fold")
+        for row in shown.rows:
+            table.add_row(*row)
+        console.print(table)
+    for note in summary.notes:
+        console.print(note)
+    for label, key in summary.blobs:
+        console.print(f"{label}: {where(key)}")
 
 
 # A run that stopped on one of these was refused for its input (exit 2), not broken (exit 1).
@@ -145,9 +119,9 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         if args.resume:
             config = resumed_config(run_config, adapters, args.resume)
         kinds = ", ".join(f"{port}={c.kind}" for port, c in run_config.adapters.items())
-        console.print(
-            f"galley {args.workflow} run {config.run_id}: {config.base_model} on {config.dataset}"
-        )
+        what = [getattr(config, f, None) for f in ("base_model", "dataset")]
+        on = f": {what[0]} on {what[1]}" if all(what) else ""
+        console.print(f"galley {args.workflow} run {config.run_id}{on}")
         console.print(f"adapters: {kinds}")
         observer = ProgressObserver(console)
         try:
@@ -167,7 +141,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             return f"{str(blobs_choice.options.get('url', '.')).rstrip('/')}/{key}"
         return f"galley://{key}"
 
-    print_summary(console, result, where)
+    print_summary(console, run_config.workflow.summarize(result), where)
     metrics = run_config.adapters["metrics"]
     for choice in metrics.parts or (metrics,):
         if choice.kind == "jsonl":

@@ -99,11 +99,20 @@ def load_run_config(
 def metrics_beside_the_run(
     choices: dict[str, AdapterChoice], output: str
 ) -> dict[str, AdapterChoice]:
-    """A JSONL or SQLite metrics store not told where to write goes where the run's other
-    files go (``<blob store folder>/<output>``), so ``--set output=...`` moves them all."""
+    """A metrics store or tracker not told where to write goes where the run's other files go
+    (``<blob store folder>/<output>``), so ``--set output=...`` moves them all: JSONL, SQLite,
+    TensorBoard's event files, W&B's offline runs and MLflow's SQLite store (the last four
+    when the blob store is a local folder)."""
     blobs, metrics = choices["blobs"], choices["metrics"]
     on_files = blobs.kind == "fsspec"
     folder = str(blobs.options.get("url", ".")).rstrip("/") if on_files else "."
+    local = f"{folder}/{output}" if "://" not in folder else None
+    local_defaults = {
+        "sqlite": ("path", f"{local}/metrics.db"),
+        "tensorboard": ("logdir", local),
+        "wandb": ("dir", local),
+        "mlflow": ("tracking_uri", f"sqlite:///{local}/mlflow.db"),
+    }
 
     def placed(choice: AdapterChoice) -> AdapterChoice:
         options = dict(choice.options)
@@ -111,8 +120,9 @@ def metrics_beside_the_run(
             options["url"] = f"{folder}/{output}"
             if on_files and "storage_options" in blobs.options:
                 options.setdefault("storage_options", blobs.options["storage_options"])
-        elif choice.kind == "sqlite" and "path" not in options and "://" not in folder:
-            options["path"] = f"{folder}/{output}/metrics.db"
+        elif choice.kind in local_defaults and local is not None:
+            option, value = local_defaults[choice.kind]
+            options.setdefault(option, value)
         return attrs.evolve(choice, options=options)
 
     if metrics.parts:

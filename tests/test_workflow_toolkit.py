@@ -1,0 +1,97 @@
+"""A workflow of one's own from the shared stages and the one run function: the run id, the
+claim, the metric rows and the session's clean-up come with it."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import attrs
+import pytest
+
+from galley.adapters.noop import noop_adapters
+from galley.core.engine import StageContext, Workflow, stage
+from galley.core.engine.run import rows_by_stream, run_workflow
+from galley.core.errors import GalleyError
+from galley.core.records import EVAL, TRAIN, MetricRecord
+from galley.core.runs import RunExistsError
+from galley.core.stages import heldout_nll, load_dataset, render_dataset, start_session
+
+
+# -- the toy workflow: the held-out NLL of a base model (what follows is all it takes) -----
+@attrs.frozen
+class NllConfig:
+    base_model: str = "galley/tiny-lm"
+    dataset: str = "galley/tiny-instruct"
+    train_split: str = "train"
+    eval_split: str = "test"
+    eval_holdout: int = 32
+    seed: int = 0
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    max_length: int = 256
+    truncation: str = "keep_end"
+    train_on: str = "last_assistant_message"
+    renderer: str = "role_colon"
+    output: str = "runs"
+    run_id: str | None = None
+    resume: bool = False
+    CONFIG_VERSION: ClassVar[int] = 1
+    CONFIG_UPGRADES: ClassVar[dict[int, Any]] = {}
+
+    def trajectory_fields(self) -> frozenset[str]:
+        return frozenset()
+
+
+@stage(reads=("session", "eval_data"), writes=("nll",), ports=("training", "metrics"))
+def measure(ctx: StageContext, session: Any, eval_data: Any) -> dict[str, Any]:
+    nll = heldout_nll(ctx, session, eval_data, batch_size=16)
+    ctx.record_metrics(EVAL, 0, nll)
+    return {"nll": nll["eval/nll"]}
+
+
+def build(config: NllConfig) -> Workflow:
+    return Workflow("nll", [load_dataset, start_session, render_dataset, measure])
+
+
+# -- the tests ---------------------------------------------------------------------------
+
+
+def test_a_toy_workflow_runs_on_the_one_run_function() -> None:
+    adapters = noop_adapters()
+    done = run_workflow("nll", build, NllConfig(run_id="toy"), adapters)
+    assert done.run_id == "toy" and done.state["nll"] > 0
+    (row,) = done.stream(EVAL)
+    assert row["step"] == 0.0 and row["eval/nll"] == done.state["nll"]
+    assert adapters.metrics.read("toy")[0].metrics["eval/nll"] == done.state["nll"]
+    with pytest.raises(GalleyError, match="closed"):  # the run closed its session
+        done.state["session"].forward(done.state["eval_data"][:1])
+    with pytest.raises(RunExistsError):  # the id is claimed like any run's
+        run_workflow("nll", build, NllConfig(run_id="toy"), adapters)
+
+
+def test_a_new_run_gets_an_id_named_after_its_workflow() -> None:
+    done = run_workflow("nll", build, NllConfig(), noop_adapters())
+    assert done.run_id.startswith("nll-")
+
+
+def test_rows_across_resumes_keep_one_row_per_step() -> None:
+    """Earlier rows before the checkpoint (and train rows at it) are kept; later rows of a
+    step update earlier ones; the start's eval is the new attempt's."""
+    earlier = [
+        MetricRecord("r", TRAIN, 1, {"loss": 3.0}),
+        MetricRecord("r", EVAL, 2, {"eval/nll": 9.0}),
+        MetricRecord("r", TRAIN, 2, {"loss": 2.0}),
+        MetricRecord("r", TRAIN, 3, {"loss": 1.5}),  # after the checkpoint: trained again
+        MetricRecord("r", TRAIN, 1, {"loss": 3.0, "tokens": 5.0}),  # an earlier resume's
+    ]
+    current = [
+        MetricRecord("r", EVAL, 2, {"eval/nll": 8.0}),
+        MetricRecord("r", TRAIN, 3, {"loss": 1.4}),
+    ]
+    rows = rows_by_stream(earlier, current, resumed_at=2)
+    assert rows[TRAIN] == [
+        {"step": 1.0, "loss": 3.0, "tokens": 5.0},
+        {"step": 2.0, "loss": 2.0},
+        {"step": 3.0, "loss": 1.4},
+    ]
+    assert rows[EVAL] == [{"step": 2.0, "eval/nll": 8.0}]
