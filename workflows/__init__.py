@@ -11,6 +11,7 @@ import attrs
 
 from galley.core.engine import Workflow
 from galley.core.summary import Summary
+from galley.workflows import eval as evaluation
 from galley.workflows import sft
 
 
@@ -33,6 +34,15 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
         sft.run,
         sft.summarize,
     ),
+    "eval": WorkflowSpec(
+        "eval",
+        "Evaluate a base model or a run's checkpoint on a dataset split: NLL, bits per byte, "
+        "scored answers.",
+        evaluation.EvalConfig,
+        evaluation.build_workflow,
+        evaluation.run,
+        evaluation.summarize,
+    ),
 }
 
-__all__ = ["WORKFLOWS", "WorkflowSpec", "sft"]
+__all__ = ["WORKFLOWS", "WorkflowSpec", "evaluation", "sft"]

@@ -6,7 +6,7 @@ it makes of the finished run; :func:`run_workflow` does the rest the same way fo
 - the run id (the config's, or a new one), claimed before any work (``galley.core.runs``): a
   new run refuses a taken id, a resume refuses a run in use or changed settings;
 - the stages run under a :class:`Runner` from the config's fields (the initial state), plus
-  ``run_record``;
+  ``run_record`` and ``start_step`` (0, until a stage that resumes the run sets it);
 - on the way out, however the run ends: every training session in the state is closed, and
   the experiment trackers are told how it ended;
 - the metric rows of the run per stream, one row per step, the rows an interrupted attempt
@@ -84,7 +84,8 @@ def run_workflow(
     )
     with claim as run_record:
         outcome: RunOutcome = "failed"
-        initial = {**attrs.asdict(config, recurse=False), "run_record": run_record}
+        # A run starts at step 0 unless a stage resumes it (``start_step``).
+        initial = {"start_step": 0, **attrs.asdict(config, recurse=False), "run_record": run_record}
         try:
             state = runner.run(build(config), initial)
             outcome = "finished"

@@ -3,14 +3,22 @@
 from galley.core.stages.checkpoint import (
     checkpoint_stage,
     export_sampler,
+    load_newest,
+    load_run_weights,
     read_index,
     resume_from_checkpoint,
     save_run_record,
 )
-from galley.core.stages.data import load_dataset
-from galley.core.stages.evaluate import evaluate_stage, heldout_nll
-from galley.core.stages.render import render_dataset
-from galley.core.stages.sample import SampleComparison, check_sampling, sample_answers
+from galley.core.stages.data import load_dataset, load_split
+from galley.core.stages.evaluate import evaluate_stage, heldout_nll, measure_heldout
+from galley.core.stages.render import render_dataset, render_split
+from galley.core.stages.sample import (
+    SampleComparison,
+    ScoredAnswer,
+    answer_and_score,
+    check_sampling,
+    sample_answers,
+)
 from galley.core.stages.session import start_session
 from galley.core.stages.train import (
     InFlightStep,
@@ -26,6 +34,8 @@ __all__ = [
     "InFlightStep",
     "Pipeline",
     "SampleComparison",
+    "ScoredAnswer",
+    "answer_and_score",
     "check_sampling",
     "checkpoint_stage",
     "collect_results",
@@ -35,10 +45,15 @@ __all__ = [
     "forward_backward",
     "heldout_nll",
     "load_dataset",
+    "load_newest",
+    "load_run_weights",
+    "load_split",
+    "measure_heldout",
     "optim_step",
     "plan_training",
     "read_index",
     "render_dataset",
+    "render_split",
     "resume_from_checkpoint",
     "sample_answers",
     "save_run_record",

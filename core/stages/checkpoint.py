@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 from galley.core.batching import BatchPlan
 from galley.core.engine import FunctionStage, StageContext, stage
-from galley.core.errors import GalleyError, ValidationError
+from galley.core.errors import ConfigError, GalleyError, NotFoundError, ValidationError
 from galley.core.keys import join_key
 from galley.core.manifest import MANIFEST_NAME, CheckpointMismatchError, CorruptCheckpointError
 from galley.core.records import CheckpointRecord
-from galley.core.runs import RunRecord, write_run_record
+from galley.core.runs import RunRecord, read_run_record, write_run_record
 from galley.core.serialization import from_data, to_data
 from galley.core.tracking import open_tracked_run
 
@@ -149,6 +149,29 @@ def resume_from_checkpoint(
     if not index:
         ctx.log.warning("run.restarted", reason=f"no checkpoint in {index_key(output, run_id)!r}")
         return fresh
+    i = load_newest(ctx, session, index, run_id)
+    record = index[i]
+    if record.step > total_steps:
+        raise ValidationError(
+            "total steps",
+            f"run {run_id!r} is to end at step {total_steps}, but its checkpoint "
+            f"{record.state.key!r} is already at step {record.step}; a run cannot resume "
+            "below its checkpoint (give the saved max_steps, or more)",
+        )
+    ctx.log.info("run.resumed", step=record.step, key=record.state.key)
+    on_schedule = eval_every > 0 and record.step % eval_every == 0
+    return {
+        "start_step": record.step,
+        "checkpoints": tuple(index[: i + 1]),
+        "evaluated_at": -1 if on_schedule or record.step == total_steps else record.step,
+    }
+
+
+def load_newest(
+    ctx: StageContext, session: TrainingSession, index: Sequence[CheckpointRecord], run_id: str
+) -> int:
+    """Load into ``session`` the newest checkpoint of ``index`` that verifies and is run
+    ``run_id``'s (falling back past corrupt, missing or mismatched ones); its position."""
     problems = []
     for i in range(len(index) - 1, -1, -1):
         record = index[i]
@@ -159,23 +182,55 @@ def resume_from_checkpoint(
             ctx.log.warning("checkpoint.unusable", step=record.step, error=str(error))
             problems.append(f"step {record.step}: {error}")
             continue
-        if record.step > total_steps:
-            raise ValidationError(
-                "total steps",
-                f"run {run_id!r} is to end at step {total_steps}, but its checkpoint "
-                f"{record.state.key!r} is already at step {record.step}; a run cannot resume "
-                "below its checkpoint (give the saved max_steps, or more)",
-            )
-        ctx.log.info("run.resumed", step=record.step, key=record.state.key)
-        on_schedule = eval_every > 0 and record.step % eval_every == 0
-        return {
-            "start_step": record.step,
-            "checkpoints": tuple(index[: i + 1]),
-            "evaluated_at": -1 if on_schedule or record.step == total_steps else record.step,
-        }
+        return i
     raise CorruptCheckpointError(
         f"run {run_id!r}: none of its {len(index)} checkpoints is usable ({'; '.join(problems)})"
     )
+
+
+# The settings a checkpoint's weights depend on: an evaluation must start its session alike.
+WEIGHT_SHAPING = ("base_model", "lora_rank", "lora_alpha")
+
+
+@stage(
+    reads=("session", "from_run", "output", "base_model", "lora_rank", "lora_alpha"),
+    writes=("sampler", "evaluated_step"),
+    ports=("training", "blobs"),
+)
+def load_run_weights(
+    ctx: StageContext,
+    session: TrainingSession,
+    from_run: str | None,
+    output: str,
+    base_model: str,
+    lora_rank: int,
+    lora_alpha: float,
+) -> dict[str, Any]:
+    """Evaluate run ``from_run`` (under ``output``): load its newest checkpoint that verifies
+    and export those weights for sampling. Refused, naming the setting, when the run trained
+    another base model or LoRA shape than this session has. No ``from_run``: the base model."""
+    if not from_run:
+        return {"sampler": None, "evaluated_step": 0}
+    record = read_run_record(ctx.adapters, output, from_run)
+    if record is None:
+        raise NotFoundError(f"run {from_run!r} has no record under {output!r}: nothing to evaluate")
+    given = {"base_model": base_model, "lora_rank": lora_rank, "lora_alpha": lora_alpha}
+    for field in WEIGHT_SHAPING:
+        if field in record.config and record.config[field] != given[field]:
+            raise ConfigError(
+                f"run {from_run!r} trained with {field} {record.config[field]!r}, this "
+                f"evaluation has {given[field]!r}; give the run's (--set {field}=...)"
+            )
+    index = read_index(ctx.adapters.blobs, output, from_run)
+    if not index:
+        raise NotFoundError(
+            f"run {from_run!r} has no checkpoint in {index_key(output, from_run)!r}"
+        )
+    checkpoint = index[load_newest(ctx, session, index, from_run)]
+    name = f"{from_run}-step-{checkpoint.step}"
+    sampler = ctx.wait(session.save_weights_for_sampler(name), "training.save_weights_for_sampler")
+    ctx.log.info("run.weights_loaded", run=from_run, step=checkpoint.step, key=checkpoint.state.key)
+    return {"sampler": sampler, "evaluated_step": checkpoint.step}
 
 
 @stage(reads=("run_record", "output", "resume", "start_step"), ports=("blobs", "metrics"))

@@ -62,3 +62,21 @@ def load_dataset(
         "eval_rows": held_out,
         "row_origins": {"train": train_from, "eval": eval_from},
     }
+
+
+@stage(
+    reads=("dataset", "split", "max_examples"),
+    writes=("eval_rows", "row_origins"),
+    ports=("datasets",),
+)
+def load_split(ctx: StageContext, dataset: str, split: str, max_examples: int) -> dict[str, Any]:
+    """Load one split to evaluate on: its first ``max_examples`` rows (0: all of them)."""
+    store = ctx.adapters.datasets
+    handle = store.get_split(store.load(dataset), split)
+    if max_examples:
+        handle = store.take(handle, max_examples)
+    rows, origins = _conversations(ctx, handle, f"{dataset}[{split}]")
+    if not rows:
+        raise ValidationError("dataset", f"{dataset!r} split {split!r} has no rows")
+    ctx.log.info("dataset.loaded", dataset=dataset, split=split, rows=len(rows))
+    return {"eval_rows": rows, "row_origins": {"eval": origins}}

@@ -1,13 +1,14 @@
-"""Evaluation stage: held-out NLL through ``forward`` (no gradient)."""
+"""Evaluation stage: held-out NLL and bits per byte through ``forward`` (no gradient)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from galley.core.engine import FunctionStage, StageContext
+from galley.core.engine import FunctionStage, StageContext, stage
 from galley.core.records import EVAL
 from galley.core.stages.train import Pipeline, collect
 from galley.core.types import Datum, DatumBatch
@@ -19,7 +20,9 @@ if TYPE_CHECKING:
 def heldout_nll(
     ctx: StageContext, session: TrainingSession, data: Sequence[Datum], batch_size: int
 ) -> dict[str, float]:
-    """Mean NLL per trained token over ``data`` (all batches submitted before any wait)."""
+    """Mean NLL per trained token over ``data`` (all batches submitted before any wait), and
+    bits per byte of the trained text: the same loss in bits over the text's UTF-8 bytes,
+    which compares models whose tokenizers differ."""
     futures = [
         session.forward(list(data[i : i + batch_size]), "cross_entropy")
         for i in range(0, len(data), batch_size)
@@ -27,7 +30,23 @@ def heldout_nll(
     loss = sum(ctx.wait(f, "training.forward").metrics["loss:sum"] for f in futures)
     # Trained tokens: every weight (1 per token for a datum without weights), in one sum.
     weight = float(DatumBatch.of(data).column("weights", fill=1.0).sum(dtype=np.float64))
-    return {"eval/nll": loss / weight, "eval/tokens": weight}
+    size = trained_bytes(session, data)
+    return {
+        "eval/nll": loss / weight,
+        "eval/bits_per_byte": loss / math.log(2) / size if size else math.nan,
+        "eval/tokens": weight,
+    }
+
+
+def trained_bytes(session: TrainingSession, data: Sequence[Datum]) -> int:
+    """UTF-8 bytes of the text the loss is taken on (the targets with a weight)."""
+    total = 0
+    for datum in data:
+        targets = datum.loss_fn_inputs["target_tokens"].data
+        weights = datum.loss_fn_inputs.get("weights")
+        kept = targets if weights is None else targets[np.asarray(weights.data) > 0]
+        total += len(session.tokenizer.decode([int(t) for t in kept]).encode())
+    return total
 
 
 def evaluate_stage(name: str, at: str) -> FunctionStage:
@@ -58,3 +77,22 @@ def evaluate_stage(name: str, at: str) -> FunctionStage:
         ports=("training", "metrics"),
         doc=f"Held-out NLL after `{at}` steps.",
     )
+
+
+@stage(
+    reads=("session", "eval_data", "eval_batch_size", "evaluated_step"),
+    writes=("measured",),
+    ports=("training", "metrics"),
+)
+def measure_heldout(
+    ctx: StageContext,
+    session: TrainingSession,
+    eval_data: Sequence[Datum],
+    eval_batch_size: int,
+    evaluated_step: int,
+) -> dict[str, Any]:
+    """Held-out NLL and bits per byte of the session's weights, recorded at the step they
+    were trained to (0 for a base model)."""
+    measured = heldout_nll(ctx, session, eval_data, eval_batch_size)
+    ctx.record_metrics(EVAL, evaluated_step, measured)
+    return {"measured": measured}

@@ -87,3 +87,38 @@ def render_dataset(
         "chat_renderer": chat,
         "skipped_examples": skipped,
     }
+
+
+@stage(
+    reads=(
+        "session",
+        "eval_rows",
+        "row_origins",
+        "renderer",
+        "train_on",
+        "max_length",
+        "truncation",
+    ),
+    writes=("eval_data", "chat_renderer", "skipped_examples"),
+)
+def render_split(
+    ctx: StageContext,
+    session: TrainingSession,
+    eval_rows: Sequence[Conversation],
+    row_origins: Mapping[str, Sequence[tuple[str, int]]],
+    renderer: str,
+    train_on: str,
+    max_length: int,
+    truncation: str,
+) -> dict[str, Any]:
+    """Tokenize the rows to evaluate on, as ``render_dataset`` does its held-out rows."""
+    chat = make_renderer(renderer, session.tokenizer)
+    fit = (TrainOn(train_on), max_length, truncation)
+    data, skips = _render_all(ctx, chat, eval_rows, *fit, row_origins["eval"])
+    if not data:
+        raise ValidationError(
+            "max_length", f"none of the {len(eval_rows)} rows fits in max_length {max_length}"
+        )
+    if skips:
+        ctx.log.warning("examples.skipped", max_length=max_length, eval=skips)
+    return {"eval_data": data, "chat_renderer": chat, "skipped_examples": {"eval": skips}}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -12,6 +12,7 @@ from galley.core.engine import StageContext, stage
 from galley.core.errors import ValidationError
 from galley.core.records import EVAL
 from galley.core.rendering import Renderer
+from galley.core.scorers import Scorer, resolve_scorer
 from galley.core.types import CheckpointRef, ModelRef, SamplingParams
 
 if TYPE_CHECKING:
@@ -34,10 +35,6 @@ def split_last_answer(conversation: Conversation) -> tuple[Conversation, str] | 
     return Conversation(conversation.messages[:i]), conversation.messages[i].content
 
 
-def exact_match(answer: str, reference: str) -> bool:
-    return answer.strip() == reference.strip()
-
-
 @stage(reads=("session", "num_samples", "sample_max_tokens"), ports=("training",))
 def check_sampling(
     ctx: StageContext, session: TrainingSession, num_samples: int, sample_max_tokens: int
@@ -51,6 +48,43 @@ def check_sampling(
             f"of {context} tokens; give fewer (or num_samples=0)",
         )
     return {}
+
+
+def held_out_prompts(
+    eval_rows: Sequence[Conversation], limit: int
+) -> list[tuple[Conversation, str]]:
+    """Up to ``limit`` held-out conversations cut before their last answer, with the answer."""
+    return [p for p in (split_last_answer(c) for c in eval_rows) if p is not None][:limit]
+
+
+def greedy_answers(
+    ctx: StageContext,
+    pairs: Sequence[tuple[Conversation, str]],
+    chat_renderer: Renderer,
+    max_tokens: int,
+    model: ModelRef,
+) -> list[str]:
+    """The model's greedy answer to each prompt, stripped."""
+    prompts = [chat_renderer.generation_prompt(conv) for conv, _ in pairs]
+    params = SamplingParams(
+        max_tokens=max_tokens, temperature=0.0, stop=chat_renderer.stop_sequences
+    )
+    return [
+        c.text.strip() for c in ctx.adapters.completer.complete_batch(prompts, params, model=model)
+    ]
+
+
+def example_of(conversation: Conversation, reference: str) -> dict[str, Any]:
+    """What a scorer is given: the conversation up to the answer, and the reference answer."""
+    messages = [{"role": m.role, "content": m.content} for m in conversation.messages]
+    return {"messages": messages, "reference": reference}
+
+
+def mean_score(
+    scorer: Scorer, pairs: Sequence[tuple[Conversation, str]], answers: Sequence[str]
+) -> float:
+    scores = [scorer(example_of(c, ref), a) for (c, ref), a in zip(pairs, answers, strict=True)]
+    return sum(scores) / len(scores)
 
 
 @stage(
@@ -77,27 +111,81 @@ def sample_answers(
     total_steps: int,
 ) -> dict[str, Any]:
     """Greedy answers of the base and the tuned model to held-out prompts; exact-match scores."""
-    pairs = [p for p in (split_last_answer(c) for c in eval_rows) if p is not None][:num_samples]
+    pairs = held_out_prompts(eval_rows, num_samples)
     if not pairs:
         return {"samples": ()}
-    prompts = [chat_renderer.generation_prompt(conv) for conv, _ in pairs]
-    params = SamplingParams(
-        max_tokens=sample_max_tokens, temperature=0.0, stop=chat_renderer.stop_sequences
+    base = greedy_answers(ctx, pairs, chat_renderer, sample_max_tokens, ModelRef(base_model))
+    tuned = greedy_answers(
+        ctx, pairs, chat_renderer, sample_max_tokens, ModelRef(base_model, sampler)
     )
-    completer = ctx.adapters.completer
-    base = completer.complete_batch(prompts, params, model=ModelRef(base_model))
-    tuned = completer.complete_batch(prompts, params, model=ModelRef(base_model, sampler))
     samples = tuple(
-        SampleComparison(conv.messages[-1].content, ref, b.text.strip(), t.text.strip())
+        SampleComparison(conv.messages[-1].content, ref, b, t)
         for (conv, ref), b, t in zip(pairs, base, tuned, strict=True)
     )
-    n = len(samples)
+    exact = resolve_scorer("exact_match")
     ctx.record_metrics(
         EVAL,
         total_steps,
         {
-            "eval/exact_match_base": sum(exact_match(s.base, s.reference) for s in samples) / n,
-            "eval/exact_match": sum(exact_match(s.tuned, s.reference) for s in samples) / n,
+            "eval/exact_match_base": mean_score(exact, pairs, base),
+            "eval/exact_match": mean_score(exact, pairs, tuned),
         },
     )
     return {"samples": samples}
+
+
+@attrs.frozen
+class ScoredAnswer:
+    prompt: str
+    reference: str
+    answer: str
+    scores: Mapping[str, float]
+
+
+@stage(
+    reads=(
+        "eval_rows",
+        "chat_renderer",
+        "base_model",
+        "sampler",
+        "num_samples",
+        "sample_max_tokens",
+        "scorers",
+        "evaluated_step",
+    ),
+    writes=("answers",),
+    ports=("completer", "metrics"),
+)
+def answer_and_score(
+    ctx: StageContext,
+    eval_rows: Sequence[Conversation],
+    chat_renderer: Renderer,
+    base_model: str,
+    sampler: CheckpointRef | None,
+    num_samples: int,
+    sample_max_tokens: int,
+    scorers: Sequence[str],
+    evaluated_step: int,
+) -> dict[str, Any]:
+    """Greedy answers of the model (the base, or with ``sampler`` weights) to held-out
+    prompts, each scored by every scorer; the mean of each is recorded as ``eval/<name>``."""
+    pairs = held_out_prompts(eval_rows, num_samples)
+    if not pairs:
+        return {"answers": ()}
+    resolved = [resolve_scorer(spec) for spec in scorers]
+    model = ModelRef(base_model, sampler)
+    answers = greedy_answers(ctx, pairs, chat_renderer, sample_max_tokens, model)
+    scored = tuple(
+        ScoredAnswer(
+            conv.messages[-1].content,
+            ref,
+            answer,
+            {s.name: s(example_of(conv, ref), answer) for s in resolved},
+        )
+        for (conv, ref), answer in zip(pairs, answers, strict=True)
+    )
+    means = {
+        f"eval/{s.name}": sum(a.scores[s.name] for a in scored) / len(scored) for s in resolved
+    }
+    ctx.record_metrics(EVAL, evaluated_step, means)
+    return {"answers": scored}

@@ -1,0 +1,152 @@
+"""Evaluation: how well a model does on a dataset split, as `galley run eval`.
+
+The model is a base model, or the newest good checkpoint of a run (``from_run``). It is
+measured on the split's rows by the evaluators SFT uses: held-out NLL and bits per byte
+through the training client's ``forward``, and greedy answers scored by ``scorers``. With no
+options it evaluates the embedded model on the embedded dataset's test split.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import attrs
+
+from galley.core.adapter_set import Adapters
+from galley.core.chat import TrainOn
+from galley.core.checks import int_at_least, non_empty, one_of, safe_name
+from galley.core.engine import Observer, RetryPolicy, Workflow
+from galley.core.engine.run import run_workflow
+from galley.core.keys import check_prefix
+from galley.core.records import EVAL
+from galley.core.rendering import RENDERERS, Truncation
+from galley.core.scorers import resolve_scorer
+from galley.core.stages import (
+    ScoredAnswer,
+    answer_and_score,
+    load_run_weights,
+    load_split,
+    measure_heldout,
+    render_split,
+    save_run_record,
+    start_session,
+)
+from galley.core.summary import Summary, SummaryTable, number
+
+SHOWN_ANSWERS = 4
+
+
+def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    check_prefix(value, "EvalConfig.output")
+
+
+def _scorers(instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
+    for spec in value:
+        resolve_scorer(spec)  # a scorer that cannot be found is refused before any work
+
+
+@attrs.frozen
+class EvalConfig:
+    """What to evaluate, on what, and how answers are scored; every field has a default."""
+
+    base_model: str = attrs.field(default="galley/tiny-lm", validator=non_empty)
+    # A run (under `output`) whose newest good checkpoint is evaluated; None: the base model.
+    from_run: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
+    # The LoRA shape of the run's checkpoints (a run trained otherwise is refused, named).
+    lora_rank: int = attrs.field(default=16, validator=int_at_least(0))
+    lora_alpha: float = attrs.field(default=32.0)
+    dataset: str = attrs.field(default="galley/tiny-instruct", validator=non_empty)
+    split: str = attrs.field(default="test", validator=non_empty)
+    max_examples: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = all rows
+    max_length: int = attrs.field(default=256, validator=int_at_least(2))
+    truncation: str = attrs.field(
+        default=Truncation.KEEP_END.value, validator=one_of([t.value for t in Truncation])
+    )
+    train_on: str = attrs.field(
+        default=TrainOn.LAST_ASSISTANT_MESSAGE.value, validator=one_of([t.value for t in TrainOn])
+    )
+    renderer: str = attrs.field(default="role_colon", validator=one_of(list(RENDERERS)))
+    eval_batch_size: int = attrs.field(default=16, validator=int_at_least(1))
+    num_samples: int = attrs.field(default=16, validator=int_at_least(0))  # prompts answered
+    sample_max_tokens: int = attrs.field(default=48, validator=int_at_least(1))
+    # exact_match, contains, regex:<pattern>, or module:function (see galley.core.scorers)
+    scorers: tuple[str, ...] = attrs.field(
+        default=("exact_match",), converter=tuple, validator=_scorers
+    )
+    seed: int = attrs.field(default=0, validator=int_at_least(0))
+    output: str = attrs.field(default="runs", validator=_prefix)
+    run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
+    resume: bool = False  # an evaluation has nothing to resume: it runs again
+    call_timeout_s: float = 0.0
+
+    CONFIG_VERSION: ClassVar[int] = 1
+    CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
+
+    def trajectory_fields(self) -> frozenset[str]:
+        return frozenset()  # nothing is trained
+
+
+@attrs.frozen
+class EvalResult:
+    run_id: str
+    model: str  # what was evaluated: the base model, or "<run> at step N"
+    metrics: Mapping[str, float]  # eval/nll, eval/bits_per_byte, eval/<scorer>, ...
+    answers: tuple[ScoredAnswer, ...]
+
+
+def build_workflow(config: EvalConfig) -> Workflow:
+    return Workflow(
+        "eval",
+        [
+            load_split,
+            start_session,
+            load_run_weights,
+            render_split,
+            save_run_record,
+            measure_heldout,
+            answer_and_score,
+        ],
+        description="Evaluate a base model or a run's checkpoint on a dataset split.",
+    )
+
+
+def run(
+    config: EvalConfig,
+    adapters: Adapters,
+    *,
+    observers: Sequence[Observer] = (),
+    retry: RetryPolicy | None = None,
+    accept_changes: bool = False,
+) -> EvalResult:
+    done = run_workflow(
+        "eval",
+        build_workflow,
+        config,
+        adapters,
+        observers=observers,
+        retry=retry,
+        accept_changes=accept_changes,
+    )
+    state = done.state
+    step = state["evaluated_step"]
+    model = f"{config.from_run} at step {step}" if config.from_run else config.base_model
+    metrics = {k: v for row in done.stream(EVAL) for k, v in row.items() if k != "step"}
+    return EvalResult(done.run_id, model, metrics, tuple(state.get("answers", ())))
+
+
+def summarize(result: EvalResult) -> Summary:
+    rows = tuple(
+        (name, f"{value:,.0f}" if name.endswith("tokens") else number(value))
+        for name, value in result.metrics.items()
+    )
+    tables = [SummaryTable(f"eval {result.run_id}: {result.model}", ("metric", "value"), rows)]
+    if result.answers:
+        scorers = list(result.answers[0].scores)
+        answers = tuple(
+            (a.prompt, a.reference, a.answer, *(number(a.scores[s]) for s in scorers))
+            for a in result.answers[:SHOWN_ANSWERS]
+        )
+        columns = ("prompt", "expected", "answer", *scorers)
+        tables.append(SummaryTable("answers", columns, answers, lines=True))
+    return Summary(tuple(tables))
