@@ -20,12 +20,12 @@ from galley.core.engine import (
 )
 
 
-@stage(reads=("x",), writes=("y",))
+@stage(writes=("y",))
 def double(ctx: StageContext, x: int) -> dict[str, Any]:
     return {"y": 2 * x}
 
 
-@stage(reads=("y",), writes=("z",))
+@stage(writes=("z",))
 def inc(ctx: StageContext, y: int) -> dict[str, Any]:
     return {"z": y + 1}
 
@@ -74,7 +74,7 @@ def test_loop_and_conditional_writes_are_not_guaranteed_afterwards() -> None:
 
 
 def test_a_stage_must_write_exactly_what_it_declares(adapters: Adapters) -> None:
-    @stage(reads=("x",), writes=("y",))
+    @stage(writes=("y",))
     def sloppy(ctx: StageContext, x: int) -> dict[str, Any]:
         return {"y": 1, "extra": 2}
 
@@ -85,12 +85,12 @@ def test_a_stage_must_write_exactly_what_it_declares(adapters: Adapters) -> None
 def test_loops_count_from_start_and_every_fires_on_multiples(adapters: Adapters) -> None:
     seen: list[tuple[str, int]] = []
 
-    @stage(reads=("step",), writes=())
+    @stage(writes=())
     def body(ctx: StageContext, step: int) -> dict[str, Any]:
         seen.append(("body", step))
         return {}
 
-    @stage(reads=("step",), writes=())
+    @stage(writes=())
     def every3(ctx: StageContext, step: int) -> dict[str, Any]:
         seen.append(("every3", step))
         return {}
@@ -111,7 +111,7 @@ def test_loops_count_from_start_and_every_fires_on_multiples(adapters: Adapters)
 def test_transient_errors_are_retried_with_backoff(adapters: Adapters) -> None:
     calls = []
 
-    @stage(reads=("x",), writes=("y",))
+    @stage(writes=("y",))
     def flaky(ctx: StageContext, x: int) -> dict[str, Any]:
         calls.append(x)
         if len(calls) < 3:
@@ -126,7 +126,7 @@ def test_transient_errors_are_retried_with_backoff(adapters: Adapters) -> None:
 
 
 def test_retries_are_bounded_and_then_stop_cleanly(adapters: Adapters) -> None:
-    @stage(reads=("y",), writes=("z",))
+    @stage(writes=("z",))
     def always_down(ctx: StageContext, y: int) -> dict[str, Any]:
         raise TransientError("still down")
 
@@ -141,7 +141,7 @@ def test_retries_are_bounded_and_then_stop_cleanly(adapters: Adapters) -> None:
 def test_other_errors_stop_at_once_naming_stage_and_step(adapters: Adapters) -> None:
     calls = []
 
-    @stage(reads=("step",), writes=())
+    @stage(writes=())
     def broken(ctx: StageContext, step: int) -> dict[str, Any]:
         calls.append(step)
         if step == 2:
@@ -155,7 +155,7 @@ def test_other_errors_stop_at_once_naming_stage_and_step(adapters: Adapters) -> 
 
 
 def test_events_and_metrics(adapters: Adapters) -> None:
-    @stage(reads=("step",), writes=())
+    @stage(writes=())
     def measure(ctx: StageContext, step: int) -> dict[str, Any]:
         ctx.record_metrics("train", step, {"loss": 1.0 / step})
         return {}
@@ -177,7 +177,7 @@ def test_events_and_metrics(adapters: Adapters) -> None:
 def test_metrics_of_a_failed_attempt_are_not_recorded(adapters: Adapters) -> None:
     attempts = []
 
-    @stage(reads=("x",), writes=())
+    @stage(writes=())
     def measure_then_fail_once(ctx: StageContext, x: int) -> dict[str, Any]:
         ctx.record_metrics("train", 1, {"loss": 2.0})
         attempts.append(1)
@@ -188,3 +188,28 @@ def test_metrics_of_a_failed_attempt_are_not_recorded(adapters: Adapters) -> Non
     run(Workflow("w", [measure_then_fail_once]), adapters, {"x": 0})
     assert len(attempts) == 2
     assert [(r.step, dict(r.metrics)) for r in adapters.metrics.read("r")] == [(1, {"loss": 2.0})]
+
+
+def test_a_stage_reads_what_its_parameters_name_declared_once() -> None:
+    @stage(writes=("y",))
+    def plain(ctx: StageContext, x: int, *, scale: int) -> dict[str, Any]:
+        return {"y": x * scale}
+
+    assert plain.reads == {"x", "scale"}
+    with pytest.raises(TypeError, match="drop reads="):
+
+        @stage(reads=("x",), writes=("y",))
+        def twice(ctx: StageContext, x: int) -> dict[str, Any]:
+            return {"y": x}
+
+    with pytest.raises(TypeError, match="declare what it reads"):
+
+        @stage(writes=("y",))
+        def undeclared(ctx: StageContext, **inputs: int) -> dict[str, Any]:
+            return {"y": 0}
+
+    @stage(reads=("step",), writes=("y",))
+    def keyed(ctx: StageContext, x: int, **position: int) -> dict[str, Any]:
+        return {"y": x + position["step"]}
+
+    assert keyed.reads == {"x", "step"}

@@ -42,7 +42,7 @@ class NllConfig:
         return frozenset()
 
 
-@stage(reads=("session", "eval_data"), writes=("nll",), ports=("training", "metrics"))
+@stage(writes=("nll",), ports=("training", "metrics"))
 def measure(ctx: StageContext, session: Any, eval_data: Any) -> dict[str, Any]:
     nll = heldout_nll(ctx, session, eval_data, batch_size=16)
     ctx.record_metrics(EVAL, 0, nll)

@@ -3,7 +3,16 @@
 from galley.core.engine.dataflow import check_data_flow
 from galley.core.engine.retry import NO_RETRY, RetryPolicy, call_with_retry
 from galley.core.engine.runner import Observer, Runner, StageContext, Stream
-from galley.core.engine.stage import Every, FunctionStage, Loop, Stage, Step, Workflow, stage
+from galley.core.engine.stage import (
+    Every,
+    FunctionStage,
+    Loop,
+    Stage,
+    Step,
+    Workflow,
+    reads_of,
+    stage,
+)
 
 __all__ = [
     "NO_RETRY",
@@ -20,5 +29,6 @@ __all__ = [
     "Workflow",
     "call_with_retry",
     "check_data_flow",
+    "reads_of",
     "stage",
 ]

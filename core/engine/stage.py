@@ -1,12 +1,14 @@
 """Stages, loops and workflows: the shape of a run, declared before it runs.
 
-A stage names the state keys it reads and writes (and the ports it uses). It receives exactly
-the keys it reads, as keyword arguments, and returns a dict of exactly the keys it writes, so
-every data dependency is visible in the declaration and checked before anything runs.
+A stage names the state keys it reads (its parameters) and writes (and the ports it uses). It
+receives exactly the keys it reads, as keyword arguments, and returns a dict of exactly the
+keys it writes, so every data dependency is visible in the declaration and checked before
+anything runs.
 """
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -58,15 +60,35 @@ class FunctionStage:
 
 
 def stage(
-    *, reads: Iterable[str] = (), writes: Iterable[str] = (), ports: Iterable[str] = ()
+    *, writes: Iterable[str] = (), ports: Iterable[str] = (), reads: Iterable[str] | None = None
 ) -> Callable[[StageFn], FunctionStage]:
-    """Decorator: ``@stage(reads=("session",), writes=("pending",), ports=("training",))``."""
+    """Decorator: ``@stage(writes=("pipeline",), ports=("training",))`` on
+    ``fn(ctx, session, pipeline)``. What a stage reads is declared once, by its parameters
+    after ``ctx``; ``reads`` is for a function that takes ``**kwargs`` and only for it."""
 
     def wrap(fn: StageFn) -> FunctionStage:
         doc = (fn.__doc__ or "").strip().split("\n")[0]
-        return FunctionStage(fn.__name__, fn, reads, writes, ports, doc)
+        return FunctionStage(fn.__name__, fn, reads_of(fn, reads), writes, ports, doc)
 
     return wrap
+
+
+def reads_of(fn: StageFn, declared: Iterable[str] | None = None) -> frozenset[str]:
+    """The state keys ``fn(ctx, ...)`` reads: its parameters after ``ctx``, and, for one
+    that takes ``**kwargs``, the keys ``declared`` for them."""
+    params = list(inspect.signature(fn).parameters.values())[1:]  # after ctx
+    named = frozenset(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+    takes_more = any(p.kind == p.VAR_KEYWORD for p in params)
+    if declared is None:
+        if takes_more:
+            raise TypeError(f"stage {fn.__name__!r} takes **kwargs: declare what it reads")
+        return named
+    if not takes_more:
+        raise TypeError(
+            f"stage {fn.__name__!r}: its parameters say what it reads; drop reads= "
+            "(it is for a function that takes **kwargs)"
+        )
+    return named | frozenset(declared)
 
 
 @attrs.frozen

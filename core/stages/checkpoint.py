@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from galley.core.batching import BatchPlan
-from galley.core.engine import FunctionStage, StageContext, stage
+from galley.core.engine import FunctionStage, StageContext, reads_of, stage
 from galley.core.errors import ConfigError, GalleyError, NotFoundError, ValidationError
 from galley.core.keys import join_key
 from galley.core.manifest import MANIFEST_NAME, CheckpointMismatchError, CorruptCheckpointError
@@ -105,7 +105,7 @@ def checkpoint_stage(name: str, at: str) -> FunctionStage:
     return FunctionStage(
         name,
         run,
-        reads=("session", "batch_plan", "output", "run_id", "checkpoints", "keep_checkpoints", at),
+        reads=reads_of(run, (at,)),
         writes=("checkpoints",),
         ports=("training", "blobs"),
         doc=f"Save training state after `{at}` steps and add it to the checkpoint index.",
@@ -123,7 +123,6 @@ def check_entry(record: CheckpointRecord, run_id: str) -> None:
 
 
 @stage(
-    reads=("session", "output", "run_id", "resume", "eval_every", "total_steps"),
     writes=("start_step", "checkpoints", "evaluated_at"),
     ports=("training", "blobs"),
 )
@@ -193,7 +192,6 @@ WEIGHT_SHAPING = ("base_model", "lora_rank", "lora_alpha")
 
 
 @stage(
-    reads=("session", "from_run", "output", "base_model", "lora_rank", "lora_alpha"),
     writes=("sampler", "evaluated_step"),
     ports=("training", "blobs"),
 )
@@ -233,7 +231,7 @@ def load_run_weights(
     return {"sampler": sampler, "evaluated_step": checkpoint.step}
 
 
-@stage(reads=("run_record", "output", "resume", "start_step"), ports=("blobs", "metrics"))
+@stage(ports=("blobs", "metrics"))
 def save_run_record(
     ctx: StageContext, run_record: RunRecord, output: str, resume: bool, start_step: int
 ) -> dict[str, Any]:
@@ -246,7 +244,7 @@ def save_run_record(
     return {}
 
 
-@stage(reads=("session", "total_steps"), writes=("sampler",), ports=("training",))
+@stage(writes=("sampler",), ports=("training",))
 def export_sampler(ctx: StageContext, session: TrainingSession, total_steps: int) -> dict[str, Any]:
     """Export the final weights for sampling (the LoRA adapter, for LoRA sessions)."""
     ref = ctx.wait(session.save_weights_for_sampler("final"), "training.save_weights_for_sampler")

@@ -23,7 +23,6 @@ def _conversations(
 
 
 @stage(
-    reads=("dataset", "train_split", "eval_split", "eval_holdout", "seed"),
     writes=("train_rows", "eval_rows", "row_origins"),
     ports=("datasets",),
 )
@@ -65,7 +64,6 @@ def load_dataset(
 
 
 @stage(
-    reads=("dataset", "split", "max_examples"),
     writes=("eval_rows", "row_origins"),
     ports=("datasets",),
 )

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from galley.core.engine import FunctionStage, StageContext, stage
+from galley.core.engine import FunctionStage, StageContext, reads_of, stage
 from galley.core.records import EVAL
 from galley.core.stages.train import Pipeline, collect
 from galley.core.types import Datum, DatumBatch
@@ -72,7 +72,7 @@ def evaluate_stage(name: str, at: str) -> FunctionStage:
     return FunctionStage(
         name,
         run,
-        reads=("session", "eval_data", "eval_batch_size", "pipeline", "evaluated_at", at),
+        reads=reads_of(run, (at,)),
         writes=("pipeline", "evaluated_at"),
         ports=("training", "metrics"),
         doc=f"Held-out NLL after `{at}` steps.",
@@ -80,7 +80,6 @@ def evaluate_stage(name: str, at: str) -> FunctionStage:
 
 
 @stage(
-    reads=("session", "eval_data", "eval_batch_size", "evaluated_step"),
     writes=("measured",),
     ports=("training", "metrics"),
 )

@@ -41,16 +41,6 @@ def _render_all(
 
 
 @stage(
-    reads=(
-        "session",
-        "train_rows",
-        "eval_rows",
-        "row_origins",
-        "renderer",
-        "train_on",
-        "max_length",
-        "truncation",
-    ),
     writes=("train_data", "eval_data", "chat_renderer", "skipped_examples"),
 )
 def render_dataset(
@@ -90,15 +80,6 @@ def render_dataset(
 
 
 @stage(
-    reads=(
-        "session",
-        "eval_rows",
-        "row_origins",
-        "renderer",
-        "train_on",
-        "max_length",
-        "truncation",
-    ),
     writes=("eval_data", "chat_renderer", "skipped_examples"),
 )
 def render_split(

@@ -35,7 +35,7 @@ def split_last_answer(conversation: Conversation) -> tuple[Conversation, str] | 
     return Conversation(conversation.messages[:i]), conversation.messages[i].content
 
 
-@stage(reads=("session", "num_samples", "sample_max_tokens"), ports=("training",))
+@stage(ports=("training",))
 def check_sampling(
     ctx: StageContext, session: TrainingSession, num_samples: int, sample_max_tokens: int
 ) -> dict[str, Any]:
@@ -88,15 +88,6 @@ def mean_score(
 
 
 @stage(
-    reads=(
-        "eval_rows",
-        "chat_renderer",
-        "base_model",
-        "sampler",
-        "num_samples",
-        "sample_max_tokens",
-        "total_steps",
-    ),
     writes=("samples",),
     ports=("completer", "metrics"),
 )
@@ -143,16 +134,6 @@ class ScoredAnswer:
 
 
 @stage(
-    reads=(
-        "eval_rows",
-        "chat_renderer",
-        "base_model",
-        "sampler",
-        "num_samples",
-        "sample_max_tokens",
-        "scorers",
-        "evaluated_step",
-    ),
     writes=("answers",),
     ports=("completer", "metrics"),
 )

@@ -10,7 +10,6 @@ from galley.core.types import LoraConfig, SessionConfig
 
 
 @stage(
-    reads=("base_model", "lora_rank", "lora_alpha", "seed", "output", "run_id"),
     writes=("session",),
     ports=("training",),
 )

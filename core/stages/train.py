@@ -96,18 +96,6 @@ def normalised_batch(data: Sequence[Datum]) -> DatumBatch:
 
 
 @stage(
-    reads=(
-        "train_data",
-        "batch_size",
-        "seed",
-        "num_epochs",
-        "max_steps",
-        "learning_rate",
-        "lr_schedule",
-        "on_nonfinite",
-        "warmup_steps",
-        "min_lr_ratio",
-    ),
     writes=("batch_plan", "total_steps", "schedule", "pipeline"),
 )
 def plan_training(
@@ -137,7 +125,6 @@ def plan_training(
 
 
 @stage(
-    reads=("session", "train_data", "batch_plan", "step", "pipeline"),
     writes=("pipeline",),
     ports=("training",),
 )
@@ -160,7 +147,6 @@ def forward_backward(
 
 
 @stage(
-    reads=("session", "schedule", "step", "pipeline", "weight_decay", "grad_clip_norm"),
     writes=("pipeline",),
     ports=("training",),
 )
@@ -230,13 +216,13 @@ def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipel
     return pipeline.with_in_flight(tuple(pending), last)
 
 
-@stage(reads=("pipeline", "submit_ahead"), writes=("pipeline",), ports=("training", "metrics"))
+@stage(writes=("pipeline",), ports=("training", "metrics"))
 def collect_results(ctx: StageContext, pipeline: Pipeline, submit_ahead: int) -> dict[str, Any]:
     """Collect finished steps, leaving ``submit_ahead`` steps queued on the session."""
     return {"pipeline": collect(ctx, pipeline, submit_ahead)}
 
 
-@stage(reads=("pipeline",), writes=("pipeline",), ports=("training", "metrics"))
+@stage(writes=("pipeline",), ports=("training", "metrics"))
 def drain(ctx: StageContext, pipeline: Pipeline) -> dict[str, Any]:
     """Collect every step still in flight."""
     return {"pipeline": collect(ctx, pipeline, 0)}
