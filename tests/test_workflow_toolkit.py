@@ -95,3 +95,28 @@ def test_rows_across_resumes_keep_one_row_per_step() -> None:
         {"step": 3.0, "loss": 1.4},
     ]
     assert rows[EVAL] == [{"step": 2.0, "eval/nll": 8.0}]
+
+
+def test_the_train_stage_takes_its_loss_as_a_parameter() -> None:
+    """A loss the data cannot feed reaches the session: PPO needs advantages SFT data lacks."""
+    from galley.core.engine import Loop
+    from galley.core.errors import WorkflowError
+    from galley.core.stages import plan_training
+    from galley.core.stages.train import forward_backward_stage
+    from galley.workflows.sft import SFTConfig
+
+    ppo = forward_backward_stage("ppo", {"clip_low_threshold": 0.8}, prepare=list)
+    assert "ppo" in ppo.doc and ppo.reads == {
+        "session",
+        "train_data",
+        "batch_plan",
+        "step",
+        "pipeline",
+    }
+
+    def build(config: Any) -> Workflow:
+        steps = [load_dataset, start_session, render_dataset, plan_training]
+        return Workflow("ppo-ish", [*steps, Loop("train", [ppo])])
+
+    with pytest.raises(WorkflowError, match="advantages"):
+        run_workflow("ppo-ish", build, SFTConfig(max_steps=1, run_id="p"), noop_adapters())

@@ -224,9 +224,11 @@ def build_workflow(config: SFTConfig) -> Workflow:
                     forward_backward,
                     optim_step,
                     collect_results,
+                    # Collect (and so record) every step in flight before an eval row, and
+                    # before the checkpoint's index entry exists: a resumed run then has all
+                    # metrics up to it.
+                    Every(drain, config.eval_every),
                     Every(evaluate_stage("evaluate", at="step"), config.eval_every),
-                    # Collect (and so record) every step in flight before the checkpoint's
-                    # index entry exists: a resumed run then has all metrics up to it.
                     Every(drain, config.checkpoint_every),
                     Every(checkpoint_stage("checkpoint", at="step"), config.checkpoint_every),
                 ],

@@ -10,7 +10,6 @@ import numpy as np
 
 from galley.core.engine import FunctionStage, StageContext, reads_of, stage
 from galley.core.records import EVAL
-from galley.core.stages.train import Pipeline, collect
 from galley.core.types import Datum, DatumBatch
 
 if TYPE_CHECKING:
@@ -51,29 +50,28 @@ def trained_bytes(session: TrainingSession, data: Sequence[Datum]) -> int:
 
 def evaluate_stage(name: str, at: str) -> FunctionStage:
     """A stage evaluating after ``state[at]`` optimizer steps (once per step: it skips a step
-    already evaluated). It first collects the steps in flight, so the eval row follows its
-    step's metrics."""
+    already evaluated). Requests of a session run in order, so it measures the weights of
+    every step submitted before it; a training loop collects its steps in flight first
+    (``drain``) for the eval row to follow its step's metrics."""
 
     def run(
         ctx: StageContext,
         session: TrainingSession,
         eval_data: Sequence[Datum],
         eval_batch_size: int,
-        pipeline: Pipeline,
         evaluated_at: int,
         **position: int,
     ) -> dict[str, Any]:
         step = position[at]
-        pipeline = collect(ctx, pipeline, 0)
         if eval_data and step != evaluated_at:
             ctx.record_metrics(EVAL, step, heldout_nll(ctx, session, eval_data, eval_batch_size))
-        return {"pipeline": pipeline, "evaluated_at": step}
+        return {"evaluated_at": step}
 
     return FunctionStage(
         name,
         run,
         reads=reads_of(run, (at,)),
-        writes=("pipeline", "evaluated_at"),
+        writes=("evaluated_at",),
         ports=("training", "metrics"),
         doc=f"Held-out NLL after `{at}` steps.",
     )

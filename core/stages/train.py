@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
@@ -17,7 +17,7 @@ import attrs
 import numpy as np
 
 from galley.core.batching import BatchPlan, total_steps
-from galley.core.engine import StageContext, stage
+from galley.core.engine import FunctionStage, StageContext, reads_of, stage
 from galley.core.errors import NonFiniteError, ValidationError
 from galley.core.records import TRAIN
 from galley.core.schedules import LRSchedule
@@ -124,26 +124,46 @@ def plan_training(
     }
 
 
-@stage(
-    writes=("pipeline",),
-    ports=("training",),
-)
-def forward_backward(
-    ctx: StageContext,
-    session: TrainingSession,
-    train_data: Sequence[Datum],
-    batch_plan: BatchPlan,
-    step: int,
-    pipeline: Pipeline,
-) -> dict[str, Any]:
-    """Submit the gradient of step ``step``'s batch (does not wait)."""
-    indices = batch_plan.indices(step - 1).tolist()
-    batch = [train_data[i] for i in indices]
-    normalised = normalised_batch(batch)
-    future = session.forward_backward(normalised, "cross_entropy")
-    tokens = normalised.num_tokens
-    entry = InFlightStep(step, future, None, tokens, time.perf_counter(), tuple(indices))
-    return {"pipeline": pipeline.with_in_flight((*pipeline.in_flight, entry))}
+def forward_backward_stage(
+    loss_fn: str = "cross_entropy",
+    loss_fn_config: Mapping[str, float] | None = None,
+    prepare: Callable[[Sequence[Datum]], Sequence[Datum]] = normalised_batch,
+    name: str = "forward_backward",
+) -> FunctionStage:
+    """A stage submitting the gradient of step ``step``'s batch under ``loss_fn`` (with
+    ``loss_fn_config``), after ``prepare`` (SFT's: weights normalised by the batch's trained
+    tokens). It does not wait."""
+
+    def run(
+        ctx: StageContext,
+        session: TrainingSession,
+        train_data: Sequence[Datum],
+        batch_plan: BatchPlan,
+        step: int,
+        pipeline: Pipeline,
+    ) -> dict[str, Any]:
+        indices = batch_plan.indices(step - 1).tolist()
+        batch = prepare([train_data[i] for i in indices])
+        future = session.forward_backward(batch, loss_fn, loss_fn_config)
+        tokens = (
+            batch.num_tokens
+            if isinstance(batch, DatumBatch)
+            else sum(d.model_input.length for d in batch)
+        )
+        entry = InFlightStep(step, future, None, tokens, time.perf_counter(), tuple(indices))
+        return {"pipeline": pipeline.with_in_flight((*pipeline.in_flight, entry))}
+
+    return FunctionStage(
+        name,
+        run,
+        reads=reads_of(run),
+        writes=("pipeline",),
+        ports=("training",),
+        doc=f"Submit the gradient of step `step`'s batch under `{loss_fn}` (does not wait).",
+    )
+
+
+forward_backward = forward_backward_stage()  # SFT's: cross-entropy on normalised weights
 
 
 @stage(
