@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from galley.core.errors import GalleyError
+from galley.core.errors import GalleyError, NotFoundError
 from galley.core.keys import join_key
 from galley.core.serialization import from_json, to_json
+from galley.core.types import CheckpointRef
 
 if TYPE_CHECKING:
-    from galley.core.types import CheckpointRef
     from galley.ports.blobs import BlobStore
 
 MANIFEST_NAME = "manifest.json"
@@ -126,3 +126,24 @@ def check_identity(manifest: Manifest, ref: CheckpointRef) -> None:
 
 def _describe(kind: str, run_id: str, name: str, step: int) -> str:
     return f"{kind} {name!r} (step {step}) of run {run_id!r}"
+
+
+def checkpoint_at(blobs: BlobStore, key: str) -> CheckpointRef:
+    """The checkpoint stored under ``key``, as its manifest describes it (kind, run, name,
+    step, base model): how a checkpoint given by its place is asked for."""
+    manifest_key = join_key(key, MANIFEST_NAME)
+    try:
+        manifest = from_json(Manifest, blobs.read(manifest_key).decode())
+    except (GalleyError, ValueError, json.JSONDecodeError) as e:
+        raise NotFoundError(
+            f"{key!r} is not a checkpoint: its manifest {manifest_key!r} is missing or "
+            f"unreadable ({e})"
+        ) from None
+    return CheckpointRef(
+        manifest.kind,  # type: ignore[arg-type]
+        manifest.name,
+        key,
+        manifest.run_id,
+        manifest.step,
+        manifest.meta.get("base_model", ""),
+    )

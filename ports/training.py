@@ -88,6 +88,14 @@ class TrainingSession(Protocol):
         ``CorruptCheckpointError``. Either way nothing is loaded."""
         ...
 
+    def load_weights(self, ref: CheckpointRef) -> Future[None]:
+        """Start from the weights of ``ref`` alone (a state checkpoint, or sampler weights an
+        adapter can read back, such as a LoRA adapter): the optimizer state and the step
+        start anew, as Tinker's ``load_state`` does next to ``load_state_with_optimizer``.
+        Weights of another base model or LoRA shape fail the future with ``ValidationError``
+        naming both; nothing is loaded."""
+        ...
+
     def save_weights_for_sampler(self, name: str) -> Future[CheckpointRef]:
         """Export the current weights in a form a Completer loads (for LoRA, the adapter)."""
         ...

@@ -460,18 +460,21 @@ def test_saved_configs_of_an_older_shape_are_upgraded_and_newer_ones_refused() -
 
 
 def test_a_run_saved_with_the_first_config_shape_resumes(galley: Galley, tmp_path: Path) -> None:
-    """SFTConfig version 1 had ``truncate: bool``; version 2 has ``truncation``."""
+    """SFTConfig version 1 had ``truncate: bool`` (version 2: ``truncation``) and no
+    ``init_from`` (version 3 has it)."""
     assert galley("run", "sft", *P, "--set", "run_id=v1", "--set", "max_steps=4").code == 0
     path = tmp_path / "runs" / "v1" / "run.json"
     record = json.loads(path.read_text())
     record["config"]["truncate"] = True
     del record["config"]["truncation"]
+    del record["config"]["init_from"]
     path.write_text(json.dumps({**record, "config_version": 1}))
     resumed = galley("run", "sft", *P, "--resume", "v1", "--set", "max_steps=4")
     assert resumed.code == 0, resumed.text
     upgraded = json.loads(path.read_text())
-    assert upgraded["config_version"] == 2 and upgraded["history"] == []
+    assert upgraded["config_version"] == 3 and upgraded["history"] == []
     assert upgraded["config"]["truncation"] == "keep_start"  # what truncate=true did
+    assert upgraded["config"]["init_from"] is None
 
 
 # -- 5. metrics are durable before a checkpoint points past them -----------------------------

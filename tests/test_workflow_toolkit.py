@@ -120,3 +120,39 @@ def test_the_train_stage_takes_its_loss_as_a_parameter() -> None:
 
     with pytest.raises(WorkflowError, match="advantages"):
         run_workflow("ppo-ish", build, SFTConfig(max_steps=1, run_id="p"), noop_adapters())
+
+
+# -- starting from another run's weights ---------------------------------------------------
+
+
+def test_a_run_starts_from_another_runs_weights_alone() -> None:
+    from galley.workflows.sft import SFTConfig
+    from galley.workflows.sft import run as train
+
+    adapters = noop_adapters()
+    first = train(SFTConfig(max_steps=10, num_samples=0, run_id="a"), adapters)
+    tuned_nll = first.eval[-1]["eval/nll"]
+    for init_from in ("a", "runs/a/sampler/final", "runs/a/state/step-000010"):
+        run_id = f"b-{init_from.replace('/', '-')}"
+        second = train(
+            SFTConfig(max_steps=2, num_samples=0, run_id=run_id, init_from=init_from), adapters
+        )
+        assert second.eval[0]["eval/nll"] == pytest.approx(tuned_nll, rel=1e-9), init_from
+        assert second.metrics[0]["lr"] == SFTConfig().learning_rate  # its own schedule, anew
+        record = adapters.blobs.read(f"runs/{run_id}/run.json").decode()
+        assert f'"init_from": "{init_from}"' in record
+
+
+def test_starting_from_weights_of_another_shape_or_from_itself_is_refused() -> None:
+    from galley.core.errors import WorkflowError
+    from galley.workflows.sft import SFTConfig
+    from galley.workflows.sft import run as train
+
+    adapters = noop_adapters()
+    train(SFTConfig(max_steps=2, num_samples=0, run_id="r8", lora_rank=8), adapters)
+    with pytest.raises(WorkflowError, match="lora_rank 8; this session has 16"):
+        train(SFTConfig(max_steps=2, num_samples=0, run_id="r16", init_from="r8"), adapters)
+    with pytest.raises(WorkflowError, match="cannot start from itself"):
+        train(SFTConfig(max_steps=2, num_samples=0, run_id="me", init_from="me"), adapters)
+    with pytest.raises(WorkflowError, match="is not a checkpoint"):
+        train(SFTConfig(max_steps=2, num_samples=0, run_id="x", init_from="runs/none"), adapters)

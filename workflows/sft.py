@@ -42,6 +42,7 @@ from galley.core.stages import (
     evaluate_stage,
     export_sampler,
     forward_backward,
+    init_weights,
     load_dataset,
     optim_step,
     plan_training,
@@ -62,6 +63,11 @@ def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     check_prefix(value, "SFTConfig.output")
 
 
+def _no_init_from(v2: dict[str, Any]) -> dict[str, Any]:
+    """Version 2 had no ``init_from``: every run started from its base model."""
+    return {**v2, "init_from": None}
+
+
 def _truncation_from_truncate(v1: dict[str, Any]) -> dict[str, Any]:
     """Version 1 had ``truncate: bool``: true cut a long row's end, false refused it."""
     v2 = {k: v for k, v in v1.items() if k != "truncate"}
@@ -74,6 +80,11 @@ class SFTConfig:
     """Everything an SFT run needs besides its adapters; every field has a default."""
 
     base_model: str = attrs.field(default=DEFAULT_BASE_MODEL, validator=non_empty)
+    # Start from other weights than the base model's: a run id (its newest good checkpoint),
+    # or the blob key of a state checkpoint or a LoRA adapter export. Weights only.
+    init_from: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(non_empty)
+    )
     dataset: str = attrs.field(default=DEFAULT_DATASET, validator=non_empty)
     train_split: str = attrs.field(default="train", validator=non_empty)
     # When the dataset lacks it, eval_holdout train rows are held out.
@@ -129,9 +140,10 @@ class SFTConfig:
 
     # The shape of this class as saved in run records; bump it, and add an upgrade from the
     # old shape (saved mapping -> new mapping), when a field is renamed or its meaning changes.
-    CONFIG_VERSION: ClassVar[int] = 2
+    CONFIG_VERSION: ClassVar[int] = 3
     CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {
         1: _truncation_from_truncate,
+        2: _no_init_from,
     }
 
     # How a resume treats each field (a test checks every field is in exactly one set).
@@ -140,6 +152,7 @@ class SFTConfig:
     TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {
             "base_model",
+            "init_from",
             "dataset",
             "train_split",
             "eval_split",  # a dataset without it holds out train rows instead
@@ -216,6 +229,7 @@ def build_workflow(config: SFTConfig) -> Workflow:
             render_dataset,
             plan_training,
             resume_from_checkpoint,
+            init_weights,
             save_run_record,
             evaluate_stage("evaluate_base", at="start_step"),
             Loop(

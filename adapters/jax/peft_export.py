@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 from flax import nnx
+from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from galley.adapters.jax.model import CausalLM, Linear, RMSNorm
+from galley.core.errors import ValidationError
 from galley.core.types import SessionConfig
 
 
@@ -69,3 +72,44 @@ def merged_hf_tensors(model: CausalLM) -> dict[str, np.ndarray[Any, Any]]:
         if node.bias is not None:
             tensors[f"{name}.bias"] = np.asarray(node.bias[...])
     return tensors
+
+
+def load_peft_adapter(
+    model: CausalLM, files: Mapping[str, bytes], config: SessionConfig, key: str
+) -> None:
+    """Set the model's LoRA weights from a PEFT adapter (``adapter_model.safetensors`` as
+    ``peft_adapter_files`` writes it). Refused, naming both, when its rank, alpha or modules
+    are not the session's."""
+    adapter_config = json.loads(files["adapter_config.json"])
+    lora = config.lora
+    theirs = (int(adapter_config["r"]), float(adapter_config["lora_alpha"]))
+    if theirs != (lora.rank, float(lora.alpha)):
+        raise ValidationError(
+            "load_weights",
+            f"adapter {key!r} has LoRA rank {theirs[0]}, alpha {theirs[1]:g}; this session "
+            f"has rank {lora.rank}, alpha {float(lora.alpha):g}",
+        )
+    tensors = load_safetensors(files["adapter_model.safetensors"])
+    wanted = {
+        f"base_model.model.{model.cfg.family.names.module(path)}": node
+        for path, node in _modules(model)
+        if isinstance(node, Linear) and node.lora_a is not None and node.lora_b is not None
+    }
+    given = {n.removesuffix(".lora_A.weight") for n in tensors if n.endswith(".lora_A.weight")}
+    if given != set(wanted):
+        missing, extra = sorted(set(wanted) - given), sorted(given - set(wanted))
+        raise ValidationError(
+            "load_weights",
+            f"adapter {key!r} adapts other modules than this session: it lacks {missing[:3]} "
+            f"and has {extra[:3]} (train_attn/train_mlp/train_unembed differ?)",
+        )
+    for name, node in wanted.items():
+        a, b = tensors[f"{name}.lora_A.weight"].T, tensors[f"{name}.lora_B.weight"].T
+        lora_a, lora_b = node.lora_a, node.lora_b
+        assert lora_a is not None and lora_b is not None  # the modules chosen have both
+        if a.shape != lora_a[...].shape or b.shape != lora_b[...].shape:
+            raise ValidationError(
+                "load_weights", f"adapter {key!r}: {name} has shapes {a.shape}, {b.shape}"
+            )
+        lora_a[...] = a.astype(lora_a[...].dtype)
+        lora_b[...] = b.astype(lora_b[...].dtype)

@@ -46,7 +46,11 @@ from galley.adapters.jax.model import (
     check_lora_rank,
     check_target_names,
 )
-from galley.adapters.jax.peft_export import merged_hf_tensors, peft_adapter_files
+from galley.adapters.jax.peft_export import (
+    load_peft_adapter,
+    merged_hf_tensors,
+    peft_adapter_files,
+)
 from galley.core.errors import ValidationError
 from galley.core.keys import check_name, join_key
 from galley.core.losses import LossFn
@@ -281,6 +285,9 @@ class JaxTrainingSession:
             raise ValidationError("load_state.ref", f"expected a state checkpoint, got {ref.kind}")
         return self._queue.submit(lambda: self._load_state(ref))
 
+    def load_weights(self, ref: CheckpointRef) -> Future[None]:
+        return self._queue.submit(lambda: self._load_weights(ref))
+
     def save_weights_for_sampler(self, name: str) -> Future[CheckpointRef]:
         check_name(name, "save_weights_for_sampler.name")
         return self._queue.submit(
@@ -400,6 +407,48 @@ class JaxTrainingSession:
         self._grads = jax.device_put(tree["grads"], self._replicated)
         self._step = manifest.step
 
+    def _load_weights(self, ref: CheckpointRef) -> None:
+        """Weights only, from a state checkpoint or a PEFT export; the optimizer starts anew."""
+        manifest, files = read_checkpoint(self._client.blobs, ref)
+        base = manifest.meta.get("base_model", self.config.base_model)
+        if base != self.config.base_model:
+            raise ValidationError(
+                "load_weights",
+                f"checkpoint {ref.key!r} is of base model {base!r}; this session's is "
+                f"{self.config.base_model!r}",
+            )
+        if ref.kind == "state":
+            if STATE_FILE not in files:
+                raise CheckpointMismatchError(
+                    f"checkpoint {ref.key!r} was not saved by the JAX training adapter"
+                )
+            saved = json.loads(manifest.meta.get("lora", "{}"))
+            if saved != self._lora_meta():
+                raise ValidationError(
+                    "load_weights",
+                    f"checkpoint {ref.key!r} has LoRA {_shape(saved)}; this session has "
+                    f"{_shape(self._lora_meta())}",
+                )
+            tree = unflatten_like(
+                self._state_tree(), load_safetensors(files[STATE_FILE]), f"checkpoint {ref.key!r}"
+            )
+            trainable = tree["trainable"]
+        elif manifest.meta.get("format") == "peft" and self.config.lora.rank:
+            model = nnx.merge(self._graphdef, self._trainable, self._frozen)
+            load_peft_adapter(model, files, self.config, ref.key)
+            trainable = nnx.state(model, nnx.LoRAParam)
+        else:
+            raise ValidationError(
+                "load_weights",
+                f"{ref.key!r} holds {manifest.meta.get('format', 'unknown')} sampler weights; "
+                "a session starts from a state checkpoint, or from a PEFT adapter when it "
+                "trains a LoRA of the same shape",
+            )
+        self._trainable = jax.device_put(trainable, self._replicated)
+        self._opt_state = jax.device_put(_tx().init(self._trainable), self._replicated)
+        self._grads = jax.tree.map(jnp.zeros_like, self._trainable)
+        self._step = 0
+
     def _lora_meta(self) -> dict[str, Any]:
         lora = self.config.lora
         return {
@@ -468,3 +517,11 @@ class JaxTrainingClient:
 
     def start_session(self, config: SessionConfig) -> JaxTrainingSession:
         return JaxTrainingSession(self, config, f"jax-{next(self._ids)}")
+
+
+def _shape(lora: Mapping[str, Any]) -> str:
+    """A LoRA's shape in words: "rank 16, alpha 32 on attn, mlp" (or full fine-tuning)."""
+    if not lora or not lora.get("rank"):
+        return "none (full fine-tuning)"
+    on = ", ".join(k for k in ("attn", "mlp", "unembed") if lora.get(k))
+    return f"rank {lora['rank']}, alpha {float(lora['alpha']):g} on {on}"

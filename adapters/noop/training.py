@@ -151,6 +151,10 @@ class NoopTrainingSession:
             raise ValidationError("load_state.ref", f"expected a state checkpoint, got {ref.kind}")
         return self._queue.submit(lambda: self._load(ref))
 
+    def load_weights(self, ref: CheckpointRef) -> Future[None]:
+        self._faults("load_weights")
+        return self._queue.submit(lambda: self._load_weights(ref))
+
     def save_weights_for_sampler(self, name: str) -> Future[CheckpointRef]:
         check_name(name, "save_weights_for_sampler.name")
         self._faults("save_weights_for_sampler")
@@ -220,7 +224,8 @@ class NoopTrainingSession:
             filename, data = STATE_FILE, attrs.asdict(self._params)
         else:
             filename, data = SAMPLER_FILE, {"theta": self._params.theta}
-        body = json.dumps({**data, "base_model": self.config.base_model}).encode()
+        shape = {"base_model": self.config.base_model, "lora_rank": self.config.lora.rank}
+        body = json.dumps({**data, **shape}).encode()
         write_checkpoint(
             self._blobs,
             prefix,
@@ -243,6 +248,24 @@ class NoopTrainingSession:
             )
         data = json.loads(files[STATE_FILE])
         self._params = _Params(**{f.name: data[f.name] for f in attrs.fields(_Params)})
+
+    def _load_weights(self, ref: CheckpointRef) -> None:
+        """The parameter only; the optimizer's moments and step start anew."""
+        _, files = read_checkpoint(self._blobs, ref)
+        data = json.loads(files.get(STATE_FILE) or files.get(SAMPLER_FILE) or b"{}")
+        if "theta" not in data:
+            raise CheckpointMismatchError(f"{ref.key!r} holds no weights of the noop model")
+        for field, mine in (
+            ("base_model", self.config.base_model),
+            ("lora_rank", self.config.lora.rank),
+        ):
+            theirs = data.get(field, mine)
+            if theirs != mine:
+                raise ValidationError(
+                    "load_weights",
+                    f"{ref.key!r} has {field} {theirs!r}; this session has {mine!r}",
+                )
+        self._params = _Params(theta=data["theta"])
 
 
 class NoopTrainingClient:

@@ -123,6 +123,40 @@ class TrainingClientContract(Contract):
         for e, g in zip(expected, got, strict=True):
             np.testing.assert_array_equal(e, g)
 
+    def test_load_weights_starts_from_the_weights_alone(self) -> None:
+        """load_weights: start from the weights of a state checkpoint or of sampler weights
+        alone; the optimizer state and the step start anew."""
+        trained = self.session()
+        data = self.batch(trained)
+        for _ in range(2):
+            trained.forward_backward(data)
+            trained.optim_step(AdamParams(learning_rate=1e-2))
+        state = trained.save_state("warm").result()
+        sampler = trained.save_weights_for_sampler("warm").result()
+        expected = trained.forward(data).result().metrics["loss:sum"]
+        fresh = self.session().forward(data).result().metrics["loss:sum"]
+        assert expected != pytest.approx(fresh, rel=1e-6)  # two steps changed the weights
+        for ref in (state, sampler):
+            started = self.session()
+            started.load_weights(ref).result()
+            got = started.forward(data).result().metrics["loss:sum"]
+            assert got == pytest.approx(expected, rel=1e-5), ref.kind
+            started.forward_backward(data)
+            assert started.optim_step(AdamParams(learning_rate=1e-2)).result().step == 1
+
+    def test_load_weights_of_another_lora_shape_is_refused_naming_both(self) -> None:
+        """load_weights: weights of another LoRA shape fail with ValidationError naming both;
+        nothing is loaded."""
+        from galley.core.types import LoraConfig
+
+        ref = self.session(lora=LoraConfig(rank=8)).save_state("rank-8").result()
+        other = self.session(lora=LoraConfig(rank=4))
+        data = self.batch(other)
+        before = other.forward(data).result().metrics["loss:sum"]
+        with pytest.raises(ValidationError, match=r"(?s)8.*4"):
+            other.load_weights(ref).result()
+        assert other.forward(data).result().metrics["loss:sum"] == pytest.approx(before)
+
     def test_checkpoints_say_which_run_and_step_they_are(self) -> None:
         """save_state stamps the session's run id, the name and the step on the ref."""
         s = self.session(run_id="run-a")

@@ -3,6 +3,7 @@
 from galley.core.stages.checkpoint import (
     checkpoint_stage,
     export_sampler,
+    init_weights,
     load_newest,
     load_run_weights,
     read_index,
@@ -44,6 +45,7 @@ __all__ = [
     "export_sampler",
     "forward_backward",
     "heldout_nll",
+    "init_weights",
     "load_dataset",
     "load_newest",
     "load_run_weights",

@@ -15,7 +15,12 @@ from galley.core.batching import BatchPlan
 from galley.core.engine import FunctionStage, StageContext, reads_of, stage
 from galley.core.errors import ConfigError, GalleyError, NotFoundError, ValidationError
 from galley.core.keys import join_key
-from galley.core.manifest import MANIFEST_NAME, CheckpointMismatchError, CorruptCheckpointError
+from galley.core.manifest import (
+    MANIFEST_NAME,
+    CheckpointMismatchError,
+    CorruptCheckpointError,
+    checkpoint_at,
+)
 from galley.core.records import CheckpointRecord
 from galley.core.runs import RunRecord, read_run_record, write_run_record
 from galley.core.serialization import from_data, to_data
@@ -167,16 +172,27 @@ def resume_from_checkpoint(
 
 
 def load_newest(
-    ctx: StageContext, session: TrainingSession, index: Sequence[CheckpointRecord], run_id: str
+    ctx: StageContext,
+    session: TrainingSession,
+    index: Sequence[CheckpointRecord],
+    run_id: str,
+    *,
+    weights_only: bool = False,
 ) -> int:
     """Load into ``session`` the newest checkpoint of ``index`` that verifies and is run
-    ``run_id``'s (falling back past corrupt, missing or mismatched ones); its position."""
+    ``run_id``'s (falling back past corrupt, missing or mismatched ones); its position.
+    ``weights_only``: its weights alone, the optimizer starting anew (``load_weights``)."""
+    load, call = (
+        (session.load_weights, "training.load_weights")
+        if weights_only
+        else (session.load_state, "training.load_state")
+    )
     problems = []
     for i in range(len(index) - 1, -1, -1):
         record = index[i]
         try:
             check_entry(record, run_id)
-            ctx.wait(session.load_state(record.state), "training.load_state")
+            ctx.wait(load(record.state), call)
         except CorruptCheckpointError as error:
             ctx.log.warning("checkpoint.unusable", step=record.step, error=str(error))
             problems.append(f"step {record.step}: {error}")
@@ -185,6 +201,37 @@ def load_newest(
     raise CorruptCheckpointError(
         f"run {run_id!r}: none of its {len(index)} checkpoints is usable ({'; '.join(problems)})"
     )
+
+
+@stage(ports=("training", "blobs"))
+def init_weights(
+    ctx: StageContext,
+    session: TrainingSession,
+    init_from: str | None,
+    output: str,
+    run_id: str,
+    start_step: int,
+) -> dict[str, Any]:
+    """Start a new run from other weights (``init_from``): a run id under ``output`` (its
+    newest good checkpoint), or the blob key of a state checkpoint or sampler weights (a
+    LoRA adapter). Weights only: the optimizer starts anew. A resumed run has its own."""
+    if not init_from or start_step > 0:
+        return {}
+    if "/" in init_from:
+        ref = checkpoint_at(ctx.adapters.blobs, init_from)
+        ctx.wait(session.load_weights(ref), "training.load_weights")
+        ctx.log.info("run.initialised", init_from=init_from, run=ref.run_id, step=ref.step)
+        return {}
+    if init_from == run_id:
+        raise ValidationError("init_from", f"run {run_id!r} cannot start from itself")
+    index = read_index(ctx.adapters.blobs, output, init_from)
+    if not index:
+        raise NotFoundError(
+            f"init_from: run {init_from!r} has no checkpoint in {index_key(output, init_from)!r}"
+        )
+    record = index[load_newest(ctx, session, index, init_from, weights_only=True)]
+    ctx.log.info("run.initialised", init_from=init_from, step=record.step, key=record.state.key)
+    return {}
 
 
 # The settings a checkpoint's weights depend on: an evaluation must start its session alike.
