@@ -87,12 +87,7 @@ def read_checkpoint(blobs: BlobStore, ref: CheckpointRef) -> tuple[Manifest, dic
     CorruptCheckpointError if it or a blob is missing or altered."""
     prefix = ref.key
     key = join_key(prefix, MANIFEST_NAME)
-    try:
-        manifest = from_json(Manifest, blobs.read(key).decode())
-    except (GalleyError, ValueError, json.JSONDecodeError) as e:
-        raise CorruptCheckpointError(
-            f"checkpoint manifest {key!r} is missing or unreadable: {e}"
-        ) from e
+    manifest = read_manifest(blobs, key)
     check_identity(manifest, ref)
     files = {}
     for name, expected in manifest.files.items():
@@ -131,14 +126,10 @@ def _describe(kind: str, run_id: str, name: str, step: int) -> str:
 def checkpoint_at(blobs: BlobStore, key: str) -> CheckpointRef:
     """The checkpoint stored under ``key``, as its manifest describes it (kind, run, name,
     step, base model): how a checkpoint given by its place is asked for."""
-    manifest_key = join_key(key, MANIFEST_NAME)
     try:
-        manifest = from_json(Manifest, blobs.read(manifest_key).decode())
-    except (GalleyError, ValueError, json.JSONDecodeError) as e:
-        raise NotFoundError(
-            f"{key!r} is not a checkpoint: its manifest {manifest_key!r} is missing or "
-            f"unreadable ({e})"
-        ) from None
+        manifest = read_manifest(blobs, join_key(key, MANIFEST_NAME))
+    except CorruptCheckpointError as e:
+        raise NotFoundError(f"{key!r} is not a checkpoint: {e}") from None
     return CheckpointRef(
         manifest.kind,  # type: ignore[arg-type]
         manifest.name,
@@ -147,3 +138,13 @@ def checkpoint_at(blobs: BlobStore, key: str) -> CheckpointRef:
         manifest.step,
         manifest.meta.get("base_model", ""),
     )
+
+
+def read_manifest(blobs: BlobStore, key: str) -> Manifest:
+    """The manifest stored at ``key``; CorruptCheckpointError when missing or unreadable."""
+    try:
+        return from_json(Manifest, blobs.read(key).decode())
+    except (GalleyError, ValueError, json.JSONDecodeError) as e:
+        raise CorruptCheckpointError(
+            f"checkpoint manifest {key!r} is missing or unreadable: {e}"
+        ) from e
