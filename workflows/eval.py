@@ -15,7 +15,15 @@ import attrs
 
 from galley.core.adapter_set import Adapters
 from galley.core.chat import TrainOn
-from galley.core.checks import int_at_least, non_empty, one_of, safe_name
+from galley.core.checks import (
+    at_least,
+    boolean,
+    in_range,
+    int_at_least,
+    non_empty,
+    one_of,
+    safe_name,
+)
 from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.keys import check_prefix
@@ -55,7 +63,7 @@ class EvalConfig:
     from_run: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
     # The LoRA shape of the run's checkpoints (a run trained otherwise is refused, named).
     lora_rank: int = attrs.field(default=16, validator=int_at_least(0))
-    lora_alpha: float = attrs.field(default=32.0)
+    lora_alpha: float = attrs.field(default=32.0, validator=in_range(0.0, 1e6, low_open=True))
     dataset: str = attrs.field(default="galley/tiny-instruct", validator=non_empty)
     split: str = attrs.field(default="test", validator=non_empty)
     max_examples: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = all rows
@@ -77,8 +85,8 @@ class EvalConfig:
     seed: int = attrs.field(default=0, validator=int_at_least(0))
     output: str = attrs.field(default="runs", validator=_prefix)
     run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
-    resume: bool = False  # an evaluation has nothing to resume: it runs again
-    call_timeout_s: float = 0.0
+    resume: bool = attrs.field(default=False, validator=boolean)  # nothing to resume: reruns
+    call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
 
     CONFIG_VERSION: ClassVar[int] = 1
     CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
