@@ -17,7 +17,7 @@ import numpy as np
 from cattrs.preconf.json import make_converter
 from cattrs.v import format_exception
 
-from galley.core.errors import ValidationError
+from galley.core.errors import GalleyError, ValidationError
 from galley.core.model_input import EncodedTextChunk
 from galley.core.tensors import DTYPES, TensorData
 
@@ -108,7 +108,7 @@ def from_data(cls: type[T], data: Any) -> T:
 
 
 def _format(exc: BaseException, type_: Any) -> str:
-    if isinstance(exc, ValidationError | WrongTypeError):
+    if isinstance(exc, GalleyError | WrongTypeError):  # galley's messages say what to do
         return str(exc)
     return format_exception(exc, type_)
 

@@ -93,6 +93,8 @@ def test_the_cli_runs_eval_like_any_workflow(
     out = capsys.readouterr().out
     assert code == 0
     assert "galley/tiny-lm" in out and "eval/bits_per_byte" in out and "exact_match" in out
+    assert main(["run", "eval", "--adapters", "noop", "--set", 'scorers=["nope"]']) == 2
+    assert "unknown scorer 'nope'" in " ".join(capsys.readouterr().out.split())
     assert main(["workflows"]) == 0
     listed = capsys.readouterr().out
     assert "eval: Evaluate a base model" in listed and "load_run_weights" in listed
