@@ -15,6 +15,7 @@ import attrs
 import cattrs
 
 from galley.core.errors import ConfigError, GalleyError
+from galley.core.sections import SectionedConfig, leaf_fields, nest, section_types
 from galley.core.serialization import converter, describe_error
 
 T = TypeVar("T")
@@ -25,6 +26,12 @@ def settings_from_mapping(cls: type[T], data: Mapping[str, Any], source: str) ->
     values are ConfigErrors naming ``source``."""
     if not isinstance(data, Mapping):
         raise ConfigError(f"{source}: expected a table of settings, got {type(data).__name__}")
+    if issubclass(cls, SectionedConfig):  # plain or dotted names -> one table per section
+        try:
+            data = nest(cls, data, source)
+        except GalleyError as e:
+            raise ConfigError(f"{source}: {e}") from None
+        _refuse_unknown(data, cls, source)
     valid = [f.name for f in attrs.fields(cast(Any, cls))]
     unknown = sorted(set(data) - set(valid))
     if unknown:
@@ -37,6 +44,25 @@ def settings_from_mapping(cls: type[T], data: Mapping[str, Any], source: str) ->
         raise ConfigError(f"{source}: {describe_error(e, cls.__name__)}") from None
     except GalleyError as e:
         raise ConfigError(f"{source}: {e}") from None
+
+
+def _refuse_unknown(data: Mapping[str, Any], cls: type[Any], source: str) -> None:
+    """A sectioned config's unknown settings, named with every valid one."""
+    sections = section_types(cls)
+    names = [name for name, _ in leaf_fields(cls)]
+    unknown = [k for k in data if k not in sections and k not in names]
+    for section, kind in sections.items():
+        table = data.get(section, {})
+        if isinstance(table, Mapping):
+            fields = {f.name for f in attrs.fields(kind)}
+            unknown += [f"{section}.{k}" for k in table if k not in fields]
+    if unknown:
+        plain = [name.rpartition(".")[2] for name in names]
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(sorted(unknown))}; valid keys: "
+            f"{', '.join(plain)} (a section's also as section.key: "
+            f"{', '.join(sorted(sections))})"
+        )
 
 
 def read_text(path: Path, what: str) -> str:

@@ -37,6 +37,7 @@ from galley.core.errors import (
     ValidationError,
 )
 from galley.core.keys import join_key
+from galley.core.sections import flatten_keys
 from galley.core.serialization import from_data, from_json, to_data
 
 if TYPE_CHECKING:
@@ -186,8 +187,9 @@ def _settings(config: Any) -> dict[str, Any]:
 
 
 def config_changes(saved: RunSettings, given: RunSettings) -> dict[str, FieldChange]:
-    old, new = _settings(saved), _settings(given)
-    return {k: FieldChange(old[k], new[k]) for k in old if old[k] != new[k]}
+    """Each setting that differs, by its dotted name (``optim.learning_rate``)."""
+    old, new = flatten_keys(_settings(saved)), flatten_keys(_settings(given))
+    return {k: FieldChange(old.get(k), new.get(k)) for k in old | new if old.get(k) != new.get(k)}
 
 
 def _owner(workflow: str, run_id: str) -> str:

@@ -35,6 +35,7 @@ from galley.core.runs import (
     read_run_record,
     saved_config,
 )
+from galley.core.sections import flatten_keys, leaf_fields
 from galley.core.stages import read_index
 from galley.workflows.sft import SFTConfig, resume_config, run
 from tests.test_reliability import NaNAtCall
@@ -378,7 +379,7 @@ def test_a_resume_that_changes_the_trajectory_is_refused_listing_each_change(
     # The same through Python: a full config that forgot the run's settings.
     with pytest.raises(SettingsChangedError) as info:
         run(SFTConfig(run_id="s", resume=True), local_adapters(tmp_path))
-    assert set(info.value.changes) == {"max_steps", "learning_rate", "batch_size"}
+    assert set(info.value.changes) == {"max_steps", "optim.learning_rate", "batch_size"}
 
 
 def test_accepted_changes_continue_and_go_into_the_history(galley: Galley, tmp_path: Path) -> None:
@@ -401,10 +402,10 @@ def test_accepted_changes_continue_and_go_into_the_history(galley: Galley, tmp_p
     assert record is not None and len(record.history) == 1
     change = record.history[0]
     assert {k: (c.saved, c.given) for k, c in change.changes.items()} == {
-        "learning_rate": (0.001, 0.003),
-        "eval_every": (64, 5),
+        "optim.learning_rate": (0.001, 0.003),
+        "evaluation.eval_every": (64, 5),
     }
-    assert change.accepted == ("learning_rate",)
+    assert change.accepted == ("optim.learning_rate",)
     # The record now holds the accepted settings: the next plain resume continues with them.
     assert resume_config(adapters, "s").learning_rate == 0.003
 
@@ -427,7 +428,7 @@ def test_max_steps_is_free_on_a_constant_schedule_only(tmp_path: Path) -> None:
 
 
 def test_every_config_field_is_classified_for_resume() -> None:
-    fields = {f.name for f in attrs.fields(SFTConfig)}
+    fields = {name for name, _ in leaf_fields(SFTConfig)}
     sets = (SFTConfig.TRAJECTORY_FIELDS, SFTConfig.SCHEDULE_LENGTH_FIELDS, SFTConfig.FREE_FIELDS)
     assert set().union(*sets) == fields, "classify every SFTConfig field (TRAJECTORY/FREE)"
     assert sum(len(s) for s in sets) == len(fields), "a field is in two classes"
@@ -460,21 +461,24 @@ def test_saved_configs_of_an_older_shape_are_upgraded_and_newer_ones_refused() -
 
 
 def test_a_run_saved_with_the_first_config_shape_resumes(galley: Galley, tmp_path: Path) -> None:
-    """SFTConfig version 1 had ``truncate: bool`` (version 2: ``truncation``) and no
-    ``init_from`` (version 3 has it)."""
+    """SFTConfig version 1 had ``truncate: bool`` (version 2: ``truncation``), no
+    ``init_from`` (version 3) and was flat (version 4: sections, AdamW's betas and epsilon)."""
     assert galley("run", "sft", *P, "--set", "run_id=v1", "--set", "max_steps=4").code == 0
     path = tmp_path / "runs" / "v1" / "run.json"
     record = json.loads(path.read_text())
-    record["config"]["truncate"] = True
-    del record["config"]["truncation"]
-    del record["config"]["init_from"]
-    path.write_text(json.dumps({**record, "config_version": 1}))
+    flat = {k.rpartition(".")[2]: v for k, v in flatten_keys(record["config"]).items()}
+    for later in ("truncation", "init_from", "adam_beta1", "adam_beta2", "adam_eps"):
+        del flat[later]
+    path.write_text(
+        json.dumps({**record, "config": {**flat, "truncate": True}, "config_version": 1})
+    )
     resumed = galley("run", "sft", *P, "--resume", "v1", "--set", "max_steps=4")
     assert resumed.code == 0, resumed.text
     upgraded = json.loads(path.read_text())
-    assert upgraded["config_version"] == 3 and upgraded["history"] == []
-    assert upgraded["config"]["truncation"] == "keep_start"  # what truncate=true did
-    assert upgraded["config"]["init_from"] is None
+    assert upgraded["config_version"] == 4 and upgraded["history"] == []
+    assert upgraded["config"]["data"]["truncation"] == "keep_start"  # what truncate=true did
+    assert upgraded["config"]["model"]["init_from"] is None
+    assert upgraded["config"]["optim"]["adam_beta2"] == 0.95  # AdamW's default, as it trained
 
 
 # -- 5. metrics are durable before a checkpoint points past them -----------------------------
@@ -585,7 +589,9 @@ def test_a_resume_is_refused_exactly_when_a_trajectory_field_changes(
         write_run_record(adapters, saved.output, record)
     changes = {k: CHANGED_VALUES[k] for k in changed - {"run_id", "output", "resume"}}
     given = attrs.evolve(saved, resume=True, **changes)
-    trajectory = {k for k in changes if k in saved.trajectory_fields() | given.trajectory_fields()}
+    dotted = {name.rpartition(".")[2]: name for name, _ in leaf_fields(SFTConfig)}
+    named = {dotted[k]: v for k, v in changes.items()}
+    trajectory = {k for k in named if k in saved.trajectory_fields() | given.trajectory_fields()}
     claim = claim_run(adapters, "sft", given, log=structlog.get_logger())
     if trajectory:
         with pytest.raises(SettingsChangedError) as info:
@@ -593,8 +599,8 @@ def test_a_resume_is_refused_exactly_when_a_trajectory_field_changes(
         assert set(info.value.changes) == trajectory
     else:
         with claim as resumed:
-            assert resumed.config == {**record.config, **changes}
-            assert [set(c.changes) for c in resumed.history] == ([set(changes)] if changes else [])
+            assert flatten_keys(resumed.config) == {**flatten_keys(record.config), **named}
+            assert [set(c.changes) for c in resumed.history] == ([set(named)] if named else [])
             assert all(c.accepted == () for c in resumed.history)
 
 

@@ -146,7 +146,7 @@ def test_each_tracker_keeps_the_settings_and_every_row(tmp_path: Path) -> None:
     found = client.get_run(saved["mlflow.run_id"])
     assert found.info.status == "FINISHED" and found.info.run_name == "t"
     assert found.data.tags["galley.run_id"] == "t" and found.data.tags["galley.workflow"] == "sft"
-    assert found.data.params["learning_rate"] == "0.02"
+    assert found.data.params["optim.learning_rate"] == "0.02"  # settings by dotted name
     assert found.data.params["max_steps"] == "8"
     mlflow, _ = mlflow_rows(client, saved["mlflow.run_id"])
     assert mlflow == expected
@@ -156,13 +156,14 @@ def test_each_tracker_keeps_the_settings_and_every_row(tmp_path: Path) -> None:
     assert close_to(tensorboard, expected)  # TensorBoard keeps float32
     start = events.SummaryMetadata("_hparams_/session_start_info").plugin_data.content
     hparams = HParamsPluginData.FromString(start).session_start_info
-    assert hparams.group_name == "t" and hparams.hparams["learning_rate"].number_value == 0.02
+    assert hparams.group_name == "t" and hparams.hparams["optim.learning_rate"].number_value == 0.02
     (config_text,) = events.Tensors("galley/config")
     assert '"learning_rate": 0.02' in config_text.tensor_proto.string_val[0].decode()
 
     (wandb,) = offline_runs(tmp_path / "runs")
     assert wandb["id"] == saved["wandb.run_id"] and wandb["name"] == "t"
-    assert wandb["config"]["learning_rate"] == 0.02 and wandb["config"]["galley_run_id"] == "t"
+    assert wandb["config"]["optim"]["learning_rate"] == 0.02
+    assert wandb["config"]["galley_run_id"] == "t"
     assert {
         (k, row["step"]): v for row in wandb["history"] for k, v in row.items() if k != "step"
     } == expected

@@ -14,24 +14,16 @@ from galley.core.engine.run import rows_by_stream, run_workflow
 from galley.core.errors import GalleyError
 from galley.core.records import EVAL, TRAIN, MetricRecord
 from galley.core.runs import RunExistsError
+from galley.core.sections import DataSection, ModelSection, SectionedConfig
 from galley.core.stages import heldout_nll, load_dataset, render_dataset, start_session
 
 
 # -- the toy workflow: the held-out NLL of a base model (what follows is all it takes) -----
-@attrs.frozen
-class NllConfig:
-    base_model: str = "galley/tiny-lm"
-    dataset: str = "galley/tiny-instruct"
-    train_split: str = "train"
-    eval_split: str = "test"
-    eval_holdout: int = 32
+@attrs.frozen(init=False)
+class NllConfig(SectionedConfig):
+    model: ModelSection = attrs.field(factory=ModelSection)  # base_model, lora_rank, ...
+    data: DataSection = attrs.field(factory=DataSection)  # dataset, splits, rendering
     seed: int = 0
-    lora_rank: int = 8
-    lora_alpha: float = 16.0
-    max_length: int = 256
-    truncation: str = "keep_end"
-    train_on: str = "last_assistant_message"
-    renderer: str = "role_colon"
     output: str = "runs"
     run_id: str | None = None
     resume: bool = False
@@ -156,3 +148,38 @@ def test_starting_from_weights_of_another_shape_or_from_itself_is_refused() -> N
         train(SFTConfig(max_steps=2, num_samples=0, run_id="me", init_from="me"), adapters)
     with pytest.raises(WorkflowError, match="is not a checkpoint"):
         train(SFTConfig(max_steps=2, num_samples=0, run_id="x", init_from="runs/none"), adapters)
+
+
+# -- config sections -------------------------------------------------------------------------
+
+
+def test_a_setting_may_be_given_by_its_plain_name_or_in_its_section() -> None:
+    from galley.adapters.settings import settings_from_mapping
+    from galley.core.errors import ConfigError
+    from galley.core.sections import OptimSection
+    from galley.workflows.sft import SFTConfig
+
+    plain = SFTConfig(learning_rate=0.01, adam_beta2=0.99, max_steps=3)
+    assert plain == SFTConfig(optim=OptimSection(learning_rate=0.01, adam_beta2=0.99), max_steps=3)
+    assert plain.learning_rate == plain.optim.learning_rate == 0.01
+    assert attrs.evolve(plain, learning_rate=0.02).optim == OptimSection(0.02, adam_beta2=0.99)
+    read = settings_from_mapping(
+        SFTConfig, {"optim": {"learning_rate": 0.01}, "adam_beta2": 0.99, "max_steps": 3}, "t"
+    )
+    assert read == plain
+    with pytest.raises(ConfigError, match="optim.learning_rate is given twice"):
+        settings_from_mapping(SFTConfig, {"learning_rate": 1, "optim.learning_rate": 2}, "t")
+    with pytest.raises(ConfigError, match="unknown key.*optim.nope"):
+        settings_from_mapping(SFTConfig, {"optim": {"nope": 1}}, "t")
+
+
+def test_adamw_betas_reach_the_optimizer() -> None:
+    from galley.workflows.sft import SFTConfig
+    from galley.workflows.sft import run as train
+
+    def losses(beta2: float) -> list[float]:
+        config = SFTConfig(max_steps=5, num_samples=0, adam_beta2=beta2, run_id=f"b{beta2}")
+        return [m["loss"] for m in train(config, noop_adapters()).metrics]
+
+    assert losses(0.95)[0] == losses(0.5)[0]  # the first step's loss is before any update
+    assert losses(0.95)[1:] != losses(0.5)[1:]

@@ -14,13 +14,10 @@ from typing import Any, ClassVar
 import attrs
 
 from galley.core.adapter_set import Adapters
-from galley.core.chat import TrainOn
 from galley.core.checks import (
     at_least,
     boolean,
-    in_range,
     int_at_least,
-    non_empty,
     one_of,
     safe_name,
 )
@@ -29,9 +26,19 @@ from galley.core.engine.run import run_workflow
 from galley.core.errors import ValidationError
 from galley.core.keys import check_prefix
 from galley.core.records import EVAL, TRAIN, CheckpointRecord
-from galley.core.rendering import RENDERERS, Truncation
 from galley.core.runs import resume_settings
 from galley.core.schedules import ScheduleKind
+from galley.core.sections import (
+    CheckpointSection,
+    DataSection,
+    EvalSection,
+    ModelSection,
+    OptimSection,
+    SamplingSection,
+    SectionedConfig,
+    flat_settings,
+    nest,
+)
 from galley.core.serialization import from_data
 from galley.core.stages import (
     SampleComparison,
@@ -55,9 +62,6 @@ from galley.core.stages import (
 from galley.core.summary import Summary, SummaryTable, number
 from galley.core.types import CheckpointRef
 
-DEFAULT_BASE_MODEL = "galley/tiny-lm"
-DEFAULT_DATASET = "galley/tiny-instruct"
-
 
 def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     check_prefix(value, "SFTConfig.output")
@@ -75,57 +79,31 @@ def _truncation_from_truncate(v1: dict[str, Any]) -> dict[str, Any]:
     return v2
 
 
-@attrs.frozen
-class SFTConfig:
-    """Everything an SFT run needs besides its adapters; every field has a default."""
+def _sections_from_flat(v3: dict[str, Any]) -> dict[str, Any]:
+    """Version 3 was flat (``learning_rate``); version 4 keeps settings in their sections
+    (``optim.learning_rate``) and adds AdamW's betas and epsilon (defaults as before)."""
+    return nest(SFTConfig, v3)
 
-    base_model: str = attrs.field(default=DEFAULT_BASE_MODEL, validator=non_empty)
-    # Start from other weights than the base model's: a run id (its newest good checkpoint),
-    # or the blob key of a state checkpoint or a LoRA adapter export. Weights only.
-    init_from: str | None = attrs.field(
-        default=None, validator=attrs.validators.optional(non_empty)
-    )
-    dataset: str = attrs.field(default=DEFAULT_DATASET, validator=non_empty)
-    train_split: str = attrs.field(default="train", validator=non_empty)
-    # When the dataset lacks it, eval_holdout train rows are held out.
-    eval_split: str = attrs.field(default="test", validator=non_empty)
-    eval_holdout: int = attrs.field(default=32, validator=int_at_least(0))
+
+@attrs.frozen(init=False)
+class SFTConfig(SectionedConfig):
+    """Everything an SFT run needs besides its adapters; every setting has a default. Made
+    of shared sections (``model``, ``data``, ``optim``, ``checkpoints``, ``evaluation``,
+    ``sampling``) and its own fields; any setting may be given by its plain name:
+    ``SFTConfig(learning_rate=1e-3, max_steps=50)``."""
+
+    model: ModelSection = attrs.field(factory=ModelSection)
+    data: DataSection = attrs.field(factory=DataSection)
+    optim: OptimSection = attrs.field(factory=OptimSection)
+    checkpoints: CheckpointSection = attrs.field(factory=CheckpointSection)
+    evaluation: EvalSection = attrs.field(factory=EvalSection)
+    sampling: SamplingSection = attrs.field(factory=SamplingSection)
     max_steps: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(int_at_least(1))
     )
     num_epochs: int = attrs.field(default=4, validator=int_at_least(1))
     batch_size: int = attrs.field(default=8, validator=int_at_least(1))
-    # Tuned for the embedded model's LoRA; billion-parameter models want about 1e-4 to 5e-4.
-    learning_rate: float = attrs.field(default=3e-3, validator=at_least(0.0))
-    lr_schedule: str = attrs.field(
-        default="linear", validator=one_of([k.value for k in ScheduleKind])
-    )
-    warmup_steps: int = attrs.field(default=0, validator=int_at_least(0))
-    min_lr_ratio: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))
-    weight_decay: float = attrs.field(default=0.0, validator=at_least(0.0))
-    grad_clip_norm: float = attrs.field(default=1.0, validator=at_least(0.0))
-    lora_rank: int = attrs.field(default=16, validator=int_at_least(0))  # 0 = full fine-tuning
-    lora_alpha: float = attrs.field(default=32.0, validator=in_range(0.0, 1e6, low_open=True))
-    max_length: int = attrs.field(default=256, validator=int_at_least(2))
-    # A row longer than max_length: "keep_end" drops its oldest prompt (whole leading messages,
-    # then tokens), "keep_start" its end, "error" stops the run; one that still cannot fit
-    # without losing what it trains on is skipped and counted.
-    truncation: str = attrs.field(
-        default=Truncation.KEEP_END.value, validator=one_of([t.value for t in Truncation])
-    )
-    train_on: str = attrs.field(
-        default=TrainOn.LAST_ASSISTANT_MESSAGE.value, validator=one_of([t.value for t in TrainOn])
-    )
-    renderer: str = attrs.field(default="role_colon", validator=one_of(list(RENDERERS)))
-    checkpoint_every: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = final only
-    keep_checkpoints: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = keep all
-    eval_every: int = attrs.field(
-        default=64, validator=int_at_least(0)
-    )  # 0 = before and after only
-    eval_batch_size: int = attrs.field(default=16, validator=int_at_least(1))
     submit_ahead: int = attrs.field(default=2, validator=int_at_least(0))
-    num_samples: int = attrs.field(default=16, validator=int_at_least(0))  # held-out prompts scored
-    sample_max_tokens: int = attrs.field(default=48, validator=int_at_least(1))
     seed: int = attrs.field(default=0, validator=int_at_least(0))
     output: str = attrs.field(default="runs", validator=_prefix)
     run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
@@ -140,36 +118,40 @@ class SFTConfig:
 
     # The shape of this class as saved in run records; bump it, and add an upgrade from the
     # old shape (saved mapping -> new mapping), when a field is renamed or its meaning changes.
-    CONFIG_VERSION: ClassVar[int] = 3
+    CONFIG_VERSION: ClassVar[int] = 4
     CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {
         1: _truncation_from_truncate,
         2: _no_init_from,
+        3: _sections_from_flat,
     }
 
-    # How a resume treats each field (a test checks every field is in exactly one set).
-    # Changing one of these would train other weights than the saved run did: refused unless
-    # accepted explicitly.
+    # How a resume treats each setting, by dotted name (a test checks every setting is in
+    # exactly one set). Changing one of these would train other weights than the saved run
+    # did: refused unless accepted explicitly.
     TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {
-            "base_model",
-            "init_from",
-            "dataset",
-            "train_split",
-            "eval_split",  # a dataset without it holds out train rows instead
-            "eval_holdout",
+            "model.base_model",
+            "model.init_from",
+            "model.lora_rank",
+            "model.lora_alpha",
+            "data.dataset",
+            "data.train_split",
+            "data.eval_split",  # a dataset without it holds out train rows instead
+            "data.eval_holdout",
+            "data.max_length",
+            "data.truncation",
+            "data.train_on",
+            "data.renderer",
+            "optim.learning_rate",
+            "optim.lr_schedule",
+            "optim.warmup_steps",
+            "optim.min_lr_ratio",
+            "optim.weight_decay",
+            "optim.grad_clip_norm",
+            "optim.adam_beta1",
+            "optim.adam_beta2",
+            "optim.adam_eps",
             "batch_size",
-            "learning_rate",
-            "lr_schedule",
-            "warmup_steps",
-            "min_lr_ratio",
-            "weight_decay",
-            "grad_clip_norm",
-            "lora_rank",
-            "lora_alpha",
-            "max_length",
-            "truncation",
-            "train_on",
-            "renderer",
             "seed",
         }
     )
@@ -179,13 +161,13 @@ class SFTConfig:
     # Where and how often to evaluate, checkpoint, sample and report, and who the run is.
     FREE_FIELDS: ClassVar[frozenset[str]] = frozenset(
         {
-            "checkpoint_every",
-            "keep_checkpoints",
-            "eval_every",
-            "eval_batch_size",
+            "checkpoints.checkpoint_every",
+            "checkpoints.keep_checkpoints",
+            "evaluation.eval_every",
+            "evaluation.eval_batch_size",
+            "sampling.num_samples",
+            "sampling.sample_max_tokens",
             "submit_ahead",
-            "num_samples",
-            "sample_max_tokens",
             "output",
             "run_id",
             "resume",
@@ -201,7 +183,7 @@ class SFTConfig:
             )
 
     def trajectory_fields(self) -> frozenset[str]:
-        if self.lr_schedule == ScheduleKind.CONSTANT:
+        if self.optim.lr_schedule == ScheduleKind.CONSTANT:
             return self.TRAJECTORY_FIELDS
         return self.TRAJECTORY_FIELDS | self.SCHEDULE_LENGTH_FIELDS
 
@@ -343,5 +325,5 @@ def resume_config(
 ) -> SFTConfig:
     """The saved config of run ``run_id`` (under ``output``), set to resume, with ``changes``:
     ``run(resume_config(adapters, "my-run"), adapters)`` continues it as it was started."""
-    saved = from_data(SFTConfig, resume_settings(adapters, output, run_id, SFTConfig))
-    return attrs.evolve(saved, resume=True, **changes)
+    saved = resume_settings(adapters, output, run_id, SFTConfig)
+    return SFTConfig(**{**flat_settings(from_data(SFTConfig, saved)), "resume": True, **changes})

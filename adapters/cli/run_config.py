@@ -12,8 +12,9 @@ import attrs
 from galley.adapters.composition import AdapterChoice, parse_adapters_table
 from galley.adapters.settings import parse_assignment, read_text, settings_from_mapping
 from galley.core.adapter_set import PORT_NAMES, Adapters
-from galley.core.errors import ConfigError
+from galley.core.errors import ConfigError, GalleyError
 from galley.core.runs import resume_settings
+from galley.core.sections import SectionedConfig, deep_merge, nest
 from galley.workflows import WORKFLOWS, WorkflowSpec
 
 
@@ -72,11 +73,16 @@ def load_run_config(
     }
     if adapters_kind:
         adapters = {"default": adapters_kind}
+    sectioned = issubclass(spec.config_type, SectionedConfig)
+    if sectioned:
+        fields = _nested(spec.config_type, fields, f"{source} [{workflow}]")
     for text in sets:
         key, value = parse_assignment(text)
         path = key.split(".")
         if path[0] != "adapters":
-            fields[key] = value
+            # A later source overrides an earlier one, whichever name each gives a setting.
+            given = _nested(spec.config_type, {key: value}, f"--set {text!r}")
+            fields = deep_merge(fields, given) if sectioned else {**fields, key: value}
         elif len(path) == 2 and path[1] in {*PORT_NAMES, "default"}:
             adapters[path[1]] = value
         elif len(path) == 3 and path[1] in PORT_NAMES:
@@ -94,6 +100,16 @@ def load_run_config(
     config = settings_from_mapping(spec.config_type, fields, f"{source} [{workflow}]")
     choices = parse_adapters_table(adapters, f"{source} [adapters]")
     return RunConfig(spec, config, metrics_beside_the_run(choices, config.output), fields)
+
+
+def _nested(cls: type[Any], settings: dict[str, Any], source: str) -> dict[str, Any]:
+    """A sectioned config's settings as one table per section (plain, dotted or tabled)."""
+    if not issubclass(cls, SectionedConfig):
+        return settings
+    try:
+        return nest(cls, settings, source)
+    except GalleyError as e:
+        raise ConfigError(str(e)) from None
 
 
 def metrics_beside_the_run(
@@ -137,5 +153,5 @@ def resumed_config(run_config: RunConfig, adapters: Adapters, run_id: str) -> An
     the ones given explicitly (which the workflow then checks against the saved ones)."""
     spec = run_config.workflow
     saved = resume_settings(adapters, run_config.config.output, run_id, spec.config_type)
-    settings = {**saved, **run_config.given}
+    settings = deep_merge(saved, run_config.given)
     return settings_from_mapping(spec.config_type, settings, f"run {run_id!r} resumed")

@@ -23,6 +23,7 @@ from galley.core.manifest import (
 )
 from galley.core.records import CheckpointRecord
 from galley.core.runs import RunRecord, read_run_record, write_run_record
+from galley.core.sections import flatten_keys
 from galley.core.serialization import from_data, to_data
 from galley.core.tracking import open_tracked_run
 
@@ -260,10 +261,12 @@ def load_run_weights(
     if record is None:
         raise NotFoundError(f"run {from_run!r} has no record under {output!r}: nothing to evaluate")
     given = {"base_model": base_model, "lora_rank": lora_rank, "lora_alpha": lora_alpha}
+    # Saved settings by plain name, whether the run's config kept them in sections or not.
+    saved = {k.rpartition(".")[2]: v for k, v in flatten_keys(record.config).items()}
     for field in WEIGHT_SHAPING:
-        if field in record.config and record.config[field] != given[field]:
+        if field in saved and saved[field] != given[field]:
             raise ConfigError(
-                f"run {from_run!r} trained with {field} {record.config[field]!r}, this "
+                f"run {from_run!r} trained with {field} {saved[field]!r}, this "
                 f"evaluation has {given[field]!r}; give the run's (--set {field}=...)"
             )
     index = read_index(ctx.adapters.blobs, output, from_run)

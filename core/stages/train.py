@@ -178,10 +178,18 @@ def optim_step(
     pipeline: Pipeline,
     weight_decay: float,
     grad_clip_norm: float,
+    adam_beta1: float,
+    adam_beta2: float,
+    adam_eps: float,
 ) -> dict[str, Any]:
     """Submit the AdamW update of step ``step`` with the scheduled LR (does not wait)."""
     params = AdamParams(
-        learning_rate=schedule(step - 1), weight_decay=weight_decay, grad_clip_norm=grad_clip_norm
+        learning_rate=schedule(step - 1),
+        beta1=adam_beta1,
+        beta2=adam_beta2,
+        eps=adam_eps,
+        weight_decay=weight_decay,
+        grad_clip_norm=grad_clip_norm,
     )
     *older, last = pipeline.in_flight
     if last.step != step or last.optim is not None:
