@@ -168,7 +168,7 @@ def leaf_fields(cls: type[Any]) -> Iterator[tuple[str, attrs.Attribute[Any]]]:
             yield f.name, f
 
 
-def flat_settings(config: Any) -> dict[str, Any]:
+def plain_settings(config: Any) -> dict[str, Any]:
     """Every setting under its plain name: a run's initial state."""
     flat: dict[str, Any] = {}
     for f in attrs.fields(type(config)):

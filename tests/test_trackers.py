@@ -24,7 +24,7 @@ from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 from galley.adapters.composition import build_adapters, parse_adapters_table
 from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.adapters.helpers.redaction import redact_text
-from galley.adapters.helpers.tracker import Tracker, flat_settings, metric_key
+from galley.adapters.helpers.tracker import Tracker, hyperparameters, metric_key
 from galley.adapters.testing import RunTrackerContract
 from galley.core import Adapters, MetricRecord, RunOutcome, TrackedRun, WorkflowError
 from galley.core.runs import read_run_record
@@ -375,8 +375,8 @@ def test_credentials_in_the_environment_are_redacted_wherever_they_show(
         max_leaves=12,
     ).filter(lambda v: isinstance(v, dict))
 )
-def test_flat_settings_keep_every_leaf_as_a_scalar(config: dict[str, Any]) -> None:
-    flat = flat_settings(config)
+def test_hyperparameters_keep_every_leaf_as_a_scalar(config: dict[str, Any]) -> None:
+    flat = hyperparameters(config)
     assert all(isinstance(v, bool | int | float | str) for v in flat.values())
 
     def leaves(value: Any, prefix: str) -> dict[str, Any]:

@@ -36,8 +36,8 @@ from galley.core.sections import (
     OptimSection,
     SamplingSection,
     SectionedConfig,
-    flat_settings,
     nest,
+    plain_settings,
 )
 from galley.core.serialization import from_data
 from galley.core.stages import (
@@ -326,4 +326,4 @@ def resume_config(
     """The saved config of run ``run_id`` (under ``output``), set to resume, with ``changes``:
     ``run(resume_config(adapters, "my-run"), adapters)`` continues it as it was started."""
     saved = resume_settings(adapters, output, run_id, SFTConfig)
-    return SFTConfig(**{**flat_settings(from_data(SFTConfig, saved)), "resume": True, **changes})
+    return SFTConfig(**{**plain_settings(from_data(SFTConfig, saved)), "resume": True, **changes})

@@ -31,6 +31,7 @@ import structlog
 
 from galley.adapters.helpers.redaction import redact_text
 from galley.core.records import MetricRecord, RunOutcome, TrackedRun
+from galley.core.sections import flatten_keys
 
 Scalar = bool | int | float | str
 
@@ -41,15 +42,12 @@ def metric_key(stream: str, name: str) -> str:
     return name if name.startswith(f"{stream}/") else f"{stream}/{name}"
 
 
-def flat_settings(config: Mapping[str, Any], prefix: str = "") -> dict[str, Scalar]:
+def hyperparameters(config: Mapping[str, Any]) -> dict[str, Scalar]:
     """Settings as flat ``a.b`` keys with scalar values, for trackers whose hyperparameters
     are flat: lists and other values become JSON text; None is left out."""
     flat: dict[str, Scalar] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flat_settings(value, f"{name}."))
-        elif isinstance(value, bool | int | str) or (
+    for name, value in flatten_keys(config).items():
+        if isinstance(value, bool | int | str) or (
             isinstance(value, float) and math.isfinite(value)
         ):
             flat[name] = value

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from galley.adapters.helpers.tracker import Tracker, flat_settings, metric_key
+from galley.adapters.helpers.tracker import Tracker, hyperparameters, metric_key
 from galley.core.records import MetricRecord, RunOutcome, TrackedRun
 
 # MLflow's limits on one log_batch call and on a param's value.
@@ -79,7 +79,9 @@ class MlflowTracker(Tracker):
             tags["galley.resumed_after_step"] = str(run.start_step)
         created = self.client.create_run(experiment_id, run_name=run.run_id, tags=tags)
         self.mlflow_run_id = created.info.run_id
-        params = [Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in flat_settings(run.config).items()]
+        params = [
+            Param(k, str(v)[:MAX_PARAM_CHARS]) for k, v in hyperparameters(run.config).items()
+        ]
         for i in range(0, len(params), MAX_PARAMS_PER_BATCH):
             self.client.log_batch(self.mlflow_run_id, params=params[i : i + MAX_PARAMS_PER_BATCH])
         return {"mlflow.run_id": self.mlflow_run_id, "mlflow.experiment_id": experiment_id}

@@ -18,7 +18,7 @@ from typing import Any
 
 import attrs
 
-from galley.adapters.helpers.tracker import Tracker, flat_settings, metric_key
+from galley.adapters.helpers.tracker import Tracker, hyperparameters, metric_key
 from galley.core.records import MetricRecord, RunOutcome, TrackedRun
 
 
@@ -61,7 +61,7 @@ class TensorboardTracker(Tracker):
         from tensorboard.plugins.text.metadata import create_summary_metadata
         from tensorboard.util.tensor_util import make_tensor_proto
 
-        hparams = {"galley_run_id": run.run_id, **flat_settings(run.config)}
+        hparams = {"galley_run_id": run.run_id, **hyperparameters(run.config)}
         self.writer.add_event(
             Event(wall_time=time.time(), step=0, summary=hparams_pb(hparams, trial_id=run.run_id))
         )

@@ -6,7 +6,7 @@ it makes of the finished run; :func:`run_workflow` does the rest the same way fo
 - the run id (the config's, or a new one), claimed before any work (``galley.core.runs``): a
   new run refuses a taken id, a resume refuses a run in use or changed settings;
 - the stages run under a :class:`Runner` from the config's settings, each under its plain
-  name (the initial state: ``galley.core.sections.flat_settings``), plus
+  name (the initial state: ``galley.core.sections.plain_settings``), plus
   ``run_record`` and ``start_step`` (0, until a stage that resumes the run sets it);
 - on the way out, however the run ends: every training session in the state is closed, and
   the experiment trackers are told how it ended;
@@ -34,7 +34,7 @@ from galley.core.engine.stage import Workflow
 from galley.core.errors import WorkflowError
 from galley.core.records import TRAIN, MetricRecord, RunOutcome
 from galley.core.runs import claim_run, metrics_reader
-from galley.core.sections import flat_settings
+from galley.core.sections import plain_settings
 from galley.core.tracking import end_tracked_run
 from galley.ports.training import TrainingSession
 
@@ -87,7 +87,7 @@ def run_workflow(
     with claim as run_record:
         outcome: RunOutcome = "failed"
         # A run starts at step 0 unless a stage resumes it (``start_step``).
-        initial = {"start_step": 0, **flat_settings(config), "run_record": run_record}
+        initial = {"start_step": 0, **plain_settings(config), "run_record": run_record}
         try:
             state = runner.run(build(config), initial)
             outcome = "finished"
