@@ -49,11 +49,19 @@ class ModelSection(Section):
 
 @attrs.frozen
 class DataSection(Section):
+    """What a run trains on, and what it holds out to evaluate on."""
+
     dataset: str = attrs.field(default="galley/tiny-instruct", validator=non_empty)
     train_split: str = attrs.field(default="train", validator=non_empty)
     # When the dataset lacks it, eval_holdout train rows are held out.
     eval_split: str = attrs.field(default="test", validator=non_empty)
     eval_holdout: int = attrs.field(default=32, validator=int_at_least(0))
+
+
+@attrs.frozen
+class RenderSection(Section):
+    """How rows become tokens: the chat format, what is trained on, how long rows are cut."""
+
     max_length: int = attrs.field(default=256, validator=int_at_least(2))
     # A row longer than max_length: "keep_end" drops its oldest prompt (whole leading messages,
     # then tokens), "keep_start" its end, "error" stops the run; one that still cannot fit

@@ -476,7 +476,7 @@ def test_a_run_saved_with_the_first_config_shape_resumes(galley: Galley, tmp_pat
     assert resumed.code == 0, resumed.text
     upgraded = json.loads(path.read_text())
     assert upgraded["config_version"] == 4 and upgraded["history"] == []
-    assert upgraded["config"]["data"]["truncation"] == "keep_start"  # what truncate=true did
+    assert upgraded["config"]["render"]["truncation"] == "keep_start"  # what truncate=true did
     assert upgraded["config"]["model"]["init_from"] is None
     assert upgraded["config"]["optim"]["adam_beta2"] == 0.95  # AdamW's default, as it trained
 

@@ -14,7 +14,7 @@ from galley.core.engine.run import rows_by_stream, run_workflow
 from galley.core.errors import GalleyError
 from galley.core.records import EVAL, TRAIN, MetricRecord
 from galley.core.runs import RunExistsError
-from galley.core.sections import DataSection, ModelSection, SectionedConfig
+from galley.core.sections import DataSection, ModelSection, RenderSection, SectionedConfig
 from galley.core.stages import heldout_nll, load_dataset, render_dataset, start_session
 
 
@@ -22,7 +22,8 @@ from galley.core.stages import heldout_nll, load_dataset, render_dataset, start_
 @attrs.frozen(init=False)
 class NllConfig(SectionedConfig):
     model: ModelSection = attrs.field(factory=ModelSection)  # base_model, lora_rank, ...
-    data: DataSection = attrs.field(factory=DataSection)  # dataset, splits, rendering
+    data: DataSection = attrs.field(factory=DataSection)  # dataset, splits
+    render: RenderSection = attrs.field(factory=RenderSection)  # chat format, max_length
     seed: int = 0
     output: str = "runs"
     run_id: str | None = None

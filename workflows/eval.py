@@ -14,22 +14,26 @@ from typing import Any, ClassVar
 import attrs
 
 from galley.core.adapter_set import Adapters
-from galley.core.chat import TrainOn
 from galley.core.checks import (
     at_least,
     boolean,
     in_range,
     int_at_least,
     non_empty,
-    one_of,
     safe_name,
 )
 from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.keys import check_prefix
 from galley.core.records import EVAL
-from galley.core.rendering import RENDERERS, Truncation
 from galley.core.scorers import resolve_scorer
+from galley.core.sections import (
+    DataSection,
+    ModelSection,
+    RenderSection,
+    SamplingSection,
+    SectionedConfig,
+)
 from galley.core.stages import (
     ScoredAnswer,
     answer_and_score,
@@ -54,30 +58,26 @@ def _scorers(instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, .
         resolve_scorer(spec)  # a scorer that cannot be found is refused before any work
 
 
-@attrs.frozen
-class EvalConfig:
-    """What to evaluate, on what, and how answers are scored; every field has a default."""
+@attrs.frozen(init=False)
+class EvalConfig(SectionedConfig):
+    """What to evaluate, on what, and how answers are scored; every setting has a default.
+    Rows are rendered (``render``) and answers sampled (``sampling``) with the sections SFT
+    uses; any setting may be given by its plain name: ``EvalConfig(num_samples=4)``."""
 
-    base_model: str = attrs.field(default="galley/tiny-lm", validator=non_empty)
+    render: RenderSection = attrs.field(factory=RenderSection)
+    sampling: SamplingSection = attrs.field(factory=SamplingSection)
+    base_model: str = attrs.field(default=ModelSection().base_model, validator=non_empty)
     # A run (under `output`) whose newest good checkpoint is evaluated; None: the base model.
     from_run: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
     # The LoRA shape of the run's checkpoints (a run trained otherwise is refused, named).
-    lora_rank: int = attrs.field(default=16, validator=int_at_least(0))
-    lora_alpha: float = attrs.field(default=32.0, validator=in_range(0.0, 1e6, low_open=True))
-    dataset: str = attrs.field(default="galley/tiny-instruct", validator=non_empty)
+    lora_rank: int = attrs.field(default=ModelSection().lora_rank, validator=int_at_least(0))
+    lora_alpha: float = attrs.field(
+        default=ModelSection().lora_alpha, validator=in_range(0.0, 1e6, low_open=True)
+    )
+    dataset: str = attrs.field(default=DataSection().dataset, validator=non_empty)
     split: str = attrs.field(default="test", validator=non_empty)
     max_examples: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = all rows
-    max_length: int = attrs.field(default=256, validator=int_at_least(2))
-    truncation: str = attrs.field(
-        default=Truncation.KEEP_END.value, validator=one_of([t.value for t in Truncation])
-    )
-    train_on: str = attrs.field(
-        default=TrainOn.LAST_ASSISTANT_MESSAGE.value, validator=one_of([t.value for t in TrainOn])
-    )
-    renderer: str = attrs.field(default="role_colon", validator=one_of(list(RENDERERS)))
     eval_batch_size: int = attrs.field(default=16, validator=int_at_least(1))
-    num_samples: int = attrs.field(default=16, validator=int_at_least(0))  # prompts answered
-    sample_max_tokens: int = attrs.field(default=48, validator=int_at_least(1))
     # exact_match, contains, regex:<pattern>, or module:function (see galley.core.scorers)
     scorers: tuple[str, ...] = attrs.field(
         default=("exact_match",), converter=tuple, validator=_scorers

@@ -34,6 +34,7 @@ from galley.core.sections import (
     EvalSection,
     ModelSection,
     OptimSection,
+    RenderSection,
     SamplingSection,
     SectionedConfig,
     nest,
@@ -88,12 +89,13 @@ def _sections_from_flat(v3: dict[str, Any]) -> dict[str, Any]:
 @attrs.frozen(init=False)
 class SFTConfig(SectionedConfig):
     """Everything an SFT run needs besides its adapters; every setting has a default. Made
-    of shared sections (``model``, ``data``, ``optim``, ``checkpoints``, ``evaluation``,
+    of shared sections (``model``, ``data``, ``render``, ``optim``, ``checkpoints``, ``evaluation``,
     ``sampling``) and its own fields; any setting may be given by its plain name:
     ``SFTConfig(learning_rate=1e-3, max_steps=50)``."""
 
     model: ModelSection = attrs.field(factory=ModelSection)
     data: DataSection = attrs.field(factory=DataSection)
+    render: RenderSection = attrs.field(factory=RenderSection)
     optim: OptimSection = attrs.field(factory=OptimSection)
     checkpoints: CheckpointSection = attrs.field(factory=CheckpointSection)
     evaluation: EvalSection = attrs.field(factory=EvalSection)
@@ -138,10 +140,10 @@ class SFTConfig(SectionedConfig):
             "data.train_split",
             "data.eval_split",  # a dataset without it holds out train rows instead
             "data.eval_holdout",
-            "data.max_length",
-            "data.truncation",
-            "data.train_on",
-            "data.renderer",
+            "render.max_length",
+            "render.truncation",
+            "render.train_on",
+            "render.renderer",
             "optim.learning_rate",
             "optim.lr_schedule",
             "optim.warmup_steps",
