@@ -30,17 +30,15 @@ def _string(row: Mapping[str, Any], key: str, source: str, index: int) -> str:
     return value
 
 
-def _messages(row: Mapping[str, Any], source: str, index: int) -> Conversation:
-    raw = row["messages"]
+def parse_messages(raw: Any, field: str, source: str, index: int) -> Conversation:
+    """A list of ``{"role", "content"}`` objects (row field ``field``) as a conversation."""
     if not isinstance(raw, list | tuple):
-        raise DataError(source, index, "messages", f"expected a list, got {type(raw).__name__}")
+        raise DataError(source, index, field, f"expected a list, got {type(raw).__name__}")
     if not raw:
-        raise DataError(
-            source, index, "messages", "empty conversation; expected at least one message"
-        )
+        raise DataError(source, index, field, "empty conversation; expected at least one message")
     messages = []
     for j, m in enumerate(raw):
-        where = f"messages[{j}]"
+        where = f"{field}[{j}]"
         if not isinstance(m, Mapping):
             raise DataError(source, index, where, f"expected an object, got {type(m).__name__}")
         for key in ("role", "content"):
@@ -70,7 +68,7 @@ def row_to_conversation(row: Any, *, source: str, index: int) -> Conversation:
     if not isinstance(row, Mapping):
         raise DataError(source, index, "<row>", f"expected an object, got {type(row).__name__}")
     if "messages" in row:
-        return _messages(row, source, index)
+        return parse_messages(row["messages"], "messages", source, index)
     for prompt_key, answer_key in PAIR_FORMATS:
         if prompt_key in row or answer_key in row:
             if answer_key not in row or prompt_key not in row:

@@ -48,21 +48,10 @@ class TensorData:
         """Convert integers to int64 and floats to float32 (the two dtypes requests carry)."""
         arr = np.asarray(array)
         if arr.dtype.kind in "iub":
-            return cls(arr.astype(np.int64))
+            return cls(arr.astype(np.int64, copy=False))
         if arr.dtype.kind == "f":
-            return cls(arr.astype(np.float32))
+            return cls(arr.astype(np.float32, copy=False))
         raise ValidationError("TensorData.data", f"cannot convert dtype {arr.dtype} to a tensor")
-
-    @classmethod
-    def adopt(cls, array: npt.NDArray[Any]) -> TensorData:
-        """Wrap an array the caller has just computed and keeps no other handle to, making it
-        read-only in place instead of copying it (the constructor's defensive copy is most of
-        the cost of a request's per-datum tensors)."""
-        array = _checked(array)
-        array.flags.writeable = False
-        tensor = object.__new__(cls)
-        object.__setattr__(tensor, "data", array)  # the converter's work, done above
-        return tensor
 
     @classmethod
     def from_list(cls, values: Sequence[Any], dtype: DType) -> TensorData:

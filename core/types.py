@@ -7,8 +7,8 @@ it is built, naming the field, instead of deep inside an adapter.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any, Literal, TypeVar, overload
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Literal
 
 import attrs
 import numpy as np
@@ -90,21 +90,6 @@ class Datum:
             },
         )
 
-    def with_inputs(self, replaced: Mapping[str, npt.NDArray[Any]]) -> Datum:
-        """This datum with some of its loss inputs replaced by arrays the caller has just
-        computed and keeps no handle to (the right dtype, one entry per token). Only the new
-        arrays are checked, and they are not copied: the trainer reweights every datum of
-        every step."""
-        for key, array in replaced.items():
-            _check_known_column(f"Datum.with_inputs[{key!r}]", key, array, self.model_input.length)
-        inputs = {**self.loss_fn_inputs}
-        for key, array in replaced.items():
-            inputs[key] = TensorData.adopt(array)
-        datum: Datum = object.__new__(Datum)
-        object.__setattr__(datum, "model_input", self.model_input)  # validated with self
-        object.__setattr__(datum, "loss_fn_inputs", inputs)
-        return datum
-
     @property
     def num_loss_tokens(self) -> float:
         """Sum of weights (the number of trained tokens for 0/1 weights)."""
@@ -112,192 +97,22 @@ class Datum:
         return float(weights.data.sum()) if weights is not None else float(self.model_input.length)
 
 
-T = TypeVar("T")
-
-
-class _Columnar(Sequence[T]):
-    """A sequence whose items are views cut from arrays laid end to end: ``_starts[i]`` to
-    ``_starts[i + 1]`` is item i's span. Equal to any sequence with equal items."""
-
-    __slots__ = ("_starts",)
-    _starts: list[int]
-
-    def _item(self, i: int) -> T:
-        raise NotImplementedError
-
-    def __len__(self) -> int:
-        return len(self._starts) - 1
-
-    @overload
-    def __getitem__(self, index: int) -> T: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[T]: ...
-
-    def __getitem__(self, index: int | slice) -> T | Sequence[T]:
-        if isinstance(index, slice):
-            return [self._item(i) for i in range(*index.indices(len(self)))]
-        return self._item(range(len(self))[index])
-
-    def __iter__(self) -> Iterator[T]:
-        return (self._item(i) for i in range(len(self)))
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, Sequence) or isinstance(other, str):
-            return NotImplemented
-        return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
-
-    __hash__ = None  # type: ignore[assignment]  # equal to lists and tuples of its items
-
-    @property
-    def num_tokens(self) -> int:
-        return self._starts[-1]
-
-    def bounds(self, i: int) -> tuple[int, int]:
-        """Where item ``i`` sits in the columns."""
-        return self._starts[i], self._starts[i + 1]
-
-    @property
-    def offsets(self) -> list[int]:
-        """Where each item starts in the columns."""
-        return self._starts[:-1]
-
-
-class DatumBatch(_Columnar[Datum]):
-    """One request's datums with their per-token arrays also laid end to end.
-
-    An adapter that works on whole batches (the noop model, the JAX padder) reads ``tokens``,
-    ``lengths`` and ``column(key)``, one array each, instead of one per datum; the trainer
-    replaces a column (the normalised weights) without building a ``Datum`` per row. It is the
-    ``Sequence[Datum]`` the port takes: indexing builds the datum, with replaced columns sliced
-    in. ``replaced`` columns are handed over: made read-only, not copied. ``DatumBatch.of``
-    wraps any sequence of datums (a batch is returned as is)."""
-
-    __slots__ = ("_columns", "_replaced", "_tokens", "datums", "lengths")
-
-    def __init__(
-        self, datums: Sequence[Datum], replaced: Mapping[str, npt.NDArray[Any]] | None = None
-    ) -> None:
-        self.datums: tuple[Datum, ...] = tuple(datums)
-        self.lengths: tuple[int, ...] = tuple(d.model_input.length for d in self.datums)
-        self._starts = [0, *itertools.accumulate(self.lengths)]
-        self._replaced: dict[str, npt.NDArray[Any]] = {}
-        self._columns: dict[str, npt.NDArray[Any]] = {}
-        self._tokens: npt.NDArray[np.int64] | None = None
-        for key, column in (replaced or {}).items():
-            field = f"DatumBatch.replaced[{key!r}]"
-            _check_known_column(field, key, column, self.num_tokens)
-            if not all(key in d.loss_fn_inputs for d in self.datums):
-                raise ValidationError(field, "replaces an input some datum does not have")
-            column.flags.writeable = False
-            self._replaced[key] = column
-
-    @classmethod
-    def of(cls, data: Iterable[Datum]) -> DatumBatch:
-        return data if isinstance(data, DatumBatch) else cls(tuple(data))
-
-    def _item(self, i: int) -> Datum:
-        datum = self.datums[i]
-        if not self._replaced:
-            return datum
-        start, end = self._starts[i], self._starts[i + 1]
-        return datum.with_inputs({k: c[start:end] for k, c in self._replaced.items()})
-
-    @property
-    def tokens(self) -> npt.NDArray[np.int64]:
-        """Every datum's input tokens, end to end (read-only)."""
-        if self._tokens is None:
-            arrays = [d.model_input.token_array for d in self.datums]
-            self._tokens = _read_only(np.concatenate(arrays) if arrays else np.zeros(0, np.int64))
-        return self._tokens
-
-    def has(self, key: str) -> bool:
-        """Whether any datum has the loss input ``key``."""
-        return key in self._replaced or any(key in d.loss_fn_inputs for d in self.datums)
-
-    def column(self, key: str, fill: float | None = None) -> npt.NDArray[Any]:
-        """Loss input ``key`` of every datum, end to end (read-only); a datum without it
-        contributes ``fill`` for each of its tokens (a KeyError when ``fill`` is None)."""
-        if key in self._replaced:
-            return self._replaced[key]
-        if key not in self._columns:
-            dtype = _KNOWN_DTYPES.get(key, np.float32)
-            parts = []
-            for d, n in zip(self.datums, self.lengths, strict=True):
-                tensor = d.loss_fn_inputs.get(key)
-                if tensor is None and fill is None:
-                    raise KeyError(key)
-                parts.append(tensor.data if tensor is not None else np.full(n, fill, dtype))
-            column = np.concatenate(parts) if parts else np.zeros(0, dtype)
-            self._columns[key] = _read_only(column)
-        return self._columns[key]
-
-
-def _check_known_column(field: str, key: str, array: npt.NDArray[Any], n: int) -> None:
-    """``array`` can stand for loss input ``key`` over ``n`` tokens: a known key, its dtype."""
-    expected = _KNOWN_DTYPES.get(key)
-    if expected is None or array.dtype != expected or array.shape != (n,):
-        raise ValidationError(
-            field,
-            f"expected a known input of dtype {expected} and shape ({n},), got "
-            f"{array.dtype} {array.shape}",
-        )
-
-
-def _read_only(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    array.flags.writeable = False
-    return array
-
-
-_OUTPUT_DTYPES = (np.dtype(np.float32), np.dtype(np.int64))
-
-
-class DatumOutputs(_Columnar[Mapping[str, TensorData]]):
-    """Per-datum outputs kept as columns (one array per key, every datum's values end to end)
-    and cut per datum only when read: a trainer reads each step's summed metrics, and a
-    datum's per-token logprobs only when it asks for them."""
-
-    __slots__ = ("_columns",)
-
-    def __init__(self, columns: Mapping[str, npt.NDArray[Any]], lengths: Sequence[int]) -> None:
-        self._starts = [0, *itertools.accumulate(lengths)]
-        self._columns: dict[str, npt.NDArray[Any]] = {}
-        for key, column in columns.items():
-            if column.shape != (self.num_tokens,):
-                raise ValidationError(
-                    f"DatumOutputs[{key!r}]",
-                    f"expected shape ({self.num_tokens},) for {len(self)} datums, "
-                    f"got {column.shape}",
-                )
-            if column.dtype not in _OUTPUT_DTYPES:
-                raise ValidationError(
-                    f"DatumOutputs[{key!r}]", f"expected float32 or int64, got {column.dtype}"
-                )
-            self._columns[key] = _read_only(column)
-
-    @property
-    def column_names(self) -> frozenset[str]:
-        """The keys every datum's output has."""
-        return frozenset(self._columns)
-
-    def _item(self, i: int) -> Mapping[str, TensorData]:
-        start, end = self._starts[i], self._starts[i + 1]
-        return {key: TensorData.adopt(column[start:end]) for key, column in self._columns.items()}
-
-
 def _loss_fn(value: Any) -> LossFn:
     return parse_loss_fn(value, "ForwardBackwardInput.loss_fn")
 
 
-def _as_batch(value: Iterable[Datum]) -> DatumBatch:
-    return DatumBatch.of(value)
+def _datums(value: Iterable[Datum]) -> tuple[Datum, ...]:
+    return tuple(value)
 
 
 @attrs.frozen
 class ForwardBackwardInput:
-    """A validated ``forward``/``forward_backward`` request: data, loss and its config."""
+    """A validated ``forward``/``forward_backward`` request: data, loss and its config.
 
-    data: DatumBatch = attrs.field(converter=_as_batch)
+    Losses are sums over tokens, so an adapter may read the whole request as one sequence:
+    ``tokens()`` and ``column(key)`` are every datum's arrays end to end."""
+
+    data: tuple[Datum, ...] = attrs.field(converter=_datums)
     loss_fn: LossFn = attrs.field(default=LossFn.CROSS_ENTROPY, converter=_loss_fn)
     loss_fn_config: Mapping[str, float] = attrs.field(factory=dict)
 
@@ -305,11 +120,7 @@ class ForwardBackwardInput:
         if not self.data:
             raise ValidationError("ForwardBackwardInput.data", "expected at least one Datum")
         required = REQUIRED_INPUTS[self.loss_fn]
-        needed = set(required)
-        # A batch's replaced columns replace inputs its datums have: its datums have its keys.
-        for i, datum in enumerate(self.data.datums):
-            if needed <= datum.loss_fn_inputs.keys():  # one C-level check per datum
-                continue
+        for i, datum in enumerate(self.data):
             missing = [k for k in required if k not in datum.loss_fn_inputs]
             if missing:
                 raise ValidationError(
@@ -322,20 +133,44 @@ class ForwardBackwardInput:
         object.__setattr__(self, "loss_fn_config", config)
 
     @property
+    def lengths(self) -> tuple[int, ...]:
+        return tuple(d.model_input.length for d in self.data)
+
+    @property
     def num_tokens(self) -> int:
-        return self.data.num_tokens
+        return sum(self.lengths)
+
+    def tokens(self) -> npt.NDArray[np.int64]:
+        """Every datum's input tokens, end to end."""
+        return np.concatenate([d.model_input.token_array for d in self.data])
+
+    def has(self, key: str) -> bool:
+        """Whether any datum has the loss input ``key``."""
+        return any(key in d.loss_fn_inputs for d in self.data)
+
+    def column(self, key: str, fill: float | None = None) -> npt.NDArray[Any]:
+        """Loss input ``key`` of every datum, end to end; a datum without it contributes
+        ``fill`` for each of its tokens (a KeyError when ``fill`` is None)."""
+        dtype = _KNOWN_DTYPES.get(key, np.dtype(np.float32))
+        parts = []
+        for datum in self.data:
+            tensor = datum.loss_fn_inputs.get(key)
+            if tensor is None and fill is None:
+                raise KeyError(key)
+            n = datum.model_input.length
+            parts.append(tensor.data if tensor is not None else np.full(n, fill, dtype))
+        return np.concatenate(parts)
 
     def check_vocabulary(self, vocab_size: int) -> None:
         """Refuse any input or target token id the model has no embedding for, naming it."""
         # One bound check per column over the whole batch, read as unsigned so a negative id
         # is a huge one; the culprit is located only when it fails.
-        batch = self.data
         if all(
             not ids.size or ids.view(np.uint64).max() < vocab_size
-            for ids in (batch.tokens, batch.column("target_tokens"))
+            for ids in (self.tokens(), self.column("target_tokens"))
         ):
             return
-        for i, datum in enumerate(batch):
+        for i, datum in enumerate(self.data):
             for what, ids in (
                 ("model_input", datum.model_input.token_array),
                 ("target_tokens", datum.loss_fn_inputs["target_tokens"].data),
@@ -365,31 +200,46 @@ def _float_map(value: Mapping[str, Any]) -> dict[str, float]:
     return {str(k): float(v) for k, v in value.items()}
 
 
-def _outputs(value: Iterable[Mapping[str, Any]]) -> Sequence[Mapping[str, TensorData]]:
-    return value if isinstance(value, DatumOutputs) else tuple(_tensor_map(x) for x in value)
+def _outputs(value: Iterable[Mapping[str, Any]]) -> tuple[dict[str, TensorData], ...]:
+    return tuple(_tensor_map(x) for x in value)
 
 
 @attrs.frozen
 class ForwardBackwardOutput:
     """Per-datum outputs (always ``logprobs`` of the targets) and summed metrics."""
 
-    # A DatumOutputs (columns, cut per datum when read) is kept as is.
-    loss_fn_outputs: Sequence[Mapping[str, TensorData]] = attrs.field(converter=_outputs)
+    loss_fn_outputs: tuple[Mapping[str, TensorData], ...] = attrs.field(converter=_outputs)
     metrics: Mapping[str, float] = attrs.field(converter=_float_map, validator=_metric_keys)
 
     def __attrs_post_init__(self) -> None:
-        outputs = self.loss_fn_outputs
-        if isinstance(outputs, DatumOutputs):
-            if "logprobs" not in outputs.column_names and len(outputs):
-                raise ValidationError(
-                    "ForwardBackwardOutput.loss_fn_outputs", "expected a 'logprobs' column"
-                )
-            return
-        for i, out in enumerate(outputs):
+        for i, out in enumerate(self.loss_fn_outputs):
             if "logprobs" not in out:
                 raise ValidationError(
                     f"ForwardBackwardOutput.loss_fn_outputs[{i}]", "expected a 'logprobs' tensor"
                 )
+
+    @classmethod
+    def from_columns(
+        cls,
+        columns: Mapping[str, npt.NDArray[Any]],
+        lengths: Sequence[int],
+        metrics: Mapping[str, float],
+    ) -> ForwardBackwardOutput:
+        """Outputs computed for the whole request at once (each column every datum's values
+        end to end), cut into one mapping per datum."""
+        for key, column in columns.items():
+            if column.shape != (sum(lengths),):
+                raise ValidationError(
+                    f"ForwardBackwardOutput.{key}",
+                    f"expected shape ({sum(lengths)},) for {len(lengths)} datums, "
+                    f"got {column.shape}",
+                )
+        cuts = list(itertools.accumulate(lengths))[:-1]
+        split = {key: np.split(column, cuts) for key, column in columns.items()}
+        return cls(
+            [{key: parts[i] for key, parts in split.items()} for i in range(len(lengths))],
+            metrics,
+        )
 
     @property
     def logprobs(self) -> list[np.ndarray[Any, Any]]:

@@ -20,8 +20,6 @@ from galley.adapters.noop import NoopBlobStore, NoopTrainingClient
 from galley.adapters.noop.training import difficulty
 from galley.core import (
     Datum,
-    DatumBatch,
-    DatumOutputs,
     ForwardBackwardOutput,
     ModelInput,
     SessionConfig,
@@ -244,31 +242,6 @@ def test_request_queue_may_be_closed_from_its_own_callbacks() -> None:
         queue.submit(lambda: 2)
 
 
-def test_adopted_tensor_is_the_array_itself_made_read_only() -> None:
-    fresh = np.arange(4, dtype=np.float32)
-    tensor = TensorData.adopt(fresh)
-    assert tensor.data is fresh and not fresh.flags.writeable
-    assert tensor == TensorData(np.arange(4, dtype=np.float32))
-    with pytest.raises(ValidationError, match="dtype float64 is not supported"):
-        TensorData.adopt(np.zeros(2))
-
-
-def test_with_inputs_replaces_only_the_given_inputs_and_checks_them() -> None:
-    datum = Datum.from_tokens([5, 6, 7, 8], [0.0, 1.0, 0.0, 1.0])
-    new = datum.with_inputs({"weights": np.array([0.5, 0.0, 0.5], np.float32)})
-    assert new.model_input is datum.model_input
-    assert new.loss_fn_inputs["target_tokens"] is datum.loss_fn_inputs["target_tokens"]
-    assert new.loss_fn_inputs["weights"].tolist() == [0.5, 0.0, 0.5]
-    assert datum.loss_fn_inputs["weights"].tolist() == [1.0, 0.0, 1.0]  # untouched
-    assert new == Datum(datum.model_input, {**datum.loss_fn_inputs, "weights": [0.5, 0.0, 0.5]})
-    with pytest.raises(ValidationError, match=r"with_inputs\['weights'\].*shape \(3,\)"):
-        datum.with_inputs({"weights": np.ones(2, np.float32)})
-    with pytest.raises(ValidationError, match="float32"):
-        datum.with_inputs({"weights": np.ones(3, np.float64)})
-    with pytest.raises(ValidationError, match="'mystery'"):
-        datum.with_inputs({"mystery": np.ones(3, np.float32)})
-
-
 batch_weights = st.lists(
     st.lists(st.sampled_from([0.0, 0.5, 1.0, 2.0]), min_size=2, max_size=12),
     min_size=1,
@@ -278,7 +251,7 @@ batch_weights = st.lists(
 
 @settings(max_examples=50, deadline=None)
 @given(batch_weights, st.data())
-def test_datum_batch_columns_are_its_datums_end_to_end(
+def test_request_columns_are_its_datums_end_to_end(
     rows: list[list[float]], data: st.DataObject
 ) -> None:
     datums = [
@@ -288,58 +261,43 @@ def test_datum_batch_columns_are_its_datums_end_to_end(
         datums[0] = Datum(
             datums[0].model_input, {"target_tokens": datums[0].loss_fn_inputs["target_tokens"]}
         )
-    batch = DatumBatch(datums)
-    assert list(batch) == datums and batch == datums and len(batch) == len(datums)
-    assert batch.lengths == tuple(d.model_input.length for d in datums)
+    request = ForwardBackwardInput(datums)
+    assert request.lengths == tuple(d.model_input.length for d in datums)
+    assert request.num_tokens == sum(request.lengths)
     np.testing.assert_array_equal(
-        batch.tokens, np.concatenate([d.model_input.token_array for d in datums])
+        request.tokens(), np.concatenate([d.model_input.token_array for d in datums])
     )
     targets = np.concatenate([d.loss_fn_inputs["target_tokens"].data for d in datums])
-    np.testing.assert_array_equal(batch.column("target_tokens"), targets)
-    filled = batch.column("weights", fill=1.0)
-    for i, d in enumerate(datums):
-        start, end = batch.bounds(i)
+    np.testing.assert_array_equal(request.column("target_tokens"), targets)
+    filled = request.column("weights", fill=1.0)
+    start = 0
+    for d in datums:
+        end = start + d.model_input.length
         expected = d.loss_fn_inputs["weights"].data if "weights" in d.loss_fn_inputs else 1.0
         np.testing.assert_array_equal(filled[start:end], expected)
-    assert not batch.tokens.flags.writeable and not filled.flags.writeable
-    assert DatumBatch.of(batch) is batch and batch[-1] == datums[-1] and batch[1:] == datums[1:]
-
-
-def test_datum_batch_refuses_a_bad_replaced_column_naming_it() -> None:
-    datums = [Datum.from_tokens([1, 2, 3], [0, 1, 1]), Datum.from_tokens([4, 5], [0, 1])]
-    with pytest.raises(ValidationError, match=r"replaced\['weights'\].*shape \(3,\)"):
-        DatumBatch(datums, {"weights": np.ones(2, np.float32)})
-    with pytest.raises(ValidationError, match="float32"):
-        DatumBatch(datums, {"weights": np.ones(3)})
-    bare = Datum(
-        datums[1].model_input, {"target_tokens": datums[1].loss_fn_inputs["target_tokens"]}
-    )
-    with pytest.raises(ValidationError, match="some datum does not have"):
-        DatumBatch([datums[0], bare], {"weights": np.ones(3, np.float32)})
+        start = end
+    assert request.has("weights") == any("weights" in d.loss_fn_inputs for d in datums)
+    if "weights" not in datums[0].loss_fn_inputs:
+        with pytest.raises(KeyError):
+            request.column("weights")
 
 
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.integers(0, 6), min_size=0, max_size=6))
-def test_datum_outputs_cut_columns_per_datum_when_read(lengths: list[int]) -> None:
+def test_outputs_from_columns_are_cut_per_datum(lengths: list[int]) -> None:
     column = np.arange(sum(lengths), dtype=np.float32)
-    outputs = DatumOutputs({"logprobs": column}, lengths)
+    result = ForwardBackwardOutput.from_columns({"logprobs": column}, lengths, {"loss:sum": 1.0})
     expected = []
     start = 0
     for n in lengths:
         expected.append({"logprobs": TensorData(column[start : start + n].copy())})
         start += n
-    assert len(outputs) == len(lengths) and outputs == expected
-    result = ForwardBackwardOutput(outputs, {"loss:sum": 1.0})
-    assert result.loss_fn_outputs is outputs
-    assert [list(x) for x in result.logprobs] == [list(e["logprobs"].data) for e in expected]
     assert result == ForwardBackwardOutput(expected, {"loss:sum": 1.0})
-    assert not column.flags.writeable
-    with pytest.raises(ValidationError, match="'logprobs' column"):
-        ForwardBackwardOutput(DatumOutputs({"advantages": np.zeros(2, np.float32)}, [2]), {})
-    with pytest.raises(ValidationError, match=r"DatumOutputs\['logprobs'\]"):
-        DatumOutputs({"logprobs": np.zeros(3, np.float32)}, [2])
-    with pytest.raises(ValidationError, match="float32 or int64, got float64"):
-        DatumOutputs({"logprobs": np.zeros(2)}, [2])
+    assert [list(x) for x in result.logprobs] == [list(e["logprobs"].data) for e in expected]
+    with pytest.raises(ValidationError, match="'logprobs' tensor"):
+        ForwardBackwardOutput.from_columns({"advantages": np.zeros(2, np.float32)}, [2], {})
+    with pytest.raises(ValidationError, match=r"ForwardBackwardOutput.logprobs.*shape \(2,\)"):
+        ForwardBackwardOutput.from_columns({"logprobs": np.zeros(3, np.float32)}, [2], {})
 
 
 @settings(max_examples=50, deadline=None)

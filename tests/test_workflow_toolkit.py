@@ -37,7 +37,7 @@ class NllConfig(SectionedConfig):
 
 @stage(writes=("nll",), ports=("training", "metrics"))
 def measure(ctx: StageContext, session: Any, eval_data: Any) -> dict[str, Any]:
-    nll = heldout_nll(ctx, session, eval_data, batch_size=16)
+    nll = heldout_nll(ctx, session, eval_data, eval_batch_size=16)
     ctx.record_metrics(EVAL, 0, nll)
     return {"nll": nll["eval/nll"]}
 

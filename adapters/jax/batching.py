@@ -76,20 +76,16 @@ class PaddedBatch:
 def pad_batch(
     request: ForwardBackwardInput, length_buckets: Sequence[int], row_multiple: int
 ) -> PaddedBatch:
-    """Datum i's tokens and loss inputs fill row i from column 0, read from the request's
-    columns; a datum without weights weighs 1, one without sampler logprobs or advantages
-    has zeros."""
-    batch = request.data
-    lengths = batch.lengths
+    """Datum i's tokens and loss inputs fill row i from column 0; a datum without weights
+    weighs 1, one without sampler logprobs or advantages has zeros."""
+    lengths = request.lengths
     rows, width = batch_bucket(len(lengths), row_multiple), bucket(max(lengths), length_buckets)
     arrays = {name: np.zeros((rows, width), dtype) for name, dtype in PADDED_DTYPES.items()}
-    columns = [("tokens", batch.tokens), ("targets", batch.column("target_tokens"))]
-    for name, key, fill in INPUT_COLUMNS:
-        if batch.has(key):
-            columns.append((name, batch.column(key, fill=fill)))
-        elif key == "weights":
-            arrays[name][: len(lengths)] = np.arange(width) < np.asarray(lengths)[:, None]
-    for i, (start, n) in enumerate(zip(batch.offsets, lengths, strict=True)):
-        for name, column in columns:
-            arrays[name][i, :n] = column[start : start + n]
+    for i, (datum, n) in enumerate(zip(request.data, lengths, strict=True)):
+        inputs = datum.loss_fn_inputs
+        arrays["tokens"][i, :n] = datum.model_input.token_array
+        arrays["targets"][i, :n] = inputs["target_tokens"].data
+        for name, key, fill in INPUT_COLUMNS:
+            tensor = inputs.get(key)
+            arrays[name][i, :n] = tensor.data if tensor is not None else fill
     return PaddedBatch(lengths=lengths, **arrays)

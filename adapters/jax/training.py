@@ -59,7 +59,6 @@ from galley.core.types import (
     AdamParams,
     CheckpointRef,
     Datum,
-    DatumOutputs,
     ForwardBackwardInput,
     ForwardBackwardOutput,
     ModelInfo,
@@ -350,8 +349,9 @@ class JaxTrainingSession:
             real = np.arange(batch.tokens.shape[1]) < np.asarray(lengths)[:, None]
             # Row-major: the real positions of each row, rows end to end.
             column = np.asarray(logp)[: len(lengths)][real].astype(np.float32)
-            return ForwardBackwardOutput(
-                DatumOutputs({"logprobs": column}, lengths),
+            return ForwardBackwardOutput.from_columns(
+                {"logprobs": column},
+                lengths,
                 {"loss:sum": float(value), "tokens:sum": float(batch.num_tokens)},
             )
 

@@ -33,8 +33,6 @@ from galley.core.types import (
     CheckpointKind,
     CheckpointRef,
     Datum,
-    DatumBatch,
-    DatumOutputs,
     ForwardBackwardInput,
     ForwardBackwardOutput,
     ModelInfo,
@@ -68,11 +66,12 @@ def difficulty(
     return (0.5 + (mixed % 1000) / 1000.0) * math.log(vocab_size)
 
 
-def _loss_inputs(batch: DatumBatch, loss: LossFn) -> dict[str, npt.NDArray[Any]]:
+def _loss_inputs(request: ForwardBackwardInput) -> dict[str, npt.NDArray[Any]]:
     """The loss inputs of every datum end to end; a datum without ``weights`` weighs 1."""
-    inputs = {key: batch.column(key) for key in REQUIRED_INPUTS[loss]}
-    if loss is LossFn.CROSS_ENTROPY and batch.has("weights"):
-        inputs["weights"] = batch.column("weights", fill=1.0)
+    loss = request.loss_fn
+    inputs = {key: request.column(key) for key in REQUIRED_INPUTS[loss]}
+    if loss is LossFn.CROSS_ENTROPY and request.has("weights"):
+        inputs["weights"] = request.column("weights", fill=1.0)
     return inputs
 
 
@@ -182,19 +181,19 @@ class NoopTrainingSession:
 
     def _run(self, request: ForwardBackwardInput, *, accumulate: bool) -> ForwardBackwardOutput:
         # Losses are per-token sums, so the whole batch is one concatenated sequence.
-        batch = request.data
-        inputs = _loss_inputs(batch, request.loss_fn)
+        inputs = _loss_inputs(request)
         scale = self._scale()
-        logp = difficulty(batch.tokens, inputs["target_tokens"], self._tokenizer.vocab_size)
+        logp = difficulty(request.tokens(), inputs["target_tokens"], self._tokenizer.vocab_size)
         logp *= -scale
         loss, dloss_dlogp = reference_loss(request.loss_fn, logp, inputs, request.loss_fn_config)
         if accumulate:
             # dlogp/dθ = -c * (1 - floor) * (-k) * exp(-kθ) = logp * dscale/scale
             dscale = -(1.0 - self._floor) * self._k * math.exp(-self._k * self._params.theta)
             self._params.grad += float(dloss_dlogp @ logp) * dscale / scale
-        outputs = DatumOutputs({"logprobs": logp.astype(np.float32)}, batch.lengths)
-        metrics = {"loss:sum": loss, "tokens:sum": float(batch.num_tokens)}
-        return ForwardBackwardOutput(outputs, metrics)
+        metrics = {"loss:sum": loss, "tokens:sum": float(request.num_tokens)}
+        return ForwardBackwardOutput.from_columns(
+            {"logprobs": logp.astype(np.float32)}, request.lengths, metrics
+        )
 
     def _adamw(self, hp: AdamParams) -> OptimStepResult:
         p = self._params

@@ -3,33 +3,32 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from galley.core.engine import FunctionStage, StageContext, reads_of, stage
 from galley.core.records import EVAL
-from galley.core.types import Datum, DatumBatch
+from galley.core.types import Datum
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
 
 
 def heldout_nll(
-    ctx: StageContext, session: TrainingSession, data: Sequence[Datum], batch_size: int
+    ctx: StageContext, session: TrainingSession, eval_data: Sequence[Datum], eval_batch_size: int
 ) -> dict[str, float]:
-    """Mean NLL per trained token over ``data`` (all batches submitted before any wait), and
-    bits per byte of the trained text: the same loss in bits over the text's UTF-8 bytes,
+    """Mean NLL per trained token over ``eval_data`` (every batch submitted before any wait),
+    and bits per byte of the trained text: the same loss in bits over the text's UTF-8 bytes,
     which compares models whose tokenizers differ."""
     futures = [
-        session.forward(list(data[i : i + batch_size]), "cross_entropy")
-        for i in range(0, len(data), batch_size)
+        session.forward(list(eval_data[i : i + eval_batch_size]), "cross_entropy")
+        for i in range(0, len(eval_data), eval_batch_size)
     ]
     loss = sum(ctx.wait(f, "training.forward").metrics["loss:sum"] for f in futures)
-    # Trained tokens: every weight (1 per token for a datum without weights), in one sum.
-    weight = float(DatumBatch.of(data).column("weights", fill=1.0).sum(dtype=np.float64))
-    size = trained_bytes(session, data)
+    weight = sum(datum.num_loss_tokens for datum in eval_data)
+    size = trained_bytes(session, eval_data)
     return {
         "eval/nll": loss / weight,
         "eval/bits_per_byte": loss / math.log(2) / size if size else math.nan,
@@ -48,32 +47,38 @@ def trained_bytes(session: TrainingSession, data: Sequence[Datum]) -> int:
     return total
 
 
-def evaluate_stage(name: str, at: str) -> FunctionStage:
-    """A stage evaluating after ``state[at]`` optimizer steps (once per step: it skips a step
-    already evaluated). Requests of a session run in order, so it measures the weights of
-    every step submitted before it; a training loop collects its steps in flight first
-    (``drain``) for the eval row to follow its step's metrics."""
+Measure = Callable[..., Mapping[str, float]]  # (ctx, session, eval_data, **state) -> metrics
+
+
+def evaluate_stage(name: str, at: str, measure: Measure = heldout_nll) -> FunctionStage:
+    """A stage recording ``measure`` (by default held-out NLL) under the eval stream after
+    ``state[at]`` optimizer steps, once per step: it skips a step already evaluated. The
+    state ``measure`` reads is named by its parameters after ``ctx``, as a stage's are.
+    Requests of a session run in order, so it measures the weights of every step submitted
+    before it; a training loop collects its steps in flight first (``drain``) for the eval
+    row to follow its step's metrics."""
+    measured = reads_of(measure) - {"session", "eval_data"}
 
     def run(
         ctx: StageContext,
         session: TrainingSession,
-        eval_data: Sequence[Datum],
-        eval_batch_size: int,
+        eval_data: Sequence[Any],
         evaluated_at: int,
-        **position: int,
+        **given: Any,
     ) -> dict[str, Any]:
-        step = position[at]
+        step = given[at]
         if eval_data and step != evaluated_at:
-            ctx.record_metrics(EVAL, step, heldout_nll(ctx, session, eval_data, eval_batch_size))
+            reads = {key: given[key] for key in measured}
+            ctx.record_metrics(EVAL, step, measure(ctx, session, eval_data, **reads))
         return {"evaluated_at": step}
 
     return FunctionStage(
         name,
         run,
-        reads=reads_of(run, (at,)),
+        reads=reads_of(run, (at, *measured)),
         writes=("evaluated_at",),
         ports=("training", "metrics"),
-        doc=f"Held-out NLL after `{at}` steps.",
+        doc=f"{(measure.__doc__ or measure.__name__).splitlines()[0]} After `{at}` steps.",
     )
 
 

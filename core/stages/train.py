@@ -24,7 +24,6 @@ from galley.core.schedules import LRSchedule
 from galley.core.types import (
     AdamParams,
     Datum,
-    DatumBatch,
     ForwardBackwardOutput,
     OptimStepResult,
 )
@@ -83,16 +82,19 @@ class Pipeline:
         return Pipeline(in_flight, last, self.skip_nonfinite)
 
 
-def normalised_batch(data: Sequence[Datum]) -> DatumBatch:
+def weights_of(datum: Datum) -> np.ndarray[Any, Any]:
+    return datum.loss_fn_inputs["weights"].data
+
+
+def normalised_batch(data: Sequence[Datum]) -> list[Datum]:
     """The batch with weights divided by its trained-token count, so the summed loss is the
-    mean per-token NLL and the gradient's scale does not depend on batch length. One division
-    over the weights column: no per-datum objects."""
-    weights = np.concatenate([d.loss_fn_inputs["weights"].data for d in data])
-    total = np.float32(weights.sum())
+    mean per-token NLL and the gradient's scale does not depend on batch length."""
+    total = np.float32(sum(weights_of(d).sum() for d in data))
     if total <= 0:
         raise ValidationError("batch", "has no trained tokens (every weight is 0)")
-    weights /= total
-    return DatumBatch(data, {"weights": weights})
+    return [
+        Datum(d.model_input, {**d.loss_fn_inputs, "weights": weights_of(d) / total}) for d in data
+    ]
 
 
 @stage(
@@ -145,11 +147,7 @@ def forward_backward_stage(
         indices = batch_plan.indices(step - 1).tolist()
         batch = prepare([train_data[i] for i in indices])
         future = session.forward_backward(batch, loss_fn, loss_fn_config)
-        tokens = (
-            batch.num_tokens
-            if isinstance(batch, DatumBatch)
-            else sum(d.model_input.length for d in batch)
-        )
+        tokens = sum(d.model_input.length for d in batch)
         entry = InFlightStep(step, future, None, tokens, time.perf_counter(), tuple(indices))
         return {"pipeline": pipeline.with_in_flight((*pipeline.in_flight, entry))}
 
