@@ -59,8 +59,8 @@ class DataSection(Section):
 
 
 @attrs.frozen
-class RenderSection(Section):
-    """How rows become tokens: the chat format, what is trained on, how long rows are cut."""
+class FormatSection(Section):
+    """How rows become tokens: the chat format and how long rows are cut."""
 
     max_length: int = attrs.field(default=256, validator=int_at_least(2))
     # A row longer than max_length: "keep_end" drops its oldest prompt (whole leading messages,
@@ -69,10 +69,16 @@ class RenderSection(Section):
     truncation: str = attrs.field(
         default=Truncation.KEEP_END.value, validator=one_of([t.value for t in Truncation])
     )
+    renderer: str = attrs.field(default="role_colon", validator=one_of(list(RENDERERS)))
+
+
+@attrs.frozen
+class RenderSection(FormatSection):
+    """How rows become tokens (``FormatSection``) and which of their tokens are trained on."""
+
     train_on: str = attrs.field(
         default=TrainOn.LAST_ASSISTANT_MESSAGE.value, validator=one_of([t.value for t in TrainOn])
     )
-    renderer: str = attrs.field(default="role_colon", validator=one_of(list(RENDERERS)))
 
 
 @attrs.frozen

@@ -11,8 +11,8 @@ import attrs
 
 from galley.core.engine import Workflow
 from galley.core.summary import Summary
+from galley.workflows import dpo, sft
 from galley.workflows import eval as evaluation
-from galley.workflows import sft
 
 
 @attrs.frozen
@@ -34,6 +34,14 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
         sft.run,
         sft.summarize,
     ),
+    "dpo": WorkflowSpec(
+        "dpo",
+        "Direct preference optimisation on chosen/rejected pairs (TRL's sigmoid or IPO loss).",
+        dpo.DPOConfig,
+        dpo.build_workflow,
+        dpo.run,
+        dpo.summarize,
+    ),
     "eval": WorkflowSpec(
         "eval",
         "Evaluate a base model or a run's checkpoint on a dataset split: NLL, bits per byte, "
@@ -45,4 +53,4 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
     ),
 }
 
-__all__ = ["WORKFLOWS", "WorkflowSpec", "evaluation", "sft"]
+__all__ = ["WORKFLOWS", "WorkflowSpec", "dpo", "evaluation", "sft"]

@@ -13,3 +13,4 @@ MODELS = ROOT / "models"  # a local hub: <MODELS>/<org>/<name>
 DATASETS = ROOT / "datasets"  # <DATASETS>/<org>/<name>/{train,test}.jsonl
 DEFAULT_MODEL = "galley/tiny-lm"
 DEFAULT_DATASET = "galley/tiny-instruct"
+PREFERENCE_DATASET = "galley/tiny-prefs"  # TRL's preference format, the same skill

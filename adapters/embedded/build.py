@@ -3,8 +3,9 @@
 1. A byte-level tokenizer (every character is a token, so skills generalise to new words).
 2. A randomly initialised Llama-style model written in HF format (numpy + safetensors).
 3. Pretraining with galley's own JAX TrainingClient (full fine-tuning) on the corpus.
-4. The merged weights exported as an HF folder into ``models/galley/tiny-lm``, and the
-   instruction dataset into ``datasets/galley/tiny-instruct``.
+4. The merged weights exported as an HF folder into ``models/galley/tiny-lm``, the
+   instruction dataset into ``datasets/galley/tiny-instruct`` and the preference dataset into
+   ``datasets/galley/tiny-prefs`` (``--datasets-only`` writes the datasets alone).
 Deterministic for a given seed on a given machine.
 """
 
@@ -23,8 +24,19 @@ import numpy as np
 from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from galley.adapters.embedded import DATASETS, DEFAULT_DATASET, DEFAULT_MODEL, MODELS
-from galley.adapters.embedded.corpus import instruction_rows, pretraining_lines, split_words
+from galley.adapters.embedded import (
+    DATASETS,
+    DEFAULT_DATASET,
+    DEFAULT_MODEL,
+    MODELS,
+    PREFERENCE_DATASET,
+)
+from galley.adapters.embedded.corpus import (
+    instruction_rows,
+    preference_rows,
+    pretraining_lines,
+    split_words,
+)
 from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.adapters.hf.local_hub import LocalDirectoryHub
 from galley.adapters.jax import JaxTrainingClient, JaxTrainingSession
@@ -168,7 +180,14 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=MODELS / DEFAULT_MODEL)
+    parser.add_argument("--datasets-only", action="store_true", help="keep the model")
     args = parser.parse_args()
+    write_datasets(args.seed)
+    if not args.datasets_only:
+        build_model(args)
+
+
+def build_model(args: argparse.Namespace) -> None:
 
     init = Path(tempfile.mkdtemp(prefix="galley-init-")) / "tiny-lm"
     init.mkdir()
@@ -200,15 +219,22 @@ def main() -> None:
     )
     (args.out / "README.md").write_text(readme)
 
-    train_words, test_words = split_words(args.seed)
-    dataset = DATASETS / DEFAULT_DATASET
-    dataset.mkdir(parents=True, exist_ok=True)
-    for split, words, n, seed in (("train", train_words, 512, 1), ("test", test_words, 48, 2)):
-        rows = instruction_rows(n, words, args.seed * 100 + seed)
-        (dataset / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    print(
-        f"model written to {args.out}, dataset to {dataset}; final loss {np.mean(losses[-50:]):.3f}"
-    )
+    print(f"model written to {args.out}; final loss {np.mean(losses[-50:]):.3f}")
+
+
+def write_datasets(seed: int) -> None:
+    """The instruction and preference datasets, on disjoint train and test words."""
+    train_words, test_words = split_words(seed)
+    for name, make in ((DEFAULT_DATASET, instruction_rows), (PREFERENCE_DATASET, preference_rows)):
+        dataset = DATASETS / name
+        dataset.mkdir(parents=True, exist_ok=True)
+        for split, words, n, offset in (
+            ("train", train_words, 512, 1),
+            ("test", test_words, 48, 2),
+        ):
+            rows = make(n, words, seed * 100 + offset)
+            (dataset / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        print(f"dataset written to {dataset}")
 
 
 if __name__ == "__main__":

@@ -87,3 +87,32 @@ def instruction_rows(n: int, words: list[str], seed: int) -> list[dict[str, Any]
             }
         )
     return rows
+
+
+def _wrong_answer(text: str, kind: int) -> str:
+    """A plausible wrong answer: the phrase echoed as given, title-cased, or shouted but cut
+    short (its last word dropped, or a lone word's last two letters)."""
+    if kind == 0:
+        return text
+    if kind == 1:
+        return text.title()
+    words = text.split()
+    short = " ".join(words[:-1]) if len(words) > 1 else text[:-2]
+    return short.upper()
+
+
+def preference_rows(n: int, words: list[str], seed: int) -> list[dict[str, Any]]:
+    """``Shout this`` prompts with the shouted phrase chosen over a wrong answer (TRL's
+    conversational preference format, explicit prompt)."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        text = phrase(rng, words)
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"Shout this: {text}"}],
+                "chosen": [{"role": "assistant", "content": text.upper()}],
+                "rejected": [{"role": "assistant", "content": _wrong_answer(text, i % 3)}],
+            }
+        )
+    return rows

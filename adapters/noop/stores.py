@@ -57,17 +57,21 @@ WORDS = (
 
 
 def synthetic_rows(name: str, split: str, n: int, seed: int) -> list[Row]:
-    """Chat rows of a small task a model cannot do before training: reverse a word."""
+    """Rows of a small task a model cannot do before training: reverse a word. Each is a chat
+    (``messages``) and, as preference datasets often also are, a pair in TRL's format: the
+    reversed word chosen over the word as given."""
     rng = np.random.default_rng([seed, len(name), sum(map(ord, name + split))])
     rows = []
     for _ in range(n):
         word = WORDS[int(rng.integers(len(WORDS)))] + WORDS[int(rng.integers(len(WORDS)))][:3]
+        prompt = {"role": "user", "content": f"Reverse the letters of: {word}"}
+        answer = {"role": "assistant", "content": word[::-1]}
         rows.append(
             {
-                "messages": [
-                    {"role": "user", "content": f"Reverse the letters of: {word}"},
-                    {"role": "assistant", "content": word[::-1]},
-                ]
+                "messages": [prompt, answer],
+                "prompt": [prompt],
+                "chosen": [answer],
+                "rejected": [{"role": "assistant", "content": word}],
             }
         )
     return rows

@@ -1,43 +1,48 @@
-"""Load stage: dataset rows -> conversations, with a held-out split."""
+"""Load stages: dataset rows -> conversations (or another workflow's rows), with a held-out
+split."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from galley.core.chat import Conversation
 from galley.core.data_formats import row_to_conversation
 from galley.core.engine import StageContext, stage
 from galley.core.errors import ValidationError
 
-Origin = tuple[str, int]  # (source, row): where a conversation came from, for error messages
+Origin = tuple[str, int]  # (source, row): where a row came from, for error messages
+RowParser = Callable[..., Any]  # (row, *, source, index) -> the row read, or a DataError
 
 
-def _conversations(
-    ctx: StageContext, handle: Any, source: str
-) -> tuple[list[Conversation], list[Origin]]:
+def _parsed(
+    ctx: StageContext, handle: Any, source: str, parse: RowParser = row_to_conversation
+) -> tuple[list[Any], list[Origin]]:
     rows = ctx.adapters.datasets.to_list(handle)
-    conversations = [row_to_conversation(row, source=source, index=i) for i, row in enumerate(rows)]
-    return conversations, [(source, i) for i in range(len(rows))]
+    parsed = [parse(row, source=source, index=i) for i, row in enumerate(rows)]
+    return parsed, [(source, i) for i in range(len(rows))]
 
 
-@stage(
-    writes=("train_rows", "eval_rows", "row_origins"),
-    ports=("datasets",),
-)
-def load_dataset(
-    ctx: StageContext, dataset: str, train_split: str, eval_split: str, eval_holdout: int, seed: int
+def load_rows(
+    ctx: StageContext,
+    parse: RowParser,
+    dataset: str,
+    train_split: str,
+    eval_split: str,
+    eval_holdout: int,
+    seed: int,
 ) -> dict[str, Any]:
-    """Load the train split and the eval split (or hold out ``eval_holdout`` train rows)."""
+    """The train split and the eval split (or ``eval_holdout`` train rows held out), each row
+    read by ``parse``: what a loading stage returns."""
     store = ctx.adapters.datasets
     handle = store.load(dataset)
-    train, train_from = _conversations(
-        ctx, store.get_split(handle, train_split), f"{dataset}[{train_split}]"
+    train, train_from = _parsed(
+        ctx, store.get_split(handle, train_split), f"{dataset}[{train_split}]", parse
     )
     if eval_split in store.splits(handle):
-        held_out, eval_from = _conversations(
-            ctx, store.get_split(handle, eval_split), f"{dataset}[{eval_split}]"
+        held_out, eval_from = _parsed(
+            ctx, store.get_split(handle, eval_split), f"{dataset}[{eval_split}]", parse
         )
     else:
         if eval_holdout >= len(train):
@@ -64,6 +69,17 @@ def load_dataset(
 
 
 @stage(
+    writes=("train_rows", "eval_rows", "row_origins"),
+    ports=("datasets",),
+)
+def load_dataset(
+    ctx: StageContext, dataset: str, train_split: str, eval_split: str, eval_holdout: int, seed: int
+) -> dict[str, Any]:
+    """Load the train split and the eval split (or hold out ``eval_holdout`` train rows)."""
+    return load_rows(ctx, row_to_conversation, dataset, train_split, eval_split, eval_holdout, seed)
+
+
+@stage(
     writes=("eval_rows", "row_origins"),
     ports=("datasets",),
 )
@@ -73,7 +89,7 @@ def load_split(ctx: StageContext, dataset: str, split: str, max_examples: int) -
     handle = store.get_split(store.load(dataset), split)
     if max_examples:
         handle = store.take(handle, max_examples)
-    rows, origins = _conversations(ctx, handle, f"{dataset}[{split}]")
+    rows, origins = _parsed(ctx, handle, f"{dataset}[{split}]")
     if not rows:
         raise ValidationError("dataset", f"{dataset!r} split {split!r} has no rows")
     ctx.log.info("dataset.loaded", dataset=dataset, split=split, rows=len(rows))

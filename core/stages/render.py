@@ -2,42 +2,68 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from galley.core.chat import Conversation, TrainOn
 from galley.core.engine import StageContext, stage
 from galley.core.errors import DataError, ValidationError
-from galley.core.rendering import DoesNotFitError, Renderer, fit_conversation, make_renderer
+from galley.core.rendering import DoesNotFitError, fit_conversation, make_renderer
 from galley.core.types import Datum
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
 
 SHOWN_SKIPS = 5  # rows named one by one in the log; the rest are counted
+T = TypeVar("T")
 
 
-def _render_all(
+def render_rows(
     ctx: StageContext,
-    renderer: Renderer,
-    rows: Sequence[Conversation],
-    train_on: TrainOn,
-    max_length: int,
-    truncation: str,
+    fit: Callable[[Any], T],
+    rows: Sequence[Any],
     origins: Sequence[tuple[str, int]],
-) -> tuple[list[Datum], int]:
-    """The rows as Datums, and how many were skipped because they cannot fit."""
+) -> tuple[list[T], int]:
+    """``fit`` of each row, and how many were skipped because they cannot fit."""
     data, skipped = [], 0
-    for conversation, (source, row) in zip(rows, origins, strict=True):
+    for row, (source, index) in zip(rows, origins, strict=True):
         try:
-            data.append(fit_conversation(renderer, conversation, train_on, max_length, truncation))
+            data.append(fit(row))
         except DoesNotFitError as e:
             skipped += 1
             if skipped <= SHOWN_SKIPS:
-                ctx.log.warning("example.skipped", source=source, row=row + 1, reason=e.reason)
+                ctx.log.warning("example.skipped", source=source, row=index + 1, reason=e.reason)
         except ValidationError as e:
-            raise DataError(source, row, e.field, e.reason) from e
+            raise DataError(source, index, e.field, e.reason) from e
     return data, skipped
+
+
+def render_splits(
+    ctx: StageContext,
+    fit: Callable[[Any], Any],
+    train_rows: Sequence[Any],
+    eval_rows: Sequence[Any],
+    row_origins: Mapping[str, Sequence[tuple[str, int]]],
+    max_length: int,
+) -> dict[str, Any]:
+    """Both splits through ``fit``: ``train_data``, ``eval_data`` and ``skipped_examples``.
+    Refuses a train split none of whose rows fits."""
+    train, train_skips = render_rows(ctx, fit, train_rows, row_origins["train"])
+    held_out, eval_skips = render_rows(ctx, fit, eval_rows, row_origins["eval"])
+    if not train:
+        raise ValidationError(
+            "max_length",
+            f"none of the {len(train_rows)} training rows fits in max_length {max_length}",
+        )
+    skipped = {"train": train_skips, "eval": eval_skips}
+    if train_skips or eval_skips:
+        ctx.log.warning("examples.skipped", max_length=max_length, **skipped)
+    ctx.log.info("dataset.rendered", train_examples=len(train), train_tokens=_tokens(train))
+    return {"train_data": train, "eval_data": held_out, "skipped_examples": skipped}
+
+
+def _tokens(data: Sequence[Any]) -> int:
+    return sum(d.model_input.length for item in data for d in getattr(item, "datums", (item,)))
 
 
 @stage(
@@ -58,25 +84,12 @@ def render_dataset(
     too long are truncated as ``truncation`` says, and those that still cannot fit skipped."""
     chat = make_renderer(renderer, session.tokenizer)
     mode = TrainOn(train_on)
-    fit = (mode, max_length, truncation)
-    train, train_skips = _render_all(ctx, chat, train_rows, *fit, row_origins["train"])
-    held_out, eval_skips = _render_all(ctx, chat, eval_rows, *fit, row_origins["eval"])
-    if not train:
-        raise ValidationError(
-            "max_length",
-            f"none of the {len(train_rows)} training rows fits in max_length {max_length}",
-        )
-    skipped = {"train": train_skips, "eval": eval_skips}
-    if train_skips or eval_skips:
-        ctx.log.warning("examples.skipped", max_length=max_length, **skipped)
-    tokens = sum(d.model_input.length for d in train)
-    ctx.log.info("dataset.rendered", train_examples=len(train), train_tokens=tokens)
-    return {
-        "train_data": train,
-        "eval_data": held_out,
-        "chat_renderer": chat,
-        "skipped_examples": skipped,
-    }
+
+    def fit(conversation: Conversation) -> Datum:
+        return fit_conversation(chat, conversation, mode, max_length, truncation)
+
+    rendered = render_splits(ctx, fit, train_rows, eval_rows, row_origins, max_length)
+    return {**rendered, "chat_renderer": chat}
 
 
 @stage(
@@ -94,8 +107,12 @@ def render_split(
 ) -> dict[str, Any]:
     """Tokenize the rows to evaluate on, as ``render_dataset`` does its held-out rows."""
     chat = make_renderer(renderer, session.tokenizer)
-    fit = (TrainOn(train_on), max_length, truncation)
-    data, skips = _render_all(ctx, chat, eval_rows, *fit, row_origins["eval"])
+    mode = TrainOn(train_on)
+
+    def fit(conversation: Conversation) -> Datum:
+        return fit_conversation(chat, conversation, mode, max_length, truncation)
+
+    data, skips = render_rows(ctx, fit, eval_rows, row_origins["eval"])
     if not data:
         raise ValidationError(
             "max_length", f"none of the {len(eval_rows)} rows fits in max_length {max_length}"

@@ -51,6 +51,9 @@ class InFlightStep:
     tokens: int
     submitted_at: float
     examples: tuple[int, ...] = ()
+    # Metrics known when the step was submitted (a custom loss's, from its forward pass);
+    # they are recorded with the step's and win over them (its own "loss").
+    metrics: Mapping[str, float] = attrs.field(factory=dict)
     done: DoneClock = attrs.field(factory=DoneClock, eq=False)
 
     def with_optim(self, optim: Future[OptimStepResult]) -> InFlightStep:
@@ -61,6 +64,7 @@ class InFlightStep:
             self.tokens,
             self.submitted_at,
             self.examples,
+            self.metrics,
             self.done,
         )
 
@@ -238,7 +242,7 @@ def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipel
                 "update_norm": optim.update_norm,
             }
         metrics["tokens_per_s"] = entry.tokens / elapsed if elapsed > 0 else 0.0
-        ctx.record_metrics(TRAIN, entry.step, metrics)
+        ctx.record_metrics(TRAIN, entry.step, {**metrics, **entry.metrics})
     return pipeline.with_in_flight(tuple(pending), last)
 
 

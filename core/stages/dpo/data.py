@@ -1,0 +1,50 @@
+"""Load and render preference pairs, as SFT loads and renders conversations."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from galley.core.engine import StageContext, stage
+from galley.core.preferences import PreferencePair, render_pair, row_to_pair
+from galley.core.rendering import make_renderer
+from galley.core.stages.data import load_rows
+from galley.core.stages.render import render_splits
+
+if TYPE_CHECKING:
+    from galley.ports.training import TrainingSession
+
+
+@stage(
+    writes=("train_rows", "eval_rows", "row_origins"),
+    ports=("datasets",),
+)
+def load_preferences(
+    ctx: StageContext, dataset: str, train_split: str, eval_split: str, eval_holdout: int, seed: int
+) -> dict[str, Any]:
+    """Load the train pairs and the eval pairs (or hold out ``eval_holdout`` train pairs)."""
+    return load_rows(ctx, row_to_pair, dataset, train_split, eval_split, eval_holdout, seed)
+
+
+@stage(
+    writes=("train_data", "eval_data", "chat_renderer", "skipped_examples"),
+)
+def render_pairs(
+    ctx: StageContext,
+    session: TrainingSession,
+    train_rows: Sequence[PreferencePair],
+    eval_rows: Sequence[PreferencePair],
+    row_origins: Mapping[str, Sequence[tuple[str, int]]],
+    renderer: str,
+    max_length: int,
+    truncation: str,
+) -> dict[str, Any]:
+    """Tokenize both sides of every pair with the session's tokenizer, weighting the answers;
+    a pair either side of which cannot fit ``max_length`` is skipped whole."""
+    chat = make_renderer(renderer, session.tokenizer)
+
+    def fit(pair: PreferencePair) -> Any:
+        return render_pair(chat, pair, max_length, truncation)
+
+    rendered = render_splits(ctx, fit, train_rows, eval_rows, row_origins, max_length)
+    return {**rendered, "chat_renderer": chat}

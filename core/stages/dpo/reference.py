@@ -1,0 +1,152 @@
+"""Reference log-probabilities: every pair's answers scored once, by the weights the run
+starts from (or an explicit reference model), before any step; saved with the run so a
+resumed run reads them back instead of scoring with weights that have since moved."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from galley.core.engine import StageContext, stage
+from galley.core.errors import ConfigError, ValidationError
+from galley.core.keys import join_key
+from galley.core.preferences import AnswerLogprobs, RenderedPair, pair_datums, summed_answers
+from galley.core.serialization import from_data, to_data
+from galley.core.types import LoraConfig, SessionConfig
+
+if TYPE_CHECKING:
+    from galley.ports.training import TrainingSession
+
+REFERENCE_NAME = "reference_logprobs.json"
+
+
+@attrs.frozen
+class ReferenceLogprobs:
+    """The reference's summed answer log-probabilities for the train and eval pairs, with
+    what they were computed from: the reference (``model``) and the rendered pairs
+    (``fingerprint``, a hash of every token and weight)."""
+
+    model: str
+    fingerprint: str
+    train: AnswerLogprobs
+    eval: AnswerLogprobs
+
+
+def pairs_fingerprint(*splits: Sequence[RenderedPair]) -> str:
+    digest = hashlib.sha256()
+    for split in splits:
+        digest.update(b"split")
+        for pair in split:
+            for datum in pair.datums:
+                digest.update(datum.model_input.token_array.tobytes())
+                for key in ("target_tokens", "weights"):
+                    digest.update(datum.loss_fn_inputs[key].data.tobytes())
+    return digest.hexdigest()
+
+
+def answer_logprobs_of(
+    ctx: StageContext, session: TrainingSession, pairs: Sequence[RenderedPair], batch_size: int
+) -> AnswerLogprobs:
+    """Both answers of every pair scored by ``session``'s weights (``forward``, batches of
+    ``batch_size`` sequences, every batch submitted before any wait)."""
+    data = pair_datums(pairs)
+    futures = [
+        session.forward(data[i : i + batch_size], "cross_entropy")
+        for i in range(0, len(data), batch_size)
+    ]
+    logprobs = [lp for f in futures for lp in ctx.wait(f, "training.forward").logprobs]
+    return summed_answers(pairs, logprobs)
+
+
+def _describe(reference_model: str | None, base_model: str, init_from: str | None) -> str:
+    if reference_model:
+        return reference_model
+    return f"{base_model} from {init_from}" if init_from else base_model
+
+
+@stage(
+    writes=("reference",),
+    ports=("training", "blobs"),
+)
+def reference_logprobs(
+    ctx: StageContext,
+    session: TrainingSession,
+    train_data: Sequence[RenderedPair],
+    eval_data: Sequence[RenderedPair],
+    start_step: int,
+    eval_batch_size: int,
+    reference_model: str | None,
+    base_model: str,
+    init_from: str | None,
+    lora_rank: int,
+    lora_alpha: float,
+    seed: int,
+    output: str,
+    run_id: str,
+) -> dict[str, Any]:
+    """Score every pair with the reference once: the run's starting weights (its base model,
+    or ``init_from``), or ``reference_model``. A run that already saved them reads them back,
+    after checking they were computed from the same reference and the same rendered pairs."""
+    blobs = ctx.adapters.blobs
+    key = join_key(output, run_id, REFERENCE_NAME)
+    model = _describe(reference_model, base_model, init_from)
+    fingerprint = pairs_fingerprint(train_data, eval_data)
+    if blobs.exists(key):
+        saved = from_data(ReferenceLogprobs, json.loads(blobs.read(key)))
+        if saved.model != model or saved.fingerprint != fingerprint:
+            differs = "reference model" if saved.model != model else "rendered pairs"
+            raise ValidationError(
+                key,
+                f"these reference log-probabilities were computed for other {differs} "
+                f"(saved: {saved.model!r}, pairs {saved.fingerprint[:12]}; this run: {model!r}, "
+                f"pairs {fingerprint[:12]}); refusing to train against them",
+            )
+        ctx.log.info("reference.loaded", key=key, pairs=len(saved.train))
+        return {"reference": saved}
+    if start_step > 0:
+        raise ConfigError(
+            f"run {run_id} resumes at step {start_step} but {key} is missing: its reference "
+            "log-probabilities cannot be recomputed from weights that have been trained"
+        )
+    started = time.perf_counter()
+    scorer = session
+    if reference_model:
+        config = SessionConfig(
+            base_model=reference_model,
+            lora=LoraConfig(rank=lora_rank, alpha=lora_alpha, seed=seed),
+            seed=seed,
+            storage_prefix=join_key(output, run_id, "reference"),
+            run_id=run_id,
+        )
+        scorer = ctx.adapters.training.start_session(config)
+        ours, theirs = session.model_info.vocab_size, scorer.model_info.vocab_size
+        if ours != theirs:
+            scorer.close()
+            raise ConfigError(
+                f"reference_model {reference_model!r} has a vocabulary of {theirs} tokens, "
+                f"the trained model {ours}: it cannot score the same tokens"
+            )
+    try:
+        reference = ReferenceLogprobs(
+            model,
+            fingerprint,
+            answer_logprobs_of(ctx, scorer, train_data, eval_batch_size),
+            answer_logprobs_of(ctx, scorer, eval_data, eval_batch_size),
+        )
+    finally:
+        if scorer is not session:
+            scorer.close()
+    blobs.write(key, json.dumps(to_data(reference)).encode())
+    ctx.log.info(
+        "reference.computed",
+        key=key,
+        model=model,
+        pairs=len(reference.train) + len(reference.eval),
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    return {"reference": reference}

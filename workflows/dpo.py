@@ -1,0 +1,255 @@
+"""Direct preference optimisation: ``galley run dpo``.
+
+load_preferences -> start_session -> render_pairs -> plan_training -> resume_from_checkpoint
+-> init_weights -> save_run_record -> reference_logprobs -> evaluate_base
+train loop: preference_step -> optim_step -> collect_results [-> evaluate] [-> checkpoint]
+drain -> evaluate_final -> final_checkpoint -> export_sampler
+
+Pairs in TRL's preference format are rendered as SFT renders rows; the reference scores them
+once before training (saved with the run); each step trains TRL's ``sigmoid`` or ``ipo`` loss
+through the linearisation, so any TrainingClient runs it. With no options it tunes the
+embedded model on the embedded ``galley/tiny-prefs`` pairs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import attrs
+
+from galley.core.adapter_set import Adapters
+from galley.core.checks import at_least, boolean, in_range, int_at_least, one_of, safe_name
+from galley.core.dpo import PreferenceLoss, PreferenceObjective
+from galley.core.engine import Every, Loop, Workflow
+from galley.core.engine.run import run_workflow
+from galley.core.errors import ValidationError
+from galley.core.keys import check_prefix
+from galley.core.records import EVAL, TRAIN, CheckpointRecord
+from galley.core.schedules import ScheduleKind
+from galley.core.sections import (
+    CheckpointSection,
+    DataSection,
+    EvalSection,
+    FormatSection,
+    ModelSection,
+    OptimSection,
+    SectionedConfig,
+)
+from galley.core.stages import (
+    checkpoint_stage,
+    collect_results,
+    drain,
+    evaluate_stage,
+    export_sampler,
+    init_weights,
+    optim_step,
+    plan_training,
+    resume_from_checkpoint,
+    save_run_record,
+    start_session,
+)
+from galley.core.stages.dpo import (
+    load_preferences,
+    preference_eval,
+    preference_step,
+    reference_logprobs,
+    render_pairs,
+)
+from galley.core.summary import Summary, SummaryTable, number
+from galley.core.types import CheckpointRef
+
+# What the default run reports, in this order: TRL's names.
+SHOWN_METRICS = (
+    "loss",
+    "rewards/accuracies",
+    "rewards/margins",
+    "rewards/chosen",
+    "rewards/rejected",
+    "logps/chosen",
+    "logps/rejected",
+)
+
+
+def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    check_prefix(value, "DPOConfig.output")
+
+
+@attrs.frozen(init=False)
+class DPOConfig(SectionedConfig):
+    """Everything a DPO run needs besides its adapters; every setting has a default, and any
+    may be given by its plain name: ``DPOConfig(beta=0.2, max_steps=50)``."""
+
+    model: ModelSection = attrs.field(factory=ModelSection)
+    data: DataSection = attrs.field(factory=lambda: DataSection(dataset="galley/tiny-prefs"))
+    render: FormatSection = attrs.field(factory=FormatSection)
+    optim: OptimSection = attrs.field(factory=lambda: OptimSection(learning_rate=2e-3))
+    checkpoints: CheckpointSection = attrs.field(factory=CheckpointSection)
+    evaluation: EvalSection = attrs.field(factory=lambda: EvalSection(eval_every=16))
+    # TRL's loss_type: "sigmoid" (DPO) or "ipo".
+    loss_type: str = attrs.field(
+        default=PreferenceLoss.SIGMOID.value, validator=one_of([k.value for k in PreferenceLoss])
+    )
+    beta: float = attrs.field(default=0.1, validator=in_range(0.0, 1e6, low_open=True))
+    label_smoothing: float = attrs.field(default=0.0, validator=in_range(0.0, 0.5, high_open=True))
+    # A model to score the pairs with instead of the weights the run starts from.
+    reference_model: str | None = attrs.field(default=None)
+    max_steps: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(int_at_least(1))
+    )
+    num_epochs: int = attrs.field(default=1, validator=int_at_least(1))  # tiny-prefs: 64 steps
+    batch_size: int = attrs.field(default=8, validator=int_at_least(1))  # pairs per step
+    submit_ahead: int = attrs.field(default=1, validator=int_at_least(0))
+    seed: int = attrs.field(default=0, validator=int_at_least(0))
+    output: str = attrs.field(default="runs", validator=_prefix)
+    run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
+    resume: bool = attrs.field(default=False, validator=boolean)
+    on_nonfinite: str = attrs.field(default="stop", validator=one_of(["stop", "skip"]))
+    call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
+
+    CONFIG_VERSION: ClassVar[int] = 1
+    CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
+
+    # As SFT's: what a resume may not change without accepting it explicitly.
+    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "model.base_model",
+            "model.init_from",
+            "model.lora_rank",
+            "model.lora_alpha",
+            "data.dataset",
+            "data.train_split",
+            "data.eval_split",
+            "data.eval_holdout",
+            "render.max_length",
+            "render.truncation",
+            "render.renderer",
+            "optim.learning_rate",
+            "optim.lr_schedule",
+            "optim.warmup_steps",
+            "optim.min_lr_ratio",
+            "optim.weight_decay",
+            "optim.grad_clip_norm",
+            "optim.adam_beta1",
+            "optim.adam_beta2",
+            "optim.adam_eps",
+            "loss_type",
+            "beta",
+            "label_smoothing",
+            "reference_model",
+            "batch_size",
+            "seed",
+        }
+    )
+    SCHEDULE_LENGTH_FIELDS: ClassVar[frozenset[str]] = frozenset({"max_steps", "num_epochs"})
+    FREE_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {
+            "checkpoints.checkpoint_every",
+            "checkpoints.keep_checkpoints",
+            "evaluation.eval_every",
+            "evaluation.eval_batch_size",
+            "submit_ahead",
+            "output",
+            "run_id",
+            "resume",
+            "on_nonfinite",
+            "call_timeout_s",
+        }
+    )
+
+    def __attrs_post_init__(self) -> None:
+        if self.resume and self.run_id is None:
+            raise ValidationError(
+                "DPOConfig.resume", "resuming needs the run_id of the run to continue"
+            )
+        PreferenceObjective(self.loss_type, self.beta, self.label_smoothing)  # refuses a mix
+
+    def trajectory_fields(self) -> frozenset[str]:
+        if self.optim.lr_schedule == ScheduleKind.CONSTANT:
+            return self.TRAJECTORY_FIELDS
+        return self.TRAJECTORY_FIELDS | self.SCHEDULE_LENGTH_FIELDS
+
+
+@attrs.frozen
+class DPOResult:
+    run_id: str
+    steps: int
+    metrics: list[dict[str, float]]  # one per step: loss, rewards/..., logps/..., lr, ...
+    eval: list[dict[str, float]]  # held-out rows: eval/loss, eval/rewards/accuracies, ...
+    checkpoints: tuple[CheckpointRecord, ...]
+    sampler: CheckpointRef | None
+    skipped_examples: Mapping[str, int] = attrs.field(factory=dict)
+
+
+def build_workflow(config: DPOConfig) -> Workflow:
+    def evaluate(name: str, at: str) -> Any:
+        return evaluate_stage(name, at, measure=preference_eval)
+
+    return Workflow(
+        "dpo",
+        [
+            load_preferences,
+            start_session,
+            render_pairs,
+            plan_training,
+            resume_from_checkpoint,
+            init_weights,
+            save_run_record,
+            reference_logprobs,
+            evaluate("evaluate_base", at="start_step"),
+            Loop(
+                "train",
+                [
+                    preference_step,
+                    optim_step,
+                    collect_results,
+                    Every(drain, config.eval_every),
+                    Every(evaluate("evaluate", at="step"), config.eval_every),
+                    Every(drain, config.checkpoint_every),
+                    Every(checkpoint_stage("checkpoint", at="step"), config.checkpoint_every),
+                ],
+            ),
+            drain,
+            evaluate("evaluate_final", at="total_steps"),
+            checkpoint_stage("final_checkpoint", at="total_steps"),
+            export_sampler,
+        ],
+        description="Direct preference optimisation (TRL's sigmoid or IPO loss) on pairs.",
+    )
+
+
+def run(config: DPOConfig, adapters: Adapters, **options: Any) -> DPOResult:
+    """Run DPO (``galley.core.engine.run.run_workflow``, whose keyword ``options`` it takes:
+    observers, retry, accept_changes)."""
+    done = run_workflow("dpo", build_workflow, config, adapters, **options)
+    state = done.state
+    return DPOResult(
+        run_id=done.run_id,
+        steps=state["total_steps"] - state["start_step"],
+        metrics=done.stream(TRAIN),
+        eval=done.stream(EVAL),
+        checkpoints=tuple(state["checkpoints"]),
+        sampler=state.get("sampler"),
+        skipped_examples=dict(state.get("skipped_examples", {})),
+    )
+
+
+def summarize(outcome: DPOResult) -> Summary:
+    """Held-out loss and rewards before and after; the first and last step's training loss;
+    where the checkpoints and the export went."""
+    first, last = (outcome.eval[0], outcome.eval[-1]) if outcome.eval else ({}, {})
+    rows: list[tuple[str, ...]] = [
+        (f"held-out {name}", number(first.get(f"eval/{name}")), number(last.get(f"eval/{name}")))
+        for name in SHOWN_METRICS
+    ]
+    losses = [m["loss"] for m in outcome.metrics if "loss" in m]
+    if losses:
+        rows.append(("train loss", number(losses[0]), number(losses[-1])))
+    for split, count in outcome.skipped_examples.items():
+        if count:
+            rows.append((f"{split} pairs too long (skipped)", "", str(count)))
+    table = SummaryTable(f"run {outcome.run_id}", ("metric", "before", "after"), tuple(rows))
+    blobs = [(f"checkpoint (step {r.step})", r.state.key) for r in outcome.checkpoints]
+    if outcome.sampler is not None:
+        blobs.append(("exported sampler weights", outcome.sampler.key))
+    return Summary((table,), (f"steps: {outcome.steps}",), tuple(blobs))
