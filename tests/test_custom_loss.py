@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -76,3 +77,27 @@ def test_gradients_of_the_wrong_shape_are_refused() -> None:
         ).result()
     with pytest.raises(ValidationError, match="1 gradients for 2 datums"):
         forward_backward_custom(s, data, lambda d, lps: (0.0, [np.zeros(lps[0].shape)])).result()
+
+
+def test_a_jax_loss_gives_its_gradient_through_custom_loss_from_jax() -> None:
+    """``custom_loss_from_jax`` differentiates a plain JAX loss of the logprobs: weighted NLL
+    written in JAX trains exactly like the numpy one above."""
+    import jax.numpy as jnp
+
+    from galley.adapters.jax.losses import custom_loss_from_jax
+
+    def jax_nll(data: Sequence[Datum], lps: list[Any]) -> Any:
+        return -sum(
+            (jnp.asarray(d.loss_fn_inputs["weights"].data) * lp).sum()
+            for d, lp in zip(data, lps, strict=True)
+        )
+
+    a, b = session(), session()
+    data = batch(a)
+    for _ in range(3):
+        out = forward_backward_custom(a, data, custom_loss_from_jax(jax_nll)).result()
+        a.optim_step(AdamParams(learning_rate=1e-2)).result()
+        ref = forward_backward_custom(b, data, weighted_nll).result()
+        b.optim_step(AdamParams(learning_rate=1e-2)).result()
+        assert out.loss == pytest.approx(ref.loss, rel=1e-5)
+    assert a.parameters() == pytest.approx(b.parameters(), rel=1e-5)  # type: ignore[attr-defined]

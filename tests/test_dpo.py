@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
+from galley.adapters.cli import main
 from galley.adapters.jax import JaxTrainingClient
 from galley.adapters.noop import NoopBlobStore, NoopHubClient
 from galley.adapters.noop.tokenizer import ByteTokenizer
@@ -394,3 +395,32 @@ def test_an_explicit_reference_model_scores_the_pairs(adapters: Adapters) -> Non
     assert saved["model"] == "other/model"
     # The noop model scores every model name alike: the start is still a tie.
     assert result.eval[0]["eval/rewards/accuracies"] == 0.0
+
+
+def test_galley_run_dpo_on_a_local_file_of_standard_rows(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI, HF `datasets` reading a local JSONL file, the noop training client."""
+    monkeypatch.chdir(tmp_path)
+    rows = [
+        {"prompt": f"Shout this: {w}", "chosen": w.upper(), "rejected": w}
+        for w in ("red", "blue", "green", "gold", "salt", "iron", "wind", "rain", "oak", "elm")
+    ]
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    sets = ["dataset=prefs.jsonl", "eval_holdout=2", "batch_size=4", "run_id=cli-dpo"]
+    args = ["run", "dpo", "--adapters", "noop", "--set", "adapters.datasets=hf"]
+    assert main([*args, *(a for s in sets for a in ("--set", s))]) == 0
+    out = capsys.readouterr().out
+    assert "held-out rewards/accuracies" in out and "steps: 2" in out
+    assert "galley://runs/cli-dpo/sampler/final" in out
+
+
+def test_a_bad_row_in_a_preference_file_is_named(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    rows = [{"prompt": "p", "chosen": "a", "rejected": "b"}, {"prompt": "p", "chosen": "a"}]
+    (tmp_path / "prefs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ["run", "dpo", "--adapters", "noop", "--set", "adapters.datasets=hf"]
+    assert main([*args, "--set", "dataset=prefs.jsonl", "--set", "eval_holdout=1"]) == 2
+    assert "row 2, field 'rejected': missing" in capsys.readouterr().err
