@@ -117,6 +117,14 @@ class SamplingSection(Section):
     sample_max_tokens: int = attrs.field(default=48, validator=int_at_least(1))
 
 
+def dotted(**sections: type[Any]) -> frozenset[str]:
+    """Every setting of the given sections by dotted name, as a config classifies them for
+    resume: ``dotted(optim=OptimSection)`` is ``{"optim.learning_rate", ...}``."""
+    return frozenset(
+        f"{name}.{f.name}" for name, kind in sections.items() for f in attrs.fields(kind)
+    )
+
+
 def is_section_type(kind: Any) -> bool:
     return isinstance(kind, type) and issubclass(kind, Section)
 

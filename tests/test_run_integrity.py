@@ -37,6 +37,7 @@ from galley.core.runs import (
 )
 from galley.core.sections import flatten_keys, leaf_fields
 from galley.core.stages import read_index
+from galley.workflows.dpo import DPOConfig
 from galley.workflows.sft import SFTConfig, resume_config, run
 from tests.test_reliability import NaNAtCall
 
@@ -427,10 +428,11 @@ def test_max_steps_is_free_on_a_constant_schedule_only(tmp_path: Path) -> None:
         run(attrs.evolve(linear, max_steps=8, resume=True), local_adapters(tmp_path))
 
 
-def test_every_config_field_is_classified_for_resume() -> None:
-    fields = {name for name, _ in leaf_fields(SFTConfig)}
-    sets = (SFTConfig.TRAJECTORY_FIELDS, SFTConfig.SCHEDULE_LENGTH_FIELDS, SFTConfig.FREE_FIELDS)
-    assert set().union(*sets) == fields, "classify every SFTConfig field (TRAJECTORY/FREE)"
+@pytest.mark.parametrize("config", [SFTConfig, DPOConfig])
+def test_every_config_field_is_classified_for_resume(config: Any) -> None:
+    fields = {name for name, _ in leaf_fields(config)}
+    sets = (config.TRAJECTORY_FIELDS, config.SCHEDULE_LENGTH_FIELDS, config.FREE_FIELDS)
+    assert set().union(*sets) == fields, f"classify every {config.__name__} field"
     assert sum(len(s) for s in sets) == len(fields), "a field is in two classes"
 
 

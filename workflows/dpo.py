@@ -21,7 +21,7 @@ import attrs
 from galley.core.adapter_set import Adapters
 from galley.core.checks import at_least, boolean, in_range, int_at_least, one_of, safe_name
 from galley.core.dpo import PreferenceLoss, PreferenceObjective
-from galley.core.engine import Every, Loop, Workflow
+from galley.core.engine import FunctionStage, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.errors import ValidationError
 from galley.core.keys import check_prefix
@@ -35,19 +35,19 @@ from galley.core.sections import (
     ModelSection,
     OptimSection,
     SectionedConfig,
+    dotted,
 )
 from galley.core.stages import (
     checkpoint_stage,
-    collect_results,
     drain,
     evaluate_stage,
     export_sampler,
     init_weights,
-    optim_step,
     plan_training,
     resume_from_checkpoint,
     save_run_record,
     start_session,
+    training_loop,
 )
 from galley.core.stages.dpo import (
     load_preferences,
@@ -111,51 +111,13 @@ class DPOConfig(SectionedConfig):
     CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
 
     # As SFT's: what a resume may not change without accepting it explicitly.
-    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {
-            "model.base_model",
-            "model.init_from",
-            "model.lora_rank",
-            "model.lora_alpha",
-            "data.dataset",
-            "data.train_split",
-            "data.eval_split",
-            "data.eval_holdout",
-            "render.max_length",
-            "render.truncation",
-            "render.renderer",
-            "optim.learning_rate",
-            "optim.lr_schedule",
-            "optim.warmup_steps",
-            "optim.min_lr_ratio",
-            "optim.weight_decay",
-            "optim.grad_clip_norm",
-            "optim.adam_beta1",
-            "optim.adam_beta2",
-            "optim.adam_eps",
-            "loss_type",
-            "beta",
-            "label_smoothing",
-            "reference_model",
-            "batch_size",
-            "seed",
-        }
-    )
+    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = dotted(
+        model=ModelSection, data=DataSection, render=FormatSection, optim=OptimSection
+    ) | {"loss_type", "beta", "label_smoothing", "reference_model", "batch_size", "seed"}
     SCHEDULE_LENGTH_FIELDS: ClassVar[frozenset[str]] = frozenset({"max_steps", "num_epochs"})
-    FREE_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {
-            "checkpoints.checkpoint_every",
-            "checkpoints.keep_checkpoints",
-            "evaluation.eval_every",
-            "evaluation.eval_batch_size",
-            "submit_ahead",
-            "output",
-            "run_id",
-            "resume",
-            "on_nonfinite",
-            "call_timeout_s",
-        }
-    )
+    FREE_FIELDS: ClassVar[frozenset[str]] = dotted(
+        checkpoints=CheckpointSection, evaluation=EvalSection
+    ) | {"submit_ahead", "output", "run_id", "resume", "on_nonfinite", "call_timeout_s"}
 
     def __attrs_post_init__(self) -> None:
         if self.resume and self.run_id is None:
@@ -182,7 +144,7 @@ class DPOResult:
 
 
 def build_workflow(config: DPOConfig) -> Workflow:
-    def evaluate(name: str, at: str) -> Any:
+    def evaluate(name: str, at: str) -> FunctionStage:
         return evaluate_stage(name, at, measure=preference_eval)
 
     return Workflow(
@@ -197,17 +159,11 @@ def build_workflow(config: DPOConfig) -> Workflow:
             save_run_record,
             reference_logprobs,
             evaluate("evaluate_base", at="start_step"),
-            Loop(
-                "train",
-                [
-                    preference_step,
-                    optim_step,
-                    collect_results,
-                    Every(drain, config.eval_every),
-                    Every(evaluate("evaluate", at="step"), config.eval_every),
-                    Every(drain, config.checkpoint_every),
-                    Every(checkpoint_stage("checkpoint", at="step"), config.checkpoint_every),
-                ],
+            training_loop(
+                preference_step,
+                evaluate("evaluate", at="step"),
+                config.eval_every,
+                config.checkpoint_every,
             ),
             drain,
             evaluate("evaluate_final", at="total_steps"),

@@ -21,7 +21,7 @@ from galley.core.checks import (
     one_of,
     safe_name,
 )
-from galley.core.engine import Every, Loop, Observer, RetryPolicy, Workflow
+from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.errors import ValidationError
 from galley.core.keys import check_prefix
@@ -37,6 +37,7 @@ from galley.core.sections import (
     RenderSection,
     SamplingSection,
     SectionedConfig,
+    dotted,
     nest,
     plain_settings,
 )
@@ -45,20 +46,19 @@ from galley.core.stages import (
     SampleComparison,
     check_sampling,
     checkpoint_stage,
-    collect_results,
     drain,
     evaluate_stage,
     export_sampler,
     forward_backward,
     init_weights,
     load_dataset,
-    optim_step,
     plan_training,
     render_dataset,
     resume_from_checkpoint,
     sample_answers,
     save_run_record,
     start_session,
+    training_loop,
 )
 from galley.core.summary import Summary, SummaryTable, number
 from galley.core.types import CheckpointRef
@@ -130,53 +130,25 @@ class SFTConfig(SectionedConfig):
     # How a resume treats each setting, by dotted name (a test checks every setting is in
     # exactly one set). Changing one of these would train other weights than the saved run
     # did: refused unless accepted explicitly.
-    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {
-            "model.base_model",
-            "model.init_from",
-            "model.lora_rank",
-            "model.lora_alpha",
-            "data.dataset",
-            "data.train_split",
-            "data.eval_split",  # a dataset without it holds out train rows instead
-            "data.eval_holdout",
-            "render.max_length",
-            "render.truncation",
-            "render.train_on",
-            "render.renderer",
-            "optim.learning_rate",
-            "optim.lr_schedule",
-            "optim.warmup_steps",
-            "optim.min_lr_ratio",
-            "optim.weight_decay",
-            "optim.grad_clip_norm",
-            "optim.adam_beta1",
-            "optim.adam_beta2",
-            "optim.adam_eps",
-            "batch_size",
-            "seed",
-        }
-    )
+    # Every model, data (a dataset without its eval_split holds out train rows instead),
+    # rendering and optimizer setting, the batch and the seed.
+    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = dotted(
+        model=ModelSection, data=DataSection, render=RenderSection, optim=OptimSection
+    ) | {"batch_size", "seed"}
     # How many steps the run has: the LR schedule's length, so part of the trajectory unless
     # the schedule is constant (then a run may be extended or cut short freely).
     SCHEDULE_LENGTH_FIELDS: ClassVar[frozenset[str]] = frozenset({"max_steps", "num_epochs"})
     # Where and how often to evaluate, checkpoint, sample and report, and who the run is.
-    FREE_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {
-            "checkpoints.checkpoint_every",
-            "checkpoints.keep_checkpoints",
-            "evaluation.eval_every",
-            "evaluation.eval_batch_size",
-            "sampling.num_samples",
-            "sampling.sample_max_tokens",
-            "submit_ahead",
-            "output",
-            "run_id",
-            "resume",
-            "on_nonfinite",  # what happens at a NaN, not what a finite step trains
-            "call_timeout_s",
-        }
-    )
+    FREE_FIELDS: ClassVar[frozenset[str]] = dotted(
+        checkpoints=CheckpointSection, evaluation=EvalSection, sampling=SamplingSection
+    ) | {
+        "submit_ahead",
+        "output",
+        "run_id",
+        "resume",
+        "on_nonfinite",  # what happens at a NaN, not what a finite step trains
+        "call_timeout_s",
+    }
 
     def __attrs_post_init__(self) -> None:
         if self.resume and self.run_id is None:
@@ -216,20 +188,11 @@ def build_workflow(config: SFTConfig) -> Workflow:
             init_weights,
             save_run_record,
             evaluate_stage("evaluate_base", at="start_step"),
-            Loop(
-                "train",
-                [
-                    forward_backward,
-                    optim_step,
-                    collect_results,
-                    # Collect (and so record) every step in flight before an eval row, and
-                    # before the checkpoint's index entry exists: a resumed run then has all
-                    # metrics up to it.
-                    Every(drain, config.eval_every),
-                    Every(evaluate_stage("evaluate", at="step"), config.eval_every),
-                    Every(drain, config.checkpoint_every),
-                    Every(checkpoint_stage("checkpoint", at="step"), config.checkpoint_every),
-                ],
+            training_loop(
+                forward_backward,
+                evaluate_stage("evaluate", at="step"),
+                config.eval_every,
+                config.checkpoint_every,
             ),
             drain,
             evaluate_stage("evaluate_final", at="total_steps"),

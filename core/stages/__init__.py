@@ -12,6 +12,7 @@ from galley.core.stages.checkpoint import (
 )
 from galley.core.stages.data import load_dataset, load_split
 from galley.core.stages.evaluate import evaluate_stage, heldout_nll, measure_heldout
+from galley.core.stages.loop import training_loop
 from galley.core.stages.render import render_dataset, render_split
 from galley.core.stages.sample import (
     SampleComparison,
@@ -60,4 +61,5 @@ __all__ = [
     "sample_answers",
     "save_run_record",
     "start_session",
+    "training_loop",
 ]

@@ -58,12 +58,7 @@ def render_splits(
     skipped = {"train": train_skips, "eval": eval_skips}
     if train_skips or eval_skips:
         ctx.log.warning("examples.skipped", max_length=max_length, **skipped)
-    ctx.log.info("dataset.rendered", train_examples=len(train), train_tokens=_tokens(train))
     return {"train_data": train, "eval_data": held_out, "skipped_examples": skipped}
-
-
-def _tokens(data: Sequence[Any]) -> int:
-    return sum(d.model_input.length for item in data for d in getattr(item, "datums", (item,)))
 
 
 @stage(
@@ -89,6 +84,9 @@ def render_dataset(
         return fit_conversation(chat, conversation, mode, max_length, truncation)
 
     rendered = render_splits(ctx, fit, train_rows, eval_rows, row_origins, max_length)
+    train = rendered["train_data"]
+    tokens = sum(d.model_input.length for d in train)
+    ctx.log.info("dataset.rendered", train_examples=len(train), train_tokens=tokens)
     return {**rendered, "chat_renderer": chat}
 
 

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from galley.core.engine import StageContext, stage
-from galley.core.preferences import PreferencePair, render_pair, row_to_pair
+from galley.core.preferences import PreferencePair, RenderedPair, render_pair, row_to_pair
 from galley.core.rendering import make_renderer
 from galley.core.stages.data import load_rows
 from galley.core.stages.render import render_splits
@@ -43,8 +43,11 @@ def render_pairs(
     a pair either side of which cannot fit ``max_length`` is skipped whole."""
     chat = make_renderer(renderer, session.tokenizer)
 
-    def fit(pair: PreferencePair) -> Any:
+    def fit(pair: PreferencePair) -> RenderedPair:
         return render_pair(chat, pair, max_length, truncation)
 
     rendered = render_splits(ctx, fit, train_rows, eval_rows, row_origins, max_length)
+    train = rendered["train_data"]
+    tokens = sum(d.model_input.length for pair in train for d in pair.datums)
+    ctx.log.info("pairs.rendered", train_pairs=len(train), train_tokens=tokens)
     return {**rendered, "chat_renderer": chat}

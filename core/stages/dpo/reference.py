@@ -17,7 +17,7 @@ from galley.core.errors import ConfigError, ValidationError
 from galley.core.keys import join_key
 from galley.core.preferences import AnswerLogprobs, RenderedPair, pair_datums, summed_answers
 from galley.core.serialization import from_data, to_data
-from galley.core.types import LoraConfig, SessionConfig
+from galley.core.stages.session import run_session_config
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
@@ -116,12 +116,8 @@ def reference_logprobs(
     started = time.perf_counter()
     scorer = session
     if reference_model:
-        config = SessionConfig(
-            base_model=reference_model,
-            lora=LoraConfig(rank=lora_rank, alpha=lora_alpha, seed=seed),
-            seed=seed,
-            storage_prefix=join_key(output, run_id, "reference"),
-            run_id=run_id,
+        config = run_session_config(
+            reference_model, lora_rank, lora_alpha, seed, output, run_id, "reference"
         )
         scorer = ctx.adapters.training.start_session(config)
         ours, theirs = session.model_info.vocab_size, scorer.model_info.vocab_size
