@@ -6,12 +6,15 @@ answer. Configs name scorers as text, which a run records and a resume resolves 
 
 - ``exact_match``: the answer is the reference (surrounding whitespace aside);
 - ``contains``: the reference appears in the answer;
+- ``char_similarity``: how much of the answer matches the reference, character by
+  character (difflib's ratio, 0 to 1): partial credit, for rewards;
 - ``regex:<pattern>``: the pattern matches somewhere in the answer;
 - ``module:function``: your own function, imported by that path.
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import re
 from collections.abc import Callable, Mapping
@@ -44,7 +47,16 @@ def contains(example: Mapping[str, Any], completion: str) -> float:
     return float(str(example["reference"]).strip() in completion)
 
 
-BUILT_IN: Mapping[str, ScoreFn] = {"exact_match": exact_match, "contains": contains}
+def char_similarity(example: Mapping[str, Any], completion: str) -> float:
+    reference = str(example["reference"]).strip()
+    return difflib.SequenceMatcher(None, completion.strip(), reference).ratio()
+
+
+BUILT_IN: Mapping[str, ScoreFn] = {
+    "exact_match": exact_match,
+    "contains": contains,
+    "char_similarity": char_similarity,
+}
 
 
 def resolve_scorer(spec: str) -> Scorer:

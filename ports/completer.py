@@ -29,9 +29,15 @@ class Completer(Protocol):
         ...
 
     def complete_batch(
-        self, prompts: Sequence[Prompt], params: SamplingParams, *, model: ModelRef | None = None
+        self,
+        prompts: Sequence[Prompt],
+        params: SamplingParams,
+        *,
+        model: ModelRef | None = None,
+        num_samples: int = 1,
     ) -> list[Completion]:
-        """One Completion per prompt, in order; prompts may differ in length."""
+        """One Completion per prompt, in order, each of ``num_samples`` sequences; prompts
+        may differ in length. An adapter that can decodes them all as one batch."""
         ...
 
     def stream(

@@ -16,6 +16,7 @@ from galley.core.types import (
     OptimStepResult,
     SessionConfig,
 )
+from galley.ports.completer import Completer
 
 
 @runtime_checkable
@@ -98,6 +99,14 @@ class TrainingSession(Protocol):
 
     def save_weights_for_sampler(self, name: str) -> Future[CheckpointRef]:
         """Export the current weights in a form a Completer loads (for LoRA, the adapter)."""
+        ...
+
+    def save_weights_and_get_sampling_client(self) -> Future[Completer]:
+        """A Completer bound to the weights as of this call: every request submitted before
+        it applied, later ones not. Nothing is written to storage (Tinker's ephemeral
+        ``save_weights_and_get_sampling_client``): what an RL loop samples from. The
+        completer samples only those weights (``model=`` is refused); it holds a copy of
+        them until it is dropped."""
         ...
 
     def close(self) -> None:

@@ -38,6 +38,7 @@ from galley.core.runs import (
 from galley.core.sections import flatten_keys, leaf_fields
 from galley.core.stages import read_index
 from galley.workflows.dpo import DPOConfig
+from galley.workflows.rl import RLConfig
 from galley.workflows.sft import SFTConfig, resume_config, run
 from tests.test_reliability import NaNAtCall
 
@@ -428,7 +429,7 @@ def test_max_steps_is_free_on_a_constant_schedule_only(tmp_path: Path) -> None:
         run(attrs.evolve(linear, max_steps=8, resume=True), local_adapters(tmp_path))
 
 
-@pytest.mark.parametrize("config", [SFTConfig, DPOConfig])
+@pytest.mark.parametrize("config", [SFTConfig, DPOConfig, RLConfig])
 def test_every_config_field_is_classified_for_resume(config: Any) -> None:
     fields = {name for name, _ in leaf_fields(config)}
     sets = (config.TRAJECTORY_FIELDS, config.SCHEDULE_LENGTH_FIELDS, config.FREE_FIELDS)

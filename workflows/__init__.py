@@ -11,7 +11,7 @@ import attrs
 
 from galley.core.engine import Workflow
 from galley.core.summary import Summary
-from galley.workflows import dpo, sft
+from galley.workflows import dpo, rl, sft
 from galley.workflows import eval as evaluation
 
 
@@ -42,6 +42,14 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
         dpo.run,
         dpo.summarize,
     ),
+    "rl": WorkflowSpec(
+        "rl",
+        "Reinforcement learning from rewards (GRPO-style): sample, score, learn on-policy.",
+        rl.RLConfig,
+        rl.build_workflow,
+        rl.run,
+        rl.summarize,
+    ),
     "eval": WorkflowSpec(
         "eval",
         "Evaluate a base model or a run's checkpoint on a dataset split: NLL, bits per byte, "
@@ -53,4 +61,4 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
     ),
 }
 
-__all__ = ["WORKFLOWS", "WorkflowSpec", "dpo", "evaluation", "sft"]
+__all__ = ["WORKFLOWS", "WorkflowSpec", "dpo", "evaluation", "rl", "sft"]

@@ -83,23 +83,29 @@ def _sample_categorical(key: Array, logits: Array) -> Array:
     return jnp.where(picked < logits.shape[-1], picked, jnp.argmax(logits, axis=-1))
 
 
-def _pick(logits: Array, key: Array, temperature: Array, top_k: Array, top_p: Array) -> Array:
-    """Greedy at temperature 0; otherwise sample, sorting the vocabulary only when a top-k or
-    top-p filter is on (a sort per step would cost more than the model's forward)."""
+def _pick(
+    logits: Array, key: Array, temperature: Array, top_k: Array, top_p: Array
+) -> tuple[Array, Array]:
+    """The token and its log-probability under the distribution it was drawn from: greedy at
+    temperature 0 (the model's own log-probability); otherwise sampled from the logits
+    scaled by the temperature and filtered, sorting the vocabulary only when a top-k or top-p
+    filter is on (a sort per step would cost more than the model's forward)."""
 
-    def sample() -> Array:
+    def sample() -> tuple[Array, Array]:
         scaled = logits / jnp.maximum(temperature, 1e-6)
         filtered = jax.lax.cond(
             (top_k > 0) | (top_p < 1.0),
             lambda: _filter_logits(scaled, top_k, top_p),
             lambda: scaled,
         )
-        return _sample_categorical(key, filtered).astype(jnp.int32)
+        return _sample_categorical(key, filtered).astype(jnp.int32), filtered
 
-    picked: Array = jax.lax.cond(
-        temperature > 0, sample, lambda: jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    )
-    return picked
+    def greedy() -> tuple[Array, Array]:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32), logits
+
+    token, drawn_from = jax.lax.cond(temperature > 0, sample, greedy)
+    lp = jnp.take_along_axis(jax.nn.log_softmax(drawn_from, axis=-1), token[:, None], axis=-1)
+    return token, lp[:, 0]
 
 
 DECODE_PHASES = 4
@@ -169,10 +175,9 @@ def generate(
 
     def pick(i: Array, logits: Array, done: Array, count: Array, out: Array, out_lp: Array) -> Any:
         """Token i of every row from its logits, recorded unless the row is done."""
-        token = _pick(
+        token, lp = _pick(
             logits, jax.vmap(jax.random.fold_in, (0, None))(keys, i), temperature, top_k, top_p
         )
-        lp = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None], axis=-1)[:, 0]
         out = out.at[:, i].set(jnp.where(done, 0, token))
         out_lp = out_lp.at[:, i].set(jnp.where(done, 0.0, lp))
         count = count + (~done).astype(jnp.int32)
@@ -382,8 +387,9 @@ class JaxCompleter:
         params: SamplingParams,
         *,
         model: ModelRef | None = None,
+        num_samples: int = 1,
     ) -> list[Completion]:
-        return self._sample(prompts, params, model, 1) if prompts else []
+        return self._sample(prompts, params, model, num_samples) if prompts else []
 
     def stream(
         self, prompt: str | ModelInput, params: SamplingParams, *, model: ModelRef | None = None

@@ -51,6 +51,7 @@ from galley.adapters.jax.peft_export import (
     merged_hf_tensors,
     peft_adapter_files,
 )
+from galley.adapters.jax.session_sampler import WeightsCompleter, sampling_copy
 from galley.core.errors import ValidationError
 from galley.core.keys import check_name, join_key
 from galley.core.losses import LossFn
@@ -286,6 +287,21 @@ class JaxTrainingSession:
 
     def load_weights(self, ref: CheckpointRef) -> Future[None]:
         return self._queue.submit(lambda: self._load_weights(ref))
+
+    def save_weights_and_get_sampling_client(self) -> Future[WeightsCompleter]:
+        return self._queue.submit(self._sampling_client)
+
+    def _sampling_client(self) -> WeightsCompleter:
+        model = nnx.merge(self._graphdef, self._trainable, self._frozen)
+        client = self._client
+        loaded = sampling_copy(model, self.model_config, self.tokenizer, client.dtype)
+        return WeightsCompleter(
+            loaded,
+            client.hub,
+            client.blobs,
+            dtype=client.dtype.name,
+            length_buckets=client.length_buckets,
+        )
 
     def save_weights_for_sampler(self, name: str) -> Future[CheckpointRef]:
         check_name(name, "save_weights_for_sampler.name")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import random
+import string
 import zlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from galley.adapters.helpers.faults import FaultInjector, Faults
 from galley.adapters.noop.tokenizer import ByteTokenizer
@@ -14,6 +16,9 @@ from galley.core.manifest import MANIFEST_NAME
 from galley.core.model_input import ModelInput
 from galley.core.types import Completion, ModelRef, SampledSequence, SamplingParams
 from galley.ports.blobs import BlobStore
+
+# (prompt token ids, sampled token ids) -> one log-probability per sampled token
+LogprobsOf = Callable[[Sequence[int], Sequence[int]], list[float]]
 
 
 class NoopCompleter:
@@ -30,8 +35,14 @@ class NoopCompleter:
         *,
         blobs: BlobStore | None = None,
         faults: Faults | None = None,
+        vary: float = 0.0,
+        logprobs_of: LogprobsOf | None = None,
     ) -> None:
         self.scripted = dict(scripted or {})
+        # Sampling (temperature > 0) replaces each character of an answer with this chance,
+        # differently per sample: a training session's completer varies as models do.
+        self.vary = vary
+        self._logprobs_of = logprobs_of
         self.tokenizer = ByteTokenizer()
         self._blobs = blobs
         self._faults = FaultInjector(faults)
@@ -48,9 +59,19 @@ class NoopCompleter:
                 return content.strip()
         return ""
 
-    def _sequence(self, text: str, params: SamplingParams, sample: int) -> SampledSequence:
+    def _varied(self, answer: str, params: SamplingParams, sample: int) -> str:
+        if not self.vary or params.temperature == 0 or not answer:
+            return answer
+        rng = random.Random(f"{params.seed}/{sample}/{answer}")
+        return "".join(
+            rng.choice(string.ascii_letters) if rng.random() < self.vary else ch for ch in answer
+        )
+
+    def _sequence(
+        self, ids: Sequence[int], text: str, params: SamplingParams, sample: int
+    ) -> SampledSequence:
         tok = self.tokenizer
-        answer = self._answer(text)
+        answer = self._varied(self._answer(text), params, sample)
         cut = min((answer.find(s) for s in params.stop if s in answer), default=-1)
         tokens = tok.encode(answer if cut < 0 else answer[:cut])
         reason = "stop"
@@ -62,10 +83,14 @@ class NoopCompleter:
         if len(tokens) > params.max_tokens:
             tokens, reason = tokens[: params.max_tokens], "length"
         seed = (params.seed or 0) * 7919 + sample
-        logprobs = [
-            -((zlib.crc32(bytes([i % 251, t % 251])) + seed) % 1000) / 2000.0
-            for i, t in enumerate(tokens)
-        ]
+        logprobs = (
+            self._logprobs_of(ids, tokens)
+            if self._logprobs_of is not None and tokens
+            else [
+                -((zlib.crc32(bytes([i % 251, t % 251])) + seed) % 1000) / 2000.0
+                for i, t in enumerate(tokens)
+            ]
+        )
         return SampledSequence(tokens, logprobs, reason, tok.decode(tokens))  # type: ignore[arg-type]
 
     def _check_model(self, model: ModelRef | None) -> None:
@@ -91,7 +116,7 @@ class NoopCompleter:
     ) -> Completion:
         ids = self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt.to_ints()
         text = prompt if isinstance(prompt, str) else self.tokenizer.decode(ids)
-        sequences = [self._sequence(text, params, i) for i in range(num_samples)]
+        sequences = [self._sequence(ids, text, params, i) for i in range(num_samples)]
         prompt_logprobs = None
         if params.include_prompt_logprobs:
             prompt_logprobs = (None, *(-(t % 17) / 10.0 for t in ids[1:]))
@@ -103,10 +128,11 @@ class NoopCompleter:
         params: SamplingParams,
         *,
         model: ModelRef | None = None,
+        num_samples: int = 1,
     ) -> list[Completion]:
         self._faults("complete_batch")  # one request for the whole batch
         self._check_model(model)
-        return [self._answer_prompt(p, params, 1) for p in prompts]
+        return [self._answer_prompt(p, params, num_samples) for p in prompts]
 
     def stream(
         self, prompt: str | ModelInput, params: SamplingParams, *, model: ModelRef | None = None

@@ -23,6 +23,7 @@ import numpy.typing as npt
 
 from galley.adapters.helpers.faults import FaultInjector, Faults
 from galley.adapters.helpers.request_queue import ImmediateQueue
+from galley.adapters.noop.completer import NoopCompleter
 from galley.adapters.noop.tokenizer import ByteTokenizer
 from galley.core.errors import ValidationError
 from galley.core.keys import check_name, join_key
@@ -153,6 +154,22 @@ class NoopTrainingSession:
     def load_weights(self, ref: CheckpointRef) -> Future[None]:
         self._faults("load_weights")
         return self._queue.submit(lambda: self._load_weights(ref))
+
+    def save_weights_and_get_sampling_client(self) -> Future[NoopCompleter]:
+        self._faults("save_weights_and_get_sampling_client")
+        return self._queue.submit(self._sampling_client)
+
+    def _sampling_client(self) -> NoopCompleter:
+        """A completer whose log-probabilities are this model's as of now (so a learner sees
+        the sampler's own on-policy) and whose samples vary less as ``scale`` falls."""
+        scale, vocab = self._scale(), self._tokenizer.vocab_size
+
+        def logprobs_of(prompt: Sequence[int], tokens: Sequence[int]) -> list[float]:
+            previous = np.asarray([*prompt, *tokens][len(prompt) - 1 : -1], np.int64)
+            logp = -scale * difficulty(previous, np.asarray(tokens, np.int64), vocab)
+            return [float(x) for x in logp.astype(np.float32)]
+
+        return NoopCompleter(vary=0.5 * scale, logprobs_of=logprobs_of)
 
     def save_weights_for_sampler(self, name: str) -> Future[CheckpointRef]:
         check_name(name, "save_weights_for_sampler.name")

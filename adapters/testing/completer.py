@@ -52,6 +52,18 @@ class CompleterContract(Contract):
                 assert (b.tokens, b.text, b.stop_reason) == (s.tokens, s.text, s.stop_reason)
                 assert b.logprobs == pytest.approx(s.logprobs, abs=1e-4)
 
+    def test_batch_gives_num_samples_per_prompt(self) -> None:
+        """complete_batch with num_samples: that many sequences per prompt, in prompt order,
+        the same as complete gives each prompt (seeded)."""
+        c = self.make()
+        p = SamplingParams(max_tokens=5, temperature=1.0, seed=11)
+        prompts = ["one prompt", "another, longer prompt"]
+        batched = c.complete_batch(prompts, p, num_samples=3)
+        assert [len(x.sequences) for x in batched] == [3, 3]
+        for out, prompt in zip(batched, prompts, strict=True):
+            single = c.complete(prompt, p, num_samples=3)
+            assert [s.tokens for s in out.sequences] == [s.tokens for s in single.sequences]
+
     def test_stream_joins_to_the_completion_text(self) -> None:
         """stream: the pieces join to the completion's text."""
         c = self.make()

@@ -15,9 +15,19 @@ import numpy as np
 import pytest
 
 from galley.adapters.testing.contract import Contract
-from galley.core import AdamParams, Datum, GalleyError, SessionConfig, ValidationError
+from galley.core import (
+    AdamParams,
+    Datum,
+    GalleyError,
+    LoraConfig,
+    SamplingParams,
+    SessionConfig,
+    ValidationError,
+)
 from galley.core.manifest import CheckpointMismatchError
-from galley.ports import TrainingClient, TrainingSession
+from galley.core.model_input import ModelInput
+from galley.core.rl import rollout_datum
+from galley.ports import Completer, TrainingClient, TrainingSession
 
 
 def text_datum(session: TrainingSession, text: str) -> Datum:
@@ -186,6 +196,29 @@ class TrainingClientContract(Contract):
         s = self.session()
         ref = s.save_weights_for_sampler("final").result()
         assert ref.kind == "sampler" and ref.name == "final"
+
+    def test_sampling_client_samples_the_weights_as_of_its_call(self) -> None:
+        """save_weights_and_get_sampling_client gives a Completer of the weights as of the
+        call: its sampled tokens' logprobs are the learner's (temperature 1, no filter), and
+        a later optim_step does not change what it samples."""
+        session = self.session(lora=LoraConfig(rank=2))
+        tok = session.tokenizer
+        sampler = session.save_weights_and_get_sampling_client().result()
+        assert isinstance(sampler, Completer)
+        prompt = ModelInput.from_ints(tok.encode("the quick brown"))
+        params = SamplingParams(max_tokens=6, temperature=1.0, seed=3, ignore_eos=True)
+        [completion] = sampler.complete_batch([prompt], params, num_samples=2)
+        assert len(completion.sequences) == 2
+        data = [
+            rollout_datum(completion.prompt_tokens, seq.tokens, seq.logprobs, 1.0)
+            for seq in completion.sequences
+        ]
+        learner = session.forward(data, "importance_sampling").result().logprobs
+        for lp, seq in zip(learner, completion.sequences, strict=True):
+            np.testing.assert_allclose(lp[-len(seq.tokens) :], seq.logprobs, atol=1e-3)
+        session.forward_backward(data, "importance_sampling")
+        session.optim_step(AdamParams(learning_rate=0.1)).result()
+        assert sampler.complete_batch([prompt], params, num_samples=2) == [completion]
 
     def test_invalid_requests_raise_at_submission(self) -> None:
         """Invalid arguments raise ValidationError at submission."""

@@ -54,6 +54,10 @@ class InFlightStep:
     # Metrics known when the step was submitted (a custom loss's, from its forward pass);
     # they are recorded with the step's and win over them (its own "loss").
     metrics: Mapping[str, float] = attrs.field(factory=dict)
+    # Metrics of the finished forward_backward's outputs (an RL step's KL to its sampler).
+    output_metrics: Callable[[ForwardBackwardOutput], Mapping[str, float]] | None = attrs.field(
+        default=None, eq=False
+    )
     done: DoneClock = attrs.field(factory=DoneClock, eq=False)
 
     def with_optim(self, optim: Future[OptimStepResult]) -> InFlightStep:
@@ -65,6 +69,7 @@ class InFlightStep:
             self.submitted_at,
             self.examples,
             self.metrics,
+            self.output_metrics,
             self.done,
         )
 
@@ -242,6 +247,8 @@ def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipel
                 "update_norm": optim.update_norm,
             }
         metrics["tokens_per_s"] = entry.tokens / elapsed if elapsed > 0 else 0.0
+        if entry.output_metrics is not None:
+            metrics |= entry.output_metrics(fb)
         ctx.record_metrics(TRAIN, entry.step, {**metrics, **entry.metrics})
     return pipeline.with_in_flight(tuple(pending), last)
 

@@ -1,0 +1,63 @@
+"""Sampling from a training session's weights as they are at one moment, without a disk
+round trip (Tinker's ``save_weights_and_get_sampling_client``).
+
+The session's model, LoRA folded in, is rebuilt in the completer's sampling layout from host
+copies of its weights; the completer holds that copy only, so handing weights over thousands
+of times keeps one copy per completer still referenced (an RL loop keeps one or two)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+from flax import nnx
+
+from galley.adapters.hf.tokenizer import HFTokenizerAdapter
+from galley.adapters.jax.completer import JaxCompleter, LoadedModel
+from galley.adapters.jax.config import ModelConfig
+from galley.adapters.jax.model import CausalLM, build_model
+from galley.adapters.jax.peft_export import merged_hf_tensors
+from galley.core.errors import ValidationError
+from galley.core.types import ModelRef
+from galley.ports.blobs import BlobStore
+from galley.ports.hub import HubClient
+
+
+def sampling_copy(
+    model: CausalLM, config: ModelConfig, tokenizer: HFTokenizerAdapter, dtype: Any
+) -> LoadedModel:
+    """The model's current weights (LoRA merged in) as a model to sample from."""
+    tensors = merged_hf_tensors(model)
+    # A LoRA on a tied head unties it: the merged head differs from the embedding.
+    tied = config.family.names.weight("lm_head") not in tensors
+    config = attrs.evolve(config, tie_word_embeddings=tied)
+    sampler = build_model(config, tensors.__getitem__, None, dtype, sampling_layout=True)
+    graphdef, state = nnx.split(sampler)
+    return LoadedModel(graphdef, state, config, tokenizer)
+
+
+class WeightsCompleter(JaxCompleter):
+    """A Completer bound to one set of weights: ``model=`` must be left out (it samples only
+    what it was made from)."""
+
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        hub: HubClient,
+        blobs: BlobStore,
+        *,
+        dtype: str,
+        length_buckets: Sequence[int],
+    ) -> None:
+        super().__init__(hub, blobs, dtype=dtype, length_buckets=length_buckets)
+        self._loaded = loaded
+
+    def _load(self, ref: ModelRef | None) -> LoadedModel:
+        if ref is not None:
+            raise ValidationError(
+                "model",
+                "this completer samples the training weights it was made from; "
+                "leave model out (or use a JaxCompleter for other models)",
+            )
+        return self._loaded

@@ -1,0 +1,14 @@
+"""RL's stages: prompts in, then each step samples from the current weights, scores, and
+trains on the completions' advantages; held-out rewards are measured by greedy answers."""
+
+from galley.core.stages.rl.data import RenderedTask, load_tasks, render_prompts
+from galley.core.stages.rl.step import answers_stage, reward_eval, rl_step
+
+__all__ = [
+    "RenderedTask",
+    "answers_stage",
+    "load_tasks",
+    "render_prompts",
+    "reward_eval",
+    "rl_step",
+]

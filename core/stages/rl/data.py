@@ -1,0 +1,69 @@
+"""Load RL's prompts (with their reference answers, when rows have them) and render them as
+generation prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from galley.core.engine import StageContext, stage
+from galley.core.model_input import ModelInput
+from galley.core.rendering import DoesNotFitError, make_renderer
+from galley.core.rl import Task, row_to_task
+from galley.core.stages.data import load_rows
+from galley.core.stages.render import render_splits
+
+if TYPE_CHECKING:
+    from galley.ports.training import TrainingSession
+
+
+@attrs.frozen
+class RenderedTask:
+    """A task and the tokens that prompt the model to answer it."""
+
+    task: Task
+    prompt: ModelInput
+
+
+@stage(
+    writes=("train_rows", "eval_rows", "row_origins"),
+    ports=("datasets",),
+)
+def load_tasks(
+    ctx: StageContext, dataset: str, train_split: str, eval_split: str, eval_holdout: int, seed: int
+) -> dict[str, Any]:
+    """Load the train prompts and the eval prompts (or hold out ``eval_holdout`` train rows)."""
+    return load_rows(ctx, row_to_task, dataset, train_split, eval_split, eval_holdout, seed)
+
+
+@stage(
+    writes=("train_data", "eval_data", "chat_renderer", "skipped_examples"),
+)
+def render_prompts(
+    ctx: StageContext,
+    session: TrainingSession,
+    train_rows: Sequence[Task],
+    eval_rows: Sequence[Task],
+    row_origins: Mapping[str, Sequence[tuple[str, int]]],
+    renderer: str,
+    max_length: int,
+    max_tokens: int,
+) -> dict[str, Any]:
+    """Each prompt as the tokens that ask for the assistant's answer; a prompt that leaves
+    fewer than ``max_tokens`` of ``max_length`` for the answer is skipped and counted."""
+    chat = make_renderer(renderer, session.tokenizer)
+
+    def fit(task: Task) -> RenderedTask:
+        prompt = chat.generation_prompt(task.prompt)
+        if prompt.length + max_tokens > max_length:
+            raise DoesNotFitError(
+                "max_length",
+                f"prompt of {prompt.length} tokens leaves less than max_tokens {max_tokens}",
+            )
+        return RenderedTask(task, prompt)
+
+    rendered = render_splits(ctx, fit, train_rows, eval_rows, row_origins, max_length)
+    ctx.log.info("prompts.rendered", train_prompts=len(rendered["train_data"]))
+    return {**rendered, "chat_renderer": chat}

@@ -1,0 +1,288 @@
+"""The RL step, held-out rewards, and answers before and after.
+
+A step takes a Completer bound to the session's weights as they are after every step
+submitted before it (``save_weights_and_get_sampling_client``), samples ``group_size``
+completions of each of the step's prompts, scores them, and submits ``forward_backward``
+with the chosen policy loss on the completions of the groups whose rewards differ. Its
+rollouts (prompt, completion, rewards, advantage) go to ``rollouts/step-NNNNNN.jsonl`` under
+the run."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import numpy as np
+
+from galley.core.batching import BatchPlan
+from galley.core.engine import FunctionStage, StageContext, reads_of, stage
+from galley.core.keys import join_key
+from galley.core.rendering import Renderer
+from galley.core.rewards import Reward, resolve_rewards
+from galley.core.rl import (
+    group_advantages,
+    normalised_advantages,
+    rollout_datum,
+    sampled_token_kl,
+)
+from galley.core.stages.rl.data import RenderedTask
+from galley.core.stages.train import InFlightStep, Pipeline
+from galley.core.types import Completion, Datum, ForwardBackwardOutput, SamplingParams
+
+if TYPE_CHECKING:
+    from galley.ports.completer import Completer
+    from galley.ports.training import TrainingSession
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The sampling seed of step ``step``: a resumed run samples what the first attempt did."""
+    return (seed * 1_000_003 + step) % 2**31
+
+
+@attrs.frozen
+class Scored:
+    """A batch's completions (prompt-major: prompt p's samples are rows p*G ... p*G+G-1) and
+    their rewards, total and per reward function."""
+
+    tasks: tuple[RenderedTask, ...]
+    completions: tuple[Completion, ...]
+    total: np.ndarray[Any, Any]  # prompts x group size
+    per_reward: Mapping[str, np.ndarray[Any, Any]]  # name -> prompts x group size
+
+    @property
+    def texts(self) -> list[str]:
+        return [s.text for c in self.completions for s in c.sequences]
+
+
+def sample_and_score(
+    sampler: Completer,
+    tasks: Sequence[RenderedTask],
+    params: SamplingParams,
+    group_size: int,
+    rewards: Sequence[Reward],
+) -> Scored:
+    completions = sampler.complete_batch([t.prompt for t in tasks], params, num_samples=group_size)
+    examples = [t.task.example() for t in tasks for _ in range(group_size)]
+    texts = [s.text for c in completions for s in c.sequences]
+    shape = (len(tasks), group_size)
+    per_reward = {r.name: np.asarray(r.score(examples, texts)).reshape(shape) for r in rewards}
+    total = sum((r.weight * per_reward[r.name] for r in rewards), np.zeros(shape))
+    return Scored(tuple(tasks), tuple(completions), total, per_reward)
+
+
+def rollout_data(
+    scored: Scored, scale_rewards: bool, normalisation: str
+) -> tuple[list[Datum], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+    """The datums to train on, every completion's advantage, and which groups are kept. A batch
+    whose groups are all constant trains with zero advantages (a zero gradient, as TRL does)."""
+    advantages, kept = group_advantages(scored.total, scale_rewards)
+    rows = [
+        (p, s)
+        for p in range(len(scored.tasks))
+        for s in range(advantages.shape[1])
+        if scored.completions[p].sequences[s].tokens
+    ]
+    trained = [(p, s) for p, s in rows if kept[p]] or rows
+    sequences = [scored.completions[p].sequences[s] for p, s in trained]
+    values = [float(advantages[p, s]) if kept[p] else 0.0 for p, s in trained]
+    scaled = normalised_advantages(values, [len(q.tokens) for q in sequences], normalisation)
+    data = [
+        rollout_datum(scored.completions[p].prompt_tokens, q.tokens, q.logprobs, a)
+        for (p, _), q, a in zip(trained, sequences, scaled, strict=True)
+    ]
+    return data, advantages, kept
+
+
+def rollout_metrics(scored: Scored, kept: np.ndarray[Any, Any]) -> dict[str, float]:
+    """TRL's names: mean and spread of the reward, each reward's mean, the share of groups
+    with one reward for all, completion length, and entropy estimated from the sampled
+    tokens' log-probabilities."""
+    lengths = [len(s.tokens) for c in scored.completions for s in c.sequences]
+    logprobs = [lp for c in scored.completions for s in c.sequences for lp in s.logprobs]
+    metrics = {
+        "reward": float(scored.total.mean()),
+        "reward_std": float(scored.total.std(axis=1).mean()),
+        "frac_reward_zero_std": float(1.0 - kept.mean()),
+        "completions/mean_length": float(np.mean(lengths)),
+        "entropy": float(-np.mean(logprobs)) if logprobs else 0.0,
+    }
+    metrics |= {f"rewards/{name}/mean": float(v.mean()) for name, v in scored.per_reward.items()}
+    return metrics
+
+
+def learner_metrics(
+    data: Sequence[Datum], output: ForwardBackwardOutput, clip: tuple[float, float]
+) -> dict[str, float]:
+    """What the learner's log-probabilities of the sampled tokens say: the KL from the sampler
+    (about 0 on-policy) and the share of tokens whose ratio falls outside the clip range."""
+    sampler, learner = [], []
+    for datum, logprobs in zip(data, output.logprobs, strict=True):
+        sampled = datum.loss_fn_inputs["logprobs"].data != 0  # prompt targets carry zeros
+        sampler.append(datum.loss_fn_inputs["logprobs"].data[sampled])
+        learner.append(np.asarray(logprobs)[sampled])
+    ratio = np.exp(np.concatenate(learner) - np.concatenate(sampler)) if learner else np.ones(0)
+    clipped = float(np.mean((ratio < clip[0]) | (ratio > clip[1]))) if ratio.size else 0.0
+    return {"kl": sampled_token_kl(sampler, learner), "clip_ratio": clipped}
+
+
+def write_rollouts(
+    ctx: StageContext, key: str, scored: Scored, advantages: np.ndarray[Any, Any]
+) -> None:
+    lines = []
+    for p, (task, completion) in enumerate(zip(scored.tasks, scored.completions, strict=True)):
+        prompt = task.task.prompt.messages[-1].content
+        for s, sequence in enumerate(completion.sequences):
+            row = {
+                "group": p,
+                "prompt": prompt,
+                "completion": sequence.text,
+                "reward": float(scored.total[p, s]),
+                "rewards": {k: float(v[p, s]) for k, v in scored.per_reward.items()},
+                "advantage": float(advantages[p, s]),
+                "tokens": len(sequence.tokens),
+            }
+            lines.append(json.dumps(row))
+    ctx.adapters.blobs.write(key, ("\n".join(lines) + "\n").encode())
+
+
+def sampling_params(
+    renderer: Renderer, max_tokens: int, temperature: float, seed: int | None
+) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, stop=renderer.stop_sequences, seed=seed
+    )
+
+
+@stage(
+    writes=("pipeline",),
+    ports=("training", "blobs"),
+)
+def rl_step(
+    ctx: StageContext,
+    session: TrainingSession,
+    train_data: Sequence[RenderedTask],
+    batch_plan: BatchPlan,
+    step: int,
+    pipeline: Pipeline,
+    chat_renderer: Renderer,
+    rewards: Sequence[str],
+    reward_weights: Sequence[float],
+    group_size: int,
+    max_tokens: int,
+    temperature: float,
+    scale_rewards: bool,
+    loss_normalisation: str,
+    loss_fn: str,
+    clip_low_threshold: float,
+    clip_high_threshold: float,
+    seed: int,
+    output: str,
+    run_id: str,
+) -> dict[str, Any]:
+    """Sample, score and submit the policy gradient of step ``step`` (waits for the sampler,
+    which waits for every step before it, not for this step's backward)."""
+    started = time.perf_counter()
+    indices = batch_plan.indices(step - 1).tolist()
+    sampler = ctx.wait(
+        session.save_weights_and_get_sampling_client(), "training.sampling_client", step
+    )
+    params = sampling_params(chat_renderer, max_tokens, temperature, step_seed(seed, step))
+    scored = sample_and_score(
+        sampler,
+        [train_data[i] for i in indices],
+        params,
+        group_size,
+        resolve_rewards(rewards, reward_weights),
+    )
+    sampled = time.perf_counter()
+    data, advantages, kept = rollout_data(scored, scale_rewards, loss_normalisation)
+    clip = (clip_low_threshold, clip_high_threshold)
+    config = {"clip_low_threshold": clip[0], "clip_high_threshold": clip[1]}
+    future = session.forward_backward(
+        data, loss_fn, None if loss_fn == "importance_sampling" else config
+    )
+    key = join_key(output, run_id, "rollouts", f"step-{step:06d}.jsonl")
+    write_rollouts(ctx, key, scored, advantages)
+    metrics = rollout_metrics(scored, kept) | {"time/sampling_s": sampled - started}
+    entry = InFlightStep(
+        step,
+        future,
+        None,
+        sum(d.model_input.length for d in data),
+        started,
+        tuple(indices),
+        metrics=metrics,
+        output_metrics=lambda output: learner_metrics(data, output, clip),
+    )
+    return {"pipeline": pipeline.with_in_flight((*pipeline.in_flight, entry))}
+
+
+def greedy_answers(
+    ctx: StageContext,
+    session: TrainingSession,
+    tasks: Sequence[RenderedTask],
+    chat_renderer: Renderer,
+    rewards: Sequence[str],
+    reward_weights: Sequence[float],
+    max_tokens: int,
+) -> Scored:
+    sampler = ctx.wait(session.save_weights_and_get_sampling_client(), "training.sampling_client")
+    params = sampling_params(chat_renderer, max_tokens, 0.0, 0)
+    return sample_and_score(sampler, tasks, params, 1, resolve_rewards(rewards, reward_weights))
+
+
+def reward_eval(
+    ctx: StageContext,
+    session: TrainingSession,
+    eval_data: Sequence[RenderedTask],
+    chat_renderer: Renderer,
+    rewards: Sequence[str],
+    reward_weights: Sequence[float],
+    max_tokens: int,
+) -> dict[str, float]:
+    """Held-out rewards: the mean reward of the greedy answer to each eval prompt, in total
+    and per reward function."""
+    scored = greedy_answers(
+        ctx, session, eval_data, chat_renderer, rewards, reward_weights, max_tokens
+    )
+    metrics = {"eval/reward": float(scored.total.mean())}
+    return metrics | {f"eval/rewards/{k}": float(v.mean()) for k, v in scored.per_reward.items()}
+
+
+def answers_stage(name: str, writes: str) -> FunctionStage:
+    """A stage keeping the greedy answers to the first ``num_samples`` eval prompts (with
+    their rewards) under ``writes``: the summary shows them before and after training."""
+
+    def run(
+        ctx: StageContext,
+        session: TrainingSession,
+        eval_data: Sequence[RenderedTask],
+        chat_renderer: Renderer,
+        rewards: Sequence[str],
+        reward_weights: Sequence[float],
+        max_tokens: int,
+        num_samples: int,
+    ) -> dict[str, Any]:
+        tasks = list(eval_data[:num_samples])
+        if not tasks:
+            return {writes: ()}
+        scored = greedy_answers(
+            ctx, session, tasks, chat_renderer, rewards, reward_weights, max_tokens
+        )
+        answers = tuple(
+            (t.task.prompt.messages[-1].content, t.task.reference or "", text, float(r))
+            for t, text, r in zip(tasks, scored.texts, scored.total[:, 0], strict=True)
+        )
+        return {writes: answers}
+
+    return FunctionStage(
+        name,
+        run,
+        reads=reads_of(run),
+        writes=(writes,),
+        ports=("training",),
+        doc="Greedy answers to the first `num_samples` eval prompts, with their rewards.",
+    )

@@ -1,0 +1,244 @@
+"""RL: advantages, group filtering and datums (property tests), prompts from rows, rewards
+in both forms, the workflow on noop adapters (metrics, rollouts, exact resume), and on the
+JAX adapter the learner's log-probabilities of sampled tokens against the sampler's."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from galley.adapters.jax import JaxTrainingClient
+from galley.adapters.noop import NoopBlobStore, NoopHubClient, noop_adapters
+from galley.core import AdamParams, Adapters, ConfigError, LoraConfig, SessionConfig
+from galley.core.chat import Conversation
+from galley.core.errors import DataError
+from galley.core.keys import join_key
+from galley.core.model_input import ModelInput
+from galley.core.rewards import resolve_rewards
+from galley.core.rl import (
+    group_advantages,
+    normalised_advantages,
+    rollout_datum,
+    row_to_task,
+    sampled_token_kl,
+)
+from galley.core.sections import plain_settings
+from galley.core.types import SamplingParams
+from galley.workflows.rl import RLConfig, run
+from tests.hf_models import make_model
+
+# -- advantages, groups, datums ----------------------------------------------------------
+
+reward_matrices = st.integers(1, 6).flatmap(
+    lambda groups: st.integers(2, 6).flatmap(
+        lambda size: arrays(
+            np.float64, (groups, size), elements=st.sampled_from([0.0, 0.25, 0.5, 1.0, 3.0])
+        )
+    )
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(reward_matrices, st.booleans())
+def test_advantages_centre_each_group_and_drop_constant_ones(
+    rewards: np.ndarray, scale: bool
+) -> None:
+    advantages, kept = group_advantages(rewards, scale)
+    assert kept.tolist() == [len(set(row)) > 1 for row in rewards.tolist()]
+    np.testing.assert_allclose(advantages.sum(axis=1), 0.0, atol=1e-9)
+    for row, adv, keep in zip(rewards, advantages, kept, strict=True):
+        if not keep:
+            assert not adv.any()
+        elif scale:
+            assert adv.std() == pytest.approx(1.0)
+        else:
+            np.testing.assert_allclose(adv, row - row.mean())
+        # A better completion never gets a smaller advantage than a worse one.
+        order = np.argsort(row, kind="stable")
+        assert (np.diff(adv[order]) >= -1e-9).all()
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(st.integers(0, 200), min_size=1, max_size=12),
+    st.lists(st.integers(0, 200), min_size=1, max_size=12),
+    st.floats(-3, 3),
+)
+def test_a_rollout_datum_trains_only_on_its_sampled_tokens(
+    prompt: list[int], tokens: list[int], advantage: float
+) -> None:
+    logprobs = [-(i + 1) / 10 for i in range(len(tokens))]
+    datum = rollout_datum(prompt, tokens, logprobs, advantage)
+    n = len(prompt) + len(tokens) - 1
+    inputs = datum.loss_fn_inputs
+    assert datum.model_input.to_ints() == [*prompt, *tokens][:-1]
+    assert inputs["target_tokens"].tolist() == [*prompt, *tokens][1:]
+    assert inputs["logprobs"].shape == inputs["advantages"].shape == (n,)
+    head = len(prompt) - 1  # targets that are prompt tokens
+    assert not inputs["logprobs"].data[:head].any() and not inputs["advantages"].data[:head].any()
+    np.testing.assert_allclose(inputs["logprobs"].data[head:], logprobs, rtol=1e-6)
+    np.testing.assert_allclose(inputs["advantages"].data[head:], advantage, rtol=1e-6, atol=1e-7)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.floats(-2, 2), st.integers(1, 30)), min_size=1, max_size=10))
+def test_normalisation_makes_the_token_sum_the_mean_it_names(
+    rows: list[tuple[float, int]],
+) -> None:
+    advantages, lengths = [a for a, _ in rows], [n for _, n in rows]
+    tokens = normalised_advantages(advantages, lengths, "tokens")
+    per_token_mean = sum(a * n for a, n in rows) / sum(lengths)
+    assert sum(a * n for a, n in zip(tokens, lengths, strict=True)) == pytest.approx(
+        per_token_mean, abs=1e-9
+    )
+    sequence = normalised_advantages(advantages, lengths, "sequence")
+    assert sum(a * n for a, n in zip(sequence, lengths, strict=True)) == pytest.approx(
+        np.mean(advantages), abs=1e-9
+    )
+
+
+def test_kl_to_the_sampler_is_zero_on_policy_and_positive_off_it() -> None:
+    sampler = [np.array([-1.0, -2.0]), np.array([-0.5])]
+    assert sampled_token_kl(sampler, sampler) == 0.0
+    assert sampled_token_kl(sampler, [s - 0.3 for s in sampler]) > 0.0
+
+
+# -- prompts and rewards -----------------------------------------------------------------
+
+
+def test_rows_become_prompts_with_their_reference_answers() -> None:
+    chat = {
+        "messages": [
+            {"role": "user", "content": "Shout this: boat"},
+            {"role": "assistant", "content": "BOAT"},
+        ],
+        "level": 2,
+    }
+    task = row_to_task(chat, source="d", index=0)
+    assert task.prompt == Conversation.of(("user", "Shout this: boat")) and task.reference == "BOAT"
+    example = task.example()
+    assert example["level"] == 2 and example["reference"] == "BOAT"
+    assert example["messages"] == [{"role": "user", "content": "Shout this: boat"}]
+    prompt_only = row_to_task({"prompt": "Count to 3"}, source="d", index=1)
+    assert prompt_only.reference is None and prompt_only.prompt.messages[-1].content == "Count to 3"
+    pair = row_to_task({"prompt": "hi", "completion": "hello"}, source="d", index=2)
+    assert pair.reference == "hello"
+    with pytest.raises(DataError, match="row 4, field 'messages'"):
+        row_to_task({"messages": [{"role": "assistant", "content": "x"}]}, source="d", index=3)
+
+
+def batched_length_reward(
+    prompts: Sequence[Any], completions: Sequence[str], **columns: Any
+) -> list[float]:
+    """TRL's form: shorter is better, scaled by a dataset column."""
+    return [col / (1 + len(c)) for c, col in zip(completions, columns["weight"], strict=True)]
+
+
+def test_rewards_in_both_forms_weighted() -> None:
+    rewards = resolve_rewards(
+        ["char_similarity", "tests.test_rl:batched_length_reward"], [1.0, 0.5]
+    )
+    assert [r.batched for r in rewards] == [False, True]
+    assert [r.name for r in rewards] == ["char_similarity", "batched_length_reward"]
+    examples = [{"reference": "BOAT", "weight": 2.0, "prompt": "p"}] * 2
+    assert rewards[0].score(examples, ["BOAT", "BOX"]) == pytest.approx([1.0, 4 / 7])
+    assert rewards[1].score(examples, ["ab", ""]) == pytest.approx([2 / 3, 2.0])
+    with pytest.raises(ConfigError, match="2 weights for 1 rewards"):
+        resolve_rewards(["exact_match"], [1.0, 2.0])
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        resolve_rewards(["tests.test_rl:nothing_here"])
+
+
+# -- the workflow on noop adapters -------------------------------------------------------
+
+TRL_METRICS = {
+    "reward",
+    "reward_std",
+    "frac_reward_zero_std",
+    "completions/mean_length",
+    "entropy",
+    "kl",
+    "clip_ratio",
+    "rewards/char_similarity/mean",
+    "time/sampling_s",
+}
+
+
+def test_rl_runs_on_noop_adapters_with_trls_metrics_and_rollouts(adapters: Adapters) -> None:
+    result = run(RLConfig(max_steps=4, eval_every=2, run_id="r1"), adapters)
+    assert result.steps == 4 and [m["step"] for m in result.metrics] == [1, 2, 3, 4]
+    for m in result.metrics:
+        assert TRL_METRICS | {"loss", "lr", "grad_norm"} <= set(m)
+        assert m["kl"] < 1e-6  # on-policy: the learner scores the sampled tokens as sampled
+        assert 0.0 <= m["frac_reward_zero_std"] <= 1.0 and m["completions/mean_length"] > 0
+    assert [e["step"] for e in result.eval] == [0, 2, 4]
+    assert {"eval/reward", "eval/rewards/char_similarity"} <= set(result.eval[0])
+    rollouts = adapters.blobs.read(join_key("runs", "r1", "rollouts", "step-000003.jsonl"))
+    lines = [json.loads(x) for x in rollouts.decode().splitlines()]
+    assert len(lines) == 8 * 8  # batch_size prompts x group_size completions
+    assert {"prompt", "completion", "reward", "rewards", "advantage", "group"} <= set(lines[0])
+    for group in range(8):
+        advantages = [x["advantage"] for x in lines if x["group"] == group]
+        assert sum(advantages) == pytest.approx(0.0, abs=1e-9)
+    assert len(result.answers_before) == len(result.answers_after) == 4
+
+
+def test_a_resumed_run_samples_and_trains_exactly_as_an_unbroken_one() -> None:
+    base = {"lr_schedule": "constant", "checkpoint_every": 2, "eval_every": 0}
+    whole = run(RLConfig(max_steps=6, run_id="whole", **base), noop_adapters())
+    adapters = noop_adapters()
+    run(RLConfig(max_steps=4, run_id="cut", **base), adapters)
+    config = RLConfig(max_steps=4, run_id="cut", **base)
+    resumed = run(RLConfig(**{**plain_settings(config), "max_steps": 6, "resume": True}), adapters)
+    keys = ("reward", "loss", "grad_norm", "kl")
+    assert [[m[k] for k in keys] for m in resumed.metrics] == [
+        [m[k] for k in keys] for m in whole.metrics
+    ]
+
+
+def test_configs_refuse_bad_rl_settings_by_name() -> None:
+    with pytest.raises(ConfigError, match="unknown scorer 'nope'"):
+        RLConfig(rewards=("nope",))
+    with pytest.raises(ValueError, match="clip_low_threshold"):
+        RLConfig(clip_low_threshold=1.5, clip_high_threshold=1.2)
+
+
+# -- the JAX adapter: sampling from the training weights ---------------------------------
+
+
+def test_learner_logprobs_of_sampled_tokens_equal_the_samplers(tmp_path: Path) -> None:
+    folder = make_model(tmp_path / "m", "llama")
+    client = JaxTrainingClient(NoopHubClient(), NoopBlobStore())
+    session = client.start_session(SessionConfig(str(folder), LoraConfig(rank=4)))
+    # Make LoRA B non-zero so the handed-over weights differ from the base model's.
+    session.forward_backward([rollout_datum([0, 5], [6, 7, 8], [-1.0] * 3, 1.0)], "ppo")
+    session.optim_step(AdamParams(learning_rate=0.05)).result()
+    sampler = session.save_weights_and_get_sampling_client().result()
+    tok = session.tokenizer
+    prompts = [ModelInput.from_ints(tok.encode(p)) for p in ("the quick brown", "a galley")]
+    params = SamplingParams(max_tokens=12, temperature=1.0, seed=5, ignore_eos=True)
+    completions = sampler.complete_batch(prompts, params, num_samples=2)
+    assert [len(c.sequences) for c in completions] == [2, 2]
+    data, sampled = [], []
+    for completion in completions:
+        for seq in completion.sequences:
+            data.append(rollout_datum(completion.prompt_tokens, seq.tokens, seq.logprobs, 1.0))
+            sampled.append(seq.logprobs)
+    learner = session.forward(data, "importance_sampling").result().logprobs
+    for lp, seq_lp in zip(learner, sampled, strict=True):
+        np.testing.assert_allclose(lp[-len(seq_lp) :], seq_lp, atol=1e-3)
+    # The completer keeps the weights of its call: a later step does not change its samples.
+    session.forward_backward(data, "importance_sampling")
+    session.optim_step(AdamParams(learning_rate=0.05)).result()
+    assert sampler.complete_batch(prompts, params, num_samples=2) == completions
+    newer = session.save_weights_and_get_sampling_client().result()
+    moved = newer.complete_batch(prompts, params, num_samples=2)
+    assert moved[0].sequences[0].logprobs != completions[0].sequences[0].logprobs

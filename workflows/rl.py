@@ -1,0 +1,242 @@
+"""Reinforcement learning from rewards, GRPO-style: ``galley run rl``.
+
+load_tasks -> start_session -> render_prompts -> plan_training -> resume_from_checkpoint
+-> init_weights -> save_run_record -> evaluate_base -> answers_before
+train loop: rl_step -> optim_step -> collect_results [-> evaluate] [-> checkpoint]
+drain -> evaluate_final -> final_checkpoint -> export_sampler -> answers_after
+
+Each step samples ``group_size`` completions of each of ``batch_size`` prompts from the
+current weights (on-policy), scores them with the rewards, and trains on the advantages with
+``importance_sampling`` (or ``ppo``, ``cispo``). With no options it trains the embedded model
+on the embedded dataset's prompts against ``char_similarity`` to the reference answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import attrs
+
+from galley.core.adapter_set import Adapters
+from galley.core.checks import at_least, boolean, in_range, int_at_least, one_of, safe_name
+from galley.core.engine import FunctionStage, Workflow
+from galley.core.engine.run import run_workflow
+from galley.core.errors import ValidationError
+from galley.core.keys import check_prefix
+from galley.core.records import EVAL, TRAIN, CheckpointRecord
+from galley.core.rewards import resolve_rewards
+from galley.core.rl import Normalisation
+from galley.core.schedules import ScheduleKind
+from galley.core.sections import (
+    CheckpointSection,
+    DataSection,
+    EvalSection,
+    FormatSection,
+    ModelSection,
+    OptimSection,
+    SamplingSection,
+    SectionedConfig,
+    dotted,
+)
+from galley.core.stages import (
+    checkpoint_stage,
+    drain,
+    evaluate_stage,
+    export_sampler,
+    init_weights,
+    plan_training,
+    resume_from_checkpoint,
+    save_run_record,
+    start_session,
+    training_loop,
+)
+from galley.core.stages.rl import answers_stage, load_tasks, render_prompts, reward_eval, rl_step
+from galley.core.summary import Summary, SummaryTable, number
+from galley.core.types import CheckpointRef
+
+POLICY_LOSSES = ("importance_sampling", "ppo", "cispo")
+
+
+def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
+    check_prefix(value, "RLConfig.output")
+
+
+def _floats(value: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in value)
+
+
+@attrs.frozen(init=False)
+class RLConfig(SectionedConfig):
+    """Everything an RL run needs besides its adapters; every setting has a default, and any
+    may be given by its plain name: ``RLConfig(group_size=8, max_steps=50)``."""
+
+    model: ModelSection = attrs.field(factory=ModelSection)
+    data: DataSection = attrs.field(factory=DataSection)
+    render: FormatSection = attrs.field(factory=FormatSection)
+    optim: OptimSection = attrs.field(factory=OptimSection)
+    checkpoints: CheckpointSection = attrs.field(factory=CheckpointSection)
+    evaluation: EvalSection = attrs.field(factory=lambda: EvalSection(eval_every=32))
+    sampling: SamplingSection = attrs.field(factory=lambda: SamplingSection(num_samples=4))
+    # Reward functions (scorer names or module:function) and their weights (empty: all 1).
+    rewards: tuple[str, ...] = attrs.field(default=("char_similarity",), converter=tuple)
+    reward_weights: tuple[float, ...] = attrs.field(default=(), converter=_floats)
+    group_size: int = attrs.field(default=8, validator=int_at_least(2))  # completions a prompt
+    batch_size: int = attrs.field(default=8, validator=int_at_least(1))  # prompts a step
+    max_tokens: int = attrs.field(default=16, validator=int_at_least(1))  # new tokens
+    temperature: float = attrs.field(default=1.0, validator=in_range(0.0, 100.0, low_open=True))
+    # Divide each advantage by its group's reward std (TRL's scale_rewards="group").
+    scale_rewards: bool = attrs.field(default=True, validator=boolean)
+    loss_normalisation: str = attrs.field(
+        default=Normalisation.TOKENS.value, validator=one_of([n.value for n in Normalisation])
+    )
+    loss_fn: str = attrs.field(default="importance_sampling", validator=one_of(POLICY_LOSSES))
+    clip_low_threshold: float = attrs.field(default=0.8, validator=at_least(0.0))  # ppo, cispo
+    clip_high_threshold: float = attrs.field(default=1.2, validator=at_least(0.0))
+    max_steps: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(int_at_least(1))
+    )
+    num_epochs: int = attrs.field(default=2, validator=int_at_least(1))  # tiny-instruct: 128 steps
+    submit_ahead: int = attrs.field(default=0, validator=int_at_least(0))
+    seed: int = attrs.field(default=0, validator=int_at_least(0))
+    output: str = attrs.field(default="runs", validator=_prefix)
+    run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
+    resume: bool = attrs.field(default=False, validator=boolean)
+    on_nonfinite: str = attrs.field(default="stop", validator=one_of(["stop", "skip"]))
+    call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
+
+    CONFIG_VERSION: ClassVar[int] = 1
+    CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
+
+    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = dotted(
+        model=ModelSection, data=DataSection, render=FormatSection, optim=OptimSection
+    ) | {
+        "rewards",
+        "reward_weights",
+        "group_size",
+        "batch_size",
+        "max_tokens",
+        "temperature",
+        "scale_rewards",
+        "loss_normalisation",
+        "loss_fn",
+        "clip_low_threshold",
+        "clip_high_threshold",
+        "seed",
+    }
+    SCHEDULE_LENGTH_FIELDS: ClassVar[frozenset[str]] = frozenset({"max_steps", "num_epochs"})
+    FREE_FIELDS: ClassVar[frozenset[str]] = dotted(
+        checkpoints=CheckpointSection, evaluation=EvalSection, sampling=SamplingSection
+    ) | {"submit_ahead", "output", "run_id", "resume", "on_nonfinite", "call_timeout_s"}
+
+    def __attrs_post_init__(self) -> None:
+        if self.resume and self.run_id is None:
+            raise ValidationError(
+                "RLConfig.resume", "resuming needs the run_id of the run to continue"
+            )
+        resolve_rewards(self.rewards, self.reward_weights)  # one that cannot be found: refused
+        if self.clip_low_threshold > self.clip_high_threshold:
+            raise ValidationError(
+                "RLConfig.clip_low_threshold",
+                f"{self.clip_low_threshold} is above clip_high_threshold "
+                f"{self.clip_high_threshold}",
+            )
+
+    def trajectory_fields(self) -> frozenset[str]:
+        if self.optim.lr_schedule == ScheduleKind.CONSTANT:
+            return self.TRAJECTORY_FIELDS
+        return self.TRAJECTORY_FIELDS | self.SCHEDULE_LENGTH_FIELDS
+
+
+Answer = tuple[str, str, str, float]  # prompt, reference, answer, reward
+
+
+@attrs.frozen
+class RLResult:
+    run_id: str
+    steps: int
+    metrics: list[dict[str, float]]  # one per step: reward, reward_std, kl, loss, lr, ...
+    eval: list[dict[str, float]]  # held-out rows: eval/reward, eval/rewards/<name>
+    checkpoints: tuple[CheckpointRecord, ...]
+    sampler: CheckpointRef | None
+    answers_before: tuple[Answer, ...] = ()
+    answers_after: tuple[Answer, ...] = ()
+
+
+def build_workflow(config: RLConfig) -> Workflow:
+    def evaluate(name: str, at: str) -> FunctionStage:
+        return evaluate_stage(name, at, measure=reward_eval)
+
+    return Workflow(
+        "rl",
+        [
+            load_tasks,
+            start_session,
+            render_prompts,
+            plan_training,
+            resume_from_checkpoint,
+            init_weights,
+            save_run_record,
+            evaluate("evaluate_base", at="start_step"),
+            answers_stage("answers_before", writes="answers_before"),
+            training_loop(
+                rl_step, evaluate("evaluate", at="step"), config.eval_every, config.checkpoint_every
+            ),
+            drain,
+            evaluate("evaluate_final", at="total_steps"),
+            checkpoint_stage("final_checkpoint", at="total_steps"),
+            export_sampler,
+            answers_stage("answers_after", writes="answers_after"),
+        ],
+        description="Reinforcement learning from rewards (GRPO-style), sampling on-policy.",
+    )
+
+
+def run(config: RLConfig, adapters: Adapters, **options: Any) -> RLResult:
+    """Run RL (``galley.core.engine.run.run_workflow``, whose keyword ``options`` it takes:
+    observers, retry, accept_changes)."""
+    done = run_workflow("rl", build_workflow, config, adapters, **options)
+    state = done.state
+    return RLResult(
+        run_id=done.run_id,
+        steps=state["total_steps"] - state["start_step"],
+        metrics=done.stream(TRAIN),
+        eval=done.stream(EVAL),
+        checkpoints=tuple(state["checkpoints"]),
+        sampler=state.get("sampler"),
+        answers_before=tuple(state.get("answers_before", ())),
+        answers_after=tuple(state.get("answers_after", ())),
+    )
+
+
+def summarize(outcome: RLResult) -> Summary:
+    """Held-out reward before and after, the training reward of the first and last step, the
+    greedy answers before and after; where the checkpoints and the export went."""
+    first, last = (outcome.eval[0], outcome.eval[-1]) if outcome.eval else ({}, {})
+    names = [k for k in last if k.startswith("eval/")]
+    rows: list[tuple[str, ...]] = [
+        (f"held-out {k.removeprefix('eval/')}", number(first.get(k)), number(last.get(k)))
+        for k in names
+    ]
+    trained = [m for m in outcome.metrics if "reward" in m]
+    if trained:
+        rows.append(("train reward", number(trained[0]["reward"]), number(trained[-1]["reward"])))
+        rows.append(("train kl", number(trained[0].get("kl")), number(trained[-1].get("kl"))))
+    tables = [SummaryTable(f"run {outcome.run_id}", ("metric", "before", "after"), tuple(rows))]
+    if outcome.answers_before and outcome.answers_after:
+        answers = tuple(
+            (b[0], b[1], f"{b[2]} ({b[3]:.2f})", f"{a[2]} ({a[3]:.2f})")
+            for b, a in zip(outcome.answers_before, outcome.answers_after, strict=False)
+        )
+        tables.append(
+            SummaryTable(
+                "held-out prompts: before vs after (reward)",
+                ("prompt", "expected", "before", "after"),
+                answers,
+                lines=True,
+            )
+        )
+    blobs = [(f"checkpoint (step {r.step})", r.state.key) for r in outcome.checkpoints]
+    if outcome.sampler is not None:
+        blobs.append(("exported sampler weights", outcome.sampler.key))
+    return Summary(tuple(tables), (f"steps: {outcome.steps}",), tuple(blobs))
