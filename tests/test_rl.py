@@ -5,6 +5,7 @@ JAX adapter the learner's log-probabilities of sampled tokens against the sample
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -242,3 +243,17 @@ def test_learner_logprobs_of_sampled_tokens_equal_the_samplers(tmp_path: Path) -
     newer = session.save_weights_and_get_sampling_client().result()
     moved = newer.complete_batch(prompts, params, num_samples=2)
     assert moved[0].sequences[0].logprobs != completions[0].sequences[0].logprobs
+
+
+def test_the_rl_pages_custom_reward_example_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    page = (Path(__file__).resolve().parents[1] / "docs" / "rl.md").read_text()
+    rewards, usage = re.findall(r"```python\n(.*?)```", page, flags=re.S)
+    assert rewards.startswith("# my_rewards.py")
+    (tmp_path / "my_rewards.py").write_text(rewards)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    exec(compile(usage, "docs/rl.md", "exec"), {"__name__": "rl_page"})
+    reward, shouted = map(float, capsys.readouterr().out.split())
+    assert 0.0 <= shouted <= 1.0 and reward >= shouted  # brief adds a positive term

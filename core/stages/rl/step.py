@@ -76,8 +76,10 @@ def sample_and_score(
 def rollout_data(
     scored: Scored, scale_rewards: bool, normalisation: str
 ) -> tuple[list[Datum], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """The datums to train on, every completion's advantage, and which groups are kept. A batch
-    whose groups are all constant trains with zero advantages (a zero gradient, as TRL does)."""
+    """The datums to train on, every completion's advantage, and which groups are kept. Every
+    completion becomes a datum, so a step's batch has one shape (no recompiles as the kept
+    share changes), but a dropped group's carry a zero advantage and do not count in the
+    normalisation: the gradient is that of the kept groups alone."""
     advantages, kept = group_advantages(scored.total, scale_rewards)
     rows = [
         (p, s)
@@ -85,14 +87,18 @@ def rollout_data(
         for s in range(advantages.shape[1])
         if scored.completions[p].sequences[s].tokens
     ]
-    trained = [(p, s) for p, s in rows if kept[p]] or rows
-    sequences = [scored.completions[p].sequences[s] for p, s in trained]
-    values = [float(advantages[p, s]) if kept[p] else 0.0 for p, s in trained]
-    scaled = normalised_advantages(values, [len(q.tokens) for q in sequences], normalisation)
-    data = [
-        rollout_datum(scored.completions[p].prompt_tokens, q.tokens, q.logprobs, a)
-        for (p, _), q, a in zip(trained, sequences, scaled, strict=True)
-    ]
+    kept_rows = [(p, s) for p, s in rows if kept[p]]
+    lengths = [len(scored.completions[p].sequences[s].tokens) for p, s in kept_rows]
+    values = [float(advantages[p, s]) for p, s in kept_rows]
+    scaled = dict(
+        zip(kept_rows, normalised_advantages(values, lengths, normalisation), strict=True)
+    )
+    data = []
+    for p, s in rows:
+        sequence = scored.completions[p].sequences[s]
+        advantage = scaled.get((p, s), 0.0)
+        prompt = scored.completions[p].prompt_tokens
+        data.append(rollout_datum(prompt, sequence.tokens, sequence.logprobs, advantage))
     return data, advantages, kept
 
 
