@@ -257,3 +257,29 @@ def test_the_rl_pages_custom_reward_example_runs(
     exec(compile(usage, "docs/rl.md", "exec"), {"__name__": "rl_page"})
     reward, shouted = map(float, capsys.readouterr().out.split())
     assert 0.0 <= shouted <= 1.0 and reward >= shouted  # brief adds a positive term
+
+
+def test_handing_weights_over_many_times_keeps_memory_bounded(tmp_path: Path) -> None:
+    """Each completer holds its own merged kernels until dropped: after many handoffs the
+    device holds no more arrays than after the first."""
+    import gc
+
+    import jax
+
+    folder = make_model(tmp_path / "m", "llama")
+    client = JaxTrainingClient(NoopHubClient(), NoopBlobStore())
+    session = client.start_session(SessionConfig(str(folder), LoraConfig(rank=4)))
+    prompt = ModelInput.from_ints(session.tokenizer.encode("the quick"))
+    params = SamplingParams(max_tokens=2, temperature=1.0, seed=1)
+
+    def handoff() -> None:
+        sampler = session.save_weights_and_get_sampling_client().result()
+        sampler.complete_batch([prompt], params, num_samples=2)
+
+    handoff()
+    gc.collect()
+    first = len(jax.live_arrays())
+    for _ in range(40):
+        handoff()
+    gc.collect()
+    assert len(jax.live_arrays()) <= first

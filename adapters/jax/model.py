@@ -337,7 +337,7 @@ class CausalLM(nnx.Module):
         return logits, (new_caches if caches is not None else None)
 
 
-TensorGetter = Callable[[str], np.ndarray[Any, Any]]
+TensorGetter = Callable[[str], "np.ndarray[Any, Any] | Array"]  # host or device arrays
 
 
 def build_model(

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import jax
 import numpy as np
 from flax import nnx
 from safetensors.numpy import load as load_safetensors
@@ -54,24 +55,30 @@ def peft_adapter_files(model: CausalLM, config: SessionConfig) -> dict[str, byte
     }
 
 
-def merged_hf_tensors(model: CausalLM) -> dict[str, np.ndarray[Any, Any]]:
+def merged_weights(model: CausalLM) -> dict[str, jax.Array]:
     """Every weight under its HF name (the family's table), LoRA folded in (W + A B alpha/r),
-    PyTorch layout."""
+    PyTorch layout, where the model's weights are: no host copy, and weights without a LoRA
+    are the model's own arrays."""
     names = model.cfg.family.names
-    tensors = {names.weight("embed_tokens"): np.asarray(model.embed_tokens[...])}
+    tensors = {names.weight("embed_tokens"): model.embed_tokens[...]}
     for path, node in _modules(model):
         name = names.module(path)
         if isinstance(node, RMSNorm):
-            tensors[f"{name}.weight"] = np.asarray(node.weight[...])
+            tensors[f"{name}.weight"] = node.weight[...]
             continue
-        kernel = np.asarray(node.kernel[...])
+        kernel = node.kernel[...]
         if node.lora_a is not None and node.lora_b is not None:
-            delta = np.asarray(node.lora_a[...]) @ np.asarray(node.lora_b[...]) * node.lora_scale
+            delta = (node.lora_a[...] @ node.lora_b[...]) * node.lora_scale
             kernel = (kernel + delta).astype(kernel.dtype)  # float32 adapters, base dtype kept
-        tensors[f"{name}.weight"] = np.ascontiguousarray(kernel.T)
+        tensors[f"{name}.weight"] = kernel.T
         if node.bias is not None:
-            tensors[f"{name}.bias"] = np.asarray(node.bias[...])
+            tensors[f"{name}.bias"] = node.bias[...]
     return tensors
+
+
+def merged_hf_tensors(model: CausalLM) -> dict[str, np.ndarray[Any, Any]]:
+    """``merged_weights`` on the host, contiguous: what an export writes."""
+    return {k: np.ascontiguousarray(np.asarray(v)) for k, v in merged_weights(model).items()}
 
 
 def load_peft_adapter(

@@ -1,9 +1,10 @@
 """Sampling from a training session's weights as they are at one moment, without a disk
 round trip (Tinker's ``save_weights_and_get_sampling_client``).
 
-The session's model, LoRA folded in, is rebuilt in the completer's sampling layout from host
-copies of its weights; the completer holds that copy only, so handing weights over thousands
-of times keeps one copy per completer still referenced (an RL loop keeps one or two)."""
+The session's model is rebuilt in the completer's sampling layout on the device, from its
+own arrays: the kernels a LoRA adapts are merged anew (W + A B alpha/r), the rest are shared,
+not copied. A completer holds its merged kernels until it is dropped, so handing weights over
+thousands of times keeps one set per completer still referenced (an RL loop keeps one)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from galley.adapters.hf.tokenizer import HFTokenizerAdapter
 from galley.adapters.jax.completer import JaxCompleter, LoadedModel
 from galley.adapters.jax.config import ModelConfig
 from galley.adapters.jax.model import CausalLM, build_model
-from galley.adapters.jax.peft_export import merged_hf_tensors
+from galley.adapters.jax.peft_export import merged_weights
 from galley.core.errors import ValidationError
 from galley.core.types import ModelRef
 from galley.ports.blobs import BlobStore
@@ -28,7 +29,7 @@ def sampling_copy(
     model: CausalLM, config: ModelConfig, tokenizer: HFTokenizerAdapter, dtype: Any
 ) -> LoadedModel:
     """The model's current weights (LoRA merged in) as a model to sample from."""
-    tensors = merged_hf_tensors(model)
+    tensors = merged_weights(model)
     # A LoRA on a tied head unties it: the merged head differs from the embedding.
     tied = config.family.names.weight("lm_head") not in tensors
     config = attrs.evolve(config, tie_word_embeddings=tied)
