@@ -32,6 +32,7 @@ from galley.core.rl import (
     sampled_token_kl,
 )
 from galley.core.sections import plain_settings
+from galley.core.stages.rl.step import Rollouts, with_kl_penalty
 from galley.core.types import SamplingParams
 from galley.workflows.rl import RLConfig, run
 from tests.hf_models import make_model
@@ -193,16 +194,44 @@ def test_rl_runs_on_noop_adapters_with_trls_metrics_and_rollouts(adapters: Adapt
 
 
 def test_a_resumed_run_samples_and_trains_exactly_as_an_unbroken_one() -> None:
-    base = {"lr_schedule": "constant", "checkpoint_every": 2, "eval_every": 0}
+    base = {
+        "lr_schedule": "constant",
+        "checkpoint_every": 2,
+        "eval_every": 0,
+        "kl_penalty_coef": 0.1,
+    }
     whole = run(RLConfig(max_steps=6, run_id="whole", **base), noop_adapters())
     adapters = noop_adapters()
     run(RLConfig(max_steps=4, run_id="cut", **base), adapters)
     config = RLConfig(max_steps=4, run_id="cut", **base)
     resumed = run(RLConfig(**{**plain_settings(config), "max_steps": 6, "resume": True}), adapters)
-    keys = ("reward", "loss", "grad_norm", "kl")
+    keys = ("reward", "loss", "grad_norm", "kl", "kl_ref")
     assert [[m[k] for k in keys] for m in resumed.metrics] == [
         [m[k] for k in keys] for m in whole.metrics
     ]
+
+
+def test_the_kl_penalty_moves_each_sampled_tokens_advantage_by_its_log_ratio() -> None:
+    prompt, tokens = [1, 2, 3], [4, 5]
+    sampler_lp = [-1.0, -2.0]
+    kept = rollout_datum(prompt, tokens, sampler_lp, 0.5 * 0.25)
+    dropped = rollout_datum(prompt, tokens, sampler_lp, 0.0)
+    rollouts = Rollouts((kept, dropped), (2, 2), (0.25, 0.0), np.zeros((1, 2)), np.ones(1, bool))
+    reference = [np.array([0.0, -9.0, -1.5, -1.0]), np.array([0.0, -9.0, -3.0, -3.0])]
+    penalised, kl_ref = with_kl_penalty(rollouts, reference, coef=0.2)
+    diffs = np.array([-1.0 + 1.5, -2.0 + 1.0])  # sampler - reference on the kept datum
+    assert kl_ref == pytest.approx(diffs.mean())
+    got = penalised.data[0].loss_fn_inputs["advantages"].data
+    np.testing.assert_allclose(got[:2], 0.0)  # prompt targets stay untrained
+    np.testing.assert_allclose(got[2:], 0.125 + 0.2 * 0.25 * (diffs.mean() - diffs), rtol=1e-6)
+    assert penalised.data[1] == dropped  # a left-out group's completion is not penalised
+
+
+def test_rl_with_a_kl_penalty_scores_against_the_starting_weights(adapters: Adapters) -> None:
+    result = run(RLConfig(max_steps=4, eval_every=0, kl_penalty_coef=0.5, run_id="kl"), adapters)
+    kl_ref = [m["kl_ref"] for m in result.metrics]
+    assert abs(kl_ref[0]) < 1e-6  # the first step samples the starting weights themselves
+    assert any(abs(k) > 1e-6 for k in kl_ref[1:])  # later steps have moved away from them
 
 
 def test_configs_refuse_bad_rl_settings_by_name() -> None:

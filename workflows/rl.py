@@ -1,7 +1,7 @@
 """Reinforcement learning from rewards, GRPO-style: ``galley run rl``.
 
 load_tasks -> start_session -> render_prompts -> plan_training -> resume_from_checkpoint
--> init_weights -> save_run_record -> evaluate_base -> answers_before
+-> init_weights -> start_reference -> save_run_record -> evaluate_base -> answers_before
 train loop: rl_step -> optim_step -> collect_results [-> evaluate] [-> checkpoint]
 drain -> evaluate_final -> final_checkpoint -> export_sampler -> answers_after
 
@@ -51,7 +51,14 @@ from galley.core.stages import (
     start_session,
     training_loop,
 )
-from galley.core.stages.rl import answers_stage, load_tasks, render_prompts, reward_eval, rl_step
+from galley.core.stages.rl import (
+    answers_stage,
+    load_tasks,
+    render_prompts,
+    reward_eval,
+    rl_step,
+    start_reference,
+)
 from galley.core.summary import Summary, SummaryTable, number
 from galley.core.types import CheckpointRef
 
@@ -85,6 +92,9 @@ class RLConfig(SectionedConfig):
     batch_size: int = attrs.field(default=8, validator=int_at_least(1))  # prompts a step
     max_tokens: int = attrs.field(default=16, validator=int_at_least(1))  # new tokens
     temperature: float = attrs.field(default=1.0, validator=in_range(0.0, 100.0, low_open=True))
+    # A penalty on sampled tokens the starting weights find less likely (0: none, no second
+    # session); added to the advantages as tinker-cookbook does.
+    kl_penalty_coef: float = attrs.field(default=0.0, validator=at_least(0.0))
     # Divide each advantage by its group's reward std (TRL's scale_rewards="group").
     scale_rewards: bool = attrs.field(default=True, validator=boolean)
     loss_normalisation: str = attrs.field(
@@ -117,6 +127,7 @@ class RLConfig(SectionedConfig):
         "batch_size",
         "max_tokens",
         "temperature",
+        "kl_penalty_coef",
         "scale_rewards",
         "loss_normalisation",
         "loss_fn",
@@ -176,6 +187,7 @@ def build_workflow(config: RLConfig) -> Workflow:
             plan_training,
             resume_from_checkpoint,
             init_weights,
+            start_reference,
             save_run_record,
             evaluate("evaluate_base", at="start_step"),
             answers_stage("answers_before", writes="answers_before"),

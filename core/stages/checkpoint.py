@@ -204,25 +204,17 @@ def load_newest(
     )
 
 
-@stage(ports=("training", "blobs"))
-def init_weights(
-    ctx: StageContext,
-    session: TrainingSession,
-    init_from: str | None,
-    output: str,
-    run_id: str,
-    start_step: int,
-) -> dict[str, Any]:
-    """Start a new run from other weights (``init_from``): a run id under ``output`` (its
-    newest good checkpoint), or the blob key of a state checkpoint or sampler weights (a
-    LoRA adapter). Weights only: the optimizer starts anew. A resumed run has its own."""
-    if not init_from or start_step > 0:
-        return {}
+def load_init_from(
+    ctx: StageContext, session: TrainingSession, init_from: str, output: str, run_id: str
+) -> None:
+    """Load ``init_from``'s weights into ``session``: a run id under ``output`` (its newest
+    good checkpoint), or the blob key of a state checkpoint or sampler weights (a LoRA
+    adapter). Weights only."""
     if "/" in init_from:
         ref = checkpoint_at(ctx.adapters.blobs, init_from)
         ctx.wait(session.load_weights(ref), "training.load_weights")
         ctx.log.info("run.initialised", init_from=init_from, run=ref.run_id, step=ref.step)
-        return {}
+        return
     if init_from == run_id:
         raise ValidationError("init_from", f"run {run_id!r} cannot start from itself")
     index = read_index(ctx.adapters.blobs, output, init_from)
@@ -232,6 +224,21 @@ def init_weights(
         )
     record = index[load_newest(ctx, session, index, init_from, weights_only=True)]
     ctx.log.info("run.initialised", init_from=init_from, step=record.step, key=record.state.key)
+
+
+@stage(ports=("training", "blobs"))
+def init_weights(
+    ctx: StageContext,
+    session: TrainingSession,
+    init_from: str | None,
+    output: str,
+    run_id: str,
+    start_step: int,
+) -> dict[str, Any]:
+    """Start a new run from other weights (``init_from``, see ``load_init_from``); the
+    optimizer starts anew. A resumed run has its own."""
+    if init_from and start_step == 0:
+        load_init_from(ctx, session, init_from, output, run_id)
     return {}
 
 

@@ -1,7 +1,7 @@
 """RL's stages: prompts in, then each step samples from the current weights, scores, and
 trains on the completions' advantages; held-out rewards are measured by greedy answers."""
 
-from galley.core.stages.rl.data import RenderedTask, load_tasks, render_prompts
+from galley.core.stages.rl.data import RenderedTask, load_tasks, render_prompts, start_reference
 from galley.core.stages.rl.step import answers_stage, reward_eval, rl_step
 
 __all__ = [
@@ -11,4 +11,5 @@ __all__ = [
     "render_prompts",
     "reward_eval",
     "rl_step",
+    "start_reference",
 ]

@@ -12,8 +12,10 @@ from galley.core.engine import StageContext, stage
 from galley.core.model_input import ModelInput
 from galley.core.rendering import DoesNotFitError, make_renderer
 from galley.core.rl import Task, row_to_task
+from galley.core.stages.checkpoint import load_init_from
 from galley.core.stages.data import load_rows
 from galley.core.stages.render import render_splits
+from galley.core.stages.session import run_session_config
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
@@ -67,3 +69,33 @@ def render_prompts(
     rendered = render_splits(ctx, fit, train_rows, eval_rows, row_origins, max_length)
     ctx.log.info("prompts.rendered", train_prompts=len(rendered["train_data"]))
     return {**rendered, "chat_renderer": chat}
+
+
+@stage(
+    writes=("reference_session",),
+    ports=("training", "blobs"),
+)
+def start_reference(
+    ctx: StageContext,
+    kl_penalty_coef: float,
+    base_model: str,
+    init_from: str | None,
+    lora_rank: int,
+    lora_alpha: float,
+    seed: int,
+    output: str,
+    run_id: str,
+) -> dict[str, Any]:
+    """With a KL penalty, a second session holding the weights the run started from (its base
+    model, or ``init_from``), to score sampled tokens against; a resumed run rebuilds it the
+    same way. Without one, none."""
+    if not kl_penalty_coef:
+        return {"reference_session": None}
+    config = run_session_config(
+        base_model, lora_rank, lora_alpha, seed, output, run_id, "reference"
+    )
+    session = ctx.adapters.training.start_session(config)
+    if init_from:
+        load_init_from(ctx, session, init_from, output, run_id)
+    ctx.log.info("reference.started", model=base_model, init_from=init_from)
+    return {"reference_session": session}

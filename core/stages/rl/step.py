@@ -73,12 +73,26 @@ def sample_and_score(
     return Scored(tuple(tasks), tuple(completions), total, per_reward)
 
 
-def rollout_data(
-    scored: Scored, scale_rewards: bool, normalisation: str
-) -> tuple[list[Datum], np.ndarray[Any, Any], np.ndarray[Any, Any]]:
-    """The datums to train on, every completion's advantage, and which groups are kept. Every
-    completion becomes a datum, so a step's batch has one shape (no recompiles as the kept
-    share changes), but a dropped group's carry a zero advantage and do not count in the
+@attrs.frozen
+class Rollouts:
+    """A step's training data: one datum per completion (prompt-major), its sampled token
+    count, the factor its advantage was scaled by (0 for a left-out group's), and every
+    completion's advantage with the groups kept."""
+
+    data: tuple[Datum, ...]
+    lengths: tuple[int, ...]
+    factors: tuple[float, ...]
+    advantages: np.ndarray[Any, Any]
+    kept: np.ndarray[Any, Any]
+
+    def sampled(self, per_token: Sequence[Any]) -> list[np.ndarray[Any, Any]]:
+        """Of each datum's per-token values, those of its sampled tokens (its last ones)."""
+        return [np.asarray(v)[len(v) - n :] for v, n in zip(per_token, self.lengths, strict=True)]
+
+
+def rollout_data(scored: Scored, scale_rewards: bool, normalisation: str) -> Rollouts:
+    """Every completion becomes a datum, so a step's batch has one shape (no recompiles as the
+    kept share changes), but a left-out group's carry a zero advantage and do not count in the
     normalisation: the gradient is that of the kept groups alone."""
     advantages, kept = group_advantages(scored.total, scale_rewards)
     rows = [
@@ -88,18 +102,49 @@ def rollout_data(
         if scored.completions[p].sequences[s].tokens
     ]
     kept_rows = [(p, s) for p, s in rows if kept[p]]
-    lengths = [len(scored.completions[p].sequences[s].tokens) for p, s in kept_rows]
-    values = [float(advantages[p, s]) for p, s in kept_rows]
-    scaled = dict(
-        zip(kept_rows, normalised_advantages(values, lengths, normalisation), strict=True)
+    kept_lengths = [len(scored.completions[p].sequences[s].tokens) for p, s in kept_rows]
+    ones = [1.0] * len(kept_rows)
+    factors = dict(
+        zip(kept_rows, normalised_advantages(ones, kept_lengths, normalisation), strict=True)
     )
-    data = []
+    data, lengths, scales = [], [], []
     for p, s in rows:
         sequence = scored.completions[p].sequences[s]
-        advantage = scaled.get((p, s), 0.0)
+        factor = factors.get((p, s), 0.0)
         prompt = scored.completions[p].prompt_tokens
+        advantage = float(advantages[p, s]) * factor
         data.append(rollout_datum(prompt, sequence.tokens, sequence.logprobs, advantage))
-    return data, advantages, kept
+        lengths.append(len(sequence.tokens))
+        scales.append(factor)
+    return Rollouts(tuple(data), tuple(lengths), tuple(scales), advantages, kept)
+
+
+def with_kl_penalty(
+    rollouts: Rollouts, reference_logprobs: Sequence[Any], coef: float
+) -> tuple[Rollouts, float]:
+    """The rollouts with each sampled token's advantage raised by
+    ``coef * (mean_d - d)``, scaled as its completion's advantage is, where ``d`` is the
+    token's sampler log-probability minus the reference's (tokens the reference finds less
+    likely than the sampler did are pushed down); and ``mean_d``, the batch's estimate of
+    KL(sampler || reference) per token, recorded as ``kl_ref``."""
+    sampler = rollouts.sampled([d.loss_fn_inputs["logprobs"].data for d in rollouts.data])
+    reference = rollouts.sampled(reference_logprobs)
+    diffs = [
+        np.asarray(s, np.float64) - np.asarray(r, np.float64)
+        for s, r in zip(sampler, reference, strict=True)
+    ]
+    weighted = [(d, f) for d, f in zip(diffs, rollouts.factors, strict=True) if f]
+    mean = float(np.mean(np.concatenate([d for d, _ in weighted]))) if weighted else 0.0
+    data = []
+    for datum, diff, factor, n in zip(
+        rollouts.data, diffs, rollouts.factors, rollouts.lengths, strict=True
+    ):
+        advantages = datum.loss_fn_inputs["advantages"].data.copy()
+        advantages[len(advantages) - n :] += (coef * factor * (mean - diff)).astype(np.float32)
+        data.append(
+            attrs.evolve(datum, loss_fn_inputs={**datum.loss_fn_inputs, "advantages": advantages})
+        )
+    return attrs.evolve(rollouts, data=tuple(data)), mean
 
 
 def rollout_metrics(scored: Scored, kept: np.ndarray[Any, Any]) -> dict[str, float]:
@@ -120,15 +165,12 @@ def rollout_metrics(scored: Scored, kept: np.ndarray[Any, Any]) -> dict[str, flo
 
 
 def learner_metrics(
-    data: Sequence[Datum], output: ForwardBackwardOutput, clip: tuple[float, float]
+    rollouts: Rollouts, output: ForwardBackwardOutput, clip: tuple[float, float]
 ) -> dict[str, float]:
     """What the learner's log-probabilities of the sampled tokens say: the KL from the sampler
     (about 0 on-policy) and the share of tokens whose ratio falls outside the clip range."""
-    sampler, learner = [], []
-    for datum, logprobs in zip(data, output.logprobs, strict=True):
-        sampled = datum.loss_fn_inputs["logprobs"].data != 0  # prompt targets carry zeros
-        sampler.append(datum.loss_fn_inputs["logprobs"].data[sampled])
-        learner.append(np.asarray(logprobs)[sampled])
+    sampler = rollouts.sampled([d.loss_fn_inputs["logprobs"].data for d in rollouts.data])
+    learner = rollouts.sampled(output.logprobs)
     ratio = np.exp(np.concatenate(learner) - np.concatenate(sampler)) if learner else np.ones(0)
     clipped = float(np.mean((ratio < clip[0]) | (ratio > clip[1]))) if ratio.size else 0.0
     return {"kl": sampled_token_kl(sampler, learner), "clip_ratio": clipped}
@@ -173,12 +215,14 @@ def rl_step(
     batch_plan: BatchPlan,
     step: int,
     pipeline: Pipeline,
+    reference_session: TrainingSession | None,
     chat_renderer: Renderer,
     rewards: Sequence[str],
     reward_weights: Sequence[float],
     group_size: int,
     max_tokens: int,
     temperature: float,
+    kl_penalty_coef: float,
     scale_rewards: bool,
     loss_normalisation: str,
     loss_fn: str,
@@ -204,15 +248,23 @@ def rl_step(
         resolve_rewards(rewards, reward_weights),
     )
     sampled = time.perf_counter()
-    data, advantages, kept = rollout_data(scored, scale_rewards, loss_normalisation)
+    rollouts = rollout_data(scored, scale_rewards, loss_normalisation)
+    penalty: dict[str, float] = {}
+    if reference_session is not None and kl_penalty_coef > 0:
+        scoring = reference_session.forward(list(rollouts.data), "cross_entropy")
+        reference = ctx.wait(scoring, "training.forward", step).logprobs
+        rollouts, kl_ref = with_kl_penalty(rollouts, reference, kl_penalty_coef)
+        penalty = {"kl_ref": kl_ref}
+    data = list(rollouts.data)
     clip = (clip_low_threshold, clip_high_threshold)
     config = {"clip_low_threshold": clip[0], "clip_high_threshold": clip[1]}
     future = session.forward_backward(
         data, loss_fn, None if loss_fn == "importance_sampling" else config
     )
     key = join_key(output, run_id, "rollouts", f"step-{step:06d}.jsonl")
-    write_rollouts(ctx, key, scored, advantages)
-    metrics = rollout_metrics(scored, kept) | {"time/sampling_s": sampled - started}
+    write_rollouts(ctx, key, scored, rollouts.advantages)
+    metrics = rollout_metrics(scored, rollouts.kept) | penalty
+    metrics["time/sampling_s"] = sampled - started
     entry = InFlightStep(
         step,
         future,
@@ -221,7 +273,7 @@ def rl_step(
         started,
         tuple(indices),
         metrics=metrics,
-        output_metrics=lambda output: learner_metrics(data, output, clip),
+        output_metrics=lambda output: learner_metrics(rollouts, output, clip),
     )
     return {"pipeline": pipeline.with_in_flight((*pipeline.in_flight, entry))}
 
