@@ -14,7 +14,7 @@ whichever section it comes from.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import attrs
 
@@ -157,6 +157,29 @@ class SectionedConfig:
         if owner is None:
             raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
         return getattr(getattr(self, owner), name)
+
+
+class TrainingConfig(SectionedConfig):
+    """A sectioned config of a run that trains: an ``optim`` section, ``run_id`` and
+    ``resume``. It classifies every setting for a resume (a test checks each is in exactly one
+    class): ``TRAJECTORY_FIELDS`` would train other weights; the run's length
+    (``SCHEDULE_LENGTH_FIELDS``) too, unless the LR schedule is constant; ``FREE_FIELDS`` may
+    change freely."""
+
+    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = frozenset()
+    SCHEDULE_LENGTH_FIELDS: ClassVar[frozenset[str]] = frozenset({"max_steps", "num_epochs"})
+    FREE_FIELDS: ClassVar[frozenset[str]] = frozenset()
+
+    def __attrs_post_init__(self) -> None:
+        if getattr(self, "resume", False) and getattr(self, "run_id", None) is None:
+            raise ValidationError(
+                f"{type(self).__name__}.resume", "resuming needs the run_id of the run to continue"
+            )
+
+    def trajectory_fields(self) -> frozenset[str]:
+        if getattr(self, "optim").lr_schedule == ScheduleKind.CONSTANT:  # noqa: B009
+            return self.TRAJECTORY_FIELDS
+        return self.TRAJECTORY_FIELDS | self.SCHEDULE_LENGTH_FIELDS
 
 
 def _fields(cls: type[Any]) -> tuple[attrs.Attribute[Any], ...]:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import attrs
+
+from galley.core.records import CheckpointRecord
+from galley.core.types import CheckpointRef
 
 
 @attrs.frozen
@@ -21,6 +26,16 @@ class Summary:
     tables: tuple[SummaryTable, ...] = ()
     notes: tuple[str, ...] = ()
     blobs: tuple[tuple[str, str], ...] = ()
+
+
+def saved_files(
+    checkpoints: Sequence[CheckpointRecord], sampler: CheckpointRef | None
+) -> tuple[tuple[str, str], ...]:
+    """A training run's checkpoints and exported sampler weights, as the summary lists them."""
+    files = [(f"checkpoint (step {r.step})", r.state.key) for r in checkpoints]
+    if sampler is not None:
+        files.append(("exported sampler weights", sampler.key))
+    return tuple(files)
 
 
 def number(value: float | None) -> str:

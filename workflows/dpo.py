@@ -23,10 +23,8 @@ from galley.core.checks import at_least, boolean, in_range, int_at_least, one_of
 from galley.core.dpo import PreferenceLoss, PreferenceObjective
 from galley.core.engine import FunctionStage, Workflow
 from galley.core.engine.run import run_workflow
-from galley.core.errors import ValidationError
 from galley.core.keys import check_prefix
 from galley.core.records import EVAL, TRAIN, CheckpointRecord
-from galley.core.schedules import ScheduleKind
 from galley.core.sections import (
     CheckpointSection,
     DataSection,
@@ -34,7 +32,7 @@ from galley.core.sections import (
     FormatSection,
     ModelSection,
     OptimSection,
-    SectionedConfig,
+    TrainingConfig,
     dotted,
 )
 from galley.core.stages import (
@@ -56,7 +54,7 @@ from galley.core.stages.dpo import (
     reference_logprobs,
     render_pairs,
 )
-from galley.core.summary import Summary, SummaryTable, number
+from galley.core.summary import Summary, SummaryTable, number, saved_files
 from galley.core.types import CheckpointRef
 
 # What the default run reports, in this order: TRL's names.
@@ -76,7 +74,7 @@ def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
 
 
 @attrs.frozen(init=False)
-class DPOConfig(SectionedConfig):
+class DPOConfig(TrainingConfig):
     """Everything a DPO run needs besides its adapters; every setting has a default, and any
     may be given by its plain name: ``DPOConfig(beta=0.2, max_steps=50)``."""
 
@@ -114,22 +112,13 @@ class DPOConfig(SectionedConfig):
     TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = dotted(
         model=ModelSection, data=DataSection, render=FormatSection, optim=OptimSection
     ) | {"loss_type", "beta", "label_smoothing", "reference_model", "batch_size", "seed"}
-    SCHEDULE_LENGTH_FIELDS: ClassVar[frozenset[str]] = frozenset({"max_steps", "num_epochs"})
     FREE_FIELDS: ClassVar[frozenset[str]] = dotted(
         checkpoints=CheckpointSection, evaluation=EvalSection
     ) | {"submit_ahead", "output", "run_id", "resume", "on_nonfinite", "call_timeout_s"}
 
     def __attrs_post_init__(self) -> None:
-        if self.resume and self.run_id is None:
-            raise ValidationError(
-                "DPOConfig.resume", "resuming needs the run_id of the run to continue"
-            )
+        super().__attrs_post_init__()
         PreferenceObjective(self.loss_type, self.beta, self.label_smoothing)  # refuses a mix
-
-    def trajectory_fields(self) -> frozenset[str]:
-        if self.optim.lr_schedule == ScheduleKind.CONSTANT:
-            return self.TRAJECTORY_FIELDS
-        return self.TRAJECTORY_FIELDS | self.SCHEDULE_LENGTH_FIELDS
 
 
 @attrs.frozen
@@ -205,7 +194,6 @@ def summarize(outcome: DPOResult) -> Summary:
         if count:
             rows.append((f"{split} pairs too long (skipped)", "", str(count)))
     table = SummaryTable(f"run {outcome.run_id}", ("metric", "before", "after"), tuple(rows))
-    blobs = [(f"checkpoint (step {r.step})", r.state.key) for r in outcome.checkpoints]
-    if outcome.sampler is not None:
-        blobs.append(("exported sampler weights", outcome.sampler.key))
-    return Summary((table,), (f"steps: {outcome.steps}",), tuple(blobs))
+    return Summary(
+        (table,), (f"steps: {outcome.steps}",), saved_files(outcome.checkpoints, outcome.sampler)
+    )

@@ -27,7 +27,6 @@ from galley.core.keys import check_prefix
 from galley.core.records import EVAL, TRAIN, CheckpointRecord
 from galley.core.rewards import resolve_rewards
 from galley.core.rl import Normalisation
-from galley.core.schedules import ScheduleKind
 from galley.core.sections import (
     CheckpointSection,
     DataSection,
@@ -36,7 +35,7 @@ from galley.core.sections import (
     ModelSection,
     OptimSection,
     SamplingSection,
-    SectionedConfig,
+    TrainingConfig,
     dotted,
 )
 from galley.core.stages import (
@@ -59,7 +58,7 @@ from galley.core.stages.rl import (
     rl_step,
     start_reference,
 )
-from galley.core.summary import Summary, SummaryTable, number
+from galley.core.summary import Summary, SummaryTable, number, saved_files
 from galley.core.types import CheckpointRef
 
 POLICY_LOSSES = ("importance_sampling", "ppo", "cispo")
@@ -74,7 +73,7 @@ def _floats(value: Any) -> tuple[float, ...]:
 
 
 @attrs.frozen(init=False)
-class RLConfig(SectionedConfig):
+class RLConfig(TrainingConfig):
     """Everything an RL run needs besides its adapters; every setting has a default, and any
     may be given by its plain name: ``RLConfig(group_size=8, max_steps=50)``."""
 
@@ -135,16 +134,12 @@ class RLConfig(SectionedConfig):
         "clip_high_threshold",
         "seed",
     }
-    SCHEDULE_LENGTH_FIELDS: ClassVar[frozenset[str]] = frozenset({"max_steps", "num_epochs"})
     FREE_FIELDS: ClassVar[frozenset[str]] = dotted(
         checkpoints=CheckpointSection, evaluation=EvalSection, sampling=SamplingSection
     ) | {"submit_ahead", "output", "run_id", "resume", "on_nonfinite", "call_timeout_s"}
 
     def __attrs_post_init__(self) -> None:
-        if self.resume and self.run_id is None:
-            raise ValidationError(
-                "RLConfig.resume", "resuming needs the run_id of the run to continue"
-            )
+        super().__attrs_post_init__()
         resolve_rewards(self.rewards, self.reward_weights)  # one that cannot be found: refused
         if self.clip_low_threshold > self.clip_high_threshold:
             raise ValidationError(
@@ -152,11 +147,6 @@ class RLConfig(SectionedConfig):
                 f"{self.clip_low_threshold} is above clip_high_threshold "
                 f"{self.clip_high_threshold}",
             )
-
-    def trajectory_fields(self) -> frozenset[str]:
-        if self.optim.lr_schedule == ScheduleKind.CONSTANT:
-            return self.TRAJECTORY_FIELDS
-        return self.TRAJECTORY_FIELDS | self.SCHEDULE_LENGTH_FIELDS
 
 
 Answer = tuple[str, str, str, float]  # prompt, reference, answer, reward
@@ -248,7 +238,8 @@ def summarize(outcome: RLResult) -> Summary:
                 lines=True,
             )
         )
-    blobs = [(f"checkpoint (step {r.step})", r.state.key) for r in outcome.checkpoints]
-    if outcome.sampler is not None:
-        blobs.append(("exported sampler weights", outcome.sampler.key))
-    return Summary(tuple(tables), (f"steps: {outcome.steps}",), tuple(blobs))
+    return Summary(
+        tuple(tables),
+        (f"steps: {outcome.steps}",),
+        saved_files(outcome.checkpoints, outcome.sampler),
+    )

@@ -23,11 +23,9 @@ from galley.core.checks import (
 )
 from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
-from galley.core.errors import ValidationError
 from galley.core.keys import check_prefix
 from galley.core.records import EVAL, TRAIN, CheckpointRecord
 from galley.core.runs import resume_settings
-from galley.core.schedules import ScheduleKind
 from galley.core.sections import (
     CheckpointSection,
     DataSection,
@@ -36,7 +34,7 @@ from galley.core.sections import (
     OptimSection,
     RenderSection,
     SamplingSection,
-    SectionedConfig,
+    TrainingConfig,
     dotted,
     nest,
     plain_settings,
@@ -60,7 +58,7 @@ from galley.core.stages import (
     start_session,
     training_loop,
 )
-from galley.core.summary import Summary, SummaryTable, number
+from galley.core.summary import Summary, SummaryTable, number, saved_files
 from galley.core.types import CheckpointRef
 
 
@@ -87,7 +85,7 @@ def _sections_from_flat(v3: dict[str, Any]) -> dict[str, Any]:
 
 
 @attrs.frozen(init=False)
-class SFTConfig(SectionedConfig):
+class SFTConfig(TrainingConfig):
     """Everything an SFT run needs besides its adapters; every setting has a default. Made
     of shared sections (``model``, ``data``, ``render``, ``optim``, ``checkpoints``, ``evaluation``,
     ``sampling``) and its own fields; any setting may be given by its plain name:
@@ -135,9 +133,8 @@ class SFTConfig(SectionedConfig):
     TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = dotted(
         model=ModelSection, data=DataSection, render=RenderSection, optim=OptimSection
     ) | {"batch_size", "seed"}
-    # How many steps the run has: the LR schedule's length, so part of the trajectory unless
-    # the schedule is constant (then a run may be extended or cut short freely).
-    SCHEDULE_LENGTH_FIELDS: ClassVar[frozenset[str]] = frozenset({"max_steps", "num_epochs"})
+    # max_steps and num_epochs (SCHEDULE_LENGTH_FIELDS) are the LR schedule's length: part of
+    # the trajectory unless the schedule is constant (then a run may be extended freely).
     # Where and how often to evaluate, checkpoint, sample and report, and who the run is.
     FREE_FIELDS: ClassVar[frozenset[str]] = dotted(
         checkpoints=CheckpointSection, evaluation=EvalSection, sampling=SamplingSection
@@ -149,17 +146,6 @@ class SFTConfig(SectionedConfig):
         "on_nonfinite",  # what happens at a NaN, not what a finite step trains
         "call_timeout_s",
     }
-
-    def __attrs_post_init__(self) -> None:
-        if self.resume and self.run_id is None:
-            raise ValidationError(
-                "SFTConfig.resume", "resuming needs the run_id of the run to continue"
-            )
-
-    def trajectory_fields(self) -> frozenset[str]:
-        if self.optim.lr_schedule == ScheduleKind.CONSTANT:
-            return self.TRAJECTORY_FIELDS
-        return self.TRAJECTORY_FIELDS | self.SCHEDULE_LENGTH_FIELDS
 
 
 @attrs.frozen
@@ -279,10 +265,9 @@ def summarize(result: RunResult) -> Summary:
                 lines=True,
             )
         )
-    blobs = [(f"checkpoint (step {r.step})", r.state.key) for r in result.checkpoints]
-    if result.sampler is not None:
-        blobs.append(("exported sampler weights", result.sampler.key))
-    return Summary(tuple(tables), (f"steps: {result.steps}",), tuple(blobs))
+    return Summary(
+        tuple(tables), (f"steps: {result.steps}",), saved_files(result.checkpoints, result.sampler)
+    )
 
 
 def resume_config(

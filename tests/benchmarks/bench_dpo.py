@@ -27,13 +27,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script
 
-from tests.benchmarks.common import run_child
+from tests.benchmarks.common import BlockLinearsOnly, LoopClock, run_child
 
 BETA, LR, BATCH, RANK, ALPHA, MAX_LENGTH, WARMUP = 0.1, 2e-3, 8, 16, 32.0, 128, 8
 
 
 def galley_child(steps: int) -> dict[str, Any]:
-    import attrs
     import structlog
 
     from galley.adapters.composition import build_adapters
@@ -42,37 +41,9 @@ def galley_child(steps: int) -> dict[str, Any]:
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
 
-    class BlockLinearsOnly:
-        """The training client with LoRA on the blocks' linear layers only (PEFT's
-        "all-linear" leaves the output head out; galley's default also adapts it)."""
-
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
-
-        def start_session(self, config: Any) -> Any:
-            lora = attrs.evolve(config.lora, train_unembed=False)
-            return self.inner.start_session(attrs.evolve(config, lora=lora))
-
-        def __getattr__(self, name: str) -> Any:
-            return getattr(self.inner, name)
-
-    class Clock:
-        def __init__(self) -> None:
-            self.stamps: list[float] = []
-            self.reference_s = 0.0
-
-        def on_loop_start(self, loop: str, done: int, total: int) -> None:
-            self.stamps.append(time.perf_counter())
-
-        def on_iteration_end(self, loop: str, counter: int) -> None:
-            self.stamps.append(time.perf_counter())
-
-        def on_metrics(self, stream: str, step: int, metrics: Any) -> None:
-            pass
-
     adapters = build_adapters({}, metrics=NoopMetricsStore())
     adapters = adapters.replace(training=BlockLinearsOnly(adapters.training))
-    clock = Clock()
+    clock = LoopClock()
     reference_s: list[float] = []
 
     def keep_reference_time(logger: Any, method: str, event: dict[str, Any]) -> Any:

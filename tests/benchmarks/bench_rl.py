@@ -32,14 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script
 
 import itertools
 
-from tests.benchmarks.common import run_child
+from tests.benchmarks.common import BlockLinearsOnly, LoopClock, run_child
 
 PROMPTS, GROUP, NEW_TOKENS, LR, RANK, ALPHA, LAST = 8, 8, 16, 3e-3, 16, 32.0, 8
 STOP = "\n\nUser:"
 
 
 def galley_child(steps: int, seed: int) -> dict[str, Any]:
-    import attrs
     import structlog
 
     from galley.adapters.composition import build_adapters
@@ -48,32 +47,9 @@ def galley_child(steps: int, seed: int) -> dict[str, Any]:
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
 
-    class BlockLinearsOnly:
-        """LoRA on the blocks' linear layers only, as PEFT's "all-linear"."""
-
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
-
-        def start_session(self, config: Any) -> Any:
-            lora = attrs.evolve(config.lora, train_unembed=False)
-            return self.inner.start_session(attrs.evolve(config, lora=lora))
-
-    class Clock:
-        def __init__(self) -> None:
-            self.stamps: list[float] = []
-
-        def on_loop_start(self, loop: str, done: int, total: int) -> None:
-            self.stamps.append(time.perf_counter())
-
-        def on_iteration_end(self, loop: str, counter: int) -> None:
-            self.stamps.append(time.perf_counter())
-
-        def on_metrics(self, stream: str, step: int, metrics: Any) -> None:
-            pass
-
     adapters = build_adapters({}, metrics=NoopMetricsStore())
     adapters = adapters.replace(training=BlockLinearsOnly(adapters.training))
-    clock = Clock()
+    clock = LoopClock()
     config = RLConfig(
         max_steps=steps,
         batch_size=PROMPTS,

@@ -173,3 +173,33 @@ def peak_rss_mb() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class BlockLinearsOnly:
+    """A TrainingClient whose sessions put LoRA on the blocks' linear layers only, as PEFT's
+    "all-linear" does (galley's default also adapts the output head)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def start_session(self, config: Any) -> Any:
+        import attrs
+
+        lora = attrs.evolve(config.lora, train_unembed=False)
+        return self.inner.start_session(attrs.evolve(config, lora=lora))
+
+
+class LoopClock:
+    """A workflow observer stamping the training loop's start and each iteration's end."""
+
+    def __init__(self) -> None:
+        self.stamps: list[float] = []
+
+    def on_loop_start(self, loop: str, done: int, total: int) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def on_iteration_end(self, loop: str, counter: int) -> None:
+        self.stamps.append(time.perf_counter())
+
+    def on_metrics(self, stream: str, step: int, metrics: Any) -> None:
+        pass
