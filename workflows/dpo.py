@@ -24,7 +24,7 @@ from galley.core.dpo import PreferenceLoss, PreferenceObjective
 from galley.core.engine import FunctionStage, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.keys import check_prefix
-from galley.core.records import EVAL, TRAIN, CheckpointRecord
+from galley.core.records import CheckpointRecord
 from galley.core.sections import (
     CheckpointSection,
     DataSection,
@@ -169,12 +169,7 @@ def run(config: DPOConfig, adapters: Adapters, **options: Any) -> DPOResult:
     done = run_workflow("dpo", build_workflow, config, adapters, **options)
     state = done.state
     return DPOResult(
-        run_id=done.run_id,
-        steps=state["total_steps"] - state["start_step"],
-        metrics=done.stream(TRAIN),
-        eval=done.stream(EVAL),
-        checkpoints=tuple(state["checkpoints"]),
-        sampler=state.get("sampler"),
+        **done.trained(),
         skipped_examples=dict(state.get("skipped_examples", {})),
     )
 

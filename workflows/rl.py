@@ -24,7 +24,7 @@ from galley.core.engine import FunctionStage, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.errors import ValidationError
 from galley.core.keys import check_prefix
-from galley.core.records import EVAL, TRAIN, CheckpointRecord
+from galley.core.records import CheckpointRecord
 from galley.core.rewards import resolve_rewards
 from galley.core.rl import Normalisation
 from galley.core.sections import (
@@ -200,12 +200,7 @@ def run(config: RLConfig, adapters: Adapters, **options: Any) -> RLResult:
     done = run_workflow("rl", build_workflow, config, adapters, **options)
     state = done.state
     return RLResult(
-        run_id=done.run_id,
-        steps=state["total_steps"] - state["start_step"],
-        metrics=done.stream(TRAIN),
-        eval=done.stream(EVAL),
-        checkpoints=tuple(state["checkpoints"]),
-        sampler=state.get("sampler"),
+        **done.trained(),
         answers_before=tuple(state.get("answers_before", ())),
         answers_after=tuple(state.get("answers_after", ())),
     )

@@ -24,7 +24,7 @@ from galley.core.checks import (
 from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.keys import check_prefix
-from galley.core.records import EVAL, TRAIN, CheckpointRecord
+from galley.core.records import CheckpointRecord
 from galley.core.runs import resume_settings
 from galley.core.sections import (
     CheckpointSection,
@@ -213,12 +213,7 @@ def run(
     )
     state = done.state
     return RunResult(
-        run_id=done.run_id,
-        steps=state["total_steps"] - state["start_step"],
-        metrics=done.stream(TRAIN),
-        eval=done.stream(EVAL),
-        checkpoints=tuple(state["checkpoints"]),
-        sampler=state.get("sampler"),
+        **done.trained(),
         samples=tuple(state.get("samples", ())),
         skipped_examples=dict(state.get("skipped_examples", {})),
     )

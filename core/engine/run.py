@@ -32,7 +32,7 @@ from galley.core.engine.retry import RetryPolicy
 from galley.core.engine.runner import Observer, Runner
 from galley.core.engine.stage import Workflow
 from galley.core.errors import WorkflowError
-from galley.core.records import TRAIN, MetricRecord, RunOutcome
+from galley.core.records import EVAL, TRAIN, MetricRecord, RunOutcome
 from galley.core.runs import claim_run, metrics_reader
 from galley.core.sections import plain_settings
 from galley.core.tracking import end_tracked_run
@@ -52,6 +52,20 @@ class WorkflowRun:
 
     def stream(self, name: str) -> list[Row]:
         return list(self.rows.get(name, []))
+
+    def trained(self) -> dict[str, Any]:
+        """What every training workflow's result reports, by its field names: the run id, the
+        steps this attempt trained, the train and eval rows (across resumes), the checkpoints
+        and the exported sampler weights."""
+        state = self.state
+        return {
+            "run_id": self.run_id,
+            "steps": state["total_steps"] - state["start_step"],
+            "metrics": self.stream(TRAIN),
+            "eval": self.stream(EVAL),
+            "checkpoints": tuple(state["checkpoints"]),
+            "sampler": state.get("sampler"),
+        }
 
 
 def new_run_id(workflow: str) -> str:
