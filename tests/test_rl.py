@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -18,7 +19,13 @@ from hypothesis.extra.numpy import arrays
 
 from galley.adapters.jax import JaxTrainingClient
 from galley.adapters.noop import NoopBlobStore, NoopHubClient, noop_adapters
-from galley.core import AdamParams, Adapters, ConfigError, LoraConfig, SessionConfig
+from galley.core import (
+    AdamParams,
+    Adapters,
+    ConfigError,
+    LoraConfig,
+    SessionConfig,
+)
 from galley.core.chat import Conversation
 from galley.core.errors import DataError
 from galley.core.keys import join_key
@@ -31,7 +38,6 @@ from galley.core.rl import (
     row_to_task,
     sampled_token_kl,
 )
-from galley.core.sections import plain_settings
 from galley.core.stages.rl.step import Rollouts, with_kl_penalty
 from galley.core.types import SamplingParams
 from galley.workflows.rl import RLConfig, run
@@ -193,18 +199,53 @@ def test_rl_runs_on_noop_adapters_with_trls_metrics_and_rollouts(adapters: Adapt
     assert len(result.answers_before) == len(result.answers_after) == 4
 
 
-def test_a_resumed_run_samples_and_trains_exactly_as_an_unbroken_one() -> None:
-    base = {
-        "lr_schedule": "constant",
-        "checkpoint_every": 2,
-        "eval_every": 0,
-        "kl_penalty_coef": 0.1,
-    }
-    whole = run(RLConfig(max_steps=6, run_id="whole", **base), noop_adapters())
+def test_off_policy_samples_the_next_batch_from_the_weights_before_this_steps_update(
+    adapters: Adapters,
+) -> None:
+    config = RLConfig(max_steps=5, eval_every=0, max_steps_off_policy=1, run_id="off")
+    kl = [m["kl"] for m in run(config, adapters).metrics]
+    assert kl[0] < 1e-6  # the first batch is sampled on-policy
+    assert all(k > 1e-6 for k in kl[1:])  # later ones one update behind the learner
+    # Every step's batch was recorded, with its tokens, before it trained.
+    for step in range(1, 6):
+        rows = adapters.blobs.read(join_key("runs", "off", "rollouts", f"step-{step:06d}.jsonl"))
+        first = json.loads(rows.decode().splitlines()[0])
+        assert {"token_ids", "logprobs", "prompt_tokens", "stop_reason"} <= set(first)
+
+
+class StopAfter:
+    """An observer that stops a run at the end of a given step, as a crash would."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_loop_start(self, loop: str, done: int, total: int) -> None:
+        pass
+
+    def on_iteration_end(self, loop: str, counter: int) -> None:
+        if counter == self.step:
+            raise RuntimeError(f"stopped after step {counter}")
+
+    def on_metrics(self, stream: str, step: int, metrics: Any) -> None:
+        pass
+
+
+@pytest.mark.parametrize("off_policy", [0, 1])
+def test_a_run_stopped_and_resumed_trains_as_an_unbroken_one(off_policy: int) -> None:
+    """With a batch sampled ahead too: the checkpoint's next batch was recorded before it."""
+    config = RLConfig(
+        max_steps=6,
+        checkpoint_every=2,
+        eval_every=0,
+        max_steps_off_policy=off_policy,
+        kl_penalty_coef=0.1,
+        run_id="cut",
+    )
+    whole = run(attrs.evolve(config, run_id="whole"), noop_adapters())
     adapters = noop_adapters()
-    run(RLConfig(max_steps=4, run_id="cut", **base), adapters)
-    config = RLConfig(max_steps=4, run_id="cut", **base)
-    resumed = run(RLConfig(**{**plain_settings(config), "max_steps": 6, "resume": True}), adapters)
+    with pytest.raises(RuntimeError, match="stopped after step 5"):
+        run(config, adapters, observers=[StopAfter(5)])
+    resumed = run(attrs.evolve(config, resume=True), adapters)
     keys = ("reward", "loss", "grad_norm", "kl", "kl_ref")
     assert [[m[k] for k in keys] for m in resumed.metrics] == [
         [m[k] for k in keys] for m in whole.metrics

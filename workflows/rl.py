@@ -1,8 +1,10 @@
 """Reinforcement learning from rewards, GRPO-style: ``galley run rl``.
 
 load_tasks -> start_session -> render_prompts -> plan_training -> resume_from_checkpoint
--> init_weights -> start_reference -> save_run_record -> evaluate_base -> answers_before
-train loop: rl_step -> optim_step -> collect_results [-> evaluate] [-> checkpoint]
+-> init_weights -> start_reference -> plan_rollouts -> save_run_record -> evaluate_base
+-> answers_before
+train loop: rl_step -> optim_step -> collect_results [-> evaluate] [-> settle_sampling
+-> checkpoint]
 drain -> evaluate_final -> final_checkpoint -> export_sampler -> answers_after
 
 Each step samples ``group_size`` completions of each of ``batch_size`` prompts from the
@@ -53,9 +55,11 @@ from galley.core.stages import (
 from galley.core.stages.rl import (
     answers_stage,
     load_tasks,
+    plan_rollouts,
     render_prompts,
     reward_eval,
     rl_step,
+    settle_sampling,
     start_reference,
 )
 from galley.core.summary import Summary, SummaryTable, number, saved_files
@@ -94,6 +98,9 @@ class RLConfig(TrainingConfig):
     # A penalty on sampled tokens the starting weights find less likely (0: none, no second
     # session); added to the advantages as tinker-cookbook does.
     kl_penalty_coef: float = attrs.field(default=0.0, validator=at_least(0.0))
+    # 1: sample the next step's batch while this one trains, from this step's starting
+    # weights (one step stale, corrected by the loss's importance ratio); 0: on-policy.
+    max_steps_off_policy: int = attrs.field(default=0, validator=[int_at_least(0), in_range(0, 1)])
     # Divide each advantage by its group's reward std (TRL's scale_rewards="group").
     scale_rewards: bool = attrs.field(default=True, validator=boolean)
     loss_normalisation: str = attrs.field(
@@ -127,6 +134,7 @@ class RLConfig(TrainingConfig):
         "max_tokens",
         "temperature",
         "kl_penalty_coef",
+        "max_steps_off_policy",
         "scale_rewards",
         "loss_normalisation",
         "loss_fn",
@@ -178,11 +186,16 @@ def build_workflow(config: RLConfig) -> Workflow:
             resume_from_checkpoint,
             init_weights,
             start_reference,
+            plan_rollouts,
             save_run_record,
             evaluate("evaluate_base", at="start_step"),
             answers_stage("answers_before", writes="answers_before"),
             training_loop(
-                rl_step, evaluate("evaluate", at="step"), config.eval_every, config.checkpoint_every
+                rl_step,
+                evaluate("evaluate", at="step"),
+                config.eval_every,
+                config.checkpoint_every,
+                before_checkpoint=settle_sampling,
             ),
             drain,
             evaluate("evaluate_final", at="total_steps"),

@@ -1,17 +1,14 @@
 """The RL step, held-out rewards, and answers before and after.
 
-A step takes a Completer bound to the session's weights as they are after every step
-submitted before it (``save_weights_and_get_sampling_client``), samples ``group_size``
-completions of each of the step's prompts, scores them, and submits ``forward_backward``
-with the chosen policy loss on the completions of the groups whose rewards differ. Its
-rollouts (prompt, completion, rewards, advantage) go to ``rollouts/step-NNNNNN.jsonl`` under
-the run."""
+A step gets its batch (``group_size`` completions of each of its prompts, scored: see
+``sampling``), turns it into datums whose sampled tokens carry the advantages, and submits
+``forward_backward`` with the chosen policy loss on the completions of the groups whose
+rewards differ."""
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -21,7 +18,7 @@ from galley.core.batching import BatchPlan
 from galley.core.engine import FunctionStage, StageContext, reads_of, stage
 from galley.core.keys import join_key
 from galley.core.rendering import Renderer
-from galley.core.rewards import Reward, resolve_rewards
+from galley.core.rewards import resolve_rewards
 from galley.core.rl import (
     group_advantages,
     normalised_advantages,
@@ -29,48 +26,18 @@ from galley.core.rl import (
     sampled_token_kl,
 )
 from galley.core.stages.rl.data import RenderedTask
+from galley.core.stages.rl.sampling import (
+    Prefetch,
+    RolloutSampler,
+    Scored,
+    sample_and_score,
+    sampling_params,
+)
 from galley.core.stages.train import InFlightStep, Pipeline
-from galley.core.types import Completion, Datum, ForwardBackwardOutput, SamplingParams
+from galley.core.types import Datum, ForwardBackwardOutput
 
 if TYPE_CHECKING:
-    from galley.ports.completer import Completer
     from galley.ports.training import TrainingSession
-
-
-def step_seed(seed: int, step: int) -> int:
-    """The sampling seed of step ``step``: a resumed run samples what the first attempt did."""
-    return (seed * 1_000_003 + step) % 2**31
-
-
-@attrs.frozen
-class Scored:
-    """A batch's completions (prompt-major: prompt p's samples are rows p*G ... p*G+G-1) and
-    their rewards, total and per reward function."""
-
-    tasks: tuple[RenderedTask, ...]
-    completions: tuple[Completion, ...]
-    total: np.ndarray[Any, Any]  # prompts x group size
-    per_reward: Mapping[str, np.ndarray[Any, Any]]  # name -> prompts x group size
-
-    @property
-    def texts(self) -> list[str]:
-        return [s.text for c in self.completions for s in c.sequences]
-
-
-def sample_and_score(
-    sampler: Completer,
-    tasks: Sequence[RenderedTask],
-    params: SamplingParams,
-    group_size: int,
-    rewards: Sequence[Reward],
-) -> Scored:
-    completions = sampler.complete_batch([t.prompt for t in tasks], params, num_samples=group_size)
-    examples = [t.task.example() for t in tasks for _ in range(group_size)]
-    texts = [s.text for c in completions for s in c.sequences]
-    shape = (len(tasks), group_size)
-    per_reward = {r.name: np.asarray(r.score(examples, texts)).reshape(shape) for r in rewards}
-    total = sum((r.weight * per_reward[r.name] for r in rewards), np.zeros(shape))
-    return Scored(tuple(tasks), tuple(completions), total, per_reward)
 
 
 @attrs.frozen
@@ -176,77 +143,79 @@ def learner_metrics(
     return {"kl": sampled_token_kl(sampler, learner), "clip_ratio": clipped}
 
 
-def write_rollouts(
-    ctx: StageContext, key: str, scored: Scored, advantages: np.ndarray[Any, Any]
-) -> None:
-    lines = []
-    for p, (task, completion) in enumerate(zip(scored.tasks, scored.completions, strict=True)):
-        prompt = task.task.prompt.messages[-1].content
-        for s, sequence in enumerate(completion.sequences):
-            row = {
-                "group": p,
-                "prompt": prompt,
-                "completion": sequence.text,
-                "reward": float(scored.total[p, s]),
-                "rewards": {k: float(v[p, s]) for k, v in scored.per_reward.items()},
-                "advantage": float(advantages[p, s]),
-                "tokens": len(sequence.tokens),
-            }
-            lines.append(json.dumps(row))
-    ctx.adapters.blobs.write(key, ("\n".join(lines) + "\n").encode())
-
-
-def sampling_params(
-    renderer: Renderer, max_tokens: int, temperature: float, seed: int | None
-) -> SamplingParams:
-    return SamplingParams(
-        max_tokens=max_tokens, temperature=temperature, stop=renderer.stop_sequences, seed=seed
-    )
-
-
 @stage(
-    writes=("pipeline",),
-    ports=("training", "blobs"),
+    writes=("rollout_sampler", "prefetch"),
 )
-def rl_step(
+def plan_rollouts(
     ctx: StageContext,
-    session: TrainingSession,
     train_data: Sequence[RenderedTask],
     batch_plan: BatchPlan,
-    step: int,
-    pipeline: Pipeline,
-    reference_session: TrainingSession | None,
     chat_renderer: Renderer,
     rewards: Sequence[str],
     reward_weights: Sequence[float],
     group_size: int,
     max_tokens: int,
     temperature: float,
+    scale_rewards: bool,
+    seed: int,
+    output: str,
+    run_id: str,
+) -> dict[str, Any]:
+    """Fix how each step's batch is sampled, scored and recorded; nothing is sampled ahead
+    yet."""
+    sampler = RolloutSampler(
+        train_data,
+        batch_plan,
+        chat_renderer,
+        resolve_rewards(rewards, reward_weights),
+        group_size,
+        max_tokens,
+        temperature,
+        seed,
+        scale_rewards,
+        join_key(output, run_id, "rollouts"),
+    )
+    return {"rollout_sampler": sampler, "prefetch": None}
+
+
+@stage(
+    writes=("pipeline", "prefetch"),
+    ports=("training", "blobs"),
+)
+def rl_step(
+    ctx: StageContext,
+    session: TrainingSession,
+    rollout_sampler: RolloutSampler,
+    prefetch: Prefetch | None,
+    step: int,
+    total_steps: int,
+    pipeline: Pipeline,
+    reference_session: TrainingSession | None,
     kl_penalty_coef: float,
+    max_steps_off_policy: int,
     scale_rewards: bool,
     loss_normalisation: str,
     loss_fn: str,
     clip_low_threshold: float,
     clip_high_threshold: float,
-    seed: int,
-    output: str,
-    run_id: str,
 ) -> dict[str, Any]:
-    """Sample, score and submit the policy gradient of step ``step`` (waits for the sampler,
-    which waits for every step before it, not for this step's backward)."""
+    """Submit the policy gradient of step ``step``'s batch (not waiting for the backward).
+    On-policy, the batch is sampled now, from the weights after every step before it.
+    ``max_steps_off_policy = 1`` samples the next step's batch in a thread while this one
+    trains, from the weights this step started from; a resumed run reads back the batch
+    sampled before its checkpoint."""
     started = time.perf_counter()
-    indices = batch_plan.indices(step - 1).tolist()
-    sampler = ctx.wait(
-        session.save_weights_and_get_sampling_client(), "training.sampling_client", step
-    )
-    params = sampling_params(chat_renderer, max_tokens, temperature, step_seed(seed, step))
-    scored = sample_and_score(
-        sampler,
-        [train_data[i] for i in indices],
-        params,
-        group_size,
-        resolve_rewards(rewards, reward_weights),
-    )
+    blobs = ctx.adapters.blobs
+    scored = None
+    if prefetch is not None and prefetch.step == step:
+        scored = ctx.wait(prefetch.future, "rl.sample_ahead", step)
+    elif max_steps_off_policy:
+        scored = rollout_sampler.read(step, blobs)
+    if scored is None:
+        completer = ctx.wait(
+            session.save_weights_and_get_sampling_client(), "training.sampling_client", step
+        )
+        scored = rollout_sampler.sample(completer, step, blobs)
     sampled = time.perf_counter()
     rollouts = rollout_data(scored, scale_rewards, loss_normalisation)
     penalty: dict[str, float] = {}
@@ -261,8 +230,11 @@ def rl_step(
     future = session.forward_backward(
         data, loss_fn, None if loss_fn == "importance_sampling" else config
     )
-    key = join_key(output, run_id, "rollouts", f"step-{step:06d}.jsonl")
-    write_rollouts(ctx, key, scored, rollouts.advantages)
+    ahead = None
+    if max_steps_off_policy and step < total_steps:
+        # Queued after this step's gradient, before its update: this step's starting weights.
+        handoff = session.save_weights_and_get_sampling_client()
+        ahead = rollout_sampler.sample_ahead(handoff, step + 1, blobs)
     metrics = rollout_metrics(scored, rollouts.kept) | penalty
     metrics["time/sampling_s"] = sampled - started
     entry = InFlightStep(
@@ -271,11 +243,20 @@ def rl_step(
         None,
         sum(d.model_input.length for d in data),
         started,
-        tuple(indices),
+        tuple(rollout_sampler.batch_plan.indices(step - 1).tolist()),
         metrics=metrics,
         output_metrics=lambda output: learner_metrics(rollouts, output, clip),
     )
-    return {"pipeline": pipeline.with_in_flight((*pipeline.in_flight, entry))}
+    return {"pipeline": pipeline.with_in_flight((*pipeline.in_flight, entry)), "prefetch": ahead}
+
+
+@stage(ports=("training",))
+def settle_sampling(ctx: StageContext, prefetch: Prefetch | None) -> dict[str, Any]:
+    """Wait for a batch being sampled ahead to be scored and recorded: before a checkpoint,
+    so a run resumed from it finds the batch its next step trains on."""
+    if prefetch is not None:
+        ctx.wait(prefetch.future, "rl.sample_ahead", prefetch.step)
+    return {}
 
 
 def greedy_answers(

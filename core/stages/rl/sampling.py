@@ -1,0 +1,182 @@
+"""How an RL step's batch is sampled, scored and recorded, on-policy or one step ahead.
+
+A batch is written to ``rollouts/step-NNNNNN.jsonl`` under the run as soon as it is scored,
+with every token and log-probability, so a run resumed from a checkpoint reads back a batch
+that was sampled before the checkpoint (off-policy) instead of sampling it from other
+weights."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import numpy as np
+
+from galley.core.batching import BatchPlan
+from galley.core.keys import join_key
+from galley.core.rendering import Renderer
+from galley.core.rewards import Reward
+from galley.core.rl import group_advantages
+from galley.core.stages.rl.data import RenderedTask
+from galley.core.types import Completion, SampledSequence, SamplingParams
+
+if TYPE_CHECKING:
+    from galley.ports.blobs import BlobStore
+    from galley.ports.completer import Completer
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The sampling seed of step ``step``: a resumed run samples what the first attempt did."""
+    return (seed * 1_000_003 + step) % 2**31
+
+
+@attrs.frozen
+class Scored:
+    """A batch's completions (prompt-major: prompt p's samples are rows p*G ... p*G+G-1) and
+    their rewards, total and per reward function."""
+
+    tasks: tuple[RenderedTask, ...]
+    completions: tuple[Completion, ...]
+    total: np.ndarray[Any, Any]  # prompts x group size
+    per_reward: Mapping[str, np.ndarray[Any, Any]]  # name -> prompts x group size
+
+    @property
+    def texts(self) -> list[str]:
+        return [s.text for c in self.completions for s in c.sequences]
+
+
+def sample_and_score(
+    completer: Completer,
+    tasks: Sequence[RenderedTask],
+    params: SamplingParams,
+    group_size: int,
+    rewards: Sequence[Reward],
+) -> Scored:
+    completions = completer.complete_batch(
+        [t.prompt for t in tasks], params, num_samples=group_size
+    )
+    examples = [t.task.example() for t in tasks for _ in range(group_size)]
+    texts = [s.text for c in completions for s in c.sequences]
+    shape = (len(tasks), group_size)
+    per_reward = {r.name: np.asarray(r.score(examples, texts)).reshape(shape) for r in rewards}
+    total = sum((r.weight * per_reward[r.name] for r in rewards), np.zeros(shape))
+    return Scored(tuple(tasks), tuple(completions), total, per_reward)
+
+
+def sampling_params(
+    renderer: Renderer, max_tokens: int, temperature: float, seed: int | None
+) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, stop=renderer.stop_sequences, seed=seed
+    )
+
+
+@attrs.frozen
+class RolloutSampler:
+    """Samples and scores step ``step``'s batch, and records it under the run."""
+
+    train_data: Sequence[RenderedTask] = attrs.field(repr=False)
+    batch_plan: BatchPlan
+    renderer: Renderer = attrs.field(repr=False)
+    rewards: tuple[Reward, ...]
+    group_size: int
+    max_tokens: int
+    temperature: float
+    seed: int
+    scale_rewards: bool  # as the advantages recorded with the rollouts are
+    folder: str  # <output>/<run_id>/rollouts
+
+    def tasks(self, step: int) -> list[RenderedTask]:
+        return [self.train_data[i] for i in self.batch_plan.indices(step - 1).tolist()]
+
+    def key(self, step: int) -> str:
+        return join_key(self.folder, f"step-{step:06d}.jsonl")
+
+    def sample(self, completer: Completer, step: int, blobs: BlobStore) -> Scored:
+        seed = step_seed(self.seed, step)
+        params = sampling_params(self.renderer, self.max_tokens, self.temperature, seed)
+        scored = sample_and_score(
+            completer, self.tasks(step), params, self.group_size, self.rewards
+        )
+        blobs.write(self.key(step), rollout_lines(scored, self.scale_rewards))
+        return scored
+
+    def sample_ahead(self, completer: Future[Completer], step: int, blobs: BlobStore) -> Prefetch:
+        """Start sampling step ``step``'s batch in a thread, from the completer the future
+        gives (the weights as of its request), while earlier steps train."""
+        future: Future[Scored] = Future()
+
+        def work() -> None:
+            try:
+                future.set_result(self.sample(completer.result(), step, blobs))
+            except BaseException as error:  # delivered to whoever waits for the batch
+                future.set_exception(error)
+
+        threading.Thread(target=work, name=f"galley-rl-sample-{step}", daemon=True).start()
+        return Prefetch(step, future)
+
+    def read(self, step: int, blobs: BlobStore) -> Scored | None:
+        """Step ``step``'s batch as recorded, when it was (None otherwise)."""
+        key = self.key(step)
+        if not blobs.exists(key):
+            return None
+        rows = [json.loads(line) for line in blobs.read(key).decode().splitlines() if line]
+        tasks = self.tasks(step)
+        groups: list[list[dict[str, Any]]] = [[] for _ in tasks]
+        for row in rows:
+            groups[row["group"]].append(row)
+        completions = tuple(
+            Completion(
+                group[0]["prompt_tokens"],
+                [
+                    SampledSequence(
+                        r["token_ids"], r["logprobs"], r["stop_reason"], r["completion"]
+                    )
+                    for r in sorted(group, key=lambda r: r["sample"])
+                ],
+            )
+            for group in groups
+        )
+        shape = (len(tasks), self.group_size)
+        total = np.asarray([r["reward"] for r in rows]).reshape(shape)
+        names = [r.name for r in self.rewards]
+        per_reward = {n: np.asarray([r["rewards"][n] for r in rows]).reshape(shape) for n in names}
+        return Scored(tuple(tasks), completions, total, per_reward)
+
+
+@attrs.frozen
+class Prefetch:
+    """A batch being sampled ahead, for step ``step``."""
+
+    step: int
+    future: Future[Scored] = attrs.field(eq=False)
+
+
+def rollout_lines(scored: Scored, scale_rewards: bool) -> bytes:
+    """One JSON line per completion: what it answered and with which tokens, its rewards and
+    its advantage in its group."""
+    advantages, _ = group_advantages(scored.total, scale_rewards)
+    lines = []
+    for p, (task, completion) in enumerate(zip(scored.tasks, scored.completions, strict=True)):
+        prompt = task.task.prompt.messages[-1].content
+        for s, sequence in enumerate(completion.sequences):
+            row = {
+                "group": p,
+                "sample": s,
+                "prompt": prompt,
+                "completion": sequence.text,
+                "reward": float(scored.total[p, s]),
+                "rewards": {k: float(v[p, s]) for k, v in scored.per_reward.items()},
+                "advantage": float(advantages[p, s]),
+                "tokens": len(sequence.tokens),
+                "prompt_tokens": list(completion.prompt_tokens),
+                "token_ids": list(sequence.tokens),
+                "logprobs": list(sequence.logprobs),
+                "stop_reason": sequence.stop_reason,
+            }
+            lines.append(json.dumps(row))
+    return ("\n".join(lines) + "\n").encode()
