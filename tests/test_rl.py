@@ -230,14 +230,23 @@ class StopAfter:
         pass
 
 
-@pytest.mark.parametrize("off_policy", [0, 1])
-def test_a_run_stopped_and_resumed_trains_as_an_unbroken_one(off_policy: int) -> None:
-    """With a batch sampled ahead too: the checkpoint's next batch was recorded before it."""
+@pytest.mark.parametrize(
+    ("off_policy", "substeps", "checkpoint_every"),
+    [(0, 1, 2), (1, 1, 2), (0, 2, 3)],
+    ids=["on-policy", "sampled-ahead", "substeps"],
+)
+def test_a_run_stopped_and_resumed_trains_as_an_unbroken_one(
+    off_policy: int, substeps: int, checkpoint_every: int
+) -> None:
+    """With a batch sampled ahead, or one shared by substeps and resumed between them: the
+    batch a resumed step needs was recorded before the checkpoint."""
     config = RLConfig(
         max_steps=6,
-        checkpoint_every=2,
+        checkpoint_every=checkpoint_every,
         eval_every=0,
         max_steps_off_policy=off_policy,
+        num_substeps=substeps,
+        batch_size=4,
         kl_penalty_coef=0.1,
         run_id="cut",
     )
@@ -250,6 +259,18 @@ def test_a_run_stopped_and_resumed_trains_as_an_unbroken_one(off_policy: int) ->
     assert [[m[k] for k in keys] for m in resumed.metrics] == [
         [m[k] for k in keys] for m in whole.metrics
     ]
+
+
+def test_substeps_share_one_batch_each_training_on_its_own_prompts(adapters: Adapters) -> None:
+    config = RLConfig(max_steps=4, batch_size=4, num_substeps=2, eval_every=0, run_id="sub")
+    kl = [m["kl"] for m in run(config, adapters).metrics]
+    assert kl[0] < 1e-6 and kl[2] < 1e-6  # the first substep trains on its own weights' samples
+    assert kl[1] > 1e-6 and kl[3] > 1e-6  # the second on samples of the weights before
+    folder = join_key("runs", "sub", "rollouts")
+    recorded = sorted(k.rsplit("/", 1)[-1] for k in adapters.blobs.list(folder))
+    assert recorded == ["step-000001.jsonl", "step-000003.jsonl"]  # sampled every 2 steps
+    rows = adapters.blobs.read(join_key(folder, "step-000001.jsonl")).decode().splitlines()
+    assert len(rows) == 2 * 4 * 8  # both substeps' prompts x group_size
 
 
 def test_the_kl_penalty_moves_each_sampled_tokens_advantage_by_its_log_ratio() -> None:

@@ -92,7 +92,7 @@ class RLConfig(TrainingConfig):
     rewards: tuple[str, ...] = attrs.field(default=("char_similarity",), converter=tuple)
     reward_weights: tuple[float, ...] = attrs.field(default=(), converter=_floats)
     group_size: int = attrs.field(default=8, validator=int_at_least(2))  # completions a prompt
-    batch_size: int = attrs.field(default=8, validator=int_at_least(1))  # prompts a step
+    batch_size: int = attrs.field(default=8, validator=int_at_least(1))  # prompts an update
     max_tokens: int = attrs.field(default=16, validator=int_at_least(1))  # new tokens
     temperature: float = attrs.field(default=1.0, validator=in_range(0.0, 100.0, low_open=True))
     # A penalty on sampled tokens the starting weights find less likely (0: none, no second
@@ -101,6 +101,9 @@ class RLConfig(TrainingConfig):
     # 1: sample the next step's batch while this one trains, from this step's starting
     # weights (one step stale, corrected by the loss's importance ratio); 0: on-policy.
     max_steps_off_policy: int = attrs.field(default=0, validator=[int_at_least(0), in_range(0, 1)])
+    # Optimizer steps that share one sampled batch (of batch_size x num_substeps prompts),
+    # each on its own batch_size prompts: later ones train on samples of older weights.
+    num_substeps: int = attrs.field(default=1, validator=int_at_least(1))
     # Divide each advantage by its group's reward std (TRL's scale_rewards="group").
     scale_rewards: bool = attrs.field(default=True, validator=boolean)
     loss_normalisation: str = attrs.field(
@@ -135,6 +138,7 @@ class RLConfig(TrainingConfig):
         "temperature",
         "kl_penalty_coef",
         "max_steps_off_policy",
+        "num_substeps",
         "scale_rewards",
         "loss_normalisation",
         "loss_fn",
@@ -149,6 +153,11 @@ class RLConfig(TrainingConfig):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         resolve_rewards(self.rewards, self.reward_weights)  # one that cannot be found: refused
+        if self.num_substeps > 1 and self.max_steps_off_policy:
+            raise ValidationError(
+                "RLConfig.num_substeps",
+                "sampling ahead (max_steps_off_policy) with num_substeps above 1 is not built",
+            )
         if self.clip_low_threshold > self.clip_high_threshold:
             raise ValidationError(
                 "RLConfig.clip_low_threshold",

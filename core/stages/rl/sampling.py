@@ -48,6 +48,15 @@ class Scored:
     def texts(self) -> list[str]:
         return [s.text for c in self.completions for s in c.sequences]
 
+    def prompts(self, start: int, end: int) -> Scored:
+        """The completions of prompts ``start`` to ``end`` (their groups whole)."""
+        return Scored(
+            self.tasks[start:end],
+            self.completions[start:end],
+            self.total[start:end],
+            {k: v[start:end] for k, v in self.per_reward.items()},
+        )
+
 
 def sample_and_score(
     completer: Completer,
@@ -77,7 +86,9 @@ def sampling_params(
 
 @attrs.frozen
 class RolloutSampler:
-    """Samples and scores step ``step``'s batch, and records it under the run."""
+    """Samples and scores the batch of step ``step``, and records it under the run. A batch
+    serves ``substeps`` consecutive optimizer steps, each training on its own prompts' groups
+    (``minibatch``): it is sampled at the first of them, with the prompts of all."""
 
     train_data: Sequence[RenderedTask] = attrs.field(repr=False)
     batch_plan: BatchPlan
@@ -89,14 +100,34 @@ class RolloutSampler:
     seed: int
     scale_rewards: bool  # as the advantages recorded with the rollouts are
     folder: str  # <output>/<run_id>/rollouts
+    substeps: int = 1
+    total_steps: int = 0
+
+    def first_step(self, step: int) -> int:
+        """The step whose batch step ``step`` trains on (where it was sampled)."""
+        return (step - 1) // self.substeps * self.substeps + 1
+
+    def _steps(self, step: int) -> range:
+        first = self.first_step(step)
+        return range(first, min(first + self.substeps, self.total_steps + 1))
+
+    def _prompts(self, step: int) -> list[int]:
+        return self.batch_plan.indices(step - 1).tolist()  # type: ignore[no-any-return]
 
     def tasks(self, step: int) -> list[RenderedTask]:
-        return [self.train_data[i] for i in self.batch_plan.indices(step - 1).tolist()]
+        """The prompts of the batch step ``step`` trains on: every substep's."""
+        return [self.train_data[i] for s in self._steps(step) for i in self._prompts(s)]
+
+    def minibatch(self, scored: Scored, step: int) -> Scored:
+        """Of a batch, the groups step ``step`` trains on."""
+        start = sum(len(self._prompts(s)) for s in range(self.first_step(step), step))
+        return scored.prompts(start, start + len(self._prompts(step)))
 
     def key(self, step: int) -> str:
         return join_key(self.folder, f"step-{step:06d}.jsonl")
 
     def sample(self, completer: Completer, step: int, blobs: BlobStore) -> Scored:
+        step = self.first_step(step)
         seed = step_seed(self.seed, step)
         params = sampling_params(self.renderer, self.max_tokens, self.temperature, seed)
         scored = sample_and_score(
@@ -120,7 +151,8 @@ class RolloutSampler:
         return Prefetch(step, future)
 
     def read(self, step: int, blobs: BlobStore) -> Scored | None:
-        """Step ``step``'s batch as recorded, when it was (None otherwise)."""
+        """The batch step ``step`` trains on as recorded, when it was (None otherwise)."""
+        step = self.first_step(step)
         key = self.key(step)
         if not blobs.exists(key):
             return None
@@ -146,6 +178,14 @@ class RolloutSampler:
         names = [r.name for r in self.rewards]
         per_reward = {n: np.asarray([r["rewards"][n] for r in rows]).reshape(shape) for n in names}
         return Scored(tuple(tasks), completions, total, per_reward)
+
+
+@attrs.frozen
+class SampledBatch:
+    """The batch the current substeps train on, and the step that sampled it."""
+
+    step: int
+    scored: Scored
 
 
 @attrs.frozen

@@ -29,6 +29,7 @@ from galley.core.stages.rl.data import RenderedTask
 from galley.core.stages.rl.sampling import (
     Prefetch,
     RolloutSampler,
+    SampledBatch,
     Scored,
     sample_and_score,
     sampling_params,
@@ -144,7 +145,7 @@ def learner_metrics(
 
 
 @stage(
-    writes=("rollout_sampler", "prefetch"),
+    writes=("rollout_sampler", "prefetch", "sampled"),
 )
 def plan_rollouts(
     ctx: StageContext,
@@ -157,12 +158,13 @@ def plan_rollouts(
     max_tokens: int,
     temperature: float,
     scale_rewards: bool,
+    num_substeps: int,
+    total_steps: int,
     seed: int,
     output: str,
     run_id: str,
 ) -> dict[str, Any]:
-    """Fix how each step's batch is sampled, scored and recorded; nothing is sampled ahead
-    yet."""
+    """Fix how each step's batch is sampled, scored and recorded; nothing is sampled yet."""
     sampler = RolloutSampler(
         train_data,
         batch_plan,
@@ -174,12 +176,14 @@ def plan_rollouts(
         seed,
         scale_rewards,
         join_key(output, run_id, "rollouts"),
+        num_substeps,
+        total_steps,
     )
-    return {"rollout_sampler": sampler, "prefetch": None}
+    return {"rollout_sampler": sampler, "prefetch": None, "sampled": None}
 
 
 @stage(
-    writes=("pipeline", "prefetch"),
+    writes=("pipeline", "prefetch", "sampled"),
     ports=("training", "blobs"),
 )
 def rl_step(
@@ -187,6 +191,7 @@ def rl_step(
     session: TrainingSession,
     rollout_sampler: RolloutSampler,
     prefetch: Prefetch | None,
+    sampled: SampledBatch | None,
     step: int,
     total_steps: int,
     pipeline: Pipeline,
@@ -203,20 +208,25 @@ def rl_step(
     On-policy, the batch is sampled now, from the weights after every step before it.
     ``max_steps_off_policy = 1`` samples the next step's batch in a thread while this one
     trains, from the weights this step started from; a resumed run reads back the batch
-    sampled before its checkpoint."""
+    sampled before its checkpoint. With ``num_substeps`` above 1, a batch sampled at one step
+    serves that many, each training on its own prompts."""
     started = time.perf_counter()
     blobs = ctx.adapters.blobs
-    scored = None
-    if prefetch is not None and prefetch.step == step:
-        scored = ctx.wait(prefetch.future, "rl.sample_ahead", step)
-    elif max_steps_off_policy:
-        scored = rollout_sampler.read(step, blobs)
-    if scored is None:
-        completer = ctx.wait(
-            session.save_weights_and_get_sampling_client(), "training.sampling_client", step
-        )
-        scored = rollout_sampler.sample(completer, step, blobs)
-    sampled = time.perf_counter()
+    first = rollout_sampler.first_step(step)
+    if sampled is None or sampled.step != first:
+        batch = None
+        if prefetch is not None and prefetch.step == step:
+            batch = ctx.wait(prefetch.future, "rl.sample_ahead", step)
+        elif max_steps_off_policy or step != first:  # a resumed run: recorded before
+            batch = rollout_sampler.read(step, blobs)
+        if batch is None:
+            completer = ctx.wait(
+                session.save_weights_and_get_sampling_client(), "training.sampling_client", step
+            )
+            batch = rollout_sampler.sample(completer, step, blobs)
+        sampled = SampledBatch(first, batch)
+    scored = rollout_sampler.minibatch(sampled.scored, step)
+    sampled_at = time.perf_counter()
     rollouts = rollout_data(scored, scale_rewards, loss_normalisation)
     penalty: dict[str, float] = {}
     if reference_session is not None and kl_penalty_coef > 0:
@@ -236,7 +246,7 @@ def rl_step(
         handoff = session.save_weights_and_get_sampling_client()
         ahead = rollout_sampler.sample_ahead(handoff, step + 1, blobs)
     metrics = rollout_metrics(scored, rollouts.kept) | penalty
-    metrics["time/sampling_s"] = sampled - started
+    metrics["time/sampling_s"] = sampled_at - started
     entry = InFlightStep(
         step,
         future,
@@ -247,7 +257,8 @@ def rl_step(
         metrics=metrics,
         output_metrics=lambda output: learner_metrics(rollouts, output, clip),
     )
-    return {"pipeline": pipeline.with_in_flight((*pipeline.in_flight, entry)), "prefetch": ahead}
+    in_flight = pipeline.with_in_flight((*pipeline.in_flight, entry))
+    return {"pipeline": in_flight, "prefetch": ahead, "sampled": sampled}
 
 
 @stage(ports=("training",))
