@@ -177,6 +177,7 @@ TRL_METRICS = {
     "clip_ratio",
     "rewards/char_similarity/mean",
     "time/sampling_s",
+    "time/waiting_s",
 }
 
 

@@ -211,6 +211,7 @@ def rl_step(
     sampled before its checkpoint. With ``num_substeps`` above 1, a batch sampled at one step
     serves that many, each training on its own prompts."""
     started = time.perf_counter()
+    handed_over = started  # when this step's completer had its weights
     blobs = ctx.adapters.blobs
     first = rollout_sampler.first_step(step)
     if sampled is None or sampled.step != first:
@@ -223,6 +224,7 @@ def rl_step(
             completer = ctx.wait(
                 session.save_weights_and_get_sampling_client(), "training.sampling_client", step
             )
+            handed_over = time.perf_counter()
             batch = rollout_sampler.sample(completer, step, blobs)
         sampled = SampledBatch(first, batch)
     scored = rollout_sampler.minibatch(sampled.scored, step)
@@ -246,7 +248,10 @@ def rl_step(
         handoff = session.save_weights_and_get_sampling_client()
         ahead = rollout_sampler.sample_ahead(handoff, step + 1, blobs)
     metrics = rollout_metrics(scored, rollouts.kept) | penalty
-    metrics["time/sampling_s"] = sampled_at - started
+    # Waiting for the steps before to train (and the weights' handoff), then sampling and
+    # scoring (or waiting for a batch sampled ahead).
+    metrics["time/waiting_s"] = handed_over - started
+    metrics["time/sampling_s"] = sampled_at - handed_over
     entry = InFlightStep(
         step,
         future,
