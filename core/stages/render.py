@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from galley.core.chat import Conversation, TrainOn
 from galley.core.engine import StageContext, stage
 from galley.core.errors import DataError, ValidationError
-from galley.core.rendering import DoesNotFitError, fit_conversation, make_renderer
+from galley.core.rendering import DoesNotFitError, Renderer, fit_conversation, make_renderer
 from galley.core.types import Datum
 
 if TYPE_CHECKING:
@@ -61,6 +61,18 @@ def render_splits(
     return {"train_data": train, "eval_data": held_out, "skipped_examples": skipped}
 
 
+def conversation_fitter(
+    chat: Renderer, train_on: str, max_length: int, truncation: str
+) -> Callable[[Conversation], Datum]:
+    """A conversation as a Datum weighted by ``train_on`` and fitted to ``max_length``."""
+    mode = TrainOn(train_on)
+
+    def fit(conversation: Conversation) -> Datum:
+        return fit_conversation(chat, conversation, mode, max_length, truncation)
+
+    return fit
+
+
 @stage(
     writes=("train_data", "eval_data", "chat_renderer", "skipped_examples"),
 )
@@ -78,11 +90,7 @@ def render_dataset(
     """Tokenize conversations with the session's tokenizer; weights follow ``train_on``; rows
     too long are truncated as ``truncation`` says, and those that still cannot fit skipped."""
     chat = make_renderer(renderer, session.tokenizer)
-    mode = TrainOn(train_on)
-
-    def fit(conversation: Conversation) -> Datum:
-        return fit_conversation(chat, conversation, mode, max_length, truncation)
-
+    fit = conversation_fitter(chat, train_on, max_length, truncation)
     rendered = render_splits(ctx, fit, train_rows, eval_rows, row_origins, max_length)
     train = rendered["train_data"]
     tokens = sum(d.model_input.length for d in train)
@@ -105,11 +113,7 @@ def render_split(
 ) -> dict[str, Any]:
     """Tokenize the rows to evaluate on, as ``render_dataset`` does its held-out rows."""
     chat = make_renderer(renderer, session.tokenizer)
-    mode = TrainOn(train_on)
-
-    def fit(conversation: Conversation) -> Datum:
-        return fit_conversation(chat, conversation, mode, max_length, truncation)
-
+    fit = conversation_fitter(chat, train_on, max_length, truncation)
     data, skips = render_rows(ctx, fit, eval_rows, row_origins["eval"])
     if not data:
         raise ValidationError(

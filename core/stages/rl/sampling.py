@@ -112,7 +112,8 @@ class RolloutSampler:
         return range(first, min(first + self.substeps, self.total_steps + 1))
 
     def _prompts(self, step: int) -> list[int]:
-        return self.batch_plan.indices(step - 1).tolist()  # type: ignore[no-any-return]
+        indices: list[int] = self.batch_plan.indices(step - 1).tolist()
+        return indices
 
     def tasks(self, step: int) -> list[RenderedTask]:
         """The prompts of the batch step ``step`` trains on: every substep's."""
