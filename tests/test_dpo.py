@@ -314,7 +314,8 @@ def test_the_linearised_step_gives_the_direct_gradient(
     from galley.core import ForwardBackwardInput
 
     batch = pad_batch(ForwardBackwardInput(pair_datums(pairs)), client.length_buckets, 1)
-    arrays = {"tokens": jnp.asarray(batch.tokens), "targets": jnp.asarray(batch.targets)}
+    arrays = {k: jnp.asarray(v) for k, v in batch.arrays().items()}
+    spans = np.split(batch.gather, np.cumsum(batch.lengths)[:-1])
 
     def direct(trainable: object) -> jax.Array:
         logp = _forward_logprobs(
@@ -323,7 +324,7 @@ def test_the_linearised_step_gives_the_direct_gradient(
             session._frozen,  # type: ignore[attr-defined]
             arrays,
         )
-        per_datum = [logp[i, :n] for i, n in enumerate(batch.lengths)]
+        per_datum = [logp.reshape(-1)[span] for span in spans]
         return jax_preference_loss(pairs, per_datum, reference, objective)
 
     value, grads = jax.value_and_grad(direct)(session._trainable)  # type: ignore[attr-defined]

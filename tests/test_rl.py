@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Sequence
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -200,15 +201,79 @@ def test_rl_runs_on_noop_adapters_with_trls_metrics_and_rollouts(adapters: Adapt
     assert len(result.answers_before) == len(result.answers_after) == 4
 
 
-def test_off_policy_samples_the_next_batch_from_the_weights_before_this_steps_update(
-    adapters: Adapters,
+class CountingUpdates:
+    """A training client whose sampling clients record, for each batch they sample (by its
+    seed: a step's with seed 0), how many updates the weights they were handed had."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.updates, self.sampled_after = inner, 0, {}
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def start_session(self, config: SessionConfig) -> Any:
+        return CountingSession(self, self.inner.start_session(config))
+
+
+class CountingSession:
+    def __init__(self, client: CountingUpdates, inner: Any) -> None:
+        self.client, self.inner = client, inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def optim_step(self, params: AdamParams) -> Any:
+        self.client.updates += 1
+        return self.inner.optim_step(params)
+
+    def save_weights_and_get_sampling_client(self) -> Any:
+        updates, client = self.client.updates, self.client
+        completer = self.inner.save_weights_and_get_sampling_client().result()
+
+        class Recording:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(completer, name)
+
+            def complete_batch(self, prompts: Any, params: SamplingParams, **kw: Any) -> Any:
+                client.sampled_after.setdefault(params.seed, updates)
+                return completer.complete_batch(prompts, params, **kw)
+
+        future: Future[Any] = Future()
+        future.set_result(Recording())
+        return future
+
+
+@pytest.mark.parametrize(("off_policy", "substeps"), [(0, 1), (1, 1), (2, 1), (1, 2), (2, 2)])
+def test_a_batch_is_sampled_from_weights_at_most_max_steps_off_policy_updates_old(
+    off_policy: int, substeps: int
 ) -> None:
-    config = RLConfig(max_steps=5, eval_every=0, max_steps_off_policy=1, run_id="off")
+    """Batch f (trained first at step f) is sampled from the weights after f - 1 - k updates
+    (k = max_steps_off_policy; none before the first), while earlier steps train."""
+    adapters = noop_adapters()
+    counting = CountingUpdates(adapters.training)
+    adapters = adapters.replace(training=counting)
+    config = RLConfig(
+        max_steps=6,
+        eval_every=0,
+        num_samples=0,
+        max_steps_off_policy=off_policy,
+        num_substeps=substeps,
+        batch_size=4,
+        run_id="off",
+    )
     kl = [m["kl"] for m in run(config, adapters).metrics]
-    assert kl[0] < 1e-6  # the first batch is sampled on-policy
-    assert all(k > 1e-6 for k in kl[1:])  # later ones one update behind the learner
-    # Every step's batch was recorded, with its tokens, before it trained.
-    for step in range(1, 6):
+    firsts = range(1, 7, substeps)
+    assert {f: counting.sampled_after[f] for f in firsts} == {
+        f: max(0, f - 1 - off_policy) for f in firsts
+    }
+    # The learner's log-probabilities part from the sampler's exactly when the weights moved.
+    stale = [
+        step - 1 - counting.sampled_after[(step - 1) // substeps * substeps + 1]
+        for step in range(1, 7)
+    ]
+    assert [k > 1e-6 for k in kl] == [n > 0 for n in stale]
+    # Every batch was recorded, with its tokens, before it trained.
+    for step in firsts:
         rows = adapters.blobs.read(join_key("runs", "off", "rollouts", f"step-{step:06d}.jsonl"))
         first = json.loads(rows.decode().splitlines()[0])
         assert {"token_ids", "logprobs", "prompt_tokens", "stop_reason"} <= set(first)
@@ -233,8 +298,8 @@ class StopAfter:
 
 @pytest.mark.parametrize(
     ("off_policy", "substeps", "checkpoint_every"),
-    [(0, 1, 2), (1, 1, 2), (0, 2, 3)],
-    ids=["on-policy", "sampled-ahead", "substeps"],
+    [(0, 1, 2), (1, 1, 2), (2, 1, 2), (0, 2, 3), (1, 2, 3)],
+    ids=["on-policy", "sampled-ahead", "two-ahead", "substeps", "substeps-ahead"],
 )
 def test_a_run_stopped_and_resumed_trains_as_an_unbroken_one(
     off_policy: int, substeps: int, checkpoint_every: int

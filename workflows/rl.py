@@ -98,9 +98,10 @@ class RLConfig(TrainingConfig):
     # A penalty on sampled tokens the starting weights find less likely (0: none, no second
     # session); added to the advantages as tinker-cookbook does.
     kl_penalty_coef: float = attrs.field(default=0.0, validator=at_least(0.0))
-    # 1: sample the next step's batch while this one trains, from this step's starting
-    # weights (one step stale, corrected by the loss's importance ratio); 0: on-policy.
-    max_steps_off_policy: int = attrs.field(default=0, validator=[int_at_least(0), in_range(0, 1)])
+    # k >= 1: sample the next k steps' batches while this one trains, from this step's
+    # starting weights (at most k updates stale, corrected by the loss's importance ratio);
+    # 0: on-policy.
+    max_steps_off_policy: int = attrs.field(default=0, validator=int_at_least(0))
     # Optimizer steps that share one sampled batch (of batch_size x num_substeps prompts),
     # each on its own batch_size prompts: later ones train on samples of older weights.
     num_substeps: int = attrs.field(default=1, validator=int_at_least(1))
@@ -153,11 +154,6 @@ class RLConfig(TrainingConfig):
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
         resolve_rewards(self.rewards, self.reward_weights)  # one that cannot be found: refused
-        if self.num_substeps > 1 and self.max_steps_off_policy:
-            raise ValidationError(
-                "RLConfig.num_substeps",
-                "sampling ahead (max_steps_off_policy) with num_substeps above 1 is not built",
-            )
         if self.clip_low_threshold > self.clip_high_threshold:
             raise ValidationError(
                 "RLConfig.clip_low_threshold",
@@ -212,7 +208,7 @@ def build_workflow(config: RLConfig) -> Workflow:
             export_sampler,
             answers_stage("answers_after", writes="answers_after"),
         ],
-        description="Reinforcement learning from rewards (GRPO-style), sampling on-policy.",
+        description="Reinforcement learning from rewards (GRPO-style), on- or off-policy.",
     )
 
 

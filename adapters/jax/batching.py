@@ -1,5 +1,10 @@
 """Host-side batch assembly: Datums -> padded arrays in a few fixed shapes (buckets), so new
-sequence lengths reuse compiled steps instead of recompiling."""
+sequence lengths reuse compiled steps instead of recompiling.
+
+Datums that open with the same tokens carrying no loss (an RL group's prompt, a preference
+pair's prompt) can share one row: the head once, then each datum's tail, every tail
+attending to the head and to itself only. Each datum's logprobs are those it would get in a
+row of its own; the head is computed once instead of once per datum."""
 
 from __future__ import annotations
 
@@ -11,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from galley.core.errors import ConfigError
-from galley.core.types import ForwardBackwardInput
+from galley.core.losses import LossFn
+from galley.core.types import Datum, ForwardBackwardInput
 
 DEFAULT_LENGTH_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 DTYPES = ("float32", "bfloat16", "float16")  # what a model's weights and activations may be
@@ -67,25 +73,154 @@ class PaddedBatch:
     sampler_logprobs: np.ndarray[Any, Any]  # float32 [B, T]
     advantages: np.ndarray[Any, Any]  # float32 [B, T]
     lengths: tuple[int, ...]  # real lengths, one per datum
+    gather: np.ndarray[Any, Any]  # int [sum(lengths)]: datums' positions in [B·T], end to end
+    # Shared rows only: each position's place in its datum, and its segment (0 the shared
+    # head, k the k-th tail of the row, -1 padding).
+    positions: np.ndarray[Any, Any] | None = None  # int32 [B, T]
+    segments: np.ndarray[Any, Any] | None = None  # int32 [B, T]
 
     @property
     def num_tokens(self) -> int:
         return sum(self.lengths)
 
+    def arrays(self) -> dict[str, np.ndarray[Any, Any]]:
+        """What the device step reads (segments and positions only for shared rows)."""
+        names = [*PADDED_DTYPES] + (["positions", "segments"] if self.segments is not None else [])
+        return {name: getattr(self, name) for name in names}
+
+
+MIN_SHARED_HEAD = 8  # shorter common heads save less than the masked attention costs
+MAX_ROW_FACTOR = 4  # a shared row holds at most this many times the longest datum's tokens
+
 
 def pad_batch(
-    request: ForwardBackwardInput, length_buckets: Sequence[int], row_multiple: int
+    request: ForwardBackwardInput,
+    length_buckets: Sequence[int],
+    row_multiple: int,
+    *,
+    share_heads: bool = True,
 ) -> PaddedBatch:
-    """Datum i's tokens and loss inputs fill row i from column 0; a datum without weights
-    weighs 1, one without sampler logprobs or advantages has zeros."""
+    """Datum i's tokens and loss inputs fill row i from column 0, or, where datums share a
+    head and sharing cuts the padded size by a quarter at least, shared rows; a datum
+    without weights weighs 1, one without sampler logprobs or advantages has zeros."""
+    columns = [_columns(datum) for datum in request.data]
     lengths = request.lengths
     rows, width = batch_bucket(len(lengths), row_multiple), bucket(max(lengths), length_buckets)
+    if share_heads:
+        # Cross-entropy scales each position's term by its weight, the others by its advantage.
+        scale = "weights" if request.loss_fn is LossFn.CROSS_ENTROPY else "advantages"
+        layout = _shared_layout(columns, lengths, scale)
+        shared_rows = batch_bucket(len(layout), row_multiple)
+        shared_width = bucket(max(_row_length(row, lengths) for row in layout), length_buckets)
+        if len(layout) < len(lengths) and 4 * shared_rows * shared_width <= 3 * rows * width:
+            return _shared_batch(columns, lengths, layout, shared_rows, shared_width)
     arrays = {name: np.zeros((rows, width), dtype) for name, dtype in PADDED_DTYPES.items()}
-    for i, (datum, n) in enumerate(zip(request.data, lengths, strict=True)):
-        inputs = datum.loss_fn_inputs
-        arrays["tokens"][i, :n] = datum.model_input.token_array
-        arrays["targets"][i, :n] = inputs["target_tokens"].data
-        for name, key, fill in INPUT_COLUMNS:
-            tensor = inputs.get(key)
-            arrays[name][i, :n] = tensor.data if tensor is not None else fill
-    return PaddedBatch(lengths=lengths, **arrays)
+    for i, (datum, n) in enumerate(zip(columns, lengths, strict=True)):
+        for name in PADDED_DTYPES:
+            arrays[name][i, :n] = datum[name]
+    gather = np.flatnonzero(np.arange(width) < np.asarray(lengths)[:, None])
+    return PaddedBatch(lengths=lengths, gather=gather, **arrays)
+
+
+# A datum's padded columns: its values, or the one value a datum without the input has.
+Columns = dict[str, "np.ndarray[Any, Any] | float"]
+
+
+def _columns(datum: Datum) -> Columns:
+    inputs = datum.loss_fn_inputs
+    out: Columns = {
+        "tokens": datum.model_input.token_array,
+        "targets": inputs["target_tokens"].data,
+    }
+    for name, key, fill in INPUT_COLUMNS:
+        tensor = inputs.get(key)
+        out[name] = tensor.data if tensor is not None else fill
+    return out
+
+
+# A shared row: (head length, the datums whose tails follow it, in order).
+SharedRow = tuple[int, list[int]]
+
+
+def _head(datum: Columns, scale: str, n: int) -> int:
+    """How many of its ``n`` leading positions add nothing to the loss: ``scale`` (the column
+    that multiplies each position's term) is 0 there."""
+    values = datum[scale]
+    if isinstance(values, float):
+        return 0 if values else n
+    carries = np.flatnonzero(values)
+    return int(carries[0]) if len(carries) else n
+
+
+def _part(values: np.ndarray[Any, Any] | float, start: int, end: int | None) -> Any:
+    return values if isinstance(values, float) else values[start:end]
+
+
+def _leading(values: np.ndarray[Any, Any] | float, h: int) -> bytes:
+    return repr(values).encode() if isinstance(values, float) else values[:h].tobytes()
+
+
+def _shared_layout(columns: list[Columns], lengths: tuple[int, ...], scale: str) -> list[SharedRow]:
+    """Datums grouped by identical heads (tokens, targets and sampler logprobs), a group's
+    tails split over rows of at most MAX_ROW_FACTOR x the longest datum; datums with short
+    heads get rows of their own."""
+    groups: dict[bytes, SharedRow] = {}
+    singles: list[SharedRow] = []
+    for i, datum in enumerate(columns):
+        h = _head(datum, scale, lengths[i])
+        if h < MIN_SHARED_HEAD:
+            singles.append((0, [i]))
+            continue
+        key = b"".join(
+            _leading(datum[name], h) for name in ("tokens", "targets", "sampler_logprobs")
+        )
+        groups.setdefault(key, (h, []))[1].append(i)
+    cap = MAX_ROW_FACTOR * max(lengths)
+    layout: list[SharedRow] = []
+    for h, members in groups.values():
+        row: list[int] = []
+        for i in members:
+            if row and _row_length((h, [*row, i]), lengths) > cap:
+                layout.append((h, row))
+                row = []
+            row.append(i)
+        layout.append((h, row))
+    return layout + singles
+
+
+def _row_length(row: SharedRow, lengths: Sequence[int]) -> int:
+    head, members = row
+    return head + sum(lengths[i] - head for i in members)
+
+
+def _shared_batch(
+    columns: list[Columns],
+    lengths: tuple[int, ...],
+    layout: list[SharedRow],
+    rows: int,
+    width: int,
+) -> PaddedBatch:
+    arrays = {name: np.zeros((rows, width), dtype) for name, dtype in PADDED_DTYPES.items()}
+    positions = np.zeros((rows, width), np.int32)
+    segments = np.full((rows, width), -1, np.int32)
+    spans: list[np.ndarray[Any, Any]] = [np.empty(0, np.int64)] * len(lengths)
+    for r, (head, members) in enumerate(layout):
+        first = columns[members[0]]
+        for name in PADDED_DTYPES:
+            arrays[name][r, :head] = _part(first[name], 0, head)
+        positions[r, :head], segments[r, :head] = np.arange(head), 0
+        start = head
+        for k, i in enumerate(members, 1):
+            end = start + lengths[i] - head
+            for name in PADDED_DTYPES:
+                arrays[name][r, start:end] = _part(columns[i][name], head, None)
+            positions[r, start:end], segments[r, start:end] = np.arange(head, lengths[i]), k
+            spans[i] = r * width + np.r_[0:head, start:end]
+            start = end
+    return PaddedBatch(
+        lengths=lengths,
+        gather=np.concatenate(spans),
+        positions=positions,
+        segments=segments,
+        **arrays,
+    )

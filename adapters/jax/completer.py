@@ -130,8 +130,9 @@ def _pad_positions(array: Array, axis: int, width: int) -> Array:
 def generate(
     graphdef: Any,
     state: Any,
-    tokens: Array,  # int32 [B, P], left-padded
-    prompt_mask: Array,  # bool [B, P]
+    tokens: Array,  # int32 [R, P], each prompt once, left-padded
+    prompt_mask: Array,  # bool [R, P]
+    row_prompts: Array,  # int32 [B]: the prompt each sampled row continues
     keys: Array,  # [B] PRNG keys, one per row
     max_new: Array,  # int32: tokens to generate (<= new_tokens)
     temperature: Array,
@@ -144,18 +145,20 @@ def generate(
     """(tokens [B, N], logprobs [B, N], generated counts [B], prompt logprobs [B, P], zeros
     unless ``prompt_logprobs``).
 
-    The prompt fills a cache of its own length; token 0 comes from its last logits; then
-    each loop iteration feeds token i-1 and picks token i, so no step computes logits that
-    nothing reads. The loop runs in phases (``phase_ends``), the cache padded to each
-    phase's length as it starts."""
+    Each prompt fills a cache of its own length once, which its rows (its samples) copy:
+    G samples of a prompt cost one prefill, not G. Token 0 comes from the prompt's last
+    logits; then each loop iteration feeds token i-1 and picks token i, so no step computes
+    logits that nothing reads. The loop runs in phases (``phase_ends``), the cache padded to
+    each phase's length as it starts."""
     model: CausalLM = nnx.merge(graphdef, state)
     cfg = model.cfg
-    b, p = tokens.shape
+    r, p = tokens.shape
+    b = row_prompts.shape[0]
     positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
     causal = jnp.tril(jnp.ones((p, p), bool))[None] & prompt_mask[:, None, :]
     dtype = model.embed_tokens[...].dtype
-    empty_keys = jnp.zeros((b, cfg.num_kv_heads, cfg.head_dim, p), dtype)
-    empty_values = jnp.zeros((b, cfg.num_kv_heads, p, cfg.head_dim), dtype)
+    empty_keys = jnp.zeros((r, cfg.num_kv_heads, cfg.head_dim, p), dtype)
+    empty_values = jnp.zeros((r, cfg.num_kv_heads, p, cfg.head_dim), dtype)
     logits, caches = model(
         tokens,
         positions,
@@ -168,10 +171,12 @@ def generate(
     if prompt_logprobs:
         step_logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
         prompt_logp = jnp.take_along_axis(step_logp, tokens[:, 1:, None], axis=-1)[..., 0]
-        prompt_logp = jnp.concatenate([jnp.zeros((b, 1)), prompt_logp], axis=1)
+        prompt_logp = jnp.concatenate([jnp.zeros((r, 1)), prompt_logp], axis=1)
     else:
-        prompt_logp = jnp.zeros((b, p))
-    last_pos = positions[:, -1]
+        prompt_logp = jnp.zeros((r, p))
+    caches = [(k[row_prompts], v[row_prompts]) for k, v in caches]
+    logits, prompt_mask = logits[row_prompts], prompt_mask[row_prompts]
+    last_pos = positions[row_prompts, -1]
 
     def pick(i: Array, logits: Array, done: Array, count: Array, out: Array, out_lp: Array) -> Any:
         """Token i of every row from its logits, recorded unless the row is done."""
@@ -318,12 +323,13 @@ class JaxCompleter:
         )
         if width + new_tokens > loaded.config.max_position_embeddings * 4:
             raise ValidationError("max_tokens", "prompt plus max_tokens exceed the model's context")
-        n = batch_bucket(len(rows), 1)
-        tokens, mask = np.zeros((n, width), np.int32), np.zeros((n, width), bool)
-        for r, (i, _) in enumerate(rows):
-            ids = encoded[i]
-            tokens[r, width - len(ids) :], mask[r, width - len(ids) :] = ids, True
-        mask[len(rows) :, -1] = True  # padding rows attend to one key, avoiding an empty softmax
+        n, m = batch_bucket(len(rows), 1), batch_bucket(len(encoded), 1)
+        tokens, mask = np.zeros((m, width), np.int32), np.zeros((m, width), bool)
+        for i, ids in enumerate(encoded):
+            tokens[i, width - len(ids) :], mask[i, width - len(ids) :] = ids, True
+        mask[len(encoded) :, -1] = True  # padding rows attend to one key, avoiding an empty softmax
+        row_prompts = np.zeros((n,), np.int32)  # padding rows continue prompt 0, unread
+        row_prompts[: len(rows)] = [i for i, _ in rows]
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
         base = jax.random.key(seed)
         keys = jnp.stack([jax.random.fold_in(base, s) for _, s in rows] + [base] * (n - len(rows)))
@@ -340,6 +346,7 @@ class JaxCompleter:
                 loaded.state,
                 jnp.asarray(tokens),
                 jnp.asarray(mask),
+                jnp.asarray(row_prompts),
                 keys,
                 jnp.int32(params.max_tokens),
                 jnp.float32(params.temperature),
@@ -366,7 +373,7 @@ class JaxCompleter:
                 )
             prompt_logprobs = None
             if params.include_prompt_logprobs:
-                tail = prompt_lp[rows.index((i, 0)), width - len(ids) + 1 :].tolist()
+                tail = prompt_lp[i, width - len(ids) + 1 :].tolist()
                 prompt_logprobs = (None, *tail)
             completions.append(Completion(ids, sequences, prompt_logprobs))
         return completions

@@ -45,6 +45,7 @@ from galley.adapters.jax.model import (
     build_model,
     check_lora_rank,
     check_target_names,
+    fused_attention,
 )
 from galley.adapters.jax.peft_export import (
     load_peft_adapter,
@@ -86,8 +87,13 @@ def _forward_logprobs(
 ) -> jax.Array:
     model: CausalLM = nnx.merge(graphdef, trainable, frozen)
     tokens = batch["tokens"]
-    positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-    logits, _ = model(tokens, positions)
+    if "segments" in batch:  # shared rows: a tail sees the head and itself
+        seg, t = batch["segments"], tokens.shape[1]
+        sees = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
+        logits, _ = model(tokens, batch["positions"], jnp.tril(jnp.ones((t, t), bool)) & sees)
+    else:
+        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        logits, _ = model(tokens, positions)
     return token_logprobs(logits, batch["targets"])
 
 
@@ -325,17 +331,15 @@ class JaxTrainingSession:
     ) -> tuple[ForwardBackwardInput, PaddedBatch]:
         request = ForwardBackwardInput(tuple(data), loss_fn, dict(config or {}))
         request.check_vocabulary(self.model_config.vocab_size)
-        return request, pad_batch(request, self._client.length_buckets, self._client.mesh.size)
+        # Shared rows attend with a mask, which the fused GPU kernel's path does not take.
+        client = self._client
+        share = fused_attention(client.dtype) is None
+        return request, pad_batch(
+            request, client.length_buckets, client.mesh.size, share_heads=share
+        )
 
     def _device_batch(self, batch: PaddedBatch) -> dict[str, jax.Array]:
-        arrays = {
-            "tokens": batch.tokens,
-            "targets": batch.targets,
-            "weights": batch.weights,
-            "sampler_logprobs": batch.sampler_logprobs,
-            "advantages": batch.advantages,
-        }
-        return {k: jax.device_put(v, self._data_sharding) for k, v in arrays.items()}
+        return {k: jax.device_put(v, self._data_sharding) for k, v in batch.arrays().items()}
 
     def _run(
         self, request: ForwardBackwardInput, batch: PaddedBatch, *, backward: bool
@@ -361,13 +365,10 @@ class JaxTrainingSession:
             )
 
         def finish() -> ForwardBackwardOutput:
-            lengths = batch.lengths
-            real = np.arange(batch.tokens.shape[1]) < np.asarray(lengths)[:, None]
-            # Row-major: the real positions of each row, rows end to end.
-            column = np.asarray(logp)[: len(lengths)][real].astype(np.float32)
+            column = np.asarray(logp).reshape(-1)[batch.gather].astype(np.float32)
             return ForwardBackwardOutput.from_columns(
                 {"logprobs": column},
-                lengths,
+                batch.lengths,
                 {"loss:sum": float(value), "tokens:sum": float(batch.num_tokens)},
             )
 

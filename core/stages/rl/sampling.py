@@ -1,4 +1,4 @@
-"""How an RL step's batch is sampled, scored and recorded, on-policy or one step ahead.
+"""How an RL step's batch is sampled, scored and recorded, on-policy or some steps ahead.
 
 A batch is written to ``rollouts/step-NNNNNN.jsonl`` under the run as soon as it is scored,
 with every token and log-probability, so a run resumed from a checkpoint reads back a batch
@@ -127,6 +127,13 @@ class RolloutSampler:
     def key(self, step: int) -> str:
         return join_key(self.folder, f"step-{step:06d}.jsonl")
 
+    def batches_ahead(self, step: int, max_steps_off_policy: int) -> list[int]:
+        """The first steps of the batches after step ``step``'s own that may be sampled from
+        the weights step ``step`` started from: those at most ``max_steps_off_policy``
+        updates ahead of them."""
+        ahead = range(step + 1, min(step + max_steps_off_policy, self.total_steps) + 1)
+        return [s for s in ahead if self.first_step(s) == s]
+
     def sample(self, completer: Completer, step: int, blobs: BlobStore) -> Scored:
         step = self.first_step(step)
         seed = step_seed(self.seed, step)
@@ -137,19 +144,24 @@ class RolloutSampler:
         blobs.write(self.key(step), rollout_lines(scored, self.scale_rewards))
         return scored
 
-    def sample_ahead(self, completer: Future[Completer], step: int, blobs: BlobStore) -> Prefetch:
-        """Start sampling step ``step``'s batch in a thread, from the completer the future
-        gives (the weights as of its request), while earlier steps train."""
-        future: Future[Scored] = Future()
+    def sample_ahead(
+        self, completer: Future[Completer], steps: Sequence[int], blobs: BlobStore
+    ) -> tuple[Prefetch, ...]:
+        """Start sampling the batches of ``steps``, one after another in a thread, from the
+        completer the future gives (the weights as of its request), while earlier steps
+        train."""
+        futures: list[Future[Scored]] = [Future() for _ in steps]
 
         def work() -> None:
-            try:
-                future.set_result(self.sample(completer.result(), step, blobs))
-            except BaseException as error:  # delivered to whoever waits for the batch
-                future.set_exception(error)
+            for step, future in zip(steps, futures, strict=True):
+                try:
+                    future.set_result(self.sample(completer.result(), step, blobs))
+                except BaseException as error:  # delivered to whoever waits for the batch
+                    future.set_exception(error)
 
-        threading.Thread(target=work, name=f"galley-rl-sample-{step}", daemon=True).start()
-        return Prefetch(step, future)
+        name = f"galley-rl-sample-{steps[0]}"
+        threading.Thread(target=work, name=name, daemon=True).start()
+        return tuple(Prefetch(step, future) for step, future in zip(steps, futures, strict=True))
 
     def read(self, step: int, blobs: BlobStore) -> Scored | None:
         """The batch step ``step`` trains on as recorded, when it was (None otherwise)."""

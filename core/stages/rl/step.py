@@ -179,7 +179,7 @@ def plan_rollouts(
         num_substeps,
         total_steps,
     )
-    return {"rollout_sampler": sampler, "prefetch": None, "sampled": None}
+    return {"rollout_sampler": sampler, "prefetch": (), "sampled": None}
 
 
 @stage(
@@ -190,7 +190,7 @@ def rl_step(
     ctx: StageContext,
     session: TrainingSession,
     rollout_sampler: RolloutSampler,
-    prefetch: Prefetch | None,
+    prefetch: tuple[Prefetch, ...],
     sampled: SampledBatch | None,
     step: int,
     total_steps: int,
@@ -205,19 +205,21 @@ def rl_step(
     clip_high_threshold: float,
 ) -> dict[str, Any]:
     """Submit the policy gradient of step ``step``'s batch (not waiting for the backward).
-    On-policy, the batch is sampled now, from the weights after every step before it.
-    ``max_steps_off_policy = 1`` samples the next step's batch in a thread while this one
-    trains, from the weights this step started from; a resumed run reads back the batch
-    sampled before its checkpoint. With ``num_substeps`` above 1, a batch sampled at one step
-    serves that many, each training on its own prompts."""
+    On-policy, the batch is sampled now, from the weights after every step before it. With
+    ``max_steps_off_policy = k``, the batches of the next k steps are sampled in a thread
+    while this one trains, from the weights this step started from (each batch at most k
+    updates stale); a resumed run reads back the batches recorded before its checkpoint.
+    With ``num_substeps`` above 1, a batch sampled at one step serves that many, each
+    training on its own prompts."""
     started = time.perf_counter()
     handed_over = started  # when this step's completer had its weights
     blobs = ctx.adapters.blobs
     first = rollout_sampler.first_step(step)
     if sampled is None or sampled.step != first:
         batch = None
-        if prefetch is not None and prefetch.step == step:
-            batch = ctx.wait(prefetch.future, "rl.sample_ahead", step)
+        waiting = next((p for p in prefetch if p.step == first), None)
+        if waiting is not None:
+            batch = ctx.wait(waiting.future, "rl.sample_ahead", step)
         elif max_steps_off_policy or step != first:  # a resumed run: recorded before
             batch = rollout_sampler.read(step, blobs)
         if batch is None:
@@ -242,11 +244,16 @@ def rl_step(
     future = session.forward_backward(
         data, loss_fn, None if loss_fn == "importance_sampling" else config
     )
-    ahead = None
-    if max_steps_off_policy and step < total_steps:
+    ahead = tuple(p for p in prefetch if p.step > first)
+    wanted = [
+        s
+        for s in rollout_sampler.batches_ahead(step, max_steps_off_policy)
+        if s not in {p.step for p in ahead} and not blobs.exists(rollout_sampler.key(s))
+    ]
+    if wanted:
         # Queued after this step's gradient, before its update: this step's starting weights.
         handoff = session.save_weights_and_get_sampling_client()
-        ahead = rollout_sampler.sample_ahead(handoff, step + 1, blobs)
+        ahead += rollout_sampler.sample_ahead(handoff, wanted, blobs)
     metrics = rollout_metrics(scored, rollouts.kept) | penalty
     # Waiting for the steps before to train (and the weights' handoff), then sampling and
     # scoring (or waiting for a batch sampled ahead).
@@ -267,11 +274,11 @@ def rl_step(
 
 
 @stage(ports=("training",))
-def settle_sampling(ctx: StageContext, prefetch: Prefetch | None) -> dict[str, Any]:
-    """Wait for a batch being sampled ahead to be scored and recorded: before a checkpoint,
-    so a run resumed from it finds the batch its next step trains on."""
-    if prefetch is not None:
-        ctx.wait(prefetch.future, "rl.sample_ahead", prefetch.step)
+def settle_sampling(ctx: StageContext, prefetch: tuple[Prefetch, ...]) -> dict[str, Any]:
+    """Wait for the batches being sampled ahead to be scored and recorded: before a
+    checkpoint, so a run resumed from it finds the batches its next steps train on."""
+    for ahead in prefetch:
+        ctx.wait(ahead.future, "rl.sample_ahead", ahead.step)
     return {}
 
 
