@@ -11,7 +11,7 @@ import attrs
 
 from galley.core.engine import Workflow
 from galley.core.summary import Summary
-from galley.workflows import dpo, rl, sft
+from galley.workflows import distill, dpo, rl, sft
 from galley.workflows import eval as evaluation
 
 
@@ -50,6 +50,15 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
         rl.run,
         rl.summarize,
     ),
+    "distill": WorkflowSpec(
+        "distill",
+        "Distillation from a teacher run or model: on-policy (the teacher grades the student's "
+        "tokens) or off-policy (the teacher's answers as an SFT dataset).",
+        distill.DistillConfig,
+        distill.build_workflow,
+        distill.run,
+        distill.summarize,
+    ),
     "eval": WorkflowSpec(
         "eval",
         "Evaluate a base model or a run's checkpoint on a dataset split: NLL, bits per byte, "
@@ -61,4 +70,4 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
     ),
 }
 
-__all__ = ["WORKFLOWS", "WorkflowSpec", "dpo", "evaluation", "rl", "sft"]
+__all__ = ["WORKFLOWS", "WorkflowSpec", "distill", "dpo", "evaluation", "rl", "sft"]

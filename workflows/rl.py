@@ -24,6 +24,7 @@ from galley.core.adapter_set import Adapters
 from galley.core.checks import at_least, boolean, in_range, int_at_least, one_of, safe_name
 from galley.core.engine import FunctionStage, Workflow
 from galley.core.engine.run import run_workflow
+from galley.core.envs import EnvGroupBuilder
 from galley.core.errors import ValidationError
 from galley.core.keys import check_prefix
 from galley.core.records import CheckpointRecord
@@ -62,6 +63,7 @@ from galley.core.stages.rl import (
     settle_sampling,
     start_reference,
 )
+from galley.core.stages.rl.envs import env_eval_measure, env_step_stage
 from galley.core.summary import Summary, SummaryTable, number, saved_files
 from galley.core.types import CheckpointRef
 
@@ -105,6 +107,8 @@ class RLConfig(TrainingConfig):
     # Optimizer steps that share one sampled batch (of batch_size x num_substeps prompts),
     # each on its own batch_size prompts: later ones train on samples of older weights.
     num_substeps: int = attrs.field(default=1, validator=int_at_least(1))
+    # With environments (``run(..., env=...)``): answers an episode may have at most.
+    max_turns: int = attrs.field(default=8, validator=int_at_least(1))
     # Divide each advantage by its group's reward std (TRL's scale_rewards="group").
     scale_rewards: bool = attrs.field(default=True, validator=boolean)
     loss_normalisation: str = attrs.field(
@@ -140,6 +144,7 @@ class RLConfig(TrainingConfig):
         "kl_penalty_coef",
         "max_steps_off_policy",
         "num_substeps",
+        "max_turns",
         "scale_rewards",
         "loss_normalisation",
         "loss_fn",
@@ -177,7 +182,10 @@ class RLResult:
     answers_after: tuple[Answer, ...] = ()
 
 
-def build_workflow(config: RLConfig) -> Workflow:
+def build_workflow(config: RLConfig, env: EnvGroupBuilder | None = None) -> Workflow:
+    if env is not None:
+        return env_workflow(config, env)
+
     def evaluate(name: str, at: str) -> FunctionStage:
         return evaluate_stage(name, at, measure=reward_eval)
 
@@ -212,10 +220,49 @@ def build_workflow(config: RLConfig) -> Workflow:
     )
 
 
-def run(config: RLConfig, adapters: Adapters, **options: Any) -> RLResult:
+def env_workflow(config: RLConfig, env: EnvGroupBuilder) -> Workflow:
+    """RL on environments: on-policy, rewards from the environments."""
+    for name, value in (
+        ("max_steps_off_policy", config.max_steps_off_policy),
+        ("kl_penalty_coef", config.kl_penalty_coef),
+        ("num_substeps", config.num_substeps - 1),
+    ):
+        if value:
+            raise ValidationError(f"RLConfig.{name}", "is not built for environments; leave it out")
+    measure = env_eval_measure(env)
+    return Workflow(
+        "rl",
+        [
+            load_tasks,
+            start_session,
+            render_prompts,
+            plan_training,
+            resume_from_checkpoint,
+            init_weights,
+            save_run_record,
+            evaluate_stage("evaluate_base", "start_step", measure),
+            training_loop(
+                env_step_stage(env),
+                evaluate_stage("evaluate", "step", measure),
+                config.eval_every,
+                config.checkpoint_every,
+            ),
+            drain,
+            evaluate_stage("evaluate_final", "total_steps", measure),
+            checkpoint_stage("final_checkpoint", at="total_steps"),
+            export_sampler,
+        ],
+        description="Reinforcement learning on environments, turn by turn.",
+    )
+
+
+def run(
+    config: RLConfig, adapters: Adapters, env: EnvGroupBuilder | None = None, **options: Any
+) -> RLResult:
     """Run RL (``galley.core.engine.run.run_workflow``, whose keyword ``options`` it takes:
-    observers, retry, accept_changes)."""
-    done = run_workflow("rl", build_workflow, config, adapters, **options)
+    observers, retry, accept_changes), on rewards, or on the environments ``env`` makes
+    (``galley.core.envs``)."""
+    done = run_workflow("rl", lambda c: build_workflow(c, env), config, adapters, **options)
     state = done.state
     return RLResult(
         **done.trained(),

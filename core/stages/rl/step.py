@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import numpy as np
@@ -58,11 +58,17 @@ class Rollouts:
         return [np.asarray(v)[len(v) - n :] for v, n in zip(per_token, self.lengths, strict=True)]
 
 
-def rollout_data(scored: Scored, scale_rewards: bool, normalisation: str) -> Rollouts:
+def rollout_data(
+    scored: Scored, scale_rewards: bool, normalisation: str, *, rewarded: bool = True
+) -> Rollouts:
     """Every completion becomes a datum, so a step's batch has one shape (no recompiles as the
     kept share changes), but a left-out group's carry a zero advantage and do not count in the
-    normalisation: the gradient is that of the kept groups alone."""
-    advantages, kept = group_advantages(scored.total, scale_rewards)
+    normalisation: the gradient is that of the kept groups alone. Not ``rewarded``, every
+    completion counts, with advantage 0 (for per-token advantages: ``add_token_advantages``)."""
+    if rewarded:
+        advantages, kept = group_advantages(scored.total, scale_rewards)
+    else:
+        advantages, kept = np.zeros(scored.total.shape), np.ones(len(scored.total), bool)
     rows = [
         (p, s)
         for p in range(len(scored.tasks))
@@ -87,6 +93,21 @@ def rollout_data(scored: Scored, scale_rewards: bool, normalisation: str) -> Rol
     return Rollouts(tuple(data), tuple(lengths), tuple(scales), advantages, kept)
 
 
+def add_token_advantages(rollouts: Rollouts, extra: Sequence[Any]) -> Rollouts:
+    """The rollouts with each completion's sampled tokens' advantages raised by ``extra`` (an
+    array per completion), scaled as the completion's advantage is."""
+    data = []
+    for datum, more, factor, n in zip(
+        rollouts.data, extra, rollouts.factors, rollouts.lengths, strict=True
+    ):
+        advantages = datum.loss_fn_inputs["advantages"].data.copy()
+        advantages[len(advantages) - n :] += (factor * np.asarray(more)).astype(np.float32)
+        data.append(
+            attrs.evolve(datum, loss_fn_inputs={**datum.loss_fn_inputs, "advantages": advantages})
+        )
+    return attrs.evolve(rollouts, data=tuple(data))
+
+
 def with_kl_penalty(
     rollouts: Rollouts, reference_logprobs: Sequence[Any], coef: float
 ) -> tuple[Rollouts, float]:
@@ -103,24 +124,47 @@ def with_kl_penalty(
     ]
     weighted = [(d, f) for d, f in zip(diffs, rollouts.factors, strict=True) if f]
     mean = float(np.mean(np.concatenate([d for d, _ in weighted]))) if weighted else 0.0
-    data = []
-    for datum, diff, factor, n in zip(
-        rollouts.data, diffs, rollouts.factors, rollouts.lengths, strict=True
-    ):
-        advantages = datum.loss_fn_inputs["advantages"].data.copy()
-        advantages[len(advantages) - n :] += (coef * factor * (mean - diff)).astype(np.float32)
-        data.append(
-            attrs.evolve(datum, loss_fn_inputs={**datum.loss_fn_inputs, "advantages": advantages})
-        )
-    return attrs.evolve(rollouts, data=tuple(data)), mean
+    return add_token_advantages(rollouts, [coef * (mean - diff) for diff in diffs]), mean
 
 
-def rollout_metrics(scored: Scored, kept: np.ndarray[Any, Any]) -> dict[str, float]:
+class Advantages(Protocol):
+    """How a step's scored batch becomes training data: the rollouts and metrics of their
+    own (``kl_ref``, ``teacher_kl``)."""
+
+    def __call__(
+        self, ctx: StageContext, scored: Scored, step: int
+    ) -> tuple[Rollouts, dict[str, float]]: ...
+
+
+@attrs.frozen
+class RewardAdvantages:
+    """GRPO's: each completion's reward minus its group's mean (over the group's std with
+    ``scale_rewards``), plus a KL penalty against the starting weights with a ``reference``."""
+
+    scale_rewards: bool
+    normalisation: str
+    reference: TrainingSession | None = None
+    kl_penalty_coef: float = 0.0
+
+    def __call__(
+        self, ctx: StageContext, scored: Scored, step: int
+    ) -> tuple[Rollouts, dict[str, float]]:
+        rollouts = rollout_data(scored, self.scale_rewards, self.normalisation)
+        if self.reference is None or not self.kl_penalty_coef:
+            return rollouts, {}
+        scoring = self.reference.forward(list(rollouts.data), "cross_entropy")
+        reference = ctx.wait(scoring, "training.forward", step).logprobs
+        rollouts, kl_ref = with_kl_penalty(rollouts, reference, self.kl_penalty_coef)
+        return rollouts, {"kl_ref": kl_ref}
+
+
+def rollout_metrics(scored: Scored) -> dict[str, float]:
     """TRL's names: mean and spread of the reward, each reward's mean, the share of groups
     with one reward for all, completion length, and entropy estimated from the sampled
     tokens' log-probabilities."""
     lengths = [len(s.tokens) for c in scored.completions for s in c.sequences]
     logprobs = [lp for c in scored.completions for s in c.sequences for lp in s.logprobs]
+    kept = group_advantages(scored.total, False)[1]
     metrics = {
         "reward": float(scored.total.mean()),
         "reward_std": float(scored.total.std(axis=1).mean()),
@@ -145,7 +189,7 @@ def learner_metrics(
 
 
 @stage(
-    writes=("rollout_sampler", "prefetch", "sampled"),
+    writes=("rollout_sampler", "prefetch", "sampled", "advantages"),
 )
 def plan_rollouts(
     ctx: StageContext,
@@ -163,8 +207,12 @@ def plan_rollouts(
     seed: int,
     output: str,
     run_id: str,
+    loss_normalisation: str,
+    reference_session: TrainingSession | None,
+    kl_penalty_coef: float,
 ) -> dict[str, Any]:
-    """Fix how each step's batch is sampled, scored and recorded; nothing is sampled yet."""
+    """Fix how each step's batch is sampled, scored, recorded and turned into advantages
+    (``RewardAdvantages``); nothing is sampled yet."""
     sampler = RolloutSampler(
         train_data,
         batch_plan,
@@ -179,7 +227,15 @@ def plan_rollouts(
         num_substeps,
         total_steps,
     )
-    return {"rollout_sampler": sampler, "prefetch": (), "sampled": None}
+    advantages = RewardAdvantages(
+        scale_rewards, loss_normalisation, reference_session, kl_penalty_coef
+    )
+    return {
+        "rollout_sampler": sampler,
+        "prefetch": (),
+        "sampled": None,
+        "advantages": advantages,
+    }
 
 
 @stage(
@@ -195,11 +251,8 @@ def rl_step(
     step: int,
     total_steps: int,
     pipeline: Pipeline,
-    reference_session: TrainingSession | None,
-    kl_penalty_coef: float,
+    advantages: Advantages,
     max_steps_off_policy: int,
-    scale_rewards: bool,
-    loss_normalisation: str,
     loss_fn: str,
     clip_low_threshold: float,
     clip_high_threshold: float,
@@ -231,13 +284,7 @@ def rl_step(
         sampled = SampledBatch(first, batch)
     scored = rollout_sampler.minibatch(sampled.scored, step)
     sampled_at = time.perf_counter()
-    rollouts = rollout_data(scored, scale_rewards, loss_normalisation)
-    penalty: dict[str, float] = {}
-    if reference_session is not None and kl_penalty_coef > 0:
-        scoring = reference_session.forward(list(rollouts.data), "cross_entropy")
-        reference = ctx.wait(scoring, "training.forward", step).logprobs
-        rollouts, kl_ref = with_kl_penalty(rollouts, reference, kl_penalty_coef)
-        penalty = {"kl_ref": kl_ref}
+    rollouts, extra = advantages(ctx, scored, step)
     data = list(rollouts.data)
     clip = (clip_low_threshold, clip_high_threshold)
     config = {"clip_low_threshold": clip[0], "clip_high_threshold": clip[1]}
@@ -254,7 +301,7 @@ def rl_step(
         # Queued after this step's gradient, before its update: this step's starting weights.
         handoff = session.save_weights_and_get_sampling_client()
         ahead += rollout_sampler.sample_ahead(handoff, wanted, blobs)
-    metrics = rollout_metrics(scored, rollouts.kept) | penalty
+    metrics = rollout_metrics(scored) | extra
     # Waiting for the steps before to train (and the weights' handoff), then sampling and
     # scoring (or waiting for a batch sampled ahead).
     metrics["time/waiting_s"] = handed_over - started

@@ -1,0 +1,197 @@
+"""Distillation's stages: a teacher session, the teacher's per-token advantages for the RL
+step, the held-out KL to the teacher, and (off-policy) the teacher's answers as an SFT
+dataset.
+
+The teacher is a run (its newest good checkpoint, on the base model and LoRA shape it trained
+with), a checkpoint's key (on the student's base model), or a model folder or Hub id as it
+is. It must tokenize as the student does: anything else would compare log-probabilities of
+different tokens."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+from galley.core.distill import reverse_kl, teacher_advantages, tokenizer_mismatch
+from galley.core.engine import StageContext, stage
+from galley.core.errors import ConfigError
+from galley.core.keys import join_key
+from galley.core.manifest import MANIFEST_NAME
+from galley.core.rendering import Renderer
+from galley.core.runs import read_run_record
+from galley.core.sections import flatten_keys
+from galley.core.stages.checkpoint import load_init_from
+from galley.core.stages.rl.data import RenderedTask
+from galley.core.stages.rl.sampling import Scored, sample_and_score, sampling_params
+from galley.core.stages.rl.step import Rollouts, add_token_advantages, reward_eval, rollout_data
+from galley.core.stages.session import run_session_config
+
+if TYPE_CHECKING:
+    from galley.ports.training import TrainingSession
+
+NO_TEACHER = (
+    "teacher: distillation learns from a teacher, and none was given. Train one with "
+    "`galley run sft` and pass its run id (--set teacher=<run id>), or give a checkpoint's "
+    "key, a model folder or a Hub id"
+)
+
+
+@attrs.frozen
+class TeacherAdvantages:
+    """Every completion counts; each sampled token's advantage is the teacher's
+    log-probability of it minus the student's (``galley.core.distill``)."""
+
+    teacher: TrainingSession
+    normalisation: str
+
+    def __call__(
+        self, ctx: StageContext, scored: Scored, step: int
+    ) -> tuple[Rollouts, dict[str, float]]:
+        rollouts = rollout_data(scored, False, self.normalisation, rewarded=False)
+        student, taught = teacher_logprobs(ctx, self.teacher, rollouts, step)
+        rollouts = add_token_advantages(rollouts, teacher_advantages(student, taught))
+        return rollouts, {"teacher_kl": reverse_kl(student, taught)}
+
+
+def teacher_logprobs(
+    ctx: StageContext, teacher: TrainingSession, rollouts: Rollouts, step: int
+) -> tuple[list[Any], list[Any]]:
+    """The student's (sampler's) and the teacher's log-probabilities of the sampled tokens."""
+    scoring = teacher.forward(list(rollouts.data), "cross_entropy")
+    taught = rollouts.sampled(ctx.wait(scoring, "teacher.forward", step).logprobs)
+    student = rollouts.sampled([d.loss_fn_inputs["logprobs"].data for d in rollouts.data])
+    return student, taught
+
+
+def open_teacher(
+    ctx: StageContext,
+    teacher: str,
+    base_model: str,
+    lora_rank: int,
+    lora_alpha: float,
+    seed: int,
+    output: str,
+    run_id: str,
+) -> tuple[TrainingSession, str]:
+    """A session holding the teacher's weights, and the base model it runs on."""
+    record = None if "/" in teacher else read_run_record(ctx.adapters, output, teacher)
+    if record is not None:  # a run: its own base model and LoRA shape
+        saved = {k.rpartition(".")[2]: v for k, v in flatten_keys(record.config).items()}
+        base_model = str(saved.get("base_model", base_model))
+        lora_rank = int(saved.get("lora_rank", lora_rank))
+        lora_alpha = float(saved.get("lora_alpha", lora_alpha))
+    checkpoint = (
+        ctx.adapters.blobs.exists(join_key(teacher, MANIFEST_NAME)) if "/" in teacher else False
+    )
+    if record is None and not checkpoint:
+        base_model = teacher  # a model folder or Hub id, used as it is
+    config = run_session_config(base_model, lora_rank, lora_alpha, seed, output, run_id, "teacher")
+    session = ctx.adapters.training.start_session(config)
+    if record is not None or checkpoint:
+        load_init_from(ctx, session, teacher, output, run_id)
+    return session, base_model
+
+
+@stage(
+    writes=("teacher_session", "advantages"),
+    ports=("training", "blobs"),
+)
+def start_teacher(
+    ctx: StageContext,
+    session: TrainingSession,
+    teacher: str | None,
+    base_model: str,
+    lora_rank: int,
+    lora_alpha: float,
+    seed: int,
+    output: str,
+    run_id: str,
+    loss_normalisation: str,
+) -> dict[str, Any]:
+    """Open the teacher (refused when there is none, or when it tokenizes otherwise than
+    the student) and make the RL step train on its advantages (``TeacherAdvantages``)."""
+    if not teacher:
+        raise ConfigError(NO_TEACHER)
+    args = (base_model, lora_rank, lora_alpha, seed, output, run_id)
+    teacher_session, teacher_base = open_teacher(ctx, teacher, *args)
+    mismatch = tokenizer_mismatch(session.tokenizer, teacher_session.tokenizer)
+    if mismatch is not None:
+        raise ConfigError(
+            f"teacher: {teacher!r} (on {teacher_base!r}) tokenizes otherwise than the student's "
+            f"base model {base_model!r}: {mismatch}; distil from a teacher of the same family"
+        )
+    ctx.log.info("teacher.started", teacher=teacher, base_model=teacher_base)
+    advantages = TeacherAdvantages(teacher_session, loss_normalisation)
+    return {"teacher_session": teacher_session, "advantages": advantages}
+
+
+def distill_eval(
+    ctx: StageContext,
+    session: TrainingSession,
+    eval_data: Sequence[RenderedTask],
+    teacher_session: TrainingSession,
+    chat_renderer: Renderer,
+    rewards: Sequence[str],
+    reward_weights: Sequence[float],
+    max_tokens: int,
+    seed: int,
+) -> dict[str, float]:
+    """Held-out rewards of the greedy answers (``reward_eval``) and the student's KL to the
+    teacher per token, on one answer to each eval prompt sampled at temperature 1."""
+    metrics = reward_eval(
+        ctx, session, eval_data, chat_renderer, rewards, reward_weights, max_tokens
+    )
+    sampler = ctx.wait(session.save_weights_and_get_sampling_client(), "training.sampling_client")
+    params = sampling_params(chat_renderer, max_tokens, 1.0, seed)
+    scored = sample_and_score(sampler, eval_data, params, 1, ())
+    rollouts = rollout_data(scored, False, "tokens", rewarded=False)
+    student, taught = teacher_logprobs(ctx, teacher_session, rollouts, 0)
+    return metrics | {"eval/teacher_kl": reverse_kl(student, taught)}
+
+
+def answer(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
+
+
+@stage(
+    writes=("teacher_dataset",),
+    ports=("training", "blobs"),
+)
+def write_teacher_dataset(
+    ctx: StageContext,
+    teacher_session: TrainingSession,
+    train_data: Sequence[RenderedTask],
+    eval_data: Sequence[RenderedTask],
+    chat_renderer: Renderer,
+    max_tokens: int,
+    output: str,
+    run_id: str,
+) -> dict[str, Any]:
+    """Off-policy distillation's data: the teacher's greedy answer to every prompt, as chat
+    rows (``train.jsonl``, ``eval.jsonl``) under the run, for ``galley run sft``."""
+    sampler = ctx.wait(
+        teacher_session.save_weights_and_get_sampling_client(), "teacher.sampling_client"
+    )
+    params = sampling_params(chat_renderer, max_tokens, 0.0, 0)
+    folder = join_key(output, run_id, "teacher_data")
+    for split, tasks in (("train", train_data), ("eval", eval_data)):
+        scored = sample_and_score(sampler, tasks, params, 1, ())
+        rows = (
+            {"messages": [*map(attrs.asdict, t.task.prompt.messages), answer(text)]}
+            for t, text in zip(tasks, scored.texts, strict=True)
+        )
+        data = "".join(json.dumps(row) + "\n" for row in rows).encode()
+        ctx.adapters.blobs.write(join_key(folder, f"{split}.jsonl"), data)
+    ctx.log.info("teacher.dataset_written", key=folder, rows=len(train_data) + len(eval_data))
+    return {"teacher_dataset": folder}
+
+
+__all__ = [
+    "TeacherAdvantages",
+    "distill_eval",
+    "start_teacher",
+    "write_teacher_dataset",
+]
