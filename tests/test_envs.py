@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import attrs
 import numpy as np
 import pytest
 
@@ -168,3 +169,23 @@ def test_environment_runs_record_turns_and_refuse_what_they_do_not_build() -> No
     assert {json.loads(line)["turn"] for line in rows.decode().splitlines()} >= {0, 1}
     with pytest.raises(ValidationError, match="max_steps_off_policy"):
         run(RLConfig(max_steps_off_policy=1, run_id="x"), noop_adapters(), env=builder)
+
+
+def test_an_environment_run_stopped_and_resumed_trains_as_an_unbroken_one() -> None:
+    from tests.test_rl import StopAfter
+
+    def builder(example: Mapping[str, Any], size: int, seed: int) -> list[Countdown]:
+        return [Countdown(1 + (seed + i) % 3) for i in range(size)]
+
+    config = RLConfig(
+        max_steps=6, checkpoint_every=2, batch_size=2, group_size=3, eval_every=0, run_id="cut"
+    )
+    whole = run(attrs.evolve(config, run_id="whole"), noop_adapters(), env=builder)
+    adapters = noop_adapters()
+    with pytest.raises(RuntimeError, match="stopped after step 5"):
+        run(config, adapters, env=builder, observers=[StopAfter(5)])
+    resumed = run(attrs.evolve(config, resume=True), adapters, env=builder)
+    keys = ("reward", "turns/mean", "loss", "grad_norm", "kl")
+    assert [[m[k] for k in keys] for m in resumed.metrics] == [
+        [m[k] for k in keys] for m in whole.metrics
+    ]

@@ -26,24 +26,12 @@ import attrs
 
 from galley.core.adapter_set import Adapters
 from galley.core.checks import int_at_least, one_of
-from galley.core.engine import FunctionStage, Workflow
+from galley.core.engine import Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.errors import ValidationError
 from galley.core.sections import EvalSection
-from galley.core.stages import (
-    checkpoint_stage,
-    drain,
-    evaluate_stage,
-    export_sampler,
-    init_weights,
-    plan_training,
-    resume_from_checkpoint,
-    save_run_record,
-    start_session,
-    training_loop,
-)
+from galley.core.stages import start_session
 from galley.core.stages.rl import (
-    answers_stage,
     load_tasks,
     plan_rollouts,
     render_prompts,
@@ -53,7 +41,7 @@ from galley.core.stages.rl import (
 )
 from galley.core.stages.rl.distill import distill_eval, start_teacher, write_teacher_dataset
 from galley.core.summary import Summary, SummaryTable, number
-from galley.workflows.rl import RLConfig, RLResult
+from galley.workflows.rl import RLConfig, RLResult, rl_steps
 from galley.workflows.rl import summarize as summarize_rl
 
 MODES = ("on_policy", "off_policy")
@@ -101,38 +89,11 @@ def build_workflow(config: DistillConfig) -> Workflow:
             description="The teacher's answers to the prompts as an SFT dataset.",
         )
 
-    def evaluate(name: str, at: str) -> FunctionStage:
-        return evaluate_stage(name, at, measure=distill_eval)
-
+    # start_teacher after plan_rollouts: its advantages replace the rewards'.
+    setup = (start_reference, plan_rollouts, start_teacher)
     return Workflow(
         "distill",
-        [
-            load_tasks,
-            start_session,
-            start_teacher,
-            render_prompts,
-            plan_training,
-            resume_from_checkpoint,
-            init_weights,
-            start_reference,
-            plan_rollouts,
-            start_teacher,  # after plan_rollouts: its advantages replace the rewards'
-            save_run_record,
-            evaluate("evaluate_base", at="start_step"),
-            answers_stage("answers_before", writes="answers_before"),
-            training_loop(
-                rl_step,
-                evaluate("evaluate", at="step"),
-                config.eval_every,
-                config.checkpoint_every,
-                before_checkpoint=settle_sampling,
-            ),
-            drain,
-            evaluate("evaluate_final", at="total_steps"),
-            checkpoint_stage("final_checkpoint", at="total_steps"),
-            export_sampler,
-            answers_stage("answers_after", writes="answers_after"),
-        ],
+        rl_steps(config, rl_step, distill_eval, setup, before_checkpoint=settle_sampling),
         description="On-policy distillation: the student samples, the teacher grades each token.",
     )
 

@@ -15,14 +15,14 @@ on the embedded dataset's prompts against ``char_similarity`` to the reference a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
 
 from galley.core.adapter_set import Adapters
 from galley.core.checks import at_least, boolean, in_range, int_at_least, one_of, safe_name
-from galley.core.engine import FunctionStage, Workflow
+from galley.core.engine import FunctionStage, Stage, Step, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.envs import EnvGroupBuilder
 from galley.core.errors import ValidationError
@@ -53,6 +53,7 @@ from galley.core.stages import (
     start_session,
     training_loop,
 )
+from galley.core.stages.evaluate import Measure
 from galley.core.stages.rl import (
     answers_stage,
     load_tasks,
@@ -182,40 +183,62 @@ class RLResult:
     answers_after: tuple[Answer, ...] = ()
 
 
+def rl_steps(
+    config: RLConfig,
+    step: Stage,
+    measure: Measure,
+    setup: Sequence[Stage] = (),
+    *,
+    answers: bool = True,
+    before_checkpoint: Stage | None = None,
+) -> list[Step]:
+    """The stages of a run that learns from what it samples: ``setup`` (how batches are made)
+    before the run is recorded, then the loop of ``step``s, evaluated by ``measure``; with
+    ``answers``, the greedy answers to a few eval prompts before and after."""
+
+    def evaluate(name: str, at: str) -> FunctionStage:
+        return evaluate_stage(name, at, measure=measure)
+
+    before = [answers_stage("answers_before", writes="answers_before")] if answers else []
+    after = [answers_stage("answers_after", writes="answers_after")] if answers else []
+    return [
+        load_tasks,
+        start_session,
+        render_prompts,
+        plan_training,
+        resume_from_checkpoint,
+        init_weights,
+        *setup,
+        save_run_record,
+        evaluate("evaluate_base", at="start_step"),
+        *before,
+        training_loop(
+            step,
+            evaluate("evaluate", at="step"),
+            config.eval_every,
+            config.checkpoint_every,
+            before_checkpoint=before_checkpoint,
+        ),
+        drain,
+        evaluate("evaluate_final", at="total_steps"),
+        checkpoint_stage("final_checkpoint", at="total_steps"),
+        export_sampler,
+        *after,
+    ]
+
+
 def build_workflow(config: RLConfig, env: EnvGroupBuilder | None = None) -> Workflow:
     if env is not None:
         return env_workflow(config, env)
-
-    def evaluate(name: str, at: str) -> FunctionStage:
-        return evaluate_stage(name, at, measure=reward_eval)
-
     return Workflow(
         "rl",
-        [
-            load_tasks,
-            start_session,
-            render_prompts,
-            plan_training,
-            resume_from_checkpoint,
-            init_weights,
-            start_reference,
-            plan_rollouts,
-            save_run_record,
-            evaluate("evaluate_base", at="start_step"),
-            answers_stage("answers_before", writes="answers_before"),
-            training_loop(
-                rl_step,
-                evaluate("evaluate", at="step"),
-                config.eval_every,
-                config.checkpoint_every,
-                before_checkpoint=settle_sampling,
-            ),
-            drain,
-            evaluate("evaluate_final", at="total_steps"),
-            checkpoint_stage("final_checkpoint", at="total_steps"),
-            export_sampler,
-            answers_stage("answers_after", writes="answers_after"),
-        ],
+        rl_steps(
+            config,
+            rl_step,
+            reward_eval,
+            (start_reference, plan_rollouts),
+            before_checkpoint=settle_sampling,
+        ),
         description="Reinforcement learning from rewards (GRPO-style), on- or off-policy.",
     )
 
@@ -229,29 +252,9 @@ def env_workflow(config: RLConfig, env: EnvGroupBuilder) -> Workflow:
     ):
         if value:
             raise ValidationError(f"RLConfig.{name}", "is not built for environments; leave it out")
-    measure = env_eval_measure(env)
     return Workflow(
         "rl",
-        [
-            load_tasks,
-            start_session,
-            render_prompts,
-            plan_training,
-            resume_from_checkpoint,
-            init_weights,
-            save_run_record,
-            evaluate_stage("evaluate_base", "start_step", measure),
-            training_loop(
-                env_step_stage(env),
-                evaluate_stage("evaluate", "step", measure),
-                config.eval_every,
-                config.checkpoint_every,
-            ),
-            drain,
-            evaluate_stage("evaluate_final", "total_steps", measure),
-            checkpoint_stage("final_checkpoint", at="total_steps"),
-            export_sampler,
-        ],
+        rl_steps(config, env_step_stage(env), env_eval_measure(env), answers=False),
         description="Reinforcement learning on environments, turn by turn.",
     )
 

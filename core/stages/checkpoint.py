@@ -242,6 +242,11 @@ def init_weights(
     return {}
 
 
+def plain_saved_settings(record: RunRecord) -> dict[str, Any]:
+    """A run's saved settings by plain name, whether its config kept them in sections or not."""
+    return {k.rpartition(".")[2]: v for k, v in flatten_keys(record.config).items()}
+
+
 # The settings a checkpoint's weights depend on: an evaluation must start its session alike.
 WEIGHT_SHAPING = ("base_model", "lora_rank", "lora_alpha")
 
@@ -268,8 +273,7 @@ def load_run_weights(
     if record is None:
         raise NotFoundError(f"run {from_run!r} has no record under {output!r}: nothing to evaluate")
     given = {"base_model": base_model, "lora_rank": lora_rank, "lora_alpha": lora_alpha}
-    # Saved settings by plain name, whether the run's config kept them in sections or not.
-    saved = {k.rpartition(".")[2]: v for k, v in flatten_keys(record.config).items()}
+    saved = plain_saved_settings(record)
     for field in WEIGHT_SHAPING:
         if field in saved and saved[field] != given[field]:
             raise ConfigError(

@@ -22,8 +22,7 @@ from galley.core.keys import join_key
 from galley.core.manifest import MANIFEST_NAME
 from galley.core.rendering import Renderer
 from galley.core.runs import read_run_record
-from galley.core.sections import flatten_keys
-from galley.core.stages.checkpoint import load_init_from
+from galley.core.stages.checkpoint import load_init_from, plain_saved_settings
 from galley.core.stages.rl.data import RenderedTask
 from galley.core.stages.rl.sampling import Scored, sample_and_score, sampling_params
 from galley.core.stages.rl.step import Rollouts, add_token_advantages, reward_eval, rollout_data
@@ -79,7 +78,7 @@ def open_teacher(
     """A session holding the teacher's weights, and the base model it runs on."""
     record = None if "/" in teacher else read_run_record(ctx.adapters, output, teacher)
     if record is not None:  # a run: its own base model and LoRA shape
-        saved = {k.rpartition(".")[2]: v for k, v in flatten_keys(record.config).items()}
+        saved = plain_saved_settings(record)
         base_model = str(saved.get("base_model", base_model))
         lora_rank = int(saved.get("lora_rank", lora_rank))
         lora_alpha = float(saved.get("lora_alpha", lora_alpha))

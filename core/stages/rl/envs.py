@@ -21,8 +21,8 @@ from galley.core.rendering import Renderer
 from galley.core.rl import group_advantages, normalised_advantages, rollout_datum
 from galley.core.stages.rl.data import RenderedTask
 from galley.core.stages.rl.sampling import sampling_params, step_seed
-from galley.core.stages.rl.step import Rollouts, learner_metrics
-from galley.core.stages.train import InFlightStep, Pipeline
+from galley.core.stages.rl.step import Rollouts, submit_policy_gradient
+from galley.core.stages.train import Pipeline
 from galley.core.types import SamplingParams
 
 if TYPE_CHECKING:
@@ -219,24 +219,12 @@ def env_step_stage(builder: EnvGroupBuilder) -> FunctionStage:
         key = join_key(output, run_id, "rollouts", f"step-{step:06d}.jsonl")
         ctx.adapters.blobs.write(key, episode_lines(episodes, group_size, rollouts.advantages))
         sampled_at = time.perf_counter()
-        clip = (clip_low_threshold, clip_high_threshold)
-        config = {"clip_low_threshold": clip[0], "clip_high_threshold": clip[1]}
-        data = list(rollouts.data)
-        future = session.forward_backward(
-            data, loss_fn, None if loss_fn == "importance_sampling" else config
-        )
         metrics = episode_metrics(episodes, group_size)
         metrics["time/waiting_s"] = handed_over - started
         metrics["time/sampling_s"] = sampled_at - handed_over
-        entry = InFlightStep(
-            step,
-            future,
-            None,
-            sum(d.model_input.length for d in data),
-            started,
-            tuple(rows),
-            metrics=metrics,
-            output_metrics=lambda output: learner_metrics(rollouts, output, clip),
+        clip = (clip_low_threshold, clip_high_threshold)
+        entry = submit_policy_gradient(
+            session, rollouts, loss_fn, clip, step, started, rows, metrics
         )
         return {"pipeline": pipeline.with_in_flight((*pipeline.in_flight, entry))}
 

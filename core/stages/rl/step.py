@@ -188,6 +188,35 @@ def learner_metrics(
     return {"kl": sampled_token_kl(sampler, learner), "clip_ratio": clipped}
 
 
+def submit_policy_gradient(
+    session: TrainingSession,
+    rollouts: Rollouts,
+    loss_fn: str,
+    clip: tuple[float, float],
+    step: int,
+    started: float,
+    rows: Sequence[int],
+    metrics: dict[str, float],
+) -> InFlightStep:
+    """Submit ``loss_fn`` on the rollouts (not waiting) as step ``step`` in flight: recorded
+    with ``metrics`` and, once it is done, the learner's KL to the sampler and clip ratio."""
+    data = list(rollouts.data)
+    config = {"clip_low_threshold": clip[0], "clip_high_threshold": clip[1]}
+    future = session.forward_backward(
+        data, loss_fn, None if loss_fn == "importance_sampling" else config
+    )
+    return InFlightStep(
+        step,
+        future,
+        None,
+        sum(d.model_input.length for d in data),
+        started,
+        tuple(rows),
+        metrics=metrics,
+        output_metrics=lambda output: learner_metrics(rollouts, output, clip),
+    )
+
+
 @stage(
     writes=("rollout_sampler", "prefetch", "sampled", "advantages"),
 )
@@ -285,12 +314,14 @@ def rl_step(
     scored = rollout_sampler.minibatch(sampled.scored, step)
     sampled_at = time.perf_counter()
     rollouts, extra = advantages(ctx, scored, step)
-    data = list(rollouts.data)
+    metrics = rollout_metrics(scored) | extra
+    # Waiting for the steps before to train (and the weights' handoff), then sampling and
+    # scoring (or waiting for a batch sampled ahead).
+    metrics["time/waiting_s"] = handed_over - started
+    metrics["time/sampling_s"] = sampled_at - handed_over
+    rows = rollout_sampler.batch_plan.indices(step - 1).tolist()
     clip = (clip_low_threshold, clip_high_threshold)
-    config = {"clip_low_threshold": clip[0], "clip_high_threshold": clip[1]}
-    future = session.forward_backward(
-        data, loss_fn, None if loss_fn == "importance_sampling" else config
-    )
+    entry = submit_policy_gradient(session, rollouts, loss_fn, clip, step, started, rows, metrics)
     ahead = tuple(p for p in prefetch if p.step > first)
     wanted = [
         s
@@ -301,21 +332,6 @@ def rl_step(
         # Queued after this step's gradient, before its update: this step's starting weights.
         handoff = session.save_weights_and_get_sampling_client()
         ahead += rollout_sampler.sample_ahead(handoff, wanted, blobs)
-    metrics = rollout_metrics(scored) | extra
-    # Waiting for the steps before to train (and the weights' handoff), then sampling and
-    # scoring (or waiting for a batch sampled ahead).
-    metrics["time/waiting_s"] = handed_over - started
-    metrics["time/sampling_s"] = sampled_at - handed_over
-    entry = InFlightStep(
-        step,
-        future,
-        None,
-        sum(d.model_input.length for d in data),
-        started,
-        tuple(rollout_sampler.batch_plan.indices(step - 1).tolist()),
-        metrics=metrics,
-        output_metrics=lambda output: learner_metrics(rollouts, output, clip),
-    )
     in_flight = pipeline.with_in_flight((*pipeline.in_flight, entry))
     return {"pipeline": in_flight, "prefetch": ahead, "sampled": sampled}
 
