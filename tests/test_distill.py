@@ -167,8 +167,22 @@ def test_off_policy_writes_the_teachers_answers_as_data_sft_trains_on(tmp_path: 
     assert len(rows) == len(prompts)
     assert (folder / "eval.jsonl").read_text().count("\n") == 48  # the test split
     assert all(r["messages"][-1]["role"] == "assistant" for r in rows)
+    assert all(r["messages"][-1]["content"] == r["messages"][-1]["content"].strip() for r in rows)
     assert all(r["messages"][:-1] in prompts for r in rows)
     student = run_sft(
         SFTConfig(dataset=str(folder), max_steps=4, run_id="student", eval_every=0), adapters
     )
     assert student.steps == 4
+
+
+def test_a_teacher_that_is_nothing_known_is_refused_saying_what_was_looked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from galley.adapters.composition import build_adapters
+    from galley.core.errors import NotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WorkflowError) as caught:
+        run(DistillConfig(teacher="nope", run_id="x", **SHORT), build_adapters({}))
+    assert isinstance(caught.value.__cause__, NotFoundError)
+    assert "teacher 'nope' is no run under 'runs', no checkpoint" in str(caught.value)

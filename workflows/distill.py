@@ -45,6 +45,7 @@ from galley.workflows.rl import RLConfig, RLResult, rl_steps
 from galley.workflows.rl import summarize as summarize_rl
 
 MODES = ("on_policy", "off_policy")
+SFT_ON = "galley run sft --set dataset={}"
 
 
 @attrs.frozen(init=False)
@@ -121,7 +122,7 @@ def summarize(outcome: DistillResult) -> Summary:
                 SummaryTable(
                     f"run {outcome.run_id}",
                     ("teacher dataset", "train with"),
-                    ((outcome.teacher_dataset, "galley run sft --set dataset=<that folder>"),),
+                    ((outcome.teacher_dataset, SFT_ON.format(outcome.teacher_dataset)),),
                 ),
             ),
             (),

@@ -143,14 +143,15 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
 
     print_summary(console, run_config.workflow.summarize(result), where)
     metrics = run_config.adapters["metrics"]
-    for choice in metrics.parts or (metrics,):
+    record = read_run_record(adapters, config.output, result.run_id)
+    recorded = (metrics.parts or (metrics,)) if record is not None else ()  # none: no metrics
+    for choice in recorded:
         if choice.kind == "jsonl":
             url = choice.options.get("url", "runs")
             console.print(f"metrics: {url}/{result.run_id}/metrics.jsonl")
         elif choice.kind == "sqlite":
             path = choice.options.get("path", "runs/metrics.db")
             console.print(f"metrics: {path} (run {result.run_id})")
-    record = read_run_record(adapters, config.output, result.run_id)
     for line in tracker_lines(metrics.parts or (metrics,), record.trackers if record else {}):
         console.print(line, soft_wrap=True)
     return 0

@@ -17,7 +17,7 @@ import attrs
 
 from galley.core.distill import reverse_kl, teacher_advantages, tokenizer_mismatch
 from galley.core.engine import StageContext, stage
-from galley.core.errors import ConfigError
+from galley.core.errors import ConfigError, NotFoundError
 from galley.core.keys import join_key
 from galley.core.manifest import MANIFEST_NAME
 from galley.core.rendering import Renderer
@@ -88,7 +88,15 @@ def open_teacher(
     if record is None and not checkpoint:
         base_model = teacher  # a model folder or Hub id, used as it is
     config = run_session_config(base_model, lora_rank, lora_alpha, seed, output, run_id, "teacher")
-    session = ctx.adapters.training.start_session(config)
+    try:
+        session = ctx.adapters.training.start_session(config)
+    except NotFoundError as e:
+        if record is not None or checkpoint:
+            raise
+        raise NotFoundError(
+            f"teacher {teacher!r} is no run under {output!r}, no checkpoint, and no model "
+            f"folder or Hub id the hub finds ({e})"
+        ) from e
     if record is not None or checkpoint:
         load_init_from(ctx, session, teacher, output, run_id)
     return session, base_model
@@ -152,7 +160,8 @@ def distill_eval(
 
 
 def answer(text: str) -> dict[str, str]:
-    return {"role": "assistant", "content": text}
+    """A sampled answer as a message: without the space a chat format puts before it."""
+    return {"role": "assistant", "content": text.strip()}
 
 
 @stage(
