@@ -21,6 +21,7 @@ import attrs
 from galley.core.chat import TrainOn
 from galley.core.checks import (
     at_least,
+    boolean,
     in_range,
     int_at_least,
     non_empty,
@@ -103,6 +104,13 @@ class OptimSection(Section):
 class CheckpointSection(Section):
     checkpoint_every: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = final only
     keep_checkpoints: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = keep all
+    # Keep the keep_best checkpoints whose step scored best on keep_metric (lowest, or highest
+    # with keep_max) as well as the newest keep_checkpoints; 0 = no ranking.
+    keep_best: int = attrs.field(default=0, validator=int_at_least(0))
+    keep_metric: str = attrs.field(default="eval/nll", validator=non_empty)
+    keep_max: bool = attrs.field(default=False, validator=boolean)
+    # Save sampler weights (a LoRA adapter) with every checkpoint, so any step can be sampled.
+    checkpoint_sampler: bool = attrs.field(default=False, validator=boolean)
 
 
 @attrs.frozen

@@ -21,6 +21,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from galley.adapters.cli.checkpoints import add_commands as add_checkpoint_commands
 from galley.adapters.cli.logging import RedactingConsole, configure_logging
 from galley.adapters.cli.run_config import load_run_config, resumed_config
 from galley.adapters.composition import REGISTRY, NoOptions, adapter_kinds, build_adapters
@@ -301,6 +302,7 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("adapters", help="list the adapter kinds per port").set_defaults(
         handler=cmd_adapters
     )
+    add_checkpoint_commands(sub)
     return p
 
 

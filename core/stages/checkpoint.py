@@ -22,7 +22,8 @@ from galley.core.manifest import (
     checkpoint_at,
 )
 from galley.core.records import CheckpointRecord
-from galley.core.runs import RunRecord, read_run_record, write_run_record
+from galley.core.retention import steps_to_drop
+from galley.core.runs import RunRecord, metrics_reader, read_run_record, write_run_record
 from galley.core.sections import flatten_keys
 from galley.core.serialization import from_data, to_data
 from galley.core.tracking import open_tracked_run
@@ -75,9 +76,10 @@ def step_name(step: int) -> str:
 
 
 def checkpoint_stage(name: str, at: str) -> FunctionStage:
-    """Save the state after ``state[at]`` steps (skipped if that step is already saved), add
-    it to the index, then drop checkpoints beyond the newest ``keep_checkpoints`` (0 = keep
-    all): the index is rewritten before any blob is deleted, so it never names a deleted one."""
+    """Save the state after ``state[at]`` steps (skipped if that step is already saved), with
+    sampler weights under ``checkpoint_sampler``, add it to the index, then drop what the
+    retention settings let go (``galley.core.retention``): the index is rewritten before any
+    blob is deleted, so it never names a deleted one."""
 
     def run(
         ctx: StageContext,
@@ -87,24 +89,37 @@ def checkpoint_stage(name: str, at: str) -> FunctionStage:
         run_id: str,
         checkpoints: Sequence[CheckpointRecord],
         keep_checkpoints: int,
+        keep_best: int,
+        keep_metric: str,
+        keep_max: bool,
+        checkpoint_sampler: bool,
         **position: int,
     ) -> dict[str, Any]:
         step = position[at]
         if checkpoints and checkpoints[-1].step == step:
             return {"checkpoints": checkpoints}
         ref = ctx.wait(session.save_state(step_name(step)), "training.save_state")
+        sampler = None
+        if checkpoint_sampler:
+            saving = session.save_weights_for_sampler(step_name(step))
+            sampler = ctx.wait(saving, "training.save_weights_for_sampler")
         record = CheckpointRecord(
-            step_name(step), step, ref, batch_plan.position(step), time=time.time()
+            step_name(step), step, ref, batch_plan.position(step), sampler, time=time.time()
         )
-        kept = [*checkpoints, record]
-        dropped = kept[:-keep_checkpoints] if keep_checkpoints else []
-        kept = kept[len(dropped) :]
         # A resume continues after the newest index entry with the metrics stored up to it:
         # rows a store still buffers must be durable before the entry exists.
         ctx.flush_metrics()
+        saved = [*checkpoints, record]
+        scores = step_scores(ctx, run_id, keep_metric) if keep_best else {}
+        steps = [r.step for r in saved]
+        drop = set(steps_to_drop(steps, keep_checkpoints, keep_best, scores, keep_max))
+        kept = [r for r in saved if r.step not in drop]
+        dropped = [r for r in saved if r.step in drop]
         write_index(ctx.adapters.blobs, output, run_id, kept)
         for old in dropped:
             delete_checkpoint(ctx.adapters.blobs, old.state)
+            if old.sampler is not None:
+                delete_checkpoint(ctx.adapters.blobs, old.sampler)
         ctx.log.info("checkpoint.saved", step=step, key=ref.key, dropped=[d.step for d in dropped])
         return {"checkpoints": tuple(kept)}
 
@@ -116,6 +131,17 @@ def checkpoint_stage(name: str, at: str) -> FunctionStage:
         ports=("training", "blobs"),
         doc=f"Save training state after `{at}` steps and add it to the checkpoint index.",
     )
+
+
+def step_scores(ctx: StageContext, run_id: str, metric: str) -> dict[int, float]:
+    """Each step's ``metric`` as the run recorded it (its latest row at that step)."""
+    reader = metrics_reader(ctx.adapters)
+    if reader is None:
+        raise ConfigError(
+            "keep_best ranks checkpoints by recorded metrics, and this metrics store cannot "
+            "read rows back; choose one that can (jsonl, sqlite) or leave keep_best 0"
+        )
+    return {r.step: float(r.metrics[metric]) for r in reader.read(run_id) if metric in r.metrics}
 
 
 def check_entry(record: CheckpointRecord, run_id: str) -> None:

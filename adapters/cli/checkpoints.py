@@ -1,0 +1,120 @@
+"""`galley runs list` and `galley checkpoints list|show|delete|best`: a run's checkpoints after
+training (``galley.core.checkpoints``), on the blob and metrics stores a run's config names."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from galley.adapters.cli.run_config import load_run_config
+from galley.adapters.composition import build_adapters
+from galley.core.checkpoints import (
+    CheckpointInfo,
+    best_checkpoint,
+    delete_checkpoint_at,
+    list_checkpoints,
+    list_runs,
+    show_checkpoint,
+)
+from galley.core.errors import ConfigError
+
+
+def _stores(args: argparse.Namespace) -> tuple[Any, str]:
+    """The adapters and output folder a run with these options would use."""
+    run_config = load_run_config("eval", args.config, args.set, args.adapters)
+    return build_adapters(run_config.adapters), str(run_config.config.output)
+
+
+def _run_and_step(text: str, need_step: bool) -> tuple[str, int | None]:
+    run_id, _, step = text.partition(":")
+    if need_step and not step:
+        raise ConfigError(f"{text!r}: give RUN:STEP (the step to delete)")
+    if step and not step.isdigit():
+        raise ConfigError(f"{text!r}: the step after ':' must be a whole number")
+    return run_id, int(step) if step else None
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} kB"
+
+
+def _metrics(info: CheckpointInfo, limit: int = 4) -> str:
+    shown = sorted(info.metrics.items())[:limit]
+    return ", ".join(f"{k} {v:.4g}" for k, v in shown) + (
+        " ..." if len(info.metrics) > limit else ""
+    )
+
+
+def cmd_runs(args: argparse.Namespace, console: Console) -> int:
+    adapters, output = _stores(args)
+    table = Table(title=f"runs under {output}")
+    table.add_column("run", no_wrap=True)
+    for column in ("workflow", "started", "checkpoints", "newest step"):
+        table.add_column(column)
+    for run in list_runs(adapters, output):
+        started = datetime.datetime.fromtimestamp(run.started).strftime("%Y-%m-%d %H:%M")
+        newest = "-" if run.newest_step is None else str(run.newest_step)
+        table.add_row(run.run_id, run.workflow, started, str(run.checkpoints), newest)
+    console.print(table)
+    return 0
+
+
+def cmd_checkpoints(args: argparse.Namespace, console: Console) -> int:
+    adapters, output = _stores(args)
+    run_id, step = _run_and_step(args.run, need_step=args.action == "delete")
+    if args.action == "list":
+        table = Table(title=f"checkpoints of {run_id}")
+        for column in ("step", "size", "sampler weights", "metrics at the step"):
+            table.add_column(column)
+        for info in list_checkpoints(adapters, run_id, output):
+            table.add_row(
+                str(info.step), _size(info.size), "yes" if info.sampler else "no", _metrics(info)
+            )
+        console.print(table)
+        return 0
+    if args.action == "delete":
+        assert step is not None  # _run_and_step asked for it
+        info = delete_checkpoint_at(adapters, run_id, step, force=args.force, output=output)
+        console.print(f"deleted step {info.step} of {run_id} ({info.key})")
+        return 0
+    if args.action == "best":
+        if not args.metric:
+            raise ConfigError("give --metric NAME (e.g. eval/nll)")
+        info = best_checkpoint(adapters, run_id, args.metric, maximize=args.max, output=output)
+    else:
+        info = show_checkpoint(adapters, run_id, step, output)
+    verified = {True: "yes", False: f"NO: {info.problem}", None: "not checked"}[info.verified]
+    console.print(f"run {run_id}, step {info.step}: {info.key}", soft_wrap=True)
+    console.print(f"size: {_size(info.size)}; verified: {verified}", soft_wrap=True)
+    console.print(f"sampler weights: {info.sampler or 'none'}", soft_wrap=True)
+    for name, value in sorted(info.metrics.items()):
+        console.print(f"  {name}: {value:.6g}")
+    return 0
+
+
+def _store_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, help="TOML file whose [adapters] name the stores")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--adapters", metavar="KIND", help="this adapter kind for every port")
+
+
+def add_commands(sub: Any) -> None:
+    runs = sub.add_parser("runs", help="list the runs under the output folder")
+    runs.add_argument("action", choices=["list"])
+    _store_options(runs)
+    runs.set_defaults(handler=cmd_runs)
+    checkpoints = sub.add_parser(
+        "checkpoints", help="list, show, delete a run's checkpoints, or find the best"
+    )
+    checkpoints.add_argument("action", choices=["list", "show", "delete", "best"])
+    checkpoints.add_argument("run", metavar="RUN[:STEP]")
+    checkpoints.add_argument("--force", action="store_true", help="delete: even the newest good")
+    checkpoints.add_argument("--metric", help="best: the metric to rank steps by")
+    checkpoints.add_argument("--max", action="store_true", help="best: highest wins")
+    _store_options(checkpoints)
+    checkpoints.set_defaults(handler=cmd_checkpoints)

@@ -1,0 +1,192 @@
+"""A run's checkpoints after training, on real files: list, show (verified or not), delete
+(refused for the newest good one and while the run is in use), best by a metric; the same
+through `galley runs` and `galley checkpoints`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from galley.adapters.cli import main
+from galley.adapters.cli.run_config import load_run_config
+from galley.adapters.composition import build_adapters
+from galley.core import Adapters
+from galley.core.checkpoints import (
+    best_checkpoint,
+    delete_checkpoint_at,
+    list_checkpoints,
+    list_runs,
+    show_checkpoint,
+)
+from galley.core.errors import ConfigError, NotFoundError
+from galley.core.retention import steps_to_drop
+from galley.core.runs import RunInUseError, lock_key
+from galley.workflows.sft import SFTConfig
+from galley.workflows.sft import run as run_sft
+
+ON_DISK = [
+    "--adapters",
+    "noop",
+    "--set",
+    "adapters.blobs=fsspec",
+    "--set",
+    "adapters.metrics=jsonl",
+]
+
+
+def on_disk() -> Adapters:
+    """The adapters the CLI's ``ON_DISK`` options build (files under the working folder)."""
+    sets = [s for s in ON_DISK[2:] if s != "--set"]
+    return build_adapters(load_run_config("eval", None, sets, "noop").adapters)
+
+
+@pytest.fixture
+def trained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Adapters:
+    """Run ``r`` with checkpoints at steps 2, 4 and 6 and held-out evals at 3 and 6."""
+    monkeypatch.chdir(tmp_path)
+    adapters = on_disk()
+    config = SFTConfig(max_steps=6, checkpoint_every=2, eval_every=3, run_id="r", num_samples=0)
+    run_sft(config, adapters)
+    return adapters
+
+
+def test_runs_and_checkpoints_are_listed_with_their_metrics(trained: Adapters) -> None:
+    assert [(r.run_id, r.workflow, r.checkpoints, r.newest_step) for r in list_runs(trained)] == [
+        ("r", "sft", 3, 6)
+    ]
+    listed = list_checkpoints(trained, "r")
+    assert [c.step for c in listed] == [2, 4, 6]
+    assert all(c.size > 0 and c.verified is None for c in listed)
+    assert "loss" in listed[0].metrics and "eval/nll" not in listed[0].metrics
+    assert "eval/nll" in listed[2].metrics  # an eval at 6, none at 2 or 4
+    with pytest.raises(NotFoundError, match="run 'nope' has no record"):
+        list_checkpoints(trained, "nope")
+
+
+def test_show_verifies_a_checkpoint_against_its_manifest(trained: Adapters, tmp_path: Path) -> None:
+    newest = show_checkpoint(trained, "r")
+    assert (newest.step, newest.verified, newest.problem) == (6, True, None)
+    blob = next(p for p in (tmp_path / newest.key).iterdir() if p.name != "manifest.json")
+    blob.write_bytes(blob.read_bytes()[:-1] + b"\x00")
+    broken = show_checkpoint(trained, "r", 6)
+    assert broken.verified is False and "corrupt" in str(broken.problem)
+    with pytest.raises(NotFoundError, match="no checkpoint at step 5 \\(it has steps 2, 4, 6\\)"):
+        show_checkpoint(trained, "r", 5)
+
+
+def test_delete_keeps_the_newest_good_checkpoint_and_waits_for_the_run(
+    trained: Adapters, tmp_path: Path
+) -> None:
+    with pytest.raises(ConfigError, match="newest good checkpoint"):
+        delete_checkpoint_at(trained, "r", 6)
+    held = trained.blobs.lock(lock_key("runs", "r"), "a training run")
+    with pytest.raises(RunInUseError, match="in use by a training run"):
+        delete_checkpoint_at(trained, "r", 2)
+    held.release()
+    gone = delete_checkpoint_at(trained, "r", 2)
+    assert not (tmp_path / gone.key).exists()
+    assert [c.step for c in list_checkpoints(trained, "r")] == [4, 6]
+    # Once 6 no longer verifies, 4 is what a resume would load: 6 may go, 4 may not.
+    state = tmp_path / "runs/r/state/step-000006"
+    blob = next(p for p in state.iterdir() if p.name != "manifest.json")
+    blob.write_bytes(b"not the saved state")
+    assert delete_checkpoint_at(trained, "r", 6).step == 6
+    with pytest.raises(ConfigError, match="newest good"):
+        delete_checkpoint_at(trained, "r", 4)
+    assert delete_checkpoint_at(trained, "r", 4, force=True).step == 4
+    assert list_checkpoints(trained, "r") == []
+
+
+def test_best_considers_only_steps_that_recorded_the_metric(trained: Adapters) -> None:
+    assert best_checkpoint(trained, "r", "eval/nll").step == 6  # the only checkpoint evaluated
+    assert best_checkpoint(trained, "r", "loss").step == 6
+    assert best_checkpoint(trained, "r", "loss", maximize=True).step == 2
+    with pytest.raises(NotFoundError, match="no checkpoint step of run 'r' recorded 'eval/acc'"):
+        best_checkpoint(trained, "r", "eval/acc")
+
+
+def test_the_commands_show_and_refuse_as_the_api_does(
+    trained: Adapters, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def say(*args: str) -> tuple[int, str]:
+        code = main([*args, *ON_DISK])
+        return code, " ".join(capsys.readouterr().out.split())
+
+    code, out = say("runs", "list")
+    assert code == 0 and "│ r │ sft" in out
+    code, out = say("checkpoints", "list", "r")
+    assert code == 0 and all(f"│ {s} │" in out for s in (2, 4, 6))
+    code, out = say("checkpoints", "show", "r:4")
+    assert code == 0 and "step 4" in out and "verified: yes" in out
+    assert say("checkpoints", "delete", "r:6")[0] == 2  # the newest good one
+    assert say("checkpoints", "delete", "r")[0] == 2  # no step
+    code, out = say("checkpoints", "delete", "r:2")
+    assert code == 0 and "deleted step 2 of r" in out
+    code, out = say("checkpoints", "best", "r", "--metric", "loss", "--max")
+    assert code == 0 and "step 4" in out
+    code, out = say("checkpoints", "best", "r", "--metric", "eval/acc")
+    assert code == 2 and "recorded 'eval/acc'" in out
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.integers(1, 99), min_size=1, max_size=12, unique=True).map(sorted),
+    st.integers(0, 4),
+    st.integers(0, 4),
+    st.data(),
+)
+def test_retention_keeps_the_newest_the_newest_n_and_the_best_n(
+    steps: list[int], keep_newest: int, keep_best: int, data: st.DataObject
+) -> None:
+    scored = data.draw(st.lists(st.sampled_from(steps), unique=True))
+    scores = {s: data.draw(st.floats(-5, 5)) for s in scored}
+    maximize = data.draw(st.booleans())
+    drop = steps_to_drop(steps, keep_newest, keep_best, scores, maximize)
+    kept = [s for s in steps if s not in drop]
+    assert set(drop) <= set(steps) and steps[-1] in kept
+    if not keep_newest and not keep_best:
+        assert drop == []
+    if keep_newest:
+        assert set(steps[-keep_newest:]) <= set(kept)
+    if keep_best:
+        ranked = sorted(scored, key=lambda s: (-scores[s] if maximize else scores[s], -s))
+        best = ranked[:keep_best]
+        assert set(best) <= set(kept)
+        # Nothing else stays: neither newest N, nor best N, nor the newest.
+        others = (
+            set(kept) - set(best) - {steps[-1]} - set(steps[-keep_newest:] if keep_newest else [])
+        )
+        assert not others
+
+
+def test_checkpoints_keep_the_best_by_a_metric_with_sampler_weights(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    adapters = on_disk()
+    config = SFTConfig(
+        max_steps=8,
+        checkpoint_every=2,
+        eval_every=2,
+        keep_best=1,
+        keep_metric="eval/nll",
+        checkpoint_sampler=True,
+        run_id="b",
+        num_samples=0,
+    )
+    run_sft(config, adapters)
+    nll = {s: c.metrics["eval/nll"] for c in list_checkpoints(adapters, "b") for s in [c.step]}
+    listed = list_checkpoints(adapters, "b")
+    kept = [c.step for c in listed]
+    # The newest (8) and the best of the steps seen when each was saved.
+    assert 8 in kept and len(kept) <= 2
+    assert all(c.sampler and (tmp_path / c.sampler / "manifest.json").exists() for c in listed)
+    best = best_checkpoint(adapters, "b", "eval/nll")
+    assert best.metrics["eval/nll"] == min(nll.values())
+    dropped = [s for s in (2, 4, 6) if s not in kept]
+    for step in dropped:  # state and sampler weights both gone
+        assert not (tmp_path / f"runs/b/state/step-{step:06d}").exists()
+        assert not (tmp_path / f"runs/b/sampler/step-{step:06d}").exists()
