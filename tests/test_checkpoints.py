@@ -4,6 +4,7 @@ through `galley runs` and `galley checkpoints`."""
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 from galley.adapters.cli import main
 from galley.adapters.cli.run_config import load_run_config
-from galley.adapters.composition import build_adapters
+from galley.adapters.composition import build_adapters, parse_adapters_table
 from galley.core import Adapters
 from galley.core.checkpoints import (
     best_checkpoint,
@@ -21,7 +22,8 @@ from galley.core.checkpoints import (
     list_runs,
     show_checkpoint,
 )
-from galley.core.errors import ConfigError, NotFoundError
+from galley.core.errors import ConfigError, NotFoundError, WorkflowError
+from galley.core.registry import list_models, register, show_model
 from galley.core.retention import steps_to_drop
 from galley.core.runs import RunInUseError, lock_key
 from galley.workflows.sft import SFTConfig
@@ -190,3 +192,98 @@ def test_checkpoints_keep_the_best_by_a_metric_with_sampler_weights(
     for step in dropped:  # state and sampler weights both gone
         assert not (tmp_path / f"runs/b/state/step-{step:06d}").exists()
         assert not (tmp_path / f"runs/b/sampler/step-{step:06d}").exists()
+
+
+# -- the model registry --------------------------------------------------------------------
+
+
+def test_a_registered_model_records_its_lineage_and_starts_another_run(
+    trained: Adapters, tmp_path: Path
+) -> None:
+    entry = register(trained, "r", "shout-v1", step=4, tags=["prod"])
+    assert (entry.run_id, entry.step, entry.workflow, entry.base_model) == (
+        "r",
+        4,
+        "sft",
+        "galley/tiny-lm",
+    )
+    assert entry.dataset == "galley/tiny-instruct" and len(entry.config_hash) == 64
+    assert entry.state == "runs/r/state/step-000004" and "loss" in entry.metrics
+    assert [e.name for e in list_models(trained, "prod")] == ["shout-v1"]
+    assert list_models(trained, "staging") == []
+    assert show_model(trained, "registry:shout-v1") == entry
+    with pytest.raises(ConfigError, match="registered already"):
+        register(trained, "r", "shout-v1")
+    # A run started from it records it as its parent, and learns from its weights.
+    child = run_sft(
+        SFTConfig(max_steps=2, init_from="registry:shout-v1", run_id="c", num_samples=0), trained
+    )
+    assert child.steps == 2
+    assert register(trained, "c", "child").parent == "registry:shout-v1"
+
+
+def test_a_registered_checkpoint_deleted_or_corrupted_underneath_is_refused_clearly(
+    trained: Adapters, tmp_path: Path
+) -> None:
+    register(trained, "r", "gone", step=2)
+    register(trained, "r", "broken", step=4)
+    registry = (tmp_path / "registry" / "models.json").read_bytes()
+    delete_checkpoint_at(trained, "r", 2)
+    with pytest.raises(NotFoundError, match="model 'gone': its checkpoint is gone"):
+        show_model(trained, "gone")
+    blob = next(
+        p for p in (tmp_path / "runs/r/state/step-000004").iterdir() if p.name != "manifest.json"
+    )
+    blob.write_bytes(b"altered")
+    with pytest.raises(WorkflowError, match="model 'broken': its checkpoint no longer verifies"):
+        run_sft(
+            SFTConfig(max_steps=1, init_from="registry:broken", run_id="d", num_samples=0), trained
+        )
+    # Nothing else was touched: the registry as written, the other checkpoint intact.
+    assert (tmp_path / "registry" / "models.json").read_bytes() == registry
+    assert show_checkpoint(trained, "r", 6).verified
+    with pytest.raises(NotFoundError, match="no model named 'nope' is registered"):
+        show_model(trained, "nope")
+
+
+def test_the_models_commands(trained: Adapters, capsys: pytest.CaptureFixture[str]) -> None:
+    def say(*args: str) -> tuple[int, str]:
+        code = main([*args, *ON_DISK])
+        return code, " ".join(capsys.readouterr().out.split())
+
+    code, out = say("models", "register", "r:6", "--name", "v1", "--tag", "prod")
+    assert code == 0 and "registered v1: r step 6" in out
+    assert say("models", "register", "r", "--name", "v1")[0] == 2
+    code, out = say("models", "list", "--tag", "prod")
+    assert code == 0 and "v1" in out and "galley/tiny-lm" in out
+    code, out = say("models", "show", "v1")
+    assert code == 0 and "config_hash:" in out and "state: runs/r/state/step-000006" in out
+
+
+def test_checkpoints_and_the_registry_work_on_s3(
+    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import s3fs
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    options = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+    bucket = f"galley-{uuid.uuid4().hex[:12]}"
+    s3fs.S3FileSystem(**options).mkdir(bucket)
+    url = f"s3://{bucket}"
+    stores = {
+        "blobs": {"kind": "fsspec", "url": url, "storage_options": options},
+        "metrics": {"kind": "jsonl", "url": f"{url}/runs", "storage_options": options},
+    }
+    noop = dict.fromkeys(("training", "datasets", "hub", "completer"), "noop")
+    adapters = build_adapters(parse_adapters_table({**noop, **stores}))
+    config = SFTConfig(max_steps=4, checkpoint_every=2, eval_every=2, run_id="s", num_samples=0)
+    run_sft(config, adapters)
+    assert [c.step for c in list_checkpoints(adapters, "s")] == [2, 4]
+    assert show_checkpoint(adapters, "s", 2).verified
+    assert best_checkpoint(adapters, "s", "eval/nll").step in (2, 4)
+    register(adapters, "s", "on-s3", step=4)
+    assert delete_checkpoint_at(adapters, "s", 2).step == 2
+    assert [c.step for c in list_checkpoints(adapters, "s")] == [4]
+    assert show_model(adapters, "on-s3").state == "runs/s/state/step-000004"
+    assert s3fs.S3FileSystem(**options).exists(f"{bucket}/registry/models.json")

@@ -6,9 +6,7 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,37 +24,6 @@ class TestFileBlobStore(BlobStoreContract):
 class TestMemoryBlobStore(BlobStoreContract):
     def make_store(self, tmp_path: Path) -> FsspecBlobStore:
         return FsspecBlobStore(f"memory://galley-{uuid.uuid4().hex}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
-    """A moto S3 server on loopback, started and stopped by the test."""
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            raise RuntimeError("moto server did not start")
-        yield endpoint
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 class TestS3BlobStore(BlobStoreContract):

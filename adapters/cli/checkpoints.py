@@ -1,5 +1,6 @@
-"""`galley runs list` and `galley checkpoints list|show|delete|best`: a run's checkpoints after
-training (``galley.core.checkpoints``), on the blob and metrics stores a run's config names."""
+"""After training: `galley runs list`, `galley checkpoints list|show|delete|best` (a run's
+checkpoints, ``galley.core.checkpoints``) and `galley models register|list|show` (the model
+registry, ``galley.core.registry``), on the blob and metrics stores a run's config names."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from galley.core.checkpoints import (
     show_checkpoint,
 )
 from galley.core.errors import ConfigError
+from galley.core.registry import describe, list_models, register, show_model
 
 
 def _stores(args: argparse.Namespace) -> tuple[Any, str]:
@@ -118,3 +120,35 @@ def add_commands(sub: Any) -> None:
     checkpoints.add_argument("--max", action="store_true", help="best: highest wins")
     _store_options(checkpoints)
     checkpoints.set_defaults(handler=cmd_checkpoints)
+    models = sub.add_parser("models", help="register a run's checkpoint by name; list, show")
+    models.add_argument("action", choices=["register", "list", "show"])
+    models.add_argument("target", nargs="?", default="", metavar="RUN[:STEP] | NAME")
+    models.add_argument("--name", help="register: the model's name")
+    models.add_argument("--tag", action="append", default=[], help="register: a tag; list: only it")
+    _store_options(models)
+    models.set_defaults(handler=cmd_models)
+
+
+def cmd_models(args: argparse.Namespace, console: Console) -> int:
+    adapters, output = _stores(args)
+    if args.action == "register":
+        if not args.name:
+            raise ConfigError("give --name NAME for the model")
+        run_id, step = _run_and_step(args.target, need_step=False)
+        entry = register(adapters, run_id, args.name, step=step, tags=args.tag, output=output)
+        console.print(f"registered {entry.name}: {entry.run_id} step {entry.step} ({entry.state})")
+        return 0
+    if args.action == "list":
+        table = Table(title="registered models")
+        for column in ("name", "tags", "run", "step", "workflow", "base model"):
+            table.add_column(column, no_wrap=column == "name")
+        for e in list_models(adapters, args.tag[0] if args.tag else None):
+            table.add_row(
+                e.name, ", ".join(e.tags), e.run_id, str(e.step), e.workflow, e.base_model
+            )
+        console.print(table)
+        return 0
+    entry = show_model(adapters, args.target)
+    for key, value in describe(entry).items():
+        console.print(f"{key}: {value}", soft_wrap=True)
+    return 0

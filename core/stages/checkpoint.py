@@ -234,8 +234,11 @@ def load_init_from(
     ctx: StageContext, session: TrainingSession, init_from: str, output: str, run_id: str
 ) -> None:
     """Load ``init_from``'s weights into ``session``: a run id under ``output`` (its newest
-    good checkpoint), or the blob key of a state checkpoint or sampler weights (a LoRA
-    adapter). Weights only."""
+    good checkpoint), the blob key of a state checkpoint or sampler weights (a LoRA
+    adapter), or ``registry:NAME`` (the checkpoint a registered model names). Weights only."""
+    from galley.core.registry import resolve_start  # the registry reads checkpoints: no cycle
+
+    init_from = resolve_start(ctx.adapters, init_from)
     if "/" in init_from:
         ref = checkpoint_at(ctx.adapters.blobs, init_from)
         ctx.wait(session.load_weights(ref), "training.load_weights")

@@ -20,6 +20,7 @@ from galley.core.engine import StageContext, stage
 from galley.core.errors import ConfigError, NotFoundError
 from galley.core.keys import join_key
 from galley.core.manifest import MANIFEST_NAME
+from galley.core.registry import resolve_start
 from galley.core.rendering import Renderer
 from galley.core.runs import read_run_record
 from galley.core.stages.checkpoint import load_init_from, plain_saved_settings
@@ -76,6 +77,7 @@ def open_teacher(
     run_id: str,
 ) -> tuple[TrainingSession, str]:
     """A session holding the teacher's weights, and the base model it runs on."""
+    teacher = resolve_start(ctx.adapters, teacher)  # registry:NAME: the checkpoint it names
     record = None if "/" in teacher else read_run_record(ctx.adapters, output, teacher)
     if record is not None:  # a run: its own base model and LoRA shape
         saved = plain_saved_settings(record)

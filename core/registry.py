@@ -1,0 +1,153 @@
+"""A model registry: names for checkpoints worth keeping, with where they came from.
+
+An entry names one checkpoint of one run and records its lineage: the workflow, base model,
+dataset, a hash of the run's settings, the step and its metrics, the run it started from
+(``init_from``), and where the weights are. The registry is one JSON index in the BlobStore
+(``registry/models.json``), rewritten whole under a lock, so it works wherever blobs live.
+``registry:NAME`` refers to an entry wherever a starting point is asked for (``init_from``),
+so names never collide with run ids, blob keys or Hub ids."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import attrs
+
+from galley.core.adapter_set import Adapters
+from galley.core.checkpoints import show_checkpoint
+from galley.core.checks import non_empty, safe_name
+from galley.core.errors import ConfigError, LockedError, NotFoundError
+from galley.core.runs import read_run_record
+from galley.core.serialization import from_data, to_data
+from galley.core.stages.checkpoint import plain_saved_settings
+
+INDEX_KEY = "registry/models.json"
+LOCK_KEY = "registry/lock"
+PREFIX = "registry:"
+
+
+def _tags(value: Sequence[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+@attrs.frozen
+class ModelEntry:
+    name: str = attrs.field(validator=safe_name)
+    run_id: str = attrs.field(validator=non_empty)
+    step: int
+    workflow: str
+    base_model: str
+    dataset: str | None
+    config_hash: str  # SHA-256 of the run's settings as saved
+    state: str  # the checkpoint's key
+    sampler: str | None = None  # its sampler weights' key, when saved
+    parent: str | None = None  # the run's init_from
+    metrics: Mapping[str, float] = attrs.field(factory=dict)
+    tags: tuple[str, ...] = attrs.field(default=(), converter=_tags)
+    registered: float = 0.0
+
+
+def _read(adapters: Adapters) -> list[ModelEntry]:
+    if not adapters.blobs.exists(INDEX_KEY):
+        return []
+    rows = json.loads(adapters.blobs.read(INDEX_KEY).decode())
+    return [from_data(ModelEntry, row) for row in rows]
+
+
+def _write(adapters: Adapters, entries: Sequence[ModelEntry]) -> None:
+    data = json.dumps([to_data(e) for e in entries], indent=2, sort_keys=True).encode()
+    adapters.blobs.write(INDEX_KEY, data)  # atomic: readers see the old index or the new
+
+
+def register(
+    adapters: Adapters,
+    run_id: str,
+    name: str,
+    *,
+    step: int | None = None,
+    tags: Sequence[str] = (),
+    output: str = "runs",
+) -> ModelEntry:
+    """Register run ``run_id``'s checkpoint at ``step`` (the newest without it) as ``name``:
+    refused if the name is taken or the checkpoint does not verify."""
+    record = read_run_record(adapters, output, run_id)
+    if record is None:
+        raise NotFoundError(f"run {run_id!r} has no record under {output!r}")
+    checkpoint = show_checkpoint(adapters, run_id, step, output)
+    if not checkpoint.verified:
+        raise ConfigError(
+            f"run {run_id!r}'s checkpoint at step {checkpoint.step} does not verify "
+            f"({checkpoint.problem}); register another step"
+        )
+    settings = plain_saved_settings(record)
+    canonical = json.dumps(record.config, sort_keys=True, default=str).encode()
+    entry = ModelEntry(
+        name,
+        run_id,
+        checkpoint.step,
+        record.workflow,
+        str(settings.get("base_model", "")),
+        settings.get("dataset"),
+        hashlib.sha256(canonical).hexdigest(),
+        checkpoint.key,
+        checkpoint.sampler,
+        settings.get("init_from"),
+        checkpoint.metrics,
+        tuple(tags),
+        time.time(),
+    )
+    try:
+        held = adapters.blobs.lock(LOCK_KEY, f"galley models register {name}")
+    except LockedError as e:
+        raise ConfigError(f"the registry is being changed by {e.holder}; try again") from None
+    try:
+        entries = _read(adapters)
+        if any(e.name == name for e in entries):
+            raise ConfigError(f"a model named {name!r} is registered already; pick another name")
+        _write(adapters, [*entries, entry])
+    finally:
+        held.release()
+    return entry
+
+
+def list_models(adapters: Adapters, tag: str | None = None) -> list[ModelEntry]:
+    """Registered models, oldest first; with ``tag``, those carrying it."""
+    return [e for e in _read(adapters) if tag is None or tag in e.tags]
+
+
+def show_model(adapters: Adapters, name: str) -> ModelEntry:
+    """The entry named ``name``, refused when its checkpoint is gone or no longer verifies."""
+    name = name.removeprefix(PREFIX)
+    entry = next((e for e in _read(adapters) if e.name == name), None)
+    if entry is None:
+        known = ", ".join(e.name for e in _read(adapters)) or "none"
+        raise NotFoundError(f"no model named {name!r} is registered (registered: {known})")
+    try:
+        checkpoint = show_checkpoint(adapters, entry.run_id, entry.step, _output(entry))
+    except NotFoundError as e:
+        raise NotFoundError(f"model {name!r}: its checkpoint is gone ({e})") from None
+    if not checkpoint.verified:
+        raise NotFoundError(
+            f"model {name!r}: its checkpoint no longer verifies ({checkpoint.problem})"
+        )
+    return entry
+
+
+def _output(entry: ModelEntry) -> str:
+    """The output folder the entry's run lives in: its state key is <output>/<run>/state/..."""
+    return entry.state.split(f"/{entry.run_id}/state/")[0]
+
+
+def resolve_start(adapters: Adapters, reference: str) -> str:
+    """``registry:NAME`` as the key of the checkpoint it names (checked); anything else as is."""
+    if not reference.startswith(PREFIX):
+        return reference
+    return show_model(adapters, reference).state
+
+
+def describe(entry: ModelEntry) -> dict[str, Any]:
+    return to_data(entry)  # type: ignore[no-any-return]
