@@ -82,7 +82,7 @@ def _size(adapters: Adapters, key: str) -> int:
         return 0
 
 
-def _metrics_at(adapters: Adapters, run_id: str) -> dict[int, dict[str, float]]:
+def metrics_by_step(adapters: Adapters, run_id: str) -> dict[int, dict[str, float]]:
     """Each step's metrics (every stream's rows at that step, merged)."""
     read = getattr(adapters.metrics, "read", None)
     by_step: dict[int, dict[str, float]] = {}
@@ -110,11 +110,14 @@ def _info(
 
 def list_checkpoints(adapters: Adapters, run_id: str, output: str = "runs") -> list[CheckpointInfo]:
     """The run's indexed checkpoints, oldest first, with their metrics (not verified)."""
-    metrics = _metrics_at(adapters, run_id)
+    metrics = metrics_by_step(adapters, run_id)
     return [_info(adapters, run_id, r, metrics) for r in _index(adapters, output, run_id)]
 
 
-def _at(index: Sequence[CheckpointRecord], run_id: str, step: int | None) -> CheckpointRecord:
+def checkpoint_record(
+    index: Sequence[CheckpointRecord], run_id: str, step: int | None
+) -> CheckpointRecord:
+    """The index entry at ``step`` (the newest without it), refused naming the steps there are."""
     if not index:
         raise NotFoundError(f"run {run_id!r} has no checkpoint")
     if step is None:
@@ -138,9 +141,9 @@ def show_checkpoint(
     adapters: Adapters, run_id: str, step: int | None = None, output: str = "runs"
 ) -> CheckpointInfo:
     """One checkpoint (the newest without ``step``), its blobs checked against its manifest."""
-    record = _at(_index(adapters, output, run_id), run_id, step)
+    record = checkpoint_record(_index(adapters, output, run_id), run_id, step)
     verified, problem = _verified(adapters, record)
-    info = _info(adapters, run_id, record, _metrics_at(adapters, run_id))
+    info = _info(adapters, run_id, record, metrics_by_step(adapters, run_id))
     return attrs.evolve(info, verified=verified, problem=problem)
 
 
@@ -159,7 +162,7 @@ def delete_checkpoint_at(
         ) from None
     try:
         index = _index(adapters, output, run_id)
-        record = _at(index, run_id, step)
+        record = checkpoint_record(index, run_id, step)
         newest_good = next((r for r in reversed(index) if _verified(adapters, r)[0]), None)
         if record is newest_good and not force:
             raise ConfigError(

@@ -28,6 +28,7 @@ from galley.core.retention import steps_to_drop
 from galley.core.runs import RunInUseError, lock_key
 from galley.workflows.sft import SFTConfig
 from galley.workflows.sft import run as run_sft
+from tests.hf_hub_server import fake_hub
 
 ON_DISK = [
     "--adapters",
@@ -287,3 +288,49 @@ def test_checkpoints_and_the_registry_work_on_s3(
     assert [c.step for c in list_checkpoints(adapters, "s")] == [4]
     assert show_model(adapters, "on-s3").state == "runs/s/state/step-000004"
     assert s3fs.S3FileSystem(**options).exists(f"{bucket}/registry/models.json")
+
+
+# -- publishing ----------------------------------------------------------------------------
+
+
+def test_push_sends_the_exported_weights_and_a_model_card_to_the_hub(
+    trained: Adapters, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    secret = "hf_" + "x" * 30
+    with fake_hub() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        monkeypatch.setenv("HF_TOKEN", secret)
+        monkeypatch.setenv("HF_HUB_DISABLE_XET", "1")
+        code = main(["push", "r:4", "--repo", "me/shout", "--private", *ON_DISK])
+        out = capsys.readouterr().out
+    assert code == 0 and "pushed" in out and secret not in out
+    repo = hub.repos["me/shout"]
+    assert repo["visibility"] == "private"
+    exported = show_checkpoint(trained, "r", 4)
+    files = repo["files"]
+    assert {"README.md", "sampler.json"} <= set(files)  # the noop adapter's sampler export
+    card = files["README.md"].decode()
+    assert card.startswith("---\nbase_model: galley/tiny-lm\nlibrary_name: peft\n")
+    assert "datasets: [galley/tiny-instruct]" in card and "# r, step 4" in card
+    assert "| lora_rank | 16 |" in card and f"| loss | {exported.metrics['loss']:.6g} |" in card
+    assert all(auth == f"Bearer {secret}" for _, _, auth in hub.requests)
+    assert {p.split("?")[0].rsplit("/", 2)[-2] for _, p, _ in hub.requests} >= {
+        "preupload",
+        "commit",
+    }
+
+
+def test_push_writes_the_same_files_to_any_fsspec_url(trained: Adapters, tmp_path: Path) -> None:
+    assert main(["push", "r", "--to", f"file://{tmp_path}/out", *ON_DISK]) == 0
+    written = {p.name for p in (tmp_path / "out").iterdir()}
+    assert {"README.md", "sampler.json"} <= written
+    assert "# r, step 6" in (tmp_path / "out" / "README.md").read_text()
+    assert main(["push", "r", *ON_DISK]) == 2  # neither --repo nor --to
+
+
+def test_push_merged_is_refused_where_the_training_adapter_cannot_merge(
+    trained: Adapters, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["push", "r", "--merged", "--to", str(tmp_path / "m"), *ON_DISK]) == 2
+    assert "cannot merge weights" in capsys.readouterr().out
+    assert not (tmp_path / "m").exists()

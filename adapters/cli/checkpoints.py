@@ -23,6 +23,7 @@ from galley.core.checkpoints import (
     show_checkpoint,
 )
 from galley.core.errors import ConfigError
+from galley.core.publish import export_for_publishing
 from galley.core.registry import describe, list_models, register, show_model
 
 
@@ -127,6 +128,14 @@ def add_commands(sub: Any) -> None:
     models.add_argument("--tag", action="append", default=[], help="register: a tag; list: only it")
     _store_options(models)
     models.set_defaults(handler=cmd_models)
+    push = sub.add_parser("push", help="publish a run's checkpoint with a model card")
+    push.add_argument("run", metavar="RUN[:STEP]")
+    push.add_argument("--repo", help="a Hub model repo, USER/NAME (token: HF_TOKEN)")
+    push.add_argument("--to", help="or any fsspec URL (a folder, s3://bucket/prefix)")
+    push.add_argument("--merged", action="store_true", help="the merged model, not the adapter")
+    push.add_argument("--private", action="store_true", help="a new Hub repo is private")
+    _store_options(push)
+    push.set_defaults(handler=cmd_push)
 
 
 def cmd_models(args: argparse.Namespace, console: Console) -> int:
@@ -151,4 +160,21 @@ def cmd_models(args: argparse.Namespace, console: Console) -> int:
     entry = show_model(adapters, args.target)
     for key, value in describe(entry).items():
         console.print(f"{key}: {value}", soft_wrap=True)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace, console: Console) -> int:
+    from galley.adapters.hf.publish import push_to_hub, write_to_url
+
+    if bool(args.repo) == bool(args.to):
+        raise ConfigError("give either --repo USER/NAME (the Hub) or --to URL (any fsspec URL)")
+    adapters, output = _stores(args)
+    run_id, step = _run_and_step(args.run, need_step=False)
+    files = export_for_publishing(adapters, run_id, step, merged=args.merged, output=output)
+    if args.repo:
+        url = push_to_hub(files, args.repo, private=args.private, message=f"{run_id} from galley")
+        console.print(f"pushed {len(files)} files to {args.repo}: {url}", soft_wrap=True)
+    else:
+        written = write_to_url(files, args.to)
+        console.print(f"wrote {len(written)} files under {args.to}", soft_wrap=True)
     return 0
