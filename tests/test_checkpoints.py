@@ -334,3 +334,27 @@ def test_push_merged_is_refused_where_the_training_adapter_cannot_merge(
     assert main(["push", "r", "--merged", "--to", str(tmp_path / "m"), *ON_DISK]) == 2
     assert "cannot merge weights" in capsys.readouterr().out
     assert not (tmp_path / "m").exists()
+
+
+def test_a_registered_model_with_sampler_weights_is_sampled_by_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["models", "register", "nothing", "--name", "x", *ON_DISK]) == 2  # no such run
+    config = ["--set", "max_steps=2", "--set", "checkpoint_every=2", "--set", "run_id=j"]
+    sets = ["--set", "checkpoint_sampler=true", "--set", "num_samples=0", "--set", "eval_every=0"]
+    assert main(["run", "sft", *config, *sets]) == 0  # the JAX adapter, the embedded model
+    assert main(["models", "register", "j", "--name", "tiny-shout"]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--model", "registry:tiny-shout", "Shout this: red boat"]) == 0
+    out = capsys.readouterr().out
+    assert "> Shout this: red boat" in out and len(out.splitlines()) >= 2
+    assert main(["sample", "--model", "tiny-shout", "hi"]) == 2  # not registry:...
+
+
+def test_sampling_a_registered_model_without_sampler_weights_is_refused(
+    trained: Adapters, capsys: pytest.CaptureFixture[str]
+) -> None:
+    register(trained, "r", "no-sampler")
+    assert main(["sample", "--model", "registry:no-sampler", "hi"]) == 2
+    assert "has no sampler weights" in " ".join(capsys.readouterr().out.split())

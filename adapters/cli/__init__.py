@@ -203,7 +203,7 @@ def report_failure(
 
 
 def cmd_sample(args: argparse.Namespace, console: Console) -> int:
-    from galley.adapters.cli.sample_plot import sample
+    from galley.adapters.cli.sample_plot import registered_sampler, sample
 
     prompts = list(args.prompt)
     if args.prompts_file is not None:
@@ -211,7 +211,10 @@ def cmd_sample(args: argparse.Namespace, console: Console) -> int:
         prompts += [line.strip() for line in lines if line.strip()]
     if not prompts:
         raise ConfigError("give a prompt or --prompts-file")
-    sample(console, args.checkpoint, prompts, args.max_tokens, args.temperature, args.renderer)
+    if (args.checkpoint is None) == (args.model is None):
+        raise ConfigError("give --checkpoint FOLDER or --model registry:NAME")
+    checkpoint = args.checkpoint or registered_sampler(args.model)
+    sample(console, checkpoint, prompts, args.max_tokens, args.temperature, args.renderer)
     return 0
 
 
@@ -285,8 +288,9 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(handler=cmd_run)
     sample = sub.add_parser("sample", help="answer prompts with exported sampler weights")
     sample.add_argument("prompt", nargs="*", help="user messages to answer")
+    sample.add_argument("--checkpoint", type=Path, help="a runs/<id>/sampler/<name> folder")
     sample.add_argument(
-        "--checkpoint", type=Path, required=True, help="a runs/<id>/sampler/<name> folder"
+        "--model", help="or registry:NAME, a registered model saved with sampler weights"
     )
     sample.add_argument("--prompts-file", type=Path, help="one prompt per line")
     sample.add_argument("--max-tokens", type=int, default=64)

@@ -11,9 +11,10 @@ from galley.adapters.composition import AdapterChoice, build_adapters
 from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.core.chat import Conversation, Message
-from galley.core.errors import NotFoundError, ValidationError
+from galley.core.errors import ConfigError, NotFoundError, ValidationError
 from galley.core.manifest import MANIFEST_NAME
 from galley.core.records import EVAL, TRAIN
+from galley.core.registry import PREFIX, show_model
 from galley.core.rendering import make_renderer
 from galley.core.types import CheckpointRef, ModelRef, SamplingParams
 
@@ -60,6 +61,19 @@ def sampler_ref(checkpoint: Path) -> tuple[FsspecBlobStore, ModelRef]:
             "--checkpoint", f"{str(manifest_path)!r} is not a galley manifest ({e})"
         ) from None
     return blobs, ModelRef(base, ref)
+
+
+def registered_sampler(name: str) -> Path:
+    """The sampler-weights folder of registered model ``registry:NAME`` in the local stores."""
+    if not name.startswith(PREFIX):
+        raise ConfigError(f"--model {name!r}: expected registry:NAME")
+    entry = show_model(build_adapters({"blobs": AdapterChoice("fsspec")}), name)
+    if entry.sampler is None:
+        raise ConfigError(
+            f"model {entry.name!r} has no sampler weights: register a checkpoint saved with "
+            "checkpoint_sampler=true, or give --checkpoint runs/<id>/sampler/<name>"
+        )
+    return Path(entry.sampler)
 
 
 def sample(
