@@ -4,8 +4,9 @@ An entry names one checkpoint of one run and records its lineage: the workflow, 
 dataset, a hash of the run's settings, the step and its metrics, the run it started from
 (``init_from``), and where the weights are. The registry is one JSON index in the BlobStore
 (``registry/models.json``), rewritten whole under a lock, so it works wherever blobs live.
-``registry:NAME`` refers to an entry wherever a starting point is asked for (``init_from``),
-so names never collide with run ids, blob keys or Hub ids."""
+``registry:NAME`` refers to an entry wherever a model or starting point is asked for
+(``base_model``, ``init_from``, a teacher, ``galley sample --model``), so names never collide
+with run ids, blob keys or Hub ids."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from galley.core.checkpoints import show_checkpoint
 from galley.core.checks import non_empty, safe_name
 from galley.core.errors import ConfigError, LockedError, NotFoundError
 from galley.core.runs import read_run_record
+from galley.core.sections import plain_owners
 from galley.core.serialization import from_data, to_data
 from galley.core.stages.checkpoint import plain_saved_settings
 
@@ -147,6 +149,32 @@ def resolve_start(adapters: Adapters, reference: str) -> str:
     if not reference.startswith(PREFIX):
         return reference
     return show_model(adapters, reference).state
+
+
+def with_registered_base(adapters: Adapters, config: Any) -> Any:
+    """A config whose ``base_model`` is ``registry:NAME`` as one on that model's base model,
+    starting from its weights (``init_from=registry:NAME``, so the run records where it
+    came from). Refused where the workflow cannot start from weights, or already names a
+    starting point."""
+    base = getattr(config, "base_model", None)
+    if not isinstance(base, str) or not base.startswith(PREFIX):
+        return config
+    if not hasattr(config, "init_from"):
+        raise ConfigError(
+            f"base_model {base!r}: this workflow does not start from weights; give the "
+            "registered model's base model (galley models show NAME)"
+        )
+    if config.init_from:
+        raise ConfigError(
+            f"base_model {base!r} starts from that model's weights; leave init_from "
+            f"({config.init_from!r}) out"
+        )
+    entry = show_model(adapters, base)
+    section = plain_owners(type(config)).get("base_model")
+    if section is None:
+        return attrs.evolve(config, base_model=entry.base_model, init_from=base)
+    inner = attrs.evolve(getattr(config, section), base_model=entry.base_model, init_from=base)
+    return attrs.evolve(config, **{section: inner})
 
 
 def describe(entry: ModelEntry) -> dict[str, Any]:

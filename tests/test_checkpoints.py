@@ -26,6 +26,7 @@ from galley.core.errors import ConfigError, NotFoundError, WorkflowError
 from galley.core.registry import list_models, register, show_model
 from galley.core.retention import steps_to_drop
 from galley.core.runs import RunInUseError, lock_key
+from galley.core.stages.checkpoint import plain_saved_settings
 from galley.workflows.sft import SFTConfig
 from galley.workflows.sft import run as run_sft
 from tests.hf_hub_server import fake_hub
@@ -358,3 +359,21 @@ def test_sampling_a_registered_model_without_sampler_weights_is_refused(
     register(trained, "r", "no-sampler")
     assert main(["sample", "--model", "registry:no-sampler", "hi"]) == 2
     assert "has no sampler weights" in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_registered_model_as_base_model_is_its_base_starting_from_its_weights(
+    trained: Adapters,
+) -> None:
+    from galley.core.runs import read_run_record
+
+    register(trained, "r", "base-v1", step=4)
+    run_sft(
+        SFTConfig(base_model="registry:base-v1", max_steps=1, run_id="k", num_samples=0), trained
+    )
+    saved = plain_saved_settings(read_run_record(trained, "runs", "k"))
+    assert (saved["base_model"], saved["init_from"]) == ("galley/tiny-lm", "registry:base-v1")
+    both = SFTConfig(base_model="registry:base-v1", init_from="r", run_id="k2", num_samples=0)
+    with pytest.raises(ConfigError, match="leave init_from \\('r'\\) out"):
+        run_sft(both, trained)
+    with pytest.raises(NotFoundError, match="no model named 'nope'"):
+        run_sft(SFTConfig(base_model="registry:nope", run_id="k3", num_samples=0), trained)

@@ -85,8 +85,10 @@ def run_workflow(
     """Run workflow ``name`` (``build(config)``) on ``adapters``; see the module docstring.
     Raises what ``claim_run`` refuses with, ``DataFlowError`` before doing anything if the
     workflow is miswired, and ``WorkflowError`` (with the state so far) if a stage fails."""
+    from galley.core.registry import with_registered_base  # it reads runs: no import cycle
+
     run_id = config.run_id or new_run_id(name)
-    config = attrs.evolve(config, run_id=run_id)
+    config = with_registered_base(adapters, attrs.evolve(config, run_id=run_id))
     runner = Runner(
         adapters,
         run_id=run_id,
