@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from galley.adapters.cli import main
 from galley.adapters.cli.run_config import load_run_config
-from galley.adapters.composition import build_adapters, parse_adapters_table
+from galley.adapters.composition import build_adapters
 from galley.core import Adapters
 from galley.core.checkpoints import (
     best_checkpoint,
@@ -262,33 +262,48 @@ def test_the_models_commands(trained: Adapters, capsys: pytest.CaptureFixture[st
     assert code == 0 and "config_hash:" in out and "state: runs/r/state/step-000006" in out
 
 
-def test_checkpoints_and_the_registry_work_on_s3(
-    s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
+def test_the_commands_work_on_s3(
+    s3_endpoint: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     import s3fs
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.chdir(tmp_path)
     options = {"client_kwargs": {"endpoint_url": s3_endpoint}}
     bucket = f"galley-{uuid.uuid4().hex[:12]}"
     s3fs.S3FileSystem(**options).mkdir(bucket)
-    url = f"s3://{bucket}"
-    stores = {
-        "blobs": {"kind": "fsspec", "url": url, "storage_options": options},
-        "metrics": {"kind": "jsonl", "url": f"{url}/runs", "storage_options": options},
-    }
-    noop = dict.fromkeys(("training", "datasets", "hub", "completer"), "noop")
-    adapters = build_adapters(parse_adapters_table({**noop, **stores}))
-    config = SFTConfig(max_steps=4, checkpoint_every=2, eval_every=2, run_id="s", num_samples=0)
-    run_sft(config, adapters)
-    assert [c.step for c in list_checkpoints(adapters, "s")] == [2, 4]
-    assert show_checkpoint(adapters, "s", 2).verified
-    assert best_checkpoint(adapters, "s", "eval/nll").step in (2, 4)
-    register(adapters, "s", "on-s3", step=4)
-    assert delete_checkpoint_at(adapters, "s", 2).step == 2
-    assert [c.step for c in list_checkpoints(adapters, "s")] == [4]
-    assert show_model(adapters, "on-s3").state == "runs/s/state/step-000004"
-    assert s3fs.S3FileSystem(**options).exists(f"{bucket}/registry/models.json")
+    stores = tmp_path / "s3.toml"
+    stores.write_text(
+        "[adapters]\ntraining = 'noop'\ndatasets = 'noop'\nhub = 'noop'\ncompleter = 'noop'\n"
+        f"[adapters.blobs]\nkind = 'fsspec'\nurl = 's3://{bucket}'\n"
+        f"[adapters.blobs.storage_options.client_kwargs]\nendpoint_url = '{s3_endpoint}'\n"
+        f"[adapters.metrics]\nkind = 'jsonl'\nurl = 's3://{bucket}/runs'\n"
+        f"[adapters.metrics.storage_options.client_kwargs]\nendpoint_url = '{s3_endpoint}'\n"
+    )
+
+    def say(*args: str) -> tuple[int, str]:
+        code = main([*args, "--config", str(stores)])
+        return code, " ".join(capsys.readouterr().out.split())
+
+    sets = ["--set", "max_steps=4", "--set", "checkpoint_every=2", "--set", "eval_every=2"]
+    assert say("run", "sft", *sets, "--set", "run_id=s", "--set", "num_samples=0")[0] == 0
+    assert say("runs", "list")[1].count("│ s │ sft") == 1
+    code, out = say("checkpoints", "list", "s")
+    assert code == 0 and "│ 2 │" in out and "│ 4 │" in out
+    assert "verified: yes" in say("checkpoints", "show", "s:2")[1]
+    assert say("checkpoints", "best", "s", "--metric", "eval/nll")[0] == 0
+    assert say("models", "register", "s:4", "--name", "on-s3")[0] == 0
+    assert say("checkpoints", "delete", "s:2")[0] == 0
+    assert "state: runs/s/state/step-000004" in say("models", "show", "on-s3")[1]
+    assert say("push", "s", "--to", str(tmp_path / "out"))[0] == 0
+    fs = s3fs.S3FileSystem(**options)
+    assert fs.exists(f"{bucket}/registry/models.json")
+    assert not fs.exists(f"{bucket}/runs/s/state/step-000002/manifest.json")
+    assert not (tmp_path / "runs").exists()  # nothing went to local files
 
 
 # -- publishing ----------------------------------------------------------------------------
