@@ -197,6 +197,7 @@ class AdapterChoice:
     retry: Mapping[str, Any] | None = None  # RetryPolicy fields: wrap the adapter in retries
     faults: Mapping[str, Any] | None = None  # Faults fields (+ mid_write_failure_rate)
     parts: tuple[AdapterChoice, ...] = ()
+    cache: bool = False  # completer only: answer repeated requests from the BlobStore
 
 
 SEVERAL = ("metrics",)  # ports that take a list of kinds: every row goes to each
@@ -208,11 +209,14 @@ def _choice(entry: Any, default: str, where: str) -> AdapterChoice:
         return AdapterChoice(entry)
     if not isinstance(entry, Mapping):
         raise ConfigError(f"{where}: expected a kind name or a table, got {entry!r:.60}")
-    options = {k: v for k, v in entry.items() if k not in {"kind", "retry", "faults"}}
+    options = {k: v for k, v in entry.items() if k not in {"kind", "retry", "faults", "cache"}}
     kind = entry.get("kind", default)
     if not isinstance(kind, str):
         raise ConfigError(f"{where}.kind: expected a kind name, got {kind!r:.60}")
-    return AdapterChoice(kind, options, entry.get("retry"), entry.get("faults"))
+    cache = entry.get("cache", False)
+    if not isinstance(cache, bool):
+        raise ConfigError(f"{where}.cache: expected true or false, got {cache!r:.60}")
+    return AdapterChoice(kind, options, entry.get("retry"), entry.get("faults"), cache=cache)
 
 
 def parse_adapters_table(
@@ -316,4 +320,10 @@ def build_one(port: str, choice: AdapterChoice, built: Built) -> Any:
             f"[adapters.{port}]: the {choice.kind!r} adapter ({spec.origin}) could not be "
             f"built: {type(e).__name__}: {e}"
         ) from e
+    if choice.cache:
+        from galley.adapters.helpers.cache import CachingCompleter
+
+        if port != "completer":
+            raise ConfigError(f"[adapters.{port}].cache: only the completer's answers are cached")
+        adapter = CachingCompleter(adapter, built["blobs"])
     return wrap(adapter, port, choice)
