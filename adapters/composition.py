@@ -198,6 +198,7 @@ class AdapterChoice:
     faults: Mapping[str, Any] | None = None  # Faults fields (+ mid_write_failure_rate)
     parts: tuple[AdapterChoice, ...] = ()
     cache: bool = False  # completer only: answer repeated requests from the BlobStore
+    events: bool = False  # every call as structlog events (start, end with duration, error)
 
 
 SEVERAL = ("metrics",)  # ports that take a list of kinds: every row goes to each
@@ -209,14 +210,16 @@ def _choice(entry: Any, default: str, where: str) -> AdapterChoice:
         return AdapterChoice(entry)
     if not isinstance(entry, Mapping):
         raise ConfigError(f"{where}: expected a kind name or a table, got {entry!r:.60}")
-    options = {k: v for k, v in entry.items() if k not in {"kind", "retry", "faults", "cache"}}
+    wrappers = {"kind", "retry", "faults", "cache", "events"}
+    options = {k: v for k, v in entry.items() if k not in wrappers}
     kind = entry.get("kind", default)
     if not isinstance(kind, str):
         raise ConfigError(f"{where}.kind: expected a kind name, got {kind!r:.60}")
-    cache = entry.get("cache", False)
-    if not isinstance(cache, bool):
-        raise ConfigError(f"{where}.cache: expected true or false, got {cache!r:.60}")
-    return AdapterChoice(kind, options, entry.get("retry"), entry.get("faults"), cache=cache)
+    switches = {name: entry.get(name, False) for name in ("cache", "events")}
+    for name, value in switches.items():
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}.{name}: expected true or false, got {value!r:.60}")
+    return AdapterChoice(kind, options, entry.get("retry"), entry.get("faults"), **switches)
 
 
 def parse_adapters_table(
@@ -283,6 +286,10 @@ def wrap(adapter: Any, port: str, choice: AdapterChoice) -> Any:
         r = settings_from_mapping(RetryOptions, choice.retry, f"[adapters.{port}.retry]")
         policy = RetryPolicy(r.max_attempts, r.initial_backoff_s, r.multiplier, r.max_backoff_s)
         adapter = with_retries(adapter, policy, port)
+    if choice.events:  # outermost: a call's events span its retries
+        from galley.adapters.helpers.events import log_call, with_events
+
+        adapter = with_events(adapter, port, log_call())
     return adapter
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from galley.adapters.cli.checkpoints import add_commands as add_checkpoint_comma
 from galley.adapters.cli.logging import RedactingConsole, configure_logging
 from galley.adapters.cli.run_config import load_run_config, resumed_config
 from galley.adapters.composition import REGISTRY, NoOptions, adapter_kinds, build_adapters
+from galley.adapters.helpers.events import TraceRecorder, traced
 from galley.adapters.settings import read_text
 from galley.core.adapter_set import Adapters
 from galley.core.engine import Stream
@@ -104,6 +106,23 @@ INPUT_ERRORS = (ConfigError, ValidationError, DataError, NotFoundError)
 INTERRUPTED = 130  # the shell's code for a Ctrl-C
 
 
+@contextlib.contextmanager
+def tracing(
+    path: Path | None, adapters: Adapters, console: Console
+) -> Iterator[tuple[Adapters, list[Any]]]:
+    """With a ``path``: the adapters with their calls recorded, the recorder to observe the
+    run's stages, and the trace written there when the run ends, however it ends."""
+    if path is None:
+        yield adapters, []
+        return
+    recorder = TraceRecorder()
+    try:
+        yield traced(adapters, recorder), [recorder]
+    finally:
+        recorder.write(path)
+        console.print(f"trace: {path} (open it in https://ui.perfetto.dev)")
+
+
 def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.accept_changes and not args.resume:
         raise ConfigError("--accept-changes applies to a resume: give it with --resume RUN_ID")
@@ -125,12 +144,16 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         console.print(f"galley {args.workflow} run {config.run_id}{on}")
         console.print(f"adapters: {kinds}")
         observer = ProgressObserver(console)
-        try:
-            result = run_config.workflow.run(
-                config, adapters, observers=[observer], accept_changes=args.accept_changes
-            )
-        finally:
-            observer.stop()
+        with tracing(args.trace, adapters, console) as (adapters, more):
+            try:
+                result = run_config.workflow.run(
+                    config,
+                    adapters,
+                    observers=[observer, *more],
+                    accept_changes=args.accept_changes,
+                )
+            finally:
+                observer.stop()
     except WorkflowError as error:
         return report_failure(console, error, args.workflow, config, adapters)
     finally:
@@ -284,6 +307,9 @@ def parser() -> argparse.ArgumentParser:
         "(the change is recorded in the run's run.json)",
     )
     run.add_argument("--log-file", type=Path, help="write every event as JSON lines to this file")
+    run.add_argument(
+        "--trace", type=Path, help="write the stages and port calls as a Chrome/Perfetto trace"
+    )
     run.add_argument("-v", "--verbose", action="store_true", help="show info events on the console")
     run.set_defaults(handler=cmd_run)
     sample = sub.add_parser("sample", help="answer prompts with exported sampler weights")

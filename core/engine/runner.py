@@ -208,6 +208,11 @@ class Runner:
                 self._commit_metrics(record)
         except (Exception, KeyboardInterrupt) as error:
             raise self._failure(stage, step, state, error) from error
+        ended = time.perf_counter()
+        for observer in self.observers:  # an observer that follows stages (a trace) says so
+            on_stage = getattr(observer, "on_stage", None)
+            if on_stage is not None:
+                on_stage(stage.name, step, started, ended)
         if not quiet:
             emit(
                 "stage.end",
