@@ -197,7 +197,7 @@ class AdapterChoice:
     retry: Mapping[str, Any] | None = None  # RetryPolicy fields: wrap the adapter in retries
     faults: Mapping[str, Any] | None = None  # Faults fields (+ mid_write_failure_rate)
     parts: tuple[AdapterChoice, ...] = ()
-    cache: bool = False  # completer only: answer repeated requests from the BlobStore
+    cache: bool = False  # completer, training: answer repeated requests from the BlobStore
     events: bool = False  # every call as structlog events (start, end with duration, error)
 
 
@@ -328,9 +328,13 @@ def build_one(port: str, choice: AdapterChoice, built: Built) -> Any:
             f"built: {type(e).__name__}: {e}"
         ) from e
     if choice.cache:
-        from galley.adapters.helpers.cache import CachingCompleter
+        from galley.adapters.helpers.cache import CachingCompleter, CachingTrainingClient
 
-        if port != "completer":
-            raise ConfigError(f"[adapters.{port}].cache: only the completer's answers are cached")
-        adapter = CachingCompleter(adapter, built["blobs"])
+        caching = {"completer": CachingCompleter, "training": CachingTrainingClient}
+        if port not in caching:
+            raise ConfigError(
+                f"[adapters.{port}].cache: only the completer's answers and the training "
+                "client's forward passes are cached"
+            )
+        adapter = caching[port](adapter, built["blobs"])
     return wrap(adapter, port, choice)

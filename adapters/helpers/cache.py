@@ -2,7 +2,7 @@
 
 A request is cacheable when its answer is fixed by what it asks: greedy (temperature 0) or
 seeded sampling, from weights with an identity. Weights have one when they are a checkpoint
-(the SHA-256 of its manifest, which lists every blob's SHA-256) or a base model by name;
+(``weights_digest``: from its manifest's SHA-256 of every blob) or a base model by name;
 completers a training session hands over in memory are not wrapped, so never cached. The key
 is the SHA-256 of a canonical JSON of (weights, prompt, sampling params, samples); the value
 is the completion as JSON under ``cache/completer/``. Users: repeated evaluations of one
@@ -18,8 +18,9 @@ from typing import Any
 
 import structlog
 
+from galley.core.errors import GalleyError
 from galley.core.keys import join_key
-from galley.core.manifest import MANIFEST_NAME
+from galley.core.manifest import MANIFEST_NAME, read_manifest
 from galley.core.model_input import ModelInput
 from galley.core.serialization import from_data, to_data
 from galley.core.types import Completion, ModelRef, SamplingParams
@@ -28,6 +29,18 @@ from galley.ports.completer import Completer
 
 log = structlog.get_logger("galley")
 PREFIX = "cache/completer"
+
+
+def weights_digest(blobs: BlobStore, key: str) -> str | None:
+    """The identity of the checkpoint at ``key``: the SHA-256 of its manifest's list of blob
+    digests (not of the whole manifest, which also names the run that saved it, so the same
+    weights saved by two runs are one identity); None without a readable manifest."""
+    try:
+        manifest = read_manifest(blobs, join_key(key, MANIFEST_NAME))
+    except GalleyError:
+        return None
+    files = {name: [d.size, d.sha256] for name, d in manifest.files.items()}
+    return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
 class CachingCompleter:
@@ -42,11 +55,8 @@ class CachingCompleter:
             return f"model:{default}" if isinstance(default, str) else None
         if model.adapter is None:
             return f"model:{model.base_model}"
-        manifest = join_key(model.adapter.key, MANIFEST_NAME)
-        if not self.blobs.exists(manifest):
-            return None
-        digest = hashlib.sha256(self.blobs.read(manifest)).hexdigest()
-        return f"model:{model.base_model}+checkpoint:{digest}"
+        digest = weights_digest(self.blobs, model.adapter.key)
+        return None if digest is None else f"model:{model.base_model}+weights:{digest}"
 
     def _key(
         self, weights: str, prompt: str | ModelInput, params: SamplingParams, samples: int
@@ -100,6 +110,83 @@ class CachingCompleter:
     ) -> Iterator[str]:
         """Not cached: a stream is for watching a sample being made."""
         return self.inner.stream(prompt, params, model=model)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class CachingTrainingClient:
+    """A TrainingClient whose sessions answer a ``forward`` they have answered before from
+    the BlobStore, while their weights have an identity: a fresh session's are its base
+    model's with the LoRA it starts (B = 0: the base model's outputs), a loaded checkpoint's
+    are its manifest's SHA-256; an ``optim_step`` takes the identity away. Users: the same
+    checkpoint evaluated again (held-out NLL is a ``forward``)."""
+
+    def __init__(self, inner: Any, blobs: BlobStore, prefix: str = "cache/forward") -> None:
+        self.inner, self.blobs, self.prefix = inner, blobs, prefix
+
+    def start_session(self, config: Any) -> CachingSession:
+        lora = config.lora
+        fresh = f"model:{config.base_model}+lora:{lora.rank}/{lora.alpha}/{lora.seed}"
+        return CachingSession(self.inner.start_session(config), self, fresh)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class CachingSession:
+    def __init__(self, inner: Any, client: CachingTrainingClient, identity: str | None) -> None:
+        self.inner, self.client, self.identity = inner, client, identity
+        self.hits = self.misses = 0
+
+    def _loaded(self, ref: Any) -> str | None:
+        digest = weights_digest(self.client.blobs, ref.key)
+        return None if digest is None else f"weights:{digest}"
+
+    def load_state(self, ref: Any) -> Any:
+        self.identity = self._loaded(ref)
+        return self.inner.load_state(ref)
+
+    def load_weights(self, ref: Any) -> Any:
+        self.identity = self._loaded(ref)
+        return self.inner.load_weights(ref)
+
+    def optim_step(self, params: Any) -> Any:
+        self.identity = None  # the weights move
+        return self.inner.optim_step(params)
+
+    def forward(
+        self, data: Sequence[Any], loss_fn: str = "cross_entropy", config: Any = None
+    ) -> Any:
+        from concurrent.futures import Future
+
+        from galley.core.types import ForwardBackwardOutput
+
+        if self.identity is None:
+            return self.inner.forward(data, loss_fn, config)
+        asked = {
+            "weights": self.identity,
+            "data": to_data(list(data)),
+            "loss": loss_fn,
+            "config": config,
+        }
+        digest = hashlib.sha256(json.dumps(asked, sort_keys=True).encode()).hexdigest()
+        key = join_key(self.client.prefix, digest + ".json")
+        blobs = self.client.blobs
+        if blobs.exists(key):
+            self.hits += 1
+            done: Future[Any] = Future()
+            done.set_result(from_data(ForwardBackwardOutput, json.loads(blobs.read(key))))
+            return done
+        self.misses += 1
+        future = self.inner.forward(data, loss_fn, config)
+
+        def keep(finished: Future[Any]) -> None:
+            if finished.exception() is None:
+                blobs.write(key, json.dumps(to_data(finished.result())).encode())
+
+        future.add_done_callback(keep)
+        return future
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
