@@ -1,4 +1,6 @@
-"""A Completer that answers a request it has answered before from the BlobStore.
+"""Caching wrappers: a Completer (``CachingCompleter``) and a TrainingClient's ``forward``
+(``CachingTrainingClient``) that answer a request they have answered before from the
+BlobStore.
 
 A request is cacheable when its answer is fixed by what it asks: greedy (temperature 0) or
 seeded sampling, from weights with an identity. Weights have one when they are a checkpoint
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 import structlog
@@ -23,7 +26,7 @@ from galley.core.keys import join_key
 from galley.core.manifest import MANIFEST_NAME, read_manifest
 from galley.core.model_input import ModelInput
 from galley.core.serialization import from_data, to_data
-from galley.core.types import Completion, ModelRef, SamplingParams
+from galley.core.types import Completion, ForwardBackwardOutput, ModelRef, SamplingParams
 from galley.ports.blobs import BlobStore
 from galley.ports.completer import Completer
 
@@ -158,10 +161,6 @@ class CachingSession:
     def forward(
         self, data: Sequence[Any], loss_fn: str = "cross_entropy", config: Any = None
     ) -> Any:
-        from concurrent.futures import Future
-
-        from galley.core.types import ForwardBackwardOutput
-
         if self.identity is None:
             return self.inner.forward(data, loss_fn, config)
         asked = {
@@ -175,13 +174,13 @@ class CachingSession:
         blobs = self.client.blobs
         if blobs.exists(key):
             self.hits += 1
-            done: Future[Any] = Future()
+            done: Future[ForwardBackwardOutput] = Future()
             done.set_result(from_data(ForwardBackwardOutput, json.loads(blobs.read(key))))
             return done
         self.misses += 1
         future = self.inner.forward(data, loss_fn, config)
 
-        def keep(finished: Future[Any]) -> None:
+        def keep(finished: Future[ForwardBackwardOutput]) -> None:
             if finished.exception() is None:
                 blobs.write(key, json.dumps(to_data(finished.result())).encode())
 
