@@ -30,15 +30,9 @@ from galley.core.stages.checkpoint import plain_saved_settings
 from galley.workflows.sft import SFTConfig
 from galley.workflows.sft import run as run_sft
 from tests.hf_hub_server import fake_hub
+from tests.test_run_integrity import P
 
-ON_DISK = [
-    "--adapters",
-    "noop",
-    "--set",
-    "adapters.blobs=fsspec",
-    "--set",
-    "adapters.metrics=jsonl",
-]
+ON_DISK = P[:6]  # noop training on files: the adapters part of the run-integrity preset
 
 
 def on_disk() -> Adapters:
