@@ -1,4 +1,6 @@
-"""A run's checkpoints after training: list, show, delete and pick the best by a metric.
+"""A run's checkpoints after training: list, show, delete and pick the best by a metric; and
+checkpoints saved by name under a folder (what ``galley serve`` keeps per training run), found
+by their manifests.
 
 Everything reads what runs wrote through the ports: the run's record (``run.json``), its
 checkpoint index, each checkpoint's manifest, and its metric rows. Deleting takes the run's
@@ -17,12 +19,15 @@ from galley.core.keys import join_key
 from galley.core.manifest import (
     MANIFEST_NAME,
     CorruptCheckpointError,
+    checkpoint_at,
     read_checkpoint,
     read_manifest,
 )
 from galley.core.records import CheckpointRecord
 from galley.core.runs import RECORD_NAME, RunInUseError, lock_key, read_run_record
 from galley.core.stages.checkpoint import delete_checkpoint, read_index, write_index
+from galley.core.types import CheckpointRef
+from galley.ports.blobs import BlobStore
 
 
 @attrs.frozen
@@ -72,11 +77,10 @@ def _index(adapters: Adapters, output: str, run_id: str) -> list[CheckpointRecor
     return read_index(adapters.blobs, output, run_id)
 
 
-def _size(adapters: Adapters, key: str) -> int:
+def _size(blobs: BlobStore, key: str) -> int:
     try:
         return sum(
-            f.size
-            for f in read_manifest(adapters.blobs, join_key(key, MANIFEST_NAME)).files.values()
+            f.size for f in read_manifest(blobs, join_key(key, MANIFEST_NAME)).files.values()
         )
     except GalleyError:
         return 0
@@ -102,7 +106,7 @@ def _info(
         run_id,
         record.step,
         record.state.key,
-        _size(adapters, record.state.key),
+        _size(adapters.blobs, record.state.key),
         sampler=sampler,
         metrics=dict(metrics.get(record.step, {})),
     )
@@ -194,9 +198,44 @@ def best_checkpoint(
     return pick(candidates, key=lambda c: c.metrics[metric])
 
 
+@attrs.frozen
+class SavedCheckpoint:
+    """A complete checkpoint found under a folder: what its manifest says and its size."""
+
+    ref: CheckpointRef
+    size: int
+
+
+def saved_checkpoints(blobs: BlobStore, folder: str) -> list[SavedCheckpoint]:
+    """Every checkpoint with a readable manifest under ``folder``, by key. One without (a save
+    that failed part-way, or being deleted) is not complete, so it is not offered."""
+    found = []
+    for key in blobs.list(folder):
+        head, _, name = key.rpartition("/")
+        if name != MANIFEST_NAME:
+            continue
+        try:
+            ref = checkpoint_at(blobs, head)
+        except (GalleyError, ValueError):
+            continue
+        found.append(SavedCheckpoint(ref, _size(blobs, head)))
+    return found
+
+
+def delete_saved_checkpoint(blobs: BlobStore, key: str) -> SavedCheckpoint:
+    """Delete the checkpoint stored under ``key`` (manifest first, so a reader never trusts a
+    half-deleted one); a key holding none is ``NotFoundError``."""
+    saved = SavedCheckpoint(checkpoint_at(blobs, key), _size(blobs, key))
+    delete_checkpoint(blobs, saved.ref)
+    return saved
+
+
 __all__ = [
     "CheckpointInfo",
     "RunInfo",
+    "SavedCheckpoint",
+    "delete_saved_checkpoint",
+    "saved_checkpoints",
     "best_checkpoint",
     "delete_checkpoint_at",
     "list_checkpoints",

@@ -84,7 +84,8 @@ ADAPTER_GROUPS: dict[str, set[str]] = {
     "testing": {"root", "helpers", "noop", "fsspec"},  # contract suites, the pytest plugin
     "jax": {"root", "helpers", "hf"},  # tokenizers, chat templates, model files
     "embedded": {"root", "helpers", "hf", "fsspec", "jax"},  # data; build.py is a dev tool
-    "cli": {"root", "helpers", "hf", "fsspec"},  # driving: nothing imports it
+    "serve": {"root", "helpers", "hf"},  # driving: the Tinker API over the ports
+    "cli": {"root", "helpers", "hf", "fsspec", "serve"},  # driving: nothing imports it
 }
 
 

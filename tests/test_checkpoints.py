@@ -386,3 +386,48 @@ def test_a_registered_model_as_base_model_is_its_base_starting_from_its_weights(
         run_sft(both, trained)
     with pytest.raises(NotFoundError, match="no model named 'nope'"):
         run_sft(SFTConfig(base_model="registry:nope", run_id="k3", num_samples=0), trained)
+
+
+def test_saved_checkpoints_lists_complete_ones_and_deletes_manifest_first() -> None:
+    """The by-name listing `galley serve` uses: a folder without a manifest (a save that
+    failed part-way) is not offered; deleting removes every blob of one checkpoint only."""
+    from galley.adapters.noop import NoopBlobStore
+    from galley.core.checkpoints import delete_saved_checkpoint, saved_checkpoints
+    from galley.core.manifest import write_checkpoint
+
+    blobs = NoopBlobStore()
+    write_checkpoint(
+        blobs,
+        "runs/r/state/a",
+        kind="state",
+        name="a",
+        run_id="r",
+        step=3,
+        files={"w.bin": b"12345"},
+        meta={"base_model": "m"},
+    )
+    write_checkpoint(
+        blobs,
+        "runs/r/sampler/b",
+        kind="sampler",
+        name="b",
+        run_id="r",
+        step=4,
+        files={"adapter.bin": b"xy"},
+    )
+    blobs.write("runs/r/state/partial/w.bin", b"no manifest")
+    found = {s.ref.key: s for s in saved_checkpoints(blobs, "runs/r")}
+    assert sorted(found) == ["runs/r/sampler/b", "runs/r/state/a"]
+    a = found["runs/r/state/a"]
+    assert (a.ref.kind, a.ref.name, a.ref.step, a.ref.base_model, a.size) == (
+        "state",
+        "a",
+        3,
+        "m",
+        5,
+    )
+    assert delete_saved_checkpoint(blobs, "runs/r/state/a").ref.name == "a"
+    assert blobs.list("runs/r/state/a") == [] and blobs.exists("runs/r/sampler/b/adapter.bin")
+    with pytest.raises(NotFoundError):
+        delete_saved_checkpoint(blobs, "runs/r/state/partial")
+    assert blobs.exists("runs/r/state/partial/w.bin")  # not a checkpoint: left alone

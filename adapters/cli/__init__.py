@@ -25,6 +25,7 @@ from rich.table import Table
 from galley.adapters.cli.checkpoints import add_commands as add_checkpoint_commands
 from galley.adapters.cli.logging import RedactingConsole, configure_logging
 from galley.adapters.cli.run_config import load_run_config, resumed_config
+from galley.adapters.cli.serve import add_command as add_serve_command
 from galley.adapters.composition import REGISTRY, NoOptions, adapter_kinds, build_adapters
 from galley.adapters.helpers.events import TraceRecorder, traced
 from galley.adapters.settings import read_text
@@ -333,6 +334,7 @@ def parser() -> argparse.ArgumentParser:
         handler=cmd_adapters
     )
     add_checkpoint_commands(sub)
+    add_serve_command(sub)
     return p
 
 

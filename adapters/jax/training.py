@@ -5,13 +5,15 @@ only trainable parameters get gradients and optimizer state; replaced buffers ar
 hyperparameters (LR, betas, clipping) are traced inputs, so changing them never recompiles;
 sequence lengths are padded to buckets. Parameters and batches live on a data-parallel
 ``jax.sharding.Mesh`` over all local devices. Compiled steps are shared by sessions of the
-same model shape.
+same model shape. Sessions of one base model (LoRA or not) share its frozen weights in memory.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import threading
+import weakref
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
@@ -228,7 +230,10 @@ class JaxTrainingSession:
         self._replicated = NamedSharding(mesh, PartitionSpec())  # type: ignore[no-untyped-call]
         self._data_sharding = NamedSharding(mesh, PartitionSpec("data"))  # type: ignore[no-untyped-call]
         self._trainable = jax.device_put(trainable, self._replicated)
-        self._frozen = jax.device_put(frozen, self._replicated)
+        # Held for the session's life: the client keeps the shared copy while any session does.
+        self._base, self._frozen = client.shared_base(
+            (str(self.folder), client.dtype.name), jax.device_put(frozen, self._replicated)
+        )
         self._opt_state = jax.device_put(_tx().init(self._trainable), self._replicated)
         self._grads = jax.tree.map(jnp.zeros_like, self._trainable)
         self._step = 0
@@ -531,9 +536,51 @@ class JaxTrainingClient:
             np.asarray(devices if devices is not None else jax.local_devices()), ("data",)
         )
         self._ids = itertools.count(1)
+        self._bases: weakref.WeakValueDictionary[tuple[str, str], SharedBase] = (
+            weakref.WeakValueDictionary()
+        )
+        self._bases_lock = threading.Lock()
 
     def start_session(self, config: SessionConfig) -> JaxTrainingSession:
         return JaxTrainingSession(self, config, f"jax-{next(self._ids)}")
+
+    def shared_base(self, key: tuple[str, str], frozen: Any) -> tuple[SharedBase, Any]:
+        """``frozen`` with each array a session of the same base (``key``: folder, dtype)
+        already holds swapped for that one, so the base is in memory once; the new arrays are
+        dropped. Frozen arrays are never written, so sharing them is safe."""
+        with self._bases_lock:
+            base = self._bases.get(key)
+            if base is None:
+                base = self._bases[key] = SharedBase()
+            return base, base.adopt(frozen)
+
+
+class SharedBase:
+    """The frozen arrays of one base model, by their path in the model; alive while a session
+    holds it."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, jax.Array] = {}
+
+    def adopt(self, frozen: Any) -> Any:
+        leaves, treedef = jax.tree_util.tree_flatten_with_path(frozen)
+        shared = []
+        for path, leaf in leaves:
+            name = jax.tree_util.keystr(path)
+            held = self.arrays.get(name)
+            same = (
+                isinstance(leaf, jax.Array)
+                and held is not None
+                and (held.shape, held.dtype, held.sharding)
+                == (leaf.shape, leaf.dtype, leaf.sharding)
+            )
+            if same:
+                shared.append(held)
+            else:
+                if isinstance(leaf, jax.Array):
+                    self.arrays.setdefault(name, leaf)
+                shared.append(leaf)
+        return jax.tree_util.tree_unflatten(treedef, shared)
 
 
 def _shape(lora: Mapping[str, Any]) -> str:
