@@ -85,6 +85,7 @@ ADAPTER_GROUPS: dict[str, set[str]] = {
     "jax": {"root", "helpers", "hf"},  # tokenizers, chat templates, model files
     "embedded": {"root", "helpers", "hf", "fsspec", "jax"},  # data; build.py is a dev tool
     "serve": {"root", "helpers", "hf"},  # driving: the Tinker API over the ports
+    "tinker": {"root", "helpers", "hf"},  # training and sampling through the tinker SDK
     "cli": {"root", "helpers", "hf", "fsspec", "serve"},  # driving: nothing imports it
 }
 

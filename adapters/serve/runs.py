@@ -78,6 +78,7 @@ class TinkerPath:
 class SavedEntry:
     key: str
     time: float
+    user_metadata: dict[str, str] = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -126,10 +127,13 @@ class RunStore:
                 continue  # a record being replaced, or not one of ours: not listed
         return sorted(records, key=lambda r: r.created)
 
-    def record_saved(self, tenant: str, path: TinkerPath, key: str) -> None:
+    def record_saved(
+        self, tenant: str, path: TinkerPath, key: str, user_metadata: Mapping[str, str]
+    ) -> None:
         with self._lock:
             record = self.read(tenant, path.run_id)
-            saved = {**record.saved, path.checkpoint_id: SavedEntry(key, time.time())}
+            entry = SavedEntry(key, time.time(), dict(user_metadata))
+            saved = {**record.saved, path.checkpoint_id: entry}
             self.write(tenant, attrs.evolve(record, saved=saved, last_request=time.time()))
 
     def forget(self, tenant: str, path: TinkerPath) -> None:

@@ -9,6 +9,7 @@ dropped, freeing their memory."""
 from __future__ import annotations
 
 import contextlib
+import json
 import threading
 import time
 import uuid
@@ -128,6 +129,7 @@ class TinkerService:
         self._models: dict[str, Model] = {}
         self._samplers: OrderedDict[str, Sampler] = OrderedDict()
         self._tokenizers: dict[str, str | None] = {}
+        self._contexts: dict[str, int | None] = {}
         self._saving: set[tuple[str, str]] = set()  # (tenant, tinker path) being saved
         self._lock = threading.RLock()
         # Loading models, and sampling (one at a time: a completer is not shared by threads).
@@ -399,6 +401,7 @@ class TinkerService:
             request.overwrite,
             lambda s: s.save_state(name),
             tt.SaveWeightsResponse,
+            request.user_metadata,
         )
 
     def _reserve(self, tenant: str, path: TinkerPath, overwrite: bool) -> None:
@@ -417,9 +420,16 @@ class TinkerService:
                     raise bad_request(f"{path} exists; save under another name (or overwrite)")
             self._saving.add(taken)
 
-    def _saved(self, tenant: str, path: TinkerPath, ref: CheckpointRef, kind: Any) -> Reply:
+    def _saved(
+        self,
+        tenant: str,
+        path: TinkerPath,
+        ref: CheckpointRef,
+        kind: Any,
+        user_metadata: Mapping[str, str],
+    ) -> Reply:
         try:
-            self.runs.record_saved(tenant, path, ref.key)
+            self.runs.record_saved(tenant, path, ref.key, user_metadata)
         finally:
             self._saving.discard((tenant, str(path)))
         log.info("checkpoint_saved", path=str(path), step=ref.step)
@@ -433,6 +443,7 @@ class TinkerService:
         overwrite: bool,
         work: Callable[[TrainingSession], Future[CheckpointRef]],
         kind: Any,
+        user_metadata: Mapping[str, str] | None,
     ) -> dict[str, Any]:
         """A named save, in the model's order, its name reserved until it is done."""
         model = self._model(tenant, path.run_id)
@@ -453,7 +464,11 @@ class TinkerService:
 
         try:
             return self._ordered(
-                tenant, path.run_id, seq_id, save, lambda ref: self._saved(tenant, path, ref, kind)
+                tenant,
+                path.run_id,
+                seq_id,
+                save,
+                lambda ref: self._saved(tenant, path, ref, kind, user_metadata or {}),
             )
         except ApiError:
             self._saving.discard(taken)
@@ -472,6 +487,7 @@ class TinkerService:
                 False,
                 lambda s: s.save_weights_for_sampler(name),
                 tt.SaveWeightsForSamplerResponseInternal,
+                request.user_metadata,
             )
         if request.sampling_session_seq_id is None:
             raise bad_request("give a path (a named save) or a sampling_session_seq_id")
@@ -674,6 +690,7 @@ class TinkerService:
                     time=_datetime(entry.time),
                     tinker_path=str(path),
                     size_bytes=saved.size,
+                    user_metadata=entry.user_metadata or None,
                 )
             )
         return found
@@ -751,11 +768,27 @@ class TinkerService:
         return _json(
             tt.GetServerCapabilitiesResponse(
                 supported_models=[
-                    tt.SupportedModel(model_name=m, trainable=True, sampleable=True)
+                    tt.SupportedModel(
+                        model_name=m,
+                        max_context_length=self._context_length(m),
+                        trainable=True,
+                        sampleable=True,
+                    )
                     for m in self.models
                 ]
             )
         )
+
+    def _context_length(self, base_model: str) -> int | None:
+        """From the model folder's config, where the hub has one."""
+        if base_model not in self._contexts:
+            try:
+                folder = resolve_model_folder(base_model, self.adapters.hub)
+                config = json.loads((folder / "config.json").read_text())
+                self._contexts[base_model] = int(config["max_position_embeddings"])
+            except (GalleyError, OSError, ValueError, KeyError, TypeError):
+                self._contexts[base_model] = None
+        return self._contexts[base_model]
 
     def close(self) -> None:
         with self._lock:
