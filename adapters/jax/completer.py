@@ -108,6 +108,9 @@ def _pick(
     return token, lp[:, 0]
 
 
+# XLA on a CPU decodes one row ~20x slower than two (its single-row dot is a slow path), so
+# a lone sample is decoded next to a padding row; on a GPU the extra row costs nothing.
+MIN_DECODE_ROWS = 2
 DECODE_PHASES = 4
 MIN_PHASE = 32  # shorter phases save less attention than their extra compile costs
 
@@ -323,7 +326,7 @@ class JaxCompleter:
         )
         if width + new_tokens > loaded.config.max_position_embeddings * 4:
             raise ValidationError("max_tokens", "prompt plus max_tokens exceed the model's context")
-        n, m = batch_bucket(len(rows), 1), batch_bucket(len(encoded), 1)
+        n, m = max(batch_bucket(len(rows), 1), MIN_DECODE_ROWS), batch_bucket(len(encoded), 1)
         tokens, mask = np.zeros((m, width), np.int32), np.zeros((m, width), bool)
         for i, ids in enumerate(encoded):
             tokens[i, width - len(ids) :], mask[i, width - len(ids) :] = ids, True

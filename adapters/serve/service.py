@@ -25,6 +25,7 @@ from tinker import types as tt
 
 from galley.adapters.hf.model_files import resolve_model_folder
 from galley.adapters.serve import wire
+from galley.adapters.serve.batcher import SampleBatcher, SampleJob
 from galley.adapters.serve.errors import ApiError, bad_request, busy, not_found, unsupported
 from galley.adapters.serve.requests import ModelQueue, Reply, RequestTable, settle
 from galley.adapters.serve.runs import RunRecord, RunStore, TinkerPath, checkpoint_name
@@ -34,7 +35,6 @@ from galley.core.errors import GalleyError
 from galley.core.manifest import checkpoint_at
 from galley.core.types import (
     CheckpointRef,
-    Completion,
     LoraConfig,
     ModelRef,
     OptimStepResult,
@@ -132,10 +132,8 @@ class TinkerService:
         self._contexts: dict[str, int | None] = {}
         self._saving: set[tuple[str, str]] = set()  # (tenant, tinker path) being saved
         self._lock = threading.RLock()
-        # Loading models, and sampling (one at a time: a completer is not shared by threads).
         self._loader = ThreadPoolExecutor(2, thread_name_prefix="galley-serve-load")
-        self._sampler_pool = ThreadPoolExecutor(1, thread_name_prefix="galley-serve-sample")
-        self._queued_samples = 0
+        self._batcher = SampleBatcher()  # one thread: a completer is not shared by threads
 
     # -- sessions -------------------------------------------------------------------------
 
@@ -642,25 +640,12 @@ class TinkerService:
         if seq is not None and seq in sampler.seen:
             request_id, ids = sampler.seen[seq]
             return {"request_id": request_id, "sample_sequence_ids": ids}
-        with self._lock:
-            if self._queued_samples >= self.limits.max_queued_samples:
-                raise busy(f"{self._queued_samples} sampling requests are queued")
-            self._queued_samples += 1
+        if self._batcher.queued >= self.limits.max_queued_samples:
+            raise busy(f"{self._batcher.queued} sampling requests are queued")
         pending = self.requests.open(tenant)
         ids = [f"{pending.request_id}:{i}" for i in range(request.num_samples)]
-
-        def sample() -> Completion:
-            try:
-                return sampler.completer.complete(
-                    prompt, params, model=sampler.model, num_samples=request.num_samples
-                )
-            finally:
-                with self._lock:
-                    self._queued_samples -= 1
-
-        settle(
-            pending, self._sampler_pool.submit(sample), lambda c: wire.sample_response(c, last_n)
-        )
+        job = SampleJob(sampler.completer, sampler.model, params, request.num_samples, prompt)
+        settle(pending, self._batcher.submit(job), lambda c: wire.sample_response(c, last_n))
         if seq is not None:
             sampler.seen[seq] = (pending.request_id, ids)
             while len(sampler.seen) > SEEN_SAMPLES:
@@ -796,7 +781,7 @@ class TinkerService:
         for session in sessions:
             self._end(session, "server stopped")
         self._loader.shutdown(wait=False, cancel_futures=True)
-        self._sampler_pool.shutdown(wait=False, cancel_futures=True)
+        self._batcher.close()
 
 
 def _datetime(seconds: float) -> Any:

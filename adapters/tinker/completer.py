@@ -73,7 +73,7 @@ class TinkerCompleter:
         base = sampler.get_base_model()
         with self._lock:
             if base not in self._tokenizers:
-                self._tokenizers[base] = for_model(base, self._hub, sampler)
+                self._tokenizers[base] = for_model([base], self._hub, sampler.get_tokenizer)
             return self._tokenizers[base]
 
     def _ids(self, tok: HFTokenizerAdapter, prompt: str | ModelInput) -> list[int]:

@@ -26,7 +26,7 @@ class TinkerCompleterOptions:
 def _training(o: TinkerTrainingOptions, built: Built) -> Any:
     from galley.adapters.tinker.training import TinkerTrainingClient
 
-    return TinkerTrainingClient(o.base_url, o.api_key)
+    return TinkerTrainingClient(o.base_url, o.api_key, built["hub"])
 
 
 def _completer(o: TinkerCompleterOptions, built: Built) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,15 +35,20 @@ def from_sdk(tokenizer: Any) -> HFTokenizerAdapter:
         return HFTokenizerAdapter(folder)
 
 
-def for_model(base_model: str, hub: HubClient | None, sampler: Any) -> HFTokenizerAdapter:
-    """The base model's tokenizer from galley's hub (a local folder, the embedded models, the
-    HF Hub: the tokenizer files only), else the one the SDK's sampling client loads."""
-    if hub is not None:
+def for_model(
+    names: Sequence[str | None], hub: HubClient | None, sdk_tokenizer: Callable[[], Any]
+) -> HFTokenizerAdapter:
+    """The first of ``names`` (a tokenizer folder the service named, the base model) that is a
+    local folder or that galley's hub has (the embedded models, the HF Hub: tokenizer files
+    only); else the tokenizer the SDK loads (``sdk_tokenizer()``)."""
+    for name in (n for n in names if n):
+        folder = Path(name).expanduser()
         try:
-            folder = Path(base_model).expanduser()
             if not folder.is_dir():
-                folder = hub.snapshot(base_model, allow_patterns=TOKENIZER_FILES)
+                if hub is None:
+                    continue
+                folder = hub.snapshot(name, allow_patterns=TOKENIZER_FILES)
             return HFTokenizerAdapter(folder)
         except (GalleyError, OSError):
-            pass
-    return from_sdk(sampler.get_tokenizer())
+            continue
+    return from_sdk(sdk_tokenizer())

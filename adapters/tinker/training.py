@@ -27,7 +27,7 @@ from galley.adapters.tinker.convert import (
     sdk_adam,
     sdk_datum,
 )
-from galley.adapters.tinker.tokenizer import from_sdk
+from galley.adapters.tinker.tokenizer import for_model
 from galley.core.errors import GalleyError, ValidationError
 from galley.core.keys import check_name
 from galley.core.manifest import CheckpointMismatchError, Manifest, check_identity
@@ -42,6 +42,7 @@ from galley.core.types import (
     OptimStepResult,
     SessionConfig,
 )
+from galley.ports.hub import HubClient
 
 # Checkpoint metadata that says which checkpoint it is (checked on load).
 RUN, NAME, STEP, KIND = "galley_run_id", "galley_name", "galley_step", "galley_kind"
@@ -53,7 +54,8 @@ class TinkerTrainingSession:
         self, client: TinkerTrainingClient, config: SessionConfig, trainer: Any, context: int
     ) -> None:
         self.config, self._client, self._trainer = config, client, trainer
-        self._tokenizer = from_sdk(trainer.get_tokenizer())
+        named = trainer.get_info().model_data.tokenizer_id
+        self._tokenizer = for_model([named, config.base_model], client.hub, trainer.get_tokenizer)
         self._step = 0
         self._closed = False
         self._info = ModelInfo(
@@ -197,10 +199,14 @@ class TinkerTrainingSession:
 
 class TinkerTrainingClient:
     """LoRA sessions on a Tinker service: ``base_url`` and ``api_key`` as given, else
-    ``TINKER_BASE_URL`` and ``TINKER_API_KEY`` (read by the SDK; never logged here)."""
+    ``TINKER_BASE_URL`` and ``TINKER_API_KEY`` (read by the SDK; never logged here).
+    Tokenizers are read with galley's own reader, from a folder the service names or galley's
+    ``hub``, else from the SDK's."""
 
-    def __init__(self, base_url: str | None = None, api_key: str | None = None) -> None:
-        self._base_url, self._api_key = base_url, api_key
+    def __init__(
+        self, base_url: str | None = None, api_key: str | None = None, hub: HubClient | None = None
+    ) -> None:
+        self._base_url, self._api_key, self.hub = base_url, api_key, hub
         self._service: Any = None
         self._rest: Any = None
         self._ids = itertools.count(1)
@@ -268,6 +274,7 @@ class TinkerTrainingClient:
 
     def weights_info(self, path: str) -> tt.WeightsInfoResponse:
         try:
-            return self.rest.get_weights_info_by_tinker_path(path).result()
+            info: tt.WeightsInfoResponse = self.rest.get_weights_info_by_tinker_path(path).result()
         except Exception as e:
             raise galley_error(e) from e
+        return info
