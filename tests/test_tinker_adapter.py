@@ -111,7 +111,7 @@ def _adapters(tmp_path: Path, url: str | None) -> Any:
 def test_sft_through_the_sdk_matches_the_jax_adapter_in_process(
     served: str, tmp_path: Path
 ) -> None:
-    config = sft.SFTConfig(max_steps=4, eval_every=2, num_samples=0, run_id="parity")
+    config = sft.SFTConfig(max_steps=4, eval_every=2, num_samples=1, run_id="parity")
     local = sft.run(config, _adapters(tmp_path / "local", None))
     remote = sft.run(config, _adapters(tmp_path / "remote", served))
     losses = [[m["loss"] for m in r.metrics if "loss" in m] for r in (local, remote)]
@@ -119,6 +119,8 @@ def test_sft_through_the_sdk_matches_the_jax_adapter_in_process(
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
     assert remote.eval[-1]["eval/nll"] == pytest.approx(local.eval[-1]["eval/nll"], abs=1e-5)
     assert remote.checkpoints[-1].state.key.startswith("tinker://")
+    # The answers before and after, sampled through the `tinker` completer kind.
+    assert [(s.base, s.tuned) for s in remote.samples] == [(s.base, s.tuned) for s in local.samples]
 
 
 def test_rl_runs_through_the_sdk(served: str, tmp_path: Path) -> None:

@@ -162,6 +162,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     blobs_choice = run_config.adapters["blobs"]
 
     def where(key: str) -> str:
+        if "://" in key:  # kept by a service (a tinker:// checkpoint), not in the blob store
+            return key
         if blobs_choice.kind == "fsspec":
             return f"{str(blobs_choice.options.get('url', '.')).rstrip('/')}/{key}"
         return f"galley://{key}"

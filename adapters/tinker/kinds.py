@@ -34,9 +34,8 @@ def _completer(o: TinkerCompleterOptions, built: Built) -> Any:
 
     from galley.adapters.tinker.completer import TinkerCompleter
 
-    return TinkerCompleter(
-        tinker.ServiceClient(base_url=o.base_url, api_key=o.api_key), model=o.model
-    )
+    service = tinker.ServiceClient(base_url=o.base_url, api_key=o.api_key)
+    return TinkerCompleter(service, hub=built["hub"], model=o.model)
 
 
 KINDS = (

@@ -64,7 +64,11 @@ def write_index(
 
 
 def delete_checkpoint(blobs: BlobStore, ref: CheckpointRef) -> None:
-    """Manifest first: a checkpoint without one is incomplete, never half-trusted."""
+    """Manifest first: a checkpoint without one is incomplete, never half-trusted. One kept
+    by a service (a key with a scheme, such as ``tinker://``) is not in the blob store: it is
+    left where it is, for the service's own tools to delete."""
+    if "://" in ref.key:
+        return
     manifest = join_key(ref.key, MANIFEST_NAME)
     blobs.delete(manifest)
     for key in blobs.list(ref.key):
