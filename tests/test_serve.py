@@ -23,10 +23,6 @@ from tinker import types
 from tinker.proto import tinker_public_pb2 as pb
 
 from galley.adapters.cli import main
-from galley.adapters.embedded import MODELS
-from galley.adapters.fsspec.blobs import FsspecBlobStore
-from galley.adapters.hf.local_hub import LocalDirectoryHub
-from galley.adapters.jax import JaxCompleter, JaxTrainingClient
 from galley.adapters.noop import noop_adapters
 from galley.adapters.serve import (
     BackgroundServer,
@@ -38,6 +34,7 @@ from galley.adapters.serve import (
 from galley.core.types import Datum as GalleyDatum
 from galley.core.types import LoraConfig, SessionConfig
 from tests.conftest import free_port
+from tests.tinker_server import jax_adapters, wait_until_serving
 
 BASE = "galley/tiny-lm"
 ALICE, BOB = "tml-alice-key", "tml-bob-key"
@@ -53,15 +50,7 @@ def _sdk_warnings() -> Iterator[None]:
 @pytest.fixture(scope="module")
 def jax_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, TinkerService]]:
     """The JAX adapter on the embedded model, with two tenants' keys."""
-    root = tmp_path_factory.mktemp("serve")
-    hub, blobs = LocalDirectoryHub(MODELS), FsspecBlobStore(str(root))
-    adapters = noop_adapters(
-        training=JaxTrainingClient(hub, blobs),
-        completer=JaxCompleter(hub, blobs),
-        hub=hub,
-        blobs=blobs,
-    )
-    service = TinkerService(adapters)
+    service = TinkerService(jax_adapters(tmp_path_factory.mktemp("serve")))
     keys = KeyRing.of({ALICE: "alice", BOB: "bob"}, "test")
     with BackgroundServer(create_app(service, keys)) as server:
         yield server.url, service
@@ -485,12 +474,7 @@ def test_readme_commands_serve_and_train(tmp_path: Path) -> None:
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/api/v1/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_until_serving(url)
         env = {**os.environ, "TINKER_API_KEY": "tml-local", "TINKER_BASE_URL": url}
         done = subprocess.run(
             [sys.executable, "train.py"],

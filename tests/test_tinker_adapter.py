@@ -15,9 +15,7 @@ import tinker
 from galley.adapters.cli.run_config import load_run_config
 from galley.adapters.composition import build_adapters
 from galley.adapters.embedded import MODELS
-from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.adapters.hf.local_hub import LocalDirectoryHub
-from galley.adapters.jax import JaxCompleter, JaxTrainingClient
 from galley.adapters.noop import noop_adapters
 from galley.adapters.serve import (
     BackgroundServer,
@@ -32,6 +30,7 @@ from galley.adapters.tinker import TinkerCompleter, TinkerTrainingClient
 from galley.core.errors import ConfigError, ValidationError
 from galley.core.types import LoraConfig, SessionConfig
 from galley.workflows import rl, sft
+from tests.tinker_server import jax_adapters
 
 BASE = "galley/tiny-lm"
 KEY = "tml-local"
@@ -46,13 +45,7 @@ def _sdk_warnings() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    hub, blobs = LocalDirectoryHub(MODELS), FsspecBlobStore(str(tmp_path_factory.mktemp("served")))
-    adapters = noop_adapters(
-        training=JaxTrainingClient(hub, blobs),
-        completer=JaxCompleter(hub, blobs),
-        hub=hub,
-        blobs=blobs,
-    )
+    adapters = jax_adapters(tmp_path_factory.mktemp("served"))
     # Each contract check makes a client of its own, and the SDK can't unload a model: room
     # for all of them.
     service = TinkerService(adapters, limits=ServeLimits(max_models_per_tenant=256))

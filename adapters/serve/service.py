@@ -17,7 +17,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import structlog
@@ -100,6 +100,9 @@ class Sampler:
     model: ModelRef | None  # None: the completer's own weights (an ephemeral sampler)
     # The newest seq_ids' requests, so a retried one is not sampled again.
     seen: OrderedDict[int, tuple[str, list[str]]] = attrs.field(factory=OrderedDict)
+
+
+Owned = TypeVar("Owned", Model, Sampler)
 
 
 def _future(request_id: str, model_id: str | None = None) -> dict[str, Any]:
@@ -205,13 +208,18 @@ class TinkerService:
 
     # -- models ---------------------------------------------------------------------------
 
-    def _model(self, tenant: str, model_id: str) -> Model:
+    def _owned(self, table: Mapping[str, Owned], key: str, tenant: str, what: str) -> Owned:
+        """``table[key]`` if ``tenant`` owns it and its session lives (another tenant's is
+        not found, as if it did not exist)."""
         with self._lock:
-            model = self._models.get(model_id)
-        if model is None or model.tenant != tenant:
-            raise not_found(f"model {model_id!r}")
-        self._session(tenant, model.session_id)
-        return model
+            found = table.get(key)
+        if found is None or found.tenant != tenant:
+            raise not_found(f"{what} {key!r}")
+        self._session(tenant, found.session_id)
+        return found
+
+    def _model(self, tenant: str, model_id: str) -> Model:
+        return self._owned(self._models, model_id, tenant, "model")
 
     def _start_model(
         self,
@@ -609,12 +617,7 @@ class TinkerService:
         return _json(tt.CreateSamplingSessionResponse(sampling_session_id=sampler_id))
 
     def _sampler(self, tenant: str, sampler_id: str) -> Sampler:
-        with self._lock:
-            sampler = self._samplers.get(sampler_id)
-        if sampler is None or sampler.tenant != tenant:
-            raise not_found(f"sampler {sampler_id!r}")
-        self._session(tenant, sampler.session_id)
-        return sampler
+        return self._owned(self._samplers, sampler_id, tenant, "sampler")
 
     def get_sampler(self, tenant: str, sampler_id: str) -> dict[str, Any]:
         s = self._sampler(tenant, sampler_id)

@@ -81,26 +81,13 @@ class TinkerTrainingSession:
         if self._closed:
             raise GalleyError(f"session {self.session_id} is closed")
 
-    def _checked(
-        self, data: Sequence[Datum], loss_fn: str, config: Mapping[str, float] | None
-    ) -> tuple[list[tt.Datum], str, dict[str, float]]:
-        self._open()
-        request = ForwardBackwardInput(tuple(data), loss_fn, dict(config or {}))
-        request.check_vocabulary(self._info.vocab_size)
-        return (
-            [sdk_datum(d) for d in request.data],
-            str(request.loss_fn),
-            dict(request.loss_fn_config),
-        )
-
     def forward(
         self,
         data: Sequence[Datum],
         loss_fn: str = "cross_entropy",
         loss_fn_config: Mapping[str, float] | None = None,
     ) -> Future[ForwardBackwardOutput]:
-        sdk_data, loss, config = self._checked(data, loss_fn, loss_fn_config)
-        return mapped(self._trainer.forward(sdk_data, loss, config or None), galley_output)
+        return self._submit(self._trainer.forward, data, loss_fn, loss_fn_config)
 
     def forward_backward(
         self,
@@ -108,8 +95,23 @@ class TinkerTrainingSession:
         loss_fn: str = "cross_entropy",
         loss_fn_config: Mapping[str, float] | None = None,
     ) -> Future[ForwardBackwardOutput]:
-        sdk_data, loss, config = self._checked(data, loss_fn, loss_fn_config)
-        return mapped(self._trainer.forward_backward(sdk_data, loss, config or None), galley_output)
+        return self._submit(self._trainer.forward_backward, data, loss_fn, loss_fn_config)
+
+    def _submit(
+        self,
+        call: Any,
+        data: Sequence[Datum],
+        loss_fn: str,
+        config: Mapping[str, float] | None,
+    ) -> Future[ForwardBackwardOutput]:
+        """Checked here (so a bad request raises at submission, as the port says), then
+        sent as the SDK's types."""
+        self._open()
+        request = ForwardBackwardInput(tuple(data), loss_fn, dict(config or {}))
+        request.check_vocabulary(self._info.vocab_size)
+        sdk_data = [sdk_datum(d) for d in request.data]
+        sdk_config = dict(request.loss_fn_config) or None
+        return mapped(call(sdk_data, str(request.loss_fn), sdk_config), galley_output)
 
     def optim_step(self, params: AdamParams) -> Future[OptimStepResult]:
         self._open()

@@ -27,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script
+from tests.benchmarks.bench_train import timed_steps
 from tests.benchmarks.common import PRESETS, model_folder, run_child
 from tests.conftest import free_port
+from tests.tinker_server import wait_until_serving
 
 RANK, PROMPTS, PROMPT_LEN, NEW_TOKENS = 16, 8, 64, 128
 KEY = "tml-bench"
@@ -68,14 +70,8 @@ def train_and_sample(
         futures[1].result()
         return float(futures[0].result().metrics["loss:sum"])
 
-    start = time.perf_counter()
-    first_loss = wait(step())
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    for _ in range(steps):
-        last = step()
-    last_loss = wait(last)
-    step_s = (time.perf_counter() - start) / steps
+    first, step_s, first_loss = timed_steps(step, wait, steps)
+    last_loss = wait(step())  # one more: the loss after the timed steps, to compare
 
     completer = completer_of(session)
     params = SamplingParams(max_tokens=NEW_TOKENS, temperature=1.0, seed=0, ignore_eos=True)
@@ -125,14 +121,7 @@ def run_served(folder: Path, steps: int, threads: int) -> dict[str, float]:
     )
     try:
         url = f"http://127.0.0.1:{port}"
-        import httpx
-
-        for _ in range(600):
-            try:
-                if httpx.get(f"{url}/api/v1/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_until_serving(url, timeout_s=120)
         service = tinker.ServiceClient(base_url=url, api_key=KEY)
 
         def completer_of(_: Any) -> Any:
