@@ -1,7 +1,8 @@
 """``galley serve``: the Tinker API over galley's ports, for the official ``tinker`` SDK.
 
 A driving adapter. ``TinkerService`` (``service.py``) does what each endpoint asks with the
-configured TrainingClient, Completer, BlobStore and HubClient; ``create_app`` (``app.py``)
+configured TrainingClient, Completer, BlobStore and HubClient (its ``RunCatalog``,
+``catalog.py``, lists and deletes runs and checkpoints); ``create_app`` (``app.py``)
 puts it behind HTTP with API keys per tenant and bounded bodies and queues; ``wire.py`` reads
 and writes the SDK's protobuf and JSON messages. Needs the ``serve`` extra (FastAPI, uvicorn
 and ``tinker`` for its message types)."""

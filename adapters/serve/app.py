@@ -315,29 +315,29 @@ def _run_routes(service: TinkerService) -> APIRouter:
 
     @r.get("/training_runs")
     def training_runs(request: Request, limit: int = 20, offset: int = 0) -> dict[str, Any]:
-        return service.training_runs(tenant(request), _page(limit), max(offset, 0))
+        return service.catalog.training_runs(tenant(request), _page(limit), max(offset, 0))
 
     @r.get("/training_runs/{run_id}")
     def training_run(run_id: str, request: Request) -> dict[str, Any]:
-        return service.training_run(tenant(request), run_id)
+        return service.catalog.training_run(tenant(request), run_id)
 
     @r.get("/training_runs/{run_id}/checkpoints")
     def checkpoints(run_id: str, request: Request) -> dict[str, Any]:
-        return service.checkpoints(tenant(request), run_id)
+        return service.catalog.checkpoints(tenant(request), run_id)
 
     @r.delete("/training_runs/{run_id}/checkpoints/{checkpoint_id:path}")
     def delete_checkpoint(run_id: str, checkpoint_id: str, request: Request) -> Response:
-        service.delete_checkpoint(tenant(request), run_id, checkpoint_id)
+        service.catalog.delete_checkpoint(tenant(request), run_id, checkpoint_id)
         return Response(status_code=204)
 
     @r.get("/checkpoints")
     def user_checkpoints(request: Request, limit: int = 100, offset: int = 0) -> dict[str, Any]:
-        return service.user_checkpoints(tenant(request), _page(limit), max(offset, 0))
+        return service.catalog.user_checkpoints(tenant(request), _page(limit), max(offset, 0))
 
     @r.post("/weights_info")
     async def weights_info(request: Request) -> dict[str, Any]:
         who, message = await body(request, WeightsInfoRequest)
-        return await asyncio.to_thread(service.weights_info, who, message.tinker_path)
+        return await asyncio.to_thread(service.catalog.weights_info, who, message.tinker_path)
 
     return r
 

@@ -32,7 +32,7 @@ def busy(detail: str) -> ApiError:
 
 
 # Failures of a request's work that are the request's fault: the SDK reports them as user errors.
-USER_ERRORS = (ValidationError, ConfigError, DataError, NotFoundError, ApiError, ValueError)
+USER_ERRORS = (ValidationError, ConfigError, DataError, NotFoundError, ApiError)
 
 
 def failure_category(error: BaseException) -> str:

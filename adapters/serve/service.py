@@ -8,7 +8,6 @@ dropped, freeing their memory."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import threading
 import time
@@ -26,13 +25,12 @@ from tinker import types as tt
 from galley.adapters.hf.model_files import resolve_model_folder
 from galley.adapters.serve import wire
 from galley.adapters.serve.batcher import SampleBatcher, SampleJob
+from galley.adapters.serve.catalog import RunCatalog, to_json
 from galley.adapters.serve.errors import ApiError, bad_request, busy, not_found, unsupported
 from galley.adapters.serve.requests import ModelQueue, Reply, RequestTable, settle
 from galley.adapters.serve.runs import RunRecord, RunStore, TinkerPath, checkpoint_name
 from galley.core.adapter_set import Adapters
-from galley.core.checkpoints import delete_saved_checkpoint, saved_checkpoints
 from galley.core.errors import GalleyError
-from galley.core.manifest import checkpoint_at
 from galley.core.types import (
     CheckpointRef,
     LoraConfig,
@@ -111,11 +109,6 @@ def _future(request_id: str, model_id: str | None = None) -> dict[str, Any]:
     )
 
 
-def _json(model: Any) -> dict[str, Any]:
-    data: dict[str, Any] = model.model_dump(mode="json", exclude_none=True)
-    return data
-
-
 class TinkerService:
     def __init__(
         self,
@@ -127,6 +120,7 @@ class TinkerService:
     ) -> None:
         self.adapters, self.limits, self.models = adapters, limits, models
         self.runs = RunStore(adapters.blobs, root)
+        self.catalog = RunCatalog(adapters.blobs, self.runs)
         self.requests = RequestTable(limits.max_requests, limits.keep_results_s)
         self._sessions: dict[str, Session] = {}
         self._models: dict[str, Model] = {}
@@ -153,7 +147,7 @@ class TinkerService:
             tenant=tenant,
             sdk_version=request.sdk_version,
         )
-        return _json(tt.CreateSessionResponse(session_id=session.session_id))
+        return to_json(tt.CreateSessionResponse(session_id=session.session_id))
 
     def _session(self, tenant: str, session_id: str) -> Session:
         with self._lock:
@@ -167,7 +161,7 @@ class TinkerService:
 
     def heartbeat(self, tenant: str, session_id: str) -> dict[str, Any]:
         self._session(tenant, session_id)
-        return _json(tt.SessionHeartbeatResponse())
+        return to_json(tt.SessionHeartbeatResponse())
 
     def end_session(self, tenant: str, session_id: str, why: str = "finished") -> None:
         session = self._session(tenant, session_id)
@@ -291,7 +285,7 @@ class TinkerService:
             return done
 
         chained = _chain(training, loaded)
-        reply = encode or (lambda _: _json(tt.CreateModelResponse(model_id=model_id)))
+        reply = encode or (lambda _: to_json(tt.CreateModelResponse(model_id=model_id)))
         settle(pending, chained, reply)
         log.info("model_created", model_id=model_id, base_model=base_model, lora_rank=lora.rank)
         return _future(pending.request_id, model_id)
@@ -336,7 +330,7 @@ class TinkerService:
 
     def get_info(self, tenant: str, request: tt.GetInfoRequest) -> dict[str, Any]:
         model = self._model(tenant, request.model_id)
-        return _json(
+        return to_json(
             tt.GetInfoResponse(
                 model_id=model.model_id,
                 model_data=tt.ModelData(
@@ -391,7 +385,7 @@ class TinkerService:
                 "grad_norm:mean": result.grad_norm,
                 "update_norm:mean": result.update_norm,
             }
-            return _json(tt.OptimStepResponse(metrics=metrics))
+            return to_json(tt.OptimStepResponse(metrics=metrics))
 
         return self._ordered(
             tenant, request.model_id, request.seq_id, lambda s: s.optim_step(params), encode
@@ -439,7 +433,7 @@ class TinkerService:
         finally:
             self._saving.discard((tenant, str(path)))
         log.info("checkpoint_saved", path=str(path), step=ref.step)
-        return _json(kind(path=str(path)))
+        return to_json(kind(path=str(path)))
 
     def _save(
         self,
@@ -509,7 +503,7 @@ class TinkerService:
                 ),
                 model,
             )
-            return _json(tt.SaveWeightsForSamplerResponseInternal(sampling_session_id=sampler_id))
+            return to_json(tt.SaveWeightsForSamplerResponseInternal(sampling_session_id=sampler_id))
 
         return self._ordered(
             tenant,
@@ -530,16 +524,9 @@ class TinkerService:
                 while len(model.samplers) > self.limits.max_samplers_per_model:
                     self._samplers.pop(model.samplers.pop(0), None)
 
-    def _checkpoint(self, tenant: str, path: TinkerPath) -> CheckpointRef:
-        key = self.runs.key_of(tenant, path)
-        try:
-            return checkpoint_at(self.adapters.blobs, key)
-        except GalleyError:
-            raise not_found(f"checkpoint {str(path)!r}") from None
-
     def load_weights(self, tenant: str, request: tt.LoadWeightsRequest) -> dict[str, Any]:
         path = TinkerPath.parse(request.path)
-        ref = self._checkpoint(tenant, path)
+        ref = self.catalog.checkpoint(tenant, path)
         if request.optimizer and ref.kind != "state":
             raise bad_request(f"{path} holds sampler weights; an optimizer state needs weights/")
 
@@ -550,7 +537,7 @@ class TinkerService:
             model_id = request.model_id
 
             def encode(_: Any) -> Reply:
-                return _json(tt.LoadWeightsResponse(path=str(path), model_id=model_id))
+                return to_json(tt.LoadWeightsResponse(path=str(path), model_id=model_id))
 
             return self._ordered(tenant, model_id, request.seq_id, load, encode)
         if request.session_id is None or request.model_seq_id is None:
@@ -569,7 +556,7 @@ class TinkerService:
             source.lora,
             request.user_metadata,
             then=lambda _, session: load(session),
-            encode=lambda _: _json(tt.LoadWeightsResponse(path=str(path), model_id=new_id)),
+            encode=lambda _: to_json(tt.LoadWeightsResponse(path=str(path), model_id=new_id)),
         )
 
     def unload_model(self, tenant: str, request: tt.UnloadModelRequest) -> dict[str, Any]:
@@ -579,7 +566,7 @@ class TinkerService:
             self._sessions[model.session_id].models.discard(model.model_id)
         self._close(model)
         pending = self.requests.open(tenant)
-        pending.result.set_result(_json(tt.UnloadModelResponse(model_id=model.model_id)))
+        pending.result.set_result(to_json(tt.UnloadModelResponse(model_id=model.model_id)))
         return _future(pending.request_id, model.model_id)
 
     # -- sampling -------------------------------------------------------------------------
@@ -596,7 +583,7 @@ class TinkerService:
                     f"{path} is a training state; sample from sampler weights "
                     "(save_weights_for_sampler)"
                 )
-            ref = self._checkpoint(tenant, path)
+            ref = self.catalog.checkpoint(tenant, path)
             base = ref.base_model or self.runs.read(tenant, path.run_id).base_model
             model = ModelRef(base, adapter=ref)
         elif request.base_model:
@@ -614,14 +601,14 @@ class TinkerService:
                 model,
             )
         )
-        return _json(tt.CreateSamplingSessionResponse(sampling_session_id=sampler_id))
+        return to_json(tt.CreateSamplingSessionResponse(sampling_session_id=sampler_id))
 
     def _sampler(self, tenant: str, sampler_id: str) -> Sampler:
         return self._owned(self._samplers, sampler_id, tenant, "sampler")
 
     def get_sampler(self, tenant: str, sampler_id: str) -> dict[str, Any]:
         s = self._sampler(tenant, sampler_id)
-        return _json(
+        return to_json(
             tt.GetSamplerResponse(
                 sampler_id=s.sampler_id, base_model=s.base_model, model_path=s.model_path
             )
@@ -655,105 +642,8 @@ class TinkerService:
                 sampler.seen.popitem(last=False)
         return {"request_id": pending.request_id, "sample_sequence_ids": ids}
 
-    # -- training runs and checkpoints ------------------------------------------------------
-
-    def _checkpoints(self, tenant: str, record: RunRecord) -> list[tt.Checkpoint]:
-        """The run's checkpoints whose manifests are there, as its record names them."""
-        on_disk = {
-            s.ref.key: s
-            for s in saved_checkpoints(
-                self.adapters.blobs, self.runs.folder(tenant, record.training_run_id)
-            )
-        }
-        found = []
-        for checkpoint_id, entry in sorted(record.saved.items(), key=lambda kv: kv[1].time):
-            saved = on_disk.get(entry.key)
-            if saved is None:
-                continue
-            path = TinkerPath(record.training_run_id, saved.ref.kind, checkpoint_id.split("/")[-1])
-            found.append(
-                tt.Checkpoint(
-                    checkpoint_id=checkpoint_id,
-                    checkpoint_type="training" if saved.ref.kind == "state" else "sampler",
-                    time=_datetime(entry.time),
-                    tinker_path=str(path),
-                    size_bytes=saved.size,
-                    user_metadata=entry.user_metadata or None,
-                )
-            )
-        return found
-
-    def _training_run(self, tenant: str, record: RunRecord) -> tt.TrainingRun:
-        checkpoints = self._checkpoints(tenant, record)
-        newest = {
-            kind: next((c for c in reversed(checkpoints) if c.checkpoint_type == kind), None)
-            for kind in ("training", "sampler")
-        }
-        return tt.TrainingRun(
-            training_run_id=record.training_run_id,
-            base_model=record.base_model,
-            model_owner=tenant,
-            is_lora=record.lora.rank > 0,
-            lora_rank=record.lora.rank or None,
-            last_request_time=_datetime(record.last_request or record.created),
-            last_checkpoint=newest["training"],
-            last_sampler_checkpoint=newest["sampler"],
-            user_metadata=record.user_metadata or None,
-        )
-
-    def training_runs(self, tenant: str, limit: int, offset: int) -> dict[str, Any]:
-        records = self.runs.runs(tenant)
-        page = records[offset : offset + limit]
-        return _json(
-            tt.TrainingRunsResponse(
-                training_runs=[self._training_run(tenant, r) for r in page],
-                cursor=tt.Cursor(offset=offset, limit=limit, total_count=len(records)),
-            )
-        )
-
-    def training_run(self, tenant: str, run_id: str) -> dict[str, Any]:
-        return _json(self._training_run(tenant, self.runs.read(tenant, run_id)))
-
-    def checkpoints(self, tenant: str, run_id: str) -> dict[str, Any]:
-        record = self.runs.read(tenant, run_id)
-        return _json(tt.CheckpointsListResponse(checkpoints=self._checkpoints(tenant, record)))
-
-    def user_checkpoints(self, tenant: str, limit: int, offset: int) -> dict[str, Any]:
-        every = [c for r in self.runs.runs(tenant) for c in self._checkpoints(tenant, r)]
-        every.sort(key=lambda c: c.time, reverse=True)
-        return _json(
-            tt.CheckpointsListResponse(
-                checkpoints=every[offset : offset + limit],
-                cursor=tt.Cursor(offset=offset, limit=limit, total_count=len(every)),
-            )
-        )
-
-    def delete_checkpoint(self, tenant: str, run_id: str, checkpoint_id: str) -> None:
-        path = TinkerPath.parse(f"tinker://{run_id}/{checkpoint_id}")
-        key = self.runs.key_of(tenant, path)
-        self.runs.forget(tenant, path)  # the record stops naming it before any blob goes
-        with contextlib.suppress(GalleyError):  # its manifest was gone already: nothing to offer
-            delete_saved_checkpoint(self.adapters.blobs, key)
-        log.info("checkpoint_deleted", path=str(path))
-
-    def weights_info(self, tenant: str, tinker_path: str) -> dict[str, Any]:
-        path = TinkerPath.parse(tinker_path)
-        self._checkpoint(tenant, path)
-        record = self.runs.read(tenant, path.run_id)
-        lora = record.lora
-        return _json(
-            tt.WeightsInfoResponse(
-                base_model=record.base_model,
-                is_lora=lora.rank > 0,
-                lora_rank=lora.rank or None,
-                train_attn=lora.train_attn,
-                train_mlp=lora.train_mlp,
-                train_unembed=lora.train_unembed,
-            )
-        )
-
     def capabilities(self) -> dict[str, Any]:
-        return _json(
+        return to_json(
             tt.GetServerCapabilitiesResponse(
                 supported_models=[
                     tt.SupportedModel(
@@ -785,12 +675,6 @@ class TinkerService:
             self._end(session, "server stopped")
         self._loader.shutdown(wait=False, cancel_futures=True)
         self._batcher.close()
-
-
-def _datetime(seconds: float) -> Any:
-    import datetime
-
-    return datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
 
 
 def _chain(first: Future[Any], then: Callable[[Any], Future[Any]]) -> Future[Any]:
