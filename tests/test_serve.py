@@ -65,6 +65,7 @@ def noop_server() -> Iterator[tuple[str, TinkerService]]:
     service = TinkerService(noop_adapters(), limits=limits)
     with BackgroundServer(create_app(service, KeyRing(), reap_every_s=0.1)) as server:
         yield server.url, service
+        _end_open_sessions()  # while the server still answers
 
 
 def _datum(tokens: list[int], **extra: list[float]) -> types.Datum:
@@ -73,8 +74,28 @@ def _datum(tokens: list[int], **extra: list[float]) -> types.Datum:
     return types.Datum(model_input=types.ModelInput.from_ints(tokens[:-1]), loss_fn_inputs=inputs)
 
 
-def _lora(url: str, key: str = ALICE, rank: int = 4) -> tuple[Any, Any]:
+OPEN: list[Any] = []  # the SDK clients a test made, ended after it
+
+
+def _end_open_sessions() -> None:
+    while OPEN:
+        OPEN.pop().close("success").result()
+
+
+@pytest.fixture(autouse=True)
+def _end_sdk_sessions() -> Iterator[None]:
+    yield
+    _end_open_sessions()
+
+
+def _client(url: str, key: str) -> Any:
     service = tinker.ServiceClient(base_url=url, api_key=key)
+    OPEN.append(service)
+    return service
+
+
+def _lora(url: str, key: str = ALICE, rank: int = 4) -> tuple[Any, Any]:
+    service = _client(url, key)
     return service, service.create_lora_training_client(base_model=BASE, rank=rank, seed=3).result()
 
 
@@ -209,7 +230,7 @@ def test_keys_and_tenants(jax_server: tuple[str, TinkerService]) -> None:
     alice, trainer = _lora(url)
     path = trainer.save_state("mine").result().path
     sampler_path = trainer.save_weights_for_sampler("mine").result().path
-    bob = tinker.ServiceClient(base_url=url, api_key=BOB)
+    bob = _client(url, BOB)
     with pytest.raises(Exception, match="not found"):
         bob.create_training_client_from_state(path).result()
     with pytest.raises(Exception, match="not found"):
@@ -226,7 +247,7 @@ def test_keys_and_tenants(jax_server: tuple[str, TinkerService]) -> None:
     raw = _post(url, "forward_backward", _fb(trainer.model_id, 99), key=BOB)
     assert raw.status_code == 404
     # A new client with Alice's key resumes her checkpoint.
-    again = tinker.ServiceClient(base_url=url, api_key=ALICE)
+    again = _client(url, ALICE)
     assert again.create_training_client_from_state_with_optimizer(path).result().model_id
     assert alice  # her first session is still alive
 
@@ -336,9 +357,7 @@ def test_bodies_and_queues_are_bounded(noop_server: tuple[str, TinkerService]) -
 def test_the_sdks_client_side_custom_loss_runs(noop_server: tuple[str, TinkerService]) -> None:
     url, _ = noop_server
     trainer = (
-        tinker.ServiceClient(base_url=url, api_key="tml-local")
-        .create_lora_training_client(base_model="any", rank=4)
-        .result()
+        _client(url, "tml-local").create_lora_training_client(base_model="any", rank=4).result()
     )
     datum = _datum(list(range(1, 12)))
     plain = trainer.forward([datum], "cross_entropy").result().metrics["loss:sum"]

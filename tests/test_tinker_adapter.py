@@ -55,8 +55,11 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 class TestTinkerTrainingContract(TrainingClientContract):
     @pytest.fixture(autouse=True)
-    def _served(self, served: str) -> None:
+    def _served(self, served: str) -> Iterator[None]:
         self.url = served
+        yield
+        if hasattr(self, "_client"):  # its SDK session ends, and the server frees its models
+            self._client.close()
 
     def make_client(self, tmp_path: Path) -> tuple[TinkerTrainingClient, str]:
         return TinkerTrainingClient(self.url, KEY), BASE
@@ -64,12 +67,19 @@ class TestTinkerTrainingContract(TrainingClientContract):
 
 class TestTinkerCompleterContract(CompleterContract):
     @pytest.fixture(autouse=True)
-    def _served(self, served: str) -> None:
-        self.url = served
+    def _served(self, served: str) -> Iterator[None]:
+        self.url, self.made = served, []
+        yield
+        for completer in self.made:
+            completer.close()
 
     def make_completer(self, tmp_path: Path) -> TinkerCompleter:
         service = tinker.ServiceClient(base_url=self.url, api_key=KEY)
-        return TinkerCompleter(service, hub=LocalDirectoryHub(MODELS), model=BASE)
+        made = TinkerCompleter(
+            service, hub=LocalDirectoryHub(MODELS), model=BASE, owns_service=True
+        )
+        self.made.append(made)
+        return made
 
 
 def test_what_the_api_cannot_do_is_refused_by_name(served: str) -> None:
@@ -78,6 +88,7 @@ def test_what_the_api_cannot_do_is_refused_by_name(served: str) -> None:
         client.start_session(SessionConfig(BASE, LoraConfig(rank=0)))
     with pytest.raises(ValidationError, match="alpha"):
         client.start_session(SessionConfig(BASE, LoraConfig(rank=4, alpha=8.0)))
+    client.close()
 
 
 def test_a_key_the_service_refuses_is_a_config_error_naming_no_key() -> None:
@@ -106,7 +117,10 @@ def test_sft_through_the_sdk_matches_the_jax_adapter_in_process(
 ) -> None:
     config = sft.SFTConfig(max_steps=4, eval_every=2, num_samples=1, run_id="parity")
     local = sft.run(config, _adapters(tmp_path / "local", None))
-    remote = sft.run(config, _adapters(tmp_path / "remote", served))
+    adapters = _adapters(tmp_path / "remote", served)
+    remote = sft.run(config, adapters)
+    adapters.training.close()
+    adapters.completer.close()
     losses = [[m["loss"] for m in r.metrics if "loss" in m] for r in (local, remote)]
     assert len(losses[0]) == 4
     assert losses[1] == pytest.approx(losses[0], abs=1e-5)
@@ -126,6 +140,9 @@ def test_rl_runs_through_the_sdk(served: str, tmp_path: Path) -> None:
         num_samples=0,
         run_id="rl-remote",
     )
-    result = rl.run(config, _adapters(tmp_path, served))
+    adapters = _adapters(tmp_path, served)
+    result = rl.run(config, adapters)
+    adapters.training.close()
+    adapters.completer.close()
     rewards = [m["reward"] for m in result.metrics if "reward" in m]
     assert len(rewards) == 2 and all(0.0 <= r <= 1.0 for r in rewards)

@@ -32,12 +32,20 @@ class TinkerCompleter:
         model: str | None = None,
         sampler: Any = None,
         tokenizer: HFTokenizerAdapter | None = None,
+        owns_service: bool = False,
     ) -> None:
         self._service, self._hub, self.default_model = service, hub, model
+        self._owns_service = owns_service
         self._fixed, self._fixed_tokenizer = sampler, tokenizer
         self._samplers: dict[tuple[str, str | None], Any] = {}
         self._tokenizers: dict[str, HFTokenizerAdapter] = {}
         self._lock = threading.Lock()
+
+    def close(self) -> None:
+        """End the SDK session if this completer made it (the ``tinker`` kind does)."""
+        if self._owns_service:
+            self._service.close("success").result()
+            self._owns_service = False
 
     def _sampler(self, ref: ModelRef | None) -> Any:
         if self._fixed is not None:

@@ -35,7 +35,7 @@ def _completer(o: TinkerCompleterOptions, built: Built) -> Any:
     from galley.adapters.tinker.completer import TinkerCompleter
 
     service = tinker.ServiceClient(base_url=o.base_url, api_key=o.api_key)
-    return TinkerCompleter(service, hub=built["hub"], model=o.model)
+    return TinkerCompleter(service, hub=built["hub"], model=o.model, owns_service=True)
 
 
 KINDS = (

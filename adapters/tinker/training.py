@@ -229,6 +229,13 @@ class TinkerTrainingClient:
             self._rest = tinker.RestClient(base_url=self._base_url, api_key=self._api_key)
         return self._rest
 
+    def close(self) -> None:
+        """End the SDK session: the service frees its models now rather than when the
+        session's heartbeats stop."""
+        if self._service is not None:
+            self._service.close("success").result()
+            self._service = None
+
     def start_session(self, config: SessionConfig) -> TinkerTrainingSession:
         lora = config.lora
         if lora.rank == 0:
