@@ -31,6 +31,7 @@ from galley.adapters.serve import (
     TinkerService,
     create_app,
 )
+from galley.adapters.serve.errors import ApiError
 from galley.core.types import Datum as GalleyDatum
 from galley.core.types import LoraConfig, SessionConfig
 from tests.conftest import free_port
@@ -513,3 +514,21 @@ def test_readme_commands_serve_and_train(tmp_path: Path) -> None:
         server.terminate()
         out, _ = server.communicate(timeout=60)
     assert "loopback only, any tml- key accepted" in out
+
+
+def test_ended_sessions_are_forgotten_after_a_while() -> None:
+    """An ended session answers 410 for ``keep_results_s``, then is dropped (no unbounded
+    growth in a long-running server)."""
+    service = TinkerService(noop_adapters(), limits=ServeLimits(keep_results_s=0.0))
+    request = types.CreateSessionRequest(tags=[], user_metadata=None, sdk_version="x")
+    session_id = service.create_session("t", request)["session_id"]
+    service.end_session("t", session_id)
+    with pytest.raises(ApiError) as ended:
+        service.heartbeat("t", session_id)
+    assert ended.value.status == 410
+    time.sleep(0.01)
+    service.reap()
+    with pytest.raises(ApiError) as gone:
+        service.heartbeat("t", session_id)
+    assert gone.value.status == 404
+    service.close()

@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 
-from galley.adapters.serve.errors import ApiError, bad_request, busy, not_found
+from galley.adapters.serve.errors import bad_request, busy, not_found
 
 # A result: protobuf bytes, or a JSON object.
 Reply = bytes | Mapping[str, Any]
@@ -125,8 +125,9 @@ class ModelQueue:
             while self.next_seq in self._waiting:
                 self._waiting.pop(self.next_seq)()
                 self.next_seq += 1
-            for old in [s for s in self._ids if s < self.next_seq - self.remember]:
-                del self._ids[old]
+            if len(self._ids) > 2 * self.remember:  # now and then, not on every request
+                for old in [s for s in self._ids if s < self.next_seq - self.remember]:
+                    del self._ids[old]
 
 
 def settle(pending: Pending, work: Future[Any], encode: Callable[[Any], Reply]) -> None:
@@ -145,8 +146,4 @@ def settle(pending: Pending, work: Future[Any], encode: Callable[[Any], Reply]) 
     work.add_done_callback(done)
 
 
-def failed(pending: Pending, error: BaseException) -> None:
-    pending.result.set_exception(error)
-
-
-__all__ = ["ApiError", "ModelQueue", "Pending", "Reply", "RequestTable", "settle", "wait_for"]
+__all__ = ["ModelQueue", "Pending", "Reply", "RequestTable", "settle", "wait_for"]

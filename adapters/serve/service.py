@@ -188,14 +188,19 @@ class TinkerService:
                 self._samplers.pop(sampler_id, None)
 
     def reap(self) -> None:
-        """End the sessions whose heartbeats stopped; forget old finished requests."""
+        """End the sessions whose heartbeats stopped; forget sessions ended (and requests
+        finished) more than ``keep_results_s`` ago."""
         now = time.monotonic()
+        keep = self.limits.keep_results_s
         with self._lock:
             stale = [
                 s
                 for s in self._sessions.values()
                 if not s.ended and now - s.last_seen > self.limits.session_timeout_s
             ]
+            for s in list(self._sessions.values()):
+                if s.ended_at is not None and now - s.ended_at > keep:
+                    del self._sessions[s.session_id]
         for session in stale:
             self._end(session, "heartbeats stopped")
         self.requests.prune()
@@ -223,7 +228,7 @@ class TinkerService:
         base_model: str,
         lora: LoraConfig,
         user_metadata: Mapping[str, Any] | None,
-        then: Callable[[Model, TrainingSession], Any] | None = None,
+        then: Callable[[TrainingSession], Future[Any]] | None = None,
         encode: Callable[[Any], Reply] | None = None,
     ) -> dict[str, Any]:
         """A new model (and its run record), loaded on the loader pool; the request resolves
@@ -276,17 +281,9 @@ class TinkerService:
 
         training.add_done_callback(forget_if_failed)
 
-        def loaded(session: TrainingSession) -> Future[Any]:
-            if then is not None:
-                follow: Future[Any] = then(model, session)
-                return follow
-            done: Future[Any] = Future()
-            done.set_result(None)
-            return done
-
-        chained = _chain(training, loaded)
+        work: Future[Any] = _chain(training, then) if then is not None else training
         reply = encode or (lambda _: to_json(tt.CreateModelResponse(model_id=model_id)))
-        settle(pending, chained, reply)
+        settle(pending, work, reply)
         log.info("model_created", model_id=model_id, base_model=base_model, lora_rank=lora.rank)
         return _future(pending.request_id, model_id)
 
@@ -555,7 +552,7 @@ class TinkerService:
             source.base_model,
             source.lora,
             request.user_metadata,
-            then=lambda _, session: load(session),
+            then=load,
             encode=lambda _: to_json(tt.LoadWeightsResponse(path=str(path), model_id=new_id)),
         )
 

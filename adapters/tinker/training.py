@@ -33,6 +33,7 @@ from galley.core.keys import check_name
 from galley.core.manifest import CheckpointMismatchError, Manifest, check_identity
 from galley.core.types import (
     AdamParams,
+    CheckpointKind,
     CheckpointRef,
     Datum,
     ForwardBackwardInput,
@@ -122,7 +123,7 @@ class TinkerTrainingSession:
             lambda r: galley_adam(r, step, params),
         )
 
-    def _metadata(self, kind: str, name: str) -> dict[str, str]:
+    def _metadata(self, kind: CheckpointKind, name: str) -> dict[str, str]:
         return {RUN: self.config.run_id, NAME: name, STEP: str(self._step), KIND: kind}
 
     def save_state(self, name: str) -> Future[CheckpointRef]:
@@ -141,8 +142,8 @@ class TinkerTrainingSession:
         )
         return mapped(sdk, lambda r: self._ref("sampler", name, r.path, step))
 
-    def _ref(self, kind: str, name: str, path: str, step: int) -> CheckpointRef:
-        return CheckpointRef(kind, name, path, self.config.run_id, step, self.config.base_model)  # type: ignore[arg-type]
+    def _ref(self, kind: CheckpointKind, name: str, path: str, step: int) -> CheckpointRef:
+        return CheckpointRef(kind, name, path, self.config.run_id, step, self.config.base_model)
 
     def _check(self, ref: CheckpointRef, *, state: bool) -> None:
         """Before a load: the service's record of the checkpoint is the one ``ref`` names,
