@@ -36,7 +36,9 @@ from galley.adapters.jax.batching import (
 )
 from galley.adapters.jax.compilation_cache import use_compilation_cache
 from galley.adapters.jax.config import ModelConfig, expected_shapes, read_config
+from galley.adapters.jax.mesh import MeshShape
 from galley.adapters.jax.model import CausalLM, build_model
+from galley.adapters.jax.sharding import Layout
 from galley.core.errors import ConfigError, ValidationError
 from galley.core.manifest import read_checkpoint
 from galley.core.model_input import ModelInput
@@ -227,7 +229,9 @@ def generate(
 
 class JaxCompleter:
     """Samples from HF decoder models, optionally with sampler weights exported by the JAX
-    TrainingClient (a PEFT adapter, merged in at load, or merged full weights)."""
+    TrainingClient (a PEFT adapter, merged in at load, or merged full weights). ``mesh``
+    splits the weights over ``devices`` as the training client's does: a model too big for
+    one device samples split over several."""
 
     def __init__(
         self,
@@ -239,6 +243,8 @@ class JaxCompleter:
         length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
         compilation_cache_dir: str | None = None,
         max_models: int = 4,
+        devices: Sequence[Any] | None = None,
+        mesh: MeshShape | None = None,
     ) -> None:
         if compilation_cache_dir is not None:
             use_compilation_cache(compilation_cache_dir)
@@ -248,6 +254,7 @@ class JaxCompleter:
         if type(max_models) is not int or max_models < 1:
             raise ConfigError(f"JaxCompleter.max_models: expected at least 1, got {max_models!r}")
         self.max_models = max_models
+        self.layout = Layout(mesh or MeshShape(), devices)
         # The models sampled from most recently (a base, its adapters): the oldest is dropped.
         self._models: OrderedDict[tuple[str, str | None], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
@@ -292,6 +299,7 @@ class JaxCompleter:
             finally:
                 reader.close()
         graphdef, state = nnx.split(model)
+        state = self.layout.place(state, cfg.family.sharding, transposed=True)
         tokenizer = HFTokenizerAdapter(tokenizer_folder, cfg.eos_token_ids, cfg.bos_token_id)
         return LoadedModel(graphdef, state, cfg, tokenizer)
 

@@ -7,6 +7,7 @@ from typing import Any
 import attrs
 
 from galley.adapters.composition import AdapterKind, Built
+from galley.adapters.jax.mesh import MeshShape
 
 
 @attrs.frozen
@@ -16,6 +17,7 @@ class JaxTrainingOptions:
         factory=lambda: [32, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
     )
     compilation_cache_dir: str | None = None  # keep compiled steps here across processes
+    mesh: MeshShape = attrs.field(factory=MeshShape)  # {data, fsdp, tensor} device counts
 
 
 @attrs.frozen
@@ -24,6 +26,7 @@ class JaxCompleterOptions:
     dtype: str = "float32"
     compilation_cache_dir: str | None = None
     max_models: int = 4  # models kept loaded (least recently used dropped)
+    mesh: MeshShape = attrs.field(factory=MeshShape)  # {data, fsdp, tensor} device counts
 
 
 def _training(o: JaxTrainingOptions, built: Built) -> Any:
@@ -35,6 +38,7 @@ def _training(o: JaxTrainingOptions, built: Built) -> Any:
         dtype=o.dtype,
         length_buckets=o.length_buckets,
         compilation_cache_dir=o.compilation_cache_dir,
+        mesh=o.mesh,
     )
 
 
@@ -48,6 +52,7 @@ def _completer(o: JaxCompleterOptions, built: Built) -> Any:
         dtype=o.dtype,
         compilation_cache_dir=o.compilation_cache_dir,
         max_models=o.max_models,
+        mesh=o.mesh,
     )
 
 

@@ -3,9 +3,11 @@
 Each operation is one pure jitted function of (trainable, frozen, optimizer state, batch):
 only trainable parameters get gradients and optimizer state; replaced buffers are donated;
 hyperparameters (LR, betas, clipping) are traced inputs, so changing them never recompiles;
-sequence lengths are padded to buckets. Parameters and batches live on a data-parallel
-``jax.sharding.Mesh`` over all local devices. Compiled steps are shared by sessions of the
-same model shape. Sessions of one base model (LoRA or not) share its frozen weights in memory.
+sequence lengths are padded to buckets. Parameters and batches live on a
+``jax.sharding.Mesh`` (``sharding.py``): data-parallel over all local devices by default, or
+split for FSDP and tensor parallelism by the model family's rules, with XLA's SPMD
+partitioner placing the rest. Compiled steps are shared by sessions of the same model
+shape. Sessions of one base model (LoRA or not) share its frozen weights in memory.
 """
 
 from __future__ import annotations
@@ -20,12 +22,12 @@ from concurrent.futures import Future
 from functools import partial
 from typing import Any
 
+import attrs
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
@@ -42,6 +44,7 @@ from galley.adapters.jax.batching import (
 from galley.adapters.jax.compilation_cache import use_compilation_cache
 from galley.adapters.jax.config import ModelConfig, expected_shapes, read_config
 from galley.adapters.jax.losses import loss_sum, token_logprobs
+from galley.adapters.jax.mesh import MeshShape
 from galley.adapters.jax.model import (
     CausalLM,
     build_model,
@@ -55,6 +58,7 @@ from galley.adapters.jax.peft_export import (
     peft_adapter_files,
 )
 from galley.adapters.jax.session_sampler import WeightsCompleter, sampling_copy
+from galley.adapters.jax.sharding import Layout, Pinned
 from galley.core.errors import ValidationError
 from galley.core.keys import check_name, join_key
 from galley.core.losses import LossFn
@@ -127,7 +131,16 @@ def forward_step(
     return _loss(trainable, graphdef, frozen, batch, loss, clip)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "loss"), donate_argnames=("grads",))
+@attrs.frozen
+class Pins:
+    """Where a session's trainable weights (and gradients) and optimizer state live: the
+    steps keep them there."""
+
+    trainable: Pinned
+    opt_state: Pinned
+
+
+@partial(jax.jit, static_argnames=("graphdef", "loss", "pins"), donate_argnames=("grads",))
 def forward_backward_step(
     graphdef: Any,
     trainable: Any,
@@ -136,17 +149,18 @@ def forward_backward_step(
     batch: dict[str, jax.Array],
     loss: LossFn,
     clip: jax.Array,
+    pins: Pins,
 ) -> tuple[jax.Array, jax.Array, Any]:
     TRACES["forward_backward"] += 1
     (value, logp), g = jax.value_and_grad(_loss, has_aux=True)(
         trainable, graphdef, frozen, batch, loss, clip
     )
-    return value, logp, jax.tree.map(jnp.add, grads, g)
+    return value, logp, pins.trainable(jax.tree.map(jnp.add, grads, g))
 
 
-@partial(jax.jit, donate_argnames=("trainable", "opt_state", "grads"))
+@partial(jax.jit, static_argnames=("pins",), donate_argnames=("trainable", "opt_state", "grads"))
 def optim_step(
-    trainable: Any, opt_state: Any, grads: Any, hyper: dict[str, jax.Array]
+    trainable: Any, opt_state: Any, grads: Any, hyper: dict[str, jax.Array], pins: Pins
 ) -> tuple[Any, Any, Any, jax.Array, jax.Array]:
     TRACES["optim_step"] += 1
     grad_norm = optax.tree.norm(grads)
@@ -165,7 +179,13 @@ def optim_step(
 
     zero = jax.tree.map(jnp.zeros_like, grads)
     update_norm = jnp.where(finite, optax.tree.norm(updates), 0.0)
-    return keep(new, trainable), keep(new_state, opt_state), zero, grad_norm, update_norm
+    return (
+        pins.trainable(keep(new, trainable)),
+        pins.opt_state(keep(new_state, opt_state)),
+        pins.trainable(zero),
+        grad_norm,
+        update_norm,
+    )
 
 
 def hyper_arrays(p: AdamParams) -> dict[str, jax.Array]:
@@ -226,16 +246,12 @@ class JaxTrainingSession:
         parts: tuple[Any, ...] = nnx.split(model, trainable_filter, ...)
         self._graphdef: Any = parts[0]
         trainable, frozen = parts[1], parts[2]
-        mesh = client.mesh
-        self._replicated = NamedSharding(mesh, PartitionSpec())  # type: ignore[no-untyped-call]
-        self._data_sharding = NamedSharding(mesh, PartitionSpec("data"))  # type: ignore[no-untyped-call]
-        self._trainable = jax.device_put(trainable, self._replicated)
+        self._trainable = self._on_mesh(trainable)
         # Held for the session's life: the client keeps the shared copy while any session does.
         self._base, self._frozen = client.shared_base(
-            (str(self.folder), client.dtype.name), jax.device_put(frozen, self._replicated)
+            (str(self.folder), client.dtype.name), self._on_mesh(frozen)
         )
-        self._opt_state = jax.device_put(_tx().init(self._trainable), self._replicated)
-        self._grads = jax.tree.map(jnp.zeros_like, self._trainable)
+        self._restart_optimizer()
         self._step = 0
         self._queue = RequestQueue(f"jax-session-{session_id}")
         self._info = ModelInfo(
@@ -305,13 +321,16 @@ class JaxTrainingSession:
     def _sampling_client(self) -> WeightsCompleter:
         model = nnx.merge(self._graphdef, self._trainable, self._frozen)
         client = self._client
-        loaded = sampling_copy(model, self.model_config, self.tokenizer, client.dtype)
+        loaded = sampling_copy(
+            model, self.model_config, self.tokenizer, client.dtype, client.layout
+        )
         return WeightsCompleter(
             loaded,
             client.hub,
             client.blobs,
             dtype=client.dtype.name,
             length_buckets=client.length_buckets,
+            layout=client.layout,
         )
 
     def save_weights_for_sampler(self, name: str) -> Future[CheckpointRef]:
@@ -331,6 +350,18 @@ class JaxTrainingSession:
 
     # -- work (on the session's queue thread) ---------------------------------------------
 
+    def _on_mesh(self, tree: Any) -> Any:
+        """Parameters, or state that mirrors them, split over the mesh by the family's rules."""
+        return self._client.layout.place(tree, self.model_config.family.sharding)
+
+    def _restart_optimizer(self) -> None:
+        self._opt_state = self._on_mesh(_tx().init(self._trainable))
+        self._grads = self._on_mesh(jax.tree.map(jnp.zeros_like, self._trainable))
+        self._pins = Pins(
+            Pinned(jax.tree.map(lambda a: a.sharding, self._trainable)),
+            Pinned(jax.tree.map(lambda a: a.sharding, self._opt_state)),
+        )
+
     def _prepare(
         self, data: Sequence[Datum], loss_fn: str, config: Mapping[str, float] | None
     ) -> tuple[ForwardBackwardInput, PaddedBatch]:
@@ -340,11 +371,12 @@ class JaxTrainingSession:
         client = self._client
         share = fused_attention(client.dtype) is None
         return request, pad_batch(
-            request, client.length_buckets, client.mesh.size, share_heads=share
+            request, client.length_buckets, client.layout.batch_rows, share_heads=share
         )
 
     def _device_batch(self, batch: PaddedBatch) -> dict[str, jax.Array]:
-        return {k: jax.device_put(v, self._data_sharding) for k, v in batch.arrays().items()}
+        sharding = self._client.layout.batch
+        return {k: jax.device_put(v, sharding) for k, v in batch.arrays().items()}
 
     def _run(
         self, request: ForwardBackwardInput, batch: PaddedBatch, *, backward: bool
@@ -363,6 +395,7 @@ class JaxTrainingSession:
                 device_batch,
                 request.loss_fn,
                 clip,
+                self._pins,
             )
         else:
             value, logp = forward_step(
@@ -381,7 +414,7 @@ class JaxTrainingSession:
 
     def _optim(self, p: AdamParams) -> Deferred[OptimStepResult]:
         self._trainable, self._opt_state, self._grads, grad_norm, update_norm = optim_step(
-            self._trainable, self._opt_state, self._grads, hyper_arrays(p)
+            self._trainable, self._opt_state, self._grads, hyper_arrays(p), self._pins
         )
         self._step += 1
         step = self._step
@@ -424,9 +457,9 @@ class JaxTrainingSession:
         tree = unflatten_like(
             self._state_tree(), load_safetensors(files[STATE_FILE]), f"checkpoint {ref.key!r}"
         )
-        self._trainable = jax.device_put(tree["trainable"], self._replicated)
-        self._opt_state = jax.device_put(tree["opt_state"], self._replicated)
-        self._grads = jax.device_put(tree["grads"], self._replicated)
+        self._trainable = self._on_mesh(tree["trainable"])
+        self._opt_state = self._on_mesh(tree["opt_state"])
+        self._grads = self._on_mesh(tree["grads"])
         self._step = manifest.step
 
     def _load_weights(self, ref: CheckpointRef) -> None:
@@ -466,9 +499,8 @@ class JaxTrainingSession:
                 "a session starts from a state checkpoint, or from a PEFT adapter when it "
                 "trains a LoRA of the same shape",
             )
-        self._trainable = jax.device_put(trainable, self._replicated)
-        self._opt_state = jax.device_put(_tx().init(self._trainable), self._replicated)
-        self._grads = jax.tree.map(jnp.zeros_like, self._trainable)
+        self._trainable = self._on_mesh(trainable)
+        self._restart_optimizer()
         self._step = 0
 
     def _lora_meta(self) -> dict[str, Any]:
@@ -515,7 +547,8 @@ class JaxTrainingSession:
 
 class JaxTrainingClient:
     """Sessions on HF decoder models; base models come through the HubClient (or a local
-    directory), checkpoints and exports go through the BlobStore."""
+    directory), checkpoints and exports go through the BlobStore. ``mesh`` splits the
+    ``devices`` (default: all local ones) into data, FSDP and tensor-parallel axes."""
 
     def __init__(
         self,
@@ -525,6 +558,7 @@ class JaxTrainingClient:
         dtype: str = "float32",
         length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
         devices: Sequence[Any] | None = None,
+        mesh: MeshShape | None = None,
         compilation_cache_dir: str | None = None,
     ) -> None:
         if compilation_cache_dir is not None:
@@ -532,9 +566,7 @@ class JaxTrainingClient:
         self.hub, self.blobs = hub, blobs
         self.dtype = checked_dtype(dtype, "JaxTrainingClient")
         self.length_buckets = checked_buckets(length_buckets, "JaxTrainingClient.length_buckets")
-        self.mesh = Mesh(
-            np.asarray(devices if devices is not None else jax.local_devices()), ("data",)
-        )
+        self.layout = Layout(mesh or MeshShape(), devices)
         self._ids = itertools.count(1)
         self._bases: weakref.WeakValueDictionary[tuple[str, str], SharedBase] = (
             weakref.WeakValueDictionary()

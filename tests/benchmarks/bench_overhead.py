@@ -116,7 +116,7 @@ def bare_round(recording: Recording) -> float:
         if kind == "fb":
             data, loss_fn, cfg = payload
             request = ForwardBackwardInput(tuple(data), loss_fn, dict(cfg or {}))
-            batch = pad_batch(request, client.length_buckets, client.mesh.size)
+            batch = pad_batch(request, client.length_buckets, client.layout.batch_rows)
             device = session._device_batch(batch)
             clip = jnp.asarray([0.8, 1.2], jnp.float32)
             value, _, session._grads = forward_backward_step(
@@ -127,10 +127,15 @@ def bare_round(recording: Recording) -> float:
                 device,
                 request.loss_fn,
                 clip,
+                session._pins,
             )
         else:
             session._trainable, session._opt_state, session._grads, norm, _ = optim_step(
-                session._trainable, session._opt_state, session._grads, hyper_arrays(payload)
+                session._trainable,
+                session._opt_state,
+                session._grads,
+                hyper_arrays(payload),
+                session._pins,
             )
             if logged is not None:
                 float(logged[0]), float(logged[1])  # what a loop logs: one host read each

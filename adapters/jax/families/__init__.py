@@ -59,6 +59,32 @@ class HFNames:
         return f"{self.module(path)}.{part}"
 
 
+# How parameters split over the mesh (axes "fsdp" and "tensor"; "data" only splits batches):
+# per parameter, by galley's name with kernels [in, out], the mesh axis each dimension splits
+# over, None where every device holds it whole. FSDP splits each matrix along one dimension
+# to spread its memory; tensor parallelism splits q/k/v and gate/up by output columns
+# (attention heads, MLP width) and o/down by input rows, Megatron's pairs, so each device
+# computes its heads and its slice of the MLP. A LoRA factor follows its kernel: A
+# [in, rank] its input axis, B [rank, out] its output axis. Parameters not listed (the
+# norms) are whole on every device. XLA's SPMD partitioner places the activations.
+ShardingRules = tuple[tuple[str, tuple[str | None, ...]], ...]
+
+LLAMA_SHARDING: ShardingRules = (
+    ("embed_tokens", ("tensor", "fsdp")),  # [vocab, hidden]
+    ("lm_head.kernel", ("fsdp", "tensor")),
+    ("self_attn.q_proj.kernel", ("fsdp", "tensor")),
+    ("self_attn.k_proj.kernel", ("fsdp", "tensor")),
+    ("self_attn.v_proj.kernel", ("fsdp", "tensor")),
+    ("self_attn.q_proj.bias", ("tensor",)),
+    ("self_attn.k_proj.bias", ("tensor",)),
+    ("self_attn.v_proj.bias", ("tensor",)),
+    ("self_attn.o_proj.kernel", ("tensor", "fsdp")),
+    ("mlp.gate_proj.kernel", ("fsdp", "tensor")),
+    ("mlp.up_proj.kernel", ("fsdp", "tensor")),
+    ("mlp.down_proj.kernel", ("tensor", "fsdp")),
+)
+
+
 @attrs.frozen
 class Family:
     name: str
@@ -66,6 +92,7 @@ class Family:
     qkv_bias: Callable[[Mapping[str, Any]], bool]  # q/k/v projections carry a bias
     qk_norm: bool = False  # queries and keys are RMS-normalised per head before RoPE
     names: HFNames = attrs.field(factory=HFNames)
+    sharding: ShardingRules = LLAMA_SHARDING  # how its parameters split over a mesh
 
 
 @cache

@@ -1,5 +1,5 @@
 """Qwen2 and Qwen2.5: Llama's layout with a bias on the q/k/v projections."""
 
-from galley.adapters.jax.families import Family
+from galley.adapters.jax.families import LLAMA_SHARDING, Family
 
-FAMILY = Family("qwen2", ("qwen2",), qkv_bias=lambda config: True)
+FAMILY = Family("qwen2", ("qwen2",), qkv_bias=lambda config: True, sharding=LLAMA_SHARDING)

@@ -1,0 +1,113 @@
+"""Where arrays live on a device mesh: data parallelism, FSDP and tensor parallelism through
+``jax.sharding`` (XLA's SPMD partitioner does the rest).
+
+A mesh has three axes, ``data x fsdp x tensor``. Batches split their rows over ``data`` and
+``fsdp``; parameters, and the optimizer state that mirrors them, split by their family's
+rules (``families.ShardingRules``) over ``fsdp`` and ``tensor``. With ``fsdp = tensor = 1``
+every device holds the whole model: plain data parallelism, galley's default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from galley.adapters.jax.families import ShardingRules
+from galley.adapters.jax.mesh import AXES, MeshShape
+
+BATCH_AXES = ("data", "fsdp")  # a batch's rows split over both
+
+
+def param_name(path: Sequence[Any]) -> str:
+    """A parameter's name in the rules from its path in a pytree: the string keys, without
+    the layer list and its indices (``self_attn.q_proj.kernel``). The optimizer's moments
+    carry their parameter's path under their own prefix (``mu``, ``nu``), which has no
+    string dictionary keys, so they get their parameter's name."""
+    keys = [k.key for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return ".".join(k for k in keys if isinstance(k, str) and k != "layers")
+
+
+class Layout:
+    """A mesh and the shardings on it: of a batch, of anything replicated, of each parameter
+    by its family's rules."""
+
+    def __init__(self, shape: MeshShape, devices: Sequence[Any] | None = None) -> None:
+        available = list(devices if devices is not None else jax.local_devices())
+        sizes = shape.sizes(len(available))  # the first data x fsdp x tensor devices
+        grid = np.asarray(available[: int(np.prod(sizes))], dtype=object).reshape(sizes)
+        self.shape = shape
+        self.mesh = mesh = Mesh(grid, AXES)
+        self.replicated = NamedSharding(mesh, PartitionSpec())  # type: ignore[no-untyped-call]
+        self.batch = NamedSharding(mesh, PartitionSpec(BATCH_AXES))  # type: ignore[no-untyped-call]
+        # A batch's rows are padded to a multiple of this, so each device gets equal rows.
+        self.batch_rows = int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
+
+    def spec(
+        self, name: str, shape: tuple[int, ...], rules: ShardingRules, *, transposed: bool
+    ) -> PartitionSpec:
+        """Where parameter ``name`` of ``shape`` splits. ``transposed``: kernels are stored
+        ``[out, in]`` (the sampling layout). A dimension that an axis does not divide stays
+        whole (a small model on a large mesh); so does every dimension of a scalar."""
+        axes = _axes(name, dict(rules))
+        if axes is None or len(axes) != len(shape):
+            return PartitionSpec()  # type: ignore[no-untyped-call]
+        if transposed and name.endswith(".kernel"):
+            axes = axes[::-1]
+        kept = [
+            axis if axis is not None and size % self.mesh.shape[axis] == 0 else None
+            for axis, size in zip(axes, shape, strict=True)
+        ]
+        return PartitionSpec(*kept)  # type: ignore[no-untyped-call]
+
+    def shardings(self, tree: Any, rules: ShardingRules, *, transposed: bool = False) -> Any:
+        """A sharding for every array of ``tree`` (parameters, or optimizer state)."""
+        return jax.tree_util.tree_map_with_path(
+            lambda path, leaf: NamedSharding(
+                self.mesh,
+                self.spec(param_name(path), np.shape(leaf), rules, transposed=transposed),
+            ),
+            tree,
+        )
+
+    def place(self, tree: Any, rules: ShardingRules, *, transposed: bool = False) -> Any:
+        """``tree`` on the mesh, each array split as the rules say."""
+        return jax.device_put(tree, self.shardings(tree, rules, transposed=transposed))
+
+
+class Pinned:
+    """A pytree's shardings as a hashable value, to pass a compiled step as a static
+    argument: the step pins its outputs where its inputs live. Left to choose, XLA puts an
+    array computed from no input (zeroed gradients) whole on every device."""
+
+    def __init__(self, tree: Any) -> None:
+        self._shardings = tree
+        leaves, treedef = jax.tree.flatten(tree)
+        self._key = (tuple(leaves), treedef)
+
+    def __hash__(self) -> int:
+        return hash(self._key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Pinned) and self._key == other._key
+
+    def __call__(self, tree: Any) -> Any:
+        """``tree`` (inside a compiled step) constrained to these shardings."""
+        return jax.lax.with_sharding_constraint(tree, self._shardings)  # type: ignore[no-untyped-call]
+
+
+def _axes(name: str, rules: dict[str, tuple[str | None, ...]]) -> tuple[str | None, ...] | None:
+    if name in rules:
+        return rules[name]
+    module, _, part = name.rpartition(".")
+    kernel = rules.get(f"{module}.kernel")
+    if kernel is None:
+        return None
+    if part == "lora_a":  # [in, rank]
+        return (kernel[0], None)
+    if part == "lora_b":  # [rank, out]
+        return (None, kernel[1])
+    return None
