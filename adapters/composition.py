@@ -22,6 +22,7 @@ options as keyword arguments.
 from __future__ import annotations
 
 import importlib
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint, entry_points
@@ -31,6 +32,7 @@ import attrs
 import structlog
 
 from galley.adapters.helpers.fanout import fan_out
+from galley.adapters.helpers.followers import for_process
 from galley.adapters.settings import settings_from_mapping
 from galley.core.adapter_set import PORT_NAMES, Adapters
 from galley.core.errors import ConfigError, GalleyError
@@ -307,7 +309,16 @@ def build_adapters(choices: Mapping[str, AdapterChoice], **instances: Any) -> Ad
             built[port] = fan_out(sinks)
         else:
             built[port] = build_one(port, choice, built)
-    return Adapters(**built)
+    return for_process(Adapters(**built), process_role()[0])
+
+
+def process_role() -> tuple[int, int]:
+    """(this process's index, the number of processes) in a run of several processes that
+    an adapter joined (``jax.distributed``); (0, 1) otherwise."""
+    jax = sys.modules.get("jax")
+    if jax is None or not jax.distributed.is_initialized():
+        return 0, 1
+    return int(jax.process_index()), int(jax.process_count())
 
 
 def build_one(port: str, choice: AdapterChoice, built: Built) -> Any:

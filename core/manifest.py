@@ -65,8 +65,10 @@ def write_checkpoint(
     step: int,
     files: Mapping[str, bytes],
     meta: Mapping[str, str] | None = None,
+    written: Mapping[str, BlobDigest] | None = None,
 ) -> Manifest:
-    """Write ``files`` under ``prefix``, then the manifest naming them."""
+    """Write ``files`` under ``prefix``, then the manifest naming them and ``written``, files
+    already under ``prefix`` (another process wrote them) with their digests."""
     for filename, data in files.items():
         blobs.write(join_key(prefix, filename), data)
     manifest = Manifest(
@@ -74,7 +76,7 @@ def write_checkpoint(
         name,
         run_id,
         step,
-        {filename: digest(data) for filename, data in files.items()},
+        {**(written or {}), **{filename: digest(data) for filename, data in files.items()}},
         dict(meta or {}),
     )
     blobs.write(join_key(prefix, MANIFEST_NAME), to_json(manifest).encode())

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import attrs
 from rich.console import Console
@@ -24,9 +25,15 @@ from rich.table import Table
 
 from galley.adapters.cli.checkpoints import add_commands as add_checkpoint_commands
 from galley.adapters.cli.logging import RedactingConsole, configure_logging
-from galley.adapters.cli.run_config import load_run_config, resumed_config
+from galley.adapters.cli.run_config import RunConfig, load_run_config, resumed_config
 from galley.adapters.cli.serve import add_command as add_serve_command
-from galley.adapters.composition import REGISTRY, NoOptions, adapter_kinds, build_adapters
+from galley.adapters.composition import (
+    REGISTRY,
+    NoOptions,
+    adapter_kinds,
+    build_adapters,
+    process_role,
+)
 from galley.adapters.helpers.events import TraceRecorder, traced
 from galley.adapters.settings import read_text
 from galley.core.adapter_set import Adapters
@@ -132,11 +139,17 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         sets += [f"run_id={json.dumps(args.resume)}", "resume=true"]
     run_config = load_run_config(args.workflow, args.config, sets, args.adapters)
     config = run_config.config
-    if getattr(config, "run_id", "unset") is None:
+    named = getattr(config, "run_id", "unset") is not None
+    if not named:
         config = attrs.evolve(config, run_id=new_run_id(args.workflow))
     close_log = configure_logging("info" if args.verbose else "warning", args.log_file)
     try:
         adapters = build_adapters(run_config.adapters)
+        if process_role()[1] > 1 and not named:
+            raise ConfigError(
+                "a run of several processes needs its id: give every process the same "
+                "--set run_id=NAME (or --resume NAME)"
+            )
         if args.resume:
             config = resumed_config(run_config, adapters, args.resume)
         kinds = ", ".join(f"{port}={c.kind}" for port, c in run_config.adapters.items())
@@ -156,9 +169,21 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             finally:
                 observer.stop()
     except WorkflowError as error:
-        return report_failure(console, error, args.workflow, config, adapters)
+        code = report_failure(console, error, args.workflow, config, adapters)
+        if process_role()[1] > 1:
+            close_log()
+            end_process(console, code, config.run_id)
+        return code
     finally:
         close_log()
+    print_outcome(console, run_config, adapters, config, result)
+    return 0
+
+
+def print_outcome(
+    console: Console, run_config: RunConfig, adapters: Adapters, config: Any, result: Any
+) -> None:
+    """The run's summary, where its files went, and where its metrics can be seen."""
     blobs_choice = run_config.adapters["blobs"]
 
     def where(key: str) -> str:
@@ -181,7 +206,6 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
             console.print(f"metrics: {path} (run {result.run_id})")
     for line in tracker_lines(metrics.parts or (metrics,), record.trackers if record else {}):
         console.print(line, soft_wrap=True)
-    return 0
 
 
 def tracker_lines(choices: Sequence[Any], links: Mapping[str, str]) -> list[str]:
@@ -201,6 +225,21 @@ def tracker_lines(choices: Sequence[Any], links: Mapping[str, str]) -> list[str]
                 f"wandb: run {links['wandb.run_id']}" + (sync if mode == "offline" else "")
             )
     return lines
+
+
+def end_process(console: Console, code: int, run_id: str) -> NoReturn:
+    """End a failed process of a run of several at once. Exiting normally, JAX would wait at
+    a shutdown barrier for every process and, one of them gone, abort with a stack trace
+    once its heartbeat times out."""
+    index, count = process_role()
+    console.print(
+        f"this was process {index} of {count}: when one stops, every process of the run "
+        f"stops; start them all again with --resume {run_id}",
+        soft_wrap=True,
+    )
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def report_failure(

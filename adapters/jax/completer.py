@@ -38,7 +38,7 @@ from galley.adapters.jax.compilation_cache import use_compilation_cache
 from galley.adapters.jax.config import ModelConfig, expected_shapes, read_config
 from galley.adapters.jax.mesh import MeshShape
 from galley.adapters.jax.model import CausalLM, build_model
-from galley.adapters.jax.sharding import Layout
+from galley.adapters.jax.sharding import Layout, to_host
 from galley.core.errors import ConfigError, ValidationError
 from galley.core.manifest import read_checkpoint
 from galley.core.model_input import ModelInput
@@ -351,7 +351,8 @@ class JaxCompleter:
         )
         stop_ids = np.full((MAX_STOP_IDS,), -1, np.int32)
         stop_ids[: min(len(stops), MAX_STOP_IDS)] = stops[:MAX_STOP_IDS]
-        out, out_lp, counts, prompt_lp = jax.device_get(
+        out, out_lp, counts, prompt_lp = map(
+            to_host,
             generate(
                 loaded.graphdef,
                 loaded.state,
@@ -366,7 +367,7 @@ class JaxCompleter:
                 jnp.asarray(stop_ids),
                 new_tokens=new_tokens,
                 prompt_logprobs=params.include_prompt_logprobs,
-            )
+            ),
         )
         completions = []
         for i, ids in enumerate(encoded):

@@ -7,7 +7,7 @@ from typing import Any
 import attrs
 
 from galley.adapters.composition import AdapterKind, Built
-from galley.adapters.jax.mesh import MeshShape
+from galley.adapters.jax.mesh import Distributed, MeshShape
 
 
 @attrs.frozen
@@ -18,6 +18,9 @@ class JaxTrainingOptions:
     )
     compilation_cache_dir: str | None = None  # keep compiled steps here across processes
     mesh: MeshShape = attrs.field(factory=MeshShape)  # {data, fsdp, tensor} device counts
+    # One process of several: {coordinator, num_processes, process_id}; {} reads them from
+    # the environment (see docs/scaling.md).
+    distributed: Distributed | None = None
 
 
 @attrs.frozen
@@ -31,6 +34,11 @@ class JaxCompleterOptions:
 
 def _training(o: JaxTrainingOptions, built: Built) -> Any:
     from galley.adapters.jax import JaxTrainingClient
+
+    if o.distributed is not None:
+        from galley.adapters.jax.distributed import join
+
+        join(o.distributed)
 
     return JaxTrainingClient(
         built["hub"],

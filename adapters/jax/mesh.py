@@ -1,5 +1,6 @@
-"""The mesh's shape as adapter options (``mesh = {data = 2, fsdp = 2}``): importing it
-imports no JAX, so listing adapter kinds stays cheap."""
+"""The mesh's shape and a distributed run's processes as adapter options (``mesh = {data =
+2, fsdp = 2}``, ``distributed = {coordinator = "host:port", ...}``): importing them imports no
+JAX, so listing adapter kinds stays cheap."""
 
 from __future__ import annotations
 
@@ -38,3 +39,29 @@ class MeshShape:
                 f"{max(data, 1) * model} devices; {available} are available"
             )
         return data, self.fsdp, self.tensor
+
+
+def _at_least(low: int) -> Any:
+    def check(_: Any, attribute: attrs.Attribute[Any], value: int | None) -> None:
+        if value is not None and (type(value) is not int or value < low):
+            raise ConfigError(
+                f"distributed.{attribute.name}: expected an integer of at least {low}, "
+                f"got {value!r}"
+            )
+
+    return check
+
+
+@attrs.frozen
+class Distributed:
+    """One process of a run of several (``jax.distributed``): every process runs the same
+    workflow with the same settings but its own ``process_id``. Fields left out are read
+    from the environment as ``jax.distributed.initialize`` reads it (its variables, or a
+    cluster's: SLURM, Kubernetes, TPU pods)."""
+
+    coordinator: str | None = None  # "host:port" where process 0 listens
+    num_processes: int | None = attrs.field(default=None, validator=_at_least(1))
+    process_id: int | None = attrs.field(default=None, validator=_at_least(0))
+    # A process not heard from for this long has died: every other process ends too.
+    timeout_s: int = attrs.field(default=100, validator=_at_least(1))
+    start_timeout_s: int = attrs.field(default=300, validator=_at_least(1))  # all must join

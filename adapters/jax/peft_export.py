@@ -13,6 +13,7 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from galley.adapters.jax.model import CausalLM, Linear, RMSNorm
+from galley.adapters.jax.sharding import to_host
 from galley.core.errors import ValidationError
 from galley.core.types import SessionConfig
 
@@ -32,8 +33,8 @@ def peft_adapter_files(model: CausalLM, config: SessionConfig) -> dict[str, byte
     for path, node in _modules(model):
         if isinstance(node, Linear) and node.lora_a is not None and node.lora_b is not None:
             name = f"base_model.model.{model.cfg.family.names.module(path)}"
-            tensors[f"{name}.lora_A.weight"] = np.ascontiguousarray(np.asarray(node.lora_a[...]).T)
-            tensors[f"{name}.lora_B.weight"] = np.ascontiguousarray(np.asarray(node.lora_b[...]).T)
+            tensors[f"{name}.lora_A.weight"] = np.ascontiguousarray(to_host(node.lora_a[...]).T)
+            tensors[f"{name}.lora_B.weight"] = np.ascontiguousarray(to_host(node.lora_b[...]).T)
             targets.add(str(path[-1]))
     lora = config.lora
     adapter_config = {
@@ -78,7 +79,7 @@ def merged_weights(model: CausalLM) -> dict[str, jax.Array]:
 
 def merged_hf_tensors(model: CausalLM) -> dict[str, np.ndarray[Any, Any]]:
     """``merged_weights`` on the host, contiguous: what an export writes."""
-    return {k: np.ascontiguousarray(np.asarray(v)) for k, v in merged_weights(model).items()}
+    return {k: np.ascontiguousarray(to_host(v)) for k, v in merged_weights(model).items()}
 
 
 def load_peft_adapter(

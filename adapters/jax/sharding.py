@@ -5,6 +5,10 @@ A mesh has three axes, ``data x fsdp x tensor``. Batches split their rows over `
 ``fsdp``; parameters, and the optimizer state that mirrors them, split by their family's
 rules (``families.ShardingRules``) over ``fsdp`` and ``tensor``. With ``fsdp = tensor = 1``
 every device holds the whole model: plain data parallelism, galley's default.
+
+In a run of several processes (``jax.distributed``) the mesh spans every process's devices.
+Each process then holds the same host values (the workflow is the same everywhere) and puts
+on its own devices only their part of each array; results come back whole to every process.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ class Layout:
     by its family's rules."""
 
     def __init__(self, shape: MeshShape, devices: Sequence[Any] | None = None) -> None:
-        available = list(devices if devices is not None else jax.local_devices())
+        available = list(devices if devices is not None else jax.devices())
         sizes = shape.sizes(len(available))  # the first data x fsdp x tensor devices
         grid = np.asarray(available[: int(np.prod(sizes))], dtype=object).reshape(sizes)
         self.shape = shape
@@ -75,7 +79,33 @@ class Layout:
 
     def place(self, tree: Any, rules: ShardingRules, *, transposed: bool = False) -> Any:
         """``tree`` on the mesh, each array split as the rules say."""
-        return jax.device_put(tree, self.shardings(tree, rules, transposed=transposed))
+        return self.put(tree, self.shardings(tree, rules, transposed=transposed))
+
+    def put(self, tree: Any, shardings: Any) -> Any:
+        """``tree`` (host or device arrays) with ``shardings``. Across processes each puts
+        only its devices' parts, cut from its own copy of the value."""
+        if jax.process_count() == 1:
+            return jax.device_put(tree, shardings)
+
+        def local_parts(value: Any, sharding: NamedSharding) -> jax.Array:
+            host = to_host(value) if isinstance(value, jax.Array) else np.asarray(value)
+            return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+        return jax.tree.map(local_parts, tree, shardings)
+
+    def batch_arrays(self, arrays: dict[str, np.ndarray[Any, Any]]) -> dict[str, jax.Array]:
+        """A padded batch's arrays, rows split over ``data x fsdp``."""
+        return {k: self.put(v, self.batch) for k, v in arrays.items()}
+
+
+def to_host(array: jax.Array) -> np.ndarray[Any, Any]:
+    """The whole of ``array`` on the host, in every process (an all-gather across processes
+    when it is split over several)."""
+    if array.is_fully_addressable or array.is_fully_replicated:
+        return np.asarray(array)
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 class Pinned:
@@ -111,3 +141,11 @@ def _axes(name: str, rules: dict[str, tuple[str | None, ...]]) -> tuple[str | No
     if part == "lora_b":  # [rank, out]
         return (None, kernel[1])
     return None
+
+
+def sync_processes(name: str) -> None:
+    """Wait until every process of the run gets here (nothing to wait for in one)."""
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)

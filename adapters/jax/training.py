@@ -28,7 +28,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from galley.adapters.helpers.request_queue import Deferred, RequestQueue
@@ -58,11 +57,25 @@ from galley.adapters.jax.peft_export import (
     peft_adapter_files,
 )
 from galley.adapters.jax.session_sampler import WeightsCompleter, sampling_copy
-from galley.adapters.jax.sharding import Layout, Pinned
+from galley.adapters.jax.sharding import Layout, Pinned, sync_processes, to_host
+from galley.adapters.jax.state_files import (
+    STATE_FILE,
+    flat_named,
+    gathered_digests,
+    has_state,
+    local_parts,
+    part_file,
+    whole_tensors,
+)
 from galley.core.errors import ValidationError
 from galley.core.keys import check_name, join_key
 from galley.core.losses import LossFn
-from galley.core.manifest import CheckpointMismatchError, read_checkpoint, write_checkpoint
+from galley.core.manifest import (
+    BlobDigest,
+    CheckpointMismatchError,
+    read_checkpoint,
+    write_checkpoint,
+)
 from galley.core.types import (
     AdamParams,
     CheckpointRef,
@@ -75,8 +88,6 @@ from galley.core.types import (
 )
 from galley.ports.blobs import BlobStore
 from galley.ports.hub import HubClient
-
-STATE_FILE = "state.safetensors"
 
 # Traces per step function (a trace is a compilation): tests assert buckets stop recompiles.
 TRACES: Counter[str] = Counter()
@@ -203,11 +214,6 @@ def hyper_arrays(p: AdamParams) -> dict[str, jax.Array]:
 
 def _count(tree: Any) -> int:
     return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
-
-
-def flat_named(tree: Any) -> dict[str, np.ndarray[Any, Any]]:
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {jax.tree_util.keystr(path): np.asarray(leaf) for path, leaf in leaves}
 
 
 def unflatten_like(template: Any, tensors: Mapping[str, np.ndarray[Any, Any]], source: str) -> Any:
@@ -375,8 +381,7 @@ class JaxTrainingSession:
         )
 
     def _device_batch(self, batch: PaddedBatch) -> dict[str, jax.Array]:
-        sharding = self._client.layout.batch
-        return {k: jax.device_put(v, sharding) for k, v in batch.arrays().items()}
+        return self._client.layout.batch_arrays(batch.arrays())
 
     def _run(
         self, request: ForwardBackwardInput, batch: PaddedBatch, *, backward: bool
@@ -403,7 +408,7 @@ class JaxTrainingSession:
             )
 
         def finish() -> ForwardBackwardOutput:
-            column = np.asarray(logp).reshape(-1)[batch.gather].astype(np.float32)
+            column = to_host(logp).reshape(-1)[batch.gather].astype(np.float32)
             return ForwardBackwardOutput.from_columns(
                 {"logprobs": column},
                 batch.lengths,
@@ -426,26 +431,41 @@ class JaxTrainingSession:
         return {"trainable": self._trainable, "opt_state": self._opt_state, "grads": self._grads}
 
     def _save_state(self, name: str) -> CheckpointRef:
+        """One file of whole tensors; across processes, one file of parts per process (each
+        process calls this: the workflow runs in each), the manifest written by process 0
+        once every file is."""
         prefix = join_key(self.config.storage_prefix, "state", name)
-        tensors = flat_named(self._state_tree())
-        meta = {"base_model": self.config.base_model, "lora": json.dumps(self._lora_meta())}
-        write_checkpoint(
-            self._client.blobs,
-            prefix,
-            kind="state",
-            name=name,
-            run_id=self.config.run_id,
-            step=self._step,
-            files={STATE_FILE: save_safetensors(tensors)},
-            meta=meta,
-        )
+        blobs = self._client.blobs
+        written: dict[str, BlobDigest] = {}
+        if jax.process_count() == 1:
+            files = {STATE_FILE: save_safetensors(flat_named(self._state_tree()))}
+        else:
+            mine = part_file(jax.process_index(), jax.process_count())
+            data = local_parts(self._state_tree())
+            blobs.write(join_key(prefix, mine), data)
+            digests = gathered_digests(data)  # returns once every process has written
+            written = {part_file(i, len(digests)): d for i, d in enumerate(digests)}
+            files = {}
+        if jax.process_index() == 0:
+            write_checkpoint(
+                blobs,
+                prefix,
+                kind="state",
+                name=name,
+                run_id=self.config.run_id,
+                step=self._step,
+                files=files,
+                meta={"base_model": self.config.base_model, "lora": json.dumps(self._lora_meta())},
+                written=written,
+            )
+        sync_processes(f"saved {prefix}")
         return CheckpointRef(
             "state", name, prefix, self.config.run_id, self._step, self.config.base_model
         )
 
     def _load_state(self, ref: CheckpointRef) -> None:
         manifest, files = read_checkpoint(self._client.blobs, ref)
-        if STATE_FILE not in files:
+        if not has_state(files):
             raise CheckpointMismatchError(
                 f"checkpoint {ref.key!r} was not saved by the JAX training adapter "
                 f"(it has no {STATE_FILE}): resume with the adapter that saved it"
@@ -454,9 +474,8 @@ class JaxTrainingSession:
             raise ValidationError(
                 "load_state", f"checkpoint {ref.key!r} was saved with another LoRA shape"
             )
-        tree = unflatten_like(
-            self._state_tree(), load_safetensors(files[STATE_FILE]), f"checkpoint {ref.key!r}"
-        )
+        source = f"checkpoint {ref.key!r}"
+        tree = unflatten_like(self._state_tree(), whole_tensors(files, source), source)
         self._trainable = self._on_mesh(tree["trainable"])
         self._opt_state = self._on_mesh(tree["opt_state"])
         self._grads = self._on_mesh(tree["grads"])
@@ -473,7 +492,7 @@ class JaxTrainingSession:
                 f"{self.config.base_model!r}",
             )
         if ref.kind == "state":
-            if STATE_FILE not in files:
+            if not has_state(files):
                 raise CheckpointMismatchError(
                     f"checkpoint {ref.key!r} was not saved by the JAX training adapter"
                 )
@@ -484,9 +503,8 @@ class JaxTrainingSession:
                     f"checkpoint {ref.key!r} has LoRA {_shape(saved)}; this session has "
                     f"{_shape(self._lora_meta())}",
                 )
-            tree = unflatten_like(
-                self._state_tree(), load_safetensors(files[STATE_FILE]), f"checkpoint {ref.key!r}"
-            )
+            source = f"checkpoint {ref.key!r}"
+            tree = unflatten_like(self._state_tree(), whole_tensors(files, source), source)
             trainable = tree["trainable"]
         elif manifest.meta.get("format") == "peft" and self.config.lora.rank:
             model = nnx.merge(self._graphdef, self._trainable, self._frozen)
@@ -530,16 +548,18 @@ class JaxTrainingSession:
         else:
             files = peft_adapter_files(model, self.config)
             kind = "peft"
-        write_checkpoint(
-            self._client.blobs,
-            prefix,
-            kind="sampler",
-            name=name,
-            run_id=self.config.run_id,
-            step=self._step,
-            files=files,
-            meta={"format": kind, "base_model": self.config.base_model},
-        )
+        if jax.process_index() == 0:  # every process has the same files: one writes them
+            write_checkpoint(
+                self._client.blobs,
+                prefix,
+                kind="sampler",
+                name=name,
+                run_id=self.config.run_id,
+                step=self._step,
+                files=files,
+                meta={"format": kind, "base_model": self.config.base_model},
+            )
+        sync_processes(f"saved {prefix}")
         return CheckpointRef(
             "sampler", name, prefix, self.config.run_id, self._step, self.config.base_model
         )
@@ -548,7 +568,8 @@ class JaxTrainingSession:
 class JaxTrainingClient:
     """Sessions on HF decoder models; base models come through the HubClient (or a local
     directory), checkpoints and exports go through the BlobStore. ``mesh`` splits the
-    ``devices`` (default: all local ones) into data, FSDP and tensor-parallel axes."""
+    ``devices`` (default: every device, of every process in a distributed run) into data,
+    FSDP and tensor-parallel axes."""
 
     def __init__(
         self,
