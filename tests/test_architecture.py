@@ -86,7 +86,8 @@ ADAPTER_GROUPS: dict[str, set[str]] = {
     "embedded": {"root", "helpers", "hf", "fsspec", "jax"},  # data; build.py is a dev tool
     "serve": {"root", "helpers", "hf"},  # driving: the Tinker API over the ports
     "tinker": {"root", "helpers", "hf"},  # training and sampling through the tinker SDK
-    "cli": {"root", "helpers", "hf", "fsspec", "serve"},  # driving: nothing imports it
+    # Driving: nothing imports it. `galley plan` reads the JAX adapter's options and memory.
+    "cli": {"root", "helpers", "hf", "fsspec", "serve", "jax"},
 }
 
 

@@ -30,6 +30,7 @@ import json, sys
 import jax, numpy as np
 from galley.adapters.jax import JaxCompleter, JaxTrainingClient
 from galley.adapters.jax.mesh import MeshShape
+from galley.adapters.jax.plan import plan_memory
 from galley.adapters.jax.training import flat_named
 from galley.adapters.noop import NoopBlobStore, NoopHubClient
 from galley.core import AdamParams, Datum, LoraConfig, SamplingParams, SessionConfig
@@ -75,12 +76,23 @@ def summary(i, mesh, rank):
     q = kernel["layers"][0]["self_attn"]["q_proj"]["kernel"][...]
     mu = jax.tree.leaves(s._opt_state.inner_state[0].mu)
     sampler = s.save_weights_and_get_sampling_client().result()
+    plan = plan_memory(s.model_config, LoraConfig(rank=rank), dtype=np.float32,
+                       mesh=MeshShape(**mesh), devices=4, rows=6, length=32)
+    resident = {
+        name: sum(a.addressable_shards[0].data.nbytes for a in jax.tree.leaves(tree))
+        for name, tree in [("frozen", s._frozen), ("trainable", s._trainable),
+                           ("optimizer", s._opt_state), ("gradients", s._grads)]
+    }
+    planned = {"frozen": plan.frozen_weights, "trainable": plan.trainable_weights,
+               "optimizer": plan.optimizer_state, "gradients": plan.gradients}
     out = {
         "losses": losses,
         "weights": weights(s),
+        "resident_bytes": resident,
+        "planned_bytes": planned,
         "q_kernel_share": fraction(q),
-        "smallest_moment_share": min(fraction(m) for m in mu),
-        "grads_share": min(fraction(g) for g in jax.tree.leaves(s._grads)),
+        "largest_moment_share": max(fraction(m) for m in mu if m.ndim == 2),
+        "largest_grads_share": max(fraction(g) for g in jax.tree.leaves(s._grads) if g.ndim == 2),
         "session_greedy": sampler.complete("the quick", GREEDY).sequences[0].tokens,
         "session_seeded": sampler.complete("the quick", SEEDED).sequences[0].tokens,
     }
@@ -164,11 +176,21 @@ def test_weights_and_optimizer_state_really_are_split(
     sharded = runs[mesh][mode]
     assert sharded["q_kernel_share"] == 1 / split
     assert runs["one device"][mode]["q_kernel_share"] == 1
-    # Every moment and gradient is split where its parameter is, after the steps too.
-    assert sharded["smallest_moment_share"] == 1 / split
-    assert sharded["grads_share"] == 1 / split
+    # Every matrix's moments and gradient are split as the matrix is, after the steps too
+    # (a LoRA factor's wide dimension over both axes).
+    assert sharded["largest_moment_share"] == 1 / split
+    assert sharded["largest_grads_share"] == 1 / split
     assert sharded["resumed_share"] == 1 / split
     assert runs[mesh]["completer"]["embed_share"] == 1 / split
+
+
+@pytest.mark.parametrize("mesh", ["one device", *MESHES])
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_the_plan_counts_each_devices_weights_and_optimizer_state_exactly(
+    runs: dict[str, Any], mesh: str, mode: str
+) -> None:
+    sharded = runs[mesh][mode]
+    assert sharded["planned_bytes"] == sharded["resident_bytes"]
 
 
 @pytest.mark.parametrize("mesh", ["one device", *MESHES])
@@ -224,11 +246,11 @@ def test_rules_split_kernels_their_lora_factors_and_keep_the_rest_whole() -> Non
     ) == ("tensor", "fsdp")
     assert tuple(
         layout.spec("mlp.down_proj.lora_a", (96, 4), LLAMA_SHARDING, transposed=False)
-    ) == ("tensor", None)
+    ) == (("tensor", "fsdp"), None)
     assert tuple(
         layout.spec("mlp.down_proj.lora_b", (4, 64), LLAMA_SHARDING, transposed=False)
-    ) == (None, "fsdp")
-    assert tuple(layout.spec("norm.weight", (64,), LLAMA_SHARDING, transposed=False)) == ()
+    ) == (None, ("fsdp", "tensor"))
+    assert tuple(layout.spec("norm.weight", (64,), LLAMA_SHARDING, transposed=False)) == (None,)
     assert tuple(layout.spec("b1", (), LLAMA_SHARDING, transposed=False)) == ()
 
 
@@ -241,6 +263,13 @@ def test_a_dimension_an_axis_does_not_divide_stays_whole() -> None:
     spec = layout.spec("mlp.up_proj.kernel", (64, 96), LLAMA_SHARDING, transposed=False)
     assert tuple(spec) == ("fsdp", "tensor")
     spec = layout.spec("mlp.up_proj.kernel", (30, 100), LLAMA_SHARDING, transposed=False)
+    assert tuple(spec) == (None, None)
+    # A LoRA factor over both axes keeps those that divide it.
+    spec = layout.spec("mlp.up_proj.lora_b", (4, 96), LLAMA_SHARDING, transposed=False)
+    assert tuple(spec) == (None, ("tensor", "fsdp"))  # 3 x 4 parts of 8
+    spec = layout.spec("mlp.up_proj.lora_b", (4, 100), LLAMA_SHARDING, transposed=False)
+    assert tuple(spec) == (None, "fsdp")  # 3 does not divide 100; 4 does
+    spec = layout.spec("mlp.up_proj.lora_b", (4, 7), LLAMA_SHARDING, transposed=False)
     assert tuple(spec) == (None, None)
 
 

@@ -25,6 +25,7 @@ from rich.table import Table
 
 from galley.adapters.cli.checkpoints import add_commands as add_checkpoint_commands
 from galley.adapters.cli.logging import RedactingConsole, configure_logging
+from galley.adapters.cli.plan import add_command as add_plan_command
 from galley.adapters.cli.run_config import RunConfig, load_run_config, resumed_config
 from galley.adapters.cli.serve import add_command as add_serve_command
 from galley.adapters.composition import (
@@ -376,6 +377,7 @@ def parser() -> argparse.ArgumentParser:
     )
     add_checkpoint_commands(sub)
     add_serve_command(sub)
+    add_plan_command(sub)
     return p
 
 

@@ -73,13 +73,14 @@ class RequestQueue:
             self._jobs.put((fn, future))
         return future
 
-    def close(self) -> None:
+    def close(self, *, wait: bool = True) -> None:
+        """Refuse new requests; with ``wait``, return once the queued ones have run."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._jobs.put(None)
-        if threading.current_thread() is not self._worker:  # a done-callback may close it
+        if wait and threading.current_thread() is not self._worker:  # a done-callback may close it
             self._worker.join()
 
     def _work(self) -> None:

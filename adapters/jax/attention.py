@@ -86,13 +86,19 @@ def group_mask(mask: Array, groups: int) -> Array:
     return jnp.repeat(mask, groups, axis=1)[:, None]
 
 
-def causal_attention(q: Array, k: Array, v: Array, groups: int) -> Array:
-    """Attention where position t sees keys 0..t (queries and keys cover the same T)."""
-    t = k.shape[2]
+def chunk_size(t: int) -> int:
+    """How many query positions each chunk of causal attention over ``t`` positions holds."""
     chunks = max(1, min(_MAX_CHUNKS, t // _MIN_CHUNK))
     while t % chunks:
         chunks -= 1
-    size = t // chunks
+    return t // chunks
+
+
+def causal_attention(q: Array, k: Array, v: Array, groups: int) -> Array:
+    """Attention where position t sees keys 0..t (queries and keys cover the same T)."""
+    t = k.shape[2]
+    size = chunk_size(t)
+    chunks = t // size
     causal = group_mask(jnp.tril(jnp.ones((t, t), bool))[None], groups)
     outputs = []
     for c in range(chunks):

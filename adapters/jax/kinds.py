@@ -21,6 +21,7 @@ class JaxTrainingOptions:
     # One process of several: {coordinator, num_processes, process_id}; {} reads them from
     # the environment (see docs/scaling.md).
     distributed: Distributed | None = None
+    scan_layers: bool = False  # one layer's program over stacked weights: compile time flat
 
 
 @attrs.frozen
@@ -47,6 +48,7 @@ def _training(o: JaxTrainingOptions, built: Built) -> Any:
         length_buckets=o.length_buckets,
         compilation_cache_dir=o.compilation_cache_dir,
         mesh=o.mesh,
+        scan_layers=o.scan_layers,
     )
 
 

@@ -294,6 +294,9 @@ class CausalLM(nnx.Module):
         self.sampling_layout = sampling_layout
         self.embed_tokens = nnx.Param(embed)
         self.layers = nnx.List(layers)
+        # One layer whose weights hold every layer's, stacked: the forward scans over them
+        # (``scan.stack_layers``), so the program is one layer's, whatever the depth.
+        self.scanned = False
         self.norm = norm
         self.lm_head = lm_head  # None: tied to the embedding
         self.inv_freq = nnx.Variable(
@@ -320,7 +323,14 @@ class CausalLM(nnx.Module):
         emb = jnp.concatenate([freqs, freqs], axis=-1)
         cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
         new_caches = []
-        for i, layer in enumerate(self.layers):
+        if self.scanned:  # training only: no caches
+            one, stacked = nnx.split(self.layers[0])
+
+            def one_layer(x: Array, weights: Any) -> tuple[Array, None]:
+                return nnx.merge(one, weights)(x, cos, sin, mask, None, None)[0], None
+
+            x = jax.lax.scan(one_layer, x, stacked)[0]
+        for i, layer in enumerate([] if self.scanned else self.layers):
             x, cache = layer(x, cos, sin, mask, None if caches is None else caches[i], index)
             if cache is not None:
                 new_caches.append(cache)
@@ -360,7 +370,13 @@ def build_model(
     names = cfg.family.names  # where the checkpoint keeps each module
 
     def array(*path: str | int, part: str = "weight") -> Array:
-        return jnp.asarray(tensor(names.weight(*path, part=part)), dtype)
+        value = tensor(names.weight(*path, part=part))
+        if isinstance(value, jax.Array):  # a session's own weights (a sampling copy)
+            return jnp.asarray(value, dtype)
+        # Weights read from files stay on the host until a session or completer splits them
+        # over its mesh: no device holds the whole model on the way.
+        host: Array = np.asarray(value, dtype=dtype)  # type: ignore[assignment]
+        return host
 
     def linear(path: tuple[str | int, ...], targeted: bool, bias: bool = False) -> Linear:
         kernel = array(*path)
@@ -376,9 +392,9 @@ def build_model(
     def stacked(paths: Sequence[tuple[str | int, ...]], bias: bool) -> Linear:
         """Projections of one input as one ``[Σout, in]`` kernel (the sampling layout)."""
         kernels = [array(*path) for path in paths]
-        biases = jnp.concatenate([array(*path, part="bias") for path in paths]) if bias else None
+        biases = concatenate([array(*path, part="bias") for path in paths]) if bias else None
         widths = tuple(int(k.shape[0]) for k in kernels)
-        return Linear(jnp.concatenate(kernels, axis=0), biases, 0, alpha, None, True, widths)
+        return Linear(concatenate(kernels), biases, 0, alpha, None, True, widths)
 
     attn_on = bool(rank) and lora is not None and lora.train_attn
     mlp_on = bool(rank) and lora is not None and lora.train_mlp
@@ -420,6 +436,14 @@ def build_model(
         head = linear(("lm_head",), unembed_on)
     norm = RMSNorm(array("norm"), cfg.rms_norm_eps)
     return CausalLM(cfg, embed, layers, norm, head, sampling_layout)
+
+
+def concatenate(arrays: Sequence[Array]) -> Array:
+    """Along the first axis, on the host if they all are there (see ``build_model``)."""
+    if all(isinstance(a, np.ndarray) for a in arrays):
+        joined: Array = np.concatenate(arrays)  # type: ignore[assignment]
+        return joined
+    return jnp.concatenate(arrays)
 
 
 def check_lora_rank(lora: LoraConfig, cfg: ModelConfig) -> None:

@@ -13,7 +13,7 @@ on its own devices only their part of each array; results come back whole to eve
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jax
@@ -53,19 +53,9 @@ class Layout:
     def spec(
         self, name: str, shape: tuple[int, ...], rules: ShardingRules, *, transposed: bool
     ) -> PartitionSpec:
-        """Where parameter ``name`` of ``shape`` splits. ``transposed``: kernels are stored
-        ``[out, in]`` (the sampling layout). A dimension that an axis does not divide stays
-        whole (a small model on a large mesh); so does every dimension of a scalar."""
-        axes = _axes(name, dict(rules))
-        if axes is None or len(axes) != len(shape):
-            return PartitionSpec()  # type: ignore[no-untyped-call]
-        if transposed and name.endswith(".kernel"):
-            axes = axes[::-1]
-        kept = [
-            axis if axis is not None and size % self.mesh.shape[axis] == 0 else None
-            for axis, size in zip(axes, shape, strict=True)
-        ]
-        return PartitionSpec(*kept)  # type: ignore[no-untyped-call]
+        """Where parameter ``name`` of ``shape`` splits on this mesh (``split_axes``)."""
+        axes = split_axes(name, shape, rules, dict(self.mesh.shape), transposed=transposed)
+        return PartitionSpec(*axes)  # type: ignore[no-untyped-call]
 
     def shardings(self, tree: Any, rules: ShardingRules, *, transposed: bool = False) -> Any:
         """A sharding for every array of ``tree`` (parameters, or optimizer state)."""
@@ -129,18 +119,63 @@ class Pinned:
         return jax.lax.with_sharding_constraint(tree, self._shardings)  # type: ignore[no-untyped-call]
 
 
-def _axes(name: str, rules: dict[str, tuple[str | None, ...]]) -> tuple[str | None, ...] | None:
+# What one dimension splits over: a mesh axis, several (their product), or none.
+Split = str | tuple[str, ...] | None
+
+
+def split_axes(
+    name: str,
+    shape: tuple[int, ...],
+    rules: ShardingRules,
+    sizes: Mapping[str, int],
+    *,
+    transposed: bool = False,
+) -> tuple[Split, ...]:
+    """What each dimension of parameter ``name`` splits over, on a mesh of ``sizes``.
+    ``transposed``: kernels are stored ``[out, in]`` (the sampling layout). Axes that do not
+    divide a dimension are left out of it (a small model on a large mesh); the dimensions of
+    what the rules do not name stay whole."""
+    axes = _axes(name, dict(rules))
+    if axes is not None and len(shape) == len(axes) + 1:  # stacked layers (scan.py)
+        axes = (None, *axes)
+    if axes is None or len(axes) != len(shape):
+        return (None,) * len(shape)
+    if transposed and name.endswith(".kernel"):
+        axes = axes[::-1]
+    return tuple(_dividing(split, size, sizes) for split, size in zip(axes, shape, strict=True))
+
+
+def split_count(split: Split, sizes: Mapping[str, int]) -> int:
+    """Into how many parts ``split`` cuts a dimension."""
+    names = (split,) if isinstance(split, str) else split or ()
+    return int(np.prod([sizes.get(a, 1) for a in names]))
+
+
+def _dividing(split: Split, size: int, sizes: Mapping[str, int]) -> Split:
+    """``split`` less the axes that would not divide ``size``, taken in order."""
+    kept: list[str] = []
+    for name in (split,) if isinstance(split, str) else split or ():
+        if size % split_count((*kept, name), sizes) == 0:
+            kept.append(name)
+    if not kept:
+        return None
+    return kept[0] if len(kept) == 1 else tuple(kept)
+
+
+def _axes(name: str, rules: dict[str, tuple[str | None, ...]]) -> tuple[Split, ...] | None:
+    """The rule for ``name``. A LoRA factor's wide dimension splits over both of its
+    kernel's axes, the kernel's own for that dimension first: under tensor parallelism it
+    lines up with the kernel, under FSDP every factor, and its Adam moments, are split."""
     if name in rules:
         return rules[name]
     module, _, part = name.rpartition(".")
     kernel = rules.get(f"{module}.kernel")
-    if kernel is None:
+    if kernel is None or part not in ("lora_a", "lora_b"):
         return None
-    if part == "lora_a":  # [in, rank]
-        return (kernel[0], None)
-    if part == "lora_b":  # [rank, out]
-        return (None, kernel[1])
-    return None
+    first, second = (kernel[0], kernel[1]) if part == "lora_a" else (kernel[1], kernel[0])
+    both = tuple(a for a in (first, second) if a is not None)
+    wide = both[0] if len(both) == 1 else (both or None)
+    return (wide, None) if part == "lora_a" else (None, wide)
 
 
 def sync_processes(name: str) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
+from galley.adapters.jax.scan import LAYER_ZERO, layer_name
 from galley.core.manifest import BlobDigest, CorruptCheckpointError
 
 STATE_FILE = "state.safetensors"
@@ -36,26 +37,32 @@ def part_file(process: int, count: int) -> str:
     return f"state-{process:05d}-of-{count:05d}.safetensors"
 
 
-def local_parts(tree: Any) -> bytes:
+def local_parts(tree: Any, layers: int = 0) -> bytes:
     """The parts of ``tree``'s arrays this process writes: those of its devices that are
-    replica 0 of their part, so across processes each part is written once."""
+    replica 0 of their part, so across processes each part is written once. ``layers``: the
+    tree is a scanned model's, its stacked arrays written per layer (``scan.per_layer``)."""
     tensors: dict[str, np.ndarray[Any, Any]] = {}
     slices: dict[str, dict[str, Any]] = {}
+
+    def add(name: str, shape: list[int], bounds: list[list[int]], data: Any) -> None:
+        key = f"{len(slices)}"
+        tensors[key] = np.asarray(data)
+        slices[key] = {"name": name, "shape": shape, "bounds": bounds}
+
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = jax.tree_util.keystr(path)
         for shard in leaf.addressable_shards:
             if shard.replica_id != 0:
                 continue
-            key = f"{len(slices)}"
             bounds = [
                 [cut.start or 0, size if cut.stop is None else cut.stop]
                 for cut, size in zip(shard.index, leaf.shape, strict=True)
             ]
-            tensors[key] = np.asarray(shard.data)
-            slices[key] = {
-                "name": jax.tree_util.keystr(path),
-                "shape": list(leaf.shape),
-                "bounds": bounds,
-            }
+            if layers and LAYER_ZERO in name:  # the layer axis is never split
+                for i in range(layers):
+                    add(layer_name(name, i), list(leaf.shape[1:]), bounds[1:], shard.data[i])
+            else:
+                add(name, list(leaf.shape), bounds, shard.data)
     return save_safetensors(tensors, metadata={SLICES_KEY: json.dumps(slices)})
 
 

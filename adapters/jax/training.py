@@ -56,6 +56,7 @@ from galley.adapters.jax.peft_export import (
     merged_hf_tensors,
     peft_adapter_files,
 )
+from galley.adapters.jax.scan import per_layer, stack_layers, stacked, unrolled
 from galley.adapters.jax.session_sampler import WeightsCompleter, sampling_copy
 from galley.adapters.jax.sharding import Layout, Pinned, sync_processes, to_host
 from galley.adapters.jax.state_files import (
@@ -129,19 +130,6 @@ def _loss(
     return value, logp
 
 
-@partial(jax.jit, static_argnames=("graphdef", "loss"))
-def forward_step(
-    graphdef: Any,
-    trainable: Any,
-    frozen: Any,
-    batch: dict[str, jax.Array],
-    loss: LossFn,
-    clip: jax.Array,
-) -> tuple[jax.Array, jax.Array]:
-    TRACES["forward"] += 1
-    return _loss(trainable, graphdef, frozen, batch, loss, clip)
-
-
 @attrs.frozen
 class Pins:
     """Where a session's trainable weights (and gradients) and optimizer state live: the
@@ -149,6 +137,28 @@ class Pins:
 
     trainable: Pinned
     opt_state: Pinned
+    # Across processes, the log-probabilities every process reads whole are gathered inside
+    # the step, in order with its other exchanges; a gather after it, on the thread that
+    # reads them, could run out of order with the next step's on another process.
+    gathered: Pinned | None = None
+
+    def whole(self, logp: jax.Array) -> jax.Array:
+        return logp if self.gathered is None else self.gathered(logp)
+
+
+@partial(jax.jit, static_argnames=("graphdef", "loss", "pins"))
+def forward_step(
+    graphdef: Any,
+    trainable: Any,
+    frozen: Any,
+    batch: dict[str, jax.Array],
+    loss: LossFn,
+    clip: jax.Array,
+    pins: Pins,
+) -> tuple[jax.Array, jax.Array]:
+    TRACES["forward"] += 1
+    value, logp = _loss(trainable, graphdef, frozen, batch, loss, clip)
+    return value, pins.whole(logp)
 
 
 @partial(jax.jit, static_argnames=("graphdef", "loss", "pins"), donate_argnames=("grads",))
@@ -166,7 +176,7 @@ def forward_backward_step(
     (value, logp), g = jax.value_and_grad(_loss, has_aux=True)(
         trainable, graphdef, frozen, batch, loss, clip
     )
-    return value, logp, pins.trainable(jax.tree.map(jnp.add, grads, g))
+    return value, pins.whole(logp), pins.trainable(jax.tree.map(jnp.add, grads, g))
 
 
 @partial(jax.jit, static_argnames=("pins",), donate_argnames=("trainable", "opt_state", "grads"))
@@ -247,6 +257,9 @@ class JaxTrainingSession:
             model = build_model(self.model_config, reader, lora, client.dtype)
         finally:
             reader.close()
+        self._layers = self.model_config.num_layers if client.scan_layers else 0
+        if self._layers:
+            stack_layers(model)
         num_parameters = _count(nnx.state(model, nnx.Param))
         trainable_filter = nnx.LoRAParam if lora is not None else nnx.Param
         parts: tuple[Any, ...] = nnx.split(model, trainable_filter, ...)
@@ -324,8 +337,12 @@ class JaxTrainingSession:
     def save_weights_and_get_sampling_client(self) -> Future[WeightsCompleter]:
         return self._queue.submit(self._sampling_client)
 
+    def _model(self) -> CausalLM:
+        """The session's model, unrolled (its layers a list, as exports read them)."""
+        return unrolled(nnx.merge(self._graphdef, self._trainable, self._frozen))
+
     def _sampling_client(self) -> WeightsCompleter:
-        model = nnx.merge(self._graphdef, self._trainable, self._frozen)
+        model = self._model()
         client = self._client
         loaded = sampling_copy(
             model, self.model_config, self.tokenizer, client.dtype, client.layout
@@ -352,7 +369,9 @@ class JaxTrainingSession:
         return self._queue.submit(lambda: self._save_sampler(name, merged=True))
 
     def close(self) -> None:
-        self._queue.close()
+        # Across processes, after another process died the worker may be stuck in an
+        # exchange with it: a failed run must be able to end without it.
+        self._queue.close(wait=jax.process_count() == 1)
 
     # -- work (on the session's queue thread) ---------------------------------------------
 
@@ -363,9 +382,11 @@ class JaxTrainingSession:
     def _restart_optimizer(self) -> None:
         self._opt_state = self._on_mesh(_tx().init(self._trainable))
         self._grads = self._on_mesh(jax.tree.map(jnp.zeros_like, self._trainable))
+        layout = self._client.layout
         self._pins = Pins(
             Pinned(jax.tree.map(lambda a: a.sharding, self._trainable)),
             Pinned(jax.tree.map(lambda a: a.sharding, self._opt_state)),
+            Pinned(layout.replicated) if jax.process_count() > 1 else None,
         )
 
     def _prepare(
@@ -404,7 +425,13 @@ class JaxTrainingSession:
             )
         else:
             value, logp = forward_step(
-                self._graphdef, self._trainable, self._frozen, device_batch, request.loss_fn, clip
+                self._graphdef,
+                self._trainable,
+                self._frozen,
+                device_batch,
+                request.loss_fn,
+                clip,
+                self._pins,
             )
 
         def finish() -> ForwardBackwardOutput:
@@ -438,27 +465,17 @@ class JaxTrainingSession:
         blobs = self._client.blobs
         written: dict[str, BlobDigest] = {}
         if jax.process_count() == 1:
-            files = {STATE_FILE: save_safetensors(flat_named(self._state_tree()))}
+            named = flat_named(self._state_tree())
+            files = {STATE_FILE: save_safetensors(per_layer(named, self._layers))}
         else:
             mine = part_file(jax.process_index(), jax.process_count())
-            data = local_parts(self._state_tree())
+            data = local_parts(self._state_tree(), self._layers)
             blobs.write(join_key(prefix, mine), data)
             digests = gathered_digests(data)  # returns once every process has written
             written = {part_file(i, len(digests)): d for i, d in enumerate(digests)}
             files = {}
-        if jax.process_index() == 0:
-            write_checkpoint(
-                blobs,
-                prefix,
-                kind="state",
-                name=name,
-                run_id=self.config.run_id,
-                step=self._step,
-                files=files,
-                meta={"base_model": self.config.base_model, "lora": json.dumps(self._lora_meta())},
-                written=written,
-            )
-        sync_processes(f"saved {prefix}")
+        meta = {"base_model": self.config.base_model, "lora": json.dumps(self._lora_meta())}
+        self._write_checkpoint(prefix, "state", name, files, meta, written)
         return CheckpointRef(
             "state", name, prefix, self.config.run_id, self._step, self.config.base_model
         )
@@ -474,8 +491,7 @@ class JaxTrainingSession:
             raise ValidationError(
                 "load_state", f"checkpoint {ref.key!r} was saved with another LoRA shape"
             )
-        source = f"checkpoint {ref.key!r}"
-        tree = unflatten_like(self._state_tree(), whole_tensors(files, source), source)
+        tree = self._saved_state(files, ref)
         self._trainable = self._on_mesh(tree["trainable"])
         self._opt_state = self._on_mesh(tree["opt_state"])
         self._grads = self._on_mesh(tree["grads"])
@@ -503,13 +519,14 @@ class JaxTrainingSession:
                     f"checkpoint {ref.key!r} has LoRA {_shape(saved)}; this session has "
                     f"{_shape(self._lora_meta())}",
                 )
-            source = f"checkpoint {ref.key!r}"
-            tree = unflatten_like(self._state_tree(), whole_tensors(files, source), source)
-            trainable = tree["trainable"]
+            trainable = self._saved_state(files, ref)["trainable"]
         elif manifest.meta.get("format") == "peft" and self.config.lora.rank:
-            model = nnx.merge(self._graphdef, self._trainable, self._frozen)
+            model = self._model()
             load_peft_adapter(model, files, self.config, ref.key)
-            trainable = nnx.state(model, nnx.LoRAParam)
+            named = flat_named(nnx.state(model, nnx.LoRAParam))
+            if self._layers:
+                named = stacked(named, self._trainable, self._layers)
+            trainable = unflatten_like(self._trainable, named, f"adapter {ref.key!r}")
         else:
             raise ValidationError(
                 "load_weights",
@@ -520,6 +537,40 @@ class JaxTrainingSession:
         self._trainable = self._on_mesh(trainable)
         self._restart_optimizer()
         self._step = 0
+
+    def _write_checkpoint(
+        self,
+        prefix: str,
+        kind: str,
+        name: str,
+        files: dict[str, bytes],
+        meta: dict[str, str],
+        written: dict[str, BlobDigest] | None = None,
+    ) -> None:
+        """``files`` and the manifest, written by process 0 (the others hold the same files,
+        or wrote their ``written`` parts already); every process returns once they are."""
+        if jax.process_index() == 0:
+            write_checkpoint(
+                self._client.blobs,
+                prefix,
+                kind=kind,
+                name=name,
+                run_id=self.config.run_id,
+                step=self._step,
+                files=files,
+                meta=meta,
+                written=written,
+            )
+        sync_processes(f"saved {prefix}")
+
+    def _saved_state(self, files: dict[str, bytes], ref: CheckpointRef) -> dict[str, Any]:
+        """A state checkpoint's tensors as this session's state tree (host arrays)."""
+        source = f"checkpoint {ref.key!r}"
+        tensors = whole_tensors(files, source)
+        if self._layers:
+            tensors = stacked(tensors, self._state_tree(), self._layers)
+        tree: dict[str, Any] = unflatten_like(self._state_tree(), tensors, source)
+        return tree
 
     def _lora_meta(self) -> dict[str, Any]:
         lora = self.config.lora
@@ -533,7 +584,7 @@ class JaxTrainingSession:
 
     def _save_sampler(self, name: str, *, merged: bool) -> CheckpointRef:
         prefix = join_key(self.config.storage_prefix, "sampler", name)
-        model = nnx.merge(self._graphdef, self._trainable, self._frozen)
+        model = self._model()
         if merged:
             tensors = merged_hf_tensors(model)
             files = {"model.safetensors": save_safetensors(tensors)}
@@ -548,18 +599,8 @@ class JaxTrainingSession:
         else:
             files = peft_adapter_files(model, self.config)
             kind = "peft"
-        if jax.process_index() == 0:  # every process has the same files: one writes them
-            write_checkpoint(
-                self._client.blobs,
-                prefix,
-                kind="sampler",
-                name=name,
-                run_id=self.config.run_id,
-                step=self._step,
-                files=files,
-                meta={"format": kind, "base_model": self.config.base_model},
-            )
-        sync_processes(f"saved {prefix}")
+        meta = {"format": kind, "base_model": self.config.base_model}
+        self._write_checkpoint(prefix, "sampler", name, files, meta)
         return CheckpointRef(
             "sampler", name, prefix, self.config.run_id, self._step, self.config.base_model
         )
@@ -581,10 +622,12 @@ class JaxTrainingClient:
         devices: Sequence[Any] | None = None,
         mesh: MeshShape | None = None,
         compilation_cache_dir: str | None = None,
+        scan_layers: bool = False,
     ) -> None:
         if compilation_cache_dir is not None:
             use_compilation_cache(compilation_cache_dir)
         self.hub, self.blobs = hub, blobs
+        self.scan_layers = scan_layers  # see scan.py: compile time flat in depth
         self.dtype = checked_dtype(dtype, "JaxTrainingClient")
         self.length_buckets = checked_buckets(length_buckets, "JaxTrainingClient.length_buckets")
         self.layout = Layout(mesh or MeshShape(), devices)

@@ -64,9 +64,10 @@ class HFNames:
 # over, None where every device holds it whole. FSDP splits each matrix along one dimension
 # to spread its memory; tensor parallelism splits q/k/v and gate/up by output columns
 # (attention heads, MLP width) and o/down by input rows, Megatron's pairs, so each device
-# computes its heads and its slice of the MLP. A LoRA factor follows its kernel: A
-# [in, rank] its input axis, B [rank, out] its output axis. Parameters not listed (the
-# norms) are whole on every device. XLA's SPMD partitioner places the activations.
+# computes its heads and its slice of the MLP. A LoRA factor's wide dimension (A's input,
+# B's output) splits over both of its kernel's axes (``sharding.split_axes``). Parameters
+# not listed (the norms) are whole on every device. XLA's SPMD partitioner places the
+# activations.
 ShardingRules = tuple[tuple[str, tuple[str | None, ...]], ...]
 
 LLAMA_SHARDING: ShardingRules = (

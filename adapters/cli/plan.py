@@ -1,0 +1,97 @@
+"""``galley plan``: the device memory a run's training step takes, per device, before
+anything loads (the model's config.json only), from the same settings ``galley run`` takes."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from galley.adapters.cli.run_config import load_run_config
+from galley.adapters.composition import build_one
+from galley.adapters.jax.kinds import JaxTrainingOptions
+from galley.adapters.settings import settings_from_mapping
+from galley.core.errors import ConfigError
+from galley.core.types import LoraConfig
+from galley.workflows import WORKFLOWS
+
+
+def add_command(sub: Any) -> None:
+    plan = sub.add_parser(
+        "plan",
+        help="device memory per device of a run's training step, before anything loads",
+    )
+    plan.add_argument("workflow", choices=sorted(WORKFLOWS))
+    plan.add_argument("--config", type=Path, help="the run's TOML file, as for galley run")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    plan.add_argument("--adapters", metavar="KIND")
+    plan.add_argument(
+        "--devices",
+        type=int,
+        help="devices to plan for (default: the mesh's data x fsdp x tensor, data 1 if unset)",
+    )
+    plan.add_argument("--json", action="store_true", help="print one JSON object instead")
+    plan.set_defaults(handler=cmd_plan)
+
+
+def cmd_plan(args: argparse.Namespace, console: Console) -> int:
+    import jax.numpy as jnp
+
+    from galley.adapters.jax.batching import bucket
+    from galley.adapters.jax.config import parse_config
+    from galley.adapters.jax.plan import GIB, plan_memory
+
+    run_config = load_run_config(args.workflow, args.config, args.set, args.adapters)
+    config, choice = run_config.config, run_config.adapters["training"]
+    if choice.kind != "jax":
+        raise ConfigError(
+            f"galley plan knows the jax training adapter; this run trains with {choice.kind!r}"
+        )
+    options = settings_from_mapping(JaxTrainingOptions, choice.options, "[adapters.training] (jax)")
+    mesh = options.mesh
+    devices = args.devices or (mesh.data or 1) * mesh.fsdp * mesh.tensor
+    model_config = parse_config(_config_json(config.base_model, run_config), config.base_model)
+    length = bucket(config.max_length, options.length_buckets)
+    lora = LoraConfig(rank=config.lora_rank, alpha=config.lora_alpha) if config.lora_rank else None
+    plan = plan_memory(
+        model_config,
+        lora,
+        dtype=jnp.dtype(options.dtype),
+        mesh=mesh,
+        devices=devices,
+        rows=config.batch_size,
+        length=length,
+    )
+    if args.json:
+        figures = dict(plan.rows())
+        out = {"mesh": dict(plan.mesh), "devices": devices, "bytes_per_device": figures}
+        console.print(json.dumps(out), soft_wrap=True)
+        return 0
+    sizes = ", ".join(f"{axis} {size}" for axis, size in plan.mesh.items())
+    what = "full fine-tuning" if lora is None else f"LoRA rank {config.lora_rank}"
+    console.print(
+        f"{config.base_model}: {what}, {options.dtype}, batch {config.batch_size} x {length} "
+        f"tokens, on {devices} device(s) ({sizes})"
+    )
+    table = Table("per device", "GiB", "bytes")
+    for label, size in plan.rows():
+        table.add_row(label, f"{size / GIB:.3f}", f"{size:,}")
+    console.print(table)
+    return 0
+
+
+def _config_json(base_model: str, run_config: Any) -> Any:
+    """The model's config.json: from its folder, or the only file fetched from the hub."""
+    folder = Path(base_model).expanduser()
+    if folder.is_dir():
+        path = folder / "config.json"
+    else:
+        hub = build_one("hub", run_config.adapters["hub"], {})
+        path = hub.download(base_model, "config.json")
+    from galley.adapters.hf.model_files import read_json
+
+    return read_json(path)

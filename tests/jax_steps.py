@@ -1,0 +1,27 @@
+"""The JAX adapter's training step for a session and a batch, lowered but not run: what
+compile-time and memory checks look at."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+
+from galley.adapters.jax.training import JaxTrainingSession, forward_backward_step
+from galley.core import Datum
+
+
+def lowered_step(session: JaxTrainingSession, data: Sequence[Datum]) -> Any:
+    """``forward_backward_step`` (cross-entropy) on ``data``, padded as the session pads."""
+    request, batch = session._prepare(data, "cross_entropy", None)
+    return forward_backward_step.lower(
+        session._graphdef,
+        session._trainable,
+        session._frozen,
+        session._grads,
+        session._device_batch(batch),
+        request.loss_fn,
+        jnp.asarray([0.8, 1.2], jnp.float32),
+        session._pins,
+    )
