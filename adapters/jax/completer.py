@@ -230,8 +230,8 @@ def generate(
 class JaxCompleter:
     """Samples from HF decoder models, optionally with sampler weights exported by the JAX
     TrainingClient (a PEFT adapter, merged in at load, or merged full weights). ``mesh``
-    splits the weights over ``devices`` as the training client's does: a model too big for
-    one device samples split over several."""
+    splits the weights over ``devices`` (default: this process's) as the training client's
+    does: a model too big for one device samples split over several."""
 
     def __init__(
         self,
@@ -254,7 +254,9 @@ class JaxCompleter:
         if type(max_models) is not int or max_models < 1:
             raise ConfigError(f"JaxCompleter.max_models: expected at least 1, got {max_models!r}")
         self.max_models = max_models
-        self.layout = Layout(mesh or MeshShape(), devices)
+        # This process's devices: in a run of several processes each samples on its own,
+        # with no exchange between processes to keep in step with the training's.
+        self.layout = Layout(mesh or MeshShape(), devices or jax.local_devices())
         # The models sampled from most recently (a base, its adapters): the oldest is dropped.
         self._models: OrderedDict[tuple[str, str | None], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()
