@@ -94,3 +94,19 @@ def test_galley_plan_reads_the_runs_settings_and_splits_over_the_mesh(
 def test_galley_plan_refuses_other_training_adapters(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["plan", "sft", "--set", "adapters.training=noop"]) == 2
     assert "galley plan knows the jax training adapter" in capsys.readouterr().out
+    assert main(["plan", "eval"]) == 2
+    assert "the eval workflow trains none" in capsys.readouterr().out
+
+
+def test_galley_plan_counts_each_workflows_sequences_a_step(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    def batch(workflow: str) -> int:
+        capsys.readouterr()
+        assert main(["plan", workflow, "--set", "batch_size=4"]) == 0
+        line = capsys.readouterr().out.split("\n")[0]
+        return int(line.split(" sequences")[0].rsplit(" ", 1)[1])
+
+    assert batch("sft") == 4
+    assert batch("dpo") == 8  # two answers a pair
+    assert batch("rl") == 4 * 8  # group_size 8 by default

@@ -57,13 +57,14 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     model_config = parse_config(_config_json(config.base_model, run_config), config.base_model)
     length = bucket(config.max_length, options.length_buckets)
     lora = LoraConfig(rank=config.lora_rank, alpha=config.lora_alpha) if config.lora_rank else None
+    rows = rows_per_step(args.workflow, config)
     plan = plan_memory(
         model_config,
         lora,
         dtype=jnp.dtype(options.dtype),
         mesh=mesh,
         devices=devices,
-        rows=config.batch_size,
+        rows=rows,
         length=length,
     )
     if args.json:
@@ -74,14 +75,23 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     sizes = ", ".join(f"{axis} {size}" for axis, size in plan.mesh.items())
     what = "full fine-tuning" if lora is None else f"LoRA rank {config.lora_rank}"
     console.print(
-        f"{config.base_model}: {what}, {options.dtype}, batch {config.batch_size} x {length} "
-        f"tokens, on {devices} device(s) ({sizes})"
+        f"{config.base_model}: {what}, {options.dtype}, {rows} sequences x {length} tokens "
+        f"a step, on {devices} device(s) ({sizes})"
     )
     table = Table("per device", "GiB", "bytes")
     for label, size in plan.rows():
         table.add_row(label, f"{size / GIB:.3f}", f"{size:,}")
     console.print(table)
     return 0
+
+
+def rows_per_step(workflow: str, config: Any) -> int:
+    """The sequences one training step of ``workflow`` takes: its batch, times two for DPO's
+    pairs, times the group for RL's and distillation's sampled groups."""
+    if not hasattr(config, "batch_size"):
+        raise ConfigError(f"galley plan plans a training step; the {workflow} workflow trains none")
+    rows = int(config.batch_size) * int(getattr(config, "group_size", 1))
+    return 2 * rows if workflow == "dpo" else rows
 
 
 def _config_json(base_model: str, run_config: Any) -> Any:
