@@ -73,15 +73,16 @@ class RequestQueue:
             self._jobs.put((fn, future))
         return future
 
-    def close(self, *, wait: bool = True) -> None:
-        """Refuse new requests; with ``wait``, return once the queued ones have run."""
+    def close(self, *, timeout: float | None = None) -> None:
+        """Refuse new requests; return once the queued ones have run, or after ``timeout``
+        seconds if that comes first."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             self._jobs.put(None)
-        if wait and threading.current_thread() is not self._worker:  # a done-callback may close it
-            self._worker.join()
+        if threading.current_thread() is not self._worker:  # a done-callback may close it
+            self._worker.join(timeout)
 
     def _work(self) -> None:
         unfinished: collections.deque[tuple[Deferred[Any], Future[Any]]] = collections.deque()

@@ -90,6 +90,9 @@ from galley.core.types import (
 from galley.ports.blobs import BlobStore
 from galley.ports.hub import HubClient
 
+# How long a session of a distributed run waits for its worker when it closes.
+STUCK_WORKER_S = 1.0
+
 # Traces per step function (a trace is a compilation): tests assert buckets stop recompiles.
 TRACES: Counter[str] = Counter()
 
@@ -370,8 +373,9 @@ class JaxTrainingSession:
 
     def close(self) -> None:
         # Across processes, after another process died the worker may be stuck in an
-        # exchange with it: a failed run must be able to end without it.
-        self._queue.close(wait=jax.process_count() == 1)
+        # exchange with it: a failed run must be able to end without it. An idle worker
+        # (a run that ends well) stops at once, before the interpreter does.
+        self._queue.close(timeout=None if jax.process_count() == 1 else STUCK_WORKER_S)
 
     # -- work (on the session's queue thread) ---------------------------------------------
 
