@@ -15,7 +15,13 @@ import attrs
 import cattrs
 
 from galley.core.errors import ConfigError, GalleyError
-from galley.core.sections import SectionedConfig, leaf_fields, nest, section_types
+from galley.core.sections import (
+    SectionedConfig,
+    default_section,
+    leaf_fields,
+    nest,
+    section_types,
+)
 from galley.core.serialization import converter, describe_error
 
 T = TypeVar("T")
@@ -32,6 +38,7 @@ def settings_from_mapping(cls: type[T], data: Mapping[str, Any], source: str) ->
         except GalleyError as e:
             raise ConfigError(f"{source}: {e}") from None
         _refuse_unknown(data, cls, source)
+        data = _over_section_defaults(cls, data)
     valid = [f.name for f in attrs.fields(cast(Any, cls))]
     unknown = sorted(set(data) - set(valid))
     if unknown:
@@ -44,6 +51,17 @@ def settings_from_mapping(cls: type[T], data: Mapping[str, Any], source: str) ->
         raise ConfigError(f"{source}: {describe_error(e, cls.__name__)}") from None
     except GalleyError as e:
         raise ConfigError(f"{source}: {e}") from None
+
+
+def _over_section_defaults(cls: type[Any], data: Mapping[str, Any]) -> dict[str, Any]:
+    """Each section table given over the config's own default for that section, so setting
+    one of a section's settings changes that setting alone."""
+    merged = dict(data)
+    for section in section_types(cls):
+        table = merged.get(section)
+        if isinstance(table, Mapping):
+            merged[section] = {**converter.unstructure(default_section(cls, section)), **table}
+    return merged
 
 
 def _refuse_unknown(data: Mapping[str, Any], cls: type[Any], source: str) -> None:

@@ -50,8 +50,29 @@ class TransientError(GalleyError):
     """
 
 
+# Exceptions that code raises on its own mistakes, not on a bad input or a failing service:
+# one of these reaching a stage's caller is a bug in galley, an adapter or a user callable.
+PROGRAMMING_ERRORS: tuple[type[BaseException], ...] = (
+    TypeError,
+    AttributeError,
+    NameError,
+    LookupError,
+    ZeroDivisionError,
+    AssertionError,
+    RecursionError,
+)
+
+
+def is_internal(error: BaseException | None) -> bool:
+    """Whether ``error`` is a crash (a programming error that galley did not raise on purpose)
+    rather than a refusal or a failure that galley or a service reports."""
+    return isinstance(error, PROGRAMMING_ERRORS) and not isinstance(error, GalleyError)
+
+
 class WorkflowError(GalleyError):
-    """A workflow stopped on an error; ``state`` holds everything committed before it."""
+    """A workflow stopped on an error; ``state`` holds everything committed before it.
+    ``internal`` is true when the cause was a crash (see :func:`is_internal`), not a refusal
+    or a failure that galley or a service reported."""
 
     def __init__(
         self, message: str, *, stage: str, step: int | None, state: dict[str, object]
@@ -60,6 +81,10 @@ class WorkflowError(GalleyError):
         self.stage = stage
         self.step = step
         self.state = state
+
+    @property
+    def internal(self) -> bool:
+        return is_internal(self.__cause__)
 
 
 class NotFoundError(GalleyError, KeyError):

@@ -156,7 +156,9 @@ class SectionedConfig:
             else:
                 raise TypeError(f"{cls.__name__}() got an unexpected setting {name!r}")
         for section, values in plain.items():
-            base = given.get(section, sections[section]())
+            # On the section given, else on this config's own default (DPO's learning rate,
+            # RL's evaluation), never on the section class's generic one.
+            base = given[section] if section in given else default_section(cls, section)
             given[section] = attrs.evolve(base, **values)
         self.__attrs_init__(**given)
 
@@ -198,6 +200,15 @@ def _fields(cls: type[Any]) -> tuple[attrs.Attribute[Any], ...]:
 def section_types(cls: type[Any]) -> dict[str, type[Any]]:
     """The config's sections: field name -> section class."""
     return {f.name: cast(type[Any], f.type) for f in _fields(cls) if is_section_type(f.type)}
+
+
+def default_section(cls: type[Any], name: str) -> Any:
+    """The config's default for its section ``name`` (a workflow's own, e.g. DPO's optim)."""
+    field = attrs.fields_dict(cls)[name]
+    default = field.default
+    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
+        return default.factory()
+    return default
 
 
 def _own_fields(cls: type[Any]) -> set[str]:

@@ -1,6 +1,8 @@
 """The CLI under junk: any ``--set`` keys and values and any TOML shape end in exit 0 (a run),
 1 (a run that failed while running) or 2 (refused before anything was written), with a
-message, and never in a traceback. Runs on the noop adapters with few steps."""
+message, and never in a traceback or a crash: a run that failed because code raised a
+programming error (``TypeError``, ``KeyError``, ...) says "internal error", and fails the fuzz.
+Runs on the noop adapters with few steps."""
 
 from __future__ import annotations
 
@@ -128,7 +130,7 @@ plausible = st.one_of([typed(f) for f in attrs.fields(SFTConfig)])
 
 
 @settings(
-    max_examples=150,
+    max_examples=int(os.environ.get("GALLEY_FUZZ_EXAMPLES", 150)),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -144,6 +146,7 @@ def test_any_set_flags_end_in_0_1_or_2(
     event(f"exit {code}")
     assert code in (0, 1, 2), (code, sets, out[-2000:])
     assert "Traceback" not in out + err, (sets, out[-2000:])
+    assert "internal error" not in out, (sets, out[-2000:])
     if code:
         assert "error:" in out or "usage:" in err, (sets, out[-2000:], err[-500:])
 
@@ -165,7 +168,7 @@ def toml_text(doc: dict[str, Any]) -> str:
 
 
 @settings(
-    max_examples=100,
+    max_examples=int(os.environ.get("GALLEY_FUZZ_EXAMPLES", 100)),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -181,6 +184,7 @@ def test_any_toml_shape_ends_in_0_1_or_2(
     event(f"exit {code}")
     assert code in (0, 1, 2), (code, doc, out[-2000:])
     assert "Traceback" not in out + err, (doc, out[-2000:])
+    assert "internal error" not in out, (doc, out[-2000:])
 
 
 def test_the_fuzz_reaches_runs_and_refusals(capsys: pytest.CaptureFixture[str]) -> None:

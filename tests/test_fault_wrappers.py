@@ -12,11 +12,13 @@ from galley.adapters.composition import AdapterChoice, build_adapters
 from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.adapters.helpers.resilience import FaultyAdapter, with_retries
-from galley.adapters.noop import NoopTrainingClient, noop_adapters
-from galley.core import TransientError, WorkflowError
+from galley.adapters.jax import JaxTrainingClient
+from galley.adapters.noop import NoopBlobStore, NoopTrainingClient, noop_adapters
+from galley.core import Datum, SessionConfig, TransientError, WorkflowError
 from galley.core.engine import NO_RETRY, RetryPolicy
 from galley.core.stages import read_index
 from galley.workflows.sft import SFTConfig, run
+from tests.hf_models import make_model
 
 CONFIG = SFTConfig(max_steps=25, checkpoint_every=5, eval_every=5, num_samples=4, run_id="f")
 
@@ -25,19 +27,24 @@ def without_timing(rows: list[dict[str, float]]) -> list[dict[str, float]]:
     return [{k: v for k, v in r.items() if k != "tokens_per_s"} for r in rows]
 
 
-def choices(root: Path, faulty: bool) -> dict[str, AdapterChoice]:
-    options = {"blobs": {"url": str(root)}, "metrics": {"url": str(root / "metrics")}}
+def choices(root: Path, faulty: bool, models: Path) -> dict[str, AdapterChoice]:
+    options = {
+        "blobs": {"url": str(root)},
+        "metrics": {"url": str(root / "metrics")},
+        "hub": {"root": str(models)},
+    }
     kinds = {
         "training": "noop",
         "datasets": "noop",
         "blobs": "fsspec",
-        "hub": "noop",
+        "hub": "local",
         "metrics": "jsonl",
         "completer": "noop",
     }
     out = {}
     for i, (port, kind) in enumerate(kinds.items()):
-        faults = {"failure_rate": 0.7 if port == "completer" else 0.2, "seed": i} | (
+        rate = {"completer": 0.7, "hub": 0.5}.get(port, 0.2)
+        faults = {"failure_rate": rate, "seed": i} | (
             {"mid_write_failure_rate": 0.2} if port == "blobs" else {}
         )
         out[port] = AdapterChoice(
@@ -49,16 +56,27 @@ def choices(root: Path, faulty: bool) -> dict[str, AdapterChoice]:
     return out
 
 
+def forward_through(hub: Any) -> list[float]:
+    """The log-probabilities a JAX session gives after reading its model through ``hub``
+    (config, tokenizer and weights: the hub's consumer in a real run)."""
+    session = JaxTrainingClient(hub, NoopBlobStore()).start_session(SessionConfig("org/tiny"))
+    data = [Datum.from_tokens([0, 4, 9, 12], [0, 1, 1, 1])]
+    return [float(x) for x in session.forward(data).result().logprobs[0]]
+
+
 def test_faults_on_every_port_are_survived_with_the_same_result(tmp_path: Path) -> None:
-    clean = run(CONFIG, build_adapters(choices(tmp_path / "clean", faulty=False)))
-    adapters = build_adapters(choices(tmp_path / "faulty", faulty=True))
+    """All six ports fail now and then; retries give the clean run's metrics, checkpoints and
+    blobs, and the model read through the faulty hub gives the clean hub's log-probabilities."""
+    models = tmp_path / "models"
+    make_model(models / "org" / "tiny", "llama")
+    clean_adapters = build_adapters(choices(tmp_path / "clean", False, models))
+    clean = run(CONFIG, clean_adapters)
+    adapters = build_adapters(choices(tmp_path / "faulty", True, models))
     result = run(CONFIG, adapters, retry=NO_RETRY)  # the adapter wrappers alone do the retrying
+    assert forward_through(adapters.hub) == forward_through(clean_adapters.hub)
     injected = {
-        port: adapter._inner.injected  # RetryingAdapter(FaultyAdapter(...))
-        for port, adapter in (
-            (p, getattr(adapters, p))
-            for p in ("training", "datasets", "blobs", "metrics", "completer")
-        )
+        port: getattr(adapters, port)._inner.injected  # RetryingAdapter(FaultyAdapter(...))
+        for port in ("training", "datasets", "blobs", "hub", "metrics", "completer")
     }
     assert sum(injected.values()) >= 20 and all(n > 0 for n in injected.values()), injected
     assert without_timing(result.metrics) == without_timing(clean.metrics)

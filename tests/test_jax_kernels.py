@@ -186,7 +186,8 @@ def test_times_transposed_is_x_times_kernel_transposed(dtype: Any, rows: int) ->
     want = np.asarray(x, np.float32) @ np.asarray(kernel, np.float32).T
     got = times_transposed(x, kernel)
     assert got.dtype == dtype and got.shape == (rows, 200)
-    tolerance = 1e-4 if dtype == jnp.float32 else 0.1  # bf16 output: 8 bits of mantissa
+    # bf16 output rounds to 8 bits of mantissa: measured relative error <= 0.004 (2**-8)
+    tolerance = 1e-4 if dtype == jnp.float32 else 1e-2
     np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tolerance, atol=tolerance)
 
 

@@ -65,7 +65,9 @@ class TestNoopTrainingClient(TrainingClientContract):
 
 class TestNoopCompleter(CompleterContract):
     def make_completer(self, tmp_path: Path) -> NoopCompleter:
-        return NoopCompleter()
+        # vary: sampled answers differ per seed, as a training session's sampler's do (the
+        # default, 0, answers exactly what is scripted, whatever the seed)
+        return NoopCompleter(vary=0.3)
 
 
 def test_the_noop_hub_leaves_no_folder_behind() -> None:

@@ -135,14 +135,37 @@ def test_keep_end_drops_only_prompt_and_skips_what_cannot_fit(
     assert trained_ids(kept, kept_weights) == trained_ids(ids[1:], weights[1:])
 
 
+def shortest_keep_end_form(conversation: Conversation, train_on: TrainOn) -> Conversation:
+    """The conversation with every message keep_end may drop dropped, derived from the rule
+    itself: a leading system message, the message right before the first trained one, and
+    everything from there on are kept."""
+    messages = conversation.messages
+    if train_on is TrainOn.ALL_TOKENS or train_on is TrainOn.ALL_MESSAGES:
+        return conversation
+    if train_on is TrainOn.ALL_ASSISTANT_MESSAGES:
+        first = next((i for i, m in enumerate(messages) if m.role == "assistant"), None)
+    else:
+        first = conversation.last_assistant_index
+    if first is None:
+        return conversation
+    keep = 1 if messages[0].role == "system" else 0
+    return Conversation(messages[:keep] + messages[max(keep, first - 1) :])
+
+
 @given(conversations, st.sampled_from(list(TrainOn)), st.integers(2, 80))
 def test_fitting_a_conversation_never_loses_a_trained_token(
     conversation: Conversation, train_on: TrainOn, max_length: int
 ) -> None:
+    """It fits and keeps every trained token, or it refuses, and then even the shortest form
+    keep_end may make (only the leading system message and the message before the first
+    trained one kept) cannot fit its trained tokens and one token of prompt."""
     full = renderer.render(conversation, train_on)
     try:
         d = fit_conversation(renderer, conversation, train_on, max_length)
     except DoesNotFitError:
+        shortest = renderer.render(shortest_keep_end_form(conversation, train_on), train_on)
+        trained = np.flatnonzero(shortest.weights[1:]) + 1
+        assert not trained.size or shortest.model_input.length - trained[0] + 1 > max_length + 1
         return
     assert d.model_input.length <= max_length
     assert d.loss_fn_inputs["weights"].data.sum() == full.weights[1:].sum()

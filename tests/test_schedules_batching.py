@@ -62,9 +62,17 @@ def test_each_epoch_is_a_permutation(n: int, batch: int, seed: int, epoch: int) 
 
 @given(st.integers(2, 100), st.integers(1, 10), st.integers(0, 1000))
 def test_batches_depend_only_on_seed_and_step(n: int, batch: int, seed: int) -> None:
-    a, b = BatchPlan(n, batch, seed), BatchPlan(n, batch, seed)
+    """Each batch is the seeded permutation of its epoch, computed here independently of the
+    plan's cache, and another seed orders the examples differently."""
+    plan = BatchPlan(n, batch, seed)
     for step in (0, 3, 17):
-        np.testing.assert_array_equal(a.indices(step), b.indices(step))
+        epoch, in_epoch = divmod(step, plan.steps_per_epoch)
+        expected = np.random.default_rng([seed, epoch]).permutation(n)
+        start = in_epoch * batch
+        np.testing.assert_array_equal(plan.indices(step), expected[start : start + batch])
+    if n >= 8:  # 8! orders: two seeds agreeing on all of them is not a coincidence to allow
+        others = [BatchPlan(n, batch, seed + k).epoch_order(0) for k in (1, 2)]
+        assert any(not np.array_equal(plan.epoch_order(0), o) for o in others)
 
 
 def test_epochs_are_shuffled_differently_and_drop_last() -> None:

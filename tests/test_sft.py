@@ -170,4 +170,5 @@ def test_bad_config_is_refused_naming_the_key(data: dict[str, object], message: 
 
 def test_run_result_metrics_are_json_safe(adapters: Adapters) -> None:
     result = run(SFTConfig(max_steps=3, run_id="j"), adapters)
-    json.dumps(result.metrics + result.eval)
+    rows = result.metrics + result.eval
+    assert len(rows) >= 3 and json.loads(json.dumps(rows)) == rows

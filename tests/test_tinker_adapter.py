@@ -130,7 +130,10 @@ def test_sft_through_the_sdk_matches_the_jax_adapter_in_process(
     assert [(s.base, s.tuned) for s in remote.samples] == [(s.base, s.tuned) for s in local.samples]
 
 
-def test_rl_runs_through_the_sdk(served: str, tmp_path: Path) -> None:
+def test_rl_through_the_sdk_matches_the_jax_adapter_in_process(
+    served: str, tmp_path: Path
+) -> None:
+    """Seeded sampling, rewards and updates through the SDK give the in-process run's figures."""
     config = rl.RLConfig(
         max_steps=2,
         batch_size=2,
@@ -140,9 +143,14 @@ def test_rl_runs_through_the_sdk(served: str, tmp_path: Path) -> None:
         num_samples=0,
         run_id="rl-remote",
     )
-    adapters = _adapters(tmp_path, served)
-    result = rl.run(config, adapters)
+    local = rl.run(config, _adapters(tmp_path / "local", None))
+    adapters = _adapters(tmp_path / "remote", served)
+    remote = rl.run(config, adapters)
     adapters.training.close()
     adapters.completer.close()
-    rewards = [m["reward"] for m in result.metrics if "reward" in m]
-    assert len(rewards) == 2 and all(0.0 <= r <= 1.0 for r in rewards)
+    rewards = [[m["reward"] for m in r.metrics if "reward" in m] for r in (local, remote)]
+    assert len(rewards[0]) == 2 and all(0.0 <= r <= 1.0 for r in rewards[0])
+    assert rewards[1] == pytest.approx(rewards[0], abs=1e-6)
+    losses = [[m["loss"] for m in r.metrics if "loss" in m] for r in (local, remote)]
+    assert len(losses[0]) == 2
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)

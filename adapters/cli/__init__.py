@@ -249,6 +249,13 @@ def report_failure(
     """Say what stopped the run and what to do next; the exit code says which kind it was."""
     interrupted = isinstance(error.__cause__, KeyboardInterrupt)
     console.print("interrupted" if interrupted else f"error: {error}", style="red", soft_wrap=True)
+    if error.internal:
+        console.print(
+            "internal error: this is a bug (in galley, an adapter or a function of yours that "
+            "the run called), not a problem with the settings; --log-file FILE keeps its traceback",
+            style="red",
+            soft_wrap=True,
+        )
     saved = error.state.get("checkpoints")
     last = saved[-1] if isinstance(saved, tuple) and saved else None
     try:

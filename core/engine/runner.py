@@ -8,6 +8,7 @@ raise transient errors; and stopping cleanly, with the state so far, on any othe
 from __future__ import annotations
 
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
@@ -148,6 +149,10 @@ class Runner:
             ) from error
         except WorkflowError as error:
             log.error("workflow.error", stage=error.stage, step=error.step, error=str(error))
+            if error.internal and error.__cause__ is not None:  # a crash: where it happened
+                cause = error.__cause__
+                trace = "".join(traceback.format_exception(type(cause), cause, cause.__traceback__))
+                log.info("workflow.crash", stage=error.stage, traceback=trace)
             raise
         log.info("workflow.end", duration_s=round(time.perf_counter() - started, 4))
         return state
