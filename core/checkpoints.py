@@ -32,11 +32,15 @@ from galley.ports.blobs import BlobStore
 
 @attrs.frozen
 class RunInfo:
+    """A run as listed; ``problem`` says why its record or index cannot be read (the run is
+    still listed, so one damaged run does not hide the others)."""
+
     run_id: str
     workflow: str
-    started: float  # when the run was first recorded (seconds since the epoch)
+    started: float  # when the run was first recorded (seconds since the epoch; 0: unknown)
     checkpoints: int
     newest_step: int | None
+    problem: str | None = None
 
 
 @attrs.frozen
@@ -62,13 +66,17 @@ def list_runs(adapters: Adapters, output: str = "runs") -> list[RunInfo]:
     )
     runs = []
     for run_id in ids:
-        record = read_run_record(adapters, output, run_id)
-        if record is None:
+        try:
+            record = read_run_record(adapters, output, run_id)
+            if record is None:
+                continue
+            index = read_index(adapters.blobs, output, run_id)
+        except GalleyError as e:
+            runs.append(RunInfo(run_id, "?", 0.0, 0, None, problem=str(e)))
             continue
-        index = read_index(adapters.blobs, output, run_id)
         newest = index[-1].step if index else None
         runs.append(RunInfo(run_id, record.workflow, record.created, len(index), newest))
-    return sorted(runs, key=lambda r: r.started)
+    return sorted(runs, key=lambda r: (r.started, r.run_id))
 
 
 def _index(adapters: Adapters, output: str, run_id: str) -> list[CheckpointRecord]:

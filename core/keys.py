@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 from galley.core.errors import ValidationError
 
 
@@ -32,10 +34,23 @@ def check_prefix(prefix: str, field: str = "prefix") -> str:
     return prefix if prefix == "" else check_key(prefix.rstrip("/"), field)
 
 
+# A name is one path segment: file systems allow 255 bytes, and a name is often one part of a
+# longer file name (a run id in a tracker's folder name).
+MAX_NAME_LENGTH = 128
+
+
 def check_name(name: str, field: str = "name") -> str:
     """A name used as one path segment (a checkpoint, a run id): no separators, no '..'."""
     if not isinstance(name, str) or not name:
         raise ValidationError(field, f"expected a non-empty string, got {name!r}")
     if name in {".", ".."} or any(c in name for c in "/\\\0"):
         raise ValidationError(field, f"{name!r} is not a plain name (no '/', '\\', '..' or NUL)")
+    if len(name) > MAX_NAME_LENGTH:
+        raise ValidationError(
+            field, f"{len(name)} characters is too long for a name (at most {MAX_NAME_LENGTH})"
+        )
+    if any(unicodedata.category(c) in {"Cc", "Cf", "Zl", "Zp"} for c in name):
+        raise ValidationError(
+            field, f"{name!r} holds a control character (a name is shown and used as a path)"
+        )
     return name

@@ -204,11 +204,8 @@ def section_types(cls: type[Any]) -> dict[str, type[Any]]:
 
 def default_section(cls: type[Any], name: str) -> Any:
     """The config's default for its section ``name`` (a workflow's own, e.g. DPO's optim)."""
-    field = attrs.fields_dict(cls)[name]
-    default = field.default
-    if isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-        return default.factory()
-    return default
+    default: Any = attrs.fields_dict(cls)[name].default
+    return default.factory() if isinstance(default, attrs.Factory) else default  # type: ignore[arg-type]
 
 
 def _own_fields(cls: type[Any]) -> set[str]:

@@ -475,7 +475,7 @@ CASES: list[tuple[str, Any, str]] = [
             "--set",
             f"adapters.blobs.url={in_file('d.txt', b'x')(tmp)}/runs",
         )(tmp),
-        "blob store '.*d.txt/runs' cannot be a folder here: Not a directory",
+        "blob store '.*d.txt/runs' cannot be a folder here: .*d.txt' is a file",
     ),
     (
         "blobs URL under /dev/null",

@@ -130,7 +130,7 @@ plausible = st.one_of([typed(f) for f in attrs.fields(SFTConfig)])
 
 
 @settings(
-    max_examples=int(os.environ.get("GALLEY_FUZZ_EXAMPLES", 150)),
+    max_examples=int(os.environ.get("GALLEY_FUZZ_EXAMPLES", "150")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -168,7 +168,7 @@ def toml_text(doc: dict[str, Any]) -> str:
 
 
 @settings(
-    max_examples=int(os.environ.get("GALLEY_FUZZ_EXAMPLES", 100)),
+    max_examples=int(os.environ.get("GALLEY_FUZZ_EXAMPLES", "100")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

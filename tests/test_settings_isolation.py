@@ -62,7 +62,9 @@ def _leaves(config: Any) -> dict[str, Any]:
     out = {}
     for name, _ in leaf_fields(type(config)):
         head, _, tail = name.partition(".")
-        out[name] = getattr(getattr(config, head), tail) if head in sections else getattr(config, name)
+        out[name] = (
+            getattr(getattr(config, head), tail) if head in sections else getattr(config, name)
+        )
     return out
 
 
@@ -106,9 +108,7 @@ UNSETTABLE_ALONE = {"resume", "kl_penalty_coef", "reward_weights"}
 
 
 def test_the_probe_finds_a_value_for_nearly_every_setting() -> None:
-    found = sum(
-        _changed_value(WORKFLOWS[w].config_type, d, a) is not None for w, d, a in CASES
-    )
+    found = sum(_changed_value(WORKFLOWS[w].config_type, d, a) is not None for w, d, a in CASES)
     assert found >= 0.9 * len(CASES), (found, len(CASES))
 
 

@@ -130,9 +130,7 @@ def test_sft_through_the_sdk_matches_the_jax_adapter_in_process(
     assert [(s.base, s.tuned) for s in remote.samples] == [(s.base, s.tuned) for s in local.samples]
 
 
-def test_rl_through_the_sdk_matches_the_jax_adapter_in_process(
-    served: str, tmp_path: Path
-) -> None:
+def test_rl_through_the_sdk_matches_the_jax_adapter_in_process(served: str, tmp_path: Path) -> None:
     """Seeded sampling, rewards and updates through the SDK give the in-process run's figures."""
     config = rl.RLConfig(
         max_steps=2,

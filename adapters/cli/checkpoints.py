@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from galley.adapters.cli.run_config import load_run_config
 from galley.adapters.composition import build_adapters
@@ -22,7 +23,8 @@ from galley.core.checkpoints import (
     list_runs,
     show_checkpoint,
 )
-from galley.core.errors import ConfigError
+from galley.core.errors import ConfigError, ValidationError
+from galley.core.keys import check_name
 from galley.core.publish import export_for_publishing
 from galley.core.registry import describe, list_models, register, show_model
 
@@ -35,6 +37,10 @@ def _stores(args: argparse.Namespace) -> tuple[Any, str]:
 
 def _run_and_step(text: str, need_step: bool) -> tuple[str, int | None]:
     run_id, _, step = text.partition(":")
+    try:
+        check_name(run_id, "RUN")
+    except ValidationError as e:
+        raise ConfigError(f"{text!r}: {e.reason}; give RUN[:STEP] with a run id") from None
     if need_step and not step:
         raise ConfigError(f"{text!r}: give RUN:STEP (the step to delete)")
     if step and not step.isdigit():
@@ -59,11 +65,18 @@ def cmd_runs(args: argparse.Namespace, console: Console) -> int:
     table.add_column("run", no_wrap=True)
     for column in ("workflow", "started", "checkpoints", "newest step"):
         table.add_column(column)
-    for run in list_runs(adapters, output):
+    runs = list_runs(adapters, output)
+    for run in runs:
+        if run.problem is not None:
+            table.add_row(run.run_id, Text("unreadable", style="red"), "-", "-", "-")
+            continue
         started = datetime.datetime.fromtimestamp(run.started).strftime("%Y-%m-%d %H:%M")
         newest = "-" if run.newest_step is None else str(run.newest_step)
         table.add_row(run.run_id, run.workflow, started, str(run.checkpoints), newest)
     console.print(table)
+    for run in runs:
+        if run.problem is not None:
+            console.print(f"{run.run_id}: {run.problem}", style="red", soft_wrap=True)
     return 0
 
 
@@ -97,7 +110,7 @@ def cmd_checkpoints(args: argparse.Namespace, console: Console) -> int:
     console.print(f"sampler weights: {info.sampler or 'none'}", soft_wrap=True)
     for name, value in sorted(info.metrics.items()):
         console.print(f"  {name}: {value:.6g}")
-    return 0
+    return 1 if info.verified is False else 0  # a damaged checkpoint is a failure to report
 
 
 def _store_options(p: argparse.ArgumentParser) -> None:

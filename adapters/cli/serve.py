@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
+import socket
 from pathlib import Path
 
 from rich.console import Console
@@ -28,8 +30,11 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
             f"with no API key configured galley serve binds loopback only, not {args.host!r}: "
             "give --api-key (or GALLEY_API_KEY, or --keys-file) to serve other hosts"
         )
-    if args.session_timeout <= 0:
-        raise ConfigError("--session-timeout: expected a positive number of seconds")
+    if not (math.isfinite(args.session_timeout) and args.session_timeout > 0):
+        raise ConfigError(
+            f"--session-timeout: expected a positive number of seconds, got {args.session_timeout}"
+        )
+    check_can_listen(args.host, args.port)
     run_config = load_run_config("sft", args.config, args.set, args.adapters)
     adapters = build_adapters(run_config.adapters)
     models = tuple(args.model or [run_config.config.base_model])
@@ -46,10 +51,36 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def check_can_listen(host: str, port: int) -> None:
+    """Refuse a host that does not resolve or a port already in use before anything starts
+    (the server itself would only exit with its own code once the adapters were built)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except (socket.gaierror, UnicodeError) as e:
+        raise ConfigError(f"--host {host!r} does not resolve to an address: {e}") from None
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server binds
+        try:
+            probe.bind(address)
+        except OSError as e:
+            raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+
+
+def port_number(text: str) -> int:
+    """An argparse type: a TCP port, 1 to 65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {text!r}")
+    return port
+
+
 def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("serve", help="serve the Tinker API for the tinker SDK")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=port_number, default=8000)
     p.add_argument("--api-key", help="the one key clients must send (default: GALLEY_API_KEY)")
     p.add_argument("--keys-file", type=Path, help="TOML or JSON: each key -> its tenant")
     p.add_argument("--config", type=Path, help="TOML file with an [adapters] table")

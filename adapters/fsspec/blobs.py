@@ -39,8 +39,9 @@ _PROCESS_LOCKS = ProcessLocks()
 
 def open_filesystem(url: str, what: str, **storage_options: Any) -> tuple[Any, str, bool]:
     """The fsspec filesystem of ``url``, its root (no trailing '/') and whether it is a local
-    disk, whose root folder is made here. A URL that cannot be a folder of files (an unknown
-    protocol, a missing package, a local path through a file) is a ConfigError naming it."""
+    disk. A URL that cannot be a folder of files (an unknown protocol, a missing package, a
+    local path through a file or an unwritable folder) is a ConfigError naming it. A local
+    root is not made here but by the first write, so a refused command leaves no folder."""
     try:
         fs, root = fsspec.core.url_to_fs(url, **storage_options)
     except ImportError as e:
@@ -51,13 +52,23 @@ def open_filesystem(url: str, what: str, **storage_options: Any) -> tuple[Any, s
     protocols = fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)
     local = "file" in protocols
     if local:
-        try:
-            os.makedirs(root or "/", exist_ok=True)
-        except OSError as e:
-            raise ConfigError(
-                f"{what} {url!r} cannot be a folder here: {e.strerror or e}"
-            ) from None
+        problem = _why_not_a_folder(root or "/")
+        if problem is not None:
+            raise ConfigError(f"{what} {url!r} cannot be a folder here: {problem}")
     return fs, root, local
+
+
+def _why_not_a_folder(path: str) -> str | None:
+    """Why ``path`` cannot be (made) a writable folder, or None: it is one, or its nearest
+    existing parent is a folder this process may write in."""
+    existing = path
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        return f"{existing!r} is a file"
+    if existing != path and not os.access(existing, os.W_OK | os.X_OK):
+        return f"{existing!r} is not writable"
+    return None
 
 
 class FsspecBlobStore:
@@ -131,10 +142,22 @@ class FsspecBlobStore:
         writers of this machine killed mid-write left behind."""
         path = self._path(key)
         if self.local:
+            made = _missing_folders(os.path.dirname(path))
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            held = lock_file(path, key, owner)
+            try:
+                held = lock_file(path, key, owner)
+            except BaseException:
+                _remove_if_empty(made)
+                raise
             _sweep_dead_writers(os.path.dirname(path))
-            return held
+
+            def release_and_tidy() -> None:  # a run refused after its claim leaves no folder
+                try:
+                    held.release()
+                finally:
+                    _remove_if_empty(made)
+
+            return Release(release_and_tidy)
         held = _PROCESS_LOCKS.take(key, owner, scope=f"{self.fs.protocol}:{self.root}")
         if "memory" not in self.fs.protocol:
             structlog.get_logger("galley").warning(
@@ -165,6 +188,28 @@ class FsspecBlobStore:
             if self.local and folder != self.root:  # a key's folder dies with its last key
                 with contextlib.suppress(OSError):  # not empty: other keys live there
                     os.rmdir(folder)
+
+
+def _missing_folders(folder: str) -> list[str]:
+    """The folders of ``folder``'s path that do not exist yet, deepest first."""
+    missing = []
+    while folder and not os.path.isdir(folder):
+        missing.append(folder)
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            break
+        folder = parent
+    return missing
+
+
+def _remove_if_empty(folders: list[str]) -> None:
+    """Remove the folders (deepest first) that are still empty: those a lock made and nothing
+    else wrote into."""
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:  # not empty (or gone): it and its parents stay
+            return
 
 
 def _sweep_dead_writers(folder: str) -> None:

@@ -1,0 +1,142 @@
+"""What hostile input used to break: each case reproduces a finding and checks it now holds
+(a clear refusal, nothing written, the right exit code, no secret anywhere)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from galley.adapters.cli import main
+from tests.test_run_integrity import P
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+
+
+def said(capsys: pytest.CaptureFixture[str]) -> str:
+    captured = capsys.readouterr()
+    return " ".join((captured.out + captured.err).split())
+
+
+def files_under(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def run_cli(*argv: str) -> int:
+    try:
+        return main(list(argv))
+    except SystemExit as e:  # argparse's refusals
+        return int(e.code or 0)
+
+
+# --- galley serve -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+def test_serve_refuses_a_port_outside_1_to_65535(
+    port: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli("serve", "--port", port) == 2
+    assert "expected a port number from 1 to 65535" in said(capsys)
+
+
+def test_serve_refuses_a_port_in_use_and_a_host_that_does_not_resolve(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        assert run_cli("serve", "--port", port, "--adapters", "noop") == 2
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in said(capsys)
+    assert run_cli("serve", "--host", "no-such-host.invalid", "--api-key", "tml-k") == 2
+    assert "--host 'no-such-host.invalid' does not resolve" in said(capsys)
+    assert files_under(tmp_path) == []
+
+
+@pytest.mark.parametrize("timeout", ["nan", "inf", "0", "-3"])
+def test_serve_refuses_a_session_timeout_that_is_not_a_positive_number(
+    timeout: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli("serve", "--session-timeout", timeout) == 2
+    assert "--session-timeout: expected a positive number of seconds" in said(capsys)
+
+
+# --- lifecycle commands -------------------------------------------------------------------
+
+
+def test_runs_list_lists_the_others_when_one_record_is_corrupt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for run_id in ("good", "bad"):
+        assert run_cli("run", "sft", *P, "--set", "max_steps=2", "--set", f"run_id={run_id}") == 0
+    (tmp_path / "runs" / "bad" / "run.json").write_text("{not json")
+    capsys.readouterr()
+    assert run_cli("runs", "list", *P) == 0
+    out = said(capsys)
+    assert "good │ sft" in out and "bad │ unreadable" in out
+    assert "bad: run record 'runs/bad/run.json' is unreadable" in out
+
+
+@pytest.mark.parametrize("target", ["/etc/passwd:4", "../x:1", "a\x1bb:2", "x" * 300 + ":1"])
+def test_checkpoint_commands_refuse_a_run_that_is_not_a_name_and_make_no_folder(
+    target: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli("checkpoints", "delete", target, *P) == 2
+    assert "give RUN[:STEP] with a run id" in said(capsys)
+    assert files_under(tmp_path) == []
+
+
+def test_checkpoints_show_fails_on_a_corrupt_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["--set", "max_steps=2", "--set", "run_id=c"]
+    assert run_cli("run", "sft", *P, *args) == 0
+    (state,) = (tmp_path / "runs" / "c" / "state").glob("step-*/state.json")
+    state.write_text(state.read_text() + " ")
+    capsys.readouterr()
+    assert run_cli("checkpoints", "show", "c:2", *P) == 1
+    assert "verified: NO" in said(capsys)
+
+
+# --- refusals leave nothing behind --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["run", "distill"],  # no teacher: refused by its first stage
+        ["run", "eval", "--set", "from_run=nope"],
+        ["run", "sft", "--set", "max_steps=0"],
+        ["run", "sft", "--resume", "nope"],
+    ],
+    ids=["distill without a teacher", "eval of no run", "bad setting", "resume of no run"],
+)
+def test_a_refused_run_leaves_no_folder(
+    argv: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli(*argv, "--set", "adapters.training=noop") == 2
+    assert "error:" in said(capsys)
+    assert files_under(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    ("run_id", "why"),
+    [("x" * 300, "300 characters is too long"), ("a\x07b", "holds a control character")],
+)
+def test_run_ids_too_long_or_with_control_characters_are_refused(
+    run_id: str, why: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli("run", "sft", *P, "--set", f"run_id={json.dumps(run_id)}") == 2
+    assert why in said(capsys)
+    assert files_under(tmp_path) == []
+
+
+def test_the_probe_environment_has_no_stray_folder() -> None:
+    assert os.listdir(".") == []
