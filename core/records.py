@@ -64,3 +64,22 @@ class CheckpointRecord:
     next_position: DataPosition
     sampler: CheckpointRef | None = None
     time: float = 0.0
+
+
+@attrs.frozen
+class DataSplit:
+    """How many rows a run trains and evaluates on, and where the held-out ones came from:
+    the eval split, or ``held_out`` rows of the train split (``eval_holdout``)."""
+
+    dataset: str
+    train_rows: int
+    eval_rows: int
+    eval_split: str
+    held_out: bool
+
+    def describe(self) -> str:
+        if self.held_out:
+            return f"train {self.train_rows} rows, held out {self.eval_rows} (eval_holdout)"
+        return (
+            f"train {self.train_rows} rows, eval {self.eval_rows} rows (split {self.eval_split!r})"
+        )

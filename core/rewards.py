@@ -13,12 +13,14 @@ A reward is named as a scorer is (``exact_match``, ``char_similarity``, ``regex:
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+import math
+import numbers
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
-from galley.core.errors import ConfigError, ValidationError
+from galley.core.errors import ConfigError, DataError, GalleyError
 from galley.core.scorers import resolve_scorer
 
 
@@ -40,31 +42,60 @@ class Reward:
     weight: float
     fn: Callable[..., Any] = attrs.field(repr=False)
     batched: bool = False
+    needs_reference: bool = False  # a built-in scorer, which compares with the reference
 
     def score(
         self, examples: Sequence[Mapping[str, Any]], completions: Sequence[str]
     ) -> list[float]:
         """One reward per completion (``examples[i]`` is what completion i answers)."""
-        if self.batched:
-            prompts = [e.get("prompt", e.get("messages")) for e in examples]
-            skip = {"prompt", "completion", "completions", "messages", "reference"}
-            columns = {k: [e.get(k) for e in examples] for k in examples[0] if k not in skip}
-            values = list(self.fn(prompts=prompts, completions=list(completions), **columns))
-        else:
-            values = [self.fn(e, c) for e, c in zip(examples, completions, strict=True)]
+        try:
+            if self.batched:
+                prompts = [e.get("prompt", e.get("messages")) for e in examples]
+                skip = {"prompt", "completion", "completions", "messages", "reference"}
+                columns = {k: [e.get(k) for e in examples] for k in examples[0] if k not in skip}
+                values = self.fn(prompts=prompts, completions=list(completions), **columns)
+                if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+                    raise RewardError(
+                        self.spec, f"returned {_shown(values)}; expected a list of numbers"
+                    )
+                values = list(values)
+            else:
+                values = [self.fn(e, c) for e, c in zip(examples, completions, strict=True)]
+        except (GalleyError, KeyboardInterrupt):
+            raise
+        except (Exception, SystemExit) as e:  # the function's own failure, named as its
+            raise RewardError(self.spec, f"raised {type(e).__name__}: {e}") from e
         if len(values) != len(completions):
-            raise ValidationError(
-                f"reward {self.spec}", f"{len(values)} rewards for {len(completions)} completions"
+            raise RewardError(
+                self.spec, f"returned {len(values)} rewards for {len(completions)} completions"
             )
-        out = []
-        for i, value in enumerate(values):
-            try:
-                out.append(float(value))
-            except (TypeError, ValueError):
-                raise ValidationError(
-                    f"reward {self.spec}[{i}]", f"expected a number, got {value!r:.40}"
-                ) from None
-        return out
+        return [self._number(i, value) for i, value in enumerate(values)]
+
+    def _number(self, i: int, value: Any) -> float:
+        """A reward as a float: a real number (bools and numpy scalars too), never text that
+        looks like one, and finite."""
+        if isinstance(value, str | bytes) or not isinstance(value, numbers.Real):
+            raise RewardError(
+                self.spec, f"returned {_shown(value)} for completion {i}; expected a number"
+            )
+        number = float(value)
+        if not math.isfinite(number):
+            raise RewardError(
+                self.spec, f"returned {number} for completion {i}; rewards must be finite"
+            )
+        return number
+
+
+class RewardError(GalleyError):
+    """A reward function failed or returned something that is not a reward; names it."""
+
+    def __init__(self, spec: str, message: str) -> None:
+        super().__init__(f"reward {spec!r} {message}")
+        self.spec = spec
+
+
+def _shown(value: Any) -> str:
+    return f"{type(value).__name__} {value!r:.40}"
 
 
 def resolve_rewards(specs: Sequence[str], weights: Sequence[float] = ()) -> tuple[Reward, ...]:
@@ -73,11 +104,41 @@ def resolve_rewards(specs: Sequence[str], weights: Sequence[float] = ()) -> tupl
         raise ConfigError("rewards: expected at least one reward")
     if weights and len(weights) != len(specs):
         raise ConfigError(f"reward_weights: {len(weights)} weights for {len(specs)} rewards")
+    if not all(math.isfinite(w) for w in weights):
+        raise ConfigError(f"reward_weights: expected finite numbers, got {list(weights)}")
+    if isinstance(specs, str):  # "char_similarity" for ["char_similarity"]: one per letter
+        raise ConfigError(f"rewards: expected a list of rewards, got the string {specs!r}")
     rewards = []
     for spec, weight in zip(specs, weights or [1.0] * len(specs), strict=True):
         scorer = resolve_scorer(spec)
-        rewards.append(Reward(scorer.name, spec, float(weight), scorer.fn, _is_batched(scorer.fn)))
+        batched = _is_batched(scorer.fn)
+        rewards.append(
+            Reward(scorer.name, spec, float(weight), scorer.fn, batched, scorer.needs_reference)
+        )
     names = [r.name for r in rewards]
     if len(set(names)) != len(names):
         raise ConfigError(f"rewards: two rewards record under one name in {names}")
     return tuple(rewards)
+
+
+def check_references(
+    rewards: Sequence[Reward],
+    tasks: Mapping[str, Sequence[Any]],
+    origins: Mapping[str, Sequence[tuple[str, int]]],
+) -> None:
+    """Refuse, naming the row, a row without a reference answer when a reward compares with
+    one (scored against nothing, every answer would get the same reward, silently)."""
+    needing = [r.spec for r in rewards if r.needs_reference]
+    if not needing:
+        return
+    for split, split_tasks in tasks.items():
+        for task, (source, index) in zip(split_tasks, origins[split], strict=True):
+            if task.reference is None:
+                raise DataError(
+                    source,
+                    index,
+                    "reference",
+                    f"the row has no reference answer, and reward {needing[0]!r} compares "
+                    "answers with one: end the row's messages with the expected assistant "
+                    "answer, or use rewards that need none (regex:<pattern>, module:function)",
+                )

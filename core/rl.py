@@ -57,7 +57,7 @@ def row_to_task(row: Any, *, source: str, index: int) -> Task:
     """A row as a prompt and, when it has one, its reference answer: a chat whose last
     message is the assistant's, any pair format galley reads for SFT, or a prompt alone
     (``{"prompt": str | messages}``)."""
-    if isinstance(row, Mapping) and "prompt" in row and "completion" not in row:
+    if isinstance(row, Mapping) and "prompt" in row and not {"completion", "messages"} & set(row):
         prompt = row["prompt"]
         if isinstance(prompt, str):
             return Task(Conversation.of(("user", prompt)), None, row)

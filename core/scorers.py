@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import os
 import re
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
+import structlog
 
-from galley.core.errors import ConfigError
+from galley.core.errors import ConfigError, ValidationError
 
 ScoreFn = Callable[[Mapping[str, Any], str], float]
 
@@ -34,6 +37,8 @@ class Scorer:
     name: str
     spec: str  # as configured: what a resume resolves again
     fn: ScoreFn = attrs.field(repr=False)
+    # It compares the answer with the row's reference: rows without one cannot be scored.
+    needs_reference: bool = False
 
     def __call__(self, example: Mapping[str, Any], completion: str) -> float:
         return float(self.fn(example, completion))
@@ -61,24 +66,94 @@ BUILT_IN: Mapping[str, ScoreFn] = {
 
 def resolve_scorer(spec: str) -> Scorer:
     """The scorer ``spec`` names; ConfigError naming it when there is none such."""
-    if spec in BUILT_IN:
-        return Scorer(spec, spec, BUILT_IN[spec])
+    if spec in BUILT_IN:  # each compares with the reference
+        return Scorer(spec, spec, BUILT_IN[spec], needs_reference=True)
     if spec.startswith("regex:"):
         try:
             pattern = re.compile(spec.removeprefix("regex:"))
         except re.error as e:
             raise ConfigError(f"scorer {spec!r}: not a regular expression: {e}") from None
         return Scorer("regex", spec, lambda example, text: float(bool(pattern.search(text))))
+    if spec in _HANDED_OVER:
+        return Scorer(spec.rpartition(".")[2].rpartition(":")[2], spec, _HANDED_OVER[spec])
     module, sep, name = spec.partition(":")
     if not sep or not module or not name:
         raise ConfigError(
             f"unknown scorer {spec!r}; expected one of {', '.join(BUILT_IN)}, "
             "'regex:<pattern>' or 'module:function'"
         )
-    try:
-        fn = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as e:
-        raise ConfigError(f"scorer {spec!r} cannot be imported: {e}") from None
+    fn = _import(spec, module, name)
     if not callable(fn):
         raise ConfigError(f"scorer {spec!r} is not a function")
-    return Scorer(name, spec, fn)
+    return Scorer(name.rpartition(".")[2], spec, fn)
+
+
+def _import(spec: str, module: str, qualname: str) -> Any:
+    """``module:qualname``, the module looked for in the current folder first (as ``python -m``
+    and pytest do), then on the import path."""
+    here = os.getcwd()
+    added = here not in sys.path
+    if added:
+        sys.path.insert(0, here)
+    try:
+        target: Any = importlib.import_module(module)
+        for part in qualname.split("."):
+            target = getattr(target, part)
+        return target
+    except ImportError as e:
+        raise ConfigError(
+            f"scorer {spec!r} cannot be imported: {e} (looked in the current folder "
+            f"{here!r}, then on the import path)"
+        ) from None
+    except AttributeError:
+        raise ConfigError(
+            f"scorer {spec!r} cannot be imported: {module} has no {qualname}"
+        ) from None
+    finally:
+        if added:
+            sys.path.remove(here)
+
+
+# Functions handed to a config in Python, by the spec recorded for them: found by that spec
+# in this process even when it cannot be imported (a lambda, a closure, a script's function).
+_HANDED_OVER: dict[str, Callable[..., Any]] = {}
+
+
+def scorer_spec(value: Any, field: str) -> str:
+    """A scorer or reward as given, as the text a run records: a name is kept; a function
+    becomes ``module:qualname``, which a resume imports again. A function that cannot be
+    imported by that name is accepted for this process, with a warning that the CLI cannot
+    resume the run."""
+    if isinstance(value, str):
+        return value
+    if not callable(value):
+        raise ValidationError(
+            field, f"expected a scorer name or a function, got {type(value).__name__}"
+        )
+    module = getattr(value, "__module__", None) or "?"
+    qualname = getattr(value, "__qualname__", None) or repr(value)
+    spec = f"{module}:{qualname}"
+    _HANDED_OVER[spec] = value
+    importable = module != "__main__" and "<" not in qualname
+    if importable:
+        try:
+            importable = _import(spec, module, qualname) is value
+        except ConfigError:
+            importable = False
+    if not importable:
+        structlog.get_logger("galley").warning(
+            "scorer.not_importable",
+            field=field,
+            spec=spec,
+            note="this process runs it; `galley run --resume` cannot import it: define it at "
+            "the top level of a module to resume the run from the CLI",
+        )
+    return spec
+
+
+def scorer_specs(value: Any, field: str) -> tuple[str, ...]:
+    """A list of scorer names or functions as their specs (a config's converter). A lone
+    string is refused: its letters would be read as names."""
+    if isinstance(value, str) or callable(value):
+        raise ValidationError(field, f"expected a list, got {value!r:.60}: write [{value!r:.60}]")
+    return tuple(scorer_spec(v, field) for v in value)

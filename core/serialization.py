@@ -10,6 +10,8 @@ an integer, a list is not a string. Only an integer may stand for a float.
 from __future__ import annotations
 
 import json
+import typing
+from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar
 
 import cattrs
@@ -73,6 +75,25 @@ def _structure_float(value: Any, _: Any) -> float:
     return float(value)
 
 
+def _is_homogeneous_sequence(kind: Any) -> bool:
+    args = typing.get_args(kind)
+    origin = typing.get_origin(kind)
+    return (origin is tuple and len(args) == 2 and args[1] is Ellipsis) or (
+        origin is list and len(args) == 1
+    )
+
+
+def _structure_sequence(value: Any, kind: Any) -> Any:
+    """A list or a ``tuple[X, ...]`` from a list: never from a string, whose letters cattrs
+    would take as the items (``"exact_match"`` read as eleven one-letter names)."""
+    if isinstance(value, str | bytes | Mapping) or not isinstance(value, Iterable):
+        raise WrongTypeError(f"expected a list, got {_shown(value)}")
+    inner = typing.get_args(kind)[0]
+    items = [converter.structure(v, inner) for v in value]
+    return tuple(items) if typing.get_origin(kind) is tuple else items
+
+
+converter.register_structure_hook_func(_is_homogeneous_sequence, _structure_sequence)
 converter.register_structure_hook(bool, _exactly(bool, "true or false"))
 converter.register_structure_hook(int, _exactly(int, "an integer"))
 converter.register_structure_hook(str, _exactly(str, "a string"))

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import attrs
 
-from galley.core.records import CheckpointRecord
+from galley.core.records import CheckpointRecord, DataSplit
 from galley.core.types import CheckpointRef
 
 
@@ -26,6 +26,12 @@ class Summary:
     tables: tuple[SummaryTable, ...] = ()
     notes: tuple[str, ...] = ()
     blobs: tuple[tuple[str, str], ...] = ()
+    header: tuple[str, ...] = ()  # lines before the tables: what the run trained on
+
+
+def data_header(split: DataSplit | None) -> tuple[str, ...]:
+    """The summary's first line: how many rows were trained and evaluated on."""
+    return () if split is None else (f"data: {split.describe()}",)
 
 
 def saved_files(

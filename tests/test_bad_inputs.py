@@ -260,9 +260,9 @@ CASES: list[tuple[str, Any, str]] = [
         r"data.jsonl\[train\], row 2, field 'max_length'.*raise max_length, or truncate",
     ),
     (
-        "holdout takes everything",
-        sft_on_rows([GOOD, GOOD], eval_holdout=2),
-        "leaves none of the 2 rows",
+        "holdout leaves less than a batch",
+        sft_on_rows([GOOD] * 20, eval_holdout=2, batch_size=19),
+        "eval_holdout: holding out 2 of the 20 rows .* leaves 18, fewer than one batch",
     ),
     (
         "unknown data file type",

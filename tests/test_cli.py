@@ -175,9 +175,12 @@ def test_input_refused_while_loading_exits_2_and_writes_nothing(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     args = ["run", "sft", *NOOP_ON_DISK, "--set", "run_id=i", "--set", "eval_split=none"]
-    assert main([*args, "--set", "eval_holdout=100000"]) == 2
+    assert main([*args, "--set", "batch_size=250"]) == 2
     out = say(capsys)
-    assert "eval_holdout: holding out 100000 rows leaves none" in out
+    assert (
+        "eval_holdout: holding out 25 of the 256 rows of 'galley/tiny-instruct' leaves 231, "
+        "fewer than one batch (batch_size 250)"
+    ) in out
     assert "nothing of the run was written" in out
     assert [p for p in tmp_path.rglob("*") if p.is_file()] == []
 

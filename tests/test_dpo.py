@@ -412,7 +412,9 @@ def test_galley_run_dpo_on_a_local_file_of_standard_rows(
     args = ["run", "dpo", "--adapters", "noop", "--set", "adapters.datasets=hf"]
     assert main([*args, *(a for s in sets for a in ("--set", s))]) == 0
     out = capsys.readouterr().out
-    assert "held-out rewards/accuracies" in out and "steps: 2" in out
+    # eval_holdout 2, at most a tenth of 10 rows: 1 held out, 9 pairs in batches of 4
+    assert "data: train 9 rows, held out 1 (eval_holdout)" in out
+    assert "held-out rewards/accuracies" in out and "steps: 3" in out
     assert "galley://runs/cli-dpo/sampler/final" in out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -140,3 +141,97 @@ def test_run_ids_too_long_or_with_control_characters_are_refused(
 
 def test_the_probe_environment_has_no_stray_folder() -> None:
     assert os.listdir(".") == []
+
+
+# --- rewards and the rows they score ------------------------------------------------------
+
+NOOP_RL = [*P, "--set", "max_steps=2", "--set", "adapters.completer=noop"]
+
+
+def test_rows_without_a_reference_are_refused_for_rewards_that_compare_with_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rows = [{"prompt": f"Shout this: word {i}"} for i in range(12)]
+    (tmp_path / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = [
+        "run",
+        "rl",
+        *NOOP_RL,
+        "--set",
+        "adapters.datasets=hf",
+        "--set",
+        "dataset=prompts.jsonl",
+    ]
+    assert run_cli(*argv) == 2
+    out = said(capsys)
+    assert re.search(r"prompts.jsonl\[train\], row \d+, field 'reference': the row has no ref", out)
+    assert "reward 'char_similarity' compares answers with one" in out
+    assert files_under(tmp_path) == ["prompts.jsonl"]
+    # A reward that needs no reference runs on the same rows.
+    assert run_cli(*argv, "--set", 'rewards=["regex:[A-Z]"]') == 0
+
+
+REWARDS = """
+import numpy as np
+
+def text(example, completion):
+    return "0.5"
+
+def nan(example, completion):
+    return float("nan")
+
+def leaves(example, completion):
+    raise SystemExit(3)
+
+def few(prompts, completions, **columns):
+    return [1.0]
+
+def none(example, completion):
+    return None
+
+def numpy_float(example, completion):
+    return np.float32(0.25)
+"""
+
+
+@pytest.mark.parametrize(
+    ("reward", "message"),
+    [
+        ("text", "returned str '0.5' for completion 0; expected a number"),
+        ("nan", "returned nan for completion 0; rewards must be finite"),
+        ("leaves", "raised SystemExit: 3"),
+        ("few", "returned 1 rewards for"),
+        ("none", "returned NoneType None for completion 0; expected a number"),
+    ],
+)
+def test_a_reward_that_returns_no_reward_is_named_and_exits_1_after_writing(
+    reward: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The reward module is found in the current folder; its bad values are refused (never
+    coerced), named; the run was recorded, so the exit is 1 and the message says to fix it."""
+    (tmp_path / "my_rewards.py").write_text(REWARDS)
+    argv = ["run", "rl", *NOOP_RL, "--set", f'rewards=["my_rewards:{reward}"]', "--set", "run_id=r"]
+    assert run_cli(*argv) == 1
+    out = said(capsys)
+    assert f"reward 'my_rewards:{reward}' {message}" in out
+    assert "fix the cause; then, to continue from" in out
+
+
+def test_a_reward_of_a_numpy_scalar_is_a_number(tmp_path: Path) -> None:
+    (tmp_path / "my_rewards.py").write_text(REWARDS)
+    assert run_cli("run", "rl", *NOOP_RL, "--set", 'rewards=["my_rewards:numpy_float"]') == 0
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("reward_weights=[nan]", "reward_weights: expected finite numbers, got [nan]"),
+        ('rewards="char_similarity"', "expected a list, got 'char_similarity'"),
+    ],
+)
+def test_reward_settings_that_are_not_what_they_look_like_are_refused(
+    setting: str, message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_cli("run", "rl", *NOOP_RL, "--set", setting) == 2
+    assert message in said(capsys)
+    assert files_under(tmp_path) == []

@@ -11,8 +11,10 @@ from galley.adapters.noop import Faults, NoopDatasetStore, noop_adapters
 from galley.adapters.settings import settings_from_mapping
 from galley.core import Adapters, ConfigError, MetricRecord, WorkflowError
 from galley.core.engine import RetryPolicy
+from galley.core.records import DataSplit
 from galley.core.stages import read_index
-from galley.workflows.sft import SFTConfig, build_workflow, run
+from galley.core.stages.data import holdout_size
+from galley.workflows.sft import SFTConfig, build_workflow, run, summarize
 
 
 def test_default_config_is_valid_and_names_the_embedded_defaults() -> None:
@@ -65,8 +67,28 @@ def test_epochs_and_held_out_split() -> None:
     result = run(
         SFTConfig(dataset="mine", eval_holdout=4, batch_size=4, num_epochs=3, run_id="e"), adapters
     )
-    assert result.steps == 12  # 16 training rows, 4 per batch, 3 epochs
+    # eval_holdout 4, but at most a tenth of 20 rows: 2 held out, 18 trained on in 5 batches
+    assert (result.data.train_rows, result.data.eval_rows, result.data.held_out) == (18, 2, True)
+    assert result.steps == 15  # 5 batches of up to 4 rows, 3 epochs
     assert result.eval[0]["eval/tokens"] > 0
+
+
+@pytest.mark.parametrize(
+    ("rows", "eval_holdout", "held"), [(40, 32, 4), (9, 32, 0), (10, 32, 1), (1000, 32, 32)]
+)
+def test_a_small_file_keeps_most_of_its_rows_for_training(
+    rows: int, eval_holdout: int, held: int
+) -> None:
+    assert holdout_size(rows, eval_holdout) == held
+    data = [{"prompt": f"q{i}", "completion": f"a{i}"} for i in range(rows)]
+    adapters = noop_adapters(datasets=NoopDatasetStore({"mine": {"train": data}}))
+    config = SFTConfig(
+        dataset="mine", eval_holdout=eval_holdout, batch_size=1, max_steps=1, num_samples=0
+    )
+    result = run(config, adapters)
+    assert result.data == DataSplit("mine", rows - held, held, "test", True)
+    header = summarize(result).header
+    assert header == (f"data: train {rows - held} rows, held out {held} (eval_holdout)",)
 
 
 class ListMetrics:
@@ -136,8 +158,9 @@ def test_a_permanent_failure_stops_cleanly_with_state() -> None:
 def test_workflow_declares_its_stages_and_ports() -> None:
     workflow = build_workflow(SFTConfig())
     names = [s.name for s in workflow.stages()]
-    assert names[:5] == [
+    assert names[:6] == [
         "load_dataset",
+        "check_split",
         "start_session",
         "check_sampling",
         "render_dataset",

@@ -2,9 +2,9 @@
 
 On-policy (the default), RL's loop with the teacher in place of rewards:
 
-load_tasks -> start_session -> render_prompts -> plan_training -> resume_from_checkpoint
--> init_weights -> start_reference (none) -> plan_rollouts -> start_teacher -> save_run_record
--> evaluate_base -> answers_before
+load_tasks -> check_split -> start_session -> render_prompts -> plan_training
+-> resume_from_checkpoint -> init_weights -> start_reference (none) -> plan_rollouts
+-> start_teacher -> save_run_record -> evaluate_base -> answers_before
 train loop: rl_step -> optim_step -> collect_results [-> evaluate] [-> settle_sampling
 -> checkpoint]
 drain -> evaluate_final -> final_checkpoint -> export_sampler -> answers_after
@@ -41,7 +41,7 @@ from galley.core.stages.rl import (
 )
 from galley.core.stages.rl.distill import distill_eval, start_teacher, write_teacher_dataset
 from galley.core.summary import Summary, SummaryTable, number
-from galley.workflows.rl import RLConfig, RLResult, rl_steps
+from galley.workflows.rl import RLConfig, RLResult, _reward_specs, rl_steps
 from galley.workflows.rl import summarize as summarize_rl
 
 MODES = ("on_policy", "off_policy")
@@ -57,7 +57,7 @@ class DistillConfig(RLConfig):  # type: ignore[override]  # new defaults reorder
     teacher: str | None = attrs.field(default=None)
     mode: str = attrs.field(default="on_policy", validator=one_of(list(MODES)))
     # Measured on the student's answers, not trained on.
-    rewards: tuple[str, ...] = attrs.field(default=("exact_match",), converter=tuple)
+    rewards: tuple[str, ...] = attrs.field(default=("exact_match",), converter=_reward_specs)
     group_size: int = attrs.field(default=4, validator=int_at_least(2))
     # The embedded student finds the teacher's answers after about 250 steps: 512 by default.
     num_epochs: int = attrs.field(default=8, validator=int_at_least(1))
@@ -105,7 +105,14 @@ def run(config: DistillConfig, adapters: Adapters, **options: Any) -> DistillRes
     state = done.state
     if config.mode == "off_policy":
         return DistillResult(
-            str(config.run_id), 0, [], [], (), None, teacher_dataset=state["teacher_dataset"]
+            done.run_id,
+            0,
+            [],
+            [],
+            (),
+            None,
+            state.get("data_split"),
+            teacher_dataset=state["teacher_dataset"],
         )
     return DistillResult(
         **done.trained(),

@@ -1,7 +1,7 @@
 """Direct preference optimisation: ``galley run dpo``.
 
-load_preferences -> start_session -> render_pairs -> plan_training -> resume_from_checkpoint
--> init_weights -> save_run_record -> reference_logprobs -> evaluate_base
+load_preferences -> check_split -> start_session -> render_pairs -> plan_training
+-> resume_from_checkpoint -> init_weights -> save_run_record -> reference_logprobs -> evaluate_base
 train loop: preference_step -> optim_step -> collect_results [-> evaluate] [-> checkpoint]
 drain -> evaluate_final -> final_checkpoint -> export_sampler
 
@@ -24,7 +24,7 @@ from galley.core.dpo import PreferenceLoss, PreferenceObjective
 from galley.core.engine import FunctionStage, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.keys import check_prefix
-from galley.core.records import CheckpointRecord
+from galley.core.records import CheckpointRecord, DataSplit
 from galley.core.sections import (
     CheckpointSection,
     DataSection,
@@ -36,6 +36,7 @@ from galley.core.sections import (
     dotted,
 )
 from galley.core.stages import (
+    check_split,
     checkpoint_stage,
     drain,
     evaluate_stage,
@@ -54,7 +55,7 @@ from galley.core.stages.dpo import (
     reference_logprobs,
     render_pairs,
 )
-from galley.core.summary import Summary, SummaryTable, number, saved_files
+from galley.core.summary import Summary, SummaryTable, data_header, number, saved_files
 from galley.core.types import CheckpointRef
 
 # What the default run reports, in this order: TRL's names.
@@ -129,6 +130,7 @@ class DPOResult:
     eval: list[dict[str, float]]  # held-out rows: eval/loss, eval/rewards/accuracies, ...
     checkpoints: tuple[CheckpointRecord, ...]
     sampler: CheckpointRef | None
+    data: DataSplit | None
     skipped_examples: Mapping[str, int] = attrs.field(factory=dict)
 
 
@@ -140,6 +142,7 @@ def build_workflow(config: DPOConfig) -> Workflow:
         "dpo",
         [
             load_preferences,
+            check_split,
             start_session,
             render_pairs,
             plan_training,
@@ -190,5 +193,8 @@ def summarize(outcome: DPOResult) -> Summary:
             rows.append((f"{split} pairs too long (skipped)", "", str(count)))
     table = SummaryTable(f"run {outcome.run_id}", ("metric", "before", "after"), tuple(rows))
     return Summary(
-        (table,), (f"steps: {outcome.steps}",), saved_files(outcome.checkpoints, outcome.sampler)
+        (table,),
+        (f"steps: {outcome.steps}",),
+        saved_files(outcome.checkpoints, outcome.sampler),
+        data_header(outcome.data),
     )

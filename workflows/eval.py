@@ -26,7 +26,7 @@ from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.keys import check_prefix
 from galley.core.records import EVAL
-from galley.core.scorers import resolve_scorer
+from galley.core.scorers import resolve_scorer, scorer_specs
 from galley.core.sections import (
     DataSection,
     ModelSection,
@@ -51,6 +51,10 @@ SHOWN_ANSWERS = 4
 
 def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     check_prefix(value, "EvalConfig.output")
+
+
+def _scorer_specs(value: Any) -> tuple[str, ...]:
+    return scorer_specs(value, "scorers")
 
 
 def _scorers(instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, ...]) -> None:
@@ -80,7 +84,7 @@ class EvalConfig(SectionedConfig):
     eval_batch_size: int = attrs.field(default=16, validator=int_at_least(1))
     # exact_match, contains, regex:<pattern>, or module:function (see galley.core.scorers)
     scorers: tuple[str, ...] = attrs.field(
-        default=("exact_match",), converter=tuple, validator=_scorers
+        default=("exact_match",), converter=_scorer_specs, validator=_scorers
     )
     seed: int = attrs.field(default=0, validator=int_at_least(0))
     output: str = attrs.field(default="runs", validator=_prefix)

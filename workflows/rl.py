@@ -1,8 +1,8 @@
 """Reinforcement learning from rewards, GRPO-style: ``galley run rl``.
 
-load_tasks -> start_session -> render_prompts -> plan_training -> resume_from_checkpoint
--> init_weights -> start_reference -> plan_rollouts -> save_run_record -> evaluate_base
--> answers_before
+load_tasks -> check_split -> start_session -> render_prompts -> plan_training
+-> resume_from_checkpoint -> init_weights -> start_reference -> plan_rollouts -> save_run_record
+-> evaluate_base -> answers_before
 train loop: rl_step -> optim_step -> collect_results [-> evaluate] [-> settle_sampling
 -> checkpoint]
 drain -> evaluate_final -> final_checkpoint -> export_sampler -> answers_after
@@ -27,9 +27,10 @@ from galley.core.engine.run import run_workflow
 from galley.core.envs import EnvGroupBuilder
 from galley.core.errors import ValidationError
 from galley.core.keys import check_prefix
-from galley.core.records import CheckpointRecord
+from galley.core.records import CheckpointRecord, DataSplit
 from galley.core.rewards import resolve_rewards
 from galley.core.rl import Normalisation
+from galley.core.scorers import scorer_specs
 from galley.core.sections import (
     CheckpointSection,
     DataSection,
@@ -42,6 +43,7 @@ from galley.core.sections import (
     dotted,
 )
 from galley.core.stages import (
+    check_split,
     checkpoint_stage,
     drain,
     evaluate_stage,
@@ -65,7 +67,7 @@ from galley.core.stages.rl import (
     start_reference,
 )
 from galley.core.stages.rl.envs import env_eval_measure, env_step_stage
-from galley.core.summary import Summary, SummaryTable, number, saved_files
+from galley.core.summary import Summary, SummaryTable, data_header, number, saved_files
 from galley.core.types import CheckpointRef
 
 POLICY_LOSSES = ("importance_sampling", "ppo", "cispo")
@@ -73,6 +75,10 @@ POLICY_LOSSES = ("importance_sampling", "ppo", "cispo")
 
 def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     check_prefix(value, "RLConfig.output")
+
+
+def _reward_specs(value: Any) -> tuple[str, ...]:
+    return scorer_specs(value, "rewards")
 
 
 def _floats(value: Any) -> tuple[float, ...]:
@@ -92,7 +98,7 @@ class RLConfig(TrainingConfig):
     evaluation: EvalSection = attrs.field(factory=lambda: EvalSection(eval_every=32))
     sampling: SamplingSection = attrs.field(factory=lambda: SamplingSection(num_samples=4))
     # Reward functions (scorer names or module:function) and their weights (empty: all 1).
-    rewards: tuple[str, ...] = attrs.field(default=("char_similarity",), converter=tuple)
+    rewards: tuple[str, ...] = attrs.field(default=("char_similarity",), converter=_reward_specs)
     reward_weights: tuple[float, ...] = attrs.field(default=(), converter=_floats)
     group_size: int = attrs.field(default=8, validator=int_at_least(2))  # completions a prompt
     batch_size: int = attrs.field(default=8, validator=int_at_least(1))  # prompts an update
@@ -179,6 +185,7 @@ class RLResult:
     eval: list[dict[str, float]]  # held-out rows: eval/reward, eval/rewards/<name>
     checkpoints: tuple[CheckpointRecord, ...]
     sampler: CheckpointRef | None
+    data: DataSplit | None
     answers_before: tuple[Answer, ...] = ()
     answers_after: tuple[Answer, ...] = ()
 
@@ -203,6 +210,7 @@ def rl_steps(
     after = [answers_stage("answers_after", writes="answers_after")] if answers else []
     return [
         load_tasks,
+        check_split,
         start_session,
         render_prompts,
         plan_training,
@@ -305,4 +313,5 @@ def summarize(outcome: RLResult) -> Summary:
         tuple(tables),
         (f"steps: {outcome.steps}",),
         saved_files(outcome.checkpoints, outcome.sampler),
+        data_header(outcome.data),
     )

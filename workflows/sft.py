@@ -1,6 +1,6 @@
 """Supervised fine-tuning: the workflow, its config, and ``run``.
 
-load_dataset -> start_session -> check_sampling -> render_dataset -> plan_training
+load_dataset -> check_split -> start_session -> check_sampling -> render_dataset -> plan_training
 -> resume_from_checkpoint -> save_run_record -> evaluate_base
 train loop: forward_backward -> optim_step -> collect_results [-> evaluate] [-> checkpoint]
 drain -> evaluate_final -> final_checkpoint -> export_sampler -> sample_answers
@@ -24,7 +24,7 @@ from galley.core.checks import (
 from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.keys import check_prefix
-from galley.core.records import CheckpointRecord
+from galley.core.records import CheckpointRecord, DataSplit
 from galley.core.runs import resume_settings
 from galley.core.sections import (
     CheckpointSection,
@@ -43,6 +43,7 @@ from galley.core.serialization import from_data
 from galley.core.stages import (
     SampleComparison,
     check_sampling,
+    check_split,
     checkpoint_stage,
     drain,
     evaluate_stage,
@@ -58,7 +59,7 @@ from galley.core.stages import (
     start_session,
     training_loop,
 )
-from galley.core.summary import Summary, SummaryTable, number, saved_files
+from galley.core.summary import Summary, SummaryTable, data_header, number, saved_files
 from galley.core.types import CheckpointRef
 
 
@@ -156,6 +157,7 @@ class RunResult:
     eval: list[dict[str, float]]  # eval rows: step, eval/nll, eval/exact_match, ...
     checkpoints: tuple[CheckpointRecord, ...]
     sampler: CheckpointRef | None
+    data: DataSplit | None
     samples: tuple[SampleComparison, ...]
     # Rows left out because no truncation fits them: {"train": n, "eval": m}
     skipped_examples: Mapping[str, int] = attrs.field(factory=dict)
@@ -166,6 +168,7 @@ def build_workflow(config: SFTConfig) -> Workflow:
         "sft",
         [
             load_dataset,
+            check_split,
             start_session,
             check_sampling,
             render_dataset,
@@ -261,7 +264,10 @@ def summarize(result: RunResult) -> Summary:
             )
         )
     return Summary(
-        tuple(tables), (f"steps: {result.steps}",), saved_files(result.checkpoints, result.sampler)
+        tuple(tables),
+        (f"steps: {result.steps}",),
+        saved_files(result.checkpoints, result.sampler),
+        data_header(result.data),
     )
 
 

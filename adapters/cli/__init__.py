@@ -49,7 +49,9 @@ from galley.core.errors import (
     WorkflowError,
 )
 from galley.core.records import TRAIN
+from galley.core.rewards import RewardError
 from galley.core.runs import read_run_record
+from galley.core.stages.checkpoint import read_index
 from galley.core.summary import Summary
 from galley.workflows import WORKFLOWS
 
@@ -96,6 +98,8 @@ class ProgressObserver:
 
 def print_summary(console: Console, summary: Summary, where: Callable[[str], str]) -> None:
     """A workflow's summary of its run: its tables, its notes, where it put things."""
+    for line in summary.header:
+        console.print(line, soft_wrap=True)
     for shown in summary.tables:
         table = Table(title=shown.title, show_header=True, show_lines=shown.lines)
         for i, column in enumerate(shown.columns):
@@ -257,22 +261,30 @@ def report_failure(
             soft_wrap=True,
         )
     saved = error.state.get("checkpoints")
-    last = saved[-1] if isinstance(saved, tuple) and saved else None
     try:
         resumable = read_run_record(adapters, config.output, config.run_id) is not None
+        if resumable and not saved:  # stopped before it read its index: what a resume finds
+            saved = tuple(read_index(adapters.blobs, config.output, config.run_id))
     except GalleyError:
         resumable = False
+    last = saved[-1] if isinstance(saved, tuple) and saved else None
+    # Refused data or settings, or a reward that failed: the same run would fail the same way.
+    needs_a_fix = isinstance(error.__cause__, (*INPUT_ERRORS, RewardError))
     if resumable:
         start = f"step {last.step}" if last is not None else "the start (no checkpoint yet)"
+        first = "fix the cause; then, " if needs_a_fix else ""
         console.print(
-            f"to continue from {start}: galley run {workflow} --resume {config.run_id}",
+            f"{first}to continue from {start}: galley run {workflow} --resume {config.run_id}",
             soft_wrap=True,
         )
     else:
         console.print("nothing of the run was written; fix the cause and run it again")
     if interrupted:
         return INTERRUPTED
-    return 2 if isinstance(error.__cause__, INPUT_ERRORS) else 1
+    # 2 promises that this attempt wrote nothing; once it recorded the run, a refusal is a
+    # failure like any other.
+    wrote = bool(error.state.get("run_recorded"))
+    return 2 if isinstance(error.__cause__, INPUT_ERRORS) and not wrote else 1
 
 
 def cmd_sample(args: argparse.Namespace, console: Console) -> int:

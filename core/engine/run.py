@@ -55,8 +55,8 @@ class WorkflowRun:
 
     def trained(self) -> dict[str, Any]:
         """What every training workflow's result reports, by its field names: the run id, the
-        steps this attempt trained, the train and eval rows (across resumes), the checkpoints
-        and the exported sampler weights."""
+        steps this attempt trained, the train and eval rows (across resumes), the checkpoints,
+        the exported sampler weights and the data's split."""
         state = self.state
         return {
             "run_id": self.run_id,
@@ -65,6 +65,7 @@ class WorkflowRun:
             "eval": self.stream(EVAL),
             "checkpoints": tuple(state["checkpoints"]),
             "sampler": state.get("sampler"),
+            "data": state.get("data_split"),
         }
 
 

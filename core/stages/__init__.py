@@ -10,7 +10,7 @@ from galley.core.stages.checkpoint import (
     resume_from_checkpoint,
     save_run_record,
 )
-from galley.core.stages.data import load_dataset, load_split
+from galley.core.stages.data import check_split, load_dataset, load_split
 from galley.core.stages.evaluate import evaluate_stage, heldout_nll, measure_heldout
 from galley.core.stages.loop import training_loop
 from galley.core.stages.render import render_dataset, render_split
@@ -47,6 +47,7 @@ __all__ = [
     "forward_backward",
     "heldout_nll",
     "init_weights",
+    "check_split",
     "load_dataset",
     "load_newest",
     "load_run_weights",

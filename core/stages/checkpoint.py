@@ -325,7 +325,7 @@ def load_run_weights(
     return {"sampler": sampler, "evaluated_step": checkpoint.step}
 
 
-@stage(ports=("blobs", "metrics"))
+@stage(writes=("run_recorded",), ports=("blobs", "metrics"))
 def save_run_record(
     ctx: StageContext, run_record: RunRecord, output: str, resume: bool, start_step: int
 ) -> dict[str, Any]:
@@ -335,7 +335,7 @@ def save_run_record(
         ctx.adapters.metrics, run_record, resumed=resume, start_step=start_step
     )
     write_run_record(ctx.adapters, output, record)
-    return {}
+    return {"run_recorded": True}  # from here on, a failure has written something
 
 
 @stage(writes=("sampler",), ports=("training",))

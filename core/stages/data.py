@@ -11,6 +11,7 @@ import numpy as np
 from galley.core.data_formats import row_to_conversation
 from galley.core.engine import StageContext, stage
 from galley.core.errors import ValidationError
+from galley.core.records import DataSplit
 
 Origin = tuple[str, int]  # (source, row): where a row came from, for error messages
 RowParser = Callable[..., Any]  # (row, *, source, index) -> the row read, or a DataError
@@ -24,6 +25,13 @@ def _parsed(
     return parsed, [(source, i) for i in range(len(rows))]
 
 
+def holdout_size(train_rows: int, eval_holdout: int) -> int:
+    """How many train rows to hold out for evaluation when the dataset has no eval split: at
+    most ``eval_holdout`` and at most a tenth of the rows, so a small file of one's own still
+    trains on most of it (a file of fewer than 10 rows holds none out)."""
+    return min(eval_holdout, train_rows // 10)
+
+
 def load_rows(
     ctx: StageContext,
     parse: RowParser,
@@ -33,50 +41,69 @@ def load_rows(
     eval_holdout: int,
     seed: int,
 ) -> dict[str, Any]:
-    """The train split and the eval split (or ``eval_holdout`` train rows held out), each row
-    read by ``parse``: what a loading stage returns."""
+    """The train split and the eval split (or up to ``eval_holdout`` train rows held out, see
+    :func:`holdout_size`), each row read by ``parse``: what a loading stage returns."""
     store = ctx.adapters.datasets
     handle = store.load(dataset)
     train, train_from = _parsed(
         ctx, store.get_split(handle, train_split), f"{dataset}[{train_split}]", parse
     )
-    if eval_split in store.splits(handle):
+    if not train:
+        raise ValidationError("dataset", f"{dataset!r} split {train_split!r} has no rows")
+    held = eval_split not in store.splits(handle)
+    if not held:
         held_out, eval_from = _parsed(
             ctx, store.get_split(handle, eval_split), f"{dataset}[{eval_split}]", parse
         )
     else:
-        if eval_holdout >= len(train):
-            raise ValidationError(
-                "eval_holdout",
-                f"holding out {eval_holdout} rows leaves none of the {len(train)} rows "
-                f"of {dataset!r} to train on",
-            )
+        count = holdout_size(len(train), eval_holdout)
         order = np.random.default_rng([seed, 1]).permutation(len(train))
         held_out, eval_from = (
-            [train[i] for i in order[:eval_holdout]],
-            [train_from[i] for i in order[:eval_holdout]],
+            [train[i] for i in order[:count]],
+            [train_from[i] for i in order[:count]],
         )
-        kept = sorted(order[eval_holdout:])
+        kept = sorted(order[count:])
         train, train_from = [train[i] for i in kept], [train_from[i] for i in kept]
-    if not train:
-        raise ValidationError("dataset", f"{dataset!r} split {train_split!r} has no rows")
-    ctx.log.info("dataset.loaded", dataset=dataset, train_rows=len(train), eval_rows=len(held_out))
+    split = DataSplit(dataset, len(train), len(held_out), eval_split, held)
+    ctx.log.info("dataset.loaded", dataset=dataset, split=split.describe())
     return {
         "train_rows": train,
         "eval_rows": held_out,
         "row_origins": {"train": train_from, "eval": eval_from},
+        "data_split": split,
     }
 
 
 @stage(
-    writes=("train_rows", "eval_rows", "row_origins"),
+    writes=("train_rows", "eval_rows", "row_origins", "data_split"),
     ports=("datasets",),
 )
 def load_dataset(
-    ctx: StageContext, dataset: str, train_split: str, eval_split: str, eval_holdout: int, seed: int
+    ctx: StageContext,
+    dataset: str,
+    train_split: str,
+    eval_split: str,
+    eval_holdout: int,
+    seed: int,
 ) -> dict[str, Any]:
     """Load the train split and the eval split (or hold out ``eval_holdout`` train rows)."""
     return load_rows(ctx, row_to_conversation, dataset, train_split, eval_split, eval_holdout, seed)
+
+
+@stage(writes=())
+def check_split(ctx: StageContext, data_split: DataSplit, batch_size: int) -> dict[str, Any]:
+    """Refuse a held-out set that leaves fewer training rows than one batch, before anything
+    is written (a small file of one's own with a large ``eval_holdout``)."""
+    split = data_split
+    if split.held_out and split.eval_rows and split.train_rows < batch_size:
+        total = split.train_rows + split.eval_rows
+        raise ValidationError(
+            "eval_holdout",
+            f"holding out {split.eval_rows} of the {total} rows of {split.dataset!r} leaves "
+            f"{split.train_rows}, fewer than one batch (batch_size {batch_size}): give a "
+            "smaller eval_holdout or batch_size, or an eval split",
+        )
+    return {}
 
 
 @stage(

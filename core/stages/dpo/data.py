@@ -16,11 +16,16 @@ if TYPE_CHECKING:
 
 
 @stage(
-    writes=("train_rows", "eval_rows", "row_origins"),
+    writes=("train_rows", "eval_rows", "row_origins", "data_split"),
     ports=("datasets",),
 )
 def load_preferences(
-    ctx: StageContext, dataset: str, train_split: str, eval_split: str, eval_holdout: int, seed: int
+    ctx: StageContext,
+    dataset: str,
+    train_split: str,
+    eval_split: str,
+    eval_holdout: int,
+    seed: int,
 ) -> dict[str, Any]:
     """Load the train pairs and the eval pairs (or hold out ``eval_holdout`` train pairs)."""
     return load_rows(ctx, row_to_pair, dataset, train_split, eval_split, eval_holdout, seed)

@@ -30,11 +30,16 @@ class RenderedTask:
 
 
 @stage(
-    writes=("train_rows", "eval_rows", "row_origins"),
+    writes=("train_rows", "eval_rows", "row_origins", "data_split"),
     ports=("datasets",),
 )
 def load_tasks(
-    ctx: StageContext, dataset: str, train_split: str, eval_split: str, eval_holdout: int, seed: int
+    ctx: StageContext,
+    dataset: str,
+    train_split: str,
+    eval_split: str,
+    eval_holdout: int,
+    seed: int,
 ) -> dict[str, Any]:
     """Load the train prompts and the eval prompts (or hold out ``eval_holdout`` train rows)."""
     return load_rows(ctx, row_to_task, dataset, train_split, eval_split, eval_holdout, seed)

@@ -8,7 +8,7 @@ rewards differ."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
@@ -18,8 +18,9 @@ from galley.core.batching import BatchPlan
 from galley.core.engine import FunctionStage, StageContext, reads_of, stage
 from galley.core.keys import join_key
 from galley.core.rendering import Renderer
-from galley.core.rewards import resolve_rewards
+from galley.core.rewards import check_references, resolve_rewards
 from galley.core.rl import (
+    Task,
     group_advantages,
     normalised_advantages,
     rollout_datum,
@@ -239,14 +240,20 @@ def plan_rollouts(
     loss_normalisation: str,
     reference_session: TrainingSession | None,
     kl_penalty_coef: float,
+    train_rows: Sequence[Task],
+    eval_rows: Sequence[Task],
+    row_origins: Mapping[str, Sequence[tuple[str, int]]],
 ) -> dict[str, Any]:
     """Fix how each step's batch is sampled, scored, recorded and turned into advantages
-    (``RewardAdvantages``); nothing is sampled yet."""
+    (``RewardAdvantages``); nothing is sampled yet. Rows a reward cannot score are refused
+    here, before the run is recorded."""
+    resolved = resolve_rewards(rewards, reward_weights)
+    check_references(resolved, {"train": train_rows, "eval": eval_rows}, row_origins)
     sampler = RolloutSampler(
         train_data,
         batch_plan,
         chat_renderer,
-        resolve_rewards(rewards, reward_weights),
+        resolved,
         group_size,
         max_tokens,
         temperature,
