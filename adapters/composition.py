@@ -252,6 +252,11 @@ def parse_adapters_table(
             parts = tuple(
                 _choice(e, fallback, f"{source}.{port}[{i}]") for i, e in enumerate(entry)
             )
+            twice = sorted({p.kind for p in parts if parts.count(p) > 1})
+            if twice:  # the same sink twice would record every row twice
+                raise ConfigError(
+                    f"{source}.{port}: {', '.join(twice)} is listed twice with the same options"
+                )
             choices[port] = AdapterChoice("+".join(p.kind for p in parts), parts=parts)
         else:
             choices[port] = _choice(entry, fallback, f"{source}.{port}")

@@ -7,6 +7,7 @@ source and key, and an unknown key is refused listing the valid ones."""
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -81,6 +82,27 @@ def _refuse_unknown(data: Mapping[str, Any], cls: type[Any], source: str) -> Non
             f"{', '.join(plain)} (a section's also as section.key: "
             f"{', '.join(sorted(sections))})"
         )
+
+
+def check_can_write(path: Path, what: str) -> None:
+    """Refuse, before any work, a file the user named for output that cannot be written:
+    a folder, or in a folder that is not writable (or that cannot be made). Makes nothing."""
+    where = f"{what} {str(path)!r}"
+    if path.is_dir():
+        raise ConfigError(f"{where} is a folder; expected a file")
+    try:
+        if path.exists():
+            path.open("a").close()  # opened to append, closed: unchanged
+            return
+        folder = path.absolute().parent
+        while not folder.exists():
+            folder = folder.parent
+        if not folder.is_dir():
+            raise ConfigError(f"{where} cannot be written: {str(folder)!r} is a file")
+        with tempfile.TemporaryFile(dir=folder):  # gone when closed
+            pass
+    except OSError as e:
+        raise ConfigError(f"{where} cannot be written: {e.strerror or e}") from None
 
 
 def read_text(path: Path, what: str) -> str:

@@ -111,3 +111,14 @@ def safe_name(instance: object, attribute: attrs.Attribute[Any], value: Any) -> 
     from galley.core.keys import check_name
 
     check_name(value, field_name(instance, attribute))
+
+
+def output_folder(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    """The blob-store folder a workflow's runs go in: a key prefix, and not empty (that would
+    mix every run's files with everything else at the top of the store)."""
+    from galley.core.keys import check_key
+
+    field = field_name(instance, attribute)
+    if value == "":
+        raise ValidationError(field, "expected the folder runs go in (e.g. 'runs'), got ''")
+    check_key(value.rstrip("/") if isinstance(value, str) else value, field)

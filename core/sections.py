@@ -246,15 +246,18 @@ def nest(cls: type[Any], data: Mapping[str, Any], source: str = "") -> dict[str,
     one table per section. Refuses a setting given twice (plainly and in its section)."""
     sections, owners = section_types(cls), plain_owners(cls)
     nested: dict[str, Any] = {}
+    given: list[tuple[str, str, Any]] = []  # (section, key, value), whatever the order
     for name, value in data.items():
         head, dot, tail = name.partition(".")
         if dot and head in sections:
-            section, key = head, tail
+            given.append((head, tail, value))
         elif name in owners:
-            section, key = owners[name], name
+            given.append((owners[name], name, value))
+        elif name in sections and isinstance(value, Mapping):
+            given += [(name, key, inner) for key, inner in value.items()]
         else:
-            nested[name] = dict(value) if name in sections and isinstance(value, Mapping) else value
-            continue
+            nested[name] = value
+    for section, key, value in given:
         table = nested.setdefault(section, {})
         if not isinstance(table, dict):
             raise ValidationError(source or cls.__name__, f"[{section}] must be a table")

@@ -131,6 +131,8 @@ def from_data(cls: type[T], data: Any) -> T:
 def _format(exc: BaseException, type_: Any) -> str:
     if isinstance(exc, GalleyError | WrongTypeError):  # galley's messages say what to do
         return str(exc)
+    if isinstance(exc, AttributeError) and str(exc).endswith(("'keys'", "'items'")):
+        return "expected a table of settings (a TOML table or {key = value, ...})"
     return format_exception(exc, type_)
 
 

@@ -7,6 +7,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -235,3 +237,69 @@ def test_reward_settings_that_are_not_what_they_look_like_are_refused(
     assert run_cli("run", "rl", *NOOP_RL, "--set", setting) == 2
     assert message in said(capsys)
     assert files_under(tmp_path) == []
+
+
+# --- settings that used to pass, fail by key order, or fail with someone else's words -----
+
+
+@pytest.mark.parametrize(
+    "document",
+    [
+        "[sft]\nlearning_rate = 0.001\n[sft.optim]\nlearning_rate = 0.002\n",
+        "[sft.optim]\nlearning_rate = 0.002\n[sft]\nlearning_rate = 0.001\n",
+    ],
+    ids=["plain first", "section first"],
+)
+def test_a_setting_given_by_plain_name_and_in_its_section_is_refused_in_either_order(
+    document: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "run.toml").write_text(document)
+    assert run_cli("run", "sft", "--adapters", "noop", "--config", "run.toml") == 2
+    assert "run.toml [sft]: optim.learning_rate is given twice" in said(capsys)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["--config", "run.toml", "--set", "max_steps=1.5"],
+            "--set 'max_steps=1.5': expected an integer, got 1.5",
+        ),
+        (["--set", 'model="x"'], "--set 'model=\"x\"': expected a table of settings"),
+        (
+            ["--set", "adapters.training=jax", "--set", 'adapters.training.mesh="fsdp"'],
+            "(jax): expected a table of settings (a TOML table or {key = value, ...}) @ "
+            "JaxTrainingOptions.mesh",
+        ),
+        (["--set", 'output=""'], "SFTConfig.output: expected the folder runs go in"),
+        (
+            ["--set", 'adapters.metrics=["jsonl", "jsonl"]'],
+            "[adapters].metrics: jsonl is listed twice with the same options",
+        ),
+        (["--trace", "."], "--trace '.' is a folder; expected a file"),
+        (["--trace", "/dev/full/trace.json"], "--trace '/dev/full/trace.json' cannot be written"),
+    ],
+    ids=["set over toml", "section as a string", "mesh as a string", "empty output",
+         "a sink twice", "trace to a folder", "trace under a file"],
+)  # fmt: skip
+def test_settings_are_refused_in_galleys_words_naming_where_they_came_from(
+    argv: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "run.toml").write_text("[sft]\nmax_steps = 3\n")
+    assert run_cli("run", "sft", "--set", "adapters.training=noop", *argv) == 2
+    out = said(capsys)
+    assert message in out and "unknown error" not in out
+    assert files_under(tmp_path) == ["run.toml"]
+
+
+def test_joining_a_distributed_run_without_a_coordinator_names_galleys_setting() -> None:
+    """In a fresh process, as a user starts one (JAX joins before its first computation)."""
+    argv = ["run", "sft", "--set", "adapters.training.distributed={}", "--set", "run_id=d"]
+    code = f"from galley.adapters.cli import main; raise SystemExit(main({argv!r}))"
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    out = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode == 2, out
+    assert "could not join the run: coordinator should be defined" in out
+    assert "coordinator_address" not in out and 'coordinator = "HOST:PORT"' in out

@@ -19,11 +19,18 @@ from typing import Any, ClassVar
 import attrs
 
 from galley.core.adapter_set import Adapters
-from galley.core.checks import at_least, boolean, in_range, int_at_least, one_of, safe_name
+from galley.core.checks import (
+    at_least,
+    boolean,
+    in_range,
+    int_at_least,
+    one_of,
+    output_folder,
+    safe_name,
+)
 from galley.core.dpo import PreferenceLoss, PreferenceObjective
 from galley.core.engine import FunctionStage, Workflow
 from galley.core.engine.run import run_workflow
-from galley.core.keys import check_prefix
 from galley.core.records import CheckpointRecord, DataSplit
 from galley.core.sections import (
     CheckpointSection,
@@ -70,10 +77,6 @@ SHOWN_METRICS = (
 )
 
 
-def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    check_prefix(value, "DPOConfig.output")
-
-
 @attrs.frozen(init=False)
 class DPOConfig(TrainingConfig):
     """Everything a DPO run needs besides its adapters; every setting has a default, and any
@@ -100,7 +103,7 @@ class DPOConfig(TrainingConfig):
     batch_size: int = attrs.field(default=8, validator=int_at_least(1))  # pairs per step
     submit_ahead: int = attrs.field(default=1, validator=int_at_least(0))
     seed: int = attrs.field(default=0, validator=int_at_least(0))
-    output: str = attrs.field(default="runs", validator=_prefix)
+    output: str = attrs.field(default="runs", validator=output_folder)
     run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
     resume: bool = attrs.field(default=False, validator=boolean)
     on_nonfinite: str = attrs.field(default="stop", validator=one_of(["stop", "skip"]))

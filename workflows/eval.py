@@ -20,11 +20,11 @@ from galley.core.checks import (
     in_range,
     int_at_least,
     non_empty,
+    output_folder,
     safe_name,
 )
 from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
-from galley.core.keys import check_prefix
 from galley.core.records import EVAL
 from galley.core.scorers import resolve_scorer, scorer_specs
 from galley.core.sections import (
@@ -47,10 +47,6 @@ from galley.core.stages import (
 from galley.core.summary import Summary, SummaryTable, number
 
 SHOWN_ANSWERS = 4
-
-
-def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    check_prefix(value, "EvalConfig.output")
 
 
 def _scorer_specs(value: Any) -> tuple[str, ...]:
@@ -87,7 +83,7 @@ class EvalConfig(SectionedConfig):
         default=("exact_match",), converter=_scorer_specs, validator=_scorers
     )
     seed: int = attrs.field(default=0, validator=int_at_least(0))
-    output: str = attrs.field(default="runs", validator=_prefix)
+    output: str = attrs.field(default="runs", validator=output_folder)
     run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
     resume: bool = attrs.field(default=False, validator=boolean)  # nothing to resume: reruns
     call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))

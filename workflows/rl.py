@@ -21,12 +21,19 @@ from typing import Any, ClassVar
 import attrs
 
 from galley.core.adapter_set import Adapters
-from galley.core.checks import at_least, boolean, in_range, int_at_least, one_of, safe_name
+from galley.core.checks import (
+    at_least,
+    boolean,
+    in_range,
+    int_at_least,
+    one_of,
+    output_folder,
+    safe_name,
+)
 from galley.core.engine import FunctionStage, Stage, Step, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.envs import EnvGroupBuilder
 from galley.core.errors import ValidationError
-from galley.core.keys import check_prefix
 from galley.core.records import CheckpointRecord, DataSplit
 from galley.core.rewards import resolve_rewards
 from galley.core.rl import Normalisation
@@ -71,10 +78,6 @@ from galley.core.summary import Summary, SummaryTable, data_header, number, save
 from galley.core.types import CheckpointRef
 
 POLICY_LOSSES = ("importance_sampling", "ppo", "cispo")
-
-
-def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    check_prefix(value, "RLConfig.output")
 
 
 def _reward_specs(value: Any) -> tuple[str, ...]:
@@ -130,7 +133,7 @@ class RLConfig(TrainingConfig):
     num_epochs: int = attrs.field(default=2, validator=int_at_least(1))  # tiny-instruct: 128 steps
     submit_ahead: int = attrs.field(default=0, validator=int_at_least(0))
     seed: int = attrs.field(default=0, validator=int_at_least(0))
-    output: str = attrs.field(default="runs", validator=_prefix)
+    output: str = attrs.field(default="runs", validator=output_folder)
     run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
     resume: bool = attrs.field(default=False, validator=boolean)
     on_nonfinite: str = attrs.field(default="stop", validator=one_of(["stop", "skip"]))

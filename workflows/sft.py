@@ -19,11 +19,11 @@ from galley.core.checks import (
     boolean,
     int_at_least,
     one_of,
+    output_folder,
     safe_name,
 )
 from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
-from galley.core.keys import check_prefix
 from galley.core.records import CheckpointRecord, DataSplit
 from galley.core.runs import resume_settings
 from galley.core.sections import (
@@ -61,10 +61,6 @@ from galley.core.stages import (
 )
 from galley.core.summary import Summary, SummaryTable, data_header, number, saved_files
 from galley.core.types import CheckpointRef
-
-
-def _prefix(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
-    check_prefix(value, "SFTConfig.output")
 
 
 def _no_init_from(v2: dict[str, Any]) -> dict[str, Any]:
@@ -106,7 +102,7 @@ class SFTConfig(TrainingConfig):
     batch_size: int = attrs.field(default=8, validator=int_at_least(1))
     submit_ahead: int = attrs.field(default=2, validator=int_at_least(0))
     seed: int = attrs.field(default=0, validator=int_at_least(0))
-    output: str = attrs.field(default="runs", validator=_prefix)
+    output: str = attrs.field(default="runs", validator=output_folder)
     run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
     # Continue run `run_id` from its newest checkpoint that verifies (settings checked
     # against the run's saved ones: see TRAJECTORY_FIELDS).

@@ -36,7 +36,7 @@ from galley.adapters.composition import (
     process_role,
 )
 from galley.adapters.helpers.events import TraceRecorder, traced
-from galley.adapters.settings import read_text
+from galley.adapters.settings import check_can_write, read_text
 from galley.core.adapter_set import Adapters
 from galley.core.engine import Stream
 from galley.core.engine.run import new_run_id
@@ -132,6 +132,7 @@ def tracing(
     try:
         yield traced(adapters, recorder), [recorder]
     finally:
+        path.parent.mkdir(parents=True, exist_ok=True)
         recorder.write(path)
         console.print(f"trace: {path} (open it in https://ui.perfetto.dev)")
 
@@ -143,6 +144,8 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     if args.resume:
         sets += [f"run_id={json.dumps(args.resume)}", "resume=true"]
     run_config = load_run_config(args.workflow, args.config, sets, args.adapters)
+    if args.trace is not None:  # found now, not after the run
+        check_can_write(args.trace, "--trace")
     config = run_config.config
     named = getattr(config, "run_id", "unset") is not None
     if not named:

@@ -97,9 +97,25 @@ def load_run_config(
             raise ConfigError(
                 f"--set {text!r}: expected adapters.PORT=KIND or adapters.PORT.OPTION=VALUE"
             )
-    config = settings_from_mapping(spec.config_type, fields, f"{source} [{workflow}]")
+    try:
+        config = settings_from_mapping(spec.config_type, fields, f"{source} [{workflow}]")
+    except ConfigError:
+        _blame_a_set(spec.config_type, sets)  # a --set refused on its own is the one to name
+        raise
     choices = parse_adapters_table(adapters, f"{source} [adapters]")
     return RunConfig(spec, config, metrics_beside_the_run(choices, config.output), fields)
+
+
+def _blame_a_set(cls: type[Any], sets: Sequence[str]) -> None:
+    """Raise the refusal of the first workflow ``--set`` that is refused on its own (over the
+    defaults), so an error names the flag and not the file it overrode; return when each
+    passes alone (the refusal is of their combination)."""
+    for text in sets:
+        key, value = parse_assignment(text)
+        if key.split(".")[0] != "adapters":
+            settings_from_mapping(
+                cls, _nested(cls, {key: value}, f"--set {text!r}"), f"--set {text!r}"
+            )
 
 
 def _nested(cls: type[Any], settings: dict[str, Any], source: str) -> dict[str, Any]:

@@ -31,4 +31,21 @@ def join(options: Distributed) -> None:
             initialization_timeout=options.start_timeout_s,
         )
     except (RuntimeError, ValueError) as e:
-        raise ConfigError(f"adapters.training.distributed: could not join the run: {e}") from e
+        # JAX names its own arguments: say galley's settings instead.
+        reason = str(e)
+        for jax_name, ours in _OUR_NAMES.items():
+            reason = reason.replace(jax_name, ours)
+        if options.coordinator is None and "coordinator" in str(e):
+            reason += (
+                " (no coordinator was given and none was found in the environment: give "
+                'adapters.training.distributed = {coordinator = "HOST:PORT", num_processes = N, '
+                "process_id = I}, or launch under SLURM, Open MPI, Kubernetes or a Cloud TPU pod)"
+            )
+        raise ConfigError(f"adapters.training.distributed: could not join the run: {reason}") from e
+
+
+_OUR_NAMES = {
+    "coordinator_address": "coordinator",
+    "heartbeat_timeout_seconds": "timeout_s",
+    "initialization_timeout": "start_timeout_s",
+}
