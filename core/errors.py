@@ -103,6 +103,11 @@ class LockedError(GalleyError):
         self.holder = holder
 
 
+class ServiceError(GalleyError):
+    """A service galley was working with (a hub, a remote store) failed or refused while a
+    command ran: a failure to report (exit 1), not an input refused up front (exit 2)."""
+
+
 class PortTimeoutError(GalleyError):
     """A port call's future did not resolve within the run's timeout; names the call."""
 

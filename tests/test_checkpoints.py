@@ -431,3 +431,47 @@ def test_saved_checkpoints_lists_complete_ones_and_deletes_manifest_first() -> N
     with pytest.raises(NotFoundError):
         delete_saved_checkpoint(blobs, "runs/r/state/partial")
     assert blobs.exists("runs/r/state/partial/w.bin")  # not a checkpoint: left alone
+
+
+def test_push_never_overwrites_a_users_files_without_force(
+    trained: Adapters, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    target = tmp_path / "mine"
+    target.mkdir()
+    (target / "README.md").write_text("my own notes")
+    assert main(["push", "r", "--to", str(target), *ON_DISK]) == 2
+    out = capsys.readouterr().out
+    assert "already has README.md; give --force to overwrite them" in " ".join(out.split())
+    assert sorted(p.name for p in target.iterdir()) == ["README.md"]  # nothing written
+    assert (target / "README.md").read_text() == "my own notes"
+    assert main(["push", "r", "--to", str(target), "--force", *ON_DISK]) == 0
+    assert "# r, step 6" in (target / "README.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("target", "code", "message"),
+    [
+        (["--repo", "not a repo!"], 2, "--repo 'not a repo!' is not a Hub repo id like USER/NAME"),
+        (["--repo", "a/b/c"], 2, "is not a Hub repo id like USER/NAME"),
+        (["--to", "nosuchprotocol://x"], 2, "--to 'nosuchprotocol://x' is not a usable fsspec URL"),
+        (["--to", "FILE"], 2, "is a file; expected a folder"),
+        (["--repo", "me/shout"], 1, "pushing to 'me/shout' on http://127.0.0.1:9 failed"),
+    ],
+    ids=["bad repo", "repo with two slashes", "bad url", "to a file", "hub unreachable"],
+)
+def test_push_to_a_bad_or_unreachable_target_says_so(
+    target: list[str],
+    code: int,
+    message: str,
+    trained: Adapters,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    (tmp_path / "FILE").write_text("x")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on port 9
+    monkeypatch.setenv("HF_TOKEN", "hf_" + "y" * 30)
+    assert main(["push", "r", *target, *ON_DISK]) == code
+    out = " ".join(capsys.readouterr().out.split())
+    assert message in out and "Traceback" not in out and "y" * 30 not in out

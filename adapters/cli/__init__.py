@@ -45,6 +45,7 @@ from galley.core.errors import (
     DataError,
     GalleyError,
     NotFoundError,
+    ServiceError,
     ValidationError,
     WorkflowError,
 )
@@ -404,14 +405,14 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit 0: done. 1: a run failed while running (the message says how to continue). 2: the
-    input was refused, before anything was written. 130: interrupted (Ctrl-C)."""
+    """Exit 0: done. 1: a run or a service failed while running (the message says how to
+    continue). 2: the input was refused, before anything was written. 130: interrupted."""
     args = parser().parse_args(argv)
     console = RedactingConsole(markup=False, highlight=False)
     try:
         code: int = args.handler(args, console)
         return code
-    except WorkflowError as e:
+    except (WorkflowError, ServiceError) as e:
         console.print(f"error: {e}", style="red", soft_wrap=True)
         return 1
     except GalleyError as e:

@@ -147,6 +147,7 @@ def add_commands(sub: Any) -> None:
     push.add_argument("--to", help="or any fsspec URL (a folder, s3://bucket/prefix)")
     push.add_argument("--merged", action="store_true", help="the merged model, not the adapter")
     push.add_argument("--private", action="store_true", help="a new Hub repo is private")
+    push.add_argument("--force", action="store_true", help="--to: overwrite files already there")
     _store_options(push)
     push.set_defaults(handler=cmd_push)
 
@@ -177,17 +178,21 @@ def cmd_models(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_push(args: argparse.Namespace, console: Console) -> int:
-    from galley.adapters.hf.publish import push_to_hub, write_to_url
+    from galley.adapters.hf.publish import check_repo, open_target, push_to_hub, write_to_url
 
     if bool(args.repo) == bool(args.to):
         raise ConfigError("give either --repo USER/NAME (the Hub) or --to URL (any fsspec URL)")
-    adapters, output = _stores(args)
     run_id, step = _run_and_step(args.run, need_step=False)
+    if args.repo:  # the target is checked before the (slower) export
+        check_repo(args.repo)
+    else:
+        open_target(args.to)
+    adapters, output = _stores(args)
     files = export_for_publishing(adapters, run_id, step, merged=args.merged, output=output)
     if args.repo:
         url = push_to_hub(files, args.repo, private=args.private, message=f"{run_id} from galley")
         console.print(f"pushed {len(files)} files to {args.repo}: {url}", soft_wrap=True)
     else:
-        written = write_to_url(files, args.to)
+        written = write_to_url(files, args.to, force=args.force)
         console.print(f"wrote {len(written)} files under {args.to}", soft_wrap=True)
     return 0
