@@ -202,15 +202,18 @@ def test_secrets_given_as_settings_are_not_printed(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     token = "hf_" + "a1B2c3D4e5" * 3
-    url = "memory://alice:hunter2@bucket/galley"
     sets = ["--set", f"base_model={token}", "--set", "adapters.blobs=fsspec"]
-    sets += ["--set", f"adapters.blobs.url={url}", "--set", "max_steps=2"]
+    sets += ["--set", "adapters.blobs.url=memory://bucket/galley", "--set", "max_steps=2"]
     assert main(["run", "sft", "--adapters", "noop", *sets]) == 0
     out = capsys.readouterr().out
-    assert token not in out and "hunter2" not in out
-    assert "[redacted]" in out and "memory://[redacted]@bucket/galley/runs/" in out
+    assert token not in out and "[redacted]" in out
     assert main(["run", "sft", "--adapters", "noop", "--set", f"dataset={token}", "--set", "x=1"])
     assert token not in capsys.readouterr().out  # nor on an error line
+    # A password in a store's URL is refused (a library would quote it in its errors).
+    url = "memory://alice:hunter2@bucket/galley"
+    assert main(["run", "sft", "--adapters", "noop", *sets, "--set", f"adapters.blobs.url={url}"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "hunter2" not in out and "'memory://[redacted]@bucket/galley' holds a password" in out
 
 
 def test_output_moves_the_metrics_with_the_checkpoints(

@@ -312,23 +312,31 @@ def test_a_tracker_opens_the_run_of_rows_recorded_without_a_workflow(tmp_path: P
 CLI = "import sys; from galley.adapters.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
-def test_the_cli_logs_to_trackers_and_prints_no_credential(tmp_path: Path) -> None:
-    """One CLI run with W&B and a tracking server that refuses: W&B gets the rows, the
-    server's failure is one warning, and the URL's password shows neither in the output nor
-    in the event log."""
+def test_the_cli_logs_to_trackers_and_writes_no_credential_anywhere(tmp_path: Path) -> None:
+    """One CLI run with W&B, TensorBoard and a tracking server that refuses, its password
+    given on the command line (which W&B records) and credentials in the environment: W&B
+    gets the rows, the server's failure is one warning, and no secret shows in the output or
+    in any file the run wrote (run folder, trackers' files, event log, trace)."""
+    env_secret = "local-" + "9c1e" * 10  # no token shape: known only from the environment
+    hub_token = "hf_" + "Q7" * 15
     (tmp_path / "job.toml").write_text(
         "[sft]\nmax_steps = 4\nrun_id = 'cli'\n"
         "[adapters]\ndefault = 'noop'\n"
-        "metrics = ['jsonl', 'wandb', {kind = 'mlflow', "
-        "tracking_uri = 'http://me:hunter2-secret@127.0.0.1:9'}]\n"
         "[adapters.blobs]\nkind = 'fsspec'\n"
     )
+    metrics = (
+        "adapters.metrics=['jsonl', 'wandb', 'tensorboard', {kind = 'mlflow', "
+        "tracking_uri = 'http://me:hunter2-secret@127.0.0.1:9'}]"
+    )
+    argv = ["run", "sft", "--config", "job.toml", "--set", metrics, "--log-file", "ev.jsonl"]
     done = subprocess.run(
-        [sys.executable, "-c", CLI, "run", "sft", "--config", "job.toml", "--log-file", "ev.jsonl"],
+        [sys.executable, "-c", CLI, *argv, "--trace", "trace.json"],
         cwd=tmp_path,
         env={
             **{k: v for k, v in os.environ.items() if k != "WANDB_SERVICE"},  # this process's
             "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+            "WANDB_API_KEY": env_secret,
+            "HF_TOKEN": hub_token,
             "COLUMNS": "200",
         },
         capture_output=True,
@@ -339,12 +347,23 @@ def test_the_cli_logs_to_trackers_and_prints_no_credential(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr[-2000:]
     printed = done.stdout + done.stderr
     events = [json.loads(line) for line in (tmp_path / "ev.jsonl").read_text().splitlines()]
-    assert "hunter2" not in printed + json.dumps(events)
+    secrets = ("hunter2", env_secret, hub_token)
+    assert not any(s in printed + json.dumps(events) for s in secrets)
     dropped = [e for e in events if e["event"] == "metrics.tracker_dropped"]
     assert [e["tracker"] for e in dropped] == ["mlflow"] and "[redacted]" in dropped[0]["reason"]
     assert printed.count("metrics.tracker_dropped") == 1
     (wandb,) = offline_runs(tmp_path / "runs")
     assert [r["step"] for r in wandb["history"] if "train/loss" in r] == [1, 2, 3, 4]
+    written = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "job.toml"]
+    assert len(written) > 10 and (tmp_path / "trace.json").is_file()
+    leaks = [
+        f"{p.relative_to(tmp_path)}: {s}"
+        for p in written
+        for s in secrets
+        if s.encode() in p.read_bytes()
+    ]
+    assert leaks == []
+    assert any(b"[redacted]" in p.read_bytes() for p in written if "wandb" in str(p))
 
 
 def test_credentials_in_the_environment_are_redacted_wherever_they_show(

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -36,6 +37,7 @@ from galley.adapters.composition import (
     process_role,
 )
 from galley.adapters.helpers.events import TraceRecorder, traced
+from galley.adapters.helpers.redaction import redact_argv, redact_text
 from galley.adapters.settings import check_can_write, read_text
 from galley.core.adapter_set import Adapters
 from galley.core.engine import Stream
@@ -408,6 +410,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Exit 0: done. 1: a run or a service failed while running (the message says how to
     continue). 2: the input was refused, before anything was written. 130: interrupted."""
     args = parser().parse_args(argv)
+    # Libraries read the program's arguments (W&B records them with a run): once parsed, the
+    # process's own copy keeps no secret given on the command line.
+    sys.argv = redact_argv(sys.argv)
     console = RedactingConsole(markup=False, highlight=False)
     try:
         code: int = args.handler(args, console)
@@ -421,6 +426,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("interrupted", style="red")
         return INTERRUPTED
+    except Exception:  # a crash: its traceback, as any error galley prints, without secrets
+        print(redact_text(traceback.format_exc()), file=sys.stderr, end="")
+        console.print(
+            "internal error: this is a bug in galley or an adapter; the traceback above says "
+            "where (secrets in it are redacted)",
+            style="red",
+            soft_wrap=True,
+        )
+        return 1
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import uuid
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ import fsspec
 import structlog
 
 from galley.adapters.helpers.locks import ProcessLocks, Release, lock_file
+from galley.adapters.helpers.redaction import redact_text
 from galley.core.errors import ConfigError, NotFoundError
 from galley.core.keys import check_key, check_prefix
 
@@ -42,6 +44,12 @@ def open_filesystem(url: str, what: str, **storage_options: Any) -> tuple[Any, s
     disk. A URL that cannot be a folder of files (an unknown protocol, a missing package, a
     local path through a file or an unwritable folder) is a ConfigError naming it. A local
     root is not made here but by the first write, so a refused command leaves no folder."""
+    if re.search(r"://[^/@]*:[^/@]*@", url):
+        raise ConfigError(
+            f"{what} {redact_text(url)!r} holds a password: fsspec stores take credentials "
+            "from storage_options or their usual environment variables (AWS_ACCESS_KEY_ID, "
+            "GOOGLE_APPLICATION_CREDENTIALS, ...), never from the URL"
+        )
     try:
         fs, root = fsspec.core.url_to_fs(url, **storage_options)
     except ImportError as e:
