@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -246,6 +247,25 @@ def test_a_tracker_that_cannot_start_warns_once_and_the_run_keeps_every_row(
     assert dropped["tensorboard"]["call"] == "open_run"
     assert [r.step for r in stored(tmp_path) if r.stream == "train"] == list(range(1, 9))
     assert result.steps == 8 and links(tmp_path) == {}
+
+
+def test_a_tracking_server_that_does_not_answer_holds_training_back_no_longer_than_its_bound(
+    tmp_path: Path,
+) -> None:
+    """MLflow's client retries a refused connection for minutes; past ``start_timeout_s`` the
+    tracker drops out and training starts (its retries go on in the background, unheeded)."""
+    metrics = [
+        {"kind": "jsonl", "url": str(tmp_path / "runs")},
+        {"kind": "mlflow", "tracking_uri": "http://127.0.0.1:9", "start_timeout_s": 1.0},
+    ]
+    started = time.monotonic()
+    with structlog.testing.capture_logs() as logs:
+        result = run(CONFIG, adapters_with(tmp_path, metrics))
+    assert time.monotonic() - started < 20
+    (dropped,) = [e for e in logs if e["event"] == "metrics.tracker_dropped"]
+    assert dropped["tracker"] == "mlflow" and dropped["call"] == "open_run"
+    assert dropped["reason"] == "TimeoutError: opening the run took more than 1 s"
+    assert result.steps == 8 and len([r for r in stored(tmp_path) if r.stream == "train"]) == 8
 
 
 class FullDiskAfter(Tracker):

@@ -64,6 +64,9 @@ class Tracker:
 
     name: ClassVar[str] = "tracker"
     send_every_s: float = 0.0  # 0: send each row as it comes
+    # How long opening a run may take (a server that does not answer, retried for minutes
+    # by its client): past it the tracker drops out and training starts. 0: no bound.
+    open_timeout_s: float = 0.0
 
     def __init__(self) -> None:
         self.dropped: str | None = None  # why the tracker dropped out, once it has
@@ -144,10 +147,32 @@ class Tracker:
         if self._run is not None:  # one tracker run at a time: the earlier one is done
             self._guarded("end_run", lambda: self._end("finished"))
             self._run, self._links = None, {}
-        links = self._guarded("open_run", lambda: dict(self._open(run)))
+        links = self._guarded("open_run", lambda: self._bounded_open(run))
         if links is not None and self.dropped is None:
             self._run, self._links = run, links
             self.log.info("tracker.opened", run_id=run.run_id, resumed=run.resumed, **links)
+
+    def _bounded_open(self, run: TrackedRun) -> dict[str, str]:
+        """``_open(run)``, given at most ``open_timeout_s``: a call still waiting then is left
+        to finish in the background, and its tracker has dropped out."""
+        if not self.open_timeout_s:
+            return dict(self._open(run))
+        outcome: dict[str, Any] = {}
+
+        def attempt() -> None:
+            try:
+                outcome["links"] = dict(self._open(run))
+            except Exception as error:
+                outcome["error"] = error
+
+        worker = threading.Thread(target=attempt, name=f"{self.name}-open", daemon=True)
+        worker.start()
+        worker.join(self.open_timeout_s)
+        if worker.is_alive():
+            raise TimeoutError(f"opening the run took more than {self.open_timeout_s:g} s")
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["links"]  # type: ignore[no-any-return]
 
     def _send_rows(self) -> None:
         self._sent_at = time.monotonic()

@@ -34,6 +34,8 @@ class MlflowOptions:
     experiment: str = "galley"
     artifact_location: str | None = None  # for a new experiment; None: MLflow's default
     send_every_s: float = 5.0  # rows go in batches at most this far apart (and at each flush)
+    # A server that does not answer: the tracker drops out after this long, training starts.
+    start_timeout_s: float = 30.0
 
 
 class MlflowTracker(Tracker):
@@ -43,6 +45,7 @@ class MlflowTracker(Tracker):
         super().__init__()
         self.options = options
         self.send_every_s = options.send_every_s
+        self.open_timeout_s = options.start_timeout_s
         self.mlflow = self._import("mlflow", "mlflow")
         self.client: Any = None
         self.mlflow_run_id = ""
