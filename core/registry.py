@@ -22,6 +22,8 @@ from galley.core.adapter_set import Adapters
 from galley.core.checkpoints import show_checkpoint
 from galley.core.checks import non_empty, safe_name
 from galley.core.errors import ConfigError, LockedError, NotFoundError
+from galley.core.keys import join_key
+from galley.core.manifest import MANIFEST_NAME
 from galley.core.runs import read_run_record
 from galley.core.sections import plain_owners
 from galley.core.serialization import from_data, to_data
@@ -51,6 +53,13 @@ class ModelEntry:
     metrics: Mapping[str, float] = attrs.field(factory=dict)
     tags: tuple[str, ...] = attrs.field(default=(), converter=_tags)
     registered: float = 0.0
+    # SHA-256 of the checkpoint's manifest (which holds every file's digest) when registered:
+    # a checkpoint replaced since (deleted, the run resumed with other settings) is refused.
+    manifest_sha256: str | None = None
+
+
+def manifest_digest(adapters: Adapters, state_key: str) -> str:
+    return hashlib.sha256(adapters.blobs.read(join_key(state_key, MANIFEST_NAME))).hexdigest()
 
 
 def _read(adapters: Adapters) -> list[ModelEntry]:
@@ -101,6 +110,7 @@ def register(
         checkpoint.metrics,
         tuple(tags),
         time.time(),
+        manifest_digest(adapters, checkpoint.key),
     )
     try:
         held = adapters.blobs.lock(LOCK_KEY, f"galley models register {name}")
@@ -136,6 +146,15 @@ def show_model(adapters: Adapters, name: str) -> ModelEntry:
         raise NotFoundError(
             f"model {name!r}: its checkpoint no longer verifies ({checkpoint.problem})"
         )
+    if entry.manifest_sha256 is not None:
+        now = manifest_digest(adapters, entry.state)
+        if now != entry.manifest_sha256:
+            raise ConfigError(
+                f"model {name!r}: the checkpoint at {entry.state!r} is not the one registered "
+                f"(manifest SHA-256 {now[:12]}..., registered {entry.manifest_sha256[:12]}...): "
+                "it was replaced since, e.g. deleted and trained again; register it anew "
+                "under another name if it is the model you want"
+            )
     return entry
 
 

@@ -242,6 +242,25 @@ def test_a_registered_checkpoint_deleted_or_corrupted_underneath_is_refused_clea
         show_model(trained, "nope")
 
 
+def test_a_registered_checkpoint_trained_again_under_it_is_refused(
+    trained: Adapters, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Delete a registered step, resume the run with other settings: the step is written
+    again with other weights; the name refuses it instead of handing them out."""
+    entry = register(trained, "r", "pinned", step=4)
+    assert entry.manifest_sha256 is not None and len(entry.manifest_sha256) == 64
+    for step in (6, 4):
+        delete_checkpoint_at(trained, "r", step, force=True)
+    argv = ["run", "sft", "--resume", "r", "--set", "learning_rate=0.01", "--accept-changes"]
+    assert main([*argv, *ON_DISK]) == 0
+    assert show_checkpoint(trained, "r", 4).verified  # a good checkpoint, but another one
+    with pytest.raises(ConfigError, match="model 'pinned': the checkpoint at 'runs/r/state/step"):
+        show_model(trained, "pinned")
+    capsys.readouterr()
+    assert main(["sample", "--model", "registry:pinned", "hi", *ON_DISK[:0]]) == 2
+    assert "is not the one registered" in " ".join(capsys.readouterr().out.split())
+
+
 def test_the_models_commands(trained: Adapters, capsys: pytest.CaptureFixture[str]) -> None:
     def say(*args: str) -> tuple[int, str]:
         code = main([*args, *ON_DISK])
