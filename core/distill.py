@@ -52,17 +52,19 @@ def reverse_kl(student: Sequence[Any], teacher: Sequence[Any]) -> float:
     return float(flat.mean()) if flat.size else 0.0
 
 
-def tokenizer_mismatch(student: Tokenizer, teacher: Tokenizer) -> str | None:
-    """How the teacher's tokenizer differs from the student's (vocabulary size, special ids,
-    or the ids of a probe text), or None where they agree."""
+def tokenizer_mismatch(
+    student: Tokenizer, teacher: Tokenizer, trained: str = "the student's"
+) -> str | None:
+    """How the teacher's (or a reference's) tokenizer differs from the trained model's
+    (vocabulary size, special ids, or the ids of a probe text), or None where they agree."""
     for what in ("vocab_size", "eos_token_id", "bos_token_id"):
         mine, theirs = getattr(student, what), getattr(teacher, what)
         if mine != theirs:
-            return f"{what} {theirs} against the student's {mine}"
+            return f"{what} {theirs} against {trained} {mine}"
     mine_ids, their_ids = student.encode(PROBE), teacher.encode(PROBE)
     if mine_ids != their_ids:
         return (
-            f"a probe text encodes to {their_ids[:8]}... ({len(their_ids)} ids) against the "
-            f"student's {mine_ids[:8]}... ({len(mine_ids)})"
+            f"a probe text encodes to {their_ids[:8]}... ({len(their_ids)} ids) against "
+            f"{trained} {mine_ids[:8]}... ({len(mine_ids)})"
         )
     return None

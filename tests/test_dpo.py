@@ -20,9 +20,17 @@ from structlog.testing import capture_logs
 
 from galley.adapters.cli import main
 from galley.adapters.jax import JaxTrainingClient
-from galley.adapters.noop import NoopBlobStore, NoopHubClient
+from galley.adapters.noop import NoopBlobStore, NoopHubClient, noop_adapters
 from galley.adapters.noop.tokenizer import ByteTokenizer
-from galley.core import AdamParams, Adapters, Datum, LoraConfig, SessionConfig, WorkflowError
+from galley.core import (
+    AdamParams,
+    Adapters,
+    ConfigError,
+    Datum,
+    LoraConfig,
+    SessionConfig,
+    WorkflowError,
+)
 from galley.core.chat import Conversation, Message, TrainOn
 from galley.core.dpo import PairLogprobs, PreferenceObjective, pair_loss, preference_metrics
 from galley.core.errors import DataError, ValidationError
@@ -39,7 +47,9 @@ from galley.core.preferences import (
 )
 from galley.core.rendering import DoesNotFitError, RoleColonRenderer
 from galley.core.sections import plain_settings
+from galley.core.serialization import from_data
 from galley.core.stages.dpo import REFERENCE_NAME
+from galley.core.stages.dpo.reference import ReferenceLogprobs, reference_document
 from galley.workflows.dpo import DPOConfig, run
 from tests.hf_models import make_model
 
@@ -360,9 +370,11 @@ def test_dpo_runs_on_noop_adapters_with_trls_metrics(adapters: Adapters) -> None
     assert base["eval/rewards/accuracies"] == 0.0
     assert base["eval/loss"] == pytest.approx(math.log(2))
     assert result.eval[-1]["eval/rewards/margins"] != 0.0  # the weights moved
-    saved = json.loads(adapters.blobs.read(join_key("runs", "d1", REFERENCE_NAME)))
+    document = json.loads(adapters.blobs.read(join_key("runs", "d1", REFERENCE_NAME)))
+    saved = document["reference"]
     assert len(saved["train"]["chosen"]) == len(saved["train"]["rejected"]) > 0
     assert saved["model"] == "galley/tiny-lm" and len(saved["fingerprint"]) == 64
+    assert len(document["sha256"]) == 64
     assert result.sampler is not None
 
 
@@ -376,9 +388,17 @@ def test_a_resumed_run_reads_its_reference_back_and_refuses_another(adapters: Ad
     assert "reference.loaded" in events and "reference.computed" not in events
     assert [m["step"] for m in resumed.metrics] == list(range(1, 7))
 
-    saved = json.loads(adapters.blobs.read(key))
-    adapters.blobs.write(key, json.dumps({**saved, "model": "another/model"}).encode())
+    document = json.loads(adapters.blobs.read(key))
+    saved = {**document["reference"], "model": "another/model"}
+    adapters.blobs.write(key, reference_document(from_data(ReferenceLogprobs, saved)))
     with pytest.raises(WorkflowError, match="computed for other reference model"):
+        run(DPOConfig(**{**_settings(config), "max_steps": 8, "resume": True}), adapters)
+
+    # An edit of the numbers themselves (the digest left as it was) is found too.
+    edited = json.loads(json.dumps(document))
+    edited["reference"]["train"]["chosen"][0] += 1.0
+    adapters.blobs.write(key, json.dumps(edited).encode())
+    with pytest.raises(WorkflowError, match="do not match their SHA-256"):
         run(DPOConfig(**{**_settings(config), "max_steps": 8, "resume": True}), adapters)
 
     adapters.blobs.delete(key)
@@ -393,7 +413,7 @@ def _settings(config: DPOConfig) -> dict[str, Any]:
 def test_an_explicit_reference_model_scores_the_pairs(adapters: Adapters) -> None:
     result = run(DPOConfig(max_steps=2, reference_model="other/model", run_id="d3"), adapters)
     saved = json.loads(adapters.blobs.read(join_key("runs", "d3", REFERENCE_NAME)))
-    assert saved["model"] == "other/model"
+    assert saved["reference"]["model"] == "other/model"
     # The noop model scores every model name alike: the start is still a tie.
     assert result.eval[0]["eval/rewards/accuracies"] == 0.0
 
@@ -427,3 +447,17 @@ def test_a_bad_row_in_a_preference_file_is_named(
     args = ["run", "dpo", "--adapters", "noop", "--set", "adapters.datasets=hf"]
     assert main([*args, "--set", "dataset=prefs.jsonl", "--set", "eval_holdout=1"]) == 2
     assert "row 2, field 'rejected': missing" in capsys.readouterr().err
+
+
+def test_a_reference_model_that_tokenizes_otherwise_is_refused_naming_both() -> None:
+    from tests.test_distill import TeacherTokenizerFor
+
+    adapters = noop_adapters()
+    adapters = adapters.replace(training=TeacherTokenizerFor(adapters.training, "other/model"))
+    with pytest.raises(WorkflowError) as caught:
+        run(DPOConfig(max_steps=2, reference_model="other/model", run_id="x"), adapters)
+    assert isinstance(caught.value.__cause__, ConfigError)
+    message = str(caught.value)
+    assert "reference_model 'other/model' tokenizes otherwise than the trained model" in message
+    assert "'galley/tiny-lm'" in message and "against the trained model's" in message
+    assert not adapters.blobs.exists(join_key("runs", "x", REFERENCE_NAME))

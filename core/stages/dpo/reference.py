@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from galley.core.distill import tokenizer_mismatch
 from galley.core.engine import StageContext, stage
 from galley.core.errors import ConfigError, ValidationError
 from galley.core.keys import join_key
@@ -35,6 +36,35 @@ class ReferenceLogprobs:
     fingerprint: str
     train: AnswerLogprobs
     eval: AnswerLogprobs
+
+
+def _digest(payload: Any) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def reference_document(reference: ReferenceLogprobs) -> bytes:
+    """The saved form: the log-probabilities and the SHA-256 of their canonical JSON, so an
+    edit is found on load as a checkpoint's is."""
+    payload = to_data(reference)
+    return json.dumps({"sha256": _digest(payload), "reference": payload}).encode()
+
+
+def read_reference(data: bytes, key: str) -> ReferenceLogprobs:
+    """Saved reference log-probabilities, refused when they are not as written."""
+    try:
+        document = json.loads(data)
+        payload, digest = document["reference"], document["sha256"]
+    except (ValueError, TypeError, KeyError):
+        raise ValidationError(
+            key, "not a reference log-probabilities file of galley (no sha256 and reference)"
+        ) from None
+    if _digest(payload) != digest:
+        raise ValidationError(
+            key,
+            "the saved reference log-probabilities do not match their SHA-256: they were "
+            "changed after they were written; refusing to train against them",
+        )
+    return from_data(ReferenceLogprobs, payload)
 
 
 def pairs_fingerprint(*splits: Sequence[RenderedPair]) -> str:
@@ -97,7 +127,7 @@ def reference_logprobs(
     model = _describe(reference_model, base_model, init_from)
     fingerprint = pairs_fingerprint(train_data, eval_data)
     if blobs.exists(key):
-        saved = from_data(ReferenceLogprobs, json.loads(blobs.read(key)))
+        saved = read_reference(blobs.read(key), key)
         if saved.model != model or saved.fingerprint != fingerprint:
             differs = "reference model" if saved.model != model else "rendered pairs"
             raise ValidationError(
@@ -120,12 +150,12 @@ def reference_logprobs(
             reference_model, lora_rank, lora_alpha, seed, output, run_id, "reference"
         )
         scorer = ctx.adapters.training.start_session(config)
-        ours, theirs = session.model_info.vocab_size, scorer.model_info.vocab_size
-        if ours != theirs:
+        mismatch = tokenizer_mismatch(session.tokenizer, scorer.tokenizer, "the trained model's")
+        if mismatch is not None:
             scorer.close()
             raise ConfigError(
-                f"reference_model {reference_model!r} has a vocabulary of {theirs} tokens, "
-                f"the trained model {ours}: it cannot score the same tokens"
+                f"reference_model {reference_model!r} tokenizes otherwise than the trained "
+                f"model {base_model!r}: {mismatch}; it cannot score the same tokens"
             )
     try:
         reference = ReferenceLogprobs(
@@ -137,7 +167,7 @@ def reference_logprobs(
     finally:
         if scorer is not session:
             scorer.close()
-    blobs.write(key, json.dumps(to_data(reference)).encode())
+    blobs.write(key, reference_document(reference))
     ctx.log.info(
         "reference.computed",
         key=key,
