@@ -148,13 +148,19 @@ def _nothing_to_resume(output: str, run_id: str) -> NotFoundError:
 
 
 def resume_settings(
-    adapters: Adapters, output: str, run_id: str, config_type: type[Any]
+    adapters: Adapters, output: str, run_id: str, config_type: type[Any], workflow: str
 ) -> dict[str, Any]:
     """The settings saved with run ``run_id``, in the current config shape: what a resume
-    continues with when it is given none."""
+    continues with when it is given none. Refused, naming the run's own workflow, when it
+    belongs to another than ``workflow`` (its settings would not fit this one's)."""
     record = read_run_record(adapters, output, run_id)
     if record is None:
         raise _nothing_to_resume(output, run_id)
+    if record.workflow != workflow:
+        raise ConfigError(
+            f"run {run_id!r} belongs to the {record.workflow} workflow, not to {workflow}: "
+            f"resume it with galley run {record.workflow} --resume {run_id}"
+        )
     return saved_settings(record, config_type)
 
 

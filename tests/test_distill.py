@@ -158,6 +158,8 @@ def test_off_policy_writes_the_teachers_answers_as_data_sft_trains_on(tmp_path: 
     run_sft(SFTConfig(max_steps=30, run_id="teach", eval_every=0), adapters)
     result = run(DistillConfig(teacher="teach", run_id="off", mode="off_policy"), adapters)
     assert result.teacher_dataset == "runs/off/teacher_data"
+    record = json.loads((tmp_path / "runs" / "off" / "run.json").read_text())  # it is listed
+    assert record["workflow"] == "distill" and record["config"]["mode"] == "off_policy"
     folder = tmp_path / "runs" / "off" / "teacher_data"
     prompts = [
         json.loads(line)["messages"][:-1]

@@ -303,3 +303,18 @@ def test_joining_a_distributed_run_without_a_coordinator_names_galleys_setting()
     assert done.returncode == 2, out
     assert "could not join the run: coordinator should be defined" in out
     assert "coordinator_address" not in out and 'coordinator = "HOST:PORT"' in out
+
+
+@pytest.mark.parametrize("workflow", ["sft", "rl", "distill", "eval"])
+def test_resuming_a_run_of_another_workflow_names_the_runs_own(
+    workflow: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    stores = P[:6]
+    assert run_cli("run", "dpo", *stores, "--set", "run_id=d", "--set", "max_steps=2") == 0
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert run_cli("run", workflow, *stores, "--resume", "d") == 2
+    out = said(capsys)
+    assert f"run 'd' belongs to the dpo workflow, not to {workflow}: resume it with " in out
+    assert "galley run dpo --resume d" in out
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before

@@ -15,6 +15,10 @@ from galley.adapters.sqlite.metrics import SqliteMetricsStore
 from galley.adapters.testing import MetricsStoreContract
 from galley.core import ConfigError, MetricRecord, ValidationError
 
+ROW = json.dumps(
+    {"run_id": "r", "stream": "train", "step": 3, "metrics": {"loss": 1.0}, "time": 0.0}
+).encode()
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -178,3 +182,28 @@ def flaky_tracker() -> Tracker:
     """A factory a config names by its path: a tracker that fails after two rows."""
     MADE.append(Tracker(fail_after=2))
     return MADE[-1]
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"run_id": "r"\xff}\n', "line 1: not UTF-8 text"),
+        (b"not json\n", "line 1: not a JSON row"),
+        (ROW + b"\n{oops\n" + ROW + b"\n", "line 2: not a JSON row"),
+    ],
+    ids=["not utf-8", "not json", "a bad line between good ones"],
+)
+def test_a_damaged_metrics_line_is_named_never_skipped(
+    content: bytes, message: str, tmp_path: Path
+) -> None:
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_bytes(content)
+    with pytest.raises(ValidationError, match=f"metrics.jsonl, {message}"):
+        JsonlMetricsStore(str(tmp_path)).read("r")
+
+
+def test_a_last_line_still_being_written_is_left_for_later(tmp_path: Path) -> None:
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "metrics.jsonl").write_bytes(ROW + b"\n" + ROW[:20])
+    (row,) = JsonlMetricsStore(str(tmp_path)).read("r")
+    assert row.step == 3

@@ -30,7 +30,7 @@ from galley.core.engine import Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.errors import ValidationError
 from galley.core.sections import EvalSection
-from galley.core.stages import start_session
+from galley.core.stages import check_split, save_run_record, start_session
 from galley.core.stages.rl import (
     load_tasks,
     plan_rollouts,
@@ -86,7 +86,15 @@ def build_workflow(config: DistillConfig) -> Workflow:
     if config.mode == "off_policy":
         return Workflow(
             "distill",
-            [load_tasks, start_session, render_prompts, start_teacher, write_teacher_dataset],
+            [
+                load_tasks,
+                check_split,
+                start_session,
+                render_prompts,
+                start_teacher,
+                save_run_record,
+                write_teacher_dataset,
+            ],
             description="The teacher's answers to the prompts as an SFT dataset.",
         )
 

@@ -272,5 +272,5 @@ def resume_config(
 ) -> SFTConfig:
     """The saved config of run ``run_id`` (under ``output``), set to resume, with ``changes``:
     ``run(resume_config(adapters, "my-run"), adapters)`` continues it as it was started."""
-    saved = resume_settings(adapters, output, run_id, SFTConfig)
+    saved = resume_settings(adapters, output, run_id, SFTConfig, "sft")
     return SFTConfig(**{**plain_settings(from_data(SFTConfig, saved)), "resume": True, **changes})

@@ -168,6 +168,6 @@ def resumed_config(run_config: RunConfig, adapters: Adapters, run_id: str) -> An
     """The config to resume ``run_id`` with: the settings saved with the run, overridden by
     the ones given explicitly (which the workflow then checks against the saved ones)."""
     spec = run_config.workflow
-    saved = resume_settings(adapters, run_config.config.output, run_id, spec.config_type)
+    saved = resume_settings(adapters, run_config.config.output, run_id, spec.config_type, spec.name)
     settings = deep_merge(saved, run_config.given)
     return settings_from_mapping(spec.config_type, settings, f"run {run_id!r} resumed")

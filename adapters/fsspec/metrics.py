@@ -7,6 +7,8 @@ import json
 import threading
 from typing import Any
 
+import structlog
+
 from galley.adapters.fsspec.blobs import open_filesystem
 from galley.core.errors import ValidationError
 from galley.core.keys import check_name
@@ -73,12 +75,26 @@ class JsonlMetricsStore:
         if not self.fs.isfile(path):
             return []
         rows = []
-        lines = self.fs.cat_file(path).decode().splitlines()
-        for number, line in enumerate(lines, 1):
+        data: bytes = self.fs.cat_file(path)
+        where = f"{self.url}/{run_id}/{METRICS_FILE}"
+        lines = data.split(b"\n")
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            writing = number == len(lines)  # no newline after it yet: still being appended
             try:
-                doc = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line another process is still writing
+                doc = json.loads(raw.decode())
+            except UnicodeDecodeError as e:
+                raise ValidationError(
+                    f"{where}, line {number}", f"not UTF-8 text (byte {e.start + 1} of the line)"
+                ) from None
+            except json.JSONDecodeError as e:
+                if writing:
+                    structlog.get_logger("galley").info(
+                        "metrics.partial_line", file=where, line=number
+                    )
+                    continue
+                raise ValidationError(f"{where}, line {number}", f"not a JSON row: {e}") from None
             try:
                 rows.append(
                     MetricRecord(
