@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import inspect
 import math
-import numbers
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
 
 from galley.core.errors import ConfigError, DataError, GalleyError
-from galley.core.scorers import resolve_scorer
+from galley.core.scorers import ScoreError, checked_score, resolve_scorer
 
 
 def _is_batched(fn: Callable[..., Any]) -> bool:
@@ -55,47 +54,20 @@ class Reward:
                 columns = {k: [e.get(k) for e in examples] for k in examples[0] if k not in skip}
                 values = self.fn(prompts=prompts, completions=list(completions), **columns)
                 if isinstance(values, str | bytes) or not isinstance(values, Iterable):
-                    raise RewardError(
-                        self.spec, f"returned {_shown(values)}; expected a list of numbers"
-                    )
+                    shown = f"{type(values).__name__} {values!r:.40}"
+                    message = f"returned {shown}; expected a list of numbers"
+                    raise ScoreError(self.spec, message, "reward")
                 values = list(values)
             else:
                 values = [self.fn(e, c) for e, c in zip(examples, completions, strict=True)]
         except (GalleyError, KeyboardInterrupt):
             raise
         except (Exception, SystemExit) as e:  # the function's own failure, named as its
-            raise RewardError(self.spec, f"raised {type(e).__name__}: {e}") from e
+            raise ScoreError(self.spec, f"raised {type(e).__name__}: {e}", "reward") from e
         if len(values) != len(completions):
-            raise RewardError(
-                self.spec, f"returned {len(values)} rewards for {len(completions)} completions"
-            )
-        return [self._number(i, value) for i, value in enumerate(values)]
-
-    def _number(self, i: int, value: Any) -> float:
-        """A reward as a float: a real number (bools and numpy scalars too), never text that
-        looks like one, and finite."""
-        if isinstance(value, str | bytes) or not isinstance(value, numbers.Real):
-            raise RewardError(
-                self.spec, f"returned {_shown(value)} for completion {i}; expected a number"
-            )
-        number = float(value)
-        if not math.isfinite(number):
-            raise RewardError(
-                self.spec, f"returned {number} for completion {i}; rewards must be finite"
-            )
-        return number
-
-
-class RewardError(GalleyError):
-    """A reward function failed or returned something that is not a reward; names it."""
-
-    def __init__(self, spec: str, message: str) -> None:
-        super().__init__(f"reward {spec!r} {message}")
-        self.spec = spec
-
-
-def _shown(value: Any) -> str:
-    return f"{type(value).__name__} {value!r:.40}"
+            message = f"returned {len(values)} rewards for {len(completions)} completions"
+            raise ScoreError(self.spec, message, "reward")
+        return [checked_score(self.spec, i, value, "reward") for i, value in enumerate(values)]
 
 
 def resolve_rewards(specs: Sequence[str], weights: Sequence[float] = ()) -> tuple[Reward, ...]:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import math
+import numbers
 import os
 import re
 import sys
@@ -25,7 +27,7 @@ from typing import Any
 import attrs
 import structlog
 
-from galley.core.errors import ConfigError, ValidationError
+from galley.core.errors import ConfigError, GalleyError, ValidationError
 
 ScoreFn = Callable[[Mapping[str, Any], str], float]
 
@@ -41,7 +43,35 @@ class Scorer:
     needs_reference: bool = False
 
     def __call__(self, example: Mapping[str, Any], completion: str) -> float:
-        return float(self.fn(example, completion))
+        try:
+            value = self.fn(example, completion)
+        except (GalleyError, KeyboardInterrupt):
+            raise
+        except (Exception, SystemExit) as e:  # the function's own failure, named as its
+            raise ScoreError(self.spec, f"raised {type(e).__name__}: {e}") from e
+        return checked_score(self.spec, 0, value)
+
+
+class ScoreError(GalleyError):
+    """A reward or scorer failed, or returned something that is not a score; names it."""
+
+    def __init__(self, spec: str, message: str, what: str = "scorer") -> None:
+        super().__init__(f"{what} {spec!r} {message}")
+        self.spec = spec
+
+
+def checked_score(spec: str, index: int, value: Any, what: str = "scorer") -> float:
+    """A score as a float: a real number (bools and numpy scalars too), never text that looks
+    like one, and finite."""
+    if isinstance(value, str | bytes) or not isinstance(value, numbers.Real):
+        shown = f"{type(value).__name__} {value!r:.40}"
+        message = f"returned {shown} for completion {index}; expected a number"
+        raise ScoreError(spec, message, what)
+    number = float(value)
+    if not math.isfinite(number):
+        message = f"returned {number} for completion {index}; {what}s must be finite numbers"
+        raise ScoreError(spec, message, what)
+    return number
 
 
 def exact_match(example: Mapping[str, Any], completion: str) -> float:

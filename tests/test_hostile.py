@@ -9,6 +9,7 @@ import re
 import socket
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,10 @@ from tests.test_run_integrity import P
 
 
 @pytest.fixture(autouse=True)
-def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.chdir(tmp_path)
+    yield
+    sys.modules.pop("my_rewards", None)  # a test's own module: the next test writes its own
 
 
 def said(capsys: pytest.CaptureFixture[str]) -> str:
@@ -200,7 +203,7 @@ def numpy_float(example, completion):
     ("reward", "message"),
     [
         ("text", "returned str '0.5' for completion 0; expected a number"),
-        ("nan", "returned nan for completion 0; rewards must be finite"),
+        ("nan", "returned nan for completion 0; rewards must be finite numbers"),
         ("leaves", "raised SystemExit: 3"),
         ("few", "returned 1 rewards for"),
         ("none", "returned NoneType None for completion 0; expected a number"),
@@ -318,3 +321,20 @@ def test_resuming_a_run_of_another_workflow_names_the_runs_own(
     assert f"run 'd' belongs to the dpo workflow, not to {workflow}: resume it with " in out
     assert "galley run dpo --resume d" in out
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_a_scorer_that_returns_nan_or_text_is_named() -> None:
+    from galley.adapters.noop import noop_adapters
+    from galley.core import WorkflowError
+    from galley.workflows.eval import EvalConfig
+    from galley.workflows.eval import run as run_eval
+
+    def nan_score(example: object, completion: str) -> float:
+        return float("nan")
+
+    def text_score(example: object, completion: str) -> str:
+        return "1"
+
+    for scorer, said_ in ((nan_score, "returned nan"), (text_score, "returned str '1'")):
+        with pytest.raises(WorkflowError, match=f"scorer '.*{scorer.__name__}' {said_}"):
+            run_eval(EvalConfig(scorers=[scorer], max_examples=4), noop_adapters())

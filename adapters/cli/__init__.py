@@ -52,8 +52,8 @@ from galley.core.errors import (
     WorkflowError,
 )
 from galley.core.records import TRAIN
-from galley.core.rewards import RewardError
 from galley.core.runs import read_run_record
+from galley.core.scorers import ScoreError
 from galley.core.stages.checkpoint import read_index
 from galley.core.summary import Summary
 from galley.workflows import WORKFLOWS
@@ -275,7 +275,7 @@ def report_failure(
         resumable = False
     last = saved[-1] if isinstance(saved, tuple) and saved else None
     # Refused data or settings, or a reward that failed: the same run would fail the same way.
-    needs_a_fix = isinstance(error.__cause__, (*INPUT_ERRORS, RewardError))
+    needs_a_fix = isinstance(error.__cause__, (*INPUT_ERRORS, ScoreError))
     if resumable:
         start = f"step {last.step}" if last is not None else "the start (no checkpoint yet)"
         first = "fix the cause; then, " if needs_a_fix else ""
