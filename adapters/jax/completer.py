@@ -13,7 +13,7 @@ import os
 import tempfile
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,7 @@ from galley.adapters.jax.batching import (
 )
 from galley.adapters.jax.compilation_cache import use_compilation_cache
 from galley.adapters.jax.config import ModelConfig, expected_shapes, read_config
-from galley.adapters.jax.mesh import MeshShape
+from galley.adapters.jax.mesh import MeshShape, as_mesh_shape
 from galley.adapters.jax.model import CausalLM, build_model
 from galley.adapters.jax.sharding import Layout, to_host
 from galley.core.errors import ConfigError, ValidationError
@@ -244,7 +244,7 @@ class JaxCompleter:
         compilation_cache_dir: str | None = None,
         max_models: int = 4,
         devices: Sequence[Any] | None = None,
-        mesh: MeshShape | None = None,
+        mesh: MeshShape | Mapping[str, Any] | None = None,
     ) -> None:
         if compilation_cache_dir is not None:
             use_compilation_cache(compilation_cache_dir)
@@ -256,7 +256,7 @@ class JaxCompleter:
         self.max_models = max_models
         # This process's devices: in a run of several processes each samples on its own,
         # with no exchange between processes to keep in step with the training's.
-        self.layout = Layout(mesh or MeshShape(), devices or jax.local_devices())
+        self.layout = Layout(as_mesh_shape(mesh), devices or jax.local_devices())
         # The models sampled from most recently (a base, its adapters): the oldest is dropped.
         self._models: OrderedDict[tuple[str, str | None], LoadedModel] = OrderedDict()
         self._lock = threading.Lock()

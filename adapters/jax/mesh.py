@@ -4,6 +4,7 @@ JAX, so listing adapter kinds stays cheap."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -39,6 +40,23 @@ class MeshShape:
                 f"{max(data, 1) * model} devices; {available} are available"
             )
         return data, self.fsdp, self.tensor
+
+
+def as_mesh_shape(mesh: MeshShape | Mapping[str, Any] | None) -> MeshShape:
+    """A mesh as given in Python: a MeshShape, a mapping of its sizes (``{"fsdp": 4}``, as
+    TOML gives it), or None (every device on the data axis). Anything else is refused."""
+    if mesh is None:
+        return MeshShape()
+    if isinstance(mesh, MeshShape):
+        return mesh
+    if isinstance(mesh, Mapping):
+        unknown = sorted(set(mesh) - {"data", "fsdp", "tensor"})
+        if unknown:
+            raise ConfigError(f"mesh: unknown axis {', '.join(unknown)}; axes: data, fsdp, tensor")
+        return MeshShape(**mesh)
+    raise ConfigError(
+        f"mesh: expected a MeshShape or a mapping like {{'fsdp': 4}}, got {type(mesh).__name__}"
+    )
 
 
 def _at_least(low: int) -> Any:

@@ -43,7 +43,7 @@ from galley.adapters.jax.batching import (
 from galley.adapters.jax.compilation_cache import use_compilation_cache
 from galley.adapters.jax.config import ModelConfig, expected_shapes, read_config
 from galley.adapters.jax.losses import loss_sum, token_logprobs
-from galley.adapters.jax.mesh import MeshShape
+from galley.adapters.jax.mesh import MeshShape, as_mesh_shape
 from galley.adapters.jax.model import (
     CausalLM,
     build_model,
@@ -624,7 +624,7 @@ class JaxTrainingClient:
         dtype: str = "float32",
         length_buckets: Sequence[int] = DEFAULT_LENGTH_BUCKETS,
         devices: Sequence[Any] | None = None,
-        mesh: MeshShape | None = None,
+        mesh: MeshShape | Mapping[str, Any] | None = None,
         compilation_cache_dir: str | None = None,
         scan_layers: bool = False,
     ) -> None:
@@ -634,7 +634,7 @@ class JaxTrainingClient:
         self.scan_layers = scan_layers  # see scan.py: compile time flat in depth
         self.dtype = checked_dtype(dtype, "JaxTrainingClient")
         self.length_buckets = checked_buckets(length_buckets, "JaxTrainingClient.length_buckets")
-        self.layout = Layout(mesh or MeshShape(), devices)
+        self.layout = Layout(as_mesh_shape(mesh), devices)
         self._ids = itertools.count(1)
         self._bases: weakref.WeakValueDictionary[tuple[str, str], SharedBase] = (
             weakref.WeakValueDictionary()

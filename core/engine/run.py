@@ -28,10 +28,11 @@ from typing import Any
 import attrs
 import structlog
 
+from galley.core.adapter_set import Adapters
 from galley.core.engine.retry import RetryPolicy
 from galley.core.engine.runner import Observer, Runner
 from galley.core.engine.stage import Workflow
-from galley.core.errors import WorkflowError
+from galley.core.errors import ValidationError, WorkflowError
 from galley.core.records import EVAL, TRAIN, MetricRecord, RunOutcome
 from galley.core.runs import claim_run, metrics_reader
 from galley.core.sections import plain_settings
@@ -69,6 +70,30 @@ class WorkflowRun:
         }
 
 
+def check_run_arguments(name: str, config: Any, adapters: Any) -> None:
+    """Refuse, in words, what ``run(config, adapters)`` was handed instead of a config and an
+    ``Adapters`` (a fixture not called, a dict of adapters, the arguments swapped) before any
+    of it is used."""
+
+    def shown(value: Any) -> str:
+        return f"{type(value).__module__}.{type(value).__qualname__}"
+
+    if not isinstance(adapters, Adapters):
+        hint = ""
+        if callable(adapters) and not isinstance(adapters, type):
+            hint = " (a function: call it, e.g. galley_adapters())"
+        elif isinstance(adapters, Mapping):
+            hint = " (a mapping: build one with Adapters(**ports) or noop_adapters(**ports))"
+        raise ValidationError(
+            f"{name}.run: adapters",
+            f"expected galley.core.Adapters, got {shown(adapters)}{hint}",
+        )
+    if not attrs.has(type(config)) or not hasattr(config, "run_id"):
+        raise ValidationError(
+            f"{name}.run: config", f"expected the {name} workflow's config, got {shown(config)}"
+        )
+
+
 def new_run_id(workflow: str) -> str:
     return f"{workflow}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
@@ -88,6 +113,7 @@ def run_workflow(
     workflow is miswired, and ``WorkflowError`` (with the state so far) if a stage fails."""
     from galley.core.registry import with_registered_base  # it reads runs: no import cycle
 
+    check_run_arguments(name, config, adapters)
     run_id = config.run_id or new_run_id(name)
     config = with_registered_base(adapters, attrs.evolve(config, run_id=run_id))
     runner = Runner(

@@ -1,0 +1,77 @@
+"""What a new user trips on: their own data and functions, arguments handed over wrongly,
+help and output. Each test is a step a newcomer takes."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from galley.adapters.noop import noop_adapters
+from galley.core import ConfigError, ValidationError
+from galley.workflows.rl import RLConfig
+from galley.workflows.rl import run as run_rl
+from galley.workflows.sft import SFTConfig
+from galley.workflows.sft import run as run_sft
+
+
+@pytest.fixture
+def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    monkeypatch.chdir(tmp_path)
+    yield tmp_path
+    for name in ("my_rewards", "my_scorers"):
+        sys.modules.pop(name, None)
+
+
+def shouted(example: object, completion: str) -> float:
+    """A reward defined at the top of a module: importable by the name it is recorded under."""
+    return float(completion.isupper())
+
+
+def test_a_reward_module_in_the_current_folder_is_found(in_tmp: Path) -> None:
+    (in_tmp / "my_rewards.py").write_text("def loud(example, completion):\n    return 1.0\n")
+    result = run_rl(RLConfig(rewards=["my_rewards:loud"], max_steps=1), noop_adapters())
+    assert result.metrics[-1]["rewards/loud/mean"] == 1.0
+
+
+def test_a_missing_reward_module_names_the_folder_searched(in_tmp: Path) -> None:
+    with pytest.raises(ConfigError, match=f"looked in the current folder '{in_tmp}'"):
+        RLConfig(rewards=["my_rewards:loud"])
+
+
+def test_rewards_may_be_functions_recorded_by_their_importable_name() -> None:
+    config = RLConfig(rewards=[shouted], max_steps=2)
+    assert config.rewards == (f"{__name__}:shouted",)
+    result = run_rl(config, noop_adapters())
+    assert "rewards/shouted/mean" in result.metrics[-1]
+
+
+def test_a_lambda_as_a_reward_runs_with_a_warning_that_the_cli_cannot_resume_it() -> None:
+    with structlog.testing.capture_logs() as logs:
+        config = RLConfig(rewards=[lambda example, completion: 0.5], max_steps=1)
+    (warning,) = [e for e in logs if e["event"] == "scorer.not_importable"]
+    assert warning["log_level"] == "warning" and "cannot import it" in warning["note"]
+    assert run_rl(config, noop_adapters()).metrics[-1]["reward"] == 0.5
+
+
+def test_run_refuses_what_is_not_adapters_saying_what_was_expected() -> None:
+    config = SFTConfig(max_steps=1)
+    with pytest.raises(ValidationError, match=r"a function: call it, e.g. galley_adapters\(\)"):
+        run_sft(config, noop_adapters)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="expected galley.core.Adapters, got builtins.dict"):
+        run_sft(config, {"training": None})  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="expected galley.core.Adapters"):
+        run_sft(noop_adapters(), config)  # type: ignore[arg-type]
+
+
+def test_a_jax_client_takes_its_mesh_as_a_mapping_and_refuses_an_unknown_axis() -> None:
+    from galley.adapters.jax import JaxTrainingClient
+    from galley.adapters.noop import NoopBlobStore, NoopHubClient
+
+    client = JaxTrainingClient(NoopHubClient(), NoopBlobStore(), mesh={"fsdp": 1})
+    assert client.layout.mesh.shape == {"data": 1, "fsdp": 1, "tensor": 1}
+    with pytest.raises(ConfigError, match="mesh: unknown axis fdsp"):
+        JaxTrainingClient(NoopHubClient(), NoopBlobStore(), mesh={"fdsp": 4})
