@@ -20,6 +20,7 @@ from galley.core.errors import (
     ValidationError,
     WorkflowError,
 )
+from galley.core.logs import quiet_unless_configured
 from galley.core.losses import LOSS_NAMES, LossFn, reference_loss
 from galley.core.model_input import EncodedTextChunk, ModelInput
 from galley.core.records import CheckpointRecord, MetricRecord, RunOutcome, TrackedRun
@@ -111,3 +112,5 @@ __all__ = [
     "to_datum",
     "to_json",
 ]
+
+quiet_unless_configured()

@@ -38,6 +38,9 @@ class Section:
 
 @attrs.frozen
 class ModelSection(Section):
+    """The model trained, where its weights start, and its LoRA."""
+
+    # A Hub repo id, a model folder, or registry:NAME (a registered model's base and weights).
     base_model: str = attrs.field(default="galley/tiny-lm", validator=non_empty)
     # Start from other weights than the base model's: a run id (its newest good checkpoint),
     # or the blob key of a state checkpoint or a LoRA adapter export. Weights only.
@@ -45,6 +48,7 @@ class ModelSection(Section):
         default=None, validator=attrs.validators.optional(non_empty)
     )
     lora_rank: int = attrs.field(default=16, validator=int_at_least(0))  # 0 = full fine-tuning
+    # The LoRA update is scaled by lora_alpha / lora_rank.
     lora_alpha: float = attrs.field(default=32.0, validator=in_range(0.0, 1e6, low_open=True))
 
 
@@ -52,10 +56,12 @@ class ModelSection(Section):
 class DataSection(Section):
     """What a run trains on, and what it holds out to evaluate on."""
 
+    # A Hub dataset id, a local file (.jsonl, .json, .csv, .parquet) or a save_to_disk folder.
     dataset: str = attrs.field(default="galley/tiny-instruct", validator=non_empty)
-    train_split: str = attrs.field(default="train", validator=non_empty)
+    train_split: str = attrs.field(default="train", validator=non_empty)  # the rows trained on
     # When the dataset lacks it, eval_holdout train rows are held out.
     eval_split: str = attrs.field(default="test", validator=non_empty)
+    # At most this many, and at most a tenth of the train rows (none below 10 rows).
     eval_holdout: int = attrs.field(default=32, validator=int_at_least(0))
 
 
@@ -63,13 +69,14 @@ class DataSection(Section):
 class FormatSection(Section):
     """How rows become tokens: the chat format and how long rows are cut."""
 
-    max_length: int = attrs.field(default=256, validator=int_at_least(2))
+    max_length: int = attrs.field(default=256, validator=int_at_least(2))  # tokens per row
     # A row longer than max_length: "keep_end" drops its oldest prompt (whole leading messages,
     # then tokens), "keep_start" its end, "error" stops the run; one that still cannot fit
     # without losing what it trains on is skipped and counted.
     truncation: str = attrs.field(
         default=Truncation.KEEP_END.value, validator=one_of([t.value for t in Truncation])
     )
+    # "role_colon" (User: ... / Assistant: ...) or "chat_template" (the model's own template).
     renderer: str = attrs.field(default="role_colon", validator=one_of(list(RENDERERS)))
 
 
@@ -77,6 +84,8 @@ class FormatSection(Section):
 class RenderSection(FormatSection):
     """How rows become tokens (``FormatSection``) and which of their tokens are trained on."""
 
+    # Tokens with loss weight: last_assistant_message, all_assistant_messages, all_messages
+    # or all_tokens.
     train_on: str = attrs.field(
         default=TrainOn.LAST_ASSISTANT_MESSAGE.value, validator=one_of([t.value for t in TrainOn])
     )
@@ -88,41 +97,53 @@ class OptimSection(Section):
 
     # Tuned for the embedded model's LoRA; billion-parameter models want about 1e-4 to 5e-4.
     learning_rate: float = attrs.field(default=3e-3, validator=at_least(0.0))
+    # After warmup: "linear" or "cosine" decay to min_lr_ratio x learning_rate, or "constant".
     lr_schedule: str = attrs.field(
         default="linear", validator=one_of([k.value for k in ScheduleKind])
     )
-    warmup_steps: int = attrs.field(default=0, validator=int_at_least(0))
+    warmup_steps: int = attrs.field(default=0, validator=int_at_least(0))  # linear from 0
+    # The schedule's floor, as a share of learning_rate.
     min_lr_ratio: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))
-    weight_decay: float = attrs.field(default=0.0, validator=at_least(0.0))
+    weight_decay: float = attrs.field(default=0.0, validator=at_least(0.0))  # AdamW's, decoupled
+    # Gradients are scaled to at most this global norm (0 = no clipping).
     grad_clip_norm: float = attrs.field(default=1.0, validator=at_least(0.0))
+    # Adam's decay of its gradient mean.
     adam_beta1: float = attrs.field(default=0.9, validator=in_range(0.0, 1.0, high_open=True))
+    # Tinker's default; 0.999 is PyTorch's.
     adam_beta2: float = attrs.field(default=0.95, validator=in_range(0.0, 1.0, high_open=True))
+    # Added to Adam's denominator (Tinker's default).
     adam_eps: float = attrs.field(default=1e-12, validator=in_range(0.0, 1.0, low_open=True))
 
 
 @attrs.frozen
 class CheckpointSection(Section):
+    """When the run saves its state, and which saves it keeps."""
+
     checkpoint_every: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = final only
     keep_checkpoints: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = keep all
     # Keep the keep_best checkpoints whose step scored best on keep_metric (lowest, or highest
     # with keep_max) as well as the newest keep_checkpoints; 0 = no ranking.
     keep_best: int = attrs.field(default=0, validator=int_at_least(0))
-    keep_metric: str = attrs.field(default="eval/nll", validator=non_empty)
-    keep_max: bool = attrs.field(default=False, validator=boolean)
+    keep_metric: str = attrs.field(default="eval/nll", validator=non_empty)  # for keep_best
+    keep_max: bool = attrs.field(default=False, validator=boolean)  # keep_metric: higher wins
     # Save sampler weights (a LoRA adapter) with every checkpoint, so any step can be sampled.
     checkpoint_sampler: bool = attrs.field(default=False, validator=boolean)
 
 
 @attrs.frozen
 class EvalSection(Section):
+    """How often the held-out rows are measured, and in batches of how many."""
+
     eval_every: int = attrs.field(default=64, validator=int_at_least(0))  # 0 = start and end
-    eval_batch_size: int = attrs.field(default=16, validator=int_at_least(1))
+    eval_batch_size: int = attrs.field(default=16, validator=int_at_least(1))  # rows a forward
 
 
 @attrs.frozen
 class SamplingSection(Section):
+    """The held-out prompts answered before and after training, side by side."""
+
     num_samples: int = attrs.field(default=16, validator=int_at_least(0))  # prompts answered
-    sample_max_tokens: int = attrs.field(default=48, validator=int_at_least(1))
+    sample_max_tokens: int = attrs.field(default=48, validator=int_at_least(1))  # per answer
 
 
 def dotted(**sections: type[Any]) -> frozenset[str]:

@@ -4,6 +4,7 @@ through `galley runs` and `galley checkpoints`."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 
@@ -273,6 +274,9 @@ def test_the_models_commands(trained: Adapters, capsys: pytest.CaptureFixture[st
     assert code == 0 and "v1" in out and "galley/tiny-lm" in out
     code, out = say("models", "show", "v1")
     assert code == 0 and "config_hash:" in out and "state: runs/r/state/step-000006" in out
+    assert re.search(r"registered: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", out)  # ISO, not seconds
+    assert "sampler:" not in out and "parent:" not in out  # empty: left out
+    assert "tags: prod" in out
 
 
 def test_the_commands_work_on_s3(

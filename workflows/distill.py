@@ -54,10 +54,14 @@ class DistillConfig(RLConfig):  # type: ignore[override]  # new defaults reorder
     default but ``teacher``, which the run asks for (a run id, a checkpoint's key, a model
     folder or a Hub id)."""
 
+    # What the student learns from: a run id, a checkpoint key, a model folder or a Hub id.
     teacher: str | None = attrs.field(default=None)
+    # "on_policy": the teacher grades the student's samples; "off_policy": the teacher's answers
+    # become an SFT dataset.
     mode: str = attrs.field(default="on_policy", validator=one_of(list(MODES)))
     # Measured on the student's answers, not trained on.
     rewards: tuple[str, ...] = attrs.field(default=("exact_match",), converter=_reward_specs)
+    # Completions sampled per prompt, compared within their group.
     group_size: int = attrs.field(default=4, validator=int_at_least(2))
     # The embedded student finds the teacher's answers after about 250 steps: 512 by default.
     num_epochs: int = attrs.field(default=8, validator=int_at_least(1))

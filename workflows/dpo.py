@@ -92,21 +92,31 @@ class DPOConfig(TrainingConfig):
     loss_type: str = attrs.field(
         default=PreferenceLoss.SIGMOID.value, validator=one_of([k.value for k in PreferenceLoss])
     )
+    # The strength of the pull towards the reference (TRL's beta).
     beta: float = attrs.field(default=0.1, validator=in_range(0.0, 1e6, low_open=True))
+    # The assumed share of pairs whose preference is flipped (cDPO; sigmoid only).
     label_smoothing: float = attrs.field(default=0.0, validator=in_range(0.0, 0.5, high_open=True))
     # A model to score the pairs with instead of the weights the run starts from.
     reference_model: str | None = attrs.field(default=None)
+    # Steps to train (each on batch_size rows); unset: num_epochs over the data.
     max_steps: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(int_at_least(1))
     )
     num_epochs: int = attrs.field(default=1, validator=int_at_least(1))  # tiny-prefs: 64 steps
     batch_size: int = attrs.field(default=8, validator=int_at_least(1))  # pairs per step
+    # Steps submitted before the oldest one's result is read (pipelining).
     submit_ahead: int = attrs.field(default=1, validator=int_at_least(0))
+    # Seeds the data order, the held-out split, LoRA's init and sampling.
     seed: int = attrs.field(default=0, validator=int_at_least(0))
+    # The blob-store folder runs go in: <output>/<run_id>/.
     output: str = attrs.field(default="runs", validator=output_folder)
+    # The run's name (a folder under output); unset: the workflow, date and time.
     run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
+    # Continue run `run_id` from its newest checkpoint that verifies.
     resume: bool = attrs.field(default=False, validator=boolean)
+    # A NaN/Inf loss or gradient: "stop" the run naming step and batch, or "skip" the step.
     on_nonfinite: str = attrs.field(default="stop", validator=one_of(["stop", "skip"]))
+    # Seconds a training call may take before the run stops naming it (0 = wait forever).
     call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
 
     CONFIG_VERSION: ClassVar[int] = 1

@@ -66,26 +66,35 @@ class EvalConfig(SectionedConfig):
 
     render: RenderSection = attrs.field(factory=RenderSection)
     sampling: SamplingSection = attrs.field(factory=SamplingSection)
+    # A Hub repo id, a model folder, or registry:NAME.
     base_model: str = attrs.field(default=ModelSection().base_model, validator=non_empty)
     # A run (under `output`) whose newest good checkpoint is evaluated; None: the base model.
     from_run: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
     # The LoRA shape of the run's checkpoints (a run trained otherwise is refused, named).
     lora_rank: int = attrs.field(default=ModelSection().lora_rank, validator=int_at_least(0))
+    # The LoRA update is scaled by lora_alpha / lora_rank.
     lora_alpha: float = attrs.field(
         default=ModelSection().lora_alpha, validator=in_range(0.0, 1e6, low_open=True)
     )
+    # A Hub dataset id, a local file or a save_to_disk folder.
     dataset: str = attrs.field(default=DataSection().dataset, validator=non_empty)
+    # The split evaluated.
     split: str = attrs.field(default="test", validator=non_empty)
     max_examples: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = all rows
+    # Rows a forward pass measures.
     eval_batch_size: int = attrs.field(default=16, validator=int_at_least(1))
     # exact_match, contains, regex:<pattern>, or module:function (see galley.core.scorers)
     scorers: tuple[str, ...] = attrs.field(
         default=("exact_match",), converter=_scorer_specs, validator=_scorers
     )
+    # Seeds the data order, the held-out split, LoRA's init and sampling.
     seed: int = attrs.field(default=0, validator=int_at_least(0))
+    # The blob-store folder runs go in: <output>/<run_id>/.
     output: str = attrs.field(default="runs", validator=output_folder)
+    # The run's name (a folder under output); unset: the workflow, date and time.
     run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
     resume: bool = attrs.field(default=False, validator=boolean)  # nothing to resume: reruns
+    # Seconds a training call may take before the run stops naming it (0 = wait forever).
     call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
 
     CONFIG_VERSION: ClassVar[int] = 1

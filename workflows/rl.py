@@ -102,10 +102,12 @@ class RLConfig(TrainingConfig):
     sampling: SamplingSection = attrs.field(factory=lambda: SamplingSection(num_samples=4))
     # Reward functions (scorer names or module:function) and their weights (empty: all 1).
     rewards: tuple[str, ...] = attrs.field(default=("char_similarity",), converter=_reward_specs)
+    # One weight per reward (empty: all 1); the step's reward is the weighted sum.
     reward_weights: tuple[float, ...] = attrs.field(default=(), converter=_floats)
     group_size: int = attrs.field(default=8, validator=int_at_least(2))  # completions a prompt
     batch_size: int = attrs.field(default=8, validator=int_at_least(1))  # prompts an update
     max_tokens: int = attrs.field(default=16, validator=int_at_least(1))  # new tokens
+    # Sampling temperature of the rollouts.
     temperature: float = attrs.field(default=1.0, validator=in_range(0.0, 100.0, low_open=True))
     # A penalty on sampled tokens the starting weights find less likely (0: none, no second
     # session); added to the advantages as tinker-cookbook does.
@@ -121,22 +123,34 @@ class RLConfig(TrainingConfig):
     max_turns: int = attrs.field(default=8, validator=int_at_least(1))
     # Divide each advantage by its group's reward std (TRL's scale_rewards="group").
     scale_rewards: bool = attrs.field(default=True, validator=boolean)
+    # How token losses are summed: "tokens" (over every token of the batch) or "sequence" (each
+    # completion's mean).
     loss_normalisation: str = attrs.field(
         default=Normalisation.TOKENS.value, validator=one_of([n.value for n in Normalisation])
     )
+    # The policy loss: importance_sampling, ppo or cispo (Tinker's names).
     loss_fn: str = attrs.field(default="importance_sampling", validator=one_of(POLICY_LOSSES))
     clip_low_threshold: float = attrs.field(default=0.8, validator=at_least(0.0))  # ppo, cispo
+    # The ratio's upper clip (ppo, cispo).
     clip_high_threshold: float = attrs.field(default=1.2, validator=at_least(0.0))
+    # Steps to train (each on batch_size rows); unset: num_epochs over the data.
     max_steps: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(int_at_least(1))
     )
     num_epochs: int = attrs.field(default=2, validator=int_at_least(1))  # tiny-instruct: 128 steps
+    # Steps submitted before the oldest one's result is read (pipelining).
     submit_ahead: int = attrs.field(default=0, validator=int_at_least(0))
+    # Seeds the data order, the held-out split, LoRA's init and sampling.
     seed: int = attrs.field(default=0, validator=int_at_least(0))
+    # The blob-store folder runs go in: <output>/<run_id>/.
     output: str = attrs.field(default="runs", validator=output_folder)
+    # The run's name (a folder under output); unset: the workflow, date and time.
     run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
+    # Continue run `run_id` from its newest checkpoint that verifies.
     resume: bool = attrs.field(default=False, validator=boolean)
+    # A NaN/Inf loss or gradient: "stop" the run naming step and batch, or "skip" the step.
     on_nonfinite: str = attrs.field(default="stop", validator=one_of(["stop", "skip"]))
+    # Seconds a training call may take before the run stops naming it (0 = wait forever).
     call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
 
     CONFIG_VERSION: ClassVar[int] = 1

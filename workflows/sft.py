@@ -95,14 +95,21 @@ class SFTConfig(TrainingConfig):
     checkpoints: CheckpointSection = attrs.field(factory=CheckpointSection)
     evaluation: EvalSection = attrs.field(factory=EvalSection)
     sampling: SamplingSection = attrs.field(factory=SamplingSection)
+    # Steps to train (each on batch_size rows); unset: num_epochs over the data.
     max_steps: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(int_at_least(1))
     )
+    # Passes over the training rows, when max_steps is unset.
     num_epochs: int = attrs.field(default=4, validator=int_at_least(1))
+    # Rows (DPO: pairs; RL: prompts) a step trains on.
     batch_size: int = attrs.field(default=8, validator=int_at_least(1))
+    # Steps submitted before the oldest one's result is read (pipelining).
     submit_ahead: int = attrs.field(default=2, validator=int_at_least(0))
+    # Seeds the data order, the held-out split, LoRA's init and sampling.
     seed: int = attrs.field(default=0, validator=int_at_least(0))
+    # The blob-store folder runs go in: <output>/<run_id>/.
     output: str = attrs.field(default="runs", validator=output_folder)
+    # The run's name (a folder under output); unset: the workflow, date and time.
     run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
     # Continue run `run_id` from its newest checkpoint that verifies (settings checked
     # against the run's saved ones: see TRAJECTORY_FIELDS).

@@ -29,6 +29,7 @@ from galley.adapters.cli.logging import RedactingConsole, configure_logging
 from galley.adapters.cli.plan import add_command as add_plan_command
 from galley.adapters.cli.run_config import RunConfig, load_run_config, resumed_config
 from galley.adapters.cli.serve import add_command as add_serve_command
+from galley.adapters.cli.settings_help import settings_help
 from galley.adapters.composition import (
     REGISTRY,
     NoOptions,
@@ -342,13 +343,8 @@ def cmd_adapters(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="galley", description="Compose and run LLM fine-tuning workflows."
-    )
-    sub = p.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="run a workflow")
-    run.add_argument("workflow", choices=sorted(WORKFLOWS))
+def _run_options(run: argparse.ArgumentParser) -> None:
+    """The options of ``galley run WORKFLOW``."""
     run.add_argument(
         "--config", type=Path, help="TOML file with [<workflow>] and [adapters] tables"
     )
@@ -357,7 +353,7 @@ def parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override a setting (repeatable)",
+        help="override a setting (repeatable; the settings are listed below)",
     )
     run.add_argument(
         "--adapters", metavar="KIND", help="use this adapter kind for every port (e.g. noop)"
@@ -379,7 +375,29 @@ def parser() -> argparse.ArgumentParser:
         "--trace", type=Path, help="write the stages and port calls as a Chrome/Perfetto trace"
     )
     run.add_argument("-v", "--verbose", action="store_true", help="show info events on the console")
-    run.set_defaults(handler=cmd_run)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="galley", description="Compose and run LLM fine-tuning workflows."
+    )
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser(
+        "run",
+        help="run a workflow",
+        description="Run a workflow; `galley run WORKFLOW --help` lists its settings.",
+    )
+    workflows = run.add_subparsers(dest="workflow", required=True, metavar="WORKFLOW")
+    for spec in WORKFLOWS.values():
+        one = workflows.add_parser(
+            spec.name,
+            help=spec.description,
+            description=spec.description,
+            epilog=settings_help(spec.config_type),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _run_options(one)
+        one.set_defaults(handler=cmd_run)
     sample = sub.add_parser("sample", help="answer prompts with exported sampler weights")
     sample.add_argument("prompt", nargs="*", help="user messages to answer")
     sample.add_argument("--checkpoint", type=Path, help="a runs/<id>/sampler/<name> folder")

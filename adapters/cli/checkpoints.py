@@ -173,8 +173,23 @@ def cmd_models(args: argparse.Namespace, console: Console) -> int:
         return 0
     entry = show_model(adapters, args.target)
     for key, value in describe(entry).items():
-        console.print(f"{key}: {value}", soft_wrap=True)
+        if value in (None, "", [], {}, ()):  # an empty field says nothing
+            continue
+        shown = value
+        if key == "registered":
+            shown = _iso(value)
+        elif key == "metrics":
+            shown = ", ".join(f"{k} {v:.6g}" for k, v in sorted(value.items()))
+        elif key == "tags":
+            shown = ", ".join(value)
+        console.print(f"{key}: {shown}", soft_wrap=True)
     return 0
+
+
+def _iso(seconds: float) -> str:
+    """A time as an ISO 8601 date and time in UTC, to the second."""
+    moment = datetime.datetime.fromtimestamp(seconds, tz=datetime.UTC)
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def cmd_push(args: argparse.Namespace, console: Console) -> int:

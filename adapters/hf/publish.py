@@ -5,25 +5,30 @@ logged or printed."""
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
 import fsspec
 from huggingface_hub import CommitOperationAdd, HfApi
-from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from galley.adapters.helpers.redaction import redact_text
 from galley.core.errors import ConfigError, ServiceError
 
 
+# The Hub's rule for a repo id: USER/NAME, each of letters, digits, '-', '_' and '.', not
+# starting or ending with '-' or '.', with no '--' or '..', at most 96 characters.
+REPO_PART = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?$")
+
+
 def check_repo(repo: str) -> None:
     """A Hub model repo id, USER/NAME: refused before anything is exported."""
-    try:
-        validate_repo_id(repo)
-    except HFValidationError as e:
-        raise ConfigError(f"--repo {repo!r} is not a Hub repo id like USER/NAME: {e}") from None
-    if repo.count("/") != 1:
-        raise ConfigError(f"--repo {repo!r} is not a Hub repo id like USER/NAME")
+    parts = repo.split("/")
+    if len(parts) != 2 or not all(REPO_PART.match(p) for p in parts):
+        raise ConfigError(
+            f"--repo {repo!r} is not a Hub repo id like USER/NAME (letters, digits, '-', '_' "
+            "and '.' in each part)"
+        )
 
 
 def open_target(url: str, **storage_options: Any) -> tuple[Any, str]:

@@ -59,6 +59,13 @@ class FunctionStage:
         return self.fn(ctx, **inputs)
 
 
+def first_sentence(docstring: str) -> str:
+    """A docstring's first sentence, whole, on one line: what a listing of stages shows."""
+    paragraph = " ".join(docstring.strip().split("\n\n")[0].split())
+    end = paragraph.find(". ")
+    return paragraph if end < 0 else paragraph[: end + 1]
+
+
 def stage(
     *, writes: Iterable[str] = (), ports: Iterable[str] = (), reads: Iterable[str] | None = None
 ) -> Callable[[StageFn], FunctionStage]:
@@ -67,7 +74,7 @@ def stage(
     after ``ctx``; ``reads`` is for a function that takes ``**kwargs`` and only for it."""
 
     def wrap(fn: StageFn) -> FunctionStage:
-        doc = (fn.__doc__ or "").strip().split("\n")[0]
+        doc = first_sentence(fn.__doc__ or "")
         return FunctionStage(fn.__name__, fn, reads_of(fn, reads), writes, ports, doc)
 
     return wrap

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from galley.core.engine import FunctionStage, StageContext, reads_of, stage
+from galley.core.engine.stage import first_sentence
 from galley.core.records import EVAL
 from galley.core.types import Datum
 
@@ -78,7 +79,7 @@ def evaluate_stage(name: str, at: str, measure: Measure = heldout_nll) -> Functi
         reads=reads_of(run, (at, *measured)),
         writes=("evaluated_at",),
         ports=("training", "metrics"),
-        doc=f"{(measure.__doc__ or measure.__name__).splitlines()[0]} After `{at}` steps.",
+        doc=f"{first_sentence(measure.__doc__ or measure.__name__)} After `{at}` steps.",
     )
 
 
