@@ -15,7 +15,6 @@ from huggingface_hub import CommitOperationAdd, HfApi
 from galley.adapters.helpers.redaction import redact_text
 from galley.core.errors import ConfigError, ServiceError
 
-
 # The Hub's rule for a repo id: USER/NAME, each of letters, digits, '-', '_' and '.', not
 # starting or ending with '-' or '.', with no '--' or '..', at most 96 characters.
 REPO_PART = re.compile(r"^(?!.*(--|\.\.))[A-Za-z0-9](?:[\w.-]{0,94}[A-Za-z0-9_])?$")
