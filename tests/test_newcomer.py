@@ -3,6 +3,7 @@ help and output. Each test is a step a newcomer takes."""
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -75,3 +76,25 @@ def test_a_jax_client_takes_its_mesh_as_a_mapping_and_refuses_an_unknown_axis() 
     assert client.layout.mesh.shape == {"data": 1, "fsdp": 1, "tensor": 1}
     with pytest.raises(ConfigError, match="mesh: unknown axis fdsp"):
         JaxTrainingClient(NoopHubClient(), NoopBlobStore(), mesh={"fdsp": 4})
+
+
+def test_piped_output_has_a_line_every_few_steps_and_a_resume_says_where_it_resumed(
+    in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from galley.adapters.cli import main
+    from tests.test_run_integrity import P
+
+    args = ["run", "sft", *P, "--set", "run_id=p", "--set", "lr_schedule=constant"]
+    assert main([*args, "--set", "max_steps=40", "--set", "checkpoint_every=10"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    steps = [line for line in lines if line.startswith("step ")]
+    assert len(steps) == 20 and steps[-1].startswith("step 40/40: loss ")
+    assert all(
+        re.fullmatch(r"step \d+/40: loss \d\.\d{4}, [\d,]+ tokens/s, ETA \S+", s) for s in steps
+    )
+    assert main(["run", "sft", *P, "--resume", "p", "--set", "max_steps=44"]) == 0
+    out = capsys.readouterr().out
+    assert "resumed from step 40 (checkpoint runs/p/state/step-000040)" in out
+    assert next(line for line in out.splitlines() if line.startswith("step ")).startswith(
+        "step 41/44"
+    )

@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -61,9 +62,22 @@ from galley.workflows import WORKFLOWS
 
 
 class ProgressObserver:
-    """A rich progress bar over the training loop: steps, loss and tokens/s."""
+    """A rich progress bar over the training loop: steps, loss and tokens/s. Where the output
+    is not a terminal (a pipe, a log file, CI), where a bar cannot redraw, a line every
+    ``STEP_LINES``-th of the run instead. A resumed loop says where it resumed from
+    (``checkpoint_at(step)``: the key of the run's checkpoint at that step, if known)."""
 
-    def __init__(self, console: Console) -> None:
+    STEP_LINES = 20  # lines a piped run prints, about
+
+    def __init__(
+        self, console: Console, checkpoint_at: Callable[[int], str | None] = lambda step: None
+    ) -> None:
+        self.console = console
+        self.checkpoint_at = checkpoint_at
+        self.piped = not console.is_terminal
+        self.started = 0.0
+        self.first = self.total = self.every = 0
+        self.last: dict[str, str] = {}
         self.progress = Progress(
             TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
@@ -78,26 +92,56 @@ class ProgressObserver:
         self.task: Any = None
 
     def on_loop_start(self, loop: str, done: int, total: int) -> None:
+        if done:
+            key = self.checkpoint_at(done)
+            where = f" (checkpoint {key})" if key else ""
+            self.console.print(f"resumed from step {done}{where}", soft_wrap=True)
+        self.started, self.first, self.total = time.monotonic(), done, total
+        self.every = max(1, round((total - done) / self.STEP_LINES))
+        if self.piped:
+            return
         self.progress.start()
         self.task = self.progress.add_task(loop, total=total, completed=done, loss="-", tps="-")
 
     def on_iteration_end(self, loop: str, counter: int) -> None:
-        self.progress.update(self.task, completed=counter)
+        if not self.piped:
+            self.progress.update(self.task, completed=counter)
 
     def on_metrics(self, stream: Stream, step: int, metrics: Mapping[str, float]) -> None:
-        if stream != TRAIN or self.task is None:
+        if stream != TRAIN:
             return
         if "loss" not in metrics:  # a skipped step (non-finite loss or gradient)
-            self.progress.update(self.task, loss=f"skipped step {step}")
-            return
-        self.progress.update(
-            self.task,
-            loss=f"{metrics['loss']:.4f}",
-            tps=f"{metrics.get('tokens_per_s', 0):,.0f}",
-        )
+            self.last = {"loss": f"skipped step {step}", "tps": "-"}
+        else:
+            tps = f"{metrics.get('tokens_per_s', 0):,.0f}"
+            self.last = {"loss": f"{metrics['loss']:.4f}", "tps": tps}
+        if self.task is not None:
+            self.progress.update(self.task, **self.last)
+        if self.piped and ((step - self.first) % self.every == 0 or step == self.total):
+            elapsed = time.monotonic() - self.started
+            left = elapsed / max(step - self.first, 1) * (self.total - step)
+            eta = time.strftime("%H:%M:%S", time.gmtime(left))
+            self.console.print(
+                f"step {step}/{self.total}: loss {self.last['loss']}, {self.last['tps']} "
+                f"tokens/s, ETA {eta}",
+                soft_wrap=True,
+            )
 
     def stop(self) -> None:
         self.progress.stop()
+
+
+def checkpoint_finder(adapters: Adapters, config: Any) -> Callable[[int], str | None]:
+    """The key of the run's indexed checkpoint at a step (what a resume loaded), if any."""
+
+    def find(step: int) -> str | None:
+        try:
+            records = read_index(adapters.blobs, config.output, config.run_id)
+        except GalleyError:
+            return None
+        return next((r.state.key for r in reversed(records) if r.step == step), None)
+
+    return find
 
 
 def print_summary(console: Console, summary: Summary, where: Callable[[str], str]) -> None:
@@ -169,7 +213,7 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
         on = f": {what[0]} on {what[1]}" if all(what) else ""
         console.print(f"galley {args.workflow} run {config.run_id}{on}")
         console.print(f"adapters: {kinds}")
-        observer = ProgressObserver(console)
+        observer = ProgressObserver(console, checkpoint_finder(adapters, config))
         with tracing(args.trace, adapters, console) as (adapters, more):
             try:
                 result = run_config.workflow.run(
