@@ -98,3 +98,32 @@ def test_piped_output_has_a_line_every_few_steps_and_a_resume_says_where_it_resu
     assert next(line for line in out.splitlines() if line.startswith("step ")).startswith(
         "step 41/44"
     )
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["sft"], ["loss", "held-out NLL", "learning rate"]),
+        (["dpo"], ["loss", "preference accuracy", "reward margin", "learning rate"]),
+        (["rl"], ["loss", "reward", "KL, sampler to learner", "learning rate"]),
+        (
+            ["distill", "--set", "teacher=galley/tiny-lm"],
+            ["loss", "reward", "KL, sampler to learner", "KL to the teacher", "learning rate"],
+        ),
+        (["eval"], ["held-out NLL"]),
+    ],
+    ids=["sft", "dpo", "rl", "distill", "eval"],
+)
+def test_plot_draws_what_each_workflow_records(
+    argv: list[str], expected: list[str], in_tmp: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from galley.adapters.cli import main
+    from tests.test_run_integrity import P
+
+    steps = [] if argv[0] == "eval" else ["--set", "max_steps=4", "--set", "eval_every=2"]
+    stores = P[:6] if argv[0] == "dpo" else P  # DPO samples no answers to leave out
+    assert main(["run", *argv[:1], *stores, "--set", "run_id=w", *steps, *argv[1:]]) == 0
+    capsys.readouterr()
+    assert main(["plot", "w"]) == 0
+    assert f"wrote runs/w/metrics.png ({', '.join(expected)})" in capsys.readouterr().out
+    assert (in_tmp / "runs" / "w" / "metrics.png").read_bytes()[:4] == b"\x89PNG"

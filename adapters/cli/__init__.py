@@ -358,7 +358,8 @@ def cmd_plot(args: argparse.Namespace, console: Console) -> int:
     from galley.adapters.cli.sample_plot import plot
 
     run_dir = args.run if args.run.is_dir() else Path("runs") / args.run
-    console.print(f"wrote {plot(run_dir)}")
+    path, titles = plot(run_dir)
+    console.print(f"wrote {path} ({', '.join(titles)})", soft_wrap=True)
     return 0
 
 
@@ -453,7 +454,9 @@ def parser() -> argparse.ArgumentParser:
     sample.add_argument("--temperature", type=float, default=0.0)
     sample.add_argument("--renderer", default="role_colon")
     sample.set_defaults(handler=cmd_sample)
-    plot = sub.add_parser("plot", help="chart a run's loss, held-out NLL and LR as a PNG")
+    plot = sub.add_parser(
+        "plot", help="chart what a run recorded (loss, rewards, KL, ...) as a PNG"
+    )
     plot.add_argument("run", type=Path, help="a run id under ./runs, or a run folder")
     plot.set_defaults(handler=cmd_plot)
     sub.add_parser("workflows", help="list workflows, their stages and ports").set_defaults(

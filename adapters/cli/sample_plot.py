@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 from rich.console import Console
@@ -13,7 +14,7 @@ from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.core.chat import Conversation, Message
 from galley.core.errors import ConfigError, NotFoundError, ValidationError
 from galley.core.manifest import MANIFEST_NAME
-from galley.core.records import EVAL, TRAIN
+from galley.core.records import EVAL, TRAIN, MetricRecord
 from galley.core.registry import PREFIX, show_model
 from galley.core.rendering import make_renderer
 from galley.core.types import CheckpointRef, ModelRef, SamplingParams
@@ -103,17 +104,33 @@ def sample(
         console.print(completion.text.strip())
 
 
-def plot(run_dir: Path) -> Path:
-    """Loss, held-out NLL and LR against step, from ``<run_dir>/metrics.jsonl``, as a PNG."""
-    import matplotlib
+# What each workflow records, panel by panel: (title, [(stream, metric, label)]). A panel is
+# drawn when the run recorded any of its curves, so SFT, DPO, RL, distillation and eval runs
+# each get their own.
+PANELS: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
+    ("loss", ((TRAIN, "loss", "train"), (EVAL, "eval/loss", "held-out"))),
+    ("reward", ((TRAIN, "reward", "train"), (EVAL, "eval/reward", "held-out"))),
+    ("KL, sampler to learner", ((TRAIN, "kl", "train"),)),
+    ("KL to the teacher", ((TRAIN, "teacher_kl", "train"), (EVAL, "eval/teacher_kl", "held-out"))),
+    (
+        "preference accuracy",
+        ((TRAIN, "rewards/accuracies", "train"), (EVAL, "eval/rewards/accuracies", "held-out")),
+    ),
+    (
+        "reward margin",
+        ((TRAIN, "rewards/margins", "train"), (EVAL, "eval/rewards/margins", "held-out")),
+    ),
+    ("held-out NLL", ((EVAL, "eval/nll", "held-out"),)),
+    ("held-out exact match", ((EVAL, "eval/exact_match", "held-out"),)),
+    ("learning rate", ((TRAIN, "lr", ""),)),
+)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+Curve = tuple[str, list[tuple[int, float]]]
 
-    rows = JsonlMetricsStore(str(run_dir.parent)).read(run_dir.name)
-    if not rows:
-        raise NotFoundError(f"no metrics in {str(run_dir / 'metrics.jsonl')!r}")
-    # Per stream, the last row of a step wins: a resumed run trained some steps again.
+
+def panels(rows: Sequence[MetricRecord]) -> list[tuple[str, list[Curve]]]:
+    """The panels a run's rows fill, each with its labelled curves (step, value). Per stream,
+    the last row of a step wins: a resumed run trained some steps again."""
     latest: dict[tuple[str, int, str], float] = {}
     for r in rows:
         for name, value in r.metrics.items():
@@ -122,22 +139,49 @@ def plot(run_dir: Path) -> Path:
     def curve(stream: str, name: str) -> list[tuple[int, float]]:
         return sorted((s, v) for (st, s, n), v in latest.items() if (st, n) == (stream, name))
 
-    series = {
-        "train loss": curve(TRAIN, "loss"),
-        "held-out NLL": curve(EVAL, "eval/nll"),
-        "learning rate": curve(TRAIN, "lr"),
-    }
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (title, points) in zip(axes, series.items(), strict=True):
-        if points:
+    filled = []
+    for title, wanted in PANELS:
+        curves = [
+            (label, points) for stream, name, label in wanted if (points := curve(stream, name))
+        ]
+        if curves:
+            filled.append((title, curves))
+    if not filled:  # metrics of someone else's: each of them, as recorded
+        names = sorted({(st, n) for st, _, n in latest})
+        filled = [(f"{st} {n}", [("", curve(st, n))]) for st, n in names]
+    return filled
+
+
+def plot(run_dir: Path) -> tuple[Path, list[str]]:
+    """The panels of what the run recorded (``panels``) against step, from
+    ``<run_dir>/metrics.jsonl``, as a PNG; its path and the panels' titles."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = JsonlMetricsStore(str(run_dir.parent)).read(run_dir.name)
+    if not rows:
+        raise NotFoundError(f"no metrics in {str(run_dir / 'metrics.jsonl')!r}")
+    filled = panels(rows)
+    columns = min(len(filled), 3)
+    lines = -(-len(filled) // columns)
+    fig, grid = plt.subplots(lines, columns, figsize=(4.4 * columns, 3.6 * lines), squeeze=False)
+    axes = list(grid.flat)
+    for ax, (title, curves) in zip(axes, filled, strict=False):
+        for label, points in curves:
             xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None)
+            ax.plot(xs, ys, marker="o" if len(xs) < 20 else None, label=label or None)
+        if any(label for label, _ in curves) and len(curves) > 1:
+            ax.legend()
         ax.set_title(title)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    for ax in axes[len(filled) :]:
+        ax.axis("off")
     fig.suptitle(f"galley run {run_dir.name}")
     fig.tight_layout()
     out = run_dir / "metrics.png"
     fig.savefig(out, dpi=110)
     plt.close(fig)
-    return out
+    return out, [title for title, _ in filled]
