@@ -21,9 +21,9 @@ import attrs
 from galley.core.adapter_set import Adapters
 from galley.core.checkpoints import show_checkpoint
 from galley.core.checks import non_empty, safe_name
-from galley.core.errors import ConfigError, LockedError, NotFoundError
+from galley.core.errors import ConfigError, GalleyError, LockedError, NotFoundError
 from galley.core.keys import join_key
-from galley.core.manifest import MANIFEST_NAME
+from galley.core.manifest import MANIFEST_NAME, read_manifest
 from galley.core.runs import read_run_record
 from galley.core.sections import plain_owners
 from galley.core.serialization import from_data, to_data
@@ -156,6 +156,27 @@ def show_model(adapters: Adapters, name: str) -> ModelEntry:
                 "under another name if it is the model you want"
             )
     return entry
+
+
+def sampler_of(adapters: Adapters, entry: ModelEntry) -> str:
+    """The key of sampler weights of exactly the registered step: the ones saved with the
+    checkpoint (``checkpoint_sampler``), else the run's final export when it was made at
+    that step (a default run's newest checkpoint). Refused, saying why, otherwise."""
+    if entry.sampler is not None:
+        return entry.sampler
+    final = join_key(_output(entry), entry.run_id, "sampler", "final")
+    try:
+        manifest = read_manifest(adapters.blobs, join_key(final, MANIFEST_NAME))
+    except GalleyError:
+        manifest = None
+    if manifest is not None and (manifest.run_id, manifest.step) == (entry.run_id, entry.step):
+        return final
+    exported = f"the run's final export is of step {manifest.step}" if manifest else "none"
+    raise ConfigError(
+        f"model {entry.name!r} (run {entry.run_id!r}, step {entry.step}) has no sampler weights "
+        f"of its step ({exported}): register a step saved with checkpoint_sampler=true, or "
+        "the run's last step"
+    )
 
 
 def _output(entry: ModelEntry) -> str:

@@ -24,7 +24,7 @@ from galley.core.checkpoints import (
     show_checkpoint,
 )
 from galley.core.errors import ConfigError, NotFoundError, WorkflowError
-from galley.core.registry import list_models, register, show_model
+from galley.core.registry import list_models, register, sampler_of, show_model
 from galley.core.retention import steps_to_drop
 from galley.core.runs import RunInUseError, lock_key
 from galley.core.stages.checkpoint import plain_saved_settings
@@ -388,9 +388,14 @@ def test_a_registered_model_with_sampler_weights_is_sampled_by_name(
 def test_sampling_a_registered_model_without_sampler_weights_is_refused(
     trained: Adapters, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    register(trained, "r", "no-sampler")
+    """A step other than the last, saved without sampler weights: nothing samples exactly it
+    (the last step's are the run's final export)."""
+    register(trained, "r", "no-sampler", step=4)
     assert main(["sample", "--model", "registry:no-sampler", "hi"]) == 2
-    assert "has no sampler weights" in " ".join(capsys.readouterr().out.split())
+    out = " ".join(capsys.readouterr().out.split())
+    assert "model 'no-sampler' (run 'r', step 4) has no sampler weights of its step" in out
+    assert "(the run's final export is of step 6)" in out
+    assert sampler_of(trained, register(trained, "r", "last")) == "runs/r/sampler/final"
 
 
 def test_a_registered_model_as_base_model_is_its_base_starting_from_its_weights(

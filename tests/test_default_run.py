@@ -90,3 +90,26 @@ def test_sample_refuses_a_folder_that_is_not_sampler_weights(
 ) -> None:
     assert main(["sample", "--checkpoint", str(tmp_path), "hi"]) == 2
     assert "not exported sampler weights" in capsys.readouterr().out
+
+
+def test_the_readmes_after_training_block_runs_verbatim_after_the_default_job(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The default job saves no sampler weights with its checkpoints: the registered model's
+    newest step samples from the run's final export."""
+    import re
+    import shlex
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    after = readme.split("## After training", 1)[1]
+    block = re.search(r"```bash\n(.*?)```", after, flags=re.S)
+    assert block is not None
+    commands = [line.split("  #")[0].strip() for line in block.group(1).splitlines()]
+    monkeypatch.chdir(run_dir.parent.parent)
+    for command in filter(None, commands):
+        words = shlex.split(command.replace("<run_id>", "e2e"))
+        assert words[0] == "galley"
+        assert main(words[1:]) == 0, (command, capsys.readouterr().out[-2000:])
+    out = capsys.readouterr().out
+    assert "registered shout-v1: e2e step 16" in out and "> Shout this: red boat" in out
+    assert (run_dir.parent.parent / "shout-v1-export" / "adapter_model.safetensors").is_file()

@@ -15,7 +15,7 @@ from galley.core.chat import Conversation, Message
 from galley.core.errors import ConfigError, NotFoundError, ValidationError
 from galley.core.manifest import MANIFEST_NAME
 from galley.core.records import EVAL, TRAIN, MetricRecord
-from galley.core.registry import PREFIX, show_model
+from galley.core.registry import PREFIX, sampler_of, show_model
 from galley.core.rendering import make_renderer
 from galley.core.types import CheckpointRef, ModelRef, SamplingParams
 
@@ -68,13 +68,8 @@ def registered_sampler(name: str) -> Path:
     """The sampler-weights folder of registered model ``registry:NAME`` in the local stores."""
     if not name.startswith(PREFIX):
         raise ConfigError(f"--model {name!r}: expected registry:NAME")
-    entry = show_model(build_adapters({"blobs": AdapterChoice("fsspec")}), name)
-    if entry.sampler is None:
-        raise ConfigError(
-            f"model {entry.name!r} has no sampler weights: register a checkpoint saved with "
-            "checkpoint_sampler=true, or give --checkpoint runs/<id>/sampler/<name>"
-        )
-    return Path(entry.sampler)
+    adapters = build_adapters({"blobs": AdapterChoice("fsspec")})
+    return Path(sampler_of(adapters, show_model(adapters, name)))
 
 
 def sample(
