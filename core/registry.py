@@ -2,8 +2,9 @@
 
 An entry names one checkpoint of one run and records its lineage: the workflow, base model,
 dataset, a hash of the run's settings, the step and its metrics, the run it started from
-(``init_from``), and where the weights are. The registry is one JSON index in the BlobStore
-(``registry/models.json``), rewritten whole under a lock, so it works wherever blobs live.
+(``init_from``), and where the weights are. The registry is one JSON index in the BlobStore,
+beside the runs it names (``<output>/registry/models.json``: everything galley writes is under
+one folder), rewritten whole under a lock, so it works wherever blobs live.
 ``registry:NAME`` refers to an entry wherever a model or starting point is asked for
 (``base_model``, ``init_from``, a teacher, ``galley sample --model``), so names never collide
 with run ids, blob keys or Hub ids."""
@@ -29,9 +30,15 @@ from galley.core.sections import plain_owners
 from galley.core.serialization import from_data, to_data
 from galley.core.stages.checkpoint import plain_saved_settings
 
-INDEX_KEY = "registry/models.json"
-LOCK_KEY = "registry/lock"
 PREFIX = "registry:"
+
+
+def index_key(output: str) -> str:
+    return join_key(output, "registry", "models.json")
+
+
+def lock_key(output: str) -> str:
+    return join_key(output, "registry", "lock")
 
 
 def _tags(value: Sequence[str]) -> tuple[str, ...]:
@@ -62,16 +69,17 @@ def manifest_digest(adapters: Adapters, state_key: str) -> str:
     return hashlib.sha256(adapters.blobs.read(join_key(state_key, MANIFEST_NAME))).hexdigest()
 
 
-def _read(adapters: Adapters) -> list[ModelEntry]:
-    if not adapters.blobs.exists(INDEX_KEY):
+def _read(adapters: Adapters, output: str) -> list[ModelEntry]:
+    key = index_key(output)
+    if not adapters.blobs.exists(key):
         return []
-    rows = json.loads(adapters.blobs.read(INDEX_KEY).decode())
+    rows = json.loads(adapters.blobs.read(key).decode())
     return [from_data(ModelEntry, row) for row in rows]
 
 
-def _write(adapters: Adapters, entries: Sequence[ModelEntry]) -> None:
+def _write(adapters: Adapters, entries: Sequence[ModelEntry], output: str) -> None:
     data = json.dumps([to_data(e) for e in entries], indent=2, sort_keys=True).encode()
-    adapters.blobs.write(INDEX_KEY, data)  # atomic: readers see the old index or the new
+    adapters.blobs.write(index_key(output), data)  # atomic: readers see the old index or the new
 
 
 def register(
@@ -113,30 +121,33 @@ def register(
         manifest_digest(adapters, checkpoint.key),
     )
     try:
-        held = adapters.blobs.lock(LOCK_KEY, f"galley models register {name}")
+        held = adapters.blobs.lock(lock_key(output), f"galley models register {name}")
     except LockedError as e:
         raise ConfigError(f"the registry is being changed by {e.holder}; try again") from None
     try:
-        entries = _read(adapters)
+        entries = _read(adapters, output)
         if any(e.name == name for e in entries):
             raise ConfigError(f"a model named {name!r} is registered already; pick another name")
-        _write(adapters, [*entries, entry])
+        _write(adapters, [*entries, entry], output)
     finally:
         held.release()
     return entry
 
 
-def list_models(adapters: Adapters, tag: str | None = None) -> list[ModelEntry]:
+def list_models(
+    adapters: Adapters, tag: str | None = None, output: str = "runs"
+) -> list[ModelEntry]:
     """Registered models, oldest first; with ``tag``, those carrying it."""
-    return [e for e in _read(adapters) if tag is None or tag in e.tags]
+    return [e for e in _read(adapters, output) if tag is None or tag in e.tags]
 
 
-def show_model(adapters: Adapters, name: str) -> ModelEntry:
+def show_model(adapters: Adapters, name: str, output: str = "runs") -> ModelEntry:
     """The entry named ``name``, refused when its checkpoint is gone or no longer verifies."""
     name = name.removeprefix(PREFIX)
-    entry = next((e for e in _read(adapters) if e.name == name), None)
+    entries = _read(adapters, output)
+    entry = next((e for e in entries if e.name == name), None)
     if entry is None:
-        known = ", ".join(e.name for e in _read(adapters)) or "none"
+        known = ", ".join(e.name for e in entries) or "none"
         raise NotFoundError(f"no model named {name!r} is registered (registered: {known})")
     try:
         checkpoint = show_checkpoint(adapters, entry.run_id, entry.step, _output(entry))
@@ -184,11 +195,11 @@ def _output(entry: ModelEntry) -> str:
     return entry.state.split(f"/{entry.run_id}/state/")[0]
 
 
-def resolve_start(adapters: Adapters, reference: str) -> str:
+def resolve_start(adapters: Adapters, reference: str, output: str = "runs") -> str:
     """``registry:NAME`` as the key of the checkpoint it names (checked); anything else as is."""
     if not reference.startswith(PREFIX):
         return reference
-    return show_model(adapters, reference).state
+    return show_model(adapters, reference, output).state
 
 
 def with_registered_base(adapters: Adapters, config: Any) -> Any:
@@ -209,7 +220,7 @@ def with_registered_base(adapters: Adapters, config: Any) -> Any:
             f"base_model {base!r} starts from that model's weights; leave init_from "
             f"({config.init_from!r}) out"
         )
-    entry = show_model(adapters, base)
+    entry = show_model(adapters, base, config.output)
     section = plain_owners(type(config)).get("base_model")
     if section is None:
         return attrs.evolve(config, base_model=entry.base_model, init_from=base)

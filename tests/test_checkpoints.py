@@ -224,7 +224,7 @@ def test_a_registered_checkpoint_deleted_or_corrupted_underneath_is_refused_clea
 ) -> None:
     register(trained, "r", "gone", step=2)
     register(trained, "r", "broken", step=4)
-    registry = (tmp_path / "registry" / "models.json").read_bytes()
+    registry = (tmp_path / "runs" / "registry" / "models.json").read_bytes()
     delete_checkpoint_at(trained, "r", 2)
     with pytest.raises(NotFoundError, match="model 'gone': its checkpoint is gone"):
         show_model(trained, "gone")
@@ -237,7 +237,7 @@ def test_a_registered_checkpoint_deleted_or_corrupted_underneath_is_refused_clea
             SFTConfig(max_steps=1, init_from="registry:broken", run_id="d", num_samples=0), trained
         )
     # Nothing else was touched: the registry as written, the other checkpoint intact.
-    assert (tmp_path / "registry" / "models.json").read_bytes() == registry
+    assert (tmp_path / "runs" / "registry" / "models.json").read_bytes() == registry
     assert show_checkpoint(trained, "r", 6).verified
     with pytest.raises(NotFoundError, match="no model named 'nope' is registered"):
         show_model(trained, "nope")
@@ -318,7 +318,7 @@ def test_the_commands_work_on_s3(
     assert "state: runs/s/state/step-000004" in say("models", "show", "on-s3")[1]
     assert say("push", "s", "--to", str(tmp_path / "out"))[0] == 0
     fs = s3fs.S3FileSystem(**options)
-    assert fs.exists(f"{bucket}/registry/models.json")
+    assert fs.exists(f"{bucket}/runs/registry/models.json")
     assert not fs.exists(f"{bucket}/runs/s/state/step-000002/manifest.json")
     assert not (tmp_path / "runs").exists()  # nothing went to local files
 

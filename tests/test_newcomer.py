@@ -127,3 +127,30 @@ def test_plot_draws_what_each_workflow_records(
     assert main(["plot", "w"]) == 0
     assert f"wrote runs/w/metrics.png ({', '.join(expected)})" in capsys.readouterr().out
     assert (in_tmp / "runs" / "w" / "metrics.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_everything_a_command_writes_goes_under_one_root(
+    in_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Runs, the model registry and the run's metrics under GALLEY_HOME's runs/ (or the
+    current folder's), nothing beside it."""
+    from galley.adapters.cli import main
+
+    home = in_tmp / "home"
+    monkeypatch.setenv("GALLEY_HOME", str(home))
+    stores = [
+        "--adapters",
+        "noop",
+        "--set",
+        "adapters.blobs=fsspec",
+        "--set",
+        "adapters.metrics=jsonl",
+    ]
+    assert main(["run", "sft", *stores, "--set", "run_id=h", "--set", "max_steps=2"]) == 0
+    assert main(["models", "register", "h", "--name", "m", *stores]) == 0
+    assert main(["plot", "h"]) == 0
+    assert sorted(p.name for p in in_tmp.iterdir()) == ["home"]
+    assert sorted(p.name for p in home.iterdir()) == ["runs"]
+    assert sorted(p.name for p in (home / "runs").iterdir()) == ["h", "registry"]
+    assert (home / "runs" / "h" / "metrics.jsonl").is_file()
+    assert "wrote " + str(home / "runs" / "h" / "metrics.png") in capsys.readouterr().out

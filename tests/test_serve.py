@@ -509,7 +509,7 @@ def test_readme_commands_serve_and_train(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr[-3000:]
         losses = [float(x) for x in re.findall(r"step \d: loss ([\d.]+)", done.stdout)]
         assert len(losses) == 5 and losses[-1] < losses[0]
-        assert list((tmp_path / "serve" / "local").iterdir())  # its run, in the blob store
+        assert list((tmp_path / "runs" / "serve" / "local").iterdir())  # under runs/, as all is
     finally:
         server.terminate()
         out, _ = server.communicate(timeout=60)

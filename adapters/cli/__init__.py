@@ -38,6 +38,7 @@ from galley.adapters.composition import (
     build_adapters,
     process_role,
 )
+from galley.adapters.fsspec.kinds import galley_home
 from galley.adapters.helpers.events import TraceRecorder, traced
 from galley.adapters.helpers.redaction import redact_argv, redact_text
 from galley.adapters.settings import check_can_write, read_text
@@ -357,7 +358,7 @@ def cmd_sample(args: argparse.Namespace, console: Console) -> int:
 def cmd_plot(args: argparse.Namespace, console: Console) -> int:
     from galley.adapters.cli.sample_plot import plot
 
-    run_dir = args.run if args.run.is_dir() else Path("runs") / args.run
+    run_dir = args.run if args.run.is_dir() else Path(galley_home()) / "runs" / args.run
     path, titles = plot(run_dir)
     console.print(f"wrote {path} ({', '.join(titles)})", soft_wrap=True)
     return 0

@@ -165,13 +165,13 @@ def cmd_models(args: argparse.Namespace, console: Console) -> int:
         table = Table(title="registered models")
         for column in ("name", "tags", "run", "step", "workflow", "base model"):
             table.add_column(column, no_wrap=column == "name")
-        for e in list_models(adapters, args.tag[0] if args.tag else None):
+        for e in list_models(adapters, args.tag[0] if args.tag else None, output):
             table.add_row(
                 e.name, ", ".join(e.tags), e.run_id, str(e.step), e.workflow, e.base_model
             )
         console.print(table)
         return 0
-    entry = show_model(adapters, args.target)
+    entry = show_model(adapters, args.target, output)
     for key, value in describe(entry).items():
         if value in (None, "", [], {}, ()):  # an empty field says nothing
             continue

@@ -10,6 +10,7 @@ from typing import Any
 import attrs
 
 from galley.adapters.composition import AdapterChoice, parse_adapters_table
+from galley.adapters.fsspec.kinds import galley_home
 from galley.adapters.settings import parse_assignment, read_text, settings_from_mapping
 from galley.core.adapter_set import PORT_NAMES, Adapters
 from galley.core.errors import ConfigError, GalleyError
@@ -137,7 +138,7 @@ def metrics_beside_the_run(
     when the blob store is a local folder)."""
     blobs, metrics = choices["blobs"], choices["metrics"]
     on_files = blobs.kind == "fsspec"
-    folder = str(blobs.options.get("url", ".")).rstrip("/") if on_files else "."
+    folder = str(blobs.options.get("url", galley_home())).rstrip("/") if on_files else "."
     local = f"{folder}/{output}" if "://" not in folder else None
     local_defaults = {
         "sqlite": ("path", f"{local}/metrics.db"),

@@ -10,6 +10,7 @@ from rich.console import Console
 
 from galley.adapters.composition import AdapterChoice, build_adapters
 from galley.adapters.fsspec.blobs import FsspecBlobStore
+from galley.adapters.fsspec.kinds import galley_home
 from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.core.chat import Conversation, Message
 from galley.core.errors import ConfigError, NotFoundError, ValidationError
@@ -69,7 +70,7 @@ def registered_sampler(name: str) -> Path:
     if not name.startswith(PREFIX):
         raise ConfigError(f"--model {name!r}: expected registry:NAME")
     adapters = build_adapters({"blobs": AdapterChoice("fsspec")})
-    return Path(sampler_of(adapters, show_model(adapters, name)))
+    return Path(galley_home()) / sampler_of(adapters, show_model(adapters, name))
 
 
 def sample(

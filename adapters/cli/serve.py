@@ -93,7 +93,11 @@ def add_command(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     p.add_argument("--adapters", metavar="KIND", help="use this adapter kind for every port")
     p.add_argument("--model", action="append", help="a base model to advertise (repeatable)")
-    p.add_argument("--root", default="serve", help="blob-store folder for runs and checkpoints")
+    p.add_argument(
+        "--root",
+        default="runs/serve",
+        help="blob-store folder for the sessions' checkpoints (beside galley's runs)",
+    )
     p.add_argument(
         "--session-timeout",
         type=float,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import attrs
@@ -9,9 +10,17 @@ import attrs
 from galley.adapters.composition import AdapterKind, Built
 
 
+def galley_home() -> str:
+    """The folder galley's files go under when no blob store URL is given: ``GALLEY_HOME``,
+    else the current folder (runs, the registry and serve's sessions then sit in its
+    ``runs/``)."""
+    return os.environ.get("GALLEY_HOME") or "."
+
+
 @attrs.frozen
 class FsspecBlobOptions:
-    url: str = "."  # any fsspec URL: a local folder, memory://x, s3://bucket/prefix, ...
+    # Any fsspec URL: a local folder, memory://x, s3://bucket/prefix, ... (default: galley_home)
+    url: str = attrs.field(factory=galley_home)
     storage_options: dict[str, Any] = attrs.field(factory=dict)
 
 

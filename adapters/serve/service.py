@@ -114,7 +114,7 @@ class TinkerService:
         self,
         adapters: Adapters,
         *,
-        root: str = "serve",
+        root: str = "runs/serve",
         models: tuple[str, ...] = ("galley/tiny-lm",),
         limits: ServeLimits = ServeLimits(),
     ) -> None:

@@ -242,7 +242,7 @@ def load_init_from(
     adapter), or ``registry:NAME`` (the checkpoint a registered model names). Weights only."""
     from galley.core.registry import resolve_start  # the registry reads checkpoints: no cycle
 
-    init_from = resolve_start(ctx.adapters, init_from)
+    init_from = resolve_start(ctx.adapters, init_from, output)
     if "/" in init_from:
         ref = checkpoint_at(ctx.adapters.blobs, init_from)
         ctx.wait(session.load_weights(ref), "training.load_weights")

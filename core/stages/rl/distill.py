@@ -77,7 +77,7 @@ def open_teacher(
     run_id: str,
 ) -> tuple[TrainingSession, str]:
     """A session holding the teacher's weights, and the base model it runs on."""
-    teacher = resolve_start(ctx.adapters, teacher)  # registry:NAME: the checkpoint it names
+    teacher = resolve_start(ctx.adapters, teacher, output)  # registry:NAME: the checkpoint it names
     record = None if "/" in teacher else read_run_record(ctx.adapters, output, teacher)
     if record is not None:  # a run: its own base model and LoRA shape
         saved = plain_saved_settings(record)
