@@ -79,3 +79,20 @@ def test_ci_runs_exactly_the_readmes_test_command() -> None:
     assert "'.[test]'" not in install  # the default job needs no test extra
     ci = (README.parent / ".ci" / "run").read_text().splitlines()
     assert ci[-1] == tests
+
+
+def test_the_python_example_prints_only_its_own_lines(tmp_path: Path) -> None:
+    """Run as a script, as a user runs it: galley's events stay quiet (structlog as it came
+    shows warnings only), so the output is the example's own prints."""
+    import subprocess
+    import sys
+
+    (block,) = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)[:1]
+    (tmp_path / "example.py").write_text(block)
+    done = subprocess.run(
+        [sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = done.stdout.splitlines()
+    assert [line.split(":")[0] for line in lines[:-1]] == [f"step {i}" for i in range(1, 31)]
+    assert len(lines) == 31 and done.stderr == ""
