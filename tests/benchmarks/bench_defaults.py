@@ -1,14 +1,15 @@
-"""The default runs' promises over seeds: `galley run rl` with no options, and the README's
-distillation chain (`galley run sft`, then `galley run distill --set teacher=<it>`), each on
-seeds 0 to 3, as a user runs them (the installed `galley` next to this interpreter, in a fresh
-folder).
+"""The default runs' promises over seeds: `galley run rl` and `galley run dpo` with no
+options, and the README's distillation chain (`galley run sft`, then `galley run distill --set
+teacher=<it>`), each on seeds 0 to 3, as a user runs them (the installed `galley` next to this
+interpreter, in a fresh folder).
 
-    python tests/benchmarks/bench_defaults.py [--seeds 0 1 2 3] [--only rl|distill]
+    python tests/benchmarks/bench_defaults.py [--seeds 0 1 2 3] [--only rl|distill|dpo]
 
 RL and distillation trajectories depend on the CPU's float rounding, so one seed's figure is
 no promise: this prints each seed's held-out figures before and after, their mean and range,
 and whether every seed meets its target (RL: held-out reward up by at least 0.2;
-distillation: held-out exact match of at least 0.5).
+distillation: held-out exact match of at least 0.5; DPO: held-out preference accuracy of at
+least 0.9).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 GALLEY = Path(sys.executable).with_name("galley")
 RL_GAIN = 0.2
 DISTILL_EXACT_MATCH = 0.5
+DPO_ACCURACY = 0.9
 
 
 def galley(args: list[str], folder: Path) -> float:
@@ -77,6 +79,26 @@ def distill(seeds: list[int], folder: Path) -> list[dict[str, float]]:
     return out
 
 
+def dpo(seeds: list[int], folder: Path) -> list[dict[str, float]]:
+    out = []
+    for seed in seeds:
+        run_id = f"dpo-{seed}"
+        seconds = galley(
+            ["run", "dpo", "--set", f"seed={seed}", "--set", f"run_id={run_id}"], folder
+        )
+        before, after = held_out(folder, run_id, "eval/rewards/accuracies")
+        m0, m1 = held_out(folder, run_id, "eval/rewards/margins")
+        out.append(
+            {"seed": seed, "before": before, "after": after, "margin_before": m0,
+             "margin_after": m1, "seconds": seconds}
+        )  # fmt: skip
+        print(
+            f"dpo seed {seed}: held-out accuracy {before:.3f} -> {after:.3f}, margin "
+            f"{m0:.2f} -> {m1:.2f} ({seconds:.0f} s)"
+        )
+    return out
+
+
 def summary(name: str, rows: list[dict[str, float]], key: str) -> dict[str, float]:
     values = [r[key] for r in rows]
     return {
@@ -89,7 +111,7 @@ def summary(name: str, rows: list[dict[str, float]], key: str) -> dict[str, floa
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3])
-    parser.add_argument("--only", choices=["rl", "distill"])
+    parser.add_argument("--only", choices=["rl", "distill", "dpo"])
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="galley-bench-defaults-"))
     figures: dict[str, object] = {"benchmark": "defaults", "seeds": args.seeds}
@@ -106,15 +128,20 @@ def main() -> None:
         figures |= {"distill": rows, **summary("distill", rows, "before")}
         figures |= summary("distill", rows, "after")
         figures["distill_met"] = all(r["after"] >= DISTILL_EXACT_MATCH for r in rows)
-    for name, target in (("rl", f"gain >= {RL_GAIN}"), ("distill", f">= {DISTILL_EXACT_MATCH}")):
+    if args.only in (None, "dpo"):
+        rows = dpo(args.seeds, folder)
+        figures |= {"dpo": rows, **summary("dpo", rows, "after")}
+        figures["dpo_met"] = all(r["after"] >= DPO_ACCURACY for r in rows)
+    targets = {
+        "rl": (f"gain >= {RL_GAIN}", lambda r: r["after"] - r["before"] >= RL_GAIN),
+        "distill": (f">= {DISTILL_EXACT_MATCH}", lambda r: r["after"] >= DISTILL_EXACT_MATCH),
+        "dpo": (f">= {DPO_ACCURACY}", lambda r: r["after"] >= DPO_ACCURACY),
+    }
+    for name, (target, meets) in targets.items():
         if name not in figures:
             continue
         for r in figures[name]:  # type: ignore[attr-defined]
-            met = (
-                r["after"] - r["before"] >= RL_GAIN
-                if name == "rl"
-                else r["after"] >= DISTILL_EXACT_MATCH
-            )
+            met = meets(r)
             print(
                 f"| {name} | {r['seed']} | {r['before']:.3f} | {r['after']:.3f} | {target} | "
                 f"{'yes' if met else 'NO'} |"
