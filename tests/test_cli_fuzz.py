@@ -15,7 +15,7 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
 from galley.adapters.cli import main
@@ -135,6 +135,7 @@ plausible = st.one_of([typed(f) for f in attrs.fields(SFTConfig)])
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(assignments=st.lists(st.one_of(plausible, plausible, st.tuples(keys, values)), max_size=4))
+@example(assignments=[("eval_batch_size", "3"), ("learning_rate", "0.5")])  # a valid run, always
 def test_any_set_flags_end_in_0_1_or_2(
     assignments: list[tuple[str, str]], capsys: pytest.CaptureFixture[str]
 ) -> None:

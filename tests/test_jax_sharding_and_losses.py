@@ -69,7 +69,9 @@ def test_sharded_checkpoints_load(tmp_path: Path) -> None:
     (folder / "model.safetensors").unlink()
     index = {"metadata": {}, "weight_map": {k: s for s, keys in shards.items() for k in keys}}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index))
-    sharded = client.start_session(SessionConfig(str(folder)))
+    # Another client: one client shares a model folder's frozen weights across its sessions.
+    fresh = JaxTrainingClient(NoopHubClient(), NoopBlobStore())
+    sharded = fresh.start_session(SessionConfig(str(folder)))
     logprobs = sharded.forward(data).result().logprobs[0]
     assert logprobs.shape == (3,)
     np.testing.assert_array_equal(logprobs, whole)
