@@ -338,3 +338,19 @@ def test_a_scorer_that_returns_nan_or_text_is_named() -> None:
     for scorer, said_ in ((nan_score, "returned nan"), (text_score, "returned str '1'")):
         with pytest.raises(WorkflowError, match=f"scorer '.*{scorer.__name__}' {said_}"):
             run_eval(EvalConfig(scorers=[scorer], max_examples=4), noop_adapters())
+
+
+def test_the_arguments_a_library_may_record_carry_no_secret() -> None:
+    """What the CLI leaves in ``sys.argv`` once parsed (W&B records it with a run)."""
+    from galley.adapters.helpers.redaction import redact_argv, redact_text
+
+    argv = [
+        "galley", "run", "sft", "--set", "adapters.training.api_key=tml-abcdef123456",
+        "--set", "adapters.blobs.url=s3://me:pa55word@bucket/x", "serve", "--api-key", "k3y-value",
+    ]  # fmt: skip
+    shown = " ".join(redact_argv(argv))
+    assert "tml-abcdef123456" not in shown and "pa55word" not in shown and "k3y-value" not in shown
+    assert "adapters.training.api_key=[redacted]" in shown
+    # Once given on the command line, a secret is redacted wherever a library quotes it.
+    assert "pa55word" not in redact_text('Invalid bucket name "me:pa55word@bucket"')
+    assert "k3y-value" not in redact_text("401: key k3y-value refused")

@@ -135,17 +135,11 @@ def test_everything_a_command_writes_goes_under_one_root(
     """Runs, the model registry and the run's metrics under GALLEY_HOME's runs/ (or the
     current folder's), nothing beside it."""
     from galley.adapters.cli import main
+    from tests.test_run_integrity import P
 
     home = in_tmp / "home"
     monkeypatch.setenv("GALLEY_HOME", str(home))
-    stores = [
-        "--adapters",
-        "noop",
-        "--set",
-        "adapters.blobs=fsspec",
-        "--set",
-        "adapters.metrics=jsonl",
-    ]
+    stores = P[:6]  # noop training, files on disk
     assert main(["run", "sft", *stores, "--set", "run_id=h", "--set", "max_steps=2"]) == 0
     assert main(["models", "register", "h", "--name", "m", *stores]) == 0
     assert main(["plot", "h"]) == 0

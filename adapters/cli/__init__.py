@@ -117,7 +117,7 @@ class ProgressObserver:
             tps = f"{metrics.get('tokens_per_s', 0):,.0f}"
             self.last = {"loss": f"{metrics['loss']:.4f}", "tps": tps}
         if self.task is not None:
-            self.progress.update(self.task, **self.last)
+            self.progress.update(self.task, loss=self.last["loss"], tps=self.last["tps"])
         if self.piped and ((step - self.first) % self.every == 0 or step == self.total):
             elapsed = time.monotonic() - self.started
             left = elapsed / max(step - self.first, 1) * (self.total - step)

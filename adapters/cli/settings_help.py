@@ -16,9 +16,20 @@ from galley.core.sections import leaf_fields, section_types
 FIELD = re.compile(r"^    (\w+)\s*:")
 
 
+# The CLI builds its parser on every call: each class's source is read once a process.
+_COMMENTS: dict[type[Any], dict[str, str]] = {}
+_HELP: dict[type[Any], str] = {}
+
+
 def field_comments(cls: type[Any]) -> dict[str, str]:
     """Each field's comment: the comment lines right above it and the one at its line's end
     (base classes first, so a subclass's own comment wins)."""
+    if cls not in _COMMENTS:
+        _COMMENTS[cls] = _read_comments(cls)
+    return _COMMENTS[cls]
+
+
+def _read_comments(cls: type[Any]) -> dict[str, str]:
     comments: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if not attrs.has(klass):
@@ -44,8 +55,14 @@ def _type(attribute: attrs.Attribute[Any]) -> str:
     return kind.__name__ if isinstance(kind, type) else str(kind).replace("typing.", "")
 
 
-def settings_help(config_type: type[Any], width: int = 88) -> str:
+def settings_help(config_type: type[Any]) -> str:
     """The settings of ``config_type``, section by section, as text for ``--help``."""
+    if config_type not in _HELP:
+        _HELP[config_type] = _settings_help(config_type)
+    return _HELP[config_type]
+
+
+def _settings_help(config_type: type[Any], width: int = 88) -> str:
     defaults = config_type()
     sections = section_types(config_type)
     comments = {name: field_comments(kind) for name, kind in sections.items()}
