@@ -17,27 +17,17 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-GALLEY = Path(sys.executable).with_name("galley")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script
+
+from tests.benchmarks.common import run_galley
+
 RL_GAIN = 0.2
 DISTILL_EXACT_MATCH = 0.5
 DPO_ACCURACY = 0.9
-
-
-def galley(args: list[str], folder: Path) -> float:
-    """Run one command; its wall time."""
-    started = time.perf_counter()
-    done = subprocess.run(
-        [str(GALLEY), *args], cwd=folder, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"galley {' '.join(args)} failed:\n{done.stdout[-3000:]}")
-    return time.perf_counter() - started
 
 
 def held_out(folder: Path, run_id: str, metric: str) -> tuple[float, float]:
@@ -51,7 +41,7 @@ def rl(seeds: list[int], folder: Path) -> list[dict[str, float]]:
     out = []
     for seed in seeds:
         args = ["run", "rl", "--set", f"seed={seed}", "--set", f"run_id=rl-{seed}"]
-        seconds = galley(args, folder)
+        seconds = run_galley(args, folder)
         before, after = held_out(folder, f"rl-{seed}", "eval/reward")
         out.append({"seed": seed, "before": before, "after": after, "seconds": seconds})
         print(f"rl seed {seed}: held-out reward {before:.3f} -> {after:.3f} ({seconds:.0f} s)")
@@ -59,13 +49,13 @@ def rl(seeds: list[int], folder: Path) -> list[dict[str, float]]:
 
 
 def distill(seeds: list[int], folder: Path) -> list[dict[str, float]]:
-    teacher_s = galley(["run", "sft", "--set", "run_id=teacher"], folder)
+    teacher_s = run_galley(["run", "sft", "--set", "run_id=teacher"], folder)
     print(f"teacher (galley run sft): {teacher_s:.0f} s")
     out = []
     for seed in seeds:
         run_id = f"student-{seed}"
         args = ["run", "distill", "--set", "teacher=teacher", "--set", f"run_id={run_id}"]
-        seconds = galley([*args, "--set", f"seed={seed}"], folder)
+        seconds = run_galley([*args, "--set", f"seed={seed}"], folder)
         before, after = held_out(folder, run_id, "eval/rewards/exact_match")
         kl0, kl1 = held_out(folder, run_id, "eval/teacher_kl")
         out.append(
@@ -83,7 +73,7 @@ def dpo(seeds: list[int], folder: Path) -> list[dict[str, float]]:
     out = []
     for seed in seeds:
         run_id = f"dpo-{seed}"
-        seconds = galley(
+        seconds = run_galley(
             ["run", "dpo", "--set", f"seed={seed}", "--set", f"run_id={run_id}"], folder
         )
         before, after = held_out(folder, run_id, "eval/rewards/accuracies")

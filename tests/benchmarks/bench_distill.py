@@ -14,23 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-GALLEY = Path(sys.executable).with_name("galley")
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script
 
-
-def timed(args: list[str], folder: Path) -> float:
-    started = time.perf_counter()
-    done = subprocess.run(
-        [str(GALLEY), *args], cwd=folder, capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"galley {' '.join(args)} failed:\n{done.stdout[-3000:]}")
-    return time.perf_counter() - started
+from tests.benchmarks.common import run_galley
 
 
 def held_out(folder: Path, run_id: str) -> list[dict[str, float]]:
@@ -43,9 +33,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the distillation's seed")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="galley-bench-distill-"))
-    sft_s = timed(["run", "sft", "--set", "run_id=teacher"], folder)
+    sft_s = run_galley(["run", "sft", "--set", "run_id=teacher"], folder)
     distill = ["run", "distill", "--set", "teacher=teacher", "--set", "run_id=student"]
-    distill_s = timed([*distill, "--set", f"seed={args.seed}"], folder)
+    distill_s = run_galley([*distill, "--set", f"seed={args.seed}"], folder)
     first, last = held_out(folder, "student")[0], held_out(folder, "student")[-1]
     kl0, kl1 = first["eval/teacher_kl"], last["eval/teacher_kl"]
     em0, em1 = first["eval/rewards/exact_match"], last["eval/rewards/exact_match"]

@@ -203,3 +203,17 @@ class LoopClock:
 
     def on_metrics(self, stream: str, step: int, metrics: Any) -> None:
         pass
+
+
+GALLEY = Path(sys.executable).with_name("galley")  # the installed CLI, as a user runs it
+
+
+def run_galley(args: list[str], folder: Path) -> float:
+    """Run ``galley ARGS`` in ``folder``; its wall time (a failure raises with its output)."""
+    started = time.perf_counter()
+    done = subprocess.run(
+        [str(GALLEY), *args], cwd=folder, capture_output=True, text=True, check=False
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"galley {' '.join(args)} failed:\n{done.stdout[-3000:]}")
+    return time.perf_counter() - started
