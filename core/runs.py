@@ -156,12 +156,18 @@ def resume_settings(
     record = read_run_record(adapters, output, run_id)
     if record is None:
         raise _nothing_to_resume(output, run_id)
+    check_workflow(record, workflow)
+    return saved_settings(record, config_type)
+
+
+def check_workflow(record: RunRecord, workflow: str) -> None:
+    """Refuse to resume a run as another workflow's, naming its own (its settings would not
+    fit the other's, and its checkpoints were trained for another objective)."""
     if record.workflow != workflow:
         raise ConfigError(
-            f"run {run_id!r} belongs to the {record.workflow} workflow, not to {workflow}: "
-            f"resume it with galley run {record.workflow} --resume {run_id}"
+            f"run {record.run_id!r} belongs to the {record.workflow} workflow, not to "
+            f"{workflow}: resume it with galley run {record.workflow} --resume {record.run_id}"
         )
-    return saved_settings(record, config_type)
 
 
 def saved_settings(record: RunRecord, config_type: type[Any]) -> dict[str, Any]:
@@ -247,8 +253,7 @@ def _resumed_record(
             f"{record_key(output, run_id)!r} is the record of run {record.run_id!r}, not of "
             f"{run_id!r} (copied from another run?); refusing to resume with it"
         )
-    if record.workflow != workflow:
-        raise ConfigError(f"run {run_id!r} is a {record.workflow} run, not a {workflow} run")
+    check_workflow(record, workflow)
     saved: RunSettings = saved_config(record, type(config))
     changes = config_changes(saved, config)
     trajectory = saved.trajectory_fields() | config.trajectory_fields()
