@@ -8,7 +8,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
-from galley.adapters.jax.training import JaxTrainingSession, forward_backward_step
+from galley.adapters.jax.steps import forward_backward_step
+from galley.adapters.jax.training import JaxTrainingSession
 from galley.core import Datum
 
 

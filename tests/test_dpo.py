@@ -320,7 +320,7 @@ def test_the_linearised_step_gives_the_direct_gradient(
     linearised = jax.tree.map(np.asarray, session._grads)  # type: ignore[attr-defined]
 
     from galley.adapters.jax.batching import pad_batch
-    from galley.adapters.jax.training import _forward_logprobs
+    from galley.adapters.jax.steps import forward_logprobs
     from galley.core import ForwardBackwardInput
 
     batch = pad_batch(ForwardBackwardInput(pair_datums(pairs)), client.length_buckets, 1)
@@ -328,7 +328,7 @@ def test_the_linearised_step_gives_the_direct_gradient(
     spans = np.split(batch.gather, np.cumsum(batch.lengths)[:-1])
 
     def direct(trainable: object) -> jax.Array:
-        logp = _forward_logprobs(
+        logp = forward_logprobs(
             session._graphdef,  # type: ignore[attr-defined]
             trainable,
             session._frozen,  # type: ignore[attr-defined]

@@ -12,7 +12,7 @@ import transformers
 
 from galley.adapters.hf.local_hub import LocalDirectoryHub
 from galley.adapters.jax import JaxCompleter, JaxTrainingClient
-from galley.adapters.jax.completer import phase_ends
+from galley.adapters.jax.generate import phase_ends
 from galley.adapters.noop import NoopBlobStore
 from galley.adapters.testing import CompleterContract
 from galley.core import (

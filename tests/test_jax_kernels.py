@@ -16,10 +16,11 @@ from hypothesis import strategies as st
 import galley.adapters.jax.model as model_module
 from galley.adapters.hf.model_files import SafetensorsReader
 from galley.adapters.jax.attention import attention, causal_attention, group_mask
-from galley.adapters.jax.completer import _filter_logits, _sample_categorical
 from galley.adapters.jax.config import read_config
+from galley.adapters.jax.generate import filter_logits, sample_categorical
+from galley.adapters.jax.linear import SKINNY_ROWS, times_transposed
 from galley.adapters.jax.lora import lora_project, merge_is_cheaper
-from galley.adapters.jax.model import SKINNY_ROWS, build_model, swiglu, times_transposed
+from galley.adapters.jax.model import build_model, swiglu
 from galley.core import LoraConfig
 from tests.hf_models import make_model
 
@@ -139,14 +140,14 @@ def test_top_k_top_p_filter_matches_reference(seed: int, top_k: int, top_p: floa
     logits = np.random.default_rng(seed).standard_normal((3, 32)).astype(np.float32) * 3
     want, margin = reference_filter(logits, top_k, top_p)
     assume(margin > 1e-5)  # closer, float32 and float64 rounding may rightly disagree
-    got = np.asarray(_filter_logits(jnp.asarray(logits), jnp.int32(top_k), jnp.float32(top_p)))
+    got = np.asarray(filter_logits(jnp.asarray(logits), jnp.int32(top_k), jnp.float32(top_p)))
     np.testing.assert_array_equal(np.isinf(got), np.isinf(want))
     np.testing.assert_array_equal(got[~np.isinf(got)], want[~np.isinf(want)])
 
 
 def test_top_p_one_keeps_every_top_k_token() -> None:
     logits = np.random.default_rng(0).standard_normal((256, 4096)).astype(np.float32) * 4
-    kept = ~np.isinf(np.asarray(_filter_logits(jnp.asarray(logits), jnp.int32(4096), 1.0)))
+    kept = ~np.isinf(np.asarray(filter_logits(jnp.asarray(logits), jnp.int32(4096), 1.0)))
     assert kept.all()
 
 
@@ -155,7 +156,7 @@ def test_inverse_cdf_sampling_draws_from_the_softmax_and_never_a_masked_token() 
     logits = jnp.log(jnp.asarray(want, jnp.float32))  # -inf for the two impossible tokens
     draws = 20_000
     keys = jax.random.split(jax.random.key(0), draws)
-    picked = np.asarray(_sample_categorical(keys, jnp.broadcast_to(logits, (draws, 6))))
+    picked = np.asarray(sample_categorical(keys, jnp.broadcast_to(logits, (draws, 6))))
     freq = np.bincount(picked, minlength=6) / draws
     assert freq[1] == freq[5] == 0
     np.testing.assert_allclose(freq, want, atol=0.015)  # about 4 standard errors

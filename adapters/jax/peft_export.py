@@ -12,7 +12,8 @@ from flax import nnx
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
-from galley.adapters.jax.model import CausalLM, Linear, RMSNorm
+from galley.adapters.jax.linear import Linear
+from galley.adapters.jax.model import CausalLM, RMSNorm
 from galley.adapters.jax.sharding import to_host
 from galley.core.errors import ValidationError
 from galley.core.types import SessionConfig

@@ -88,9 +88,9 @@ def plan_memory(
     trainable_filter = nnx.LoRAParam if lora is not None else nnx.Param
     parts: tuple[Any, ...] = nnx.split(model, trainable_filter, ...)
     trainable, frozen = parts[1], parts[2]
-    from galley.adapters.jax.training import _tx  # the optimizer the sessions use
+    from galley.adapters.jax.steps import adamw  # the optimizer the sessions use
 
-    optimizer = jax.eval_shape(_tx().init, trainable)
+    optimizer = jax.eval_shape(adamw().init, trainable)
     rules = cfg.family.sharding
 
     def per_device(tree: Any) -> int:

@@ -16,17 +16,13 @@ import itertools
 import json
 import threading
 import weakref
-from collections import Counter
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
-from functools import partial
 from typing import Any
 
-import attrs
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import nnx
 from safetensors.numpy import save as save_safetensors
 
@@ -42,7 +38,6 @@ from galley.adapters.jax.batching import (
 )
 from galley.adapters.jax.compilation_cache import use_compilation_cache
 from galley.adapters.jax.config import ModelConfig, expected_shapes, read_config
-from galley.adapters.jax.losses import loss_sum, token_logprobs
 from galley.adapters.jax.mesh import MeshShape, as_mesh_shape
 from galley.adapters.jax.model import (
     CausalLM,
@@ -68,9 +63,16 @@ from galley.adapters.jax.state_files import (
     part_file,
     whole_tensors,
 )
+from galley.adapters.jax.steps import (
+    Pins,
+    adamw,
+    forward_backward_step,
+    forward_step,
+    hyper_arrays,
+    optim_step,
+)
 from galley.core.errors import ValidationError
 from galley.core.keys import check_name, join_key
-from galley.core.losses import LossFn
 from galley.core.manifest import (
     BlobDigest,
     CheckpointMismatchError,
@@ -92,137 +94,6 @@ from galley.ports.hub import HubClient
 
 # How long a session of a distributed run waits for its worker when it closes.
 STUCK_WORKER_S = 1.0
-
-# Traces per step function (a trace is a compilation): tests assert buckets stop recompiles.
-TRACES: Counter[str] = Counter()
-
-
-def _tx() -> optax.GradientTransformation:
-    return optax.inject_hyperparams(optax.adamw)(
-        learning_rate=1e-4, b1=0.9, b2=0.95, eps=1e-12, weight_decay=0.0
-    )
-
-
-def _forward_logprobs(
-    graphdef: Any, trainable: Any, frozen: Any, batch: dict[str, jax.Array]
-) -> jax.Array:
-    model: CausalLM = nnx.merge(graphdef, trainable, frozen)
-    tokens = batch["tokens"]
-    if "segments" in batch:  # shared rows: a tail sees the head and itself
-        seg, t = batch["segments"], tokens.shape[1]
-        sees = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
-        logits, _ = model(tokens, batch["positions"], jnp.tril(jnp.ones((t, t), bool)) & sees)
-    else:
-        positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        logits, _ = model(tokens, positions)
-    return token_logprobs(logits, batch["targets"])
-
-
-def _loss(
-    trainable: Any,
-    graphdef: Any,
-    frozen: Any,
-    batch: dict[str, jax.Array],
-    loss: LossFn,
-    clip: jax.Array,
-) -> tuple[jax.Array, jax.Array]:
-    logp = _forward_logprobs(graphdef, trainable, frozen, batch)
-    value = loss_sum(
-        loss, logp, batch["weights"], batch["sampler_logprobs"], batch["advantages"], clip
-    )
-    return value, logp
-
-
-@attrs.frozen
-class Pins:
-    """Where a session's trainable weights (and gradients) and optimizer state live: the
-    steps keep them there."""
-
-    trainable: Pinned
-    opt_state: Pinned
-    # Across processes, the log-probabilities every process reads whole are gathered inside
-    # the step, in order with its other exchanges; a gather after it, on the thread that
-    # reads them, could run out of order with the next step's on another process.
-    gathered: Pinned | None = None
-
-    def whole(self, logp: jax.Array) -> jax.Array:
-        return logp if self.gathered is None else self.gathered(logp)
-
-
-@partial(jax.jit, static_argnames=("graphdef", "loss", "pins"))
-def forward_step(
-    graphdef: Any,
-    trainable: Any,
-    frozen: Any,
-    batch: dict[str, jax.Array],
-    loss: LossFn,
-    clip: jax.Array,
-    pins: Pins,
-) -> tuple[jax.Array, jax.Array]:
-    TRACES["forward"] += 1
-    value, logp = _loss(trainable, graphdef, frozen, batch, loss, clip)
-    return value, pins.whole(logp)
-
-
-@partial(jax.jit, static_argnames=("graphdef", "loss", "pins"), donate_argnames=("grads",))
-def forward_backward_step(
-    graphdef: Any,
-    trainable: Any,
-    frozen: Any,
-    grads: Any,
-    batch: dict[str, jax.Array],
-    loss: LossFn,
-    clip: jax.Array,
-    pins: Pins,
-) -> tuple[jax.Array, jax.Array, Any]:
-    TRACES["forward_backward"] += 1
-    (value, logp), g = jax.value_and_grad(_loss, has_aux=True)(
-        trainable, graphdef, frozen, batch, loss, clip
-    )
-    return value, pins.whole(logp), pins.trainable(jax.tree.map(jnp.add, grads, g))
-
-
-@partial(jax.jit, static_argnames=("pins",), donate_argnames=("trainable", "opt_state", "grads"))
-def optim_step(
-    trainable: Any, opt_state: Any, grads: Any, hyper: dict[str, jax.Array], pins: Pins
-) -> tuple[Any, Any, Any, jax.Array, jax.Array]:
-    TRACES["optim_step"] += 1
-    grad_norm = optax.tree.norm(grads)
-    clip = hyper["grad_clip_norm"]
-    scale = jnp.where((clip > 0) & (grad_norm > clip), clip / grad_norm, 1.0)
-    grads = jax.tree.map(lambda g: g * scale, grads)
-    for name in ("learning_rate", "b1", "b2", "eps", "weight_decay"):
-        opt_state.hyperparams[name] = hyper[name]
-    updates, new_state = _tx().update(grads, opt_state, trainable)
-    new = optax.apply_updates(trainable, updates)
-    # A non-finite gradient changes nothing (weights, moments, count): the step is skipped.
-    finite = jnp.isfinite(grad_norm)
-
-    def keep(fresh: Any, old: Any) -> Any:
-        return jax.tree.map(lambda a, b: jnp.where(finite, a, b), fresh, old)
-
-    zero = jax.tree.map(jnp.zeros_like, grads)
-    update_norm = jnp.where(finite, optax.tree.norm(updates), 0.0)
-    return (
-        pins.trainable(keep(new, trainable)),
-        pins.opt_state(keep(new_state, opt_state)),
-        pins.trainable(zero),
-        grad_norm,
-        update_norm,
-    )
-
-
-def hyper_arrays(p: AdamParams) -> dict[str, jax.Array]:
-    """``optim_step``'s traced hyperparameters: new values never recompile."""
-    hyper = {
-        "learning_rate": p.learning_rate,
-        "b1": p.beta1,
-        "b2": p.beta2,
-        "eps": p.eps,
-        "weight_decay": p.weight_decay,
-        "grad_clip_norm": p.grad_clip_norm,
-    }
-    return {k: jnp.asarray(v, jnp.float32) for k, v in hyper.items()}
 
 
 def _count(tree: Any) -> int:
@@ -384,7 +255,7 @@ class JaxTrainingSession:
         return self._client.layout.place(tree, self.model_config.family.sharding)
 
     def _restart_optimizer(self) -> None:
-        self._opt_state = self._on_mesh(_tx().init(self._trainable))
+        self._opt_state = self._on_mesh(adamw().init(self._trainable))
         self._grads = self._on_mesh(jax.tree.map(jnp.zeros_like, self._trainable))
         layout = self._client.layout
         self._pins = Pins(

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run as a script
 import numpy as np
 
 from galley.adapters.jax import JaxTrainingClient
-from galley.adapters.jax.training import TRACES
+from galley.adapters.jax.steps import TRACES
 from galley.adapters.noop import NoopBlobStore, NoopHubClient
 from galley.core import AdamParams, Datum, LoraConfig, SessionConfig
 from tests.benchmarks.common import PRESETS, Preset, model_folder

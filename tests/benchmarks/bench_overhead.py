@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from galley.adapters.composition import build_adapters
 from galley.adapters.jax.batching import pad_batch
-from galley.adapters.jax.training import forward_backward_step, hyper_arrays, optim_step
+from galley.adapters.jax.steps import forward_backward_step, hyper_arrays, optim_step
 from galley.adapters.noop import NoopBlobStore, NoopMetricsStore
 from galley.core import AdamParams, Datum, ForwardBackwardInput
 from galley.workflows.sft import SFTConfig, run

@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from galley.adapters.jax import JaxTrainingClient
-from galley.adapters.jax.training import hyper_arrays, optim_step
+from galley.adapters.jax.steps import hyper_arrays, optim_step
 from galley.adapters.noop import NoopBlobStore, NoopHubClient
 from galley.core import AdamParams, Datum, LoraConfig, SessionConfig
 from tests.benchmarks.common import PRESETS, make_model
