@@ -14,8 +14,10 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from galley.core.adapter_set import Adapters
+from galley.core.checkpoint_index import delete_checkpoint, read_index, write_index
 from galley.core.errors import ConfigError, GalleyError, LockedError, NotFoundError
 from galley.core.keys import join_key
+from galley.core.layout import RECORD_NAME, RunPaths
 from galley.core.manifest import (
     MANIFEST_NAME,
     CorruptCheckpointError,
@@ -24,8 +26,7 @@ from galley.core.manifest import (
     read_manifest,
 )
 from galley.core.records import CheckpointRecord
-from galley.core.runs import RECORD_NAME, RunInUseError, lock_key, read_run_record
-from galley.core.stages.checkpoint import delete_checkpoint, read_index, write_index
+from galley.core.runs import RunInUseError, read_run_record
 from galley.core.types import CheckpointRef
 from galley.ports.blobs import BlobStore
 
@@ -70,7 +71,7 @@ def list_runs(adapters: Adapters, output: str = "runs") -> list[RunInfo]:
             record = read_run_record(adapters, output, run_id)
             if record is None:
                 continue
-            index = read_index(adapters.blobs, output, run_id)
+            index = read_index(adapters.blobs, RunPaths(output, run_id))
         except GalleyError as e:
             runs.append(RunInfo(run_id, "?", 0.0, 0, None, problem=str(e)))
             continue
@@ -82,7 +83,7 @@ def list_runs(adapters: Adapters, output: str = "runs") -> list[RunInfo]:
 def _index(adapters: Adapters, output: str, run_id: str) -> list[CheckpointRecord]:
     if read_run_record(adapters, output, run_id) is None:
         raise NotFoundError(f"run {run_id!r} has no record under {output!r}")
-    return read_index(adapters.blobs, output, run_id)
+    return read_index(adapters.blobs, RunPaths(output, run_id))
 
 
 def _size(blobs: BlobStore, key: str) -> int:
@@ -165,7 +166,7 @@ def delete_checkpoint_at(
     """Delete the checkpoint at ``step`` (state and sampler weights): refused while the run is
     in use, and for the newest checkpoint that verifies (what a resume loads) unless
     ``force``."""
-    key = lock_key(output, run_id)
+    key = RunPaths(output, run_id).lock
     try:
         held = adapters.blobs.lock(key, f"galley checkpoints delete {run_id}:{step}")
     except LockedError as e:
@@ -182,7 +183,7 @@ def delete_checkpoint_at(
                 "give --force (Python: force=True) to delete it anyway"
             )
         info = _info(adapters, run_id, record, {})
-        write_index(adapters.blobs, output, run_id, [r for r in index if r is not record])
+        write_index(adapters.blobs, RunPaths(output, run_id), [r for r in index if r is not record])
         delete_checkpoint(adapters.blobs, record.state)
         if record.sampler is not None:
             delete_checkpoint(adapters.blobs, record.sampler)

@@ -11,11 +11,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from galley.core.adapter_set import Adapters
+from galley.core.checkpoint_index import read_index
 from galley.core.checkpoints import checkpoint_record, metrics_by_step
 from galley.core.errors import ConfigError, NotFoundError
+from galley.core.layout import RunPaths
 from galley.core.manifest import read_checkpoint
-from galley.core.runs import RunRecord, read_run_record
-from galley.core.stages.checkpoint import plain_saved_settings, read_index
+from galley.core.runs import RunRecord, plain_saved_settings, read_run_record
+from galley.core.sections import BaseModelSection
 from galley.core.stages.session import run_session_config
 
 # Settings a model card lists, when the run has them.
@@ -87,17 +89,15 @@ def export_for_publishing(
     record = read_run_record(adapters, output, run_id)
     if record is None:
         raise NotFoundError(f"run {run_id!r} has no record under {output!r}")
-    entry = checkpoint_record(read_index(adapters.blobs, output, run_id), run_id, step)
+    entry = checkpoint_record(read_index(adapters.blobs, RunPaths(output, run_id)), run_id, step)
     settings = plain_saved_settings(record)
-    config = run_session_config(
+    model = BaseModelSection(
         str(settings["base_model"]),
         int(settings.get("lora_rank", 0)),
         float(settings.get("lora_alpha", 1.0)),
-        int(settings.get("seed", 0)),
-        output,
-        run_id,
-        "publish",
     )
+    seed = int(settings.get("seed", 0))
+    config = run_session_config(model, seed, RunPaths(output, run_id), "publish")
     session: Any = adapters.training.start_session(config)
     try:
         session.load_weights(entry.state).result()

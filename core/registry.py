@@ -25,10 +25,9 @@ from galley.core.checks import non_empty, safe_name
 from galley.core.errors import ConfigError, GalleyError, LockedError, NotFoundError
 from galley.core.keys import join_key
 from galley.core.manifest import MANIFEST_NAME, read_manifest
-from galley.core.runs import read_run_record
+from galley.core.runs import plain_saved_settings, read_run_record
 from galley.core.sections import plain_owners
 from galley.core.serialization import from_data, to_data
-from galley.core.stages.checkpoint import plain_saved_settings
 
 PREFIX = "registry:"
 

@@ -36,7 +36,7 @@ from galley.core.errors import (
     NotFoundError,
     ValidationError,
 )
-from galley.core.keys import join_key
+from galley.core.layout import RunPaths
 from galley.core.sections import flatten_keys
 from galley.core.serialization import from_data, from_json, to_data
 
@@ -45,9 +45,6 @@ if TYPE_CHECKING:
     from galley.ports.metrics import MetricsReader
 
 T = TypeVar("T")
-
-RECORD_NAME = "run.json"
-LOCK_NAME = "run.lock"
 
 
 class RunExistsError(ConfigError):
@@ -116,21 +113,9 @@ class RunRecord:
     trackers: Mapping[str, str] = attrs.field(factory=dict)
 
 
-def run_folder(output: str, run_id: str) -> str:
-    return join_key(output, run_id)
-
-
-def record_key(output: str, run_id: str) -> str:
-    return join_key(output, run_id, RECORD_NAME)
-
-
-def lock_key(output: str, run_id: str) -> str:
-    return join_key(output, run_id, LOCK_NAME)
-
-
 def read_run_record(adapters: Adapters, output: str, run_id: str) -> RunRecord | None:
     """The run's record, or None when the run has none (it never started)."""
-    key = record_key(output, run_id)
+    key = RunPaths(output, run_id).record
     if not adapters.blobs.exists(key):
         return None
     try:
@@ -141,7 +126,7 @@ def read_run_record(adapters: Adapters, output: str, run_id: str) -> RunRecord |
 
 def _nothing_to_resume(output: str, run_id: str) -> NotFoundError:
     return NotFoundError(
-        f"run {run_id!r} has nothing to resume: no {record_key(output, run_id)!r} (it never "
+        f"run {run_id!r} has nothing to resume: no {RunPaths(output, run_id).record!r} (it never "
         "started here: another output folder or blob store? or an earlier galley without run "
         "records started it)"
     )
@@ -216,7 +201,7 @@ def _refuse_changes(run_id: str, output: str, changes: Mapping[str, FieldChange]
         f"refusing to resume run {run_id!r} with settings that change what it trains: "
         f"{listed}. Resume with the saved settings (give only --resume {run_id}), or accept "
         f"the change explicitly (--accept-changes; Python: accept_changes=True), which is "
-        f"recorded in {record_key(output, run_id)!r}",
+        f"recorded in {RunPaths(output, run_id).record!r}",
         changes,
     )
 
@@ -228,8 +213,8 @@ def metrics_reader(adapters: Adapters) -> MetricsReader | None:
 
 
 def _check_new(adapters: Adapters, output: str, run_id: str) -> None:
-    folder = run_folder(output, run_id)
-    taken = set(adapters.blobs.list(folder)) - {lock_key(output, run_id)}
+    folder = RunPaths(output, run_id).folder
+    taken = set(adapters.blobs.list(folder)) - {RunPaths(output, run_id).lock}
     reader = metrics_reader(adapters)
     if taken or (reader is not None and reader.read(run_id)):
         raise RunExistsError(
@@ -250,7 +235,7 @@ def _resumed_record(
         raise _nothing_to_resume(output, run_id)
     if record.run_id != run_id:
         raise ConfigError(
-            f"{record_key(output, run_id)!r} is the record of run {record.run_id!r}, not of "
+            f"{RunPaths(output, run_id).record!r} is the record of run {record.run_id!r}, not of "
             f"{run_id!r} (copied from another run?); refusing to resume with it"
         )
     check_workflow(record, workflow)
@@ -300,7 +285,7 @@ def claim_run(
 
         return call_with_retry(retry, call, warn)
 
-    key = lock_key(output, run_id)
+    key = RunPaths(output, run_id).lock
     try:
         held = io("blobs.lock", lambda: adapters.blobs.lock(key, _owner(workflow, run_id)))
     except LockedError as e:
@@ -333,4 +318,9 @@ def claim_run(
 
 def write_run_record(adapters: Adapters, output: str, record: RunRecord) -> None:
     data = json.dumps(to_data(record), indent=2, sort_keys=True).encode()
-    adapters.blobs.write(record_key(output, record.run_id), data)  # atomic
+    adapters.blobs.write(RunPaths(output, record.run_id).record, data)  # atomic
+
+
+def plain_saved_settings(record: RunRecord) -> dict[str, Any]:
+    """A run's saved settings by plain name, whether its config kept them in sections or not."""
+    return {k.rpartition(".")[2]: v for k, v in flatten_keys(record.config).items()}

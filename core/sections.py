@@ -7,8 +7,9 @@ dotted name (``optim.learning_rate``) and, since setting names are unique across
 sections, its plain name (``learning_rate``) works too: ``SFTConfig(learning_rate=1e-3)``,
 ``--set learning_rate=1e-3`` and ``--set optim.learning_rate=1e-3`` mean the same.
 
-A run's state holds every setting under its plain name, so stages read ``learning_rate``
-whichever section it comes from.
+A run's state holds each section whole, under its name, and each of the config's own
+fields under its name: a stage takes the sections it uses (``optim: OptimSection``), so
+following a setting to the code that reads it is one find-usages away.
 """
 
 from __future__ import annotations
@@ -37,19 +38,25 @@ class Section:
 
 
 @attrs.frozen
-class ModelSection(Section):
-    """The model trained, where its weights start, and its LoRA."""
+class BaseModelSection(Section):
+    """The model a session runs, and its LoRA shape: what an evaluation needs."""
 
     # A Hub repo id, a model folder, or registry:NAME (a registered model's base and weights).
     base_model: str = attrs.field(default="galley/tiny-lm", validator=non_empty)
+    lora_rank: int = attrs.field(default=16, validator=int_at_least(0))  # 0 = full fine-tuning
+    # The LoRA update is scaled by lora_alpha / lora_rank.
+    lora_alpha: float = attrs.field(default=32.0, validator=in_range(0.0, 1e6, low_open=True))
+
+
+@attrs.frozen
+class ModelSection(BaseModelSection):
+    """The model trained, its LoRA, and where its weights start."""
+
     # Start from other weights than the base model's: a run id (its newest good checkpoint),
     # or the blob key of a state checkpoint or a LoRA adapter export. Weights only.
     init_from: str | None = attrs.field(
         default=None, validator=attrs.validators.optional(non_empty)
     )
-    lora_rank: int = attrs.field(default=16, validator=int_at_least(0))  # 0 = full fine-tuning
-    # The LoRA update is scaled by lora_alpha / lora_rank.
-    lora_alpha: float = attrs.field(default=32.0, validator=in_range(0.0, 1e6, low_open=True))
 
 
 @attrs.frozen
@@ -250,8 +257,13 @@ def leaf_fields(cls: type[Any]) -> Iterator[tuple[str, attrs.Attribute[Any]]]:
             yield f.name, f
 
 
+def stage_inputs(config: Any) -> dict[str, Any]:
+    """A run's initial state: each section whole, and each own field, under its name."""
+    return {f.name: getattr(config, f.name) for f in attrs.fields(type(config))}
+
+
 def plain_settings(config: Any) -> dict[str, Any]:
-    """Every setting under its plain name: a run's initial state."""
+    """Every setting under its plain name (what a config is rebuilt from)."""
     flat: dict[str, Any] = {}
     for f in attrs.fields(type(config)):
         value = getattr(config, f.name)

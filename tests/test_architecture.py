@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, cast
 
 import pytest
 
@@ -209,3 +212,161 @@ def test_no_code_runs_from_data() -> None:
                 ):
                     problems.append(f"{path.relative_to(ROOT)}:{node.lineno} calls {node.func.id}")
     assert problems == []
+
+
+# -- the shape of the code: no import cycle, small stages, one writer per key -------------
+
+
+def galley_modules() -> dict[str, Path]:
+    found = {}
+    for folder, package in LAYERS.items():
+        for path in (ROOT / folder).rglob("*.py"):
+            parts = path.relative_to(ROOT / folder).with_suffix("").parts
+            found[".".join([package, *(p for p in parts if p != "__init__")])] = path
+    return found
+
+
+def runtime_imports(path: Path, modules: Mapping[str, Path]) -> set[str]:
+    """The galley modules ``path`` imports when it runs, deferred imports in functions
+    included (they hide a cycle, they do not remove it); imports only a type checker reads
+    (under ``if TYPE_CHECKING:``) left out."""
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and ast.unparse(block.test).endswith("TYPE_CHECKING")
+        for node in ast.walk(block)
+    }
+    found = set()
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name in modules}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                inner = f"{node.module}.{alias.name}"
+                found.add(inner if inner in modules else node.module)
+    return {m for m in found if m in modules}
+
+
+def import_cycles(graph: Mapping[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan's algorithm)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = [stack.pop()]
+            while component[-1] != v:
+                component.append(stack.pop())
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_no_import_cycle_anywhere_in_galley() -> None:
+    modules = galley_modules()
+    graph = {name: runtime_imports(path, modules) - {name} for name, path in modules.items()}
+    assert import_cycles(graph) == []
+    # The check sees a cycle, a deferred import in it included.
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def registered_stages() -> dict[str, Any]:
+    from galley.core.envs import EnvGroupBuilder
+    from galley.workflows import WORKFLOWS, rl
+
+    stages = {}
+    for spec in WORKFLOWS.values():
+        for stage in spec.build(spec.config_type()).stages():
+            stages[f"{spec.name}.{stage.name}"] = stage
+    env = rl.build_workflow(rl.RLConfig(), env=cast(EnvGroupBuilder, object()))
+    stages |= {f"rl-env.{stage.name}": stage for stage in env.stages()}
+    return stages
+
+
+MAX_STAGE_INPUTS = 6
+# The stages that still read more: RL's and DPO's own settings are not sections yet. The list
+# may only shrink.
+OVER_MAX_INPUTS = {
+    "dpo.preference_step",
+    "dpo.evaluate_base",
+    "dpo.evaluate",
+    "dpo.evaluate_final",
+    "dpo.reference_logprobs",
+    "rl.plan_rollouts",
+    "rl.rl_step",
+    "rl.answers_before",
+    "rl.answers_after",
+    "rl.evaluate_base",
+    "rl.evaluate",
+    "rl.evaluate_final",
+    "distill.plan_rollouts",
+    "distill.rl_step",
+    "distill.answers_before",
+    "distill.answers_after",
+    "distill.evaluate_base",
+    "distill.evaluate",
+    "distill.evaluate_final",
+    "rl-env.env_step",
+    "rl-env.evaluate_base",
+    "rl-env.evaluate",
+    "rl-env.evaluate_final",
+}
+
+
+def test_no_stage_reads_more_than_six_inputs() -> None:
+    over = {
+        name for name, stage in registered_stages().items() if len(stage.reads) > MAX_STAGE_INPUTS
+    }
+    assert over == OVER_MAX_INPUTS
+
+
+def test_every_registered_workflow_has_one_writer_per_key() -> None:
+    """The data-flow check refuses a stage that writes over a key without reading it or
+    declaring that it replaces it; every registered workflow passes it."""
+    from galley.core.engine import check_data_flow
+    from galley.core.sections import stage_inputs
+    from galley.workflows import WORKFLOWS
+
+    for spec in WORKFLOWS.values():
+        config = spec.config_type()
+        provided = {*stage_inputs(config), "paths", "run_record", "start_step"}
+        check_data_flow(spec.build(config), provided)
+    replaced = {n: s.replaces for n, s in registered_stages().items() if s.replaces}
+    assert replaced == {
+        "sft.resume_from_checkpoint": {"start_step"},
+        "dpo.resume_from_checkpoint": {"start_step"},
+        "rl.resume_from_checkpoint": {"start_step"},
+        "distill.resume_from_checkpoint": {"start_step"},
+        "rl-env.resume_from_checkpoint": {"start_step"},
+        "distill.start_teacher": {"advantages"},
+    }
+
+
+RUN_KEY_BUILDING = re.compile(r"join_key\(\s*output,\s*run_id|f\"\{output\}/\{run_id\}")
+
+
+def test_only_the_run_layout_builds_a_runs_keys() -> None:
+    builders = [
+        str(path.relative_to(ROOT))
+        for path in galley_modules().values()
+        if RUN_KEY_BUILDING.search(path.read_text())
+    ]
+    assert builders == []
+    assert RUN_KEY_BUILDING.search('key = join_key(output, run_id, "rollouts")')

@@ -24,10 +24,10 @@ from galley.core.checkpoints import (
     show_checkpoint,
 )
 from galley.core.errors import ConfigError, NotFoundError, WorkflowError
+from galley.core.layout import RunPaths
 from galley.core.registry import list_models, register, sampler_of, show_model
 from galley.core.retention import steps_to_drop
-from galley.core.runs import RunInUseError, lock_key
-from galley.core.stages.checkpoint import plain_saved_settings
+from galley.core.runs import RunInUseError, plain_saved_settings
 from galley.workflows.sft import SFTConfig
 from galley.workflows.sft import run as run_sft
 from tests.hf_hub_server import fake_hub
@@ -81,7 +81,7 @@ def test_delete_keeps_the_newest_good_checkpoint_and_waits_for_the_run(
 ) -> None:
     with pytest.raises(ConfigError, match="newest good checkpoint"):
         delete_checkpoint_at(trained, "r", 6)
-    held = trained.blobs.lock(lock_key("runs", "r"), "a training run")
+    held = trained.blobs.lock(RunPaths("runs", "r").lock, "a training run")
     with pytest.raises(RunInUseError, match="in use by a training run"):
         delete_checkpoint_at(trained, "r", 2)
     held.release()

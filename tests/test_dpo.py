@@ -35,6 +35,7 @@ from galley.core.chat import Conversation, Message, TrainOn
 from galley.core.dpo import PairLogprobs, PreferenceObjective, pair_loss, preference_metrics
 from galley.core.errors import DataError, ValidationError
 from galley.core.keys import join_key
+from galley.core.layout import REFERENCE_NAME
 from galley.core.preferences import (
     SIDES,
     AnswerLogprobs,
@@ -48,7 +49,6 @@ from galley.core.preferences import (
 from galley.core.rendering import DoesNotFitError, RoleColonRenderer
 from galley.core.sections import plain_settings
 from galley.core.serialization import from_data
-from galley.core.stages.dpo import REFERENCE_NAME
 from galley.core.stages.dpo.reference import ReferenceLogprobs, reference_document
 from galley.workflows.dpo import DPOConfig, run
 from tests.hf_models import make_model

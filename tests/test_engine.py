@@ -73,6 +73,35 @@ def test_loop_and_conditional_writes_are_not_guaranteed_afterwards() -> None:
     check_data_flow(Workflow("w", [Loop("l", [double, inc], start="s", stop="n")]), ["x", "s", "n"])
 
 
+def test_a_key_written_twice_is_refused_unless_updated_or_declared_replaced(
+    adapters: Adapters,
+) -> None:
+    @stage(writes=("y",))
+    def overwrite(ctx: StageContext, x: int) -> dict[str, Any]:
+        return {"y": -x}
+
+    @stage(writes=("y",))
+    def update(ctx: StageContext, y: int) -> dict[str, Any]:
+        return {"y": y + 1}
+
+    @stage(writes=("y",), replaces=("y",))
+    def replace(ctx: StageContext, x: int) -> dict[str, Any]:
+        return {"y": 10 * x}
+
+    with pytest.raises(
+        DataFlowError, match="stage 'overwrite' writes 'y', which stage 'double' already wrote"
+    ):
+        run(Workflow("w", [double, overwrite]), adapters, {"x": 1})
+    with pytest.raises(DataFlowError, match="'double' writes 'y', which the config already wrote"):
+        check_data_flow(Workflow("w", [double]), ["x", "y"])
+    with pytest.raises(DataFlowError, match="'overwrite' writes 'y'"):  # in a loop too
+        check_data_flow(
+            Workflow("w", [double, Loop("l", [overwrite])]), ["x", "start_step", "total_steps"]
+        )
+    assert run(Workflow("w", [double, update]), adapters, {"x": 1})["y"] == 3
+    assert run(Workflow("w", [double, replace]), adapters, {"x": 1})["y"] == 10
+
+
 def test_a_stage_must_write_exactly_what_it_declares(adapters: Adapters) -> None:
     @stage(writes=("y",))
     def sloppy(ctx: StageContext, x: int) -> dict[str, Any]:

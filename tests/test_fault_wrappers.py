@@ -16,6 +16,7 @@ from galley.adapters.jax import JaxTrainingClient
 from galley.adapters.noop import NoopBlobStore, NoopTrainingClient, noop_adapters
 from galley.core import Datum, SessionConfig, TransientError, WorkflowError
 from galley.core.engine import NO_RETRY, RetryPolicy
+from galley.core.layout import RunPaths
 from galley.core.stages import read_index
 from galley.workflows.sft import SFTConfig, run
 from tests.hf_models import make_model
@@ -116,7 +117,10 @@ def test_exhausted_retries_stop_cleanly_and_the_run_resumes(tmp_path: Path) -> N
             retry=RetryPolicy(max_attempts=2, initial_backoff_s=0.0),
         )
     assert info.value.step == 15
-    assert [r.step for r in read_index(FsspecBlobStore(str(tmp_path)), "runs", "f")] == [5, 10]
+    assert [r.step for r in read_index(FsspecBlobStore(str(tmp_path)), RunPaths("runs", "f"))] == [
+        5,
+        10,
+    ]
     resumed = run(attrs_evolve(CONFIG, resume=True), adapters(FsspecBlobStore(str(tmp_path))))
     assert without_timing(resumed.metrics) == without_timing(reference.metrics)
     assert resumed.eval == reference.eval
@@ -137,7 +141,7 @@ def test_a_torn_index_write_keeps_the_earlier_entries(tmp_path: Path) -> None:
     key = "runs/t/checkpoints.jsonl"
     data = blobs.read(key)
     blobs.write(key, data[: len(data) * 3 // 4])  # the second line cut short
-    assert [r.step for r in read_index(blobs, "runs", "t")] == [5]
+    assert [r.step for r in read_index(blobs, RunPaths("runs", "t"))] == [5]
 
 
 def test_faulty_adapter_is_seeded() -> None:

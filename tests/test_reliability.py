@@ -18,6 +18,7 @@ from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.adapters.noop import NoopTrainingClient, noop_adapters
 from galley.core import ForwardBackwardOutput, PortTimeoutError, SessionConfig, WorkflowError
 from galley.core.errors import NonFiniteError
+from galley.core.layout import RunPaths
 from galley.core.manifest import CorruptCheckpointError, read_checkpoint
 from galley.core.stages import read_index
 from galley.workflows.sft import SFTConfig, run
@@ -67,7 +68,7 @@ def test_a_nan_loss_stops_the_run_naming_step_and_batch(tmp_path: Path) -> None:
     assert isinstance(cause, NonFiniteError) and cause.step == 13 and len(cause.examples) == 4
     assert "step 13: loss is nan (batch of examples" in str(cause)
     # The last good checkpoint (step 10) is intact; nothing was saved from the NaN weights.
-    index = read_index(blobs, "runs", "nan")
+    index = read_index(blobs, RunPaths("runs", "nan"))
     assert [r.step for r in index] == [5, 10]
     read_checkpoint(blobs, index[-1].state)  # verifies every blob
 
@@ -158,7 +159,7 @@ def test_two_runs_sharing_a_blob_root_do_not_disturb_each_other(tmp_path: Path) 
         t.join()
     blobs = FsspecBlobStore(str(tmp_path))
     for name in ("a", "b"):
-        index = read_index(blobs, "runs", name)
+        index = read_index(blobs, RunPaths("runs", name))
         assert [r.step for r in index] == [4, 8, 12, 16, 20]
         for record in index:
             read_checkpoint(blobs, record.state)
@@ -206,7 +207,9 @@ def test_a_call_that_never_answers_stops_the_run_naming_it(tmp_path: Path) -> No
     assert isinstance(info.value.__cause__, PortTimeoutError)
     assert "training.forward_backward (step 4) did not finish within 0.2 s" in str(info.value)
     assert info.value.stage in {"collect_results", "drain", "checkpoint"}
-    assert [r.step for r in read_index(blobs, "runs", "hang")] == [2]  # resumable from step 2
+    assert [r.step for r in read_index(blobs, RunPaths("runs", "hang"))] == [
+        2
+    ]  # resumable from step 2
 
 
 def test_a_metrics_store_that_cannot_flush_stops_the_run_as_a_workflow_error() -> None:

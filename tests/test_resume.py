@@ -17,6 +17,7 @@ from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.adapters.noop import noop_adapters
 from galley.core import NotFoundError, ValidationError
+from galley.core.layout import RunPaths
 from galley.core.stages import read_index
 from galley.workflows.sft import SFTConfig, run
 
@@ -108,7 +109,7 @@ def test_killed_runs_resume_to_the_same_end(
     every 50), so a kill loses what it buffered; none of that may be a row a resume keeps."""
     killed = launch(tmp_path, mode, at, resume=False)
     assert killed.returncode == -9  # really SIGKILLed
-    index = read_index(FsspecBlobStore(str(tmp_path)), "runs", "r")
+    index = read_index(FsspecBlobStore(str(tmp_path)), RunPaths("runs", "r"))
     assert index and all(
         FsspecBlobStore(str(tmp_path)).exists(f"{r.state.key}/manifest.json") for r in index
     )
@@ -156,7 +157,10 @@ def test_rolling_checkpoints_keep_the_newest(tmp_path: Path) -> None:
         "step-000015",
         "step-000020",
     ]  # no empty folders of dropped checkpoints either
-    assert [r.step for r in read_index(FsspecBlobStore(str(tmp_path)), "runs", "k")] == [15, 20]
+    assert [r.step for r in read_index(FsspecBlobStore(str(tmp_path)), RunPaths("runs", "k"))] == [
+        15,
+        20,
+    ]
 
 
 def test_resuming_needs_a_run_with_checkpoints(tmp_path: Path) -> None:

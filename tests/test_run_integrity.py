@@ -27,6 +27,7 @@ from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.adapters.noop import NoopTrainingClient, noop_adapters
 from galley.core import Adapters, ConfigError, WorkflowError
+from galley.core.layout import RunPaths
 from galley.core.runs import (
     RunExistsError,
     RunInUseError,
@@ -231,7 +232,9 @@ def test_a_run_in_use_by_a_live_process_is_refused(tmp_path: Path) -> None:
         assert out.strip().splitlines()[-1] == "8"  # it ran on undisturbed
     finally:
         owner.kill()
-    assert [r.step for r in read_index(FsspecBlobStore(str(tmp_path)), "runs", "busy")] == [
+    assert [
+        r.step for r in read_index(FsspecBlobStore(str(tmp_path)), RunPaths("runs", "busy"))
+    ] == [
         2,
         4,
         6,

@@ -11,6 +11,7 @@ from galley.adapters.noop import Faults, NoopDatasetStore, noop_adapters
 from galley.adapters.settings import settings_from_mapping
 from galley.core import Adapters, ConfigError, MetricRecord, WorkflowError
 from galley.core.engine import RetryPolicy
+from galley.core.layout import RunPaths
 from galley.core.records import DataSplit
 from galley.core.stages import read_index
 from galley.core.stages.data import holdout_size
@@ -38,7 +39,7 @@ def test_sft_trains_evaluates_checkpoints_and_exports(adapters: Adapters) -> Non
     assert "eval/exact_match" in result.eval[-1]
     # Checkpoints: every 10 steps, indexed with the data position training continues from.
     assert [c.step for c in result.checkpoints] == [10, 20, 30]
-    index = read_index(adapters.blobs, "runs", "r1")
+    index = read_index(adapters.blobs, RunPaths("runs", "r1"))
     assert index == list(result.checkpoints)
     assert index[1].next_position.step == 20 and index[1].state.key == "runs/r1/state/step-000020"
     assert adapters.blobs.exists("runs/r1/state/step-000020/manifest.json")

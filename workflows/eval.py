@@ -17,7 +17,6 @@ from galley.core.adapter_set import Adapters
 from galley.core.checks import (
     at_least,
     boolean,
-    in_range,
     int_at_least,
     non_empty,
     output_folder,
@@ -28,11 +27,12 @@ from galley.core.engine.run import run_workflow
 from galley.core.records import EVAL
 from galley.core.scorers import resolve_scorer, scorer_specs
 from galley.core.sections import (
+    BaseModelSection,
     DataSection,
-    ModelSection,
     RenderSection,
     SamplingSection,
     SectionedConfig,
+    nest,
 )
 from galley.core.stages import (
     ScoredAnswer,
@@ -58,24 +58,24 @@ def _scorers(instance: Any, attribute: attrs.Attribute[Any], value: tuple[str, .
         resolve_scorer(spec)  # a scorer that cannot be found is refused before any work
 
 
+def _model_in_its_section(v1: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 kept base_model, lora_rank and lora_alpha flat; version 2 in ``model``."""
+    return nest(EvalConfig, v1)
+
+
 @attrs.frozen(init=False)
 class EvalConfig(SectionedConfig):
     """What to evaluate, on what, and how answers are scored; every setting has a default.
     Rows are rendered (``render``) and answers sampled (``sampling``) with the sections SFT
     uses; any setting may be given by its plain name: ``EvalConfig(num_samples=4)``."""
 
+    # The base model, and the LoRA shape of the run's checkpoints (a run trained otherwise is
+    # refused, named).
+    model: BaseModelSection = attrs.field(factory=BaseModelSection)
     render: RenderSection = attrs.field(factory=RenderSection)
     sampling: SamplingSection = attrs.field(factory=SamplingSection)
-    # A Hub repo id, a model folder, or registry:NAME.
-    base_model: str = attrs.field(default=ModelSection().base_model, validator=non_empty)
     # A run (under `output`) whose newest good checkpoint is evaluated; None: the base model.
     from_run: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
-    # The LoRA shape of the run's checkpoints (a run trained otherwise is refused, named).
-    lora_rank: int = attrs.field(default=ModelSection().lora_rank, validator=int_at_least(0))
-    # The LoRA update is scaled by lora_alpha / lora_rank.
-    lora_alpha: float = attrs.field(
-        default=ModelSection().lora_alpha, validator=in_range(0.0, 1e6, low_open=True)
-    )
     # A Hub dataset id, a local file or a save_to_disk folder.
     dataset: str = attrs.field(default=DataSection().dataset, validator=non_empty)
     # The split evaluated.
@@ -97,8 +97,10 @@ class EvalConfig(SectionedConfig):
     # Seconds a training call may take before the run stops naming it (0 = wait forever).
     call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
 
-    CONFIG_VERSION: ClassVar[int] = 1
-    CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
+    CONFIG_VERSION: ClassVar[int] = 2
+    CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {
+        1: _model_in_its_section,
+    }
 
     def trajectory_fields(self) -> frozenset[str]:
         return frozenset()  # nothing is trained
@@ -146,7 +148,7 @@ def run(
         accept_changes=accept_changes,
     )
     state = done.state
-    step = state["evaluated_step"]
+    step = state["evaluated"].step
     model = f"{config.from_run} at step {step}" if config.from_run else config.base_model
     metrics = {k: v for row in done.stream(EVAL) for k, v in row.items() if k != "step"}
     return EvalResult(done.run_id, model, metrics, tuple(state.get("answers", ())))

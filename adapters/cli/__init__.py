@@ -60,7 +60,9 @@ def cmd_workflows(args: argparse.Namespace, console: Console) -> int:
         console.print(f"  ports: {', '.join(sorted(workflow.ports))}")
         for stage in workflow.stages():
             ports = f" [{', '.join(sorted(stage.ports))}]" if stage.ports else ""
-            console.print(f"  - {stage.name}{ports}: {getattr(stage, 'doc', '')}")
+            replaces = sorted(getattr(stage, "replaces", ()))
+            note = f" (replaces {', '.join(replaces)})" if replaces else ""
+            console.print(f"  - {stage.name}{ports}: {getattr(stage, 'doc', '')}{note}")
     return 0
 
 

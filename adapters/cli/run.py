@@ -34,6 +34,7 @@ from galley.adapters.composition import (
 from galley.adapters.helpers.events import TraceRecorder, traced
 from galley.adapters.settings import check_can_write
 from galley.core.adapter_set import Adapters
+from galley.core.checkpoint_index import read_index
 from galley.core.engine import Stream
 from galley.core.engine.run import new_run_id
 from galley.core.errors import (
@@ -44,10 +45,10 @@ from galley.core.errors import (
     ValidationError,
     WorkflowError,
 )
+from galley.core.layout import RunPaths
 from galley.core.records import TRAIN
 from galley.core.runs import read_run_record
 from galley.core.scorers import ScoreError
-from galley.core.stages.checkpoint import read_index
 from galley.core.summary import Summary
 
 
@@ -126,7 +127,7 @@ def checkpoint_finder(adapters: Adapters, config: Any) -> Callable[[int], str | 
 
     def find(step: int) -> str | None:
         try:
-            records = read_index(adapters.blobs, config.output, config.run_id)
+            records = read_index(adapters.blobs, RunPaths(config.output, config.run_id))
         except GalleyError:
             return None
         return next((r.state.key for r in reversed(records) if r.step == step), None)
@@ -301,11 +302,11 @@ def report_failure(
             style="red",
             soft_wrap=True,
         )
-    saved = error.state.get("checkpoints")
+    saved = error.state.get("saved_checkpoints")
     try:
         resumable = read_run_record(adapters, config.output, config.run_id) is not None
         if resumable and not saved:  # stopped before it read its index: what a resume finds
-            saved = tuple(read_index(adapters.blobs, config.output, config.run_id))
+            saved = tuple(read_index(adapters.blobs, RunPaths(config.output, config.run_id)))
     except GalleyError:
         resumable = False
     last = saved[-1] if isinstance(saved, tuple) and saved else None

@@ -5,9 +5,10 @@ it makes of the finished run; :func:`run_workflow` does the rest the same way fo
 
 - the run id (the config's, or a new one), claimed before any work (``galley.core.runs``): a
   new run refuses a taken id, a resume refuses a run in use or changed settings;
-- the stages run under a :class:`Runner` from the config's settings, each under its plain
-  name (the initial state: ``galley.core.sections.plain_settings``), plus
-  ``run_record`` and ``start_step`` (0, until a stage that resumes the run sets it);
+- the stages run under a :class:`Runner` from the config: each section whole and each own
+  field, under its name (``galley.core.sections.stage_inputs``), plus ``paths`` (the run's
+  keys: ``galley.core.layout.RunPaths``), ``run_record`` and ``start_step`` (0, until a
+  stage that resumes the run replaces it);
 - on the way out, however the run ends: every training session in the state is closed, and
   the experiment trackers are told how it ended;
 - the metric rows of the run per stream, one row per step, the rows an interrupted attempt
@@ -33,9 +34,10 @@ from galley.core.engine.retry import RetryPolicy
 from galley.core.engine.runner import Observer, Runner
 from galley.core.engine.stage import Workflow
 from galley.core.errors import ValidationError, WorkflowError
+from galley.core.layout import RunPaths
 from galley.core.records import EVAL, TRAIN, MetricRecord, RunOutcome
 from galley.core.runs import claim_run, metrics_reader
-from galley.core.sections import plain_settings
+from galley.core.sections import stage_inputs
 from galley.core.tracking import end_tracked_run
 from galley.ports.training import TrainingSession
 
@@ -64,7 +66,7 @@ class WorkflowRun:
             "steps": state["total_steps"] - state["start_step"],
             "metrics": self.stream(TRAIN),
             "eval": self.stream(EVAL),
-            "checkpoints": tuple(state["checkpoints"]),
+            "checkpoints": tuple(state["saved_checkpoints"]),
             "sampler": state.get("sampler"),
             "data": state.get("data_split"),
         }
@@ -129,8 +131,14 @@ def run_workflow(
     )
     with claim as run_record:
         outcome: RunOutcome = "failed"
-        # A run starts at step 0 unless a stage resumes it (``start_step``).
-        initial = {"start_step": 0, **plain_settings(config), "run_record": run_record}
+        paths = RunPaths(config.output, run_id)
+        # A run starts at step 0 unless a stage resumes it (it replaces ``start_step``).
+        initial = {
+            "start_step": 0,
+            **stage_inputs(config),
+            "paths": paths,
+            "run_record": run_record,
+        }
         try:
             state = runner.run(build(config), initial)
             outcome = "finished"

@@ -3,7 +3,9 @@
 A stage names the state keys it reads (its parameters) and writes (and the ports it uses). It
 receives exactly the keys it reads, as keyword arguments, and returns a dict of exactly the
 keys it writes, so every data dependency is visible in the declaration and checked before
-anything runs.
+anything runs. A key has one writer: a later stage may write it again only to update it (it
+reads it too, as a training step threads the pipeline) or when it declares that it
+``replaces`` it (distillation's teacher replaces RL's advantages).
 """
 
 from __future__ import annotations
@@ -54,6 +56,8 @@ class FunctionStage:
     writes: frozenset[str] = attrs.field(converter=str_frozenset, factory=frozenset)
     ports: frozenset[str] = attrs.field(converter=str_frozenset, factory=frozenset)
     doc: str = ""
+    # Keys an earlier stage wrote that this one writes anew, without reading them.
+    replaces: frozenset[str] = attrs.field(converter=str_frozenset, factory=frozenset)
 
     def run(self, ctx: StageContext, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
         return self.fn(ctx, **inputs)
@@ -67,15 +71,22 @@ def first_sentence(docstring: str) -> str:
 
 
 def stage(
-    *, writes: Iterable[str] = (), ports: Iterable[str] = (), reads: Iterable[str] | None = None
+    *,
+    writes: Iterable[str] = (),
+    ports: Iterable[str] = (),
+    reads: Iterable[str] | None = None,
+    replaces: Iterable[str] = (),
 ) -> Callable[[StageFn], FunctionStage]:
     """Decorator: ``@stage(writes=("pipeline",), ports=("training",))`` on
     ``fn(ctx, session, pipeline)``. What a stage reads is declared once, by its parameters
-    after ``ctx``; ``reads`` is for a function that takes ``**kwargs`` and only for it."""
+    after ``ctx``; ``reads`` is for a function that takes ``**kwargs`` and only for it.
+    ``replaces``: keys of its writes that an earlier stage wrote and this one overrides."""
 
     def wrap(fn: StageFn) -> FunctionStage:
         doc = first_sentence(fn.__doc__ or "")
-        return FunctionStage(fn.__name__, fn, reads_of(fn, reads), writes, ports, doc)
+        return FunctionStage(
+            fn.__name__, fn, reads_of(fn, reads), writes, ports, doc, frozenset(replaces)
+        )
 
     return wrap
 

@@ -1,12 +1,12 @@
 """Pure-domain stages: each depends only on the ports (through ``ctx.adapters``) and core."""
 
+from galley.core.checkpoint_index import read_index
 from galley.core.stages.checkpoint import (
     checkpoint_stage,
     export_sampler,
     init_weights,
     load_newest,
     load_run_weights,
-    read_index,
     resume_from_checkpoint,
     save_run_record,
 )

@@ -6,73 +6,44 @@ completely saved, so it never points at a partial checkpoint.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from galley.core.batching import BatchPlan
+from galley.core.checkpoint_index import delete_checkpoint, read_index, write_index
 from galley.core.engine import FunctionStage, StageContext, reads_of, stage
-from galley.core.errors import ConfigError, GalleyError, NotFoundError, ValidationError
-from galley.core.keys import join_key
+from galley.core.errors import ConfigError, NotFoundError, ValidationError
+from galley.core.layout import RunPaths
 from galley.core.manifest import (
-    MANIFEST_NAME,
     CheckpointMismatchError,
     CorruptCheckpointError,
     checkpoint_at,
 )
 from galley.core.records import CheckpointRecord
+from galley.core.registry import resolve_start
 from galley.core.retention import steps_to_drop
-from galley.core.runs import RunRecord, metrics_reader, read_run_record, write_run_record
-from galley.core.sections import flatten_keys
-from galley.core.serialization import from_data, to_data
+from galley.core.runs import (
+    RunRecord,
+    metrics_reader,
+    plain_saved_settings,
+    read_run_record,
+    write_run_record,
+)
+from galley.core.sections import (
+    BaseModelSection,
+    CheckpointSection,
+    EvalSection,
+    ModelSection,
+)
+from galley.core.stages.sample import EvaluatedWeights
 from galley.core.tracking import open_tracked_run
+from galley.core.types import ModelRef
 
 if TYPE_CHECKING:
-    from galley.core.types import CheckpointRef
-    from galley.ports.blobs import BlobStore
     from galley.ports.training import TrainingSession
-
-INDEX_NAME = "checkpoints.jsonl"
-
-
-def index_key(output: str, run_id: str) -> str:
-    return join_key(output, run_id, INDEX_NAME)
-
-
-def read_index(blobs: BlobStore, output: str, run_id: str) -> list[CheckpointRecord]:
-    """The index's entries, oldest first. Lines that don't parse (a torn write on a store
-    without atomic writes) are skipped: every entry before them is still trusted, and each
-    entry's checkpoint is verified against its manifest when loaded."""
-    key = index_key(output, run_id)
-    if not blobs.exists(key):
-        return []
-    records = []
-    for line in blobs.read(key).decode(errors="replace").splitlines():
-        try:
-            records.append(from_data(CheckpointRecord, json.loads(line)))
-        except (ValueError, GalleyError):
-            continue
-    return records
-
-
-def write_index(
-    blobs: BlobStore, output: str, run_id: str, records: Sequence[CheckpointRecord]
-) -> None:
-    lines = b"".join(json.dumps(to_data(r), sort_keys=True).encode() + b"\n" for r in records)
-    blobs.write(index_key(output, run_id), lines)  # atomic: readers see the old or the new index
-
-
-def delete_checkpoint(blobs: BlobStore, ref: CheckpointRef) -> None:
-    """Manifest first: a checkpoint without one is incomplete, never half-trusted. One kept
-    by a service (a key with a scheme, such as ``tinker://``) is not in the blob store: it is
-    left where it is, for the service's own tools to delete."""
-    if "://" in ref.key:
-        return
-    manifest = join_key(ref.key, MANIFEST_NAME)
-    blobs.delete(manifest)
-    for key in blobs.list(ref.key):
-        blobs.delete(key)
 
 
 def step_name(step: int) -> str:
@@ -89,22 +60,17 @@ def checkpoint_stage(name: str, at: str) -> FunctionStage:
         ctx: StageContext,
         session: TrainingSession,
         batch_plan: BatchPlan,
-        output: str,
-        run_id: str,
-        checkpoints: Sequence[CheckpointRecord],
-        keep_checkpoints: int,
-        keep_best: int,
-        keep_metric: str,
-        keep_max: bool,
-        checkpoint_sampler: bool,
+        paths: RunPaths,
+        saved_checkpoints: Sequence[CheckpointRecord],
+        checkpoints: CheckpointSection,
         **position: int,
     ) -> dict[str, Any]:
         step = position[at]
-        if checkpoints and checkpoints[-1].step == step:
-            return {"checkpoints": checkpoints}
+        if saved_checkpoints and saved_checkpoints[-1].step == step:
+            return {"saved_checkpoints": saved_checkpoints}
         ref = ctx.wait(session.save_state(step_name(step)), "training.save_state")
         sampler = None
-        if checkpoint_sampler:
+        if checkpoints.checkpoint_sampler:
             saving = session.save_weights_for_sampler(step_name(step))
             sampler = ctx.wait(saving, "training.save_weights_for_sampler")
         record = CheckpointRecord(
@@ -113,25 +79,28 @@ def checkpoint_stage(name: str, at: str) -> FunctionStage:
         # A resume continues after the newest index entry with the metrics stored up to it:
         # rows a store still buffers must be durable before the entry exists.
         ctx.flush_metrics()
-        saved = [*checkpoints, record]
-        scores = step_scores(ctx, run_id, keep_metric) if keep_best else {}
+        saved = [*saved_checkpoints, record]
+        keep = checkpoints
+        scores = step_scores(ctx, paths.run_id, keep.keep_metric) if keep.keep_best else {}
         steps = [r.step for r in saved]
-        drop = set(steps_to_drop(steps, keep_checkpoints, keep_best, scores, keep_max))
+        drop = set(
+            steps_to_drop(steps, keep.keep_checkpoints, keep.keep_best, scores, keep.keep_max)
+        )
         kept = [r for r in saved if r.step not in drop]
         dropped = [r for r in saved if r.step in drop]
-        write_index(ctx.adapters.blobs, output, run_id, kept)
+        write_index(ctx.adapters.blobs, paths, kept)
         for old in dropped:
             delete_checkpoint(ctx.adapters.blobs, old.state)
             if old.sampler is not None:
                 delete_checkpoint(ctx.adapters.blobs, old.sampler)
         ctx.log.info("checkpoint.saved", step=step, key=ref.key, dropped=[d.step for d in dropped])
-        return {"checkpoints": tuple(kept)}
+        return {"saved_checkpoints": tuple(kept)}
 
     return FunctionStage(
         name,
         run,
         reads=reads_of(run, (at,)),
-        writes=("checkpoints",),
+        writes=("saved_checkpoints",),
         ports=("training", "blobs"),
         doc=f"Save training state after `{at}` steps and add it to the checkpoint index.",
     )
@@ -159,16 +128,16 @@ def check_entry(record: CheckpointRecord, run_id: str) -> None:
 
 
 @stage(
-    writes=("start_step", "checkpoints", "evaluated_at"),
+    writes=("start_step", "saved_checkpoints", "evaluated_at"),
     ports=("training", "blobs"),
+    replaces=("start_step",),  # the config's 0
 )
 def resume_from_checkpoint(
     ctx: StageContext,
     session: TrainingSession,
-    output: str,
-    run_id: str,
+    paths: RunPaths,
     resume: bool,
-    eval_every: int,
+    evaluation: EvalSection,
     total_steps: int,
 ) -> dict[str, Any]:
     """When resuming, load the newest checkpoint that verifies and is this run's (falling
@@ -177,12 +146,13 @@ def resume_from_checkpoint(
     is refused; one at it leaves only the stages after training to run. The start is
     evaluated only where an uninterrupted run evaluates (step 0, on the eval schedule, or the
     last step)."""
-    fresh = {"start_step": 0, "checkpoints": (), "evaluated_at": -1}
+    fresh = {"start_step": 0, "saved_checkpoints": (), "evaluated_at": -1}
     if not resume:
         return fresh
-    index = read_index(ctx.adapters.blobs, output, run_id)
+    run_id = paths.run_id
+    index = read_index(ctx.adapters.blobs, paths)
     if not index:
-        ctx.log.warning("run.restarted", reason=f"no checkpoint in {index_key(output, run_id)!r}")
+        ctx.log.warning("run.restarted", reason=f"no checkpoint in {paths.index!r}")
         return fresh
     i = load_newest(ctx, session, index, run_id)
     record = index[i]
@@ -194,10 +164,11 @@ def resume_from_checkpoint(
             "below its checkpoint (give the saved max_steps, or more)",
         )
     ctx.log.info("run.resumed", step=record.step, key=record.state.key)
+    eval_every = evaluation.eval_every
     on_schedule = eval_every > 0 and record.step % eval_every == 0
     return {
         "start_step": record.step,
-        "checkpoints": tuple(index[: i + 1]),
+        "saved_checkpoints": tuple(index[: i + 1]),
         "evaluated_at": -1 if on_schedule or record.step == total_steps else record.step,
     }
 
@@ -235,13 +206,12 @@ def load_newest(
 
 
 def load_init_from(
-    ctx: StageContext, session: TrainingSession, init_from: str, output: str, run_id: str
+    ctx: StageContext, session: TrainingSession, init_from: str, paths: RunPaths
 ) -> None:
     """Load ``init_from``'s weights into ``session``: a run id under ``output`` (its newest
     good checkpoint), the blob key of a state checkpoint or sampler weights (a LoRA
     adapter), or ``registry:NAME`` (the checkpoint a registered model names). Weights only."""
-    from galley.core.registry import resolve_start  # the registry reads checkpoints: no cycle
-
+    output, run_id = paths.output, paths.run_id
     init_from = resolve_start(ctx.adapters, init_from, output)
     if "/" in init_from:
         ref = checkpoint_at(ctx.adapters.blobs, init_from)
@@ -250,11 +220,10 @@ def load_init_from(
         return
     if init_from == run_id:
         raise ValidationError("init_from", f"run {run_id!r} cannot start from itself")
-    index = read_index(ctx.adapters.blobs, output, init_from)
+    source = RunPaths(output, init_from)
+    index = read_index(ctx.adapters.blobs, source)
     if not index:
-        raise NotFoundError(
-            f"init_from: run {init_from!r} has no checkpoint in {index_key(output, init_from)!r}"
-        )
+        raise NotFoundError(f"init_from: run {init_from!r} has no checkpoint in {source.index!r}")
     record = index[load_newest(ctx, session, index, init_from, weights_only=True)]
     ctx.log.info("run.initialised", init_from=init_from, step=record.step, key=record.state.key)
 
@@ -263,21 +232,15 @@ def load_init_from(
 def init_weights(
     ctx: StageContext,
     session: TrainingSession,
-    init_from: str | None,
-    output: str,
-    run_id: str,
+    model: ModelSection,
+    paths: RunPaths,
     start_step: int,
 ) -> dict[str, Any]:
     """Start a new run from other weights (``init_from``, see ``load_init_from``); the
     optimizer starts anew. A resumed run has its own."""
-    if init_from and start_step == 0:
-        load_init_from(ctx, session, init_from, output, run_id)
+    if model.init_from and start_step == 0:
+        load_init_from(ctx, session, model.init_from, paths)
     return {}
-
-
-def plain_saved_settings(record: RunRecord) -> dict[str, Any]:
-    """A run's saved settings by plain name, whether its config kept them in sections or not."""
-    return {k.rpartition(".")[2]: v for k, v in flatten_keys(record.config).items()}
 
 
 # The settings a checkpoint's weights depend on: an evaluation must start its session alike.
@@ -285,27 +248,26 @@ WEIGHT_SHAPING = ("base_model", "lora_rank", "lora_alpha")
 
 
 @stage(
-    writes=("sampler", "evaluated_step"),
+    writes=("evaluated",),
     ports=("training", "blobs"),
 )
 def load_run_weights(
     ctx: StageContext,
     session: TrainingSession,
     from_run: str | None,
-    output: str,
-    base_model: str,
-    lora_rank: int,
-    lora_alpha: float,
+    paths: RunPaths,
+    model: BaseModelSection,
 ) -> dict[str, Any]:
     """Evaluate run ``from_run`` (under ``output``): load its newest checkpoint that verifies
     and export those weights for sampling. Refused, naming the setting, when the run trained
     another base model or LoRA shape than this session has. No ``from_run``: the base model."""
     if not from_run:
-        return {"sampler": None, "evaluated_step": 0}
+        return {"evaluated": EvaluatedWeights(ModelRef(model.base_model), 0)}
+    output = paths.output
     record = read_run_record(ctx.adapters, output, from_run)
     if record is None:
         raise NotFoundError(f"run {from_run!r} has no record under {output!r}: nothing to evaluate")
-    given = {"base_model": base_model, "lora_rank": lora_rank, "lora_alpha": lora_alpha}
+    given = attrs.asdict(model)
     saved = plain_saved_settings(record)
     for field in WEIGHT_SHAPING:
         if field in saved and saved[field] != given[field]:
@@ -313,28 +275,27 @@ def load_run_weights(
                 f"run {from_run!r} trained with {field} {saved[field]!r}, this "
                 f"evaluation has {given[field]!r}; give the run's (--set {field}=...)"
             )
-    index = read_index(ctx.adapters.blobs, output, from_run)
+    source = RunPaths(output, from_run)
+    index = read_index(ctx.adapters.blobs, source)
     if not index:
-        raise NotFoundError(
-            f"run {from_run!r} has no checkpoint in {index_key(output, from_run)!r}"
-        )
+        raise NotFoundError(f"run {from_run!r} has no checkpoint in {source.index!r}")
     checkpoint = index[load_newest(ctx, session, index, from_run)]
     name = f"{from_run}-step-{checkpoint.step}"
     sampler = ctx.wait(session.save_weights_for_sampler(name), "training.save_weights_for_sampler")
     ctx.log.info("run.weights_loaded", run=from_run, step=checkpoint.step, key=checkpoint.state.key)
-    return {"sampler": sampler, "evaluated_step": checkpoint.step}
+    return {"evaluated": EvaluatedWeights(ModelRef(model.base_model, sampler), checkpoint.step)}
 
 
 @stage(writes=("run_recorded",), ports=("blobs", "metrics"))
 def save_run_record(
-    ctx: StageContext, run_record: RunRecord, output: str, resume: bool, start_step: int
+    ctx: StageContext, run_record: RunRecord, paths: RunPaths, resume: bool, start_step: int
 ) -> dict[str, Any]:
     """Before the run's first step: open it in the experiment trackers (a resume continues
     theirs) and save its settings, any change a resume made to them, and the trackers' ids."""
     record = open_tracked_run(
         ctx.adapters.metrics, run_record, resumed=resume, start_step=start_step
     )
-    write_run_record(ctx.adapters, output, record)
+    write_run_record(ctx.adapters, paths.output, record)
     return {"run_recorded": True}  # from here on, a failure has written something
 
 

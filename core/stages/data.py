@@ -12,6 +12,7 @@ from galley.core.data_formats import row_to_conversation
 from galley.core.engine import StageContext, stage
 from galley.core.errors import ValidationError
 from galley.core.records import DataSplit
+from galley.core.sections import DataSection
 
 Origin = tuple[str, int]  # (source, row): where a row came from, for error messages
 RowParser = Callable[..., Any]  # (row, *, source, index) -> the row read, or a DataError
@@ -32,17 +33,10 @@ def holdout_size(train_rows: int, eval_holdout: int) -> int:
     return min(eval_holdout, train_rows // 10)
 
 
-def load_rows(
-    ctx: StageContext,
-    parse: RowParser,
-    dataset: str,
-    train_split: str,
-    eval_split: str,
-    eval_holdout: int,
-    seed: int,
-) -> dict[str, Any]:
+def load_rows(ctx: StageContext, parse: RowParser, data: DataSection, seed: int) -> dict[str, Any]:
     """The train split and the eval split (or up to ``eval_holdout`` train rows held out, see
     :func:`holdout_size`), each row read by ``parse``: what a loading stage returns."""
+    dataset, train_split, eval_split = data.dataset, data.train_split, data.eval_split
     store = ctx.adapters.datasets
     handle = store.load(dataset)
     train, train_from = _parsed(
@@ -56,7 +50,7 @@ def load_rows(
             ctx, store.get_split(handle, eval_split), f"{dataset}[{eval_split}]", parse
         )
     else:
-        count = holdout_size(len(train), eval_holdout)
+        count = holdout_size(len(train), data.eval_holdout)
         order = np.random.default_rng([seed, 1]).permutation(len(train))
         held_out, eval_from = (
             [train[i] for i in order[:count]],
@@ -78,16 +72,9 @@ def load_rows(
     writes=("train_rows", "eval_rows", "row_origins", "data_split"),
     ports=("datasets",),
 )
-def load_dataset(
-    ctx: StageContext,
-    dataset: str,
-    train_split: str,
-    eval_split: str,
-    eval_holdout: int,
-    seed: int,
-) -> dict[str, Any]:
+def load_dataset(ctx: StageContext, data: DataSection, seed: int) -> dict[str, Any]:
     """Load the train split and the eval split (or hold out ``eval_holdout`` train rows)."""
-    return load_rows(ctx, row_to_conversation, dataset, train_split, eval_split, eval_holdout, seed)
+    return load_rows(ctx, row_to_conversation, data, seed)
 
 
 @stage(writes=())

@@ -11,6 +11,8 @@ import numpy as np
 from galley.core.engine import FunctionStage, StageContext, reads_of, stage
 from galley.core.engine.stage import first_sentence
 from galley.core.records import EVAL
+from galley.core.sections import EvalSection
+from galley.core.stages.sample import EvaluatedWeights
 from galley.core.types import Datum
 
 if TYPE_CHECKING:
@@ -48,10 +50,17 @@ def trained_bytes(session: TrainingSession, data: Sequence[Datum]) -> int:
     return total
 
 
+def heldout_metrics(
+    ctx: StageContext, session: TrainingSession, eval_data: Sequence[Datum], evaluation: EvalSection
+) -> dict[str, float]:
+    """Held-out NLL and bits per byte (``heldout_nll``), in batches of ``eval_batch_size``."""
+    return heldout_nll(ctx, session, eval_data, evaluation.eval_batch_size)
+
+
 Measure = Callable[..., Mapping[str, float]]  # (ctx, session, eval_data, **state) -> metrics
 
 
-def evaluate_stage(name: str, at: str, measure: Measure = heldout_nll) -> FunctionStage:
+def evaluate_stage(name: str, at: str, measure: Measure = heldout_metrics) -> FunctionStage:
     """A stage recording ``measure`` (by default held-out NLL) under the eval stream after
     ``state[at]`` optimizer steps, once per step: it skips a step already evaluated. The
     state ``measure`` reads is named by its parameters after ``ctx``, as a stage's are.
@@ -92,10 +101,10 @@ def measure_heldout(
     session: TrainingSession,
     eval_data: Sequence[Datum],
     eval_batch_size: int,
-    evaluated_step: int,
+    evaluated: EvaluatedWeights,
 ) -> dict[str, Any]:
     """Held-out NLL and bits per byte of the session's weights, recorded at the step they
     were trained to (0 for a base model)."""
     measured = heldout_nll(ctx, session, eval_data, eval_batch_size)
-    ctx.record_metrics(EVAL, evaluated_step, measured)
+    ctx.record_metrics(EVAL, evaluated.step, measured)
     return {"measured": measured}

@@ -9,6 +9,7 @@ from galley.core.chat import Conversation, TrainOn
 from galley.core.engine import StageContext, stage
 from galley.core.errors import DataError, ValidationError
 from galley.core.rendering import DoesNotFitError, Renderer, fit_conversation, make_renderer
+from galley.core.sections import RenderSection
 from galley.core.types import Datum
 
 if TYPE_CHECKING:
@@ -61,11 +62,9 @@ def render_splits(
     return {"train_data": train, "eval_data": held_out, "skipped_examples": skipped}
 
 
-def conversation_fitter(
-    chat: Renderer, train_on: str, max_length: int, truncation: str
-) -> Callable[[Conversation], Datum]:
+def conversation_fitter(chat: Renderer, render: RenderSection) -> Callable[[Conversation], Datum]:
     """A conversation as a Datum weighted by ``train_on`` and fitted to ``max_length``."""
-    mode = TrainOn(train_on)
+    mode, max_length, truncation = TrainOn(render.train_on), render.max_length, render.truncation
 
     def fit(conversation: Conversation) -> Datum:
         return fit_conversation(chat, conversation, mode, max_length, truncation)
@@ -82,16 +81,13 @@ def render_dataset(
     train_rows: Sequence[Conversation],
     eval_rows: Sequence[Conversation],
     row_origins: Mapping[str, Sequence[tuple[str, int]]],
-    renderer: str,
-    train_on: str,
-    max_length: int,
-    truncation: str,
+    render: RenderSection,
 ) -> dict[str, Any]:
     """Tokenize conversations with the session's tokenizer; weights follow ``train_on``; rows
     too long are truncated as ``truncation`` says, and those that still cannot fit skipped."""
-    chat = make_renderer(renderer, session.tokenizer)
-    fit = conversation_fitter(chat, train_on, max_length, truncation)
-    rendered = render_splits(ctx, fit, train_rows, eval_rows, row_origins, max_length)
+    chat = make_renderer(render.renderer, session.tokenizer)
+    fit = conversation_fitter(chat, render)
+    rendered = render_splits(ctx, fit, train_rows, eval_rows, row_origins, render.max_length)
     train = rendered["train_data"]
     tokens = sum(d.model_input.length for d in train)
     ctx.log.info("dataset.rendered", train_examples=len(train), train_tokens=tokens)
@@ -106,14 +102,12 @@ def render_split(
     session: TrainingSession,
     eval_rows: Sequence[Conversation],
     row_origins: Mapping[str, Sequence[tuple[str, int]]],
-    renderer: str,
-    train_on: str,
-    max_length: int,
-    truncation: str,
+    render: RenderSection,
 ) -> dict[str, Any]:
     """Tokenize the rows to evaluate on, as ``render_dataset`` does its held-out rows."""
-    chat = make_renderer(renderer, session.tokenizer)
-    fit = conversation_fitter(chat, train_on, max_length, truncation)
+    chat = make_renderer(render.renderer, session.tokenizer)
+    fit = conversation_fitter(chat, render)
+    max_length = render.max_length
     data, skips = render_rows(ctx, fit, eval_rows, row_origins["eval"])
     if not data:
         raise ValidationError(

@@ -13,10 +13,20 @@ from galley.core.errors import ValidationError
 from galley.core.records import EVAL
 from galley.core.rendering import Renderer
 from galley.core.scorers import Scorer, resolve_scorer
+from galley.core.sections import BaseModelSection, SamplingSection
 from galley.core.types import CheckpointRef, ModelRef, SamplingParams
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
+
+
+@attrs.frozen
+class EvaluatedWeights:
+    """The weights an evaluation answers with: the base model, or a run's checkpoint exported
+    for sampling; and the step they were trained to (0 for a base model)."""
+
+    model: ModelRef
+    step: int
 
 
 @attrs.frozen
@@ -37,10 +47,11 @@ def split_last_answer(conversation: Conversation) -> tuple[Conversation, str] | 
 
 @stage(ports=("training",))
 def check_sampling(
-    ctx: StageContext, session: TrainingSession, num_samples: int, sample_max_tokens: int
+    ctx: StageContext, session: TrainingSession, sampling: SamplingSection
 ) -> dict[str, Any]:
     """Refuse sample settings the model cannot meet before training, not after it."""
     context = session.model_info.max_context
+    num_samples, sample_max_tokens = sampling.num_samples, sampling.sample_max_tokens
     if num_samples and sample_max_tokens >= context:
         raise ValidationError(
             "sample_max_tokens",
@@ -95,19 +106,19 @@ def sample_answers(
     ctx: StageContext,
     eval_rows: Sequence[Conversation],
     chat_renderer: Renderer,
-    base_model: str,
+    model: BaseModelSection,
     sampler: CheckpointRef,
-    num_samples: int,
-    sample_max_tokens: int,
+    sampling: SamplingSection,
     total_steps: int,
 ) -> dict[str, Any]:
     """Greedy answers of the base and the tuned model to held-out prompts; exact-match scores."""
-    pairs = held_out_prompts(eval_rows, num_samples)
+    pairs = held_out_prompts(eval_rows, sampling.num_samples)
     if not pairs:
         return {"samples": ()}
-    base = greedy_answers(ctx, pairs, chat_renderer, sample_max_tokens, ModelRef(base_model))
+    max_tokens = sampling.sample_max_tokens
+    base = greedy_answers(ctx, pairs, chat_renderer, max_tokens, ModelRef(model.base_model))
     tuned = greedy_answers(
-        ctx, pairs, chat_renderer, sample_max_tokens, ModelRef(base_model, sampler)
+        ctx, pairs, chat_renderer, max_tokens, ModelRef(model.base_model, sampler)
     )
     samples = tuple(
         SampleComparison(conv.messages[-1].content, ref, b, t)
@@ -141,21 +152,17 @@ def answer_and_score(
     ctx: StageContext,
     eval_rows: Sequence[Conversation],
     chat_renderer: Renderer,
-    base_model: str,
-    sampler: CheckpointRef | None,
-    num_samples: int,
-    sample_max_tokens: int,
+    evaluated: EvaluatedWeights,
+    sampling: SamplingSection,
     scorers: Sequence[str],
-    evaluated_step: int,
 ) -> dict[str, Any]:
-    """Greedy answers of the model (the base, or with ``sampler`` weights) to held-out
+    """Greedy answers of the model evaluated (the base, or a run's weights) to held-out
     prompts, each scored by every scorer; the mean of each is recorded as ``eval/<name>``."""
-    pairs = held_out_prompts(eval_rows, num_samples)
+    pairs = held_out_prompts(eval_rows, sampling.num_samples)
     if not pairs:
         return {"answers": ()}
     resolved = [resolve_scorer(spec) for spec in scorers]
-    model = ModelRef(base_model, sampler)
-    answers = greedy_answers(ctx, pairs, chat_renderer, sample_max_tokens, model)
+    answers = greedy_answers(ctx, pairs, chat_renderer, sampling.sample_max_tokens, evaluated.model)
     scored = tuple(
         ScoredAnswer(
             conv.messages[-1].content,
@@ -168,5 +175,5 @@ def answer_and_score(
     means = {
         f"eval/{s.name}": sum(a.scores[s.name] for a in scored) / len(scored) for s in resolved
     }
-    ctx.record_metrics(EVAL, evaluated_step, means)
+    ctx.record_metrics(EVAL, evaluated.step, means)
     return {"answers": scored}

@@ -5,26 +5,22 @@ from __future__ import annotations
 from typing import Any
 
 from galley.core.engine import StageContext, stage
-from galley.core.keys import join_key
+from galley.core.layout import RunPaths
+from galley.core.sections import BaseModelSection
 from galley.core.types import LoraConfig, SessionConfig
 
 
 def run_session_config(
-    base_model: str,
-    lora_rank: int,
-    lora_alpha: float,
-    seed: int,
-    output: str,
-    run_id: str,
-    *folder: str,
+    model: BaseModelSection, seed: int, paths: RunPaths, *folder: str
 ) -> SessionConfig:
-    """A session of run ``run_id``, saving under ``<output>/<run_id>[/<folder>...]``."""
+    """A session of ``model`` for the run at ``paths``, saving under its folder (or
+    ``folder`` below it: a reference's or a teacher's)."""
     return SessionConfig(
-        base_model=base_model,
-        lora=LoraConfig(rank=lora_rank, alpha=lora_alpha, seed=seed),
+        base_model=model.base_model,
+        lora=LoraConfig(rank=model.lora_rank, alpha=model.lora_alpha, seed=seed),
         seed=seed,
-        storage_prefix=join_key(output, run_id, *folder),
-        run_id=run_id,
+        storage_prefix=paths.under(*folder) if folder else paths.folder,
+        run_id=paths.run_id,
     )
 
 
@@ -33,17 +29,10 @@ def run_session_config(
     ports=("training",),
 )
 def start_session(
-    ctx: StageContext,
-    base_model: str,
-    lora_rank: int,
-    lora_alpha: float,
-    seed: int,
-    output: str,
-    run_id: str,
+    ctx: StageContext, model: BaseModelSection, seed: int, paths: RunPaths
 ) -> dict[str, Any]:
     """Start a training session (LoRA, or full fine-tuning when lora_rank is 0)."""
-    config = run_session_config(base_model, lora_rank, lora_alpha, seed, output, run_id)
-    session = ctx.adapters.training.start_session(config)
+    session = ctx.adapters.training.start_session(run_session_config(model, seed, paths))
     info = session.model_info
     ctx.log.info(
         "session.started",

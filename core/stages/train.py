@@ -21,6 +21,7 @@ from galley.core.engine import FunctionStage, StageContext, reads_of, stage
 from galley.core.errors import NonFiniteError, ValidationError
 from galley.core.records import TRAIN
 from galley.core.schedules import LRSchedule
+from galley.core.sections import OptimSection
 from galley.core.types import (
     AdamParams,
     Datum,
@@ -80,7 +81,6 @@ class Pipeline:
 
     in_flight: tuple[InFlightStep, ...] = ()
     last_done_at: float | None = None
-    skip_nonfinite: bool = False  # else a NaN/Inf loss or gradient stops the run
 
     # Every step changes the pipeline two or three times: these build the new one directly
     # (``attrs.evolve`` looks the fields up again on each call).
@@ -88,7 +88,7 @@ class Pipeline:
         self, in_flight: tuple[InFlightStep, ...], last_done_at: float | None = None
     ) -> Pipeline:
         last = self.last_done_at if last_done_at is None else last_done_at
-        return Pipeline(in_flight, last, self.skip_nonfinite)
+        return Pipeline(in_flight, last)
 
 
 def weights_of(datum: Datum) -> np.ndarray[Any, Any]:
@@ -116,22 +116,21 @@ def plan_training(
     seed: int,
     num_epochs: int,
     max_steps: int | None,
-    learning_rate: float,
-    lr_schedule: str,
-    on_nonfinite: str,
-    warmup_steps: int,
-    min_lr_ratio: float,
+    optim: OptimSection,
 ) -> dict[str, Any]:
     """Fix the batch order (seeded shuffle per epoch), the step count and the LR schedule."""
     plan = BatchPlan(num_examples=len(train_data), batch_size=batch_size, seed=seed)
     steps = total_steps(plan, num_epochs, max_steps)
-    schedule = LRSchedule(learning_rate, lr_schedule, warmup_steps, max(1, steps), min_lr_ratio)
+    length = max(1, steps)
+    schedule = LRSchedule(
+        optim.learning_rate, optim.lr_schedule, optim.warmup_steps, length, optim.min_lr_ratio
+    )
     ctx.log.info("training.planned", steps=steps, steps_per_epoch=plan.steps_per_epoch)
     return {
         "batch_plan": plan,
         "total_steps": steps,
         "schedule": schedule,
-        "pipeline": Pipeline(skip_nonfinite=on_nonfinite == "skip"),
+        "pipeline": Pipeline(),
     }
 
 
@@ -183,20 +182,16 @@ def optim_step(
     schedule: LRSchedule,
     step: int,
     pipeline: Pipeline,
-    weight_decay: float,
-    grad_clip_norm: float,
-    adam_beta1: float,
-    adam_beta2: float,
-    adam_eps: float,
+    optim: OptimSection,
 ) -> dict[str, Any]:
     """Submit the AdamW update of step ``step`` with the scheduled LR (does not wait)."""
     params = AdamParams(
         learning_rate=schedule(step - 1),
-        beta1=adam_beta1,
-        beta2=adam_beta2,
-        eps=adam_eps,
-        weight_decay=weight_decay,
-        grad_clip_norm=grad_clip_norm,
+        beta1=optim.adam_beta1,
+        beta2=optim.adam_beta2,
+        eps=optim.adam_eps,
+        weight_decay=optim.weight_decay,
+        grad_clip_norm=optim.grad_clip_norm,
     )
     *older, last = pipeline.in_flight
     if last.step != step or last.optim is not None:
@@ -213,8 +208,11 @@ def check_finite(entry: InFlightStep, what: str, value: float) -> None:
         raise NonFiniteError(entry.step, what, value, entry.examples)
 
 
-def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipeline:
-    """Wait for the oldest steps until at most ``keep_in_flight`` remain; record their metrics."""
+def collect(
+    ctx: StageContext, pipeline: Pipeline, keep_in_flight: int, on_nonfinite: str
+) -> Pipeline:
+    """Wait for the oldest steps until at most ``keep_in_flight`` remain; record their metrics.
+    A NaN/Inf loss or gradient stops the run, or with ``on_nonfinite="skip"`` skips the step."""
     pending = list(pipeline.in_flight)
     last = pipeline.last_done_at
     while len(pending) > keep_in_flight:
@@ -231,7 +229,7 @@ def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipel
         finite = math.isfinite(fb.metrics["loss:sum"]) and (
             optim is None or math.isfinite(optim.grad_norm)
         )
-        if not finite and pipeline.skip_nonfinite:
+        if not finite and on_nonfinite == "skip":
             # The backend left weights and optimizer state as they were (port guarantee).
             ctx.log.warning("step.skipped", step=entry.step, examples=list(entry.examples))
             ctx.record_metrics(TRAIN, entry.step, {"skipped": 1.0, "tokens": float(entry.tokens)})
@@ -254,12 +252,14 @@ def collect(ctx: StageContext, pipeline: Pipeline, keep_in_flight: int) -> Pipel
 
 
 @stage(writes=("pipeline",), ports=("training", "metrics"))
-def collect_results(ctx: StageContext, pipeline: Pipeline, submit_ahead: int) -> dict[str, Any]:
+def collect_results(
+    ctx: StageContext, pipeline: Pipeline, submit_ahead: int, on_nonfinite: str
+) -> dict[str, Any]:
     """Collect finished steps, leaving ``submit_ahead`` steps queued on the session."""
-    return {"pipeline": collect(ctx, pipeline, submit_ahead)}
+    return {"pipeline": collect(ctx, pipeline, submit_ahead, on_nonfinite)}
 
 
 @stage(writes=("pipeline",), ports=("training", "metrics"))
-def drain(ctx: StageContext, pipeline: Pipeline) -> dict[str, Any]:
+def drain(ctx: StageContext, pipeline: Pipeline, on_nonfinite: str) -> dict[str, Any]:
     """Collect every step still in flight."""
-    return {"pipeline": collect(ctx, pipeline, 0)}
+    return {"pipeline": collect(ctx, pipeline, 0, on_nonfinite)}

@@ -3,7 +3,6 @@ step (by linearisation, on any TrainingClient) and its held-out metrics."""
 
 from galley.core.stages.dpo.data import load_preferences, render_pairs
 from galley.core.stages.dpo.reference import (
-    REFERENCE_NAME,
     ReferenceLogprobs,
     answer_logprobs_of,
     reference_logprobs,
@@ -11,7 +10,6 @@ from galley.core.stages.dpo.reference import (
 from galley.core.stages.dpo.train import preference_eval, preference_step
 
 __all__ = [
-    "REFERENCE_NAME",
     "ReferenceLogprobs",
     "answer_logprobs_of",
     "load_preferences",

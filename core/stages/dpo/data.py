@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 from galley.core.engine import StageContext, stage
 from galley.core.preferences import PreferencePair, RenderedPair, render_pair, row_to_pair
 from galley.core.rendering import make_renderer
+from galley.core.sections import DataSection, FormatSection
 from galley.core.stages.data import load_rows
 from galley.core.stages.render import render_splits
 
@@ -19,16 +20,9 @@ if TYPE_CHECKING:
     writes=("train_rows", "eval_rows", "row_origins", "data_split"),
     ports=("datasets",),
 )
-def load_preferences(
-    ctx: StageContext,
-    dataset: str,
-    train_split: str,
-    eval_split: str,
-    eval_holdout: int,
-    seed: int,
-) -> dict[str, Any]:
+def load_preferences(ctx: StageContext, data: DataSection, seed: int) -> dict[str, Any]:
     """Load the train pairs and the eval pairs (or hold out ``eval_holdout`` train pairs)."""
-    return load_rows(ctx, row_to_pair, dataset, train_split, eval_split, eval_holdout, seed)
+    return load_rows(ctx, row_to_pair, data, seed)
 
 
 @stage(
@@ -40,16 +34,14 @@ def render_pairs(
     train_rows: Sequence[PreferencePair],
     eval_rows: Sequence[PreferencePair],
     row_origins: Mapping[str, Sequence[tuple[str, int]]],
-    renderer: str,
-    max_length: int,
-    truncation: str,
+    render: FormatSection,
 ) -> dict[str, Any]:
     """Tokenize both sides of every pair with the session's tokenizer, weighting the answers;
     a pair either side of which cannot fit ``max_length`` is skipped whole."""
-    chat = make_renderer(renderer, session.tokenizer)
+    chat, max_length = make_renderer(render.renderer, session.tokenizer), render.max_length
 
     def fit(pair: PreferencePair) -> RenderedPair:
-        return render_pair(chat, pair, max_length, truncation)
+        return render_pair(chat, pair, max_length, render.truncation)
 
     rendered = render_splits(ctx, fit, train_rows, eval_rows, row_origins, max_length)
     train = rendered["train_data"]

@@ -15,15 +15,14 @@ import attrs
 from galley.core.distill import tokenizer_mismatch
 from galley.core.engine import StageContext, stage
 from galley.core.errors import ConfigError, ValidationError
-from galley.core.keys import join_key
+from galley.core.layout import RunPaths
 from galley.core.preferences import AnswerLogprobs, RenderedPair, pair_datums, summed_answers
+from galley.core.sections import EvalSection, ModelSection
 from galley.core.serialization import from_data, to_data
 from galley.core.stages.session import run_session_config
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
-
-REFERENCE_NAME = "reference_logprobs.json"
 
 
 @attrs.frozen
@@ -109,32 +108,28 @@ def reference_logprobs(
     train_data: Sequence[RenderedPair],
     eval_data: Sequence[RenderedPair],
     start_step: int,
-    eval_batch_size: int,
+    evaluation: EvalSection,
     reference_model: str | None,
-    base_model: str,
-    init_from: str | None,
-    lora_rank: int,
-    lora_alpha: float,
+    model: ModelSection,
     seed: int,
-    output: str,
-    run_id: str,
+    paths: RunPaths,
 ) -> dict[str, Any]:
     """Score every pair with the reference once: the run's starting weights (its base model,
     or ``init_from``), or ``reference_model``. A run that already saved them reads them back,
     after checking they were computed from the same reference and the same rendered pairs."""
-    blobs = ctx.adapters.blobs
-    key = join_key(output, run_id, REFERENCE_NAME)
-    model = _describe(reference_model, base_model, init_from)
+    blobs, key, run_id = ctx.adapters.blobs, paths.reference, paths.run_id
+    base_model, eval_batch_size = model.base_model, evaluation.eval_batch_size
+    described = _describe(reference_model, base_model, model.init_from)
     fingerprint = pairs_fingerprint(train_data, eval_data)
     if blobs.exists(key):
         saved = read_reference(blobs.read(key), key)
-        if saved.model != model or saved.fingerprint != fingerprint:
-            differs = "reference model" if saved.model != model else "rendered pairs"
+        if saved.model != described or saved.fingerprint != fingerprint:
+            differs = "reference model" if saved.model != described else "rendered pairs"
             raise ValidationError(
                 key,
                 f"these reference log-probabilities were computed for other {differs} "
-                f"(saved: {saved.model!r}, pairs {saved.fingerprint[:12]}; this run: {model!r}, "
-                f"pairs {fingerprint[:12]}); refusing to train against them",
+                f"(saved: {saved.model!r}, pairs {saved.fingerprint[:12]}; this run: "
+                f"{described!r}, pairs {fingerprint[:12]}); refusing to train against them",
             )
         ctx.log.info("reference.loaded", key=key, pairs=len(saved.train))
         return {"reference": saved}
@@ -146,9 +141,8 @@ def reference_logprobs(
     started = time.perf_counter()
     scorer = session
     if reference_model:
-        config = run_session_config(
-            reference_model, lora_rank, lora_alpha, seed, output, run_id, "reference"
-        )
+        scoring_model = attrs.evolve(model, base_model=reference_model)
+        config = run_session_config(scoring_model, seed, paths, "reference")
         scorer = ctx.adapters.training.start_session(config)
         mismatch = tokenizer_mismatch(session.tokenizer, scorer.tokenizer, "the trained model's")
         if mismatch is not None:
@@ -159,7 +153,7 @@ def reference_logprobs(
             )
     try:
         reference = ReferenceLogprobs(
-            model,
+            described,
             fingerprint,
             answer_logprobs_of(ctx, scorer, train_data, eval_batch_size),
             answer_logprobs_of(ctx, scorer, eval_data, eval_batch_size),
@@ -171,7 +165,7 @@ def reference_logprobs(
     ctx.log.info(
         "reference.computed",
         key=key,
-        model=model,
+        model=described,
         pairs=len(reference.train) + len(reference.eval),
         seconds=round(time.perf_counter() - started, 2),
     )

@@ -15,6 +15,7 @@ from galley.core.batching import BatchPlan
 from galley.core.dpo import PreferenceObjective, preference_metrics
 from galley.core.engine import StageContext, stage
 from galley.core.preferences import RenderedPair, pair_datums, pair_logprobs, preference_gradient
+from galley.core.sections import EvalSection
 from galley.core.stages.dpo.reference import ReferenceLogprobs, answer_logprobs_of
 from galley.core.stages.train import InFlightStep, Pipeline
 
@@ -60,14 +61,14 @@ def preference_eval(
     ctx: StageContext,
     session: TrainingSession,
     eval_data: Sequence[RenderedPair],
-    eval_batch_size: int,
+    evaluation: EvalSection,
     reference: ReferenceLogprobs,
     loss_type: str,
     beta: float,
     label_smoothing: float,
 ) -> dict[str, float]:
     """Held-out preference metrics: TRL's DPO loss and rewards on the eval pairs."""
-    policy = answer_logprobs_of(ctx, session, eval_data, eval_batch_size)
+    policy = answer_logprobs_of(ctx, session, eval_data, evaluation.eval_batch_size)
     scored = pair_logprobs(eval_data, policy, reference.eval)
     objective = PreferenceObjective(loss_type, beta, label_smoothing)
     return {f"eval/{k}": v for k, v in preference_metrics(scored, objective).items()}

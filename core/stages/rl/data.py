@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from galley.core.engine import StageContext, stage
+from galley.core.layout import RunPaths
 from galley.core.model_input import ModelInput
 from galley.core.rendering import DoesNotFitError, make_renderer
 from galley.core.rl import Task, row_to_task
+from galley.core.sections import DataSection, FormatSection, ModelSection
 from galley.core.stages.checkpoint import load_init_from
 from galley.core.stages.data import load_rows
 from galley.core.stages.render import render_splits
@@ -33,16 +35,9 @@ class RenderedTask:
     writes=("train_rows", "eval_rows", "row_origins", "data_split"),
     ports=("datasets",),
 )
-def load_tasks(
-    ctx: StageContext,
-    dataset: str,
-    train_split: str,
-    eval_split: str,
-    eval_holdout: int,
-    seed: int,
-) -> dict[str, Any]:
+def load_tasks(ctx: StageContext, data: DataSection, seed: int) -> dict[str, Any]:
     """Load the train prompts and the eval prompts (or hold out ``eval_holdout`` train rows)."""
-    return load_rows(ctx, row_to_task, dataset, train_split, eval_split, eval_holdout, seed)
+    return load_rows(ctx, row_to_task, data, seed)
 
 
 @stage(
@@ -54,13 +49,12 @@ def render_prompts(
     train_rows: Sequence[Task],
     eval_rows: Sequence[Task],
     row_origins: Mapping[str, Sequence[tuple[str, int]]],
-    renderer: str,
-    max_length: int,
+    render: FormatSection,
     max_tokens: int,
 ) -> dict[str, Any]:
     """Each prompt as the tokens that ask for the assistant's answer; a prompt that leaves
     fewer than ``max_tokens`` of ``max_length`` for the answer is skipped and counted."""
-    chat = make_renderer(renderer, session.tokenizer)
+    chat, max_length = make_renderer(render.renderer, session.tokenizer), render.max_length
 
     def fit(task: Task) -> RenderedTask:
         prompt = chat.generation_prompt(task.prompt)
@@ -81,26 +75,16 @@ def render_prompts(
     ports=("training", "blobs"),
 )
 def start_reference(
-    ctx: StageContext,
-    kl_penalty_coef: float,
-    base_model: str,
-    init_from: str | None,
-    lora_rank: int,
-    lora_alpha: float,
-    seed: int,
-    output: str,
-    run_id: str,
+    ctx: StageContext, kl_penalty_coef: float, model: ModelSection, seed: int, paths: RunPaths
 ) -> dict[str, Any]:
     """With a KL penalty, a second session holding the weights the run started from (its base
     model, or ``init_from``), to score sampled tokens against; a resumed run rebuilds it the
     same way. Without one, none."""
     if not kl_penalty_coef:
         return {"reference_session": None}
-    config = run_session_config(
-        base_model, lora_rank, lora_alpha, seed, output, run_id, "reference"
-    )
+    config = run_session_config(model, seed, paths, "reference")
     session = ctx.adapters.training.start_session(config)
-    if init_from:
-        load_init_from(ctx, session, init_from, output, run_id)
-    ctx.log.info("reference.started", model=base_model, init_from=init_from)
+    if model.init_from:
+        load_init_from(ctx, session, model.init_from, paths)
+    ctx.log.info("reference.started", model=model.base_model, init_from=model.init_from)
     return {"reference_session": session}

@@ -19,11 +19,13 @@ from galley.core.distill import reverse_kl, teacher_advantages, tokenizer_mismat
 from galley.core.engine import StageContext, stage
 from galley.core.errors import ConfigError, NotFoundError
 from galley.core.keys import join_key
+from galley.core.layout import RunPaths
 from galley.core.manifest import MANIFEST_NAME
 from galley.core.registry import resolve_start
 from galley.core.rendering import Renderer
-from galley.core.runs import read_run_record
-from galley.core.stages.checkpoint import load_init_from, plain_saved_settings
+from galley.core.runs import plain_saved_settings, read_run_record
+from galley.core.sections import BaseModelSection, ModelSection
+from galley.core.stages.checkpoint import load_init_from
 from galley.core.stages.rl.data import RenderedTask
 from galley.core.stages.rl.sampling import Scored, sample_and_score, sampling_params
 from galley.core.stages.rl.step import Rollouts, add_token_advantages, reward_eval, rollout_data
@@ -67,29 +69,27 @@ def teacher_logprobs(
 
 
 def open_teacher(
-    ctx: StageContext,
-    teacher: str,
-    base_model: str,
-    lora_rank: int,
-    lora_alpha: float,
-    seed: int,
-    output: str,
-    run_id: str,
+    ctx: StageContext, teacher: str, model: BaseModelSection, seed: int, paths: RunPaths
 ) -> tuple[TrainingSession, str]:
     """A session holding the teacher's weights, and the base model it runs on."""
+    output = paths.output
     teacher = resolve_start(ctx.adapters, teacher, output)  # registry:NAME: the checkpoint it names
     record = None if "/" in teacher else read_run_record(ctx.adapters, output, teacher)
+    shape = BaseModelSection(model.base_model, model.lora_rank, model.lora_alpha)
     if record is not None:  # a run: its own base model and LoRA shape
         saved = plain_saved_settings(record)
-        base_model = str(saved.get("base_model", base_model))
-        lora_rank = int(saved.get("lora_rank", lora_rank))
-        lora_alpha = float(saved.get("lora_alpha", lora_alpha))
+        shape = BaseModelSection(
+            str(saved.get("base_model", shape.base_model)),
+            int(saved.get("lora_rank", shape.lora_rank)),
+            float(saved.get("lora_alpha", shape.lora_alpha)),
+        )
     checkpoint = (
         ctx.adapters.blobs.exists(join_key(teacher, MANIFEST_NAME)) if "/" in teacher else False
     )
     if record is None and not checkpoint:
-        base_model = teacher  # a model folder or Hub id, used as it is
-    config = run_session_config(base_model, lora_rank, lora_alpha, seed, output, run_id, "teacher")
+        shape = attrs.evolve(shape, base_model=teacher)  # a model folder or Hub id, as it is
+    base_model = shape.base_model
+    config = run_session_config(shape, seed, paths, "teacher")
     try:
         session = ctx.adapters.training.start_session(config)
     except NotFoundError as e:
@@ -100,37 +100,34 @@ def open_teacher(
             f"folder or Hub id the hub finds ({e})"
         ) from e
     if record is not None or checkpoint:
-        load_init_from(ctx, session, teacher, output, run_id)
+        load_init_from(ctx, session, teacher, paths)
     return session, base_model
 
 
 @stage(
     writes=("teacher_session", "advantages"),
     ports=("training", "blobs"),
+    replaces=("advantages",),  # RL's reward advantages: the teacher's grade instead
 )
 def start_teacher(
     ctx: StageContext,
     session: TrainingSession,
     teacher: str | None,
-    base_model: str,
-    lora_rank: int,
-    lora_alpha: float,
+    model: ModelSection,
     seed: int,
-    output: str,
-    run_id: str,
+    paths: RunPaths,
     loss_normalisation: str,
 ) -> dict[str, Any]:
     """Open the teacher (refused when there is none, or when it tokenizes otherwise than
     the student) and make the RL step train on its advantages (``TeacherAdvantages``)."""
     if not teacher:
         raise ConfigError(NO_TEACHER)
-    args = (base_model, lora_rank, lora_alpha, seed, output, run_id)
-    teacher_session, teacher_base = open_teacher(ctx, teacher, *args)
+    teacher_session, teacher_base = open_teacher(ctx, teacher, model, seed, paths)
     mismatch = tokenizer_mismatch(session.tokenizer, teacher_session.tokenizer)
     if mismatch is not None:
         raise ConfigError(
             f"teacher: {teacher!r} (on {teacher_base!r}) tokenizes otherwise than the student's "
-            f"base model {base_model!r}: {mismatch}; distil from a teacher of the same family"
+            f"base model {model.base_model!r}: {mismatch}; distil from a teacher of the same family"
         )
     ctx.log.info("teacher.started", teacher=teacher, base_model=teacher_base)
     advantages = TeacherAdvantages(teacher_session, loss_normalisation)
@@ -177,8 +174,7 @@ def write_teacher_dataset(
     eval_data: Sequence[RenderedTask],
     chat_renderer: Renderer,
     max_tokens: int,
-    output: str,
-    run_id: str,
+    paths: RunPaths,
 ) -> dict[str, Any]:
     """Off-policy distillation's data: the teacher's greedy answer to every prompt, as chat
     rows (``train.jsonl``, ``eval.jsonl``) under the run, for ``galley run sft``."""
@@ -186,7 +182,7 @@ def write_teacher_dataset(
         teacher_session.save_weights_and_get_sampling_client(), "teacher.sampling_client"
     )
     params = sampling_params(chat_renderer, max_tokens, 0.0, 0)
-    folder = join_key(output, run_id, "teacher_data")
+    folder = paths.teacher_data
     for split, tasks in (("train", train_data), ("eval", eval_data)):
         scored = sample_and_score(sampler, tasks, params, 1, ())
         rows = (

@@ -15,7 +15,7 @@ import numpy as np
 from galley.core.batching import BatchPlan
 from galley.core.engine import FunctionStage, StageContext, reads_of
 from galley.core.envs import Action, Env, EnvGroupBuilder, Episode, Observation, Turn, build_group
-from galley.core.keys import join_key
+from galley.core.layout import RunPaths
 from galley.core.model_input import ModelInput
 from galley.core.rendering import Renderer
 from galley.core.rl import group_advantages, normalised_advantages, rollout_datum
@@ -196,8 +196,7 @@ def env_step_stage(builder: EnvGroupBuilder) -> FunctionStage:
         seed: int,
         step: int,
         pipeline: Pipeline,
-        output: str,
-        run_id: str,
+        paths: RunPaths,
     ) -> dict[str, Any]:
         started = time.perf_counter()
         completer = ctx.wait(
@@ -216,7 +215,7 @@ def env_step_stage(builder: EnvGroupBuilder) -> FunctionStage:
         params = sampling_params(chat_renderer, max_tokens, temperature, seed_now)
         episodes = play_episodes(completer, envs, chat_renderer, params, max_turns)
         rollouts = episode_rollouts(episodes, group_size, scale_rewards, loss_normalisation)
-        key = join_key(output, run_id, "rollouts", f"step-{step:06d}.jsonl")
+        key = paths.rollout_batch(step)
         ctx.adapters.blobs.write(key, episode_lines(episodes, group_size, rollouts.advantages))
         sampled_at = time.perf_counter()
         metrics = episode_metrics(episodes, group_size)

@@ -17,7 +17,7 @@ import attrs
 import numpy as np
 
 from galley.core.batching import BatchPlan
-from galley.core.keys import join_key
+from galley.core.layout import RunPaths
 from galley.core.rendering import Renderer
 from galley.core.rewards import Reward
 from galley.core.rl import group_advantages
@@ -99,7 +99,7 @@ class RolloutSampler:
     temperature: float
     seed: int
     scale_rewards: bool  # as the advantages recorded with the rollouts are
-    folder: str  # <output>/<run_id>/rollouts
+    paths: RunPaths  # the run's: its batches go in paths.rollouts
     substeps: int = 1
     total_steps: int = 0
 
@@ -125,7 +125,7 @@ class RolloutSampler:
         return scored.prompts(start, start + len(self._prompts(step)))
 
     def key(self, step: int) -> str:
-        return join_key(self.folder, f"step-{step:06d}.jsonl")
+        return self.paths.rollout_batch(step)
 
     def batches_ahead(self, step: int, max_steps_off_policy: int) -> list[int]:
         """The first steps of the batches after step ``step``'s own that may be sampled from

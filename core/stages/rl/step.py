@@ -16,7 +16,7 @@ import numpy as np
 
 from galley.core.batching import BatchPlan
 from galley.core.engine import FunctionStage, StageContext, reads_of, stage
-from galley.core.keys import join_key
+from galley.core.layout import RunPaths
 from galley.core.rendering import Renderer
 from galley.core.rewards import check_references, resolve_rewards
 from galley.core.rl import (
@@ -26,6 +26,7 @@ from galley.core.rl import (
     rollout_datum,
     sampled_token_kl,
 )
+from galley.core.sections import SamplingSection
 from galley.core.stages.rl.data import RenderedTask
 from galley.core.stages.rl.sampling import (
     Prefetch,
@@ -235,8 +236,7 @@ def plan_rollouts(
     num_substeps: int,
     total_steps: int,
     seed: int,
-    output: str,
-    run_id: str,
+    paths: RunPaths,
     loss_normalisation: str,
     reference_session: TrainingSession | None,
     kl_penalty_coef: float,
@@ -259,7 +259,7 @@ def plan_rollouts(
         temperature,
         seed,
         scale_rewards,
-        join_key(output, run_id, "rollouts"),
+        paths,
         num_substeps,
         total_steps,
     )
@@ -396,9 +396,9 @@ def answers_stage(name: str, writes: str) -> FunctionStage:
         rewards: Sequence[str],
         reward_weights: Sequence[float],
         max_tokens: int,
-        num_samples: int,
+        sampling: SamplingSection,
     ) -> dict[str, Any]:
-        tasks = list(eval_data[:num_samples])
+        tasks = list(eval_data[: sampling.num_samples])
         if not tasks:
             return {writes: ()}
         scored = greedy_answers(
