@@ -31,7 +31,7 @@ import jax, numpy as np
 from galley.adapters.jax import JaxCompleter, JaxTrainingClient
 from galley.adapters.jax.mesh import MeshShape
 from galley.adapters.jax.plan import plan_memory
-from galley.adapters.jax.training import flat_named
+from galley.adapters.jax.state_files import flat_named
 from galley.adapters.noop import NoopBlobStore, NoopHubClient
 from galley.core import AdamParams, Datum, LoraConfig, SamplingParams, SessionConfig
 

@@ -210,7 +210,7 @@ def test_lora_clients_of_one_base_share_its_weights(jax_server: tuple[str, Tinke
     url, service = jax_server
     _, a = _lora(url, rank=4)
     _, b = _lora(url, rank=8)
-    sessions = [service._models[t.model_id].training.result() for t in (a, b)]
+    sessions = [service.tenancy.models[t.model_id].training.result() for t in (a, b)]
     import jax
 
     shared = zip(
@@ -336,10 +336,10 @@ def test_a_session_without_heartbeats_expires_and_frees_its_models(
     dead, freed = _session_and_model(url)
     for _ in range(100):  # heartbeats for one of them only, until the other's model is freed
         assert _post(url, "session_heartbeat", {"session_id": alive}).status_code == 200
-        if freed not in service._models:
+        if freed not in service.tenancy.models:
             break
         time.sleep(0.1)
-    assert kept in service._models and freed not in service._models
+    assert kept in service.tenancy.models and freed not in service.tenancy.models
     assert _post(url, "session_heartbeat", {"session_id": dead}).status_code == 410
     assert _post(url, "get_info", {"model_id": freed}).status_code in (404, 410)
 

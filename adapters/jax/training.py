@@ -46,22 +46,25 @@ from galley.adapters.jax.model import (
     check_target_names,
     fused_attention,
 )
-from galley.adapters.jax.peft_export import (
-    load_peft_adapter,
-    merged_hf_tensors,
-    peft_adapter_files,
-)
+from galley.adapters.jax.peft_export import load_peft_adapter
 from galley.adapters.jax.scan import per_layer, stack_layers, stacked, unrolled
+from galley.adapters.jax.session_files import (
+    check_state_checkpoint,
+    lora_meta,
+    sampler_files,
+    saved_state,
+    unflatten_like,
+    write_checkpoint,
+)
 from galley.adapters.jax.session_sampler import WeightsCompleter, sampling_copy
-from galley.adapters.jax.sharding import Layout, Pinned, sync_processes, to_host
+from galley.adapters.jax.sharding import Layout, Pinned, to_host
+from galley.adapters.jax.shared_base import SharedBase
 from galley.adapters.jax.state_files import (
     STATE_FILE,
     flat_named,
     gathered_digests,
-    has_state,
     local_parts,
     part_file,
-    whole_tensors,
 )
 from galley.adapters.jax.steps import (
     Pins,
@@ -73,14 +76,10 @@ from galley.adapters.jax.steps import (
 )
 from galley.core.errors import ValidationError
 from galley.core.keys import check_name, join_key
-from galley.core.manifest import (
-    BlobDigest,
-    CheckpointMismatchError,
-    read_checkpoint,
-    write_checkpoint,
-)
+from galley.core.manifest import BlobDigest, read_checkpoint
 from galley.core.types import (
     AdamParams,
+    CheckpointKind,
     CheckpointRef,
     Datum,
     ForwardBackwardInput,
@@ -98,22 +97,6 @@ STUCK_WORKER_S = 1.0
 
 def _count(tree: Any) -> int:
     return sum(int(np.prod(np.shape(x))) for x in jax.tree.leaves(tree))
-
-
-def unflatten_like(template: Any, tensors: Mapping[str, np.ndarray[Any, Any]], source: str) -> Any:
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(template)
-    out = []
-    for path, leaf in leaves:
-        name = jax.tree_util.keystr(path)
-        if name not in tensors:
-            raise ValidationError(source, f"missing tensor {name!r}")
-        value = tensors[name]
-        if value.shape != np.shape(leaf):
-            raise ValidationError(
-                source, f"tensor {name!r} has shape {value.shape}, expected {np.shape(leaf)}"
-            )
-        out.append(jnp.asarray(value, dtype=leaf.dtype))
-    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 class JaxTrainingSession:
@@ -332,12 +315,17 @@ class JaxTrainingSession:
     def _state_tree(self) -> dict[str, Any]:
         return {"trainable": self._trainable, "opt_state": self._opt_state, "grads": self._grads}
 
+    def _ref(self, kind: CheckpointKind, name: str) -> CheckpointRef:
+        prefix = join_key(self.config.storage_prefix, kind, name)
+        return CheckpointRef(
+            kind, name, prefix, self.config.run_id, self._step, self.config.base_model
+        )
+
     def _save_state(self, name: str) -> CheckpointRef:
         """One file of whole tensors; across processes, one file of parts per process (each
         process calls this: the workflow runs in each), the manifest written by process 0
         once every file is."""
-        prefix = join_key(self.config.storage_prefix, "state", name)
-        blobs = self._client.blobs
+        ref = self._ref("state", name)
         written: dict[str, BlobDigest] = {}
         if jax.process_count() == 1:
             named = flat_named(self._state_tree())
@@ -345,28 +333,21 @@ class JaxTrainingSession:
         else:
             mine = part_file(jax.process_index(), jax.process_count())
             data = local_parts(self._state_tree(), self._layers)
-            blobs.write(join_key(prefix, mine), data)
+            self._client.blobs.write(join_key(ref.key, mine), data)
             digests = gathered_digests(data)  # returns once every process has written
             written = {part_file(i, len(digests)): d for i, d in enumerate(digests)}
             files = {}
-        meta = {"base_model": self.config.base_model, "lora": json.dumps(self._lora_meta())}
-        self._write_checkpoint(prefix, "state", name, files, meta, written)
-        return CheckpointRef(
-            "state", name, prefix, self.config.run_id, self._step, self.config.base_model
-        )
+        meta = {
+            "base_model": self.config.base_model,
+            "lora": json.dumps(lora_meta(self.config.lora)),
+        }
+        write_checkpoint(self._client.blobs, self.config, self._step, ref, files, meta, written)
+        return ref
 
     def _load_state(self, ref: CheckpointRef) -> None:
         manifest, files = read_checkpoint(self._client.blobs, ref)
-        if not has_state(files):
-            raise CheckpointMismatchError(
-                f"checkpoint {ref.key!r} was not saved by the JAX training adapter "
-                f"(it has no {STATE_FILE}): resume with the adapter that saved it"
-            )
-        if json.loads(manifest.meta.get("lora", "{}")) != self._lora_meta():
-            raise ValidationError(
-                "load_state", f"checkpoint {ref.key!r} was saved with another LoRA shape"
-            )
-        tree = self._saved_state(files, ref)
+        check_state_checkpoint(manifest, files, ref, self.config.lora, "load_state")
+        tree = saved_state(files, ref, self._state_tree(), self._layers)
         self._trainable = self._on_mesh(tree["trainable"])
         self._opt_state = self._on_mesh(tree["opt_state"])
         self._grads = self._on_mesh(tree["grads"])
@@ -383,18 +364,8 @@ class JaxTrainingSession:
                 f"{self.config.base_model!r}",
             )
         if ref.kind == "state":
-            if not has_state(files):
-                raise CheckpointMismatchError(
-                    f"checkpoint {ref.key!r} was not saved by the JAX training adapter"
-                )
-            saved = json.loads(manifest.meta.get("lora", "{}"))
-            if saved != self._lora_meta():
-                raise ValidationError(
-                    "load_weights",
-                    f"checkpoint {ref.key!r} has LoRA {_shape(saved)}; this session has "
-                    f"{_shape(self._lora_meta())}",
-                )
-            trainable = self._saved_state(files, ref)["trainable"]
+            check_state_checkpoint(manifest, files, ref, self.config.lora, "load_weights")
+            trainable = saved_state(files, ref, self._state_tree(), self._layers)["trainable"]
         elif manifest.meta.get("format") == "peft" and self.config.lora.rank:
             model = self._model()
             load_peft_adapter(model, files, self.config, ref.key)
@@ -413,72 +384,12 @@ class JaxTrainingSession:
         self._restart_optimizer()
         self._step = 0
 
-    def _write_checkpoint(
-        self,
-        prefix: str,
-        kind: str,
-        name: str,
-        files: dict[str, bytes],
-        meta: dict[str, str],
-        written: dict[str, BlobDigest] | None = None,
-    ) -> None:
-        """``files`` and the manifest, written by process 0 (the others hold the same files,
-        or wrote their ``written`` parts already); every process returns once they are."""
-        if jax.process_index() == 0:
-            write_checkpoint(
-                self._client.blobs,
-                prefix,
-                kind=kind,
-                name=name,
-                run_id=self.config.run_id,
-                step=self._step,
-                files=files,
-                meta=meta,
-                written=written,
-            )
-        sync_processes(f"saved {prefix}")
-
-    def _saved_state(self, files: dict[str, bytes], ref: CheckpointRef) -> dict[str, Any]:
-        """A state checkpoint's tensors as this session's state tree (host arrays)."""
-        source = f"checkpoint {ref.key!r}"
-        tensors = whole_tensors(files, source)
-        if self._layers:
-            tensors = stacked(tensors, self._state_tree(), self._layers)
-        tree: dict[str, Any] = unflatten_like(self._state_tree(), tensors, source)
-        return tree
-
-    def _lora_meta(self) -> dict[str, Any]:
-        lora = self.config.lora
-        return {
-            "rank": lora.rank,
-            "alpha": lora.alpha,
-            "attn": lora.train_attn,
-            "mlp": lora.train_mlp,
-            "unembed": lora.train_unembed,
-        }
-
     def _save_sampler(self, name: str, *, merged: bool) -> CheckpointRef:
-        prefix = join_key(self.config.storage_prefix, "sampler", name)
-        model = self._model()
-        if merged:
-            tensors = merged_hf_tensors(model)
-            files = {"model.safetensors": save_safetensors(tensors)}
-            for extra in ("tokenizer.json", "tokenizer_config.json", "generation_config.json"):
-                if (self.folder / extra).is_file():
-                    files[extra] = (self.folder / extra).read_bytes()
-            config = json.loads((self.folder / "config.json").read_text())
-            # A LoRA on a tied head unties it: the merged head differs from the embedding.
-            config["tie_word_embeddings"] = model.cfg.family.names.weight("lm_head") not in tensors
-            files["config.json"] = json.dumps(config, indent=2).encode()
-            kind = "merged"
-        else:
-            files = peft_adapter_files(model, self.config)
-            kind = "peft"
+        ref = self._ref("sampler", name)
+        files, kind = sampler_files(self._model(), self.config, self.folder, merged=merged)
         meta = {"format": kind, "base_model": self.config.base_model}
-        self._write_checkpoint(prefix, "sampler", name, files, meta)
-        return CheckpointRef(
-            "sampler", name, prefix, self.config.run_id, self._step, self.config.base_model
-        )
+        write_checkpoint(self._client.blobs, self.config, self._step, ref, files, meta)
+        return ref
 
 
 class JaxTrainingClient:
@@ -524,39 +435,3 @@ class JaxTrainingClient:
             if base is None:
                 base = self._bases[key] = SharedBase()
             return base, base.adopt(frozen)
-
-
-class SharedBase:
-    """The frozen arrays of one base model, by their path in the model; alive while a session
-    holds it."""
-
-    def __init__(self) -> None:
-        self.arrays: dict[str, jax.Array] = {}
-
-    def adopt(self, frozen: Any) -> Any:
-        leaves, treedef = jax.tree_util.tree_flatten_with_path(frozen)
-        shared = []
-        for path, leaf in leaves:
-            name = jax.tree_util.keystr(path)
-            held = self.arrays.get(name)
-            same = (
-                isinstance(leaf, jax.Array)
-                and held is not None
-                and (held.shape, held.dtype, held.sharding)
-                == (leaf.shape, leaf.dtype, leaf.sharding)
-            )
-            if same:
-                shared.append(held)
-            else:
-                if isinstance(leaf, jax.Array):
-                    self.arrays.setdefault(name, leaf)
-                shared.append(leaf)
-        return jax.tree_util.tree_unflatten(treedef, shared)
-
-
-def _shape(lora: Mapping[str, Any]) -> str:
-    """A LoRA's shape in words: "rank 16, alpha 32 on attn, mlp" (or full fine-tuning)."""
-    if not lora or not lora.get("rank"):
-        return "none (full fine-tuning)"
-    on = ", ".join(k for k in ("attn", "mlp", "unembed") if lora.get(k))
-    return f"rank {lora['rank']}, alpha {float(lora['alpha']):g} on {on}"

@@ -10,7 +10,8 @@ and ``tinker`` for its message types)."""
 from galley.adapters.serve.app import create_app
 from galley.adapters.serve.keys import KeyRing, key_ring
 from galley.adapters.serve.server import BackgroundServer, serve_forever
-from galley.adapters.serve.service import ServeLimits, TinkerService
+from galley.adapters.serve.service import TinkerService
+from galley.adapters.serve.tenancy import ServeLimits
 
 __all__ = [
     "BackgroundServer",

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import attrs
+from tinker import types as tt
 
 from galley.adapters.serve.errors import bad_request, busy, not_found
 
@@ -147,3 +148,33 @@ def settle(pending: Pending, work: Future[Any], encode: Callable[[Any], Reply]) 
 
 
 __all__ = ["ModelQueue", "Pending", "Reply", "RequestTable", "settle", "wait_for"]
+
+
+def future_reply(request_id: str, model_id: str | None = None) -> dict[str, Any]:
+    """What an asynchronous endpoint answers at once: the id to fetch its result by."""
+    return tt.UntypedAPIFuture(request_id=request_id, model_id=model_id).model_dump(
+        mode="json", exclude_none=True
+    )
+
+
+def chained(first: Future[Any], then: Callable[[Any], Future[Any]]) -> Future[Any]:
+    """A future of ``then(first's result)``'s result; a failure of either fails it."""
+    out: Future[Any] = Future()
+
+    def second(f: Future[Any]) -> None:
+        if f.exception() is not None:
+            out.set_exception(f.exception())
+        elif not out.done():
+            out.set_result(f.result())
+
+    def first_done(f: Future[Any]) -> None:
+        if f.exception() is not None:
+            out.set_exception(f.exception())
+            return
+        try:
+            then(f.result()).add_done_callback(second)
+        except Exception as e:  # refused at submission (a bad datum): this request fails
+            out.set_exception(e)
+
+    first.add_done_callback(first_done)
+    return out
