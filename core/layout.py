@@ -28,13 +28,14 @@ class RunPaths:
     output: str
     run_id: str
 
+    def under(self, *parts: str) -> str:
+        """A key in the run's folder (the folder itself, given no parts)."""
+        return join_key(self.output, self.run_id, *parts)
+
     @property
     def folder(self) -> str:
         """The run's folder; training sessions save their checkpoints below it."""
-        return join_key(self.output, self.run_id)
-
-    def under(self, *parts: str) -> str:
-        return join_key(self.output, self.run_id, *parts)
+        return self.under()
 
     @property
     def record(self) -> str:
@@ -67,6 +68,7 @@ class RunPaths:
         """Off-policy distillation's dataset: the teacher's answers as chat rows."""
         return self.under(TEACHER_DATA_FOLDER)
 
+    @property
     def final_sampler(self) -> str:
         """The sampler weights the run exported when it finished."""
         return self.under("sampler", "final")

@@ -4,7 +4,8 @@ An entry names one checkpoint of one run and records its lineage: the workflow, 
 dataset, a hash of the run's settings, the step and its metrics, the run it started from
 (``init_from``), and where the weights are. The registry is one JSON index in the BlobStore,
 beside the runs it names (``<output>/registry/models.json``: everything galley writes is under
-one folder), rewritten whole under a lock, so it works wherever blobs live.
+one folder, so an entry's run is under the output its registry is in), rewritten whole under
+a lock, so it works wherever blobs live.
 ``registry:NAME`` refers to an entry wherever a model or starting point is asked for
 (``base_model``, ``init_from``, a teacher, ``galley sample --model``), so names never collide
 with run ids, blob keys or Hub ids."""
@@ -24,6 +25,7 @@ from galley.core.checkpoints import show_checkpoint
 from galley.core.checks import non_empty, safe_name
 from galley.core.errors import ConfigError, GalleyError, LockedError, NotFoundError
 from galley.core.keys import join_key
+from galley.core.layout import RunPaths
 from galley.core.manifest import MANIFEST_NAME, read_manifest
 from galley.core.runs import plain_saved_settings, read_run_record
 from galley.core.sections import plain_owners
@@ -149,7 +151,7 @@ def show_model(adapters: Adapters, name: str, output: str = "runs") -> ModelEntr
         known = ", ".join(e.name for e in entries) or "none"
         raise NotFoundError(f"no model named {name!r} is registered (registered: {known})")
     try:
-        checkpoint = show_checkpoint(adapters, entry.run_id, entry.step, _output(entry))
+        checkpoint = show_checkpoint(adapters, entry.run_id, entry.step, output)
     except NotFoundError as e:
         raise NotFoundError(f"model {name!r}: its checkpoint is gone ({e})") from None
     if not checkpoint.verified:
@@ -168,13 +170,13 @@ def show_model(adapters: Adapters, name: str, output: str = "runs") -> ModelEntr
     return entry
 
 
-def sampler_of(adapters: Adapters, entry: ModelEntry) -> str:
+def sampler_of(adapters: Adapters, entry: ModelEntry, output: str = "runs") -> str:
     """The key of sampler weights of exactly the registered step: the ones saved with the
     checkpoint (``checkpoint_sampler``), else the run's final export when it was made at
     that step (a default run's newest checkpoint). Refused, saying why, otherwise."""
     if entry.sampler is not None:
         return entry.sampler
-    final = join_key(_output(entry), entry.run_id, "sampler", "final")
+    final = RunPaths(output, entry.run_id).final_sampler
     try:
         manifest = read_manifest(adapters.blobs, join_key(final, MANIFEST_NAME))
     except GalleyError:
@@ -187,11 +189,6 @@ def sampler_of(adapters: Adapters, entry: ModelEntry) -> str:
         f"of its step ({exported}): register a step saved with checkpoint_sampler=true, or "
         "the run's last step"
     )
-
-
-def _output(entry: ModelEntry) -> str:
-    """The output folder the entry's run lives in: its state key is <output>/<run>/state/..."""
-    return entry.state.split(f"/{entry.run_id}/state/")[0]
 
 
 def resolve_start(adapters: Adapters, reference: str, output: str = "runs") -> str:

@@ -19,7 +19,7 @@ def run_session_config(
         base_model=model.base_model,
         lora=LoraConfig(rank=model.lora_rank, alpha=model.lora_alpha, seed=seed),
         seed=seed,
-        storage_prefix=paths.under(*folder) if folder else paths.folder,
+        storage_prefix=paths.under(*folder),
         run_id=paths.run_id,
     )
 
