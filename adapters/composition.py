@@ -283,7 +283,7 @@ def wrap(adapter: Any, port: str, choice: AdapterChoice) -> Any:
     """Faults innermost, retries around them: retries see (and survive) the injected faults."""
     from galley.adapters.helpers.faults import Faults
     from galley.adapters.helpers.resilience import with_faults, with_retries
-    from galley.core.engine.retry import RetryPolicy
+    from galley.core.retry import RetryPolicy
 
     if choice.faults is not None:
         f = settings_from_mapping(FaultsOptions, choice.faults, f"[adapters.{port}.faults]")

@@ -4,27 +4,12 @@ Pure Python on attrs/cattrs/numpy/structlog: nothing here touches a framework or
 """
 
 from galley.core.adapter_set import PORT_NAMES, Adapters
-from galley.core.batching import BatchPlan, DataPosition
-from galley.core.chat import ROLES, Conversation, Message, TrainOn
-from galley.core.custom_loss import CustomLossOutput, forward_backward_custom
-from galley.core.errors import (
-    ConfigError,
-    DataError,
-    DataFlowError,
-    GalleyError,
-    LockedError,
-    NotFoundError,
-    PortTimeoutError,
-    ServiceError,
-    TransientError,
-    ValidationError,
-    WorkflowError,
-)
-from galley.core.logs import quiet_unless_configured
-from galley.core.losses import LOSS_NAMES, LossFn, reference_loss
-from galley.core.model_input import EncodedTextChunk, ModelInput
-from galley.core.records import CheckpointRecord, MetricRecord, RunOutcome, TrackedRun
-from galley.core.rendering import (
+from galley.core.domain.batching import BatchPlan, DataPosition
+from galley.core.domain.chat import ROLES, Conversation, Message, TrainOn
+from galley.core.domain.custom_loss import CustomLossOutput, forward_backward_custom
+from galley.core.domain.losses import LOSS_NAMES, LossFn, reference_loss
+from galley.core.domain.model_input import EncodedTextChunk, ModelInput
+from galley.core.domain.rendering import (
     RenderedExample,
     Renderer,
     RoleColonRenderer,
@@ -32,11 +17,10 @@ from galley.core.rendering import (
     fit_conversation,
     to_datum,
 )
-from galley.core.schedules import LRSchedule, ScheduleKind, lr_at
-from galley.core.serialization import from_data, from_json, to_data, to_json
-from galley.core.tensors import TensorData
-from galley.core.tokenizer import Tokenizer
-from galley.core.types import (
+from galley.core.domain.schedules import LRSchedule, ScheduleKind, lr_at
+from galley.core.domain.tensors import TensorData
+from galley.core.domain.tokenizer import Tokenizer
+from galley.core.domain.types import (
     AdamParams,
     CheckpointRef,
     Completion,
@@ -51,6 +35,22 @@ from galley.core.types import (
     SamplingParams,
     SessionConfig,
 )
+from galley.core.errors import (
+    ConfigError,
+    DataError,
+    DataFlowError,
+    GalleyError,
+    LockedError,
+    NotFoundError,
+    PortTimeoutError,
+    ServiceError,
+    TransientError,
+    ValidationError,
+    WorkflowError,
+)
+from galley.core.logs import quiet_unless_configured
+from galley.core.runs.records import CheckpointRecord, MetricRecord, RunOutcome, TrackedRun
+from galley.core.serialization import from_data, from_json, to_data, to_json
 
 __all__ = [
     "LOSS_NAMES",

@@ -19,7 +19,6 @@ from typing import Any, ClassVar, cast
 
 import attrs
 
-from galley.core.chat import TrainOn
 from galley.core.checks import (
     at_least,
     boolean,
@@ -28,9 +27,10 @@ from galley.core.checks import (
     non_empty,
     one_of,
 )
+from galley.core.domain.chat import TrainOn
+from galley.core.domain.rendering import RENDERERS, Truncation
+from galley.core.domain.schedules import ScheduleKind
 from galley.core.errors import ValidationError
-from galley.core.rendering import RENDERERS, Truncation
-from galley.core.schedules import ScheduleKind
 
 
 class Section:

@@ -19,9 +19,9 @@ import numpy as np
 from cattrs.preconf.json import make_converter
 from cattrs.v import format_exception
 
+from galley.core.domain.model_input import EncodedTextChunk
+from galley.core.domain.tensors import DTYPES, TensorData
 from galley.core.errors import GalleyError, ValidationError
-from galley.core.model_input import EncodedTextChunk
-from galley.core.tensors import DTYPES, TensorData
 
 T = TypeVar("T")
 

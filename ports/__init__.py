@@ -4,7 +4,7 @@ An adapter is any object with these methods (no base class needed). Each docstri
 an adapter must guarantee.
 """
 
-from galley.core.tokenizer import Tokenizer
+from galley.core.domain.tokenizer import Tokenizer
 from galley.ports.blobs import BlobLock, BlobStore
 from galley.ports.completer import Completer, Prompt
 from galley.ports.datasets import DatasetHandle, DatasetStore, Row

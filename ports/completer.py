@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Protocol, runtime_checkable
 
-from galley.core.model_input import ModelInput
-from galley.core.types import Completion, ModelRef, SamplingParams
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.types import Completion, ModelRef, SamplingParams
 
 Prompt = str | ModelInput
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
-from galley.core.records import MetricRecord, RunOutcome, TrackedRun
+from galley.core.runs.records import MetricRecord, RunOutcome, TrackedRun
 
 
 @runtime_checkable

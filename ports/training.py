@@ -6,8 +6,8 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Protocol, runtime_checkable
 
-from galley.core.tokenizer import Tokenizer
-from galley.core.types import (
+from galley.core.domain.tokenizer import Tokenizer
+from galley.core.domain.types import (
     AdamParams,
     CheckpointRef,
     Datum,

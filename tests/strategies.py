@@ -24,11 +24,11 @@ from galley.core import (
     SessionConfig,
     TensorData,
 )
-from galley.core.batching import DataPosition
-from galley.core.chat import ROLES
-from galley.core.model_input import EncodedTextChunk
-from galley.core.records import CheckpointRecord, MetricRecord
-from galley.core.runs import ConfigChange, FieldChange, RunRecord
+from galley.core.domain.batching import DataPosition
+from galley.core.domain.chat import ROLES
+from galley.core.domain.model_input import EncodedTextChunk
+from galley.core.runs.records import CheckpointRecord, MetricRecord
+from galley.core.runs.run_record import ConfigChange, FieldChange, RunRecord
 
 token = st.integers(0, 200_000)
 finite = st.floats(allow_nan=False, allow_infinity=False, width=32)

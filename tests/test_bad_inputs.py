@@ -34,7 +34,7 @@ from galley.core import (
     TensorData,
     from_json,
 )
-from galley.core.data_formats import row_to_conversation
+from galley.core.domain.data_formats import row_to_conversation
 from galley.workflows.sft import SFTConfig, run
 from tests.hf_models import make_model
 

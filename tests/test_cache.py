@@ -15,9 +15,9 @@ from galley.adapters.noop import NoopBlobStore, NoopTrainingClient
 from galley.adapters.noop.completer import NoopCompleter
 from galley.adapters.noop.training import NoopTrainingSession
 from galley.core import AdamParams, Datum, ModelInput, SessionConfig
+from galley.core.domain.types import CheckpointRef, Completion, ModelRef, SamplingParams
 from galley.core.errors import ConfigError
-from galley.core.manifest import write_checkpoint
-from galley.core.types import CheckpointRef, Completion, ModelRef, SamplingParams
+from galley.core.runs.manifest import write_checkpoint
 from galley.workflows.eval import EvalConfig
 from galley.workflows.eval import run as run_eval
 from galley.workflows.sft import SFTConfig

@@ -10,7 +10,7 @@ import transformers
 
 from galley.adapters.hf.tokenizer import HFTokenizerAdapter
 from galley.core import Conversation, TrainOn, ValidationError
-from galley.core.rendering import make_renderer
+from galley.core.domain.rendering import make_renderer
 from tests.hf_models import CHATML, LLAMA3_STYLE, write_tokenizer
 
 CHAT = Conversation.of(

@@ -16,18 +16,18 @@ from galley.adapters.cli import main
 from galley.adapters.cli.run_config import load_run_config
 from galley.adapters.composition import build_adapters
 from galley.core import Adapters
-from galley.core.checkpoints import (
+from galley.core.errors import ConfigError, NotFoundError, WorkflowError
+from galley.core.runs.checkpoint_catalog import (
     best_checkpoint,
     delete_checkpoint_at,
     list_checkpoints,
     list_runs,
     show_checkpoint,
 )
-from galley.core.errors import ConfigError, NotFoundError, WorkflowError
-from galley.core.layout import RunPaths
-from galley.core.registry import list_models, register, sampler_of, show_model
-from galley.core.retention import steps_to_drop
-from galley.core.runs import RunInUseError, plain_saved_settings
+from galley.core.runs.layout import RunPaths
+from galley.core.runs.registry import list_models, register, sampler_of, show_model
+from galley.core.runs.retention import steps_to_drop
+from galley.core.runs.run_record import RunInUseError, plain_saved_settings
 from galley.workflows.sft import SFTConfig
 from galley.workflows.sft import run as run_sft
 from tests.hf_hub_server import fake_hub
@@ -401,7 +401,7 @@ def test_sampling_a_registered_model_without_sampler_weights_is_refused(
 def test_a_registered_model_as_base_model_is_its_base_starting_from_its_weights(
     trained: Adapters,
 ) -> None:
-    from galley.core.runs import read_run_record
+    from galley.core.runs.run_record import read_run_record
 
     register(trained, "r", "base-v1", step=4)
     run_sft(
@@ -420,8 +420,8 @@ def test_saved_checkpoints_lists_complete_ones_and_deletes_manifest_first() -> N
     """The by-name listing `galley serve` uses: a folder without a manifest (a save that
     failed part-way) is not offered; deleting removes every blob of one checkpoint only."""
     from galley.adapters.noop import NoopBlobStore
-    from galley.core.checkpoints import delete_saved_checkpoint, saved_checkpoints
-    from galley.core.manifest import write_checkpoint
+    from galley.core.runs.checkpoint_catalog import delete_saved_checkpoint, saved_checkpoints
+    from galley.core.runs.manifest import write_checkpoint
 
     blobs = NoopBlobStore()
     write_checkpoint(

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from galley.core import Conversation, DataError, GalleyError
-from galley.core.data_formats import row_to_conversation
+from galley.core.domain.data_formats import row_to_conversation
 
 
 def conv(row: Any) -> Conversation:

@@ -21,7 +21,7 @@ from galley.adapters.hf.datasets import HFDatasetStore
 from galley.adapters.noop import noop_adapters
 from galley.adapters.noop.tokenizer import ByteTokenizer
 from galley.core import Adapters, SessionConfig
-from galley.core.distill import reverse_kl, teacher_advantages, tokenizer_mismatch
+from galley.core.domain.distillation import reverse_kl, teacher_advantages, tokenizer_mismatch
 from galley.core.errors import ConfigError, WorkflowError
 from galley.workflows.distill import DistillConfig, run
 from galley.workflows.sft import SFTConfig

@@ -31,12 +31,9 @@ from galley.core import (
     SessionConfig,
     WorkflowError,
 )
-from galley.core.chat import Conversation, Message, TrainOn
-from galley.core.dpo import PairLogprobs, PreferenceObjective, pair_loss, preference_metrics
-from galley.core.errors import DataError, ValidationError
-from galley.core.keys import join_key
-from galley.core.layout import REFERENCE_NAME
-from galley.core.preferences import (
+from galley.core.domain.chat import Conversation, Message, TrainOn
+from galley.core.domain.dpo import PairLogprobs, PreferenceObjective, pair_loss, preference_metrics
+from galley.core.domain.preferences import (
     SIDES,
     AnswerLogprobs,
     PreferencePair,
@@ -46,7 +43,10 @@ from galley.core.preferences import (
     render_pair,
     row_to_pair,
 )
-from galley.core.rendering import DoesNotFitError, RoleColonRenderer
+from galley.core.domain.rendering import DoesNotFitError, RoleColonRenderer
+from galley.core.errors import DataError, ValidationError
+from galley.core.keys import join_key
+from galley.core.runs.layout import REFERENCE_NAME
 from galley.core.sections import plain_settings
 from galley.core.serialization import from_data
 from galley.core.stages.dpo.reference import ReferenceLogprobs, reference_document

@@ -15,15 +15,15 @@ import pytest
 
 from galley.adapters.noop import NoopCompleter, noop_adapters
 from galley.adapters.noop.tokenizer import ByteTokenizer
-from galley.core.chat import Conversation
-from galley.core.envs import Action, Observation, Transition, build_group
+from galley.core.domain.chat import Conversation
+from galley.core.domain.envs import Action, Observation, Transition, build_group
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.rendering import make_renderer
+from galley.core.domain.types import SamplingParams
 from galley.core.errors import ValidationError
 from galley.core.keys import join_key
-from galley.core.model_input import ModelInput
-from galley.core.rendering import make_renderer
 from galley.core.stages.rl.envs import episode_rollouts, group_seed, play_episodes
 from galley.core.stages.rl.sampling import step_seed
-from galley.core.types import SamplingParams
 from galley.workflows.rl import RLConfig, run
 
 PAGE = Path(__file__).resolve().parents[1] / "docs" / "environments.md"

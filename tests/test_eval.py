@@ -12,7 +12,7 @@ import pytest
 from galley.adapters.cli import main
 from galley.adapters.noop import noop_adapters
 from galley.core import ConfigError
-from galley.core.runs import read_run_record
+from galley.core.runs.run_record import read_run_record
 from galley.workflows.eval import EvalConfig
 from galley.workflows.eval import run as evaluate
 from galley.workflows.sft import SFTConfig

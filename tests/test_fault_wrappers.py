@@ -16,7 +16,7 @@ from galley.adapters.jax import JaxTrainingClient
 from galley.adapters.noop import NoopBlobStore, NoopTrainingClient, noop_adapters
 from galley.core import Datum, SessionConfig, TransientError, WorkflowError
 from galley.core.engine import NO_RETRY, RetryPolicy
-from galley.core.layout import RunPaths
+from galley.core.runs.layout import RunPaths
 from galley.core.stages import read_index
 from galley.workflows.sft import SFTConfig, run
 from tests.hf_models import make_model

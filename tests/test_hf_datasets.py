@@ -12,7 +12,7 @@ from galley.adapters.hf.datasets import HFDatasetStore
 from galley.adapters.noop import noop_adapters
 from galley.adapters.testing import DatasetStoreContract
 from galley.core import DataError, WorkflowError
-from galley.core.data_formats import row_to_conversation
+from galley.core.domain.data_formats import row_to_conversation
 from galley.workflows.sft import SFTConfig, run
 
 ROWS = [{"prompt": f"question {i}", "completion": f"answer {i}"} for i in range(20)]

@@ -25,11 +25,11 @@ from galley.core import (
     SessionConfig,
     TensorData,
 )
-from galley.core.batching import BatchPlan
+from galley.core.domain.batching import BatchPlan
+from galley.core.domain.losses import LossFn, reference_loss
+from galley.core.domain.types import ForwardBackwardInput
 from galley.core.errors import GalleyError, ValidationError
-from galley.core.losses import LossFn, reference_loss
 from galley.core.stages.train import normalised_batch
-from galley.core.types import ForwardBackwardInput
 
 
 def test_immediate_queue_resolves_in_order_and_delivers_failures_through_the_future() -> None:

@@ -371,7 +371,8 @@ def test_sft_workflow_runs_unchanged_on_the_jax_adapter(models: dict[str, Path])
 
 @pytest.mark.parametrize("loss", ["cross_entropy", "importance_sampling", "ppo", "cispo"])
 def test_every_loss_matches_the_core_reference(models: dict[str, Path], loss: str) -> None:
-    """Value and gradient of each built-in loss agree with galley.core.losses.reference_loss."""
+    """Value and gradient of each built-in loss agree with
+    galley.core.domain.losses.reference_loss."""
     from galley.core import LossFn, reference_loss
 
     client = JaxTrainingClient(NoopHubClient(), NoopBlobStore())

@@ -138,7 +138,7 @@ from galley.adapters.jax.mesh import MeshShape
 from galley.adapters.jax.state_files import flat_named
 from galley.adapters.noop import NoopHubClient
 from galley.core import LoraConfig, SessionConfig
-from galley.core.manifest import checkpoint_at
+from galley.core.runs.manifest import checkpoint_at
 
 root, model = sys.argv[1], sys.argv[2]
 blobs = FsspecBlobStore(root)

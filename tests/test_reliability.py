@@ -18,8 +18,8 @@ from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.adapters.noop import NoopTrainingClient, noop_adapters
 from galley.core import ForwardBackwardOutput, PortTimeoutError, SessionConfig, WorkflowError
 from galley.core.errors import NonFiniteError
-from galley.core.layout import RunPaths
-from galley.core.manifest import CorruptCheckpointError, read_checkpoint
+from galley.core.runs.layout import RunPaths
+from galley.core.runs.manifest import CorruptCheckpointError, read_checkpoint
 from galley.core.stages import read_index
 from galley.workflows.sft import SFTConfig, run
 

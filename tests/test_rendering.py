@@ -20,8 +20,8 @@ from galley.core import (
     fit_conversation,
     to_datum,
 )
-from galley.core.chat import ROLES
-from galley.core.rendering import DoesNotFitError
+from galley.core.domain.chat import ROLES
+from galley.core.domain.rendering import DoesNotFitError
 
 tok = ByteTokenizer()
 renderer = RoleColonRenderer(tok)

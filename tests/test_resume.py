@@ -17,7 +17,7 @@ from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.adapters.noop import noop_adapters
 from galley.core import NotFoundError, ValidationError
-from galley.core.layout import RunPaths
+from galley.core.runs.layout import RunPaths
 from galley.core.stages import read_index
 from galley.workflows.sft import SFTConfig, run
 

@@ -27,20 +27,20 @@ from galley.core import (
     LoraConfig,
     SessionConfig,
 )
-from galley.core.chat import Conversation
-from galley.core.errors import DataError
-from galley.core.keys import join_key
-from galley.core.model_input import ModelInput
-from galley.core.rewards import resolve_rewards
-from galley.core.rl import (
+from galley.core.domain.chat import Conversation
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.rewards import resolve_rewards
+from galley.core.domain.rl import (
     group_advantages,
     normalised_advantages,
     rollout_datum,
     row_to_task,
     sampled_token_kl,
 )
+from galley.core.domain.types import SamplingParams
+from galley.core.errors import DataError
+from galley.core.keys import join_key
 from galley.core.stages.rl.step import Rollouts, with_kl_penalty
-from galley.core.types import SamplingParams
 from galley.workflows.rl import RLConfig, run
 from tests.hf_models import make_model
 

@@ -27,8 +27,8 @@ from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.adapters.noop import NoopTrainingClient, noop_adapters
 from galley.core import Adapters, ConfigError, WorkflowError
-from galley.core.layout import RunPaths
-from galley.core.runs import (
+from galley.core.runs.layout import RunPaths
+from galley.core.runs.run_record import (
     RunExistsError,
     RunInUseError,
     RunRecord,
@@ -588,7 +588,7 @@ def test_a_resume_is_refused_exactly_when_a_trajectory_field_changes(
 ) -> None:
     """Any saved run, any set of changed fields: refused iff one of them is part of the
     trajectory on the saved or the given schedule, and the refusal lists exactly those."""
-    from galley.core.runs import claim_run, write_run_record
+    from galley.core.runs.run_record import claim_run, write_run_record
 
     saved = SFTConfig(run_id="p", max_steps=5, lr_schedule=schedule)
     adapters = noop_adapters()

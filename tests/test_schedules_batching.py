@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from galley.core import BatchPlan, LRSchedule, ValidationError
-from galley.core.batching import total_steps
+from galley.core.domain.batching import total_steps
 
 schedules = st.builds(
     LRSchedule,

@@ -32,8 +32,8 @@ from galley.adapters.serve import (
     create_app,
 )
 from galley.adapters.serve.errors import ApiError
-from galley.core.types import Datum as GalleyDatum
-from galley.core.types import LoraConfig, SessionConfig
+from galley.core.domain.types import Datum as GalleyDatum
+from galley.core.domain.types import LoraConfig, SessionConfig
 from tests.conftest import free_port
 from tests.tinker_server import jax_adapters, wait_until_serving
 

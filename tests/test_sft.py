@@ -11,8 +11,8 @@ from galley.adapters.noop import Faults, NoopDatasetStore, noop_adapters
 from galley.adapters.settings import settings_from_mapping
 from galley.core import Adapters, ConfigError, MetricRecord, WorkflowError
 from galley.core.engine import RetryPolicy
-from galley.core.layout import RunPaths
-from galley.core.records import DataSplit
+from galley.core.runs.layout import RunPaths
+from galley.core.runs.records import DataSplit
 from galley.core.stages import read_index
 from galley.core.stages.data import holdout_size
 from galley.workflows.sft import SFTConfig, build_workflow, run, summarize

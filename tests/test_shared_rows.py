@@ -15,9 +15,9 @@ from galley.adapters.jax import JaxTrainingClient
 from galley.adapters.jax.batching import pad_batch
 from galley.adapters.noop import NoopBlobStore, NoopHubClient
 from galley.core import AdamParams, Datum, LoraConfig, ModelInput, SessionConfig
-from galley.core.losses import LossFn
-from galley.core.rl import rollout_datum
-from galley.core.types import ForwardBackwardInput
+from galley.core.domain.losses import LossFn
+from galley.core.domain.rl import rollout_datum
+from galley.core.domain.types import ForwardBackwardInput
 from tests.hf_models import make_model
 
 BUCKETS = (8, 16, 24, 32, 48, 64, 96, 128, 192, 256)

@@ -27,8 +27,8 @@ from galley.adapters.serve import (
 from galley.adapters.testing.completer import CompleterContract
 from galley.adapters.testing.training_client import TrainingClientContract
 from galley.adapters.tinker import TinkerCompleter, TinkerTrainingClient
+from galley.core.domain.types import LoraConfig, SessionConfig
 from galley.core.errors import ConfigError, ValidationError
-from galley.core.types import LoraConfig, SessionConfig
 from galley.workflows import rl, sft
 from tests.tinker_server import jax_adapters
 

@@ -28,7 +28,7 @@ from galley.adapters.helpers.redaction import redact_text
 from galley.adapters.helpers.tracker import Tracker, hyperparameters, metric_key
 from galley.adapters.testing import RunTrackerContract
 from galley.core import Adapters, MetricRecord, RunOutcome, TrackedRun, WorkflowError
-from galley.core.runs import read_run_record
+from galley.core.runs.run_record import read_run_record
 from galley.workflows.sft import SFTConfig, run
 from tests.wandb_files import offline_runs
 

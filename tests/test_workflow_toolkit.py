@@ -12,8 +12,8 @@ from galley.adapters.noop import noop_adapters
 from galley.core.engine import StageContext, Workflow, stage
 from galley.core.engine.run import rows_by_stream, run_workflow
 from galley.core.errors import GalleyError
-from galley.core.records import EVAL, TRAIN, MetricRecord
-from galley.core.runs import RunExistsError
+from galley.core.runs.records import EVAL, TRAIN, MetricRecord
+from galley.core.runs.run_record import RunExistsError
 from galley.core.sections import DataSection, ModelSection, RenderSection, SectionedConfig
 from galley.core.stages import heldout_nll, load_dataset, render_dataset, start_session
 

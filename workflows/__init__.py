@@ -10,7 +10,7 @@ from typing import Any
 import attrs
 
 from galley.core.engine import Workflow
-from galley.core.summary import Summary
+from galley.core.runs.summary import Summary
 from galley.workflows import distill, dpo, rl, sft
 from galley.workflows import eval as evaluation
 

@@ -11,7 +11,7 @@ drain -> evaluate_final -> final_checkpoint -> export_sampler -> answers_after
 
 Each step the student samples ``group_size`` answers to each of ``batch_size`` prompts; the
 teacher scores the student's tokens, and each token's advantage is the teacher's
-log-probability minus the student's (``galley.core.distill``), trained with
+log-probability minus the student's (``galley.core.domain.distillation``), trained with
 ``importance_sampling``. The rewards (exact match by default) are measured, not trained on.
 
 Off-policy (``mode=off_policy``): the teacher's greedy answers to the prompts are written as a
@@ -29,6 +29,7 @@ from galley.core.checks import int_at_least, one_of
 from galley.core.engine import Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.errors import ValidationError
+from galley.core.runs.summary import Summary, SummaryTable, number
 from galley.core.sections import EvalSection
 from galley.core.stages import check_split, save_run_record, start_session
 from galley.core.stages.rl import (
@@ -40,7 +41,6 @@ from galley.core.stages.rl import (
     start_reference,
 )
 from galley.core.stages.rl.distill import distill_eval, start_teacher, write_teacher_dataset
-from galley.core.summary import Summary, SummaryTable, number
 from galley.workflows.rl import RLConfig, RLResult, _reward_specs, rl_steps
 from galley.workflows.rl import summarize as summarize_rl
 

@@ -28,10 +28,12 @@ from galley.core.checks import (
     output_folder,
     safe_name,
 )
-from galley.core.dpo import PreferenceLoss, PreferenceObjective
+from galley.core.domain.dpo import PreferenceLoss, PreferenceObjective
+from galley.core.domain.types import CheckpointRef
 from galley.core.engine import FunctionStage, Workflow
 from galley.core.engine.run import run_workflow
-from galley.core.records import CheckpointRecord, DataSplit
+from galley.core.runs.records import CheckpointRecord, DataSplit
+from galley.core.runs.summary import Summary, SummaryTable, data_header, number, saved_files
 from galley.core.sections import (
     CheckpointSection,
     DataSection,
@@ -62,8 +64,6 @@ from galley.core.stages.dpo import (
     reference_logprobs,
     render_pairs,
 )
-from galley.core.summary import Summary, SummaryTable, data_header, number, saved_files
-from galley.core.types import CheckpointRef
 
 # What the default run reports, in this order: TRL's names.
 SHOWN_METRICS = (

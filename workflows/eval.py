@@ -22,10 +22,11 @@ from galley.core.checks import (
     output_folder,
     safe_name,
 )
+from galley.core.domain.scorers import resolve_scorer, scorer_specs
 from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
-from galley.core.records import EVAL
-from galley.core.scorers import resolve_scorer, scorer_specs
+from galley.core.runs.records import EVAL
+from galley.core.runs.summary import Summary, SummaryTable, number
 from galley.core.sections import (
     BaseModelSection,
     DataSection,
@@ -44,7 +45,6 @@ from galley.core.stages import (
     save_run_record,
     start_session,
 )
-from galley.core.summary import Summary, SummaryTable, number
 
 SHOWN_ANSWERS = 4
 
@@ -83,7 +83,7 @@ class EvalConfig(SectionedConfig):
     max_examples: int = attrs.field(default=0, validator=int_at_least(0))  # 0 = all rows
     # Rows a forward pass measures.
     eval_batch_size: int = attrs.field(default=16, validator=int_at_least(1))
-    # exact_match, contains, regex:<pattern>, or module:function (see galley.core.scorers)
+    # exact_match, contains, regex:<pattern>, or module:function (see galley.core.domain.scorers)
     scorers: tuple[str, ...] = attrs.field(
         default=("exact_match",), converter=_scorer_specs, validator=_scorers
     )

@@ -30,14 +30,16 @@ from galley.core.checks import (
     output_folder,
     safe_name,
 )
+from galley.core.domain.envs import EnvGroupBuilder
+from galley.core.domain.rewards import resolve_rewards
+from galley.core.domain.rl import Normalisation
+from galley.core.domain.scorers import scorer_specs
+from galley.core.domain.types import CheckpointRef
 from galley.core.engine import FunctionStage, Stage, Step, Workflow
 from galley.core.engine.run import run_workflow
-from galley.core.envs import EnvGroupBuilder
 from galley.core.errors import ValidationError
-from galley.core.records import CheckpointRecord, DataSplit
-from galley.core.rewards import resolve_rewards
-from galley.core.rl import Normalisation
-from galley.core.scorers import scorer_specs
+from galley.core.runs.records import CheckpointRecord, DataSplit
+from galley.core.runs.summary import Summary, SummaryTable, data_header, number, saved_files
 from galley.core.sections import (
     CheckpointSection,
     DataSection,
@@ -74,8 +76,6 @@ from galley.core.stages.rl import (
     start_reference,
 )
 from galley.core.stages.rl.envs import env_eval_measure, env_step_stage
-from galley.core.summary import Summary, SummaryTable, data_header, number, saved_files
-from galley.core.types import CheckpointRef
 
 POLICY_LOSSES = ("importance_sampling", "ppo", "cispo")
 
@@ -289,7 +289,7 @@ def run(
 ) -> RLResult:
     """Run RL (``galley.core.engine.run.run_workflow``, whose keyword ``options`` it takes:
     observers, retry, accept_changes), on rewards, or on the environments ``env`` makes
-    (``galley.core.envs``)."""
+    (``galley.core.domain.envs``)."""
     done = run_workflow("rl", lambda c: build_workflow(c, env), config, adapters, **options)
     state = done.state
     return RLResult(

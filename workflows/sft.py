@@ -22,10 +22,12 @@ from galley.core.checks import (
     output_folder,
     safe_name,
 )
+from galley.core.domain.types import CheckpointRef
 from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
-from galley.core.records import CheckpointRecord, DataSplit
-from galley.core.runs import resume_settings
+from galley.core.runs.records import CheckpointRecord, DataSplit
+from galley.core.runs.run_record import resume_settings
+from galley.core.runs.summary import Summary, SummaryTable, data_header, number, saved_files
 from galley.core.sections import (
     CheckpointSection,
     DataSection,
@@ -59,8 +61,6 @@ from galley.core.stages import (
     start_session,
     training_loop,
 )
-from galley.core.summary import Summary, SummaryTable, data_header, number, saved_files
-from galley.core.types import CheckpointRef
 
 
 def _no_init_from(v2: dict[str, Any]) -> dict[str, Any]:

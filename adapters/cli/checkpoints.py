@@ -1,6 +1,7 @@
 """After training: `galley runs list`, `galley checkpoints list|show|delete|best` (a run's
-checkpoints, ``galley.core.checkpoints``) and `galley models register|list|show` (the model
-registry, ``galley.core.registry``), on the blob and metrics stores a run's config names."""
+checkpoints, ``galley.core.runs.checkpoint_catalog``) and `galley models
+register|list|show` (the model registry, ``galley.core.runs.registry``), on the blob and
+metrics stores a run's config names."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ from rich.text import Text
 
 from galley.adapters.cli.run_config import load_run_config
 from galley.adapters.composition import build_adapters
-from galley.core.checkpoints import (
+from galley.core.errors import ConfigError, ValidationError
+from galley.core.keys import check_name
+from galley.core.runs.checkpoint_catalog import (
     CheckpointInfo,
     best_checkpoint,
     delete_checkpoint_at,
@@ -23,10 +26,8 @@ from galley.core.checkpoints import (
     list_runs,
     show_checkpoint,
 )
-from galley.core.errors import ConfigError, ValidationError
-from galley.core.keys import check_name
-from galley.core.publish import export_for_publishing
-from galley.core.registry import describe, list_models, register, show_model
+from galley.core.runs.publish import export_for_publishing
+from galley.core.runs.registry import describe, list_models, register, show_model
 
 
 def _stores(args: argparse.Namespace) -> tuple[Any, str]:

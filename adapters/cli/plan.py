@@ -15,8 +15,8 @@ from galley.adapters.cli.run_config import load_run_config
 from galley.adapters.composition import build_one
 from galley.adapters.jax.kinds import JaxTrainingOptions
 from galley.adapters.settings import settings_from_mapping
+from galley.core.domain.types import LoraConfig
 from galley.core.errors import ConfigError
-from galley.core.types import LoraConfig
 from galley.workflows import WORKFLOWS
 
 

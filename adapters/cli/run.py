@@ -34,7 +34,7 @@ from galley.adapters.composition import (
 from galley.adapters.helpers.events import TraceRecorder, traced
 from galley.adapters.settings import check_can_write
 from galley.core.adapter_set import Adapters
-from galley.core.checkpoint_index import read_index
+from galley.core.domain.scorers import ScoreError
 from galley.core.engine import Stream
 from galley.core.engine.run import new_run_id
 from galley.core.errors import (
@@ -45,11 +45,11 @@ from galley.core.errors import (
     ValidationError,
     WorkflowError,
 )
-from galley.core.layout import RunPaths
-from galley.core.records import TRAIN
-from galley.core.runs import read_run_record
-from galley.core.scorers import ScoreError
-from galley.core.summary import Summary
+from galley.core.runs.checkpoint_index import read_index
+from galley.core.runs.layout import RunPaths
+from galley.core.runs.records import TRAIN
+from galley.core.runs.run_record import read_run_record
+from galley.core.runs.summary import Summary
 
 
 class ProgressObserver:

@@ -12,13 +12,13 @@ from galley.adapters.composition import AdapterChoice, build_adapters
 from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.adapters.fsspec.kinds import galley_home
 from galley.adapters.fsspec.metrics import JsonlMetricsStore
-from galley.core.chat import Conversation, Message
+from galley.core.domain.chat import Conversation, Message
+from galley.core.domain.rendering import make_renderer
+from galley.core.domain.types import CheckpointRef, ModelRef, SamplingParams
 from galley.core.errors import ConfigError, NotFoundError, ValidationError
-from galley.core.manifest import MANIFEST_NAME
-from galley.core.records import EVAL, TRAIN, MetricRecord
-from galley.core.registry import PREFIX, sampler_of, show_model
-from galley.core.rendering import make_renderer
-from galley.core.types import CheckpointRef, ModelRef, SamplingParams
+from galley.core.runs.manifest import MANIFEST_NAME
+from galley.core.runs.records import EVAL, TRAIN, MetricRecord
+from galley.core.runs.registry import PREFIX, sampler_of, show_model
 
 
 def sampler_ref(checkpoint: Path) -> tuple[FsspecBlobStore, ModelRef]:

@@ -12,7 +12,7 @@ import structlog
 from galley.adapters.fsspec.blobs import open_filesystem
 from galley.core.errors import ValidationError
 from galley.core.keys import check_name
-from galley.core.records import MetricRecord
+from galley.core.runs.records import MetricRecord
 
 METRICS_FILE = "metrics.jsonl"
 

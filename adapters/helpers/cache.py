@@ -21,12 +21,12 @@ from typing import Any
 
 import structlog
 
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.types import Completion, ForwardBackwardOutput, ModelRef, SamplingParams
 from galley.core.errors import GalleyError
 from galley.core.keys import join_key
-from galley.core.manifest import MANIFEST_NAME, read_manifest
-from galley.core.model_input import ModelInput
+from galley.core.runs.manifest import MANIFEST_NAME, read_manifest
 from galley.core.serialization import from_data, to_data
-from galley.core.types import Completion, ForwardBackwardOutput, ModelRef, SamplingParams
 from galley.ports.blobs import BlobStore
 from galley.ports.completer import Completer
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import structlog
 
-from galley.core.records import MetricRecord, RunOutcome, TrackedRun
+from galley.core.runs.records import MetricRecord, RunOutcome, TrackedRun
 from galley.ports.metrics import RunTracker
 
 log = structlog.get_logger("galley")

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import structlog
 
 from galley.core.adapter_set import Adapters
-from galley.core.records import MetricRecord
+from galley.core.runs.records import MetricRecord
 from galley.ports.blobs import BlobLock, BlobStore
 from galley.ports.metrics import MetricsSink
 

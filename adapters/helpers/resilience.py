@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 
 from galley.adapters.helpers.faults import FaultInjector, Faults
-from galley.core.engine.retry import RetryPolicy, call_with_retry
+from galley.core.retry import RetryPolicy, call_with_retry
 
 WRAPPED_RESULTS = ("start_session",)  # methods whose result is wrapped like its parent
 

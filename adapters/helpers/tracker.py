@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import structlog
 
 from galley.adapters.helpers.redaction import redact_text
-from galley.core.records import MetricRecord, RunOutcome, TrackedRun
+from galley.core.runs.records import MetricRecord, RunOutcome, TrackedRun
 from galley.core.sections import flatten_keys
 
 Scalar = bool | int | float | str

@@ -16,10 +16,10 @@ import attrs
 import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from galley.core.chat import Conversation, Message, TrainOn
+from galley.core.domain.chat import Conversation, Message, TrainOn
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.rendering import RenderedExample
 from galley.core.errors import ValidationError
-from galley.core.model_input import ModelInput
-from galley.core.rendering import RenderedExample
 
 Encoder = Callable[[str], tuple[list[int], list[tuple[int, int]]]]
 

@@ -1,4 +1,4 @@
-"""Publishing files (``galley.core.publish``) to a Hugging Face Hub repo, or to any fsspec
+"""Publishing files (``galley.core.runs.publish``) to a Hugging Face Hub repo, or to any fsspec
 URL. The Hub token comes from ``HF_TOKEN`` (or huggingface_hub's own login), and is never
 logged or printed."""
 

@@ -15,9 +15,9 @@ import attrs
 import jax.numpy as jnp
 import numpy as np
 
+from galley.core.domain.losses import LossFn
+from galley.core.domain.types import Datum, ForwardBackwardInput
 from galley.core.errors import ConfigError
-from galley.core.losses import LossFn
-from galley.core.types import Datum, ForwardBackwardInput
 
 DEFAULT_LENGTH_BUCKETS = (32, 64, 128, 256, 512, 1024, 2048, 4096, 8192)
 DTYPES = ("float32", "bfloat16", "float16")  # what a model's weights and activations may be

@@ -40,10 +40,10 @@ from galley.adapters.jax.generate import MAX_STOP_IDS, MIN_DECODE_ROWS, generate
 from galley.adapters.jax.mesh import MeshShape, as_mesh_shape
 from galley.adapters.jax.model import build_model
 from galley.adapters.jax.sharding import Layout, to_host
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.types import Completion, ModelRef, SampledSequence, SamplingParams
 from galley.core.errors import ConfigError, ValidationError
-from galley.core.manifest import read_checkpoint
-from galley.core.model_input import ModelInput
-from galley.core.types import Completion, ModelRef, SampledSequence, SamplingParams
+from galley.core.runs.manifest import read_checkpoint
 from galley.ports.blobs import BlobStore
 from galley.ports.hub import HubClient
 

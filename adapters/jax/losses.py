@@ -1,4 +1,4 @@
-"""The built-in losses in JAX (same definitions as ``galley.core.losses``), integer-label
+"""The built-in losses in JAX (same definitions as ``galley.core.domain.losses``), integer-label
 log-probabilities, and a helper turning a JAX loss into a custom-loss function for
 ``galley.core.forward_backward_custom``."""
 
@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from galley.core.losses import LossFn
-from galley.core.types import Datum
+from galley.core.domain.losses import LossFn
+from galley.core.domain.types import Datum
 
 Array = jax.Array
 
@@ -26,7 +26,7 @@ def token_logprobs(logits: Array, targets: Array) -> Array:
 def loss_sum(
     loss: LossFn, logp: Array, weights: Array, sampler_logp: Array, advantages: Array, clip: Array
 ) -> Array:
-    """Per-token sums as defined in ``galley.core.losses``; ``clip`` = (low, high) for
+    """Per-token sums as defined in ``galley.core.domain.losses``; ``clip`` = (low, high) for
     ppo/cispo. Padding carries weight 0 and advantage 0, so it contributes nothing."""
     if loss is LossFn.CROSS_ENTROPY:
         return -jnp.sum(logp * weights)

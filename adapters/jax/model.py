@@ -28,8 +28,8 @@ from galley.adapters.jax.attention import (
 )
 from galley.adapters.jax.config import ModelConfig
 from galley.adapters.jax.linear import Linear, project, times_transposed
+from galley.core.domain.types import LoraConfig
 from galley.core.errors import ValidationError
-from galley.core.types import LoraConfig
 
 Array = jax.Array
 ATTN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")

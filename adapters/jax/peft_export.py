@@ -15,8 +15,8 @@ from safetensors.numpy import save as save_safetensors
 from galley.adapters.jax.linear import Linear
 from galley.adapters.jax.model import CausalLM, RMSNorm
 from galley.adapters.jax.sharding import to_host
+from galley.core.domain.types import SessionConfig
 from galley.core.errors import ValidationError
-from galley.core.types import SessionConfig
 
 
 def _modules(model: CausalLM) -> list[tuple[tuple[Any, ...], Any]]:

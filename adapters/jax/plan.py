@@ -25,7 +25,7 @@ from galley.adapters.jax.config import ModelConfig, expected_shapes
 from galley.adapters.jax.mesh import MeshShape
 from galley.adapters.jax.model import build_model
 from galley.adapters.jax.sharding import BATCH_AXES, param_name, split_axes, split_count
-from galley.core.types import LoraConfig
+from galley.core.domain.types import LoraConfig
 
 GIB = 1 << 30
 

@@ -20,10 +20,10 @@ from galley.adapters.jax.peft_export import merged_hf_tensors, peft_adapter_file
 from galley.adapters.jax.scan import stacked
 from galley.adapters.jax.sharding import sync_processes
 from galley.adapters.jax.state_files import STATE_FILE, has_state, whole_tensors
+from galley.core.domain.types import CheckpointRef, LoraConfig, SessionConfig
 from galley.core.errors import ValidationError
-from galley.core.manifest import BlobDigest, CheckpointMismatchError, Manifest
-from galley.core.manifest import write_checkpoint as write_manifested
-from galley.core.types import CheckpointRef, LoraConfig, SessionConfig
+from galley.core.runs.manifest import BlobDigest, CheckpointMismatchError, Manifest
+from galley.core.runs.manifest import write_checkpoint as write_manifested
 from galley.ports.blobs import BlobStore
 
 

@@ -21,8 +21,8 @@ from galley.adapters.jax.config import ModelConfig
 from galley.adapters.jax.model import CausalLM, build_model
 from galley.adapters.jax.peft_export import merged_weights
 from galley.adapters.jax.sharding import Layout
+from galley.core.domain.types import ModelRef
 from galley.core.errors import ValidationError
-from galley.core.types import ModelRef
 from galley.ports.blobs import BlobStore
 from galley.ports.hub import HubClient
 

@@ -22,7 +22,7 @@ from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
 from galley.adapters.jax.scan import LAYER_ZERO, layer_name
-from galley.core.manifest import BlobDigest, CorruptCheckpointError
+from galley.core.runs.manifest import BlobDigest, CorruptCheckpointError
 
 STATE_FILE = "state.safetensors"
 SLICES_KEY = "galley.slices"  # safetensors metadata: each part's tensor and place in it

@@ -17,8 +17,8 @@ from flax import nnx
 from galley.adapters.jax.losses import loss_sum, token_logprobs
 from galley.adapters.jax.model import CausalLM
 from galley.adapters.jax.sharding import Pinned
-from galley.core.losses import LossFn
-from galley.core.types import AdamParams
+from galley.core.domain.losses import LossFn
+from galley.core.domain.types import AdamParams
 
 # Traces per step function (a trace is a compilation): tests assert buckets stop recompiles.
 TRACES: Counter[str] = Counter()

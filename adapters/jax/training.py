@@ -74,10 +74,7 @@ from galley.adapters.jax.steps import (
     hyper_arrays,
     optim_step,
 )
-from galley.core.errors import ValidationError
-from galley.core.keys import check_name, join_key
-from galley.core.manifest import BlobDigest, read_checkpoint
-from galley.core.types import (
+from galley.core.domain.types import (
     AdamParams,
     CheckpointKind,
     CheckpointRef,
@@ -88,6 +85,9 @@ from galley.core.types import (
     OptimStepResult,
     SessionConfig,
 )
+from galley.core.errors import ValidationError
+from galley.core.keys import check_name, join_key
+from galley.core.runs.manifest import BlobDigest, read_checkpoint
 from galley.ports.blobs import BlobStore
 from galley.ports.hub import HubClient
 

@@ -9,12 +9,12 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from galley.adapters.helpers.faults import FaultInjector, Faults
 from galley.adapters.noop.tokenizer import ByteTokenizer
-from galley.core.chat import ROLES
+from galley.core.domain.chat import ROLES
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.types import Completion, ModelRef, SampledSequence, SamplingParams
 from galley.core.errors import NotFoundError
 from galley.core.keys import join_key
-from galley.core.manifest import MANIFEST_NAME
-from galley.core.model_input import ModelInput
-from galley.core.types import Completion, ModelRef, SampledSequence, SamplingParams
+from galley.core.runs.manifest import MANIFEST_NAME
 from galley.ports.blobs import BlobStore
 
 # (prompt token ids, sampled token ids) -> one log-probability per sampled token

@@ -18,7 +18,7 @@ from galley.adapters.helpers.faults import FaultInjector, Faults
 from galley.adapters.helpers.locks import ProcessLocks, Release
 from galley.core.errors import NotFoundError, ValidationError
 from galley.core.keys import check_key, check_prefix
-from galley.core.records import MetricRecord
+from galley.core.runs.records import MetricRecord
 
 Row = dict[str, Any]
 

@@ -25,11 +25,8 @@ from galley.adapters.helpers.faults import FaultInjector, Faults
 from galley.adapters.helpers.request_queue import ImmediateQueue
 from galley.adapters.noop.completer import NoopCompleter
 from galley.adapters.noop.tokenizer import ByteTokenizer
-from galley.core.errors import ValidationError
-from galley.core.keys import check_name, join_key
-from galley.core.losses import REQUIRED_INPUTS, LossFn, reference_loss
-from galley.core.manifest import CheckpointMismatchError, read_checkpoint, write_checkpoint
-from galley.core.types import (
+from galley.core.domain.losses import REQUIRED_INPUTS, LossFn, reference_loss
+from galley.core.domain.types import (
     AdamParams,
     CheckpointKind,
     CheckpointRef,
@@ -40,6 +37,9 @@ from galley.core.types import (
     OptimStepResult,
     SessionConfig,
 )
+from galley.core.errors import ValidationError
+from galley.core.keys import check_name, join_key
+from galley.core.runs.manifest import CheckpointMismatchError, read_checkpoint, write_checkpoint
 from galley.ports.blobs import BlobStore
 
 STATE_FILE = "state.json"

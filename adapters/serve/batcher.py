@@ -12,8 +12,8 @@ from concurrent.futures import Future
 
 import attrs
 
-from galley.core.model_input import ModelInput
-from galley.core.types import Completion, ModelRef, SamplingParams
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.types import Completion, ModelRef, SamplingParams
 from galley.ports.completer import Completer
 
 GATHER_S = 0.02  # after the first request, how long to wait for the ones sent with it

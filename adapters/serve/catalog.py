@@ -1,7 +1,7 @@
 """The RestClient's view of ``galley serve``: a tenant's training runs and their checkpoints,
 listed from the run records and the checkpoints' manifests in the blob store, and deleted
-through ``galley.core.checkpoints`` (the record stops naming a checkpoint before any of its
-blobs goes)."""
+through ``galley.core.runs.checkpoint_catalog`` (the record stops naming a checkpoint
+before any of its blobs goes)."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from tinker import types as tt
 
 from galley.adapters.serve.errors import not_found
 from galley.adapters.serve.runs import RunRecord, RunStore, TinkerPath
-from galley.core.checkpoints import delete_saved_checkpoint, saved_checkpoints
+from galley.core.domain.types import CheckpointRef
 from galley.core.errors import GalleyError
-from galley.core.manifest import checkpoint_at
-from galley.core.types import CheckpointRef
+from galley.core.runs.checkpoint_catalog import delete_saved_checkpoint, saved_checkpoints
+from galley.core.runs.manifest import checkpoint_at
 from galley.ports.blobs import BlobStore
 
 log = structlog.get_logger("galley.serve")

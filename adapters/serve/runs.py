@@ -19,10 +19,10 @@ from typing import Literal
 import attrs
 
 from galley.adapters.serve.errors import bad_request, not_found
+from galley.core.domain.types import LoraConfig
 from galley.core.errors import GalleyError, NotFoundError
 from galley.core.keys import check_name, join_key
 from galley.core.serialization import converter
-from galley.core.types import LoraConfig
 from galley.ports.blobs import BlobStore
 
 RECORD = "training_run.json"

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 
 from galley.adapters.serve.errors import ApiError, bad_request
 from galley.adapters.serve.runs import RunStore, TinkerPath
-from galley.core.types import CheckpointRef
+from galley.core.domain.types import CheckpointRef
 
 
 class SaveNames:

@@ -31,14 +31,14 @@ from galley.adapters.serve.runs import RunRecord, RunStore, TinkerPath, checkpoi
 from galley.adapters.serve.saves import SaveNames
 from galley.adapters.serve.tenancy import DEFAULT_LIMITS, Model, Sampler, ServeLimits, Tenancy
 from galley.core.adapter_set import Adapters
-from galley.core.errors import GalleyError
-from galley.core.types import (
+from galley.core.domain.types import (
     CheckpointRef,
     LoraConfig,
     ModelRef,
     OptimStepResult,
     SessionConfig,
 )
+from galley.core.errors import GalleyError
 from galley.ports.completer import Completer
 from galley.ports.training import TrainingSession
 

@@ -20,7 +20,7 @@ import structlog
 
 from galley.adapters.serve.errors import ApiError, bad_request, busy, not_found
 from galley.adapters.serve.requests import ModelQueue
-from galley.core.types import LoraConfig, ModelRef
+from galley.core.domain.types import LoraConfig, ModelRef
 from galley.ports.completer import Completer
 from galley.ports.training import TrainingSession
 

@@ -20,11 +20,17 @@ from tinker import types as tt
 from tinker.proto import tinker_public_pb2 as pb
 
 from galley.adapters.serve.errors import bad_request, unsupported
+from galley.core.domain.losses import LOSS_NAMES
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.tensors import TensorData
+from galley.core.domain.types import (
+    AdamParams,
+    Completion,
+    Datum,
+    ForwardBackwardOutput,
+    SamplingParams,
+)
 from galley.core.errors import GalleyError
-from galley.core.losses import LOSS_NAMES
-from galley.core.model_input import ModelInput
-from galley.core.tensors import TensorData
-from galley.core.types import AdamParams, Completion, Datum, ForwardBackwardOutput, SamplingParams
 
 _TENSOR_DTYPES: Mapping[int, npt.DTypeLike] = {
     pb.DTYPE_FLOAT32: np.float32,

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from galley.core.errors import ConfigError
-from galley.core.records import MetricRecord
+from galley.core.runs.records import MetricRecord
 
 OPEN_TIMEOUT_S = 30.0  # as long as a write waits for another process's (busy_timeout)
 

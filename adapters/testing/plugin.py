@@ -66,7 +66,7 @@ def galley_faults() -> Callable[..., Any]:
     ``TransientError``; with ``retries``, each call is tried up to that many times."""
     from galley.adapters.helpers.faults import Faults
     from galley.adapters.helpers.resilience import with_faults, with_retries
-    from galley.core.engine.retry import RetryPolicy
+    from galley.core.retry import RetryPolicy
 
     def wrap(
         adapter: Any,

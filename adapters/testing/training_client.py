@@ -24,9 +24,9 @@ from galley.core import (
     SessionConfig,
     ValidationError,
 )
-from galley.core.manifest import CheckpointMismatchError
-from galley.core.model_input import ModelInput
-from galley.core.rl import rollout_datum
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.rl import rollout_datum
+from galley.core.runs.manifest import CheckpointMismatchError
 from galley.ports import Completer, TrainingClient, TrainingSession
 
 
@@ -157,7 +157,7 @@ class TrainingClientContract(Contract):
     def test_load_weights_of_another_lora_shape_is_refused_naming_both(self) -> None:
         """load_weights: weights of another LoRA shape fail with ValidationError naming both;
         nothing is loaded."""
-        from galley.core.types import LoraConfig
+        from galley.core.domain.types import LoraConfig
 
         ref = self.session(lora=LoraConfig(rank=8)).save_state("rank-8").result()
         other = self.session(lora=LoraConfig(rank=4))

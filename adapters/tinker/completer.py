@@ -13,9 +13,9 @@ from tinker import types as tt
 from galley.adapters.hf.tokenizer import HFTokenizerAdapter
 from galley.adapters.tinker.convert import galley_error, prompt_ids, sdk_sampling
 from galley.adapters.tinker.tokenizer import for_model
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.types import Completion, ModelRef, SampledSequence, SamplingParams
 from galley.core.errors import ValidationError
-from galley.core.model_input import ModelInput
-from galley.core.types import Completion, ModelRef, SampledSequence, SamplingParams
 from galley.ports.hub import HubClient
 
 

@@ -14,20 +14,20 @@ import numpy as np
 import tinker
 from tinker import types as tt
 
+from galley.core.domain.tensors import TensorData
+from galley.core.domain.types import (
+    AdamParams,
+    Datum,
+    ForwardBackwardOutput,
+    OptimStepResult,
+    SamplingParams,
+)
 from galley.core.errors import (
     ConfigError,
     GalleyError,
     NotFoundError,
     TransientError,
     ValidationError,
-)
-from galley.core.tensors import TensorData
-from galley.core.types import (
-    AdamParams,
-    Datum,
-    ForwardBackwardOutput,
-    OptimStepResult,
-    SamplingParams,
 )
 
 T = TypeVar("T")

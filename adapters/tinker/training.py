@@ -28,10 +28,7 @@ from galley.adapters.tinker.convert import (
     sdk_datum,
 )
 from galley.adapters.tinker.tokenizer import for_model
-from galley.core.errors import GalleyError, ValidationError
-from galley.core.keys import check_name
-from galley.core.manifest import CheckpointMismatchError, Manifest, check_identity
-from galley.core.types import (
+from galley.core.domain.types import (
     AdamParams,
     CheckpointKind,
     CheckpointRef,
@@ -43,6 +40,9 @@ from galley.core.types import (
     OptimStepResult,
     SessionConfig,
 )
+from galley.core.errors import GalleyError, ValidationError
+from galley.core.keys import check_name
+from galley.core.runs.manifest import CheckpointMismatchError, Manifest, check_identity
 from galley.ports.hub import HubClient
 
 # Checkpoint metadata that says which checkpoint it is (checked on load).

@@ -19,7 +19,7 @@ from typing import Any
 import attrs
 
 from galley.adapters.helpers.tracker import Tracker, hyperparameters, metric_key
-from galley.core.records import MetricRecord, RunOutcome, TrackedRun
+from galley.core.runs.records import MetricRecord, RunOutcome, TrackedRun
 
 
 @attrs.frozen

@@ -16,7 +16,7 @@ import attrs
 
 from galley.adapters.helpers.tracker import Tracker, metric_key
 from galley.core.checks import one_of
-from galley.core.records import MetricRecord, RunOutcome, TrackedRun
+from galley.core.runs.records import MetricRecord, RunOutcome, TrackedRun
 
 STEP = "step"
 

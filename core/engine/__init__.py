@@ -1,7 +1,6 @@
 """The stage engine: declare stages and loops, check the data flow, run with retries."""
 
 from galley.core.engine.dataflow import check_data_flow
-from galley.core.engine.retry import NO_RETRY, RetryPolicy, call_with_retry
 from galley.core.engine.runner import Observer, Runner, StageContext, Stream
 from galley.core.engine.stage import (
     Every,
@@ -13,6 +12,7 @@ from galley.core.engine.stage import (
     reads_of,
     stage,
 )
+from galley.core.retry import NO_RETRY, RetryPolicy, call_with_retry
 
 __all__ = [
     "NO_RETRY",

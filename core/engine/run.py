@@ -3,11 +3,12 @@
 A workflow module is its config class, a build function (config -> :class:`Workflow`) and what
 it makes of the finished run; :func:`run_workflow` does the rest the same way for each:
 
-- the run id (the config's, or a new one), claimed before any work (``galley.core.runs``): a
-  new run refuses a taken id, a resume refuses a run in use or changed settings;
+- the run id (the config's, or a new one), claimed before any work
+  (``galley.core.runs.run_record``): a new run refuses a taken id, a resume refuses a run
+  in use or changed settings;
 - the stages run under a :class:`Runner` from the config: each section whole and each own
   field, under its name (``galley.core.sections.stage_inputs``), plus ``paths`` (the run's
-  keys: ``galley.core.layout.RunPaths``), ``run_record`` and ``start_step`` (0, until a
+  keys: ``galley.core.runs.layout.RunPaths``), ``run_record`` and ``start_step`` (0, until a
   stage that resumes the run replaces it);
 - on the way out, however the run ends: every training session in the state is closed, and
   the experiment trackers are told how it ended;
@@ -30,15 +31,15 @@ import attrs
 import structlog
 
 from galley.core.adapter_set import Adapters
-from galley.core.engine.retry import RetryPolicy
 from galley.core.engine.runner import Observer, Runner
 from galley.core.engine.stage import Workflow
 from galley.core.errors import ValidationError, WorkflowError
-from galley.core.layout import RunPaths
-from galley.core.records import EVAL, TRAIN, MetricRecord, RunOutcome
-from galley.core.runs import claim_run, metrics_reader
+from galley.core.retry import RetryPolicy
+from galley.core.runs.layout import RunPaths
+from galley.core.runs.records import EVAL, TRAIN, MetricRecord, RunOutcome
+from galley.core.runs.run_record import claim_run, metrics_reader
+from galley.core.runs.tracking import end_tracked_run
 from galley.core.sections import stage_inputs
-from galley.core.tracking import end_tracked_run
 from galley.ports.training import TrainingSession
 
 Row = dict[str, float]  # a stream's metrics at one step, with "step"
@@ -113,7 +114,7 @@ def run_workflow(
     """Run workflow ``name`` (``build(config)``) on ``adapters``; see the module docstring.
     Raises what ``claim_run`` refuses with, ``DataFlowError`` before doing anything if the
     workflow is miswired, and ``WorkflowError`` (with the state so far) if a stage fails."""
-    from galley.core.registry import with_registered_base  # it reads runs: no import cycle
+    from galley.core.runs.registry import with_registered_base  # it reads runs: no import cycle
 
     check_run_arguments(name, config, adapters)
     run_id = config.run_id or new_run_id(name)

@@ -18,10 +18,10 @@ import structlog
 
 from galley.core.adapter_set import Adapters
 from galley.core.engine.dataflow import check_data_flow
-from galley.core.engine.retry import RetryPolicy, call_with_retry
 from galley.core.engine.stage import Every, Loop, Stage, Step, Workflow
 from galley.core.errors import DataFlowError, PortTimeoutError, WorkflowError
-from galley.core.records import MetricRecord
+from galley.core.retry import RetryPolicy, call_with_retry
+from galley.core.runs.records import MetricRecord
 
 T = TypeVar("T")
 Stream = str  # a MetricRecord's stream: "train", "eval", or a workflow's own

@@ -1,6 +1,6 @@
 """Pure-domain stages: each depends only on the ports (through ``ctx.adapters``) and core."""
 
-from galley.core.checkpoint_index import read_index
+from galley.core.runs.checkpoint_index import read_index
 from galley.core.stages.checkpoint import (
     checkpoint_stage,
     export_sampler,

@@ -12,26 +12,28 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from galley.core.batching import BatchPlan
-from galley.core.checkpoint_index import delete_checkpoint, read_index, write_index
+from galley.core.domain.batching import BatchPlan
+from galley.core.domain.types import ModelRef
 from galley.core.engine import FunctionStage, StageContext, reads_of, stage
 from galley.core.errors import ConfigError, NotFoundError, ValidationError
-from galley.core.layout import RunPaths
-from galley.core.manifest import (
+from galley.core.runs.checkpoint_index import delete_checkpoint, read_index, write_index
+from galley.core.runs.layout import RunPaths
+from galley.core.runs.manifest import (
     CheckpointMismatchError,
     CorruptCheckpointError,
     checkpoint_at,
 )
-from galley.core.records import CheckpointRecord
-from galley.core.registry import resolve_start
-from galley.core.retention import steps_to_drop
-from galley.core.runs import (
+from galley.core.runs.records import CheckpointRecord
+from galley.core.runs.registry import resolve_start
+from galley.core.runs.retention import steps_to_drop
+from galley.core.runs.run_record import (
     RunRecord,
     metrics_reader,
     plain_saved_settings,
     read_run_record,
     write_run_record,
 )
+from galley.core.runs.tracking import open_tracked_run
 from galley.core.sections import (
     BaseModelSection,
     CheckpointSection,
@@ -39,8 +41,6 @@ from galley.core.sections import (
     ModelSection,
 )
 from galley.core.stages.sample import EvaluatedWeights
-from galley.core.tracking import open_tracked_run
-from galley.core.types import ModelRef
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
@@ -53,7 +53,7 @@ def step_name(step: int) -> str:
 def checkpoint_stage(name: str, at: str) -> FunctionStage:
     """Save the state after ``state[at]`` steps (skipped if that step is already saved), with
     sampler weights under ``checkpoint_sampler``, add it to the index, then drop what the
-    retention settings let go (``galley.core.retention``): the index is rewritten before any
+    retention settings let go (``galley.core.runs.retention``): the index is rewritten before any
     blob is deleted, so it never names a deleted one."""
 
     def run(

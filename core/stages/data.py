@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
-from galley.core.data_formats import row_to_conversation
+from galley.core.domain.data_formats import row_to_conversation
 from galley.core.engine import StageContext, stage
 from galley.core.errors import ValidationError
-from galley.core.records import DataSplit
+from galley.core.runs.records import DataSplit
 from galley.core.sections import DataSection
 
 Origin = tuple[str, int]  # (source, row): where a row came from, for error messages

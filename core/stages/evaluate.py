@@ -8,12 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from galley.core.domain.types import Datum
 from galley.core.engine import FunctionStage, StageContext, reads_of, stage
 from galley.core.engine.stage import first_sentence
-from galley.core.records import EVAL
+from galley.core.runs.records import EVAL
 from galley.core.sections import EvalSection
 from galley.core.stages.sample import EvaluatedWeights
-from galley.core.types import Datum
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession

@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from galley.core.chat import Conversation, TrainOn
+from galley.core.domain.chat import Conversation, TrainOn
+from galley.core.domain.rendering import DoesNotFitError, Renderer, fit_conversation, make_renderer
+from galley.core.domain.types import Datum
 from galley.core.engine import StageContext, stage
 from galley.core.errors import DataError, ValidationError
-from galley.core.rendering import DoesNotFitError, Renderer, fit_conversation, make_renderer
 from galley.core.sections import RenderSection
-from galley.core.types import Datum
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession

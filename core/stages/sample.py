@@ -7,14 +7,14 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from galley.core.chat import Conversation
+from galley.core.domain.chat import Conversation
+from galley.core.domain.rendering import Renderer
+from galley.core.domain.scorers import Scorer, resolve_scorer
+from galley.core.domain.types import CheckpointRef, ModelRef, SamplingParams
 from galley.core.engine import StageContext, stage
 from galley.core.errors import ValidationError
-from galley.core.records import EVAL
-from galley.core.rendering import Renderer
-from galley.core.scorers import Scorer, resolve_scorer
+from galley.core.runs.records import EVAL
 from galley.core.sections import BaseModelSection, SamplingSection
-from galley.core.types import CheckpointRef, ModelRef, SamplingParams
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession

@@ -5,23 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from galley.core.engine import StageContext, stage
-from galley.core.layout import RunPaths
+from galley.core.runs.layout import RunPaths
+from galley.core.runs.sessions import run_session_config
 from galley.core.sections import BaseModelSection
-from galley.core.types import LoraConfig, SessionConfig
-
-
-def run_session_config(
-    model: BaseModelSection, seed: int, paths: RunPaths, *folder: str
-) -> SessionConfig:
-    """A session of ``model`` for the run at ``paths``, saving under its folder (or
-    ``folder`` below it: a reference's or a teacher's)."""
-    return SessionConfig(
-        base_model=model.base_model,
-        lora=LoraConfig(rank=model.lora_rank, alpha=model.lora_alpha, seed=seed),
-        seed=seed,
-        storage_prefix=paths.under(*folder),
-        run_id=paths.run_id,
-    )
 
 
 @stage(

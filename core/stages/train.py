@@ -16,18 +16,18 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import numpy as np
 
-from galley.core.batching import BatchPlan, total_steps
-from galley.core.engine import FunctionStage, StageContext, reads_of, stage
-from galley.core.errors import NonFiniteError, ValidationError
-from galley.core.records import TRAIN
-from galley.core.schedules import LRSchedule
-from galley.core.sections import OptimSection
-from galley.core.types import (
+from galley.core.domain.batching import BatchPlan, total_steps
+from galley.core.domain.schedules import LRSchedule
+from galley.core.domain.types import (
     AdamParams,
     Datum,
     ForwardBackwardOutput,
     OptimStepResult,
 )
+from galley.core.engine import FunctionStage, StageContext, reads_of, stage
+from galley.core.errors import NonFiniteError, ValidationError
+from galley.core.runs.records import TRAIN
+from galley.core.sections import OptimSection
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession

@@ -104,8 +104,8 @@ def galley_tokenizer() -> Any:
 def check_same_tokens(tokenizer: Any, row: dict[str, str]) -> None:
     """galley's rendering of the first pair is the tokens TRL will train on."""
     from galley.adapters.embedded import DATASETS, PREFERENCE_DATASET
-    from galley.core.preferences import render_pair, row_to_pair
-    from galley.core.rendering import RoleColonRenderer
+    from galley.core.domain.preferences import render_pair, row_to_pair
+    from galley.core.domain.rendering import RoleColonRenderer
 
     path = DATASETS / PREFERENCE_DATASET / "train.jsonl"
     pair = row_to_pair(json.loads(path.read_text().splitlines()[0]), source="", index=0)

@@ -21,9 +21,9 @@ import structlog
 
 from galley.adapters.noop import noop_adapters
 from galley.core import AdamParams, SessionConfig, TrainOn, to_datum
-from galley.core.batching import BatchPlan
-from galley.core.data_formats import row_to_conversation
-from galley.core.rendering import RoleColonRenderer
+from galley.core.domain.batching import BatchPlan
+from galley.core.domain.data_formats import row_to_conversation
+from galley.core.domain.rendering import RoleColonRenderer
 from galley.core.stages.train import normalised_batch
 from galley.workflows.sft import SFTConfig, run
 

@@ -82,7 +82,7 @@ def trl_child(steps: int, seed: int) -> dict[str, Any]:
 
     from galley.adapters.embedded import DATASETS, DEFAULT_DATASET, DEFAULT_MODEL, MODELS
     from galley.adapters.hf.tokenizer import HFTokenizerAdapter
-    from galley.core.scorers import char_similarity
+    from galley.core.domain.scorers import char_similarity
 
     torch.manual_seed(seed)
     folder = MODELS / DEFAULT_MODEL

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from galley.core.domain.preferences import PreferencePair, RenderedPair, render_pair, row_to_pair
+from galley.core.domain.rendering import make_renderer
 from galley.core.engine import StageContext, stage
-from galley.core.preferences import PreferencePair, RenderedPair, render_pair, row_to_pair
-from galley.core.rendering import make_renderer
 from galley.core.sections import DataSection, FormatSection
 from galley.core.stages.data import load_rows
 from galley.core.stages.render import render_splits

@@ -12,14 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from galley.core.distill import tokenizer_mismatch
+from galley.core.domain.distillation import tokenizer_mismatch
+from galley.core.domain.preferences import AnswerLogprobs, RenderedPair, pair_datums, summed_answers
 from galley.core.engine import StageContext, stage
 from galley.core.errors import ConfigError, ValidationError
-from galley.core.layout import RunPaths
-from galley.core.preferences import AnswerLogprobs, RenderedPair, pair_datums, summed_answers
+from galley.core.runs.layout import RunPaths
+from galley.core.runs.sessions import run_session_config
 from galley.core.sections import EvalSection, ModelSection
 from galley.core.serialization import from_data, to_data
-from galley.core.stages.session import run_session_config
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession

@@ -3,7 +3,7 @@
 A step runs ``forward`` on the batch's chosen and rejected answers (waiting for it: the loss
 needs the log-probabilities), computes the preference loss and its gradient here, and submits
 ``forward_backward`` with cross entropy and ``weights = -gradient``: the same parameter
-gradient on any TrainingClient (see ``galley.core.custom_loss``)."""
+gradient on any TrainingClient (see ``galley.core.domain.custom_loss``)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,15 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from galley.core.batching import BatchPlan
-from galley.core.dpo import PreferenceObjective, preference_metrics
+from galley.core.domain.batching import BatchPlan
+from galley.core.domain.dpo import PreferenceObjective, preference_metrics
+from galley.core.domain.preferences import (
+    RenderedPair,
+    pair_datums,
+    pair_logprobs,
+    preference_gradient,
+)
 from galley.core.engine import StageContext, stage
-from galley.core.preferences import RenderedPair, pair_datums, pair_logprobs, preference_gradient
 from galley.core.sections import EvalSection
 from galley.core.stages.dpo.reference import ReferenceLogprobs, answer_logprobs_of
 from galley.core.stages.train import InFlightStep, Pipeline

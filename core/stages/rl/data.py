@@ -8,16 +8,16 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.rendering import DoesNotFitError, make_renderer
+from galley.core.domain.rl import Task, row_to_task
 from galley.core.engine import StageContext, stage
-from galley.core.layout import RunPaths
-from galley.core.model_input import ModelInput
-from galley.core.rendering import DoesNotFitError, make_renderer
-from galley.core.rl import Task, row_to_task
+from galley.core.runs.layout import RunPaths
+from galley.core.runs.sessions import run_session_config
 from galley.core.sections import DataSection, FormatSection, ModelSection
 from galley.core.stages.checkpoint import load_init_from
 from galley.core.stages.data import load_rows
 from galley.core.stages.render import render_splits
-from galley.core.stages.session import run_session_config
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession

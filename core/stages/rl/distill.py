@@ -15,21 +15,21 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from galley.core.distill import reverse_kl, teacher_advantages, tokenizer_mismatch
+from galley.core.domain.distillation import reverse_kl, teacher_advantages, tokenizer_mismatch
+from galley.core.domain.rendering import Renderer
 from galley.core.engine import StageContext, stage
 from galley.core.errors import ConfigError, NotFoundError
 from galley.core.keys import join_key
-from galley.core.layout import RunPaths
-from galley.core.manifest import MANIFEST_NAME
-from galley.core.registry import resolve_start
-from galley.core.rendering import Renderer
-from galley.core.runs import plain_saved_settings, read_run_record
+from galley.core.runs.layout import RunPaths
+from galley.core.runs.manifest import MANIFEST_NAME
+from galley.core.runs.registry import resolve_start
+from galley.core.runs.run_record import plain_saved_settings, read_run_record
+from galley.core.runs.sessions import run_session_config
 from galley.core.sections import BaseModelSection, ModelSection
 from galley.core.stages.checkpoint import load_init_from
 from galley.core.stages.rl.data import RenderedTask
 from galley.core.stages.rl.sampling import Scored, sample_and_score, sampling_params
 from galley.core.stages.rl.step import Rollouts, add_token_advantages, reward_eval, rollout_data
-from galley.core.stages.session import run_session_config
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
@@ -44,7 +44,7 @@ NO_TEACHER = (
 @attrs.frozen
 class TeacherAdvantages:
     """Every completion counts; each sampled token's advantage is the teacher's
-    log-probability of it minus the student's (``galley.core.distill``)."""
+    log-probability of it minus the student's (``galley.core.domain.distillation``)."""
 
     teacher: TrainingSession
     normalisation: str

@@ -1,6 +1,6 @@
 """RL on environments: each step plays ``group_size`` episodes for each of its rows, turn by
 turn from the current weights, and trains every turn's sampled tokens on its episode's
-advantage (``galley.core.envs``). On-policy; each step's turns are recorded under the run
+advantage (``galley.core.domain.envs``). On-policy; each step's turns are recorded under the run
 (``rollouts/step-NNNNNN.jsonl``, one line per turn)."""
 
 from __future__ import annotations
@@ -12,18 +12,26 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from galley.core.batching import BatchPlan
+from galley.core.domain.batching import BatchPlan
+from galley.core.domain.envs import (
+    Action,
+    Env,
+    EnvGroupBuilder,
+    Episode,
+    Observation,
+    Turn,
+    build_group,
+)
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.rendering import Renderer
+from galley.core.domain.rl import group_advantages, normalised_advantages, rollout_datum
+from galley.core.domain.types import SamplingParams
 from galley.core.engine import FunctionStage, StageContext, reads_of
-from galley.core.envs import Action, Env, EnvGroupBuilder, Episode, Observation, Turn, build_group
-from galley.core.layout import RunPaths
-from galley.core.model_input import ModelInput
-from galley.core.rendering import Renderer
-from galley.core.rl import group_advantages, normalised_advantages, rollout_datum
+from galley.core.runs.layout import RunPaths
 from galley.core.stages.rl.data import RenderedTask
 from galley.core.stages.rl.sampling import sampling_params, step_seed
 from galley.core.stages.rl.step import Rollouts, submit_policy_gradient
 from galley.core.stages.train import Pipeline
-from galley.core.types import SamplingParams
 
 if TYPE_CHECKING:
     from galley.ports.completer import Completer

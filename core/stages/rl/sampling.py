@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import numpy as np
 
-from galley.core.batching import BatchPlan
-from galley.core.layout import RunPaths
-from galley.core.rendering import Renderer
-from galley.core.rewards import Reward
-from galley.core.rl import group_advantages
+from galley.core.domain.batching import BatchPlan
+from galley.core.domain.rendering import Renderer
+from galley.core.domain.rewards import Reward
+from galley.core.domain.rl import group_advantages
+from galley.core.domain.types import Completion, SampledSequence, SamplingParams
+from galley.core.runs.layout import RunPaths
 from galley.core.stages.rl.data import RenderedTask
-from galley.core.types import Completion, SampledSequence, SamplingParams
 
 if TYPE_CHECKING:
     from galley.ports.blobs import BlobStore

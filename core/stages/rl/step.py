@@ -14,18 +14,19 @@ from typing import TYPE_CHECKING, Any, Protocol
 import attrs
 import numpy as np
 
-from galley.core.batching import BatchPlan
-from galley.core.engine import FunctionStage, StageContext, reads_of, stage
-from galley.core.layout import RunPaths
-from galley.core.rendering import Renderer
-from galley.core.rewards import check_references, resolve_rewards
-from galley.core.rl import (
+from galley.core.domain.batching import BatchPlan
+from galley.core.domain.rendering import Renderer
+from galley.core.domain.rewards import check_references, resolve_rewards
+from galley.core.domain.rl import (
     Task,
     group_advantages,
     normalised_advantages,
     rollout_datum,
     sampled_token_kl,
 )
+from galley.core.domain.types import Datum, ForwardBackwardOutput
+from galley.core.engine import FunctionStage, StageContext, reads_of, stage
+from galley.core.runs.layout import RunPaths
 from galley.core.sections import SamplingSection
 from galley.core.stages.rl.data import RenderedTask
 from galley.core.stages.rl.sampling import (
@@ -37,7 +38,6 @@ from galley.core.stages.rl.sampling import (
     sampling_params,
 )
 from galley.core.stages.train import InFlightStep, Pipeline
-from galley.core.types import Datum, ForwardBackwardOutput
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession

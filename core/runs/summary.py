@@ -6,8 +6,8 @@ from collections.abc import Sequence
 
 import attrs
 
-from galley.core.records import CheckpointRecord, DataSplit
-from galley.core.types import CheckpointRef
+from galley.core.runs.records import CheckpointRecord, DataSplit
+from galley.core.domain.types import CheckpointRef
 
 
 @attrs.frozen

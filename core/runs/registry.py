@@ -21,13 +21,13 @@ from typing import Any
 import attrs
 
 from galley.core.adapter_set import Adapters
-from galley.core.checkpoints import show_checkpoint
+from galley.core.runs.checkpoint_catalog import show_checkpoint
 from galley.core.checks import non_empty, safe_name
 from galley.core.errors import ConfigError, GalleyError, LockedError, NotFoundError
 from galley.core.keys import join_key
-from galley.core.layout import RunPaths
-from galley.core.manifest import MANIFEST_NAME, read_manifest
-from galley.core.runs import plain_saved_settings, read_run_record
+from galley.core.runs.layout import RunPaths
+from galley.core.runs.manifest import MANIFEST_NAME, read_manifest
+from galley.core.runs.run_record import plain_saved_settings, read_run_record
 from galley.core.sections import plain_owners
 from galley.core.serialization import from_data, to_data
 

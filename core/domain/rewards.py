@@ -1,4 +1,4 @@
-"""Rewards for reinforcement learning: scorers (``galley.core.scorers``) used as rewards, or
+"""Rewards for reinforcement learning: scorers (``galley.core.domain.scorers``) used as rewards, or
 functions in TRL's batched form, each with a weight.
 
 A reward is named as a scorer is (``exact_match``, ``char_similarity``, ``regex:<pattern>``,
@@ -19,8 +19,8 @@ from typing import Any
 
 import attrs
 
+from galley.core.domain.scorers import ScoreError, checked_score, resolve_scorer
 from galley.core.errors import ConfigError, DataError, GalleyError
-from galley.core.scorers import ScoreError, checked_score, resolve_scorer
 
 
 def _is_batched(fn: Callable[..., Any]) -> bool:

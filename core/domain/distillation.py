@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from galley.core.tokenizer import Tokenizer
+from galley.core.domain.tokenizer import Tokenizer
 
 # Text that exercises a tokenizer's merges, cases, digits, punctuation and non-ASCII.
 PROBE = "The quick brown fox, 1234 JUMPS over: the lazy dog!\n\tÉtoile → 東京 🙂 <|x|>"

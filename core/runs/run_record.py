@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import attrs
 
-from galley.core.engine.retry import NO_RETRY, RetryPolicy, call_with_retry
+from galley.core.retry import NO_RETRY, RetryPolicy, call_with_retry
 from galley.core.errors import (
     ConfigError,
     GalleyError,
@@ -36,7 +36,7 @@ from galley.core.errors import (
     NotFoundError,
     ValidationError,
 )
-from galley.core.layout import RunPaths
+from galley.core.runs.layout import RunPaths
 from galley.core.sections import flatten_keys
 from galley.core.serialization import from_data, from_json, to_data
 

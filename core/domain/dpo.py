@@ -12,7 +12,7 @@ being trained, ``ref`` under the reference weights. With
 
 The batch loss is the mean over pairs. ``pair_loss`` also returns its gradient with respect
 to each pair's ``pi_c`` and ``pi_r``; the per-token gradient is that times the answer's weights,
-which is what the linearisation (``galley.core.custom_loss``) trains with on any client.
+which is what the linearisation (``galley.core.domain.custom_loss``) trains with on any client.
 """
 
 from __future__ import annotations

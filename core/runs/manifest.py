@@ -17,7 +17,7 @@ import attrs
 from galley.core.errors import GalleyError, NotFoundError
 from galley.core.keys import join_key
 from galley.core.serialization import from_json, to_json
-from galley.core.types import CheckpointRef
+from galley.core.domain.types import CheckpointRef
 
 if TYPE_CHECKING:
     from galley.ports.blobs import BlobStore

@@ -16,10 +16,10 @@ from typing import Any, Protocol
 
 import attrs
 
-from galley.core.chat import Conversation
+from galley.core.domain.chat import Conversation
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.types import SampledSequence
 from galley.core.errors import ValidationError
-from galley.core.model_input import ModelInput
-from galley.core.types import SampledSequence
 
 
 @attrs.frozen

@@ -14,20 +14,20 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from galley.core.adapter_set import Adapters
-from galley.core.checkpoint_index import delete_checkpoint, read_index, write_index
+from galley.core.runs.checkpoint_index import delete_checkpoint, read_index, write_index
 from galley.core.errors import ConfigError, GalleyError, LockedError, NotFoundError
 from galley.core.keys import join_key
-from galley.core.layout import RECORD_NAME, RunPaths
-from galley.core.manifest import (
+from galley.core.runs.layout import RECORD_NAME, RunPaths
+from galley.core.runs.manifest import (
     MANIFEST_NAME,
     CorruptCheckpointError,
     checkpoint_at,
     read_checkpoint,
     read_manifest,
 )
-from galley.core.records import CheckpointRecord
-from galley.core.runs import RunInUseError, read_run_record
-from galley.core.types import CheckpointRef
+from galley.core.runs.records import CheckpointRecord
+from galley.core.runs.run_record import RunInUseError, read_run_record
+from galley.core.domain.types import CheckpointRef
 from galley.ports.blobs import BlobStore
 
 

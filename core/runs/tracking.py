@@ -11,8 +11,8 @@ from typing import Any
 
 import attrs
 
-from galley.core.records import RunOutcome, TrackedRun
-from galley.core.runs import RunRecord
+from galley.core.runs.records import RunOutcome, TrackedRun
+from galley.core.runs.run_record import RunRecord
 from galley.ports.metrics import RunTracker
 
 

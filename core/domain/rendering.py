@@ -15,11 +15,11 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from galley.core.chat import Conversation, TrainOn
+from galley.core.domain.chat import Conversation, TrainOn
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.tokenizer import Tokenizer
+from galley.core.domain.types import Datum
 from galley.core.errors import ValidationError
-from galley.core.model_input import ModelInput
-from galley.core.tokenizer import Tokenizer
-from galley.core.types import Datum
 
 
 @attrs.frozen(eq=False)

@@ -25,11 +25,11 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from galley.core.chat import Conversation
-from galley.core.data_formats import row_to_conversation
+from galley.core.domain.chat import Conversation
+from galley.core.domain.data_formats import row_to_conversation
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.types import Datum
 from galley.core.errors import DataError, ValidationError
-from galley.core.model_input import ModelInput
-from galley.core.types import Datum
 
 
 class Normalisation(StrEnum):

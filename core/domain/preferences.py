@@ -19,13 +19,13 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from galley.core.chat import Conversation, Message, TrainOn
-from galley.core.custom_loss import linearised_data
-from galley.core.data_formats import parse_messages
-from galley.core.dpo import PairLogprobs, PreferenceObjective, pair_loss, preference_metrics
+from galley.core.domain.chat import Conversation, Message, TrainOn
+from galley.core.domain.custom_loss import linearised_data
+from galley.core.domain.data_formats import parse_messages
+from galley.core.domain.dpo import PairLogprobs, PreferenceObjective, pair_loss, preference_metrics
+from galley.core.domain.rendering import Renderer, fit_conversation
+from galley.core.domain.types import Datum
 from galley.core.errors import DataError, ValidationError
-from galley.core.rendering import Renderer, fit_conversation
-from galley.core.types import Datum
 
 SIDES = ("chosen", "rejected")
 

@@ -24,10 +24,10 @@ from galley.core.checks import (
     one_of,
     safe_name,
 )
+from galley.core.domain.losses import REQUIRED_INPUTS, LossFn, parse_loss_fn, resolve_loss_config
+from galley.core.domain.model_input import ModelInput
+from galley.core.domain.tensors import TensorData
 from galley.core.errors import ValidationError
-from galley.core.losses import REQUIRED_INPUTS, LossFn, parse_loss_fn, resolve_loss_config
-from galley.core.model_input import ModelInput
-from galley.core.tensors import TensorData
 
 # Per-token loss inputs every adapter understands, with the dtype each must have.
 KNOWN_LOSS_INPUTS: Mapping[str, str] = {

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 
 from galley.core.errors import GalleyError
 from galley.core.keys import join_key
-from galley.core.layout import RunPaths
-from galley.core.manifest import MANIFEST_NAME
-from galley.core.records import CheckpointRecord
+from galley.core.runs.layout import RunPaths
+from galley.core.runs.manifest import MANIFEST_NAME
+from galley.core.runs.records import CheckpointRecord
 from galley.core.serialization import from_data, to_data
 
 if TYPE_CHECKING:
-    from galley.core.types import CheckpointRef
+    from galley.core.domain.types import CheckpointRef
     from galley.ports.blobs import BlobStore
 
 

@@ -7,9 +7,9 @@ from typing import Any, Literal
 
 import attrs
 
-from galley.core.batching import DataPosition
+from galley.core.domain.batching import DataPosition
 from galley.core.checks import int_at_least, safe_name
-from galley.core.types import CheckpointRef
+from galley.core.domain.types import CheckpointRef
 
 # The streams galley's workflows record; a workflow may add its own (a plain name).
 TRAIN = "train"  # one row per optimizer step (a skipped step included)

@@ -16,9 +16,9 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
+from galley.core.domain.tensors import TensorData
+from galley.core.domain.types import Datum, ForwardBackwardOutput
 from galley.core.errors import ValidationError
-from galley.core.tensors import TensorData
-from galley.core.types import Datum, ForwardBackwardOutput
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession

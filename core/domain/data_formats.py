@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from galley.core.chat import ROLES, Conversation, Message
+from galley.core.domain.chat import ROLES, Conversation, Message
 from galley.core.errors import DataError
 
 PAIR_FORMATS: tuple[tuple[str, str], ...] = (
