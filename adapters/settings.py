@@ -15,14 +15,8 @@ from typing import Any, TypeVar, cast
 import attrs
 import cattrs
 
+from galley.core.configs import SectionedConfig, default_section, leaf_fields, nest, section_types
 from galley.core.errors import ConfigError, GalleyError
-from galley.core.sections import (
-    SectionedConfig,
-    default_section,
-    leaf_fields,
-    nest,
-    section_types,
-)
 from galley.core.serialization import converter, describe_error
 
 T = TypeVar("T")

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Iterable
-from typing import Any
+from enum import StrEnum
+from typing import Any, TypeVar
 
 import attrs
 
@@ -104,6 +105,24 @@ def one_of(choices: Collection[str]) -> Validator:
             )
 
     return check
+
+
+Choice = TypeVar("Choice", bound=StrEnum)
+
+
+def choice(default: Choice) -> Any:
+    """An attrs field holding one member of ``default``'s enum, given as the member or its
+    value (what a TOML file or ``--set`` gives); anything else is refused naming the field
+    and the choices. Code compares members, never strings."""
+    kind = type(default)
+
+    def member(value: Any) -> Any:
+        try:
+            return kind(value)
+        except ValueError:
+            return value  # the validator refuses it, naming the field
+
+    return attrs.field(default=default, converter=member, validator=one_of(list(kind)))
 
 
 def safe_name(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:

@@ -7,6 +7,11 @@ import unicodedata
 from galley.core.errors import ValidationError
 
 
+def has_scheme(reference: str) -> bool:
+    """A URL-like ``scheme://...``: what a service keeps (``tinker://``), never a blob key."""
+    return "://" in reference
+
+
 def check_key(key: str, field: str = "key") -> str:
     """Return ``key`` if safe, else raise naming it: no absolute paths, '..', empty segments."""
     if not isinstance(key, str) or not key:
@@ -14,7 +19,7 @@ def check_key(key: str, field: str = "key") -> str:
     problem = None
     if key.startswith("/") or "\\" in key or "\0" in key or (len(key) > 1 and key[1] == ":"):
         problem = "is absolute or has a backslash/NUL"
-    elif "://" in key:
+    elif has_scheme(key):
         problem = "is a URL; keys are relative to the store's root"
     elif any(part in {"", ".", ".."} for part in key.split("/")):
         problem = "has an empty, '.' or '..' segment"

@@ -1,40 +1,41 @@
-"""Config sections that workflows share, and configs made of them.
-
-A section is a frozen attrs class of settings that belong together (the model and its LoRA,
-the data and how it is rendered, the optimizer, ...). A workflow's config is a
-:class:`SectionedConfig`: the sections it needs plus fields of its own. Each setting has a
-dotted name (``optim.learning_rate``) and, since setting names are unique across a config's
-sections, its plain name (``learning_rate``) works too: ``SFTConfig(learning_rate=1e-3)``,
-``--set learning_rate=1e-3`` and ``--set optim.learning_rate=1e-3`` mean the same.
-
-A run's state holds each section whole, under its name, and each of the config's own
-fields under its name: a stage takes the sections it uses (``optim: OptimSection``), so
-following a setting to the code that reads it is one find-usages away.
+"""The config sections: settings that belong together (the model and its LoRA, the data and
+how it is rendered, the optimizer, RL's rollouts, DPO's preference objective, ...). A
+workflow's config is made of them (``galley.core.configs``); a run's state holds each whole,
+under its name, for the stages that use it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from typing import Any, ClassVar, cast
+from enum import StrEnum
+from typing import Any
 
 import attrs
 
 from galley.core.checks import (
     at_least,
     boolean,
+    choice,
     in_range,
     int_at_least,
     non_empty,
     one_of,
 )
+from galley.core.configs import Section
 from galley.core.domain.chat import TrainOn
+from galley.core.domain.dpo import PreferenceLoss, PreferenceObjective
 from galley.core.domain.rendering import RENDERERS, Truncation
+from galley.core.domain.rewards import resolve_rewards
+from galley.core.domain.rl import Normalisation, PolicyLoss
 from galley.core.domain.schedules import ScheduleKind
+from galley.core.domain.scorers import scorer_specs
 from galley.core.errors import ValidationError
 
 
-class Section:
-    """Marks an attrs class as a config section."""
+class OnNonfinite(StrEnum):
+    """What a run does with a NaN or Inf loss or gradient."""
+
+    STOP = "stop"  # stop the run, naming the step and the batch
+    SKIP = "skip"  # skip the step's update
 
 
 @attrs.frozen
@@ -80,9 +81,7 @@ class FormatSection(Section):
     # A row longer than max_length: "keep_end" drops its oldest prompt (whole leading messages,
     # then tokens), "keep_start" its end, "error" stops the run; one that still cannot fit
     # without losing what it trains on is skipped and counted.
-    truncation: str = attrs.field(
-        default=Truncation.KEEP_END.value, validator=one_of([t.value for t in Truncation])
-    )
+    truncation: Truncation = choice(Truncation.KEEP_END)
     # "role_colon" (User: ... / Assistant: ...) or "chat_template" (the model's own template).
     renderer: str = attrs.field(default="role_colon", validator=one_of(list(RENDERERS)))
 
@@ -93,9 +92,7 @@ class RenderSection(FormatSection):
 
     # Tokens with loss weight: last_assistant_message, all_assistant_messages, all_messages
     # or all_tokens.
-    train_on: str = attrs.field(
-        default=TrainOn.LAST_ASSISTANT_MESSAGE.value, validator=one_of([t.value for t in TrainOn])
-    )
+    train_on: TrainOn = choice(TrainOn.LAST_ASSISTANT_MESSAGE)
 
 
 @attrs.frozen
@@ -105,9 +102,7 @@ class OptimSection(Section):
     # Tuned for the embedded model's LoRA; billion-parameter models want about 1e-4 to 5e-4.
     learning_rate: float = attrs.field(default=3e-3, validator=at_least(0.0))
     # After warmup: "linear" or "cosine" decay to min_lr_ratio x learning_rate, or "constant".
-    lr_schedule: str = attrs.field(
-        default="linear", validator=one_of([k.value for k in ScheduleKind])
-    )
+    lr_schedule: ScheduleKind = choice(ScheduleKind.LINEAR)
     warmup_steps: int = attrs.field(default=0, validator=int_at_least(0))  # linear from 0
     # The schedule's floor, as a share of learning_rate.
     min_lr_ratio: float = attrs.field(default=0.0, validator=in_range(0.0, 1.0))
@@ -153,172 +148,96 @@ class SamplingSection(Section):
     sample_max_tokens: int = attrs.field(default=48, validator=int_at_least(1))  # per answer
 
 
-def dotted(**sections: type[Any]) -> frozenset[str]:
-    """Every setting of the given sections by dotted name, as a config classifies them for
-    resume: ``dotted(optim=OptimSection)`` is ``{"optim.learning_rate", ...}``."""
-    return frozenset(
-        f"{name}.{f.name}" for name, kind in sections.items() for f in attrs.fields(kind)
-    )
+def _reward_specs(value: Any) -> tuple[str, ...]:
+    return scorer_specs(value, "rewards")
 
 
-def is_section_type(kind: Any) -> bool:
-    return isinstance(kind, type) and issubclass(kind, Section)
+def _floats(value: Any) -> tuple[float, ...]:
+    return tuple(float(v) for v in value)
 
 
-class SectionedConfig:
-    """A config of sections and fields of its own (an attrs class with ``init=False`` that
-    subclasses this). Made from section objects, plain setting names, or both: plain names
-    override the section given."""
+@attrs.frozen
+class RewardSection(Section):
+    """What an RL run's answers score: reward functions and their weights."""
 
-    def __init__(self, **settings: Any) -> None:
-        cls = type(self)
-        sections = section_types(cls)
-        owners = plain_owners(cls)
-        given: dict[str, Any] = {}
-        plain: dict[str, dict[str, Any]] = {}
-        for name, value in settings.items():
-            if name in sections or name in _own_fields(cls):
-                given[name] = value
-            elif name in owners:
-                plain.setdefault(owners[name], {})[name] = value
-            else:
-                raise TypeError(f"{cls.__name__}() got an unexpected setting {name!r}")
-        for section, values in plain.items():
-            # On the section given, else on this config's own default (DPO's learning rate,
-            # RL's evaluation), never on the section class's generic one.
-            base = given[section] if section in given else default_section(cls, section)
-            given[section] = attrs.evolve(base, **values)
-        self.__attrs_init__(**given)
-
-    def __getattr__(self, name: str) -> Any:
-        owner = plain_owners(type(self)).get(name)
-        if owner is None:
-            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
-        return getattr(getattr(self, owner), name)
-
-
-class TrainingConfig(SectionedConfig):
-    """A sectioned config of a run that trains: an ``optim`` section, ``run_id`` and
-    ``resume``. It classifies every setting for a resume (a test checks each is in exactly one
-    class): ``TRAJECTORY_FIELDS`` would train other weights; the run's length
-    (``SCHEDULE_LENGTH_FIELDS``) too, unless the LR schedule is constant; ``FREE_FIELDS`` may
-    change freely."""
-
-    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = frozenset()
-    SCHEDULE_LENGTH_FIELDS: ClassVar[frozenset[str]] = frozenset({"max_steps", "num_epochs"})
-    FREE_FIELDS: ClassVar[frozenset[str]] = frozenset()
+    # Scorer names or module:function, TRL's batched form.
+    rewards: tuple[str, ...] = attrs.field(default=("char_similarity",), converter=_reward_specs)
+    # One weight per reward (empty: all 1); the step's reward is the weighted sum.
+    reward_weights: tuple[float, ...] = attrs.field(default=(), converter=_floats)
 
     def __attrs_post_init__(self) -> None:
-        if getattr(self, "resume", False) and getattr(self, "run_id", None) is None:
+        resolve_rewards(self.rewards, self.reward_weights)  # one not found: refused now
+
+
+@attrs.frozen
+class RolloutSection(Section):
+    """How an RL run samples: completions per prompt, their length and temperature, and how
+    far sampling may run ahead of training."""
+
+    group_size: int = attrs.field(default=8, validator=int_at_least(2))  # completions a prompt
+    max_tokens: int = attrs.field(default=16, validator=int_at_least(1))  # new tokens an answer
+    # Sampling temperature of the rollouts.
+    temperature: float = attrs.field(default=1.0, validator=in_range(0.0, 100.0, low_open=True))
+    # k >= 1: sample the next k steps' batches while this one trains, from this step's
+    # starting weights (at most k updates stale, corrected by the loss's importance ratio);
+    # 0: on-policy.
+    max_steps_off_policy: int = attrs.field(default=0, validator=int_at_least(0))
+    # Optimizer steps that share one sampled batch (of batch_size x num_substeps prompts),
+    # each on its own batch_size prompts: later ones train on samples of older weights.
+    num_substeps: int = attrs.field(default=1, validator=int_at_least(1))
+    # With environments: answers an episode may have at most.
+    max_turns: int = attrs.field(default=8, validator=int_at_least(1))
+
+
+@attrs.frozen
+class PolicySection(Section):
+    """How sampled answers become a gradient: their advantages and the policy loss."""
+
+    # Divide each advantage by its group's reward std (TRL's scale_rewards="group").
+    scale_rewards: bool = attrs.field(default=True, validator=boolean)
+    # How token losses are summed: "tokens" (over every token of the batch) or "sequence" (each
+    # completion's mean).
+    loss_normalisation: Normalisation = choice(Normalisation.TOKENS)
+    # A penalty on sampled tokens the starting weights find less likely (0: none, no second
+    # session); added to the advantages as tinker-cookbook does.
+    kl_penalty_coef: float = attrs.field(default=0.0, validator=at_least(0.0))
+    # The policy loss: importance_sampling, ppo or cispo (Tinker's names).
+    loss_fn: PolicyLoss = choice(PolicyLoss.IMPORTANCE_SAMPLING)
+    clip_low_threshold: float = attrs.field(default=0.8, validator=at_least(0.0))  # ppo, cispo
+    # The ratio's upper clip (ppo, cispo).
+    clip_high_threshold: float = attrs.field(default=1.2, validator=at_least(0.0))
+
+    def __attrs_post_init__(self) -> None:
+        if self.clip_low_threshold > self.clip_high_threshold:
             raise ValidationError(
-                f"{type(self).__name__}.resume", "resuming needs the run_id of the run to continue"
+                "PolicySection.clip_low_threshold",
+                f"{self.clip_low_threshold} is above clip_high_threshold "
+                f"{self.clip_high_threshold}",
             )
 
-    def trajectory_fields(self) -> frozenset[str]:
-        if getattr(self, "optim").lr_schedule == ScheduleKind.CONSTANT:  # noqa: B009
-            return self.TRAJECTORY_FIELDS
-        return self.TRAJECTORY_FIELDS | self.SCHEDULE_LENGTH_FIELDS
+    @property
+    def clip(self) -> tuple[float, float]:
+        return (self.clip_low_threshold, self.clip_high_threshold)
 
 
-def _fields(cls: type[Any]) -> tuple[attrs.Attribute[Any], ...]:
-    attrs.resolve_types(cls)  # annotations are text until resolved (once per class)
-    return tuple(attrs.fields(cls))
+@attrs.frozen
+class PreferenceSection(Section):
+    """DPO's objective (TRL's names) and what it is measured against."""
 
+    # TRL's loss_type: "sigmoid" (DPO) or "ipo".
+    loss_type: PreferenceLoss = choice(PreferenceLoss.SIGMOID)
+    # The strength of the pull towards the reference (TRL's beta).
+    beta: float = attrs.field(default=0.1, validator=in_range(0.0, 1e6, low_open=True))
+    # The assumed share of pairs whose preference is flipped (cDPO; sigmoid only).
+    label_smoothing: float = attrs.field(default=0.0, validator=in_range(0.0, 0.5, high_open=True))
+    # A model to score the pairs with instead of the weights the run starts from.
+    reference_model: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(non_empty)
+    )
 
-def section_types(cls: type[Any]) -> dict[str, type[Any]]:
-    """The config's sections: field name -> section class."""
-    return {f.name: cast(type[Any], f.type) for f in _fields(cls) if is_section_type(f.type)}
+    def __attrs_post_init__(self) -> None:
+        self.objective  # noqa: B018  # a mix the objective refuses is refused here
 
-
-def default_section(cls: type[Any], name: str) -> Any:
-    """The config's default for its section ``name`` (a workflow's own, e.g. DPO's optim)."""
-    default: Any = attrs.fields_dict(cls)[name].default
-    return default.factory() if isinstance(default, attrs.Factory) else default  # type: ignore[arg-type]
-
-
-def _own_fields(cls: type[Any]) -> set[str]:
-    return {f.name for f in _fields(cls) if not is_section_type(f.type)}
-
-
-def plain_owners(cls: type[Any]) -> dict[str, str]:
-    """Each section setting's plain name -> the section that holds it."""
-    return {
-        f.name: section for section, kind in section_types(cls).items() for f in attrs.fields(kind)
-    }
-
-
-def leaf_fields(cls: type[Any]) -> Iterator[tuple[str, attrs.Attribute[Any]]]:
-    """Every setting as (dotted name, attribute): ``optim.learning_rate``, ``max_steps``."""
-    for f in _fields(cls):
-        if is_section_type(f.type):
-            for inner in attrs.fields(cast(type[Any], f.type)):
-                yield f"{f.name}.{inner.name}", inner
-        else:
-            yield f.name, f
-
-
-def stage_inputs(config: Any) -> dict[str, Any]:
-    """A run's initial state: each section whole, and each own field, under its name."""
-    return {f.name: getattr(config, f.name) for f in attrs.fields(type(config))}
-
-
-def plain_settings(config: Any) -> dict[str, Any]:
-    """Every setting under its plain name (what a config is rebuilt from)."""
-    flat: dict[str, Any] = {}
-    for f in attrs.fields(type(config)):
-        value = getattr(config, f.name)
-        if isinstance(value, Section):
-            flat.update(attrs.asdict(value, recurse=False))  # type: ignore[arg-type]
-        else:
-            flat[f.name] = value
-    return flat
-
-
-def nest(cls: type[Any], data: Mapping[str, Any], source: str = "") -> dict[str, Any]:
-    """Settings as given (plain or dotted names, section tables) in the config's own shape:
-    one table per section. Refuses a setting given twice (plainly and in its section)."""
-    sections, owners = section_types(cls), plain_owners(cls)
-    nested: dict[str, Any] = {}
-    given: list[tuple[str, str, Any]] = []  # (section, key, value), whatever the order
-    for name, value in data.items():
-        head, dot, tail = name.partition(".")
-        if dot and head in sections:
-            given.append((head, tail, value))
-        elif name in owners:
-            given.append((owners[name], name, value))
-        elif name in sections and isinstance(value, Mapping):
-            given += [(name, key, inner) for key, inner in value.items()]
-        else:
-            nested[name] = value
-    for section, key, value in given:
-        table = nested.setdefault(section, {})
-        if not isinstance(table, dict):
-            raise ValidationError(source or cls.__name__, f"[{section}] must be a table")
-        if key in table:
-            raise ValidationError(source or cls.__name__, f"{section}.{key} is given twice")
-        table[key] = value
-    return nested
-
-
-def deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    """``over`` on ``base``, tables merged key by key."""
-    merged = dict(base)
-    for key, value in over.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
-
-def flatten_keys(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """A nested mapping with dotted keys: ``{"optim": {"learning_rate": 1}}`` ->
-    ``{"optim.learning_rate": 1}``."""
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            flat.update(flatten_keys(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
+    @property
+    def objective(self) -> PreferenceObjective:
+        return PreferenceObjective(self.loss_type, self.beta, self.label_smoothing)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import typing
 from collections.abc import Iterable, Mapping
+from enum import StrEnum
 from typing import Any, TypeVar
 
 import cattrs
@@ -93,7 +94,22 @@ def _structure_sequence(value: Any, kind: Any) -> Any:
     return tuple(items) if typing.get_origin(kind) is tuple else items
 
 
+def _structure_choice(value: Any, kind: type[StrEnum]) -> Any:
+    """One of an enum's members, from its value (a string in a document): never another
+    type, and a value it lacks is refused naming the choices."""
+    if not isinstance(value, str):
+        raise WrongTypeError(f"expected a string, got {_shown(value)}")
+    try:
+        return kind(value)
+    except ValueError:
+        choices = ", ".join(sorted(str(m.value) for m in kind))
+        raise WrongTypeError(f"unknown value {value!r}; expected one of {choices}") from None
+
+
 converter.register_structure_hook_func(_is_homogeneous_sequence, _structure_sequence)
+# StrEnum before str (a member is a str): its own hooks, as a document holds its value.
+converter.register_structure_hook(StrEnum, _structure_choice)
+converter.register_unstructure_hook(StrEnum, lambda member: member.value)
 converter.register_structure_hook(bool, _exactly(bool, "true or false"))
 converter.register_structure_hook(int, _exactly(int, "an integer"))
 converter.register_structure_hook(str, _exactly(str, "a string"))

@@ -23,7 +23,7 @@ from galley.adapters.noop.tokenizer import ByteTokenizer
 from galley.core import Adapters, SessionConfig
 from galley.core.domain.distillation import reverse_kl, teacher_advantages, tokenizer_mismatch
 from galley.core.errors import ConfigError, WorkflowError
-from galley.workflows.distill import DistillConfig, run
+from galley.workflows.distill import DistillConfig, TeacherDataset, run
 from galley.workflows.sft import SFTConfig
 from galley.workflows.sft import run as run_sft
 from tests.test_rl import StopAfter
@@ -157,6 +157,7 @@ def test_off_policy_writes_the_teachers_answers_as_data_sft_trains_on(tmp_path: 
     )
     run_sft(SFTConfig(max_steps=30, run_id="teach", eval_every=0), adapters)
     result = run(DistillConfig(teacher="teach", run_id="off", mode="off_policy"), adapters)
+    assert isinstance(result, TeacherDataset)  # no trained-run fields left blank
     assert result.teacher_dataset == "runs/off/teacher_data"
     record = json.loads((tmp_path / "runs" / "off" / "run.json").read_text())  # it is listed
     assert record["workflow"] == "distill" and record["config"]["mode"] == "off_policy"

@@ -31,6 +31,7 @@ from galley.core import (
     SessionConfig,
     WorkflowError,
 )
+from galley.core.configs import plain_settings
 from galley.core.domain.chat import Conversation, Message, TrainOn
 from galley.core.domain.dpo import PairLogprobs, PreferenceObjective, pair_loss, preference_metrics
 from galley.core.domain.preferences import (
@@ -47,7 +48,6 @@ from galley.core.domain.rendering import DoesNotFitError, RoleColonRenderer
 from galley.core.errors import DataError, ValidationError
 from galley.core.keys import join_key
 from galley.core.runs.layout import REFERENCE_NAME
-from galley.core.sections import plain_settings
 from galley.core.serialization import from_data
 from galley.core.stages.dpo.reference import ReferenceLogprobs, reference_document
 from galley.workflows.dpo import DPOConfig, run

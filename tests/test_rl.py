@@ -40,7 +40,7 @@ from galley.core.domain.rl import (
 from galley.core.domain.types import SamplingParams
 from galley.core.errors import DataError
 from galley.core.keys import join_key
-from galley.core.stages.rl.step import Rollouts, with_kl_penalty
+from galley.core.stages.rl.advantages import Rollouts, with_kl_penalty
 from galley.workflows.rl import RLConfig, run
 from tests.hf_models import make_model
 

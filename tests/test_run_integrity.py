@@ -27,6 +27,7 @@ from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.adapters.noop import NoopTrainingClient, noop_adapters
 from galley.core import Adapters, ConfigError, WorkflowError
+from galley.core.configs import flatten_keys, leaf_fields
 from galley.core.runs.layout import RunPaths
 from galley.core.runs.run_record import (
     RunExistsError,
@@ -36,7 +37,6 @@ from galley.core.runs.run_record import (
     read_run_record,
     saved_config,
 )
-from galley.core.sections import flatten_keys, leaf_fields
 from galley.core.stages import read_index
 from galley.workflows.dpo import DPOConfig
 from galley.workflows.rl import RLConfig

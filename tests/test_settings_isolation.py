@@ -5,6 +5,7 @@ the generic default of the section class."""
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 import attrs
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 from galley.adapters.settings import settings_from_mapping
 from galley.core import GalleyError
-from galley.core.sections import leaf_fields, section_types
+from galley.core.configs import leaf_fields, section_types
 from galley.workflows import WORKFLOWS
 
 # Values tried in turn for a setting of each type; the first that its validator takes and that
@@ -26,7 +27,9 @@ STRINGS = [
 TUPLES = [("exact_match",), ("contains", "exact_match"), (2.0,)]
 
 
-def _candidates(default: Any, kind: str) -> list[Any]:
+def _candidates(default: Any, kind: str, choices: type[StrEnum] | None) -> list[Any]:
+    if choices is not None:  # an enum's members, as a TOML file or --set gives them
+        return [member.value for member in choices]
     if kind.startswith("bool"):
         return [not default]
     if kind.startswith("int"):
@@ -46,7 +49,8 @@ def _changed_value(cls: type[Any], dotted: str, attribute: attrs.Attribute[Any])
     """A value of the setting, other than the default, that the config accepts alone."""
     default = _leaves(cls())[dotted]
     kind = attribute.type.__name__ if isinstance(attribute.type, type) else str(attribute.type)
-    for value in _candidates(default, kind):
+    is_choice = isinstance(attribute.type, type) and issubclass(attribute.type, StrEnum)
+    for value in _candidates(default, kind, attribute.type if is_choice else None):
         if value == default:
             continue
         try:
@@ -104,7 +108,7 @@ def test_setting_one_field_changes_it_alone(
 
 # Settings no value can change on its own: resume needs a run_id, distillation refuses a KL
 # penalty (its advantages are the KL), and a reward weight needs a reward to weigh.
-UNSETTABLE_ALONE = {"resume", "kl_penalty_coef", "reward_weights"}
+UNSETTABLE_ALONE = {"resume", "policy.kl_penalty_coef", "reward.reward_weights"}
 
 
 def test_the_probe_finds_a_value_for_nearly_every_setting() -> None:

@@ -9,12 +9,13 @@ import attrs
 import pytest
 
 from galley.adapters.noop import noop_adapters
+from galley.core.configs import SectionedConfig
 from galley.core.engine import StageContext, Workflow, stage
 from galley.core.engine.run import rows_by_stream, run_workflow
 from galley.core.errors import GalleyError
 from galley.core.runs.records import EVAL, TRAIN, MetricRecord
 from galley.core.runs.run_record import RunExistsError
-from galley.core.sections import DataSection, ModelSection, RenderSection, SectionedConfig
+from galley.core.sections import DataSection, ModelSection, RenderSection
 from galley.core.stages import heldout_nll, load_dataset, render_dataset, start_session
 
 

@@ -2,9 +2,9 @@
 
 On-policy (the default), RL's loop with the teacher in place of rewards:
 
-load_tasks -> check_split -> start_session -> render_prompts -> plan_training
--> resume_from_checkpoint -> init_weights -> start_reference (none) -> plan_rollouts
--> start_teacher -> save_run_record -> evaluate_base -> answers_before
+load_tasks -> check_split -> start_session -> render_prompts -> plan_recipe -> plan_training
+-> resume_from_checkpoint -> init_weights -> check_rewards -> start_reference (no KL)
+-> plan_rollouts -> start_teacher -> save_run_record -> evaluate_base -> answers_before
 train loop: rl_step -> optim_step -> collect_results [-> evaluate] [-> settle_sampling
 -> checkpoint]
 drain -> evaluate_final -> final_checkpoint -> export_sampler -> answers_after
@@ -20,32 +20,47 @@ chat dataset under the run, for ``galley run sft --set dataset=<that folder>``.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from enum import StrEnum
 from typing import Any, ClassVar
 
 import attrs
 
 from galley.core.adapter_set import Adapters
-from galley.core.checks import int_at_least, one_of
+from galley.core.checks import choice, int_at_least
+from galley.core.configs import nest
 from galley.core.engine import Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.errors import ValidationError
+from galley.core.runs.records import DataSplit
 from galley.core.runs.summary import Summary, SummaryTable, number
-from galley.core.sections import EvalSection
+from galley.core.sections import EvalSection, RewardSection, RolloutSection
 from galley.core.stages import check_split, save_run_record, start_session
 from galley.core.stages.rl import (
+    check_rewards,
     load_tasks,
+    plan_recipe,
     plan_rollouts,
     render_prompts,
     rl_step,
     settle_sampling,
     start_reference,
 )
-from galley.core.stages.rl.distill import distill_eval, start_teacher, write_teacher_dataset
-from galley.workflows.rl import RLConfig, RLResult, _reward_specs, rl_steps
+from galley.core.stages.rl.teacher import distill_eval, start_teacher, write_teacher_dataset
+from galley.workflows.rl import RLConfig, RLResult, rl_steps
 from galley.workflows.rl import summarize as summarize_rl
 
-MODES = ("on_policy", "off_policy")
 SFT_ON = "galley run sft --set dataset={}"
+
+
+class DistillMode(StrEnum):
+    ON_POLICY = "on_policy"  # the teacher grades the student's samples, token by token
+    OFF_POLICY = "off_policy"  # the teacher's answers become an SFT dataset
+
+
+def _rl_sections(v1: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 kept the rewards', the rollouts' and the policy's settings flat."""
+    return nest(DistillConfig, v1)
 
 
 @attrs.frozen(init=False)
@@ -58,16 +73,19 @@ class DistillConfig(RLConfig):  # type: ignore[override]  # new defaults reorder
     teacher: str | None = attrs.field(default=None)
     # "on_policy": the teacher grades the student's samples; "off_policy": the teacher's answers
     # become an SFT dataset.
-    mode: str = attrs.field(default="on_policy", validator=one_of(list(MODES)))
+    mode: DistillMode = choice(DistillMode.ON_POLICY)
     # Measured on the student's answers, not trained on.
-    rewards: tuple[str, ...] = attrs.field(default=("exact_match",), converter=_reward_specs)
-    # Completions sampled per prompt. 8, not 4: with 4 the held-out exact match of the default
-    # chain ended below 0.5 on one seed of four (docs/performance.md).
-    group_size: int = attrs.field(default=8, validator=int_at_least(2))
+    reward: RewardSection = attrs.field(factory=lambda: RewardSection(rewards=("exact_match",)))
+    # 8 completions a prompt, not 4: with 4 the held-out exact match of the default chain
+    # ended below 0.5 on one seed of four (docs/performance.md).
+    rollout: RolloutSection = attrs.field(factory=lambda: RolloutSection(group_size=8))
     # The embedded student finds the teacher's answers after about 250 steps: 512 by default.
     num_epochs: int = attrs.field(default=8, validator=int_at_least(1))
     evaluation: EvalSection = attrs.field(factory=lambda: EvalSection(eval_every=64))
 
+    CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {
+        1: _rl_sections,
+    }
     TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = RLConfig.TRAJECTORY_FIELDS | {
         "teacher",
         "mode",
@@ -75,20 +93,29 @@ class DistillConfig(RLConfig):  # type: ignore[override]  # new defaults reorder
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
-        if self.kl_penalty_coef:
+        if self.policy.kl_penalty_coef:
             raise ValidationError(
-                "DistillConfig.kl_penalty_coef",
+                "DistillConfig.policy.kl_penalty_coef",
                 "distillation's advantages are the KL to the teacher; leave kl_penalty_coef 0",
             )
 
 
 @attrs.frozen
 class DistillResult(RLResult):
-    teacher_dataset: str | None = None  # off-policy: where the teacher's answers went
+    """On-policy distillation's: RL's, the teacher's KL among the metrics."""
+
+
+@attrs.frozen
+class TeacherDataset:
+    """Off-policy distillation's: where the teacher's answers went, as a chat dataset."""
+
+    run_id: str
+    teacher_dataset: str
+    data: DataSplit | None
 
 
 def build_workflow(config: DistillConfig) -> Workflow:
-    if config.mode == "off_policy":
+    if config.mode == DistillMode.OFF_POLICY:
         return Workflow(
             "distill",
             [
@@ -96,6 +123,7 @@ def build_workflow(config: DistillConfig) -> Workflow:
                 check_split,
                 start_session,
                 render_prompts,
+                plan_recipe,
                 start_teacher,
                 save_run_record,
                 write_teacher_dataset,
@@ -103,8 +131,8 @@ def build_workflow(config: DistillConfig) -> Workflow:
             description="The teacher's answers to the prompts as an SFT dataset.",
         )
 
-    # start_teacher after plan_rollouts: its advantages replace the rewards'.
-    setup = (start_reference, plan_rollouts, start_teacher)
+    # start_teacher after start_reference: its advantages replace the rewards'.
+    setup = (check_rewards, start_reference, plan_rollouts, start_teacher)
     return Workflow(
         "distill",
         rl_steps(config, rl_step, distill_eval, setup, before_checkpoint=settle_sampling),
@@ -112,21 +140,15 @@ def build_workflow(config: DistillConfig) -> Workflow:
     )
 
 
-def run(config: DistillConfig, adapters: Adapters, **options: Any) -> DistillResult:
-    """Distil (``galley.core.engine.run.run_workflow``, whose keyword ``options`` it takes)."""
+def run(
+    config: DistillConfig, adapters: Adapters, **options: Any
+) -> DistillResult | TeacherDataset:
+    """Distil (``galley.core.engine.run.run_workflow``, whose keyword ``options`` it takes):
+    on-policy, a trained student; off-policy, the teacher's answers as a dataset."""
     done = run_workflow("distill", build_workflow, config, adapters, **options)
     state = done.state
-    if config.mode == "off_policy":
-        return DistillResult(
-            done.run_id,
-            0,
-            [],
-            [],
-            (),
-            None,
-            state.get("data_split"),
-            teacher_dataset=state["teacher_dataset"],
-        )
+    if config.mode == DistillMode.OFF_POLICY:
+        return TeacherDataset(done.run_id, state["teacher_dataset"], state.get("data_split"))
     return DistillResult(
         **done.trained(),
         answers_before=tuple(state.get("answers_before", ())),
@@ -134,9 +156,9 @@ def run(config: DistillConfig, adapters: Adapters, **options: Any) -> DistillRes
     )
 
 
-def summarize(outcome: DistillResult) -> Summary:
+def summarize(outcome: DistillResult | TeacherDataset) -> Summary:
     """Off-policy: where the dataset went and how to train on it; on-policy: RL's summary."""
-    if outcome.teacher_dataset is not None:
+    if isinstance(outcome, TeacherDataset):
         return Summary(
             (
                 SummaryTable(
@@ -157,4 +179,12 @@ def summarize(outcome: DistillResult) -> Summary:
     return attrs.evolve(summary, tables=(attrs.evolve(first, rows=(*first.rows, row)), *others))
 
 
-__all__ = ["DistillConfig", "DistillResult", "build_workflow", "run", "summarize"]
+__all__ = [
+    "DistillConfig",
+    "DistillMode",
+    "DistillResult",
+    "TeacherDataset",
+    "build_workflow",
+    "run",
+    "summarize",
+]

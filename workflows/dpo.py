@@ -1,7 +1,8 @@
 """Direct preference optimisation: ``galley run dpo``.
 
 load_preferences -> check_split -> start_session -> render_pairs -> plan_training
--> resume_from_checkpoint -> init_weights -> save_run_record -> reference_logprobs -> evaluate_base
+-> resume_from_checkpoint -> init_weights -> plan_reference -> save_run_record
+-> reference_logprobs -> evaluate_base
 train loop: preference_step -> optim_step -> collect_results [-> evaluate] [-> checkpoint]
 drain -> evaluate_final -> final_checkpoint -> export_sampler
 
@@ -19,16 +20,8 @@ from typing import Any, ClassVar
 import attrs
 
 from galley.core.adapter_set import Adapters
-from galley.core.checks import (
-    at_least,
-    boolean,
-    in_range,
-    int_at_least,
-    one_of,
-    output_folder,
-    safe_name,
-)
-from galley.core.domain.dpo import PreferenceLoss, PreferenceObjective
+from galley.core.checks import at_least, boolean, choice, int_at_least, output_folder, safe_name
+from galley.core.configs import TrainingConfig, dotted, nest
 from galley.core.domain.types import CheckpointRef
 from galley.core.engine import FunctionStage, Workflow
 from galley.core.engine.run import run_workflow
@@ -40,9 +33,9 @@ from galley.core.sections import (
     EvalSection,
     FormatSection,
     ModelSection,
+    OnNonfinite,
     OptimSection,
-    TrainingConfig,
-    dotted,
+    PreferenceSection,
 )
 from galley.core.stages import (
     check_split,
@@ -59,6 +52,7 @@ from galley.core.stages import (
 )
 from galley.core.stages.dpo import (
     load_preferences,
+    plan_reference,
     preference_eval,
     preference_step,
     reference_logprobs,
@@ -77,6 +71,12 @@ SHOWN_METRICS = (
 )
 
 
+def _preference_section(v1: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 kept loss_type, beta, label_smoothing and reference_model flat; version 2
+    in ``preference``."""
+    return nest(DPOConfig, v1)
+
+
 @attrs.frozen(init=False)
 class DPOConfig(TrainingConfig):
     """Everything a DPO run needs besides its adapters; every setting has a default, and any
@@ -88,16 +88,7 @@ class DPOConfig(TrainingConfig):
     optim: OptimSection = attrs.field(factory=lambda: OptimSection(learning_rate=2e-3))
     checkpoints: CheckpointSection = attrs.field(factory=CheckpointSection)
     evaluation: EvalSection = attrs.field(factory=lambda: EvalSection(eval_every=16))
-    # TRL's loss_type: "sigmoid" (DPO) or "ipo".
-    loss_type: str = attrs.field(
-        default=PreferenceLoss.SIGMOID.value, validator=one_of([k.value for k in PreferenceLoss])
-    )
-    # The strength of the pull towards the reference (TRL's beta).
-    beta: float = attrs.field(default=0.1, validator=in_range(0.0, 1e6, low_open=True))
-    # The assumed share of pairs whose preference is flipped (cDPO; sigmoid only).
-    label_smoothing: float = attrs.field(default=0.0, validator=in_range(0.0, 0.5, high_open=True))
-    # A model to score the pairs with instead of the weights the run starts from.
-    reference_model: str | None = attrs.field(default=None)
+    preference: PreferenceSection = attrs.field(factory=PreferenceSection)
     # Steps to train (each on batch_size rows); unset: num_epochs over the data.
     max_steps: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(int_at_least(1))
@@ -115,24 +106,26 @@ class DPOConfig(TrainingConfig):
     # Continue run `run_id` from its newest checkpoint that verifies.
     resume: bool = attrs.field(default=False, validator=boolean)
     # A NaN/Inf loss or gradient: "stop" the run naming step and batch, or "skip" the step.
-    on_nonfinite: str = attrs.field(default="stop", validator=one_of(["stop", "skip"]))
+    on_nonfinite: OnNonfinite = choice(OnNonfinite.STOP)
     # Seconds a training call may take before the run stops naming it (0 = wait forever).
     call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
 
-    CONFIG_VERSION: ClassVar[int] = 1
-    CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
+    CONFIG_VERSION: ClassVar[int] = 2
+    CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {
+        1: _preference_section,
+    }
 
     # As SFT's: what a resume may not change without accepting it explicitly.
     TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = dotted(
-        model=ModelSection, data=DataSection, render=FormatSection, optim=OptimSection
-    ) | {"loss_type", "beta", "label_smoothing", "reference_model", "batch_size", "seed"}
+        model=ModelSection,
+        data=DataSection,
+        render=FormatSection,
+        optim=OptimSection,
+        preference=PreferenceSection,
+    ) | {"batch_size", "seed"}
     FREE_FIELDS: ClassVar[frozenset[str]] = dotted(
         checkpoints=CheckpointSection, evaluation=EvalSection
     ) | {"submit_ahead", "output", "run_id", "resume", "on_nonfinite", "call_timeout_s"}
-
-    def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
-        PreferenceObjective(self.loss_type, self.beta, self.label_smoothing)  # refuses a mix
 
 
 @attrs.frozen
@@ -161,6 +154,7 @@ def build_workflow(config: DPOConfig) -> Workflow:
             plan_training,
             resume_from_checkpoint,
             init_weights,
+            plan_reference,
             save_run_record,
             reference_logprobs,
             evaluate("evaluate_base", at="start_step"),

@@ -22,19 +22,13 @@ from galley.core.checks import (
     output_folder,
     safe_name,
 )
+from galley.core.configs import SectionedConfig, nest
 from galley.core.domain.scorers import resolve_scorer, scorer_specs
 from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.runs.records import EVAL
 from galley.core.runs.summary import Summary, SummaryTable, number
-from galley.core.sections import (
-    BaseModelSection,
-    DataSection,
-    RenderSection,
-    SamplingSection,
-    SectionedConfig,
-    nest,
-)
+from galley.core.sections import BaseModelSection, DataSection, RenderSection, SamplingSection
 from galley.core.stages import (
     ScoredAnswer,
     answer_and_score,

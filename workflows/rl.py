@@ -1,8 +1,8 @@
 """Reinforcement learning from rewards, GRPO-style: ``galley run rl``.
 
-load_tasks -> check_split -> start_session -> render_prompts -> plan_training
--> resume_from_checkpoint -> init_weights -> start_reference -> plan_rollouts -> save_run_record
--> evaluate_base -> answers_before
+load_tasks -> check_split -> start_session -> render_prompts -> plan_recipe -> plan_training
+-> resume_from_checkpoint -> init_weights -> check_rewards -> start_reference -> plan_rollouts
+-> save_run_record -> evaluate_base -> answers_before
 train loop: rl_step -> optim_step -> collect_results [-> evaluate] [-> settle_sampling
 -> checkpoint]
 drain -> evaluate_final -> final_checkpoint -> export_sampler -> answers_after
@@ -21,19 +21,9 @@ from typing import Any, ClassVar
 import attrs
 
 from galley.core.adapter_set import Adapters
-from galley.core.checks import (
-    at_least,
-    boolean,
-    in_range,
-    int_at_least,
-    one_of,
-    output_folder,
-    safe_name,
-)
+from galley.core.checks import at_least, boolean, choice, int_at_least, output_folder, safe_name
+from galley.core.configs import TrainingConfig, dotted, nest
 from galley.core.domain.envs import EnvGroupBuilder
-from galley.core.domain.rewards import resolve_rewards
-from galley.core.domain.rl import Normalisation
-from galley.core.domain.scorers import scorer_specs
 from galley.core.domain.types import CheckpointRef
 from galley.core.engine import FunctionStage, Stage, Step, Workflow
 from galley.core.engine.run import run_workflow
@@ -46,10 +36,12 @@ from galley.core.sections import (
     EvalSection,
     FormatSection,
     ModelSection,
+    OnNonfinite,
     OptimSection,
+    PolicySection,
+    RewardSection,
+    RolloutSection,
     SamplingSection,
-    TrainingConfig,
-    dotted,
 )
 from galley.core.stages import (
     check_split,
@@ -67,7 +59,9 @@ from galley.core.stages import (
 from galley.core.stages.evaluate import Measure
 from galley.core.stages.rl import (
     answers_stage,
+    check_rewards,
     load_tasks,
+    plan_recipe,
     plan_rollouts,
     render_prompts,
     reward_eval,
@@ -77,15 +71,11 @@ from galley.core.stages.rl import (
 )
 from galley.core.stages.rl.envs import env_eval_measure, env_step_stage
 
-POLICY_LOSSES = ("importance_sampling", "ppo", "cispo")
 
-
-def _reward_specs(value: Any) -> tuple[str, ...]:
-    return scorer_specs(value, "rewards")
-
-
-def _floats(value: Any) -> tuple[float, ...]:
-    return tuple(float(v) for v in value)
+def _rl_sections(v1: dict[str, Any]) -> dict[str, Any]:
+    """Version 1 kept the rewards', the rollouts' and the policy's settings flat; version 2
+    in ``reward``, ``rollout`` and ``policy``."""
+    return nest(RLConfig, v1)
 
 
 @attrs.frozen(init=False)
@@ -97,42 +87,13 @@ class RLConfig(TrainingConfig):
     data: DataSection = attrs.field(factory=DataSection)
     render: FormatSection = attrs.field(factory=FormatSection)
     optim: OptimSection = attrs.field(factory=OptimSection)
+    reward: RewardSection = attrs.field(factory=RewardSection)
+    rollout: RolloutSection = attrs.field(factory=RolloutSection)
+    policy: PolicySection = attrs.field(factory=PolicySection)
     checkpoints: CheckpointSection = attrs.field(factory=CheckpointSection)
     evaluation: EvalSection = attrs.field(factory=lambda: EvalSection(eval_every=32))
     sampling: SamplingSection = attrs.field(factory=lambda: SamplingSection(num_samples=4))
-    # Reward functions (scorer names or module:function) and their weights (empty: all 1).
-    rewards: tuple[str, ...] = attrs.field(default=("char_similarity",), converter=_reward_specs)
-    # One weight per reward (empty: all 1); the step's reward is the weighted sum.
-    reward_weights: tuple[float, ...] = attrs.field(default=(), converter=_floats)
-    group_size: int = attrs.field(default=8, validator=int_at_least(2))  # completions a prompt
     batch_size: int = attrs.field(default=8, validator=int_at_least(1))  # prompts an update
-    max_tokens: int = attrs.field(default=16, validator=int_at_least(1))  # new tokens
-    # Sampling temperature of the rollouts.
-    temperature: float = attrs.field(default=1.0, validator=in_range(0.0, 100.0, low_open=True))
-    # A penalty on sampled tokens the starting weights find less likely (0: none, no second
-    # session); added to the advantages as tinker-cookbook does.
-    kl_penalty_coef: float = attrs.field(default=0.0, validator=at_least(0.0))
-    # k >= 1: sample the next k steps' batches while this one trains, from this step's
-    # starting weights (at most k updates stale, corrected by the loss's importance ratio);
-    # 0: on-policy.
-    max_steps_off_policy: int = attrs.field(default=0, validator=int_at_least(0))
-    # Optimizer steps that share one sampled batch (of batch_size x num_substeps prompts),
-    # each on its own batch_size prompts: later ones train on samples of older weights.
-    num_substeps: int = attrs.field(default=1, validator=int_at_least(1))
-    # With environments (``run(..., env=...)``): answers an episode may have at most.
-    max_turns: int = attrs.field(default=8, validator=int_at_least(1))
-    # Divide each advantage by its group's reward std (TRL's scale_rewards="group").
-    scale_rewards: bool = attrs.field(default=True, validator=boolean)
-    # How token losses are summed: "tokens" (over every token of the batch) or "sequence" (each
-    # completion's mean).
-    loss_normalisation: str = attrs.field(
-        default=Normalisation.TOKENS.value, validator=one_of([n.value for n in Normalisation])
-    )
-    # The policy loss: importance_sampling, ppo or cispo (Tinker's names).
-    loss_fn: str = attrs.field(default="importance_sampling", validator=one_of(POLICY_LOSSES))
-    clip_low_threshold: float = attrs.field(default=0.8, validator=at_least(0.0))  # ppo, cispo
-    # The ratio's upper clip (ppo, cispo).
-    clip_high_threshold: float = attrs.field(default=1.2, validator=at_least(0.0))
     # Steps to train (each on batch_size rows); unset: num_epochs over the data.
     max_steps: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(int_at_least(1))
@@ -149,46 +110,27 @@ class RLConfig(TrainingConfig):
     # Continue run `run_id` from its newest checkpoint that verifies.
     resume: bool = attrs.field(default=False, validator=boolean)
     # A NaN/Inf loss or gradient: "stop" the run naming step and batch, or "skip" the step.
-    on_nonfinite: str = attrs.field(default="stop", validator=one_of(["stop", "skip"]))
+    on_nonfinite: OnNonfinite = choice(OnNonfinite.STOP)
     # Seconds a training call may take before the run stops naming it (0 = wait forever).
     call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
 
-    CONFIG_VERSION: ClassVar[int] = 1
-    CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {}
+    CONFIG_VERSION: ClassVar[int] = 2
+    CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {
+        1: _rl_sections,
+    }
 
     TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = dotted(
-        model=ModelSection, data=DataSection, render=FormatSection, optim=OptimSection
-    ) | {
-        "rewards",
-        "reward_weights",
-        "group_size",
-        "batch_size",
-        "max_tokens",
-        "temperature",
-        "kl_penalty_coef",
-        "max_steps_off_policy",
-        "num_substeps",
-        "max_turns",
-        "scale_rewards",
-        "loss_normalisation",
-        "loss_fn",
-        "clip_low_threshold",
-        "clip_high_threshold",
-        "seed",
-    }
+        model=ModelSection,
+        data=DataSection,
+        render=FormatSection,
+        optim=OptimSection,
+        reward=RewardSection,
+        rollout=RolloutSection,
+        policy=PolicySection,
+    ) | {"batch_size", "seed"}
     FREE_FIELDS: ClassVar[frozenset[str]] = dotted(
         checkpoints=CheckpointSection, evaluation=EvalSection, sampling=SamplingSection
     ) | {"submit_ahead", "output", "run_id", "resume", "on_nonfinite", "call_timeout_s"}
-
-    def __attrs_post_init__(self) -> None:
-        super().__attrs_post_init__()
-        resolve_rewards(self.rewards, self.reward_weights)  # one that cannot be found: refused
-        if self.clip_low_threshold > self.clip_high_threshold:
-            raise ValidationError(
-                "RLConfig.clip_low_threshold",
-                f"{self.clip_low_threshold} is above clip_high_threshold "
-                f"{self.clip_high_threshold}",
-            )
 
 
 Answer = tuple[str, str, str, float]  # prompt, reference, answer, reward
@@ -230,6 +172,7 @@ def rl_steps(
         check_split,
         start_session,
         render_prompts,
+        plan_recipe,
         plan_training,
         resume_from_checkpoint,
         init_weights,
@@ -261,7 +204,7 @@ def build_workflow(config: RLConfig, env: EnvGroupBuilder | None = None) -> Work
             config,
             rl_step,
             reward_eval,
-            (start_reference, plan_rollouts),
+            (check_rewards, start_reference, plan_rollouts),
             before_checkpoint=settle_sampling,
         ),
         description="Reinforcement learning from rewards (GRPO-style), on- or off-policy.",
@@ -271,15 +214,17 @@ def build_workflow(config: RLConfig, env: EnvGroupBuilder | None = None) -> Work
 def env_workflow(config: RLConfig, env: EnvGroupBuilder) -> Workflow:
     """RL on environments: on-policy, rewards from the environments."""
     for name, value in (
-        ("max_steps_off_policy", config.max_steps_off_policy),
-        ("kl_penalty_coef", config.kl_penalty_coef),
-        ("num_substeps", config.num_substeps - 1),
+        ("rollout.max_steps_off_policy", config.rollout.max_steps_off_policy),
+        ("policy.kl_penalty_coef", config.policy.kl_penalty_coef),
+        ("rollout.num_substeps", config.rollout.num_substeps - 1),
     ):
         if value:
             raise ValidationError(f"RLConfig.{name}", "is not built for environments; leave it out")
     return Workflow(
         "rl",
-        rl_steps(config, env_step_stage(env), env_eval_measure(env), answers=False),
+        rl_steps(
+            config, env_step_stage(env), env_eval_measure(env), (plan_rollouts,), answers=False
+        ),
         description="Reinforcement learning on environments, turn by turn.",
     )
 

@@ -17,11 +17,12 @@ from galley.core.adapter_set import Adapters
 from galley.core.checks import (
     at_least,
     boolean,
+    choice,
     int_at_least,
-    one_of,
     output_folder,
     safe_name,
 )
+from galley.core.configs import TrainingConfig, dotted, nest, plain_settings
 from galley.core.domain.types import CheckpointRef
 from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
@@ -33,13 +34,10 @@ from galley.core.sections import (
     DataSection,
     EvalSection,
     ModelSection,
+    OnNonfinite,
     OptimSection,
     RenderSection,
     SamplingSection,
-    TrainingConfig,
-    dotted,
-    nest,
-    plain_settings,
 )
 from galley.core.serialization import from_data
 from galley.core.stages import (
@@ -115,7 +113,7 @@ class SFTConfig(TrainingConfig):
     # against the run's saved ones: see TRAJECTORY_FIELDS).
     resume: bool = attrs.field(default=False, validator=boolean)
     # A NaN/Inf loss or gradient: "stop" the run naming step and batch, or "skip" the step.
-    on_nonfinite: str = attrs.field(default="stop", validator=one_of(["stop", "skip"]))
+    on_nonfinite: OnNonfinite = choice(OnNonfinite.STOP)
     # Seconds a training call may take before the run stops naming it (0 = wait forever);
     # generous when set: a first step compiles for up to a minute.
     call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))

@@ -13,9 +13,9 @@ from galley.adapters.composition import AdapterChoice, parse_adapters_table
 from galley.adapters.fsspec.kinds import galley_home
 from galley.adapters.settings import parse_assignment, read_text, settings_from_mapping
 from galley.core.adapter_set import PORT_NAMES, Adapters
+from galley.core.configs import SectionedConfig, deep_merge, nest
 from galley.core.errors import ConfigError, GalleyError
 from galley.core.runs.run_record import resume_settings
-from galley.core.sections import SectionedConfig, deep_merge, nest
 from galley.workflows import WORKFLOWS, WorkflowSpec
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import attrs
 
-from galley.core.sections import leaf_fields, section_types
+from galley.core.configs import leaf_fields, section_types
 
 FIELD = re.compile(r"^    (\w+)\s*:")
 

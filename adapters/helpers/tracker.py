@@ -30,8 +30,8 @@ from typing import Any, ClassVar
 import structlog
 
 from galley.adapters.helpers.redaction import redact_text
+from galley.core.configs import flatten_keys
 from galley.core.runs.records import MetricRecord, RunOutcome, TrackedRun
-from galley.core.sections import flatten_keys
 
 Scalar = bool | int | float | str
 

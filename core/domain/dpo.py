@@ -24,7 +24,7 @@ import attrs
 import numpy as np
 import numpy.typing as npt
 
-from galley.core.checks import in_range, one_of
+from galley.core.checks import choice, in_range
 from galley.core.errors import ValidationError
 
 Floats = npt.NDArray[np.float64]
@@ -39,9 +39,7 @@ class PreferenceLoss(StrEnum):
 class PreferenceObjective:
     """Which preference loss, with its β and label smoothing."""
 
-    loss_type: str = attrs.field(
-        default=PreferenceLoss.SIGMOID.value, validator=one_of([k.value for k in PreferenceLoss])
-    )
+    loss_type: PreferenceLoss = choice(PreferenceLoss.SIGMOID)
     beta: float = attrs.field(default=0.1, validator=in_range(0.0, 1e6, low_open=True))
     label_smoothing: float = attrs.field(default=0.0, validator=in_range(0.0, 0.5, high_open=True))
 

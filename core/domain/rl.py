@@ -32,6 +32,14 @@ from galley.core.domain.types import Datum
 from galley.core.errors import DataError, ValidationError
 
 
+class PolicyLoss(StrEnum):
+    """The policy-gradient losses (Tinker's names)."""
+
+    IMPORTANCE_SAMPLING = "importance_sampling"
+    PPO = "ppo"
+    CISPO = "cispo"
+
+
 class Normalisation(StrEnum):
     TOKENS = "tokens"
     SEQUENCE = "sequence"

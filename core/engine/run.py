@@ -7,7 +7,7 @@ it makes of the finished run; :func:`run_workflow` does the rest the same way fo
   (``galley.core.runs.run_record``): a new run refuses a taken id, a resume refuses a run
   in use or changed settings;
 - the stages run under a :class:`Runner` from the config: each section whole and each own
-  field, under its name (``galley.core.sections.stage_inputs``), plus ``paths`` (the run's
+  field, under its name (``galley.core.configs.stage_inputs``), plus ``paths`` (the run's
   keys: ``galley.core.runs.layout.RunPaths``), ``run_record`` and ``start_step`` (0, until a
   stage that resumes the run replaces it);
 - on the way out, however the run ends: every training session in the state is closed, and
@@ -31,6 +31,7 @@ import attrs
 import structlog
 
 from galley.core.adapter_set import Adapters
+from galley.core.configs import stage_inputs
 from galley.core.engine.runner import Observer, Runner
 from galley.core.engine.stage import Workflow
 from galley.core.errors import ValidationError, WorkflowError
@@ -39,7 +40,6 @@ from galley.core.runs.layout import RunPaths
 from galley.core.runs.records import EVAL, TRAIN, MetricRecord, RunOutcome
 from galley.core.runs.run_record import claim_run, metrics_reader
 from galley.core.runs.tracking import end_tracked_run
-from galley.core.sections import stage_inputs
 from galley.ports.training import TrainingSession
 
 Row = dict[str, float]  # a stream's metrics at one step, with "step"

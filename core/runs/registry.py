@@ -28,7 +28,7 @@ from galley.core.keys import join_key
 from galley.core.runs.layout import RunPaths
 from galley.core.runs.manifest import MANIFEST_NAME, read_manifest
 from galley.core.runs.run_record import plain_saved_settings, read_run_record
-from galley.core.sections import plain_owners
+from galley.core.configs import plain_owners
 from galley.core.serialization import from_data, to_data
 
 PREFIX = "registry:"

@@ -37,7 +37,7 @@ from galley.core.errors import (
     ValidationError,
 )
 from galley.core.runs.layout import RunPaths
-from galley.core.sections import flatten_keys
+from galley.core.configs import flatten_keys
 from galley.core.serialization import from_data, from_json, to_data
 
 if TYPE_CHECKING:

@@ -34,12 +34,7 @@ from galley.core.runs.run_record import (
     write_run_record,
 )
 from galley.core.runs.tracking import open_tracked_run
-from galley.core.sections import (
-    BaseModelSection,
-    CheckpointSection,
-    EvalSection,
-    ModelSection,
-)
+from galley.core.sections import BaseModelSection, CheckpointSection, EvalSection, ModelSection
 from galley.core.stages.sample import EvaluatedWeights
 
 if TYPE_CHECKING:

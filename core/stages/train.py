@@ -27,7 +27,7 @@ from galley.core.domain.types import (
 from galley.core.engine import FunctionStage, StageContext, reads_of, stage
 from galley.core.errors import NonFiniteError, ValidationError
 from galley.core.runs.records import TRAIN
-from galley.core.sections import OptimSection
+from galley.core.sections import OnNonfinite, OptimSection
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
@@ -209,7 +209,7 @@ def check_finite(entry: InFlightStep, what: str, value: float) -> None:
 
 
 def collect(
-    ctx: StageContext, pipeline: Pipeline, keep_in_flight: int, on_nonfinite: str
+    ctx: StageContext, pipeline: Pipeline, keep_in_flight: int, on_nonfinite: OnNonfinite
 ) -> Pipeline:
     """Wait for the oldest steps until at most ``keep_in_flight`` remain; record their metrics.
     A NaN/Inf loss or gradient stops the run, or with ``on_nonfinite="skip"`` skips the step."""
@@ -229,7 +229,7 @@ def collect(
         finite = math.isfinite(fb.metrics["loss:sum"]) and (
             optim is None or math.isfinite(optim.grad_norm)
         )
-        if not finite and on_nonfinite == "skip":
+        if not finite and on_nonfinite == OnNonfinite.SKIP:
             # The backend left weights and optimizer state as they were (port guarantee).
             ctx.log.warning("step.skipped", step=entry.step, examples=list(entry.examples))
             ctx.record_metrics(TRAIN, entry.step, {"skipped": 1.0, "tokens": float(entry.tokens)})
@@ -253,13 +253,13 @@ def collect(
 
 @stage(writes=("pipeline",), ports=("training", "metrics"))
 def collect_results(
-    ctx: StageContext, pipeline: Pipeline, submit_ahead: int, on_nonfinite: str
+    ctx: StageContext, pipeline: Pipeline, submit_ahead: int, on_nonfinite: OnNonfinite
 ) -> dict[str, Any]:
     """Collect finished steps, leaving ``submit_ahead`` steps queued on the session."""
     return {"pipeline": collect(ctx, pipeline, submit_ahead, on_nonfinite)}
 
 
 @stage(writes=("pipeline",), ports=("training", "metrics"))
-def drain(ctx: StageContext, pipeline: Pipeline, on_nonfinite: str) -> dict[str, Any]:
+def drain(ctx: StageContext, pipeline: Pipeline, on_nonfinite: OnNonfinite) -> dict[str, Any]:
     """Collect every step still in flight."""
     return {"pipeline": collect(ctx, pipeline, 0, on_nonfinite)}

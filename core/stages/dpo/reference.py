@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from galley.core.domain.distillation import tokenizer_mismatch
+from galley.core.domain.dpo import PreferenceObjective
 from galley.core.domain.preferences import AnswerLogprobs, RenderedPair, pair_datums, summed_answers
+from galley.core.domain.types import SessionConfig
 from galley.core.engine import StageContext, stage
 from galley.core.errors import ConfigError, ValidationError
 from galley.core.runs.layout import RunPaths
 from galley.core.runs.sessions import run_session_config
-from galley.core.sections import EvalSection, ModelSection
+from galley.core.sections import EvalSection, ModelSection, PreferenceSection
 from galley.core.serialization import from_data, to_data
 
 if TYPE_CHECKING:
@@ -92,10 +94,68 @@ def answer_logprobs_of(
     return summed_answers(pairs, logprobs)
 
 
-def _describe(reference_model: str | None, base_model: str, init_from: str | None) -> str:
-    if reference_model:
-        return reference_model
-    return f"{base_model} from {init_from}" if init_from else base_model
+@attrs.frozen
+class ReferenceScorer:
+    """What scores the pairs, once, before any step: the weights the run starts from (the
+    run's own session, before it trains) or ``reference_model`` on a session of its own
+    (``session``); how it is described in the saved file (``model``), where that file is
+    (``key``), and the batch size it scores in."""
+
+    model: str
+    key: str
+    batch_size: int
+    session: SessionConfig | None = None  # None: the run's own session
+    trained_model: str = ""  # the run's base model, named when the tokenizers differ
+
+    def open(self, ctx: StageContext, policy: TrainingSession) -> TrainingSession:
+        """The session that scores: the run's own, or the reference model's, refused when it
+        tokenizes otherwise than the trained model."""
+        if self.session is None:
+            return policy
+        scorer = ctx.adapters.training.start_session(self.session)
+        mismatch = tokenizer_mismatch(policy.tokenizer, scorer.tokenizer, "the trained model's")
+        if mismatch is not None:
+            scorer.close()
+            raise ConfigError(
+                f"reference_model {self.model!r} tokenizes otherwise than the trained model "
+                f"{self.trained_model!r}: {mismatch}; it cannot score the same tokens"
+            )
+        return scorer
+
+
+@attrs.frozen
+class Reference:
+    """What each step's preference loss compares against: the reference's log-probabilities
+    of every pair, and the objective that compares them (loss type, β, label smoothing)."""
+
+    logprobs: ReferenceLogprobs
+    objective: PreferenceObjective
+
+
+@stage(
+    writes=("reference_scorer",),
+)
+def plan_reference(
+    ctx: StageContext,
+    preference: PreferenceSection,
+    model: ModelSection,
+    evaluation: EvalSection,
+    seed: int,
+    paths: RunPaths,
+) -> dict[str, Any]:
+    """Which weights score the pairs: the run's starting weights (its base model, or
+    ``init_from``), or ``preference.reference_model`` on a session of its own."""
+    key, batch_size = paths.reference, evaluation.eval_batch_size
+    if preference.reference_model:
+        scoring = attrs.evolve(model, base_model=preference.reference_model)
+        config = run_session_config(scoring, seed, paths, "reference")
+        scorer = ReferenceScorer(
+            preference.reference_model, key, batch_size, config, model.base_model
+        )
+    else:
+        start = f"{model.base_model} from {model.init_from}" if model.init_from else None
+        scorer = ReferenceScorer(start or model.base_model, key, batch_size)
+    return {"reference_scorer": scorer}
 
 
 @stage(
@@ -108,18 +168,14 @@ def reference_logprobs(
     train_data: Sequence[RenderedPair],
     eval_data: Sequence[RenderedPair],
     start_step: int,
-    evaluation: EvalSection,
-    reference_model: str | None,
-    model: ModelSection,
-    seed: int,
-    paths: RunPaths,
+    reference_scorer: ReferenceScorer,
+    preference: PreferenceSection,
 ) -> dict[str, Any]:
-    """Score every pair with the reference once: the run's starting weights (its base model,
-    or ``init_from``), or ``reference_model``. A run that already saved them reads them back,
-    after checking they were computed from the same reference and the same rendered pairs."""
-    blobs, key, run_id = ctx.adapters.blobs, paths.reference, paths.run_id
-    base_model, eval_batch_size = model.base_model, evaluation.eval_batch_size
-    described = _describe(reference_model, base_model, model.init_from)
+    """Score every pair with the reference once. A run that already saved the scores reads
+    them back, after checking they were computed by the same reference from the same
+    rendered pairs; a resumed run that lost them is refused (its weights have moved)."""
+    blobs, key, described = ctx.adapters.blobs, reference_scorer.key, reference_scorer.model
+    objective = preference.objective
     fingerprint = pairs_fingerprint(train_data, eval_data)
     if blobs.exists(key):
         saved = read_reference(blobs.read(key), key)
@@ -132,41 +188,30 @@ def reference_logprobs(
                 f"{described!r}, pairs {fingerprint[:12]}); refusing to train against them",
             )
         ctx.log.info("reference.loaded", key=key, pairs=len(saved.train))
-        return {"reference": saved}
+        return {"reference": Reference(saved, objective)}
     if start_step > 0:
         raise ConfigError(
-            f"run {run_id} resumes at step {start_step} but {key} is missing: its reference "
+            f"the run resumes at step {start_step} but {key} is missing: its reference "
             "log-probabilities cannot be recomputed from weights that have been trained"
         )
     started = time.perf_counter()
-    scorer = session
-    if reference_model:
-        scoring_model = attrs.evolve(model, base_model=reference_model)
-        config = run_session_config(scoring_model, seed, paths, "reference")
-        scorer = ctx.adapters.training.start_session(config)
-        mismatch = tokenizer_mismatch(session.tokenizer, scorer.tokenizer, "the trained model's")
-        if mismatch is not None:
-            scorer.close()
-            raise ConfigError(
-                f"reference_model {reference_model!r} tokenizes otherwise than the trained "
-                f"model {base_model!r}: {mismatch}; it cannot score the same tokens"
-            )
+    scorer, batch_size = reference_scorer.open(ctx, session), reference_scorer.batch_size
     try:
-        reference = ReferenceLogprobs(
+        logprobs = ReferenceLogprobs(
             described,
             fingerprint,
-            answer_logprobs_of(ctx, scorer, train_data, eval_batch_size),
-            answer_logprobs_of(ctx, scorer, eval_data, eval_batch_size),
+            answer_logprobs_of(ctx, scorer, train_data, batch_size),
+            answer_logprobs_of(ctx, scorer, eval_data, batch_size),
         )
     finally:
         if scorer is not session:
             scorer.close()
-    blobs.write(key, reference_document(reference))
+    blobs.write(key, reference_document(logprobs))
     ctx.log.info(
         "reference.computed",
         key=key,
         model=described,
-        pairs=len(reference.train) + len(reference.eval),
+        pairs=len(logprobs.train) + len(logprobs.eval),
         seconds=round(time.perf_counter() - started, 2),
     )
-    return {"reference": reference}
+    return {"reference": Reference(logprobs, objective)}

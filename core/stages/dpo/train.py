@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from galley.core.domain.batching import BatchPlan
-from galley.core.domain.dpo import PreferenceObjective, preference_metrics
+from galley.core.domain.dpo import preference_metrics
 from galley.core.domain.preferences import (
     RenderedPair,
     pair_datums,
@@ -21,7 +21,7 @@ from galley.core.domain.preferences import (
 )
 from galley.core.engine import StageContext, stage
 from galley.core.sections import EvalSection
-from galley.core.stages.dpo.reference import ReferenceLogprobs, answer_logprobs_of
+from galley.core.stages.dpo.reference import Reference, answer_logprobs_of
 from galley.core.stages.train import InFlightStep, Pipeline
 
 if TYPE_CHECKING:
@@ -36,13 +36,10 @@ def preference_step(
     ctx: StageContext,
     session: TrainingSession,
     train_data: Sequence[RenderedPair],
-    reference: ReferenceLogprobs,
+    reference: Reference,
     batch_plan: BatchPlan,
     step: int,
     pipeline: Pipeline,
-    loss_type: str,
-    beta: float,
-    label_smoothing: float,
 ) -> dict[str, Any]:
     """Submit the preference gradient of step ``step``'s pairs (waits for their forward pass,
     not for the backward); the step's metrics are TRL's, from that forward pass."""
@@ -52,9 +49,8 @@ def preference_step(
     forward = ctx.wait(
         session.forward(pair_datums(pairs), "cross_entropy"), "training.forward", step
     )
-    objective = PreferenceObjective(loss_type, beta, label_smoothing)
     data, metrics = preference_gradient(
-        pairs, forward.logprobs, reference.train.select(indices), objective
+        pairs, forward.logprobs, reference.logprobs.train.select(indices), reference.objective
     )
     future = session.forward_backward(data, "cross_entropy")
     tokens = sum(d.model_input.length for d in data)
@@ -67,13 +63,9 @@ def preference_eval(
     session: TrainingSession,
     eval_data: Sequence[RenderedPair],
     evaluation: EvalSection,
-    reference: ReferenceLogprobs,
-    loss_type: str,
-    beta: float,
-    label_smoothing: float,
+    reference: Reference,
 ) -> dict[str, float]:
     """Held-out preference metrics: TRL's DPO loss and rewards on the eval pairs."""
     policy = answer_logprobs_of(ctx, session, eval_data, evaluation.eval_batch_size)
-    scored = pair_logprobs(eval_data, policy, reference.eval)
-    objective = PreferenceObjective(loss_type, beta, label_smoothing)
-    return {f"eval/{k}": v for k, v in preference_metrics(scored, objective).items()}
+    scored = pair_logprobs(eval_data, policy, reference.logprobs.eval)
+    return {f"eval/{k}": v for k, v in preference_metrics(scored, reference.objective).items()}

@@ -1,5 +1,5 @@
-"""Load RL's prompts (with their reference answers, when rows have them) and render them as
-generation prompts."""
+"""Load RL's prompts (with their reference answers, when rows have them), check the rewards
+can score them, and render them as generation prompts."""
 
 from __future__ import annotations
 
@@ -10,12 +10,10 @@ import attrs
 
 from galley.core.domain.model_input import ModelInput
 from galley.core.domain.rendering import DoesNotFitError, make_renderer
+from galley.core.domain.rewards import check_references, resolve_rewards
 from galley.core.domain.rl import Task, row_to_task
 from galley.core.engine import StageContext, stage
-from galley.core.runs.layout import RunPaths
-from galley.core.runs.sessions import run_session_config
-from galley.core.sections import DataSection, FormatSection, ModelSection
-from galley.core.stages.checkpoint import load_init_from
+from galley.core.sections import DataSection, FormatSection, RewardSection, RolloutSection
 from galley.core.stages.data import load_rows
 from galley.core.stages.render import render_splits
 
@@ -40,6 +38,21 @@ def load_tasks(ctx: StageContext, data: DataSection, seed: int) -> dict[str, Any
     return load_rows(ctx, row_to_task, data, seed)
 
 
+@stage()
+def check_rewards(
+    ctx: StageContext,
+    reward: RewardSection,
+    train_rows: Sequence[Task],
+    eval_rows: Sequence[Task],
+    row_origins: Mapping[str, Sequence[tuple[str, int]]],
+) -> dict[str, Any]:
+    """Refuse rows a reward cannot score (one that needs a reference answer, on a row
+    without one), naming the file and row, before the run is recorded."""
+    resolved = resolve_rewards(reward.rewards, reward.reward_weights)
+    check_references(resolved, {"train": train_rows, "eval": eval_rows}, row_origins)
+    return {}
+
+
 @stage(
     writes=("train_data", "eval_data", "chat_renderer", "skipped_examples"),
 )
@@ -50,11 +63,12 @@ def render_prompts(
     eval_rows: Sequence[Task],
     row_origins: Mapping[str, Sequence[tuple[str, int]]],
     render: FormatSection,
-    max_tokens: int,
+    rollout: RolloutSection,
 ) -> dict[str, Any]:
     """Each prompt as the tokens that ask for the assistant's answer; a prompt that leaves
     fewer than ``max_tokens`` of ``max_length`` for the answer is skipped and counted."""
     chat, max_length = make_renderer(render.renderer, session.tokenizer), render.max_length
+    max_tokens = rollout.max_tokens
 
     def fit(task: Task) -> RenderedTask:
         prompt = chat.generation_prompt(task.prompt)
@@ -68,23 +82,3 @@ def render_prompts(
     rendered = render_splits(ctx, fit, train_rows, eval_rows, row_origins, max_length)
     ctx.log.info("prompts.rendered", train_prompts=len(rendered["train_data"]))
     return {**rendered, "chat_renderer": chat}
-
-
-@stage(
-    writes=("reference_session",),
-    ports=("training", "blobs"),
-)
-def start_reference(
-    ctx: StageContext, kl_penalty_coef: float, model: ModelSection, seed: int, paths: RunPaths
-) -> dict[str, Any]:
-    """With a KL penalty, a second session holding the weights the run started from (its base
-    model, or ``init_from``), to score sampled tokens against; a resumed run rebuilds it the
-    same way. Without one, none."""
-    if not kl_penalty_coef:
-        return {"reference_session": None}
-    config = run_session_config(model, seed, paths, "reference")
-    session = ctx.adapters.training.start_session(config)
-    if model.init_from:
-        load_init_from(ctx, session, model.init_from, paths)
-    ctx.log.info("reference.started", model=model.base_model, init_from=model.init_from)
-    return {"reference_session": session}

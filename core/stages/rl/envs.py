@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from galley.core.domain.batching import BatchPlan
 from galley.core.domain.envs import (
     Action,
     Env,
@@ -27,10 +26,11 @@ from galley.core.domain.rendering import Renderer
 from galley.core.domain.rl import group_advantages, normalised_advantages, rollout_datum
 from galley.core.domain.types import SamplingParams
 from galley.core.engine import FunctionStage, StageContext, reads_of
-from galley.core.runs.layout import RunPaths
+from galley.core.sections import PolicySection
+from galley.core.stages.rl.advantages import Rollouts
 from galley.core.stages.rl.data import RenderedTask
-from galley.core.stages.rl.sampling import sampling_params, step_seed
-from galley.core.stages.rl.step import Rollouts, submit_policy_gradient
+from galley.core.stages.rl.sampling import RolloutBatches, RolloutRecipe, step_seed
+from galley.core.stages.rl.step import submit_policy_gradient
 from galley.core.stages.train import Pipeline
 
 if TYPE_CHECKING:
@@ -189,50 +189,39 @@ def env_step_stage(builder: EnvGroupBuilder) -> FunctionStage:
     def env_step(
         ctx: StageContext,
         session: TrainingSession,
-        train_data: Sequence[RenderedTask],
-        batch_plan: BatchPlan,
-        chat_renderer: Renderer,
-        group_size: int,
-        max_tokens: int,
-        max_turns: int,
-        temperature: float,
-        scale_rewards: bool,
-        loss_normalisation: str,
-        loss_fn: str,
-        clip_low_threshold: float,
-        clip_high_threshold: float,
-        seed: int,
+        batches: RolloutBatches,
+        policy: PolicySection,
         step: int,
         pipeline: Pipeline,
-        paths: RunPaths,
     ) -> dict[str, Any]:
+        # The rollout plan's rows, recipe and record keys; its episodes are played here.
         started = time.perf_counter()
         completer = ctx.wait(
             session.save_weights_and_get_sampling_client(), "training.sampling_client", step
         )
         handed_over = time.perf_counter()
-        seed_now = step_seed(seed, step)
-        rows = batch_plan.indices(step - 1).tolist()
+        plan, recipe = batches.sampler, batches.sampler.recipe
+        group_size, seed_now = recipe.rollout.group_size, step_seed(recipe.seed, step)
+        rows = plan.batch_plan.indices(step - 1).tolist()
         envs = [
             env
             for p, i in enumerate(rows)
             for env in build_group(
-                builder, train_data[i].task.example(), group_size, group_seed(seed_now, p)
+                builder, plan.train_data[i].task.example(), group_size, group_seed(seed_now, p)
             )
         ]
-        params = sampling_params(chat_renderer, max_tokens, temperature, seed_now)
-        episodes = play_episodes(completer, envs, chat_renderer, params, max_turns)
-        rollouts = episode_rollouts(episodes, group_size, scale_rewards, loss_normalisation)
-        key = paths.rollout_batch(step)
-        ctx.adapters.blobs.write(key, episode_lines(episodes, group_size, rollouts.advantages))
+        params = recipe.params(recipe.rollout.temperature, seed_now)
+        episodes = play_episodes(completer, envs, recipe.renderer, params, recipe.rollout.max_turns)
+        rollouts = episode_rollouts(
+            episodes, group_size, policy.scale_rewards, policy.loss_normalisation
+        )
+        lines = episode_lines(episodes, group_size, rollouts.advantages)
+        ctx.adapters.blobs.write(plan.key(step), lines)
         sampled_at = time.perf_counter()
         metrics = episode_metrics(episodes, group_size)
         metrics["time/waiting_s"] = handed_over - started
         metrics["time/sampling_s"] = sampled_at - handed_over
-        clip = (clip_low_threshold, clip_high_threshold)
-        entry = submit_policy_gradient(
-            session, rollouts, loss_fn, clip, step, started, rows, metrics
-        )
+        entry = submit_policy_gradient(session, rollouts, policy, step, started, rows, metrics)
         return {"pipeline": pipeline.with_in_flight((*pipeline.in_flight, entry))}
 
     return FunctionStage(
@@ -252,18 +241,16 @@ def env_eval_measure(builder: EnvGroupBuilder) -> Any:
         ctx: StageContext,
         session: TrainingSession,
         eval_data: Sequence[RenderedTask],
-        chat_renderer: Renderer,
-        max_tokens: int,
-        max_turns: int,
-        seed: int,
+        recipe: RolloutRecipe,
     ) -> dict[str, float]:
         """Held-out mean return of one greedy episode per eval row."""
         sampler = ctx.wait(
             session.save_weights_and_get_sampling_client(), "training.sampling_client"
         )
+        seed = recipe.seed
         envs = [env for t in eval_data for env in build_group(builder, t.task.example(), 1, seed)]
-        params = sampling_params(chat_renderer, max_tokens, 0.0, 0)
-        episodes = play_episodes(sampler, envs, chat_renderer, params, max_turns)
+        max_turns = recipe.rollout.max_turns
+        episodes = play_episodes(sampler, envs, recipe.renderer, recipe.greedy, max_turns)
         return {
             "eval/reward": float(np.mean([e.total for e in episodes])),
             "eval/turns": float(np.mean([len(e.turns) for e in episodes])),

@@ -18,10 +18,12 @@ import numpy as np
 
 from galley.core.domain.batching import BatchPlan
 from galley.core.domain.rendering import Renderer
-from galley.core.domain.rewards import Reward
+from galley.core.domain.rewards import Reward, resolve_rewards
 from galley.core.domain.rl import group_advantages
 from galley.core.domain.types import Completion, SampledSequence, SamplingParams
+from galley.core.engine import StageContext, stage
 from galley.core.runs.layout import RunPaths
+from galley.core.sections import RewardSection, RolloutSection
 from galley.core.stages.rl.data import RenderedTask
 
 if TYPE_CHECKING:
@@ -85,23 +87,62 @@ def sampling_params(
 
 
 @attrs.frozen
+class RolloutRecipe:
+    """How the run's answers are asked for, sampled and scored: in the chat format of
+    ``renderer``, with the ``rollout`` settings, scored by ``rewards``; sampling is seeded by
+    ``seed`` (the run's)."""
+
+    renderer: Renderer = attrs.field(repr=False)
+    rollout: RolloutSection
+    rewards: tuple[Reward, ...]
+    seed: int
+
+    def params(self, temperature: float, seed: int | None) -> SamplingParams:
+        """Sampling up to ``rollout.max_tokens`` tokens, stopping where the chat format ends
+        an answer."""
+        return sampling_params(self.renderer, self.rollout.max_tokens, temperature, seed)
+
+    @property
+    def greedy(self) -> SamplingParams:
+        return self.params(0.0, 0)
+
+
+@stage(
+    writes=("recipe",),
+)
+def plan_recipe(
+    ctx: StageContext,
+    chat_renderer: Renderer,
+    reward: RewardSection,
+    rollout: RolloutSection,
+    seed: int,
+) -> dict[str, Any]:
+    """How every answer of the run is asked for, sampled and scored (``RolloutRecipe``)."""
+    rewards = tuple(resolve_rewards(reward.rewards, reward.reward_weights))
+    return {"recipe": RolloutRecipe(chat_renderer, rollout, rewards, seed)}
+
+
+@attrs.frozen
 class RolloutSampler:
     """Samples and scores the batch of step ``step``, and records it under the run. A batch
-    serves ``substeps`` consecutive optimizer steps, each training on its own prompts' groups
-    (``minibatch``): it is sampled at the first of them, with the prompts of all."""
+    serves ``rollout.num_substeps`` consecutive optimizer steps, each training on its own
+    prompts' groups (``minibatch``): it is sampled at the first of them, with the prompts of
+    all."""
 
     train_data: Sequence[RenderedTask] = attrs.field(repr=False)
     batch_plan: BatchPlan
-    renderer: Renderer = attrs.field(repr=False)
-    rewards: tuple[Reward, ...]
-    group_size: int
-    max_tokens: int
-    temperature: float
-    seed: int
+    recipe: RolloutRecipe
     scale_rewards: bool  # as the advantages recorded with the rollouts are
     paths: RunPaths  # the run's: its batches go in paths.rollouts
-    substeps: int = 1
     total_steps: int = 0
+
+    @property
+    def substeps(self) -> int:
+        return self.recipe.rollout.num_substeps
+
+    @property
+    def group_size(self) -> int:
+        return self.recipe.rollout.group_size
 
     def first_step(self, step: int) -> int:
         """The step whose batch step ``step`` trains on (where it was sampled)."""
@@ -127,19 +168,20 @@ class RolloutSampler:
     def key(self, step: int) -> str:
         return self.paths.rollout_batch(step)
 
-    def batches_ahead(self, step: int, max_steps_off_policy: int) -> list[int]:
+    def batches_ahead(self, step: int) -> list[int]:
         """The first steps of the batches after step ``step``'s own that may be sampled from
         the weights step ``step`` started from: those at most ``max_steps_off_policy``
         updates ahead of them."""
-        ahead = range(step + 1, min(step + max_steps_off_policy, self.total_steps) + 1)
+        off_policy = self.recipe.rollout.max_steps_off_policy
+        ahead = range(step + 1, min(step + off_policy, self.total_steps) + 1)
         return [s for s in ahead if self.first_step(s) == s]
 
     def sample(self, completer: Completer, step: int, blobs: BlobStore) -> Scored:
         step = self.first_step(step)
-        seed = step_seed(self.seed, step)
-        params = sampling_params(self.renderer, self.max_tokens, self.temperature, seed)
+        recipe = self.recipe
+        params = recipe.params(recipe.rollout.temperature, step_seed(recipe.seed, step))
         scored = sample_and_score(
-            completer, self.tasks(step), params, self.group_size, self.rewards
+            completer, self.tasks(step), params, self.group_size, recipe.rewards
         )
         blobs.write(self.key(step), rollout_lines(scored, self.scale_rewards))
         return scored
@@ -188,7 +230,7 @@ class RolloutSampler:
         )
         shape = (len(tasks), self.group_size)
         total = np.asarray([r["reward"] for r in rows]).reshape(shape)
-        names = [r.name for r in self.rewards]
+        names = [r.name for r in self.recipe.rewards]
         per_reward = {n: np.asarray([r["rewards"][n] for r in rows]).reshape(shape) for n in names}
         return Scored(tuple(tasks), completions, total, per_reward)
 
@@ -207,6 +249,17 @@ class Prefetch:
 
     step: int
     future: Future[Scored] = attrs.field(eq=False)
+
+
+@attrs.frozen
+class RolloutBatches:
+    """What the RL step samples from, and what it has sampled: how a batch is sampled
+    (``sampler``), the batch the current substeps train on, and the batches being sampled
+    ahead."""
+
+    sampler: RolloutSampler
+    sampled: SampledBatch | None = None
+    ahead: tuple[Prefetch, ...] = ()
 
 
 def rollout_lines(scored: Scored, scale_rewards: bool) -> bytes:

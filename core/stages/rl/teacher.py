@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from galley.core.domain.distillation import reverse_kl, teacher_advantages, tokenizer_mismatch
-from galley.core.domain.rendering import Renderer
+from galley.core.domain.rl import Normalisation
 from galley.core.engine import StageContext, stage
 from galley.core.errors import ConfigError, NotFoundError
 from galley.core.keys import join_key
@@ -25,11 +25,12 @@ from galley.core.runs.manifest import MANIFEST_NAME
 from galley.core.runs.registry import resolve_start
 from galley.core.runs.run_record import plain_saved_settings, read_run_record
 from galley.core.runs.sessions import run_session_config
-from galley.core.sections import BaseModelSection, ModelSection
+from galley.core.sections import BaseModelSection, ModelSection, PolicySection
 from galley.core.stages.checkpoint import load_init_from
+from galley.core.stages.rl.advantages import Rollouts, add_token_advantages, rollout_data
 from galley.core.stages.rl.data import RenderedTask
-from galley.core.stages.rl.sampling import Scored, sample_and_score, sampling_params
-from galley.core.stages.rl.step import Rollouts, add_token_advantages, reward_eval, rollout_data
+from galley.core.stages.rl.sampling import RolloutRecipe, Scored, sample_and_score
+from galley.core.stages.rl.step import reward_eval
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
@@ -47,7 +48,7 @@ class TeacherAdvantages:
     log-probability of it minus the student's (``galley.core.domain.distillation``)."""
 
     teacher: TrainingSession
-    normalisation: str
+    normalisation: Normalisation
 
     def __call__(
         self, ctx: StageContext, scored: Scored, step: int
@@ -116,7 +117,7 @@ def start_teacher(
     model: ModelSection,
     seed: int,
     paths: RunPaths,
-    loss_normalisation: str,
+    policy: PolicySection,
 ) -> dict[str, Any]:
     """Open the teacher (refused when there is none, or when it tokenizes otherwise than
     the student) and make the RL step train on its advantages (``TeacherAdvantages``)."""
@@ -130,7 +131,7 @@ def start_teacher(
             f"base model {model.base_model!r}: {mismatch}; distil from a teacher of the same family"
         )
     ctx.log.info("teacher.started", teacher=teacher, base_model=teacher_base)
-    advantages = TeacherAdvantages(teacher_session, loss_normalisation)
+    advantages = TeacherAdvantages(teacher_session, policy.loss_normalisation)
     return {"teacher_session": teacher_session, "advantages": advantages}
 
 
@@ -139,20 +140,13 @@ def distill_eval(
     session: TrainingSession,
     eval_data: Sequence[RenderedTask],
     teacher_session: TrainingSession,
-    chat_renderer: Renderer,
-    rewards: Sequence[str],
-    reward_weights: Sequence[float],
-    max_tokens: int,
-    seed: int,
+    recipe: RolloutRecipe,
 ) -> dict[str, float]:
     """Held-out rewards of the greedy answers (``reward_eval``) and the student's KL to the
     teacher per token, on one answer to each eval prompt sampled at temperature 1."""
-    metrics = reward_eval(
-        ctx, session, eval_data, chat_renderer, rewards, reward_weights, max_tokens
-    )
+    metrics = reward_eval(ctx, session, eval_data, recipe)
     sampler = ctx.wait(session.save_weights_and_get_sampling_client(), "training.sampling_client")
-    params = sampling_params(chat_renderer, max_tokens, 1.0, seed)
-    scored = sample_and_score(sampler, eval_data, params, 1, ())
+    scored = sample_and_score(sampler, eval_data, recipe.params(1.0, recipe.seed), 1, ())
     rollouts = rollout_data(scored, False, "tokens", rewarded=False)
     student, taught = teacher_logprobs(ctx, teacher_session, rollouts, 0)
     return metrics | {"eval/teacher_kl": reverse_kl(student, taught)}
@@ -172,8 +166,7 @@ def write_teacher_dataset(
     teacher_session: TrainingSession,
     train_data: Sequence[RenderedTask],
     eval_data: Sequence[RenderedTask],
-    chat_renderer: Renderer,
-    max_tokens: int,
+    recipe: RolloutRecipe,
     paths: RunPaths,
 ) -> dict[str, Any]:
     """Off-policy distillation's data: the teacher's greedy answer to every prompt, as chat
@@ -181,7 +174,7 @@ def write_teacher_dataset(
     sampler = ctx.wait(
         teacher_session.save_weights_and_get_sampling_client(), "teacher.sampling_client"
     )
-    params = sampling_params(chat_renderer, max_tokens, 0.0, 0)
+    params = recipe.greedy
     folder = paths.teacher_data
     for split, tasks in (("train", train_data), ("eval", eval_data)):
         scored = sample_and_score(sampler, tasks, params, 1, ())
