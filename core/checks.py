@@ -112,7 +112,7 @@ Choice = TypeVar("Choice", bound=StrEnum)
 
 def choice(default: Choice) -> Any:
     """An attrs field holding one member of ``default``'s enum, given as the member or its
-    value (what a TOML file or ``--set`` gives); anything else is refused naming the field
+    value (what a settings file or flag gives); anything else is refused naming the field
     and the choices. Code compares members, never strings."""
     kind = type(default)
 

@@ -1,8 +1,8 @@
 """Configs made of sections: a workflow's config is a :class:`SectionedConfig`, the sections
 it needs plus fields of its own. Each setting has a dotted name (``optim.learning_rate``)
 and, since setting names are unique across a config's sections, its plain name
-(``learning_rate``) works too: ``SFTConfig(learning_rate=1e-3)``, ``--set
-learning_rate=1e-3`` and ``--set optim.learning_rate=1e-3`` mean the same.
+(``learning_rate``) works too: ``SFTConfig(learning_rate=1e-3)``, a setting
+``learning_rate = 1e-3`` and ``optim.learning_rate = 1e-3`` mean the same.
 
 A run's state holds each section whole, under its name, and each of the config's own
 fields under its name (:func:`stage_inputs`): a stage takes the sections it uses

@@ -7,9 +7,41 @@ row, stage) and say what was expected.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Self
+
+
+class Remedy(StrEnum):
+    """What a user can do about a refusal, said once for every front end."""
+
+    RESUME = "resume"  # continue run ``run_id`` of ``workflow`` (resume=True)
+    ACCEPT_CHANGES = "accept_changes"  # resume with the changed settings, recorded in the run
+    SET = "set"  # give ``setting`` a ``value``
+    RUN = "run"  # run ``workflow`` first (to make what is missing)
+    FORCE = "force"  # do it anyway (force=True)
+
+
+@dataclass(frozen=True)
+class Hint:
+    """A remedy an error carries as data: the CLI shows it as the flags to pass, Python
+    callers read it as the keywords to give. Core never spells a command line."""
+
+    remedy: Remedy
+    run_id: str = ""
+    workflow: str = ""
+    setting: str = ""
+    value: str = ""
+
 
 class GalleyError(Exception):
-    """Base class of every error galley raises deliberately."""
+    """Base class of every error galley raises deliberately. ``hints`` say what may fix it."""
+
+    hints: tuple[Hint, ...] = ()
+
+    def with_hints(self, *hints: Hint) -> Self:
+        self.hints = (*self.hints, *hints)
+        return self
 
 
 class ValidationError(GalleyError, ValueError):
@@ -22,7 +54,7 @@ class ValidationError(GalleyError, ValueError):
 
 
 class ConfigError(GalleyError, ValueError):
-    """A configuration (TOML file, ``--set`` flag, adapter options) is invalid."""
+    """A configuration (TOML file, settings flag, adapter options) is invalid."""
 
 
 class DataError(GalleyError, ValueError):

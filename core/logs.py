@@ -2,8 +2,8 @@
 tracker. A program that has not configured structlog would print every one of them (about
 130 for a short run), drowning its own output, so until it configures structlog the events
 below warnings are dropped. ``structlog.reset_defaults()`` shows them all again, and any
-``structlog.configure(...)`` of the program's own takes over (the CLI's ``-v`` and
-``--log-file`` do)."""
+``structlog.configure(...)`` of the program's own takes over (the CLI's verbose and log-file
+options do)."""
 
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from galley.core.domain.rewards import resolve_rewards
 from galley.core.domain.rl import Normalisation, PolicyLoss
 from galley.core.domain.schedules import ScheduleKind
 from galley.core.domain.scorers import scorer_specs
+from galley.core.domain.weights_source import WeightsSource, optional_source
 from galley.core.errors import ValidationError
 
 
@@ -49,15 +50,17 @@ class BaseModelSection(Section):
     lora_alpha: float = attrs.field(default=32.0, validator=in_range(0.0, 1e6, low_open=True))
 
 
+def _start(value: Any) -> WeightsSource | None:
+    return optional_source(value, "init_from")
+
+
 @attrs.frozen
 class ModelSection(BaseModelSection):
     """The model trained, its LoRA, and where its weights start."""
 
     # Start from other weights than the base model's: a run id (its newest good checkpoint),
     # or the blob key of a state checkpoint or a LoRA adapter export. Weights only.
-    init_from: str | None = attrs.field(
-        default=None, validator=attrs.validators.optional(non_empty)
-    )
+    init_from: WeightsSource | None = attrs.field(default=None, converter=_start)
 
 
 @attrs.frozen

@@ -22,6 +22,7 @@ from cattrs.v import format_exception
 
 from galley.core.domain.model_input import EncodedTextChunk
 from galley.core.domain.tensors import DTYPES, TensorData
+from galley.core.domain.weights_source import WeightsSource
 from galley.core.errors import GalleyError, ValidationError
 
 T = TypeVar("T")
@@ -106,7 +107,16 @@ def _structure_choice(value: Any, kind: type[StrEnum]) -> Any:
         raise WrongTypeError(f"unknown value {value!r}; expected one of {choices}") from None
 
 
+def _structure_source(value: Any, _: Any) -> WeightsSource:
+    if not isinstance(value, str):
+        raise WrongTypeError(f"expected a string, got {_shown(value)}")
+    return WeightsSource.parse(value, "reference")
+
+
 converter.register_structure_hook_func(_is_homogeneous_sequence, _structure_sequence)
+# A reference to weights is written as given, and parsed as it is read.
+converter.register_structure_hook(WeightsSource, _structure_source)
+converter.register_unstructure_hook(WeightsSource, lambda source: source.text)
 # StrEnum before str (a member is a str): its own hooks, as a document holds its value.
 converter.register_structure_hook(StrEnum, _structure_choice)
 converter.register_unstructure_hook(StrEnum, lambda member: member.value)

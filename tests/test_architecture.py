@@ -386,3 +386,42 @@ def test_only_the_run_layout_builds_a_runs_keys() -> None:
     ]
     assert builders == []
     assert RUN_KEY_BUILDING.search('key = join_key(output, run_id, "rollouts")')
+
+
+# Telling a reference's form by its characters: a path's slash, a scheme, a registry prefix,
+# a run's state folder.
+REFERENCE_SNIFFING = re.compile(
+    r"\"/\" in |\"://\" in |/state/\"\)|startswith\(\"registry:\"\)|startswith\(PREFIX\)"
+)
+# The one parser of references to weights, and the key check it builds on.
+REFERENCE_PARSERS = {"core/domain/weights_source.py", "core/keys.py"}
+# A dataset id (not weights) the HF dataset store looks up under its local root.
+DATASET_ID_CHECK = "adapters/hf/datasets.py"
+
+
+def test_references_to_weights_are_parsed_in_one_place() -> None:
+    found = []
+    for layer in LAYERS:
+        for path in sorted((ROOT / layer).rglob("*.py")):
+            name = path.relative_to(ROOT).as_posix()
+            if name in REFERENCE_PARSERS | {DATASET_ID_CHECK}:
+                continue
+            text = path.read_text()
+            found += [f"{name}: {m.group(0)}" for m in REFERENCE_SNIFFING.finditer(text)]
+    assert found == []
+    assert REFERENCE_SNIFFING.search('if "/" in init_from:')  # the pattern finds what it bans
+
+
+CLI_FLAGS = re.compile(r"--(?:resume|set|accept-changes|force)\b")
+
+
+def test_core_says_remedies_as_hints_never_as_flags() -> None:
+    """A refusal in core carries its remedy as data (``GalleyError.hints``); the CLI spells
+    it as flags, so core never names one."""
+    named = [
+        f"{path.relative_to(ROOT)}: {m.group(0)}"
+        for path in sorted((ROOT / "core").rglob("*.py"))
+        for m in CLI_FLAGS.finditer(path.read_text())
+    ]
+    assert named == []
+    assert CLI_FLAGS.search("resume it with --resume r")  # the pattern finds what it bans

@@ -318,7 +318,7 @@ def test_resuming_a_run_of_another_workflow_names_the_runs_own(
     capsys.readouterr()
     assert run_cli("run", workflow, *stores, "--resume", "d") == 2
     out = said(capsys)
-    assert f"run 'd' belongs to the dpo workflow, not to {workflow}: resume it with " in out
+    assert f"run 'd' belongs to the dpo workflow, not to {workflow}: resume it as a dpo" in out
     assert "galley run dpo --resume d" in out
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from galley.adapters.settings import settings_from_mapping
 from galley.core import GalleyError
 from galley.core.configs import leaf_fields, section_types
+from galley.core.domain.weights_source import WeightsSource
 from galley.workflows import WORKFLOWS
 
 # Values tried in turn for a setting of each type; the first that its validator takes and that
@@ -38,7 +39,7 @@ def _candidates(default: Any, kind: str, choices: type[StrEnum] | None) -> list[
     if kind.startswith("float"):
         base = default if isinstance(default, float) else 0.5
         return [base * 0.5, base + 0.25, 0.3, 0.75, 2.0]
-    if kind.startswith("str"):
+    if kind.startswith("str") or "WeightsSource" in kind:  # a reference is given as text
         return STRINGS
     if kind.startswith("tuple"):
         return TUPLES
@@ -66,9 +67,8 @@ def _leaves(config: Any) -> dict[str, Any]:
     out = {}
     for name, _ in leaf_fields(type(config)):
         head, _, tail = name.partition(".")
-        out[name] = (
-            getattr(getattr(config, head), tail) if head in sections else getattr(config, name)
-        )
+        value = getattr(getattr(config, head), tail) if head in sections else getattr(config, name)
+        out[name] = value.text if isinstance(value, WeightsSource) else value  # as given
     return out
 
 

@@ -29,6 +29,7 @@ import attrs
 from galley.core.adapter_set import Adapters
 from galley.core.checks import choice, int_at_least
 from galley.core.configs import nest
+from galley.core.domain.weights_source import WeightsSource, optional_source
 from galley.core.engine import Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.errors import ValidationError
@@ -58,6 +59,10 @@ class DistillMode(StrEnum):
     OFF_POLICY = "off_policy"  # the teacher's answers become an SFT dataset
 
 
+def _teacher(value: Any) -> WeightsSource | None:
+    return optional_source(value, "teacher")
+
+
 def _rl_sections(v1: dict[str, Any]) -> dict[str, Any]:
     """Version 1 kept the rewards', the rollouts' and the policy's settings flat."""
     return nest(DistillConfig, v1)
@@ -70,7 +75,7 @@ class DistillConfig(RLConfig):  # type: ignore[override]  # new defaults reorder
     folder or a Hub id)."""
 
     # What the student learns from: a run id, a checkpoint key, a model folder or a Hub id.
-    teacher: str | None = attrs.field(default=None)
+    teacher: WeightsSource | None = attrs.field(default=None, converter=_teacher)
     # "on_policy": the teacher grades the student's samples; "off_policy": the teacher's answers
     # become an SFT dataset.
     mode: DistillMode = choice(DistillMode.ON_POLICY)

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from galley.adapters.cli.checkpoints import add_commands as add_checkpoint_commands
+from galley.adapters.cli.hints import print_error
 from galley.adapters.cli.logging import RedactingConsole
 from galley.adapters.cli.plan import add_command as add_plan_command
 from galley.adapters.cli.run import INTERRUPTED, cmd_run, run_options
@@ -24,7 +25,12 @@ from galley.adapters.composition import REGISTRY, NoOptions, adapter_kinds
 from galley.adapters.fsspec.kinds import galley_home
 from galley.adapters.helpers.redaction import redact_argv, redact_text
 from galley.adapters.settings import read_text
-from galley.core.errors import ConfigError, GalleyError, ServiceError, WorkflowError
+from galley.core.errors import (
+    ConfigError,
+    GalleyError,
+    ServiceError,
+    WorkflowError,
+)
 from galley.workflows import WORKFLOWS
 
 
@@ -141,10 +147,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code: int = args.handler(args, console)
         return code
     except (WorkflowError, ServiceError) as e:
-        console.print(f"error: {e}", style="red", soft_wrap=True)
+        print_error(console, e, getattr(args, "workflow", None))
         return 1
     except GalleyError as e:
-        console.print(f"error: {e}", style="red", soft_wrap=True)
+        print_error(console, e, getattr(args, "workflow", None))
         return 2
     except KeyboardInterrupt:
         console.print("interrupted", style="red")

@@ -25,6 +25,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from galley.adapters.cli.hints import hint_line
 from galley.adapters.cli.logging import configure_logging
 from galley.adapters.cli.run_config import RunConfig, load_run_config, resumed_config
 from galley.adapters.composition import (
@@ -45,6 +46,7 @@ from galley.core.errors import (
     ValidationError,
     WorkflowError,
 )
+from galley.core.keys import has_scheme
 from galley.core.runs.checkpoint_index import read_index
 from galley.core.runs.layout import RunPaths
 from galley.core.runs.records import TRAIN
@@ -234,7 +236,7 @@ def print_outcome(
     blobs_choice = run_config.adapters["blobs"]
 
     def where(key: str) -> str:
-        if "://" in key:  # kept by a service (a tinker:// checkpoint), not in the blob store
+        if has_scheme(key):  # kept by a service (a tinker:// checkpoint), not in the blob store
             return key
         if blobs_choice.kind == "fsspec":
             return f"{str(blobs_choice.options.get('url', '.')).rstrip('/')}/{key}"
@@ -295,6 +297,8 @@ def report_failure(
     """Say what stopped the run and what to do next; the exit code says which kind it was."""
     interrupted = isinstance(error.__cause__, KeyboardInterrupt)
     console.print("interrupted" if interrupted else f"error: {error}", style="red", soft_wrap=True)
+    for hint in error.hints:
+        console.print(f"  {hint_line(hint, workflow)}", soft_wrap=True)
     if error.internal:
         console.print(
             "internal error: this is a bug (in galley, an adapter or a function of yours that "

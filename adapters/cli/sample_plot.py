@@ -15,10 +15,11 @@ from galley.adapters.fsspec.metrics import JsonlMetricsStore
 from galley.core.domain.chat import Conversation, Message
 from galley.core.domain.rendering import make_renderer
 from galley.core.domain.types import CheckpointRef, ModelRef, SamplingParams
+from galley.core.domain.weights_source import SourceForm, WeightsSource
 from galley.core.errors import ConfigError, NotFoundError, ValidationError
 from galley.core.runs.manifest import MANIFEST_NAME
 from galley.core.runs.records import EVAL, TRAIN, MetricRecord
-from galley.core.runs.registry import PREFIX, sampler_of, show_model
+from galley.core.runs.registry import sampler_of, show_model
 
 
 def sampler_ref(checkpoint: Path) -> tuple[FsspecBlobStore, ModelRef]:
@@ -67,10 +68,12 @@ def sampler_ref(checkpoint: Path) -> tuple[FsspecBlobStore, ModelRef]:
 
 def registered_sampler(name: str) -> Path:
     """The sampler-weights folder of registered model ``registry:NAME`` in the local stores."""
-    if not name.startswith(PREFIX):
+    source = WeightsSource.parse(name, "--model")
+    if source.form is not SourceForm.REGISTERED:
         raise ConfigError(f"--model {name!r}: expected registry:NAME")
     adapters = build_adapters({"blobs": AdapterChoice("fsspec")})
-    return Path(galley_home()) / sampler_of(adapters, show_model(adapters, name))
+    entry = show_model(adapters, source.registered_name)
+    return Path(galley_home()) / sampler_of(adapters, entry)
 
 
 def sample(

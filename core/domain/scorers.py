@@ -175,8 +175,8 @@ def scorer_spec(value: Any, field: str) -> str:
             "scorer.not_importable",
             field=field,
             spec=spec,
-            note="this process runs it; `galley run --resume` cannot import it: define it at "
-            "the top level of a module to resume the run from the CLI",
+            note="this process runs it; a resumed run cannot import it: define it at the top "
+            "level of a module to resume the run in another process",
         )
     return spec
 

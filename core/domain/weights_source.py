@@ -66,6 +66,9 @@ class WeightsSource:
         return self.text
 
 
-def weights_source(field: str, text: str | None) -> WeightsSource | None:
-    """An optional reference, parsed (None stays None)."""
-    return None if text is None else WeightsSource.parse(text, field)
+def optional_source(value: str | WeightsSource | None, field: str) -> WeightsSource | None:
+    """A setting's reference, parsed where the setting is made (a config's converter): None
+    stays None, a parsed one stays as it is."""
+    if value is None or isinstance(value, WeightsSource):
+        return value
+    return WeightsSource.parse(value, field)

@@ -232,12 +232,13 @@ class Runner:
     ) -> WorkflowError:
         where = f" at step {step}" if step is not None else ""
         what = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        return WorkflowError(
+        failure = WorkflowError(
             f"stage {stage.name!r} {what}{where}: {type(error).__name__}: {error}",
             stage=stage.name,
             step=step,
             state=dict(state),
         )
+        return failure.with_hints(*getattr(error, "hints", ()))  # what may fix the cause
 
     def _on_retry(self, what: str, step: int | None) -> Any:
         def log_retry(attempt: int, error: BaseException, delay: float) -> None:

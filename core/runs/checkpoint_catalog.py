@@ -15,7 +15,7 @@ import attrs
 
 from galley.core.adapter_set import Adapters
 from galley.core.runs.checkpoint_index import delete_checkpoint, read_index, write_index
-from galley.core.errors import ConfigError, GalleyError, LockedError, NotFoundError
+from galley.core.errors import ConfigError, GalleyError, Hint, LockedError, NotFoundError, Remedy
 from galley.core.keys import join_key
 from galley.core.runs.layout import RECORD_NAME, RunPaths
 from galley.core.runs.manifest import (
@@ -180,8 +180,8 @@ def delete_checkpoint_at(
         if record is newest_good and not force:
             raise ConfigError(
                 f"step {step} is run {run_id!r}'s newest good checkpoint, the one a resume loads; "
-                "give --force (Python: force=True) to delete it anyway"
-            )
+                "delete it anyway with force=True"
+            ).with_hints(Hint(Remedy.FORCE))
         info = _info(adapters, run_id, record, {})
         write_index(adapters.blobs, RunPaths(output, run_id), [r for r in index if r is not record])
         delete_checkpoint(adapters.blobs, record.state)

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from galley.core.errors import GalleyError
-from galley.core.keys import join_key
+from galley.core.keys import has_scheme, join_key
 from galley.core.runs.layout import RunPaths
 from galley.core.runs.manifest import MANIFEST_NAME
 from galley.core.runs.records import CheckpointRecord
@@ -47,7 +47,7 @@ def delete_checkpoint(blobs: BlobStore, ref: CheckpointRef) -> None:
     """Manifest first: a checkpoint without one is incomplete, never half-trusted. One kept
     by a service (a key with a scheme, such as ``tinker://``) is not in the blob store: it is
     left where it is, for the service's own tools to delete."""
-    if "://" in ref.key:
+    if has_scheme(ref.key):
         return
     manifest = join_key(ref.key, MANIFEST_NAME)
     blobs.delete(manifest)

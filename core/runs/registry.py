@@ -7,7 +7,7 @@ beside the runs it names (``<output>/registry/models.json``: everything galley w
 one folder, so an entry's run is under the output its registry is in), rewritten whole under
 a lock, so it works wherever blobs live.
 ``registry:NAME`` refers to an entry wherever a model or starting point is asked for
-(``base_model``, ``init_from``, a teacher, ``galley sample --model``), so names never collide
+(``base_model``, ``init_from``, a teacher, the model ``galley sample`` samples), so names never collide
 with run ids, blob keys or Hub ids."""
 
 from __future__ import annotations
@@ -28,10 +28,11 @@ from galley.core.keys import join_key
 from galley.core.runs.layout import RunPaths
 from galley.core.runs.manifest import MANIFEST_NAME, read_manifest
 from galley.core.runs.run_record import plain_saved_settings, read_run_record
-from galley.core.configs import plain_owners
+from galley.core.configs import section_types
+from galley.core.domain.weights_source import REGISTRY_PREFIX, SourceForm, WeightsSource
+from galley.core.sections import BaseModelSection, ModelSection
 from galley.core.serialization import from_data, to_data
 
-PREFIX = "registry:"
 
 
 def index_key(output: str) -> str:
@@ -144,7 +145,7 @@ def list_models(
 
 def show_model(adapters: Adapters, name: str, output: str = "runs") -> ModelEntry:
     """The entry named ``name``, refused when its checkpoint is gone or no longer verifies."""
-    name = name.removeprefix(PREFIX)
+    name = name.removeprefix(REGISTRY_PREFIX)
     entries = _read(adapters, output)
     entry = next((e for e in entries if e.name == name), None)
     if entry is None:
@@ -191,11 +192,13 @@ def sampler_of(adapters: Adapters, entry: ModelEntry, output: str = "runs") -> s
     )
 
 
-def resolve_start(adapters: Adapters, reference: str, output: str = "runs") -> str:
+def resolve_start(
+    adapters: Adapters, source: WeightsSource, output: str = "runs"
+) -> WeightsSource:
     """``registry:NAME`` as the key of the checkpoint it names (checked); anything else as is."""
-    if not reference.startswith(PREFIX):
-        return reference
-    return show_model(adapters, reference, output).state
+    if source.form is not SourceForm.REGISTERED:
+        return source
+    return WeightsSource(show_model(adapters, source.registered_name, output).state, SourceForm.PATH)
 
 
 def with_registered_base(adapters: Adapters, config: Any) -> Any:
@@ -203,25 +206,27 @@ def with_registered_base(adapters: Adapters, config: Any) -> Any:
     starting from its weights (``init_from=registry:NAME``, so the run records where it
     came from). Refused where the workflow cannot start from weights, or already names a
     starting point."""
-    base = getattr(config, "base_model", None)
-    if not isinstance(base, str) or not base.startswith(PREFIX):
+    models = [n for n, k in section_types(type(config)).items() if issubclass(k, BaseModelSection)]
+    if not models:
         return config
-    if not hasattr(config, "init_from"):
+    name = models[0]
+    model: BaseModelSection = getattr(config, name)
+    base = WeightsSource.parse(model.base_model, "base_model")
+    if base.form is not SourceForm.REGISTERED:
+        return config
+    if not isinstance(model, ModelSection):
         raise ConfigError(
-            f"base_model {base!r}: this workflow does not start from weights; give the "
+            f"base_model {base.text!r}: this workflow does not start from weights; give the "
             "registered model's base model (galley models show NAME)"
         )
-    if config.init_from:
+    if model.init_from:
         raise ConfigError(
-            f"base_model {base!r} starts from that model's weights; leave init_from "
-            f"({config.init_from!r}) out"
+            f"base_model {base.text!r} starts from that model's weights; leave init_from "
+            f"({model.init_from.text!r}) out"
         )
-    entry = show_model(adapters, base, config.output)
-    section = plain_owners(type(config)).get("base_model")
-    if section is None:
-        return attrs.evolve(config, base_model=entry.base_model, init_from=base)
-    inner = attrs.evolve(getattr(config, section), base_model=entry.base_model, init_from=base)
-    return attrs.evolve(config, **{section: inner})
+    entry = show_model(adapters, base.registered_name, config.output)
+    inner = attrs.evolve(model, base_model=entry.base_model, init_from=base)
+    return attrs.evolve(config, **{name: inner})
 
 
 def describe(entry: ModelEntry) -> dict[str, Any]:

@@ -32,8 +32,10 @@ from galley.core.retry import NO_RETRY, RetryPolicy, call_with_retry
 from galley.core.errors import (
     ConfigError,
     GalleyError,
+    Hint,
     LockedError,
     NotFoundError,
+    Remedy,
     ValidationError,
 )
 from galley.core.runs.layout import RunPaths
@@ -151,8 +153,8 @@ def check_workflow(record: RunRecord, workflow: str) -> None:
     if record.workflow != workflow:
         raise ConfigError(
             f"run {record.run_id!r} belongs to the {record.workflow} workflow, not to "
-            f"{workflow}: resume it with galley run {record.workflow} --resume {record.run_id}"
-        )
+            f"{workflow}: resume it as a {record.workflow} run"
+        ).with_hints(Hint(Remedy.RESUME, record.run_id, record.workflow))
 
 
 def saved_settings(record: RunRecord, config_type: type[Any]) -> dict[str, Any]:
@@ -199,11 +201,11 @@ def _refuse_changes(run_id: str, output: str, changes: Mapping[str, FieldChange]
     listed = "; ".join(f"{k}: saved {c.saved!r}, given {c.given!r}" for k, c in changes.items())
     raise SettingsChangedError(
         f"refusing to resume run {run_id!r} with settings that change what it trains: "
-        f"{listed}. Resume with the saved settings (give only --resume {run_id}), or accept "
-        f"the change explicitly (--accept-changes; Python: accept_changes=True), which is "
-        f"recorded in {RunPaths(output, run_id).record!r}",
+        f"{listed}. Resume with the saved settings (give no others), or accept the change "
+        f"explicitly (accept_changes=True), which is recorded in "
+        f"{RunPaths(output, run_id).record!r}",
         changes,
-    )
+    ).with_hints(Hint(Remedy.RESUME, run_id), Hint(Remedy.ACCEPT_CHANGES, run_id))
 
 
 def metrics_reader(adapters: Adapters) -> MetricsReader | None:
@@ -219,8 +221,8 @@ def _check_new(adapters: Adapters, output: str, run_id: str) -> None:
     if taken or (reader is not None and reader.read(run_id)):
         raise RunExistsError(
             f"run {run_id!r} already exists ({folder!r} holds its files or metrics); continue "
-            f"it with --resume {run_id} (Python: resume=True), or choose another run_id"
-        )
+            "it (resume=True), or choose another run_id"
+        ).with_hints(Hint(Remedy.RESUME, run_id))
 
 
 def _resumed_record(

@@ -14,8 +14,9 @@ import attrs
 
 from galley.core.domain.batching import BatchPlan
 from galley.core.domain.types import ModelRef
+from galley.core.domain.weights_source import SourceForm, WeightsSource
 from galley.core.engine import FunctionStage, StageContext, reads_of, stage
-from galley.core.errors import ConfigError, NotFoundError, ValidationError
+from galley.core.errors import ConfigError, Hint, NotFoundError, Remedy, ValidationError
 from galley.core.runs.checkpoint_index import delete_checkpoint, read_index, write_index
 from galley.core.runs.layout import RunPaths
 from galley.core.runs.manifest import (
@@ -201,26 +202,26 @@ def load_newest(
 
 
 def load_init_from(
-    ctx: StageContext, session: TrainingSession, init_from: str, paths: RunPaths
+    ctx: StageContext, session: TrainingSession, start: WeightsSource, paths: RunPaths
 ) -> None:
-    """Load ``init_from``'s weights into ``session``: a run id under ``output`` (its newest
-    good checkpoint), the blob key of a state checkpoint or sampler weights (a LoRA
-    adapter), or ``registry:NAME`` (the checkpoint a registered model names). Weights only."""
+    """Load ``start``'s weights into ``session``: a run under ``output`` (its newest good
+    checkpoint), the key of a state checkpoint or sampler weights (a LoRA adapter), or
+    ``registry:NAME`` (the checkpoint a registered model names). Weights only."""
     output, run_id = paths.output, paths.run_id
-    init_from = resolve_start(ctx.adapters, init_from, output)
-    if "/" in init_from:
-        ref = checkpoint_at(ctx.adapters.blobs, init_from)
+    start = resolve_start(ctx.adapters, start, output)
+    if start.form is not SourceForm.NAME:  # a checkpoint's key, in the store or a service's
+        ref = checkpoint_at(ctx.adapters.blobs, start.text)
         ctx.wait(session.load_weights(ref), "training.load_weights")
-        ctx.log.info("run.initialised", init_from=init_from, run=ref.run_id, step=ref.step)
+        ctx.log.info("run.initialised", init_from=start.text, run=ref.run_id, step=ref.step)
         return
-    if init_from == run_id:
+    if start.text == run_id:
         raise ValidationError("init_from", f"run {run_id!r} cannot start from itself")
-    source = RunPaths(output, init_from)
+    source = RunPaths(output, start.text)
     index = read_index(ctx.adapters.blobs, source)
     if not index:
-        raise NotFoundError(f"init_from: run {init_from!r} has no checkpoint in {source.index!r}")
-    record = index[load_newest(ctx, session, index, init_from, weights_only=True)]
-    ctx.log.info("run.initialised", init_from=init_from, step=record.step, key=record.state.key)
+        raise NotFoundError(f"init_from: run {start.text!r} has no checkpoint in {source.index!r}")
+    record = index[load_newest(ctx, session, index, start.text, weights_only=True)]
+    ctx.log.info("run.initialised", init_from=start.text, step=record.step, key=record.state.key)
 
 
 @stage(ports=("training", "blobs"))
@@ -268,8 +269,8 @@ def load_run_weights(
         if field in saved and saved[field] != given[field]:
             raise ConfigError(
                 f"run {from_run!r} trained with {field} {saved[field]!r}, this "
-                f"evaluation has {given[field]!r}; give the run's (--set {field}=...)"
-            )
+                f"evaluation has {given[field]!r}; give the run's"
+            ).with_hints(Hint(Remedy.SET, setting=field, value=str(saved[field])))
     source = RunPaths(output, from_run)
     index = read_index(ctx.adapters.blobs, source)
     if not index:

@@ -17,8 +17,9 @@ import attrs
 
 from galley.core.domain.distillation import reverse_kl, teacher_advantages, tokenizer_mismatch
 from galley.core.domain.rl import Normalisation
+from galley.core.domain.weights_source import SourceForm, WeightsSource
 from galley.core.engine import StageContext, stage
-from galley.core.errors import ConfigError, NotFoundError
+from galley.core.errors import ConfigError, Hint, NotFoundError, Remedy
 from galley.core.keys import join_key
 from galley.core.runs.layout import RunPaths
 from galley.core.runs.manifest import MANIFEST_NAME
@@ -36,9 +37,8 @@ if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
 
 NO_TEACHER = (
-    "teacher: distillation learns from a teacher, and none was given. Train one with "
-    "`galley run sft` and pass its run id (--set teacher=<run id>), or give a checkpoint's "
-    "key, a model folder or a Hub id"
+    "teacher: distillation learns from a teacher, and none was given. Train one with the sft "
+    "workflow and give its run id, or a checkpoint's key, a model folder or a Hub id"
 )
 
 
@@ -70,12 +70,13 @@ def teacher_logprobs(
 
 
 def open_teacher(
-    ctx: StageContext, teacher: str, model: BaseModelSection, seed: int, paths: RunPaths
+    ctx: StageContext, teacher: WeightsSource, model: BaseModelSection, seed: int, paths: RunPaths
 ) -> tuple[TrainingSession, str]:
     """A session holding the teacher's weights, and the base model it runs on."""
     output = paths.output
-    teacher = resolve_start(ctx.adapters, teacher, output)  # registry:NAME: the checkpoint it names
-    record = None if "/" in teacher else read_run_record(ctx.adapters, output, teacher)
+    teacher = resolve_start(ctx.adapters, teacher, output)  # registry:NAME: its checkpoint
+    named = teacher.form is SourceForm.NAME
+    record = read_run_record(ctx.adapters, output, teacher.text) if named else None
     shape = BaseModelSection(model.base_model, model.lora_rank, model.lora_alpha)
     if record is not None:  # a run: its own base model and LoRA shape
         saved = plain_saved_settings(record)
@@ -84,11 +85,12 @@ def open_teacher(
             int(saved.get("lora_rank", shape.lora_rank)),
             float(saved.get("lora_alpha", shape.lora_alpha)),
         )
-    checkpoint = (
-        ctx.adapters.blobs.exists(join_key(teacher, MANIFEST_NAME)) if "/" in teacher else False
+    checkpoint = teacher.form is SourceForm.SERVICE or (
+        teacher.form is SourceForm.PATH
+        and ctx.adapters.blobs.exists(join_key(teacher.text, MANIFEST_NAME))
     )
-    if record is None and not checkpoint:
-        shape = attrs.evolve(shape, base_model=teacher)  # a model folder or Hub id, as it is
+    if record is None and not checkpoint:  # a model folder or Hub id, as it is
+        shape = attrs.evolve(shape, base_model=teacher.text)
     base_model = shape.base_model
     config = run_session_config(shape, seed, paths, "teacher")
     try:
@@ -97,7 +99,7 @@ def open_teacher(
         if record is not None or checkpoint:
             raise
         raise NotFoundError(
-            f"teacher {teacher!r} is no run under {output!r}, no checkpoint, and no model "
+            f"teacher {teacher.text!r} is no run under {output!r}, no checkpoint, and no model "
             f"folder or Hub id the hub finds ({e})"
         ) from e
     if record is not None or checkpoint:
@@ -113,7 +115,7 @@ def open_teacher(
 def start_teacher(
     ctx: StageContext,
     session: TrainingSession,
-    teacher: str | None,
+    teacher: WeightsSource | None,
     model: ModelSection,
     seed: int,
     paths: RunPaths,
@@ -122,15 +124,18 @@ def start_teacher(
     """Open the teacher (refused when there is none, or when it tokenizes otherwise than
     the student) and make the RL step train on its advantages (``TeacherAdvantages``)."""
     if not teacher:
-        raise ConfigError(NO_TEACHER)
+        make_one = Hint(Remedy.RUN, workflow="sft")
+        give_it = Hint(Remedy.SET, setting="teacher", value="<run id>")
+        raise ConfigError(NO_TEACHER).with_hints(make_one, give_it)
     teacher_session, teacher_base = open_teacher(ctx, teacher, model, seed, paths)
     mismatch = tokenizer_mismatch(session.tokenizer, teacher_session.tokenizer)
     if mismatch is not None:
         raise ConfigError(
-            f"teacher: {teacher!r} (on {teacher_base!r}) tokenizes otherwise than the student's "
-            f"base model {model.base_model!r}: {mismatch}; distil from a teacher of the same family"
+            f"teacher: {teacher.text!r} (on {teacher_base!r}) tokenizes otherwise than the "
+            f"student's base model {model.base_model!r}: {mismatch}; distil from a teacher of "
+            "the same family"
         )
-    ctx.log.info("teacher.started", teacher=teacher, base_model=teacher_base)
+    ctx.log.info("teacher.started", teacher=teacher.text, base_model=teacher_base)
     advantages = TeacherAdvantages(teacher_session, policy.loss_normalisation)
     return {"teacher_session": teacher_session, "advantages": advantages}
 
