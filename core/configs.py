@@ -13,10 +13,12 @@ find-usages away. The sections themselves are in ``galley.core.sections``.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from enum import StrEnum
 from typing import Any, ClassVar, cast
 
 import attrs
 
+from galley.core.checks import at_least, boolean, choice, int_at_least, output_folder, safe_name
 from galley.core.domain.schedules import ScheduleKind
 from galley.core.errors import ValidationError
 
@@ -69,22 +71,70 @@ class SectionedConfig:
         return getattr(getattr(self, owner), name)
 
 
-class TrainingConfig(SectionedConfig):
-    """A sectioned config of a run that trains: an ``optim`` section, ``run_id`` and
-    ``resume``. It classifies every setting for a resume (a test checks each is in exactly one
-    class): ``TRAJECTORY_FIELDS`` would train other weights; the run's length
-    (``SCHEDULE_LENGTH_FIELDS``) too, unless the LR schedule is constant; ``FREE_FIELDS`` may
-    change freely."""
+class OnNonfinite(StrEnum):
+    """What a run does with a NaN or Inf loss or gradient."""
+
+    STOP = "stop"  # stop the run, naming the step and the batch
+    SKIP = "skip"  # skip the step's update
+
+
+@attrs.frozen(init=False)
+class RunConfig(SectionedConfig):
+    """The settings every run has, declared and validated once: who it is, where its files
+    go, how it is seeded and how long a call may take. A subclass adds its sections and
+    fields; ``TRAJECTORY_FIELDS`` are those a resume may not change (none, for a run that
+    does not train), ``FREE_FIELDS`` those it may."""
+
+    # Seeds the data order, the held-out split, LoRA's init and sampling.
+    seed: int = attrs.field(default=0, validator=int_at_least(0))
+    # The blob-store folder runs go in: <output>/<run_id>/.
+    output: str = attrs.field(default="runs", validator=output_folder)
+    # The run's name (a folder under output); unset: the workflow, date and time.
+    run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
+    # Continue run `run_id` from its newest checkpoint that verifies, its settings checked
+    # against the saved ones (see TRAJECTORY_FIELDS); an evaluation has nothing to resume and
+    # runs again.
+    resume: bool = attrs.field(default=False, validator=boolean)
+    # Seconds a training call may take before the run stops naming it (0 = wait forever);
+    # generous when set: a first step compiles for up to a minute.
+    call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
 
     TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = frozenset()
-    SCHEDULE_LENGTH_FIELDS: ClassVar[frozenset[str]] = frozenset({"max_steps", "num_epochs"})
-    FREE_FIELDS: ClassVar[frozenset[str]] = frozenset()
+    FREE_FIELDS: ClassVar[frozenset[str]] = frozenset(
+        {"output", "run_id", "resume", "call_timeout_s"}
+    )
 
     def __attrs_post_init__(self) -> None:
-        if getattr(self, "resume", False) and getattr(self, "run_id", None) is None:
+        if self.resume and self.run_id is None:
             raise ValidationError(
                 f"{type(self).__name__}.resume", "resuming needs the run_id of the run to continue"
             )
+
+    def trajectory_fields(self) -> frozenset[str]:
+        return self.TRAJECTORY_FIELDS
+
+
+@attrs.frozen(init=False)
+class TrainingConfig(RunConfig):
+    """A run that trains: it has an ``optim`` section, and steps of ``batch_size`` rows. It
+    classifies every setting for a resume (a test checks each is in exactly one class):
+    ``TRAJECTORY_FIELDS`` would train other weights; the run's length
+    (``SCHEDULE_LENGTH_FIELDS``) too, unless the LR schedule is constant; ``FREE_FIELDS``
+    may change freely."""
+
+    # Rows (DPO: pairs; RL: prompts) a step trains on.
+    batch_size: int = attrs.field(default=8, validator=int_at_least(1))
+    # Steps to train (each on batch_size rows); unset: num_epochs over the data.
+    max_steps: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(int_at_least(1))
+    )
+    # A NaN/Inf loss or gradient: "stop" the run naming step and batch, or "skip" the step.
+    on_nonfinite: OnNonfinite = choice(OnNonfinite.STOP)
+
+    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = frozenset({"batch_size", "seed"})
+    SCHEDULE_LENGTH_FIELDS: ClassVar[frozenset[str]] = frozenset({"max_steps", "num_epochs"})
+    # What happens at a NaN, not what a finite step trains; where and who the run is.
+    FREE_FIELDS: ClassVar[frozenset[str]] = RunConfig.FREE_FIELDS | {"on_nonfinite"}
 
     def trajectory_fields(self) -> frozenset[str]:
         if getattr(self, "optim").lr_schedule == ScheduleKind.CONSTANT:  # noqa: B009
@@ -120,13 +170,17 @@ def plain_owners(cls: type[Any]) -> dict[str, str]:
 
 
 def leaf_fields(cls: type[Any]) -> Iterator[tuple[str, attrs.Attribute[Any]]]:
-    """Every setting as (dotted name, attribute): ``optim.learning_rate``, ``max_steps``."""
-    for f in _fields(cls):
+    """Every setting as (dotted name, attribute): ``optim.learning_rate``, ``max_steps``;
+    the sections' first, then the config's own (a workflow's, then those every run has)."""
+    fields = _fields(cls)
+    for f in fields:
         if is_section_type(f.type):
             for inner in attrs.fields(cast(type[Any], f.type)):
                 yield f"{f.name}.{inner.name}", inner
-        else:
-            yield f.name, f
+    shared = {f.name for f in attrs.fields(RunConfig)} if issubclass(cls, RunConfig) else set()
+    own = [f for f in fields if not is_section_type(f.type)]
+    for f in sorted(own, key=lambda f: f.name in shared):  # stable: each group keeps its order
+        yield f.name, f
 
 
 def stage_inputs(config: Any) -> dict[str, Any]:

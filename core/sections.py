@@ -6,7 +6,6 @@ under its name, for the stages that use it.
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Any
 
 import attrs
@@ -30,13 +29,6 @@ from galley.core.domain.schedules import ScheduleKind
 from galley.core.domain.scorers import scorer_specs
 from galley.core.domain.weights_source import WeightsSource, optional_source
 from galley.core.errors import ValidationError
-
-
-class OnNonfinite(StrEnum):
-    """What a run does with a NaN or Inf loss or gradient."""
-
-    STOP = "stop"  # stop the run, naming the step and the batch
-    SKIP = "skip"  # skip the step's update
 
 
 @attrs.frozen

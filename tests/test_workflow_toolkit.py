@@ -3,42 +3,44 @@ claim, the metric rows and the session's clean-up come with it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import attrs
 import pytest
 
 from galley.adapters.noop import noop_adapters
-from galley.core.configs import SectionedConfig
+from galley.core.configs import RunConfig
+from galley.core.domain.types import Datum
 from galley.core.engine import StageContext, Workflow, stage
 from galley.core.engine.run import rows_by_stream, run_workflow
 from galley.core.errors import GalleyError
 from galley.core.runs.records import EVAL, TRAIN, MetricRecord
 from galley.core.runs.run_record import RunExistsError
-from galley.core.sections import DataSection, ModelSection, RenderSection
+from galley.core.sections import DataSection, EvalSection, ModelSection, RenderSection
 from galley.core.stages import heldout_nll, load_dataset, render_dataset, start_session
+from galley.ports.training import TrainingSession
 
 
 # -- the toy workflow: the held-out NLL of a base model (what follows is all it takes) -----
 @attrs.frozen(init=False)
-class NllConfig(SectionedConfig):
+class NllConfig(RunConfig):  # seed, output, run_id, resume: what every run has
     model: ModelSection = attrs.field(factory=ModelSection)  # base_model, lora_rank, ...
     data: DataSection = attrs.field(factory=DataSection)  # dataset, splits
     render: RenderSection = attrs.field(factory=RenderSection)  # chat format, max_length
-    seed: int = 0
-    output: str = "runs"
-    run_id: str | None = None
-    resume: bool = False
+    evaluation: EvalSection = attrs.field(factory=EvalSection)  # eval_batch_size
     CONFIG_VERSION: ClassVar[int] = 1
     CONFIG_UPGRADES: ClassVar[dict[int, Any]] = {}
 
-    def trajectory_fields(self) -> frozenset[str]:
-        return frozenset()
-
 
 @stage(writes=("nll",), ports=("training", "metrics"))
-def measure(ctx: StageContext, session: Any, eval_data: Any) -> dict[str, Any]:
-    nll = heldout_nll(ctx, session, eval_data, eval_batch_size=16)
+def measure(
+    ctx: StageContext,
+    session: TrainingSession,
+    eval_data: Sequence[Datum],
+    evaluation: EvalSection,
+) -> dict[str, Any]:
+    nll = heldout_nll(ctx, session, eval_data, evaluation.eval_batch_size)
     ctx.record_metrics(EVAL, 0, nll)
     return {"nll": nll["eval/nll"]}
 

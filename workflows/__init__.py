@@ -28,7 +28,7 @@ class WorkflowSpec:
 WORKFLOWS: dict[str, WorkflowSpec] = {
     "sft": WorkflowSpec(
         "sft",
-        "Supervised fine-tuning on chat data (LoRA or full), with held-out eval.",
+        sft.DESCRIPTION,
         sft.SFTConfig,
         sft.build_workflow,
         sft.run,
@@ -36,7 +36,7 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
     ),
     "dpo": WorkflowSpec(
         "dpo",
-        "Direct preference optimisation on chosen/rejected pairs (TRL's sigmoid or IPO loss).",
+        dpo.DESCRIPTION,
         dpo.DPOConfig,
         dpo.build_workflow,
         dpo.run,
@@ -44,7 +44,7 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
     ),
     "rl": WorkflowSpec(
         "rl",
-        "Reinforcement learning from rewards (GRPO-style): sample, score, learn on-policy.",
+        rl.DESCRIPTION,
         rl.RLConfig,
         rl.build_workflow,
         rl.run,
@@ -52,8 +52,7 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
     ),
     "distill": WorkflowSpec(
         "distill",
-        "Distillation from a teacher run or model: on-policy (the teacher grades the student's "
-        "tokens) or off-policy (the teacher's answers as an SFT dataset).",
+        distill.DESCRIPTION,
         distill.DistillConfig,
         distill.build_workflow,
         distill.run,
@@ -61,8 +60,7 @@ WORKFLOWS: dict[str, WorkflowSpec] = {
     ),
     "eval": WorkflowSpec(
         "eval",
-        "Evaluate a base model or a run's checkpoint on a dataset split: NLL, bits per byte, "
-        "scored answers.",
+        evaluation.DESCRIPTION,
         evaluation.EvalConfig,
         evaluation.build_workflow,
         evaluation.run,

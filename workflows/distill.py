@@ -38,6 +38,7 @@ from galley.core.runs.summary import Summary, SummaryTable, number
 from galley.core.sections import EvalSection, RewardSection, RolloutSection
 from galley.core.stages import check_split, save_run_record, start_session
 from galley.core.stages.rl import (
+    answers_stage,
     check_rewards,
     load_tasks,
     plan_recipe,
@@ -48,10 +49,17 @@ from galley.core.stages.rl import (
     start_reference,
 )
 from galley.core.stages.rl.teacher import distill_eval, start_teacher, write_teacher_dataset
-from galley.workflows.rl import RLConfig, RLResult, rl_steps
+from galley.workflows.rl import RLConfig, RLResult, rl_parts
 from galley.workflows.rl import summarize as summarize_rl
+from galley.workflows.skeleton import training_steps
 
 SFT_ON = "galley run sft --set dataset={}"
+
+# What `galley workflows` says of it, and its Workflow.
+DESCRIPTION = (
+    "Distillation from a teacher run or model: on-policy (the teacher grades the student's "
+    "tokens) or off-policy (the teacher's answers as an SFT dataset)."
+)
 
 
 class DistillMode(StrEnum):
@@ -137,12 +145,15 @@ def build_workflow(config: DistillConfig) -> Workflow:
         )
 
     # start_teacher after start_reference: its advantages replace the rewards'.
-    setup = (check_rewards, start_reference, plan_rollouts, start_teacher)
-    return Workflow(
-        "distill",
-        rl_steps(config, rl_step, distill_eval, setup, before_checkpoint=settle_sampling),
-        description="On-policy distillation: the student samples, the teacher grades each token.",
+    parts = rl_parts(
+        rl_step,
+        distill_eval,
+        (check_rewards, start_reference, plan_rollouts, start_teacher),
+        before=(answers_stage("answers_before", writes="answers_before"),),
+        before_checkpoint=settle_sampling,
+        after=(answers_stage("answers_after", writes="answers_after"),),
     )
+    return Workflow("distill", training_steps(config, parts), description=DESCRIPTION)
 
 
 def run(

@@ -20,10 +20,10 @@ from typing import Any, ClassVar
 import attrs
 
 from galley.core.adapter_set import Adapters
-from galley.core.checks import at_least, boolean, choice, int_at_least, output_folder, safe_name
+from galley.core.checks import int_at_least
 from galley.core.configs import TrainingConfig, dotted, nest
 from galley.core.domain.types import CheckpointRef
-from galley.core.engine import FunctionStage, Workflow
+from galley.core.engine import Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.runs.records import CheckpointRecord, DataSplit
 from galley.core.runs.summary import Summary, SummaryTable, data_header, number, saved_files
@@ -33,22 +33,8 @@ from galley.core.sections import (
     EvalSection,
     FormatSection,
     ModelSection,
-    OnNonfinite,
     OptimSection,
     PreferenceSection,
-)
-from galley.core.stages import (
-    check_split,
-    checkpoint_stage,
-    drain,
-    evaluate_stage,
-    export_sampler,
-    init_weights,
-    plan_training,
-    resume_from_checkpoint,
-    save_run_record,
-    start_session,
-    training_loop,
 )
 from galley.core.stages.dpo import (
     load_preferences,
@@ -58,6 +44,7 @@ from galley.core.stages.dpo import (
     reference_logprobs,
     render_pairs,
 )
+from galley.workflows.skeleton import TrainingParts, training_steps
 
 # What the default run reports, in this order: TRL's names.
 SHOWN_METRICS = (
@@ -69,6 +56,9 @@ SHOWN_METRICS = (
     "logps/chosen",
     "logps/rejected",
 )
+
+# What `galley workflows` says of it, and its Workflow.
+DESCRIPTION = "Direct preference optimisation on chosen/rejected pairs (TRL's sigmoid or IPO loss)."
 
 
 def _preference_section(v1: dict[str, Any]) -> dict[str, Any]:
@@ -89,26 +79,9 @@ class DPOConfig(TrainingConfig):
     checkpoints: CheckpointSection = attrs.field(factory=CheckpointSection)
     evaluation: EvalSection = attrs.field(factory=lambda: EvalSection(eval_every=16))
     preference: PreferenceSection = attrs.field(factory=PreferenceSection)
-    # Steps to train (each on batch_size rows); unset: num_epochs over the data.
-    max_steps: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(int_at_least(1))
-    )
     num_epochs: int = attrs.field(default=1, validator=int_at_least(1))  # tiny-prefs: 64 steps
-    batch_size: int = attrs.field(default=8, validator=int_at_least(1))  # pairs per step
     # Steps submitted before the oldest one's result is read (pipelining).
     submit_ahead: int = attrs.field(default=1, validator=int_at_least(0))
-    # Seeds the data order, the held-out split, LoRA's init and sampling.
-    seed: int = attrs.field(default=0, validator=int_at_least(0))
-    # The blob-store folder runs go in: <output>/<run_id>/.
-    output: str = attrs.field(default="runs", validator=output_folder)
-    # The run's name (a folder under output); unset: the workflow, date and time.
-    run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
-    # Continue run `run_id` from its newest checkpoint that verifies.
-    resume: bool = attrs.field(default=False, validator=boolean)
-    # A NaN/Inf loss or gradient: "stop" the run naming step and batch, or "skip" the step.
-    on_nonfinite: OnNonfinite = choice(OnNonfinite.STOP)
-    # Seconds a training call may take before the run stops naming it (0 = wait forever).
-    call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
 
     CONFIG_VERSION: ClassVar[int] = 2
     CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {
@@ -116,16 +89,18 @@ class DPOConfig(TrainingConfig):
     }
 
     # As SFT's: what a resume may not change without accepting it explicitly.
-    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = dotted(
+    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = TrainingConfig.TRAJECTORY_FIELDS | dotted(
         model=ModelSection,
         data=DataSection,
         render=FormatSection,
         optim=OptimSection,
         preference=PreferenceSection,
-    ) | {"batch_size", "seed"}
-    FREE_FIELDS: ClassVar[frozenset[str]] = dotted(
-        checkpoints=CheckpointSection, evaluation=EvalSection
-    ) | {"submit_ahead", "output", "run_id", "resume", "on_nonfinite", "call_timeout_s"}
+    )
+    FREE_FIELDS: ClassVar[frozenset[str]] = (
+        TrainingConfig.FREE_FIELDS
+        | dotted(checkpoints=CheckpointSection, evaluation=EvalSection)
+        | {"submit_ahead"}
+    )
 
 
 @attrs.frozen
@@ -141,36 +116,15 @@ class DPOResult:
 
 
 def build_workflow(config: DPOConfig) -> Workflow:
-    def evaluate(name: str, at: str) -> FunctionStage:
-        return evaluate_stage(name, at, measure=preference_eval)
-
-    return Workflow(
-        "dpo",
-        [
-            load_preferences,
-            check_split,
-            start_session,
-            render_pairs,
-            plan_training,
-            resume_from_checkpoint,
-            init_weights,
-            plan_reference,
-            save_run_record,
-            reference_logprobs,
-            evaluate("evaluate_base", at="start_step"),
-            training_loop(
-                preference_step,
-                evaluate("evaluate", at="step"),
-                config.eval_every,
-                config.checkpoint_every,
-            ),
-            drain,
-            evaluate("evaluate_final", at="total_steps"),
-            checkpoint_stage("final_checkpoint", at="total_steps"),
-            export_sampler,
-        ],
-        description="Direct preference optimisation (TRL's sigmoid or IPO loss) on pairs.",
+    parts = TrainingParts(
+        load=load_preferences,
+        render=(render_pairs,),
+        step=preference_step,
+        measure=preference_eval,
+        setup=(plan_reference,),
+        recorded=(reference_logprobs,),  # scored once, saved with the run
     )
+    return Workflow("dpo", training_steps(config, parts), description=DESCRIPTION)
 
 
 def run(config: DPOConfig, adapters: Adapters, **options: Any) -> DPOResult:

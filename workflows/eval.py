@@ -15,14 +15,11 @@ import attrs
 
 from galley.core.adapter_set import Adapters
 from galley.core.checks import (
-    at_least,
-    boolean,
     int_at_least,
     non_empty,
-    output_folder,
     safe_name,
 )
-from galley.core.configs import SectionedConfig, nest
+from galley.core.configs import RunConfig, nest
 from galley.core.domain.scorers import resolve_scorer, scorer_specs
 from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
@@ -42,6 +39,12 @@ from galley.core.stages import (
 
 SHOWN_ANSWERS = 4
 
+# What `galley workflows` says of it, and its Workflow.
+DESCRIPTION = (
+    "Evaluate a base model or a run's checkpoint on a dataset split: NLL, bits per byte, scored "
+    "answers."
+)
+
 
 def _scorer_specs(value: Any) -> tuple[str, ...]:
     return scorer_specs(value, "scorers")
@@ -58,7 +61,7 @@ def _model_in_its_section(v1: dict[str, Any]) -> dict[str, Any]:
 
 
 @attrs.frozen(init=False)
-class EvalConfig(SectionedConfig):
+class EvalConfig(RunConfig):
     """What to evaluate, on what, and how answers are scored; every setting has a default.
     Rows are rendered (``render``) and answers sampled (``sampling``) with the sections SFT
     uses; any setting may be given by its plain name: ``EvalConfig(num_samples=4)``."""
@@ -81,23 +84,11 @@ class EvalConfig(SectionedConfig):
     scorers: tuple[str, ...] = attrs.field(
         default=("exact_match",), converter=_scorer_specs, validator=_scorers
     )
-    # Seeds the data order, the held-out split, LoRA's init and sampling.
-    seed: int = attrs.field(default=0, validator=int_at_least(0))
-    # The blob-store folder runs go in: <output>/<run_id>/.
-    output: str = attrs.field(default="runs", validator=output_folder)
-    # The run's name (a folder under output); unset: the workflow, date and time.
-    run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
-    resume: bool = attrs.field(default=False, validator=boolean)  # nothing to resume: reruns
-    # Seconds a training call may take before the run stops naming it (0 = wait forever).
-    call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
 
     CONFIG_VERSION: ClassVar[int] = 2
     CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {
         1: _model_in_its_section,
     }
-
-    def trajectory_fields(self) -> frozenset[str]:
-        return frozenset()  # nothing is trained
 
 
 @attrs.frozen
@@ -120,7 +111,7 @@ def build_workflow(config: EvalConfig) -> Workflow:
             measure_heldout,
             answer_and_score,
         ],
-        description="Evaluate a base model or a run's checkpoint on a dataset split.",
+        description=DESCRIPTION,
     )
 
 

@@ -21,11 +21,11 @@ from typing import Any, ClassVar
 import attrs
 
 from galley.core.adapter_set import Adapters
-from galley.core.checks import at_least, boolean, choice, int_at_least, output_folder, safe_name
+from galley.core.checks import int_at_least
 from galley.core.configs import TrainingConfig, dotted, nest
 from galley.core.domain.envs import EnvGroupBuilder
 from galley.core.domain.types import CheckpointRef
-from galley.core.engine import FunctionStage, Stage, Step, Workflow
+from galley.core.engine import Stage, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.errors import ValidationError
 from galley.core.runs.records import CheckpointRecord, DataSplit
@@ -36,25 +36,11 @@ from galley.core.sections import (
     EvalSection,
     FormatSection,
     ModelSection,
-    OnNonfinite,
     OptimSection,
     PolicySection,
     RewardSection,
     RolloutSection,
     SamplingSection,
-)
-from galley.core.stages import (
-    check_split,
-    checkpoint_stage,
-    drain,
-    evaluate_stage,
-    export_sampler,
-    init_weights,
-    plan_training,
-    resume_from_checkpoint,
-    save_run_record,
-    start_session,
-    training_loop,
 )
 from galley.core.stages.evaluate import Measure
 from galley.core.stages.rl import (
@@ -70,6 +56,12 @@ from galley.core.stages.rl import (
     start_reference,
 )
 from galley.core.stages.rl.envs import env_eval_measure, env_step_stage
+from galley.workflows.skeleton import TrainingParts, training_steps
+
+# What `galley workflows` says of it, and its Workflow.
+DESCRIPTION = (
+    "Reinforcement learning from rewards (GRPO-style): sample, score, learn on- or off-policy."
+)
 
 
 def _rl_sections(v1: dict[str, Any]) -> dict[str, Any]:
@@ -93,33 +85,16 @@ class RLConfig(TrainingConfig):
     checkpoints: CheckpointSection = attrs.field(factory=CheckpointSection)
     evaluation: EvalSection = attrs.field(factory=lambda: EvalSection(eval_every=32))
     sampling: SamplingSection = attrs.field(factory=lambda: SamplingSection(num_samples=4))
-    batch_size: int = attrs.field(default=8, validator=int_at_least(1))  # prompts an update
-    # Steps to train (each on batch_size rows); unset: num_epochs over the data.
-    max_steps: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(int_at_least(1))
-    )
     num_epochs: int = attrs.field(default=2, validator=int_at_least(1))  # tiny-instruct: 128 steps
     # Steps submitted before the oldest one's result is read (pipelining).
     submit_ahead: int = attrs.field(default=0, validator=int_at_least(0))
-    # Seeds the data order, the held-out split, LoRA's init and sampling.
-    seed: int = attrs.field(default=0, validator=int_at_least(0))
-    # The blob-store folder runs go in: <output>/<run_id>/.
-    output: str = attrs.field(default="runs", validator=output_folder)
-    # The run's name (a folder under output); unset: the workflow, date and time.
-    run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
-    # Continue run `run_id` from its newest checkpoint that verifies.
-    resume: bool = attrs.field(default=False, validator=boolean)
-    # A NaN/Inf loss or gradient: "stop" the run naming step and batch, or "skip" the step.
-    on_nonfinite: OnNonfinite = choice(OnNonfinite.STOP)
-    # Seconds a training call may take before the run stops naming it (0 = wait forever).
-    call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
 
     CONFIG_VERSION: ClassVar[int] = 2
     CONFIG_UPGRADES: ClassVar[Mapping[int, Callable[[dict[str, Any]], dict[str, Any]]]] = {
         1: _rl_sections,
     }
 
-    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = dotted(
+    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = TrainingConfig.TRAJECTORY_FIELDS | dotted(
         model=ModelSection,
         data=DataSection,
         render=FormatSection,
@@ -127,10 +102,12 @@ class RLConfig(TrainingConfig):
         reward=RewardSection,
         rollout=RolloutSection,
         policy=PolicySection,
-    ) | {"batch_size", "seed"}
-    FREE_FIELDS: ClassVar[frozenset[str]] = dotted(
-        checkpoints=CheckpointSection, evaluation=EvalSection, sampling=SamplingSection
-    ) | {"submit_ahead", "output", "run_id", "resume", "on_nonfinite", "call_timeout_s"}
+    )
+    FREE_FIELDS: ClassVar[frozenset[str]] = (
+        TrainingConfig.FREE_FIELDS
+        | dotted(checkpoints=CheckpointSection, evaluation=EvalSection, sampling=SamplingSection)
+        | {"submit_ahead"}
+    )
 
 
 Answer = tuple[str, str, str, float]  # prompt, reference, answer, reward
@@ -149,66 +126,31 @@ class RLResult:
     answers_after: tuple[Answer, ...] = ()
 
 
-def rl_steps(
-    config: RLConfig,
-    step: Stage,
-    measure: Measure,
-    setup: Sequence[Stage] = (),
-    *,
-    answers: bool = True,
-    before_checkpoint: Stage | None = None,
-) -> list[Step]:
-    """The stages of a run that learns from what it samples: ``setup`` (how batches are made)
-    before the run is recorded, then the loop of ``step``s, evaluated by ``measure``; with
-    ``answers``, the greedy answers to a few eval prompts before and after."""
-
-    def evaluate(name: str, at: str) -> FunctionStage:
-        return evaluate_stage(name, at, measure=measure)
-
-    before = [answers_stage("answers_before", writes="answers_before")] if answers else []
-    after = [answers_stage("answers_after", writes="answers_after")] if answers else []
-    return [
-        load_tasks,
-        check_split,
-        start_session,
-        render_prompts,
-        plan_recipe,
-        plan_training,
-        resume_from_checkpoint,
-        init_weights,
-        *setup,
-        save_run_record,
-        evaluate("evaluate_base", at="start_step"),
-        *before,
-        training_loop(
-            step,
-            evaluate("evaluate", at="step"),
-            config.eval_every,
-            config.checkpoint_every,
-            before_checkpoint=before_checkpoint,
-        ),
-        drain,
-        evaluate("evaluate_final", at="total_steps"),
-        checkpoint_stage("final_checkpoint", at="total_steps"),
-        export_sampler,
-        *after,
-    ]
+def rl_parts(step: Stage, measure: Measure, setup: Sequence[Stage], **more: Any) -> TrainingParts:
+    """The parts of a run that learns from what it samples: prompts in, how every answer is
+    asked for and scored, ``setup`` (how batches are made), then ``step`` and ``measure``."""
+    return TrainingParts(
+        load=load_tasks,
+        render=(render_prompts, plan_recipe),
+        step=step,
+        measure=measure,
+        setup=setup,
+        **more,
+    )
 
 
 def build_workflow(config: RLConfig, env: EnvGroupBuilder | None = None) -> Workflow:
     if env is not None:
         return env_workflow(config, env)
-    return Workflow(
-        "rl",
-        rl_steps(
-            config,
-            rl_step,
-            reward_eval,
-            (check_rewards, start_reference, plan_rollouts),
-            before_checkpoint=settle_sampling,
-        ),
-        description="Reinforcement learning from rewards (GRPO-style), on- or off-policy.",
+    parts = rl_parts(
+        rl_step,
+        reward_eval,
+        (check_rewards, start_reference, plan_rollouts),
+        before=(answers_stage("answers_before", writes="answers_before"),),
+        before_checkpoint=settle_sampling,
+        after=(answers_stage("answers_after", writes="answers_after"),),
     )
+    return Workflow("rl", training_steps(config, parts), description=DESCRIPTION)
 
 
 def env_workflow(config: RLConfig, env: EnvGroupBuilder) -> Workflow:
@@ -220,11 +162,10 @@ def env_workflow(config: RLConfig, env: EnvGroupBuilder) -> Workflow:
     ):
         if value:
             raise ValidationError(f"RLConfig.{name}", "is not built for environments; leave it out")
+    parts = rl_parts(env_step_stage(env), env_eval_measure(env), (plan_rollouts,))
     return Workflow(
         "rl",
-        rl_steps(
-            config, env_step_stage(env), env_eval_measure(env), (plan_rollouts,), answers=False
-        ),
+        training_steps(config, parts),
         description="Reinforcement learning on environments, turn by turn.",
     )
 

@@ -15,12 +15,7 @@ import attrs
 
 from galley.core.adapter_set import Adapters
 from galley.core.checks import (
-    at_least,
-    boolean,
-    choice,
     int_at_least,
-    output_folder,
-    safe_name,
 )
 from galley.core.configs import TrainingConfig, dotted, nest, plain_settings
 from galley.core.domain.types import CheckpointRef
@@ -34,7 +29,6 @@ from galley.core.sections import (
     DataSection,
     EvalSection,
     ModelSection,
-    OnNonfinite,
     OptimSection,
     RenderSection,
     SamplingSection,
@@ -43,22 +37,15 @@ from galley.core.serialization import from_data
 from galley.core.stages import (
     SampleComparison,
     check_sampling,
-    check_split,
-    checkpoint_stage,
-    drain,
-    evaluate_stage,
-    export_sampler,
     forward_backward,
-    init_weights,
     load_dataset,
-    plan_training,
     render_dataset,
-    resume_from_checkpoint,
     sample_answers,
-    save_run_record,
-    start_session,
-    training_loop,
 )
+from galley.workflows.skeleton import TrainingParts, training_steps
+
+# What `galley workflows` says of it, and its Workflow.
+DESCRIPTION = "Supervised fine-tuning on chat data (LoRA or full), with held-out eval."
 
 
 def _no_init_from(v2: dict[str, Any]) -> dict[str, Any]:
@@ -93,30 +80,10 @@ class SFTConfig(TrainingConfig):
     checkpoints: CheckpointSection = attrs.field(factory=CheckpointSection)
     evaluation: EvalSection = attrs.field(factory=EvalSection)
     sampling: SamplingSection = attrs.field(factory=SamplingSection)
-    # Steps to train (each on batch_size rows); unset: num_epochs over the data.
-    max_steps: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(int_at_least(1))
-    )
     # Passes over the training rows, when max_steps is unset.
     num_epochs: int = attrs.field(default=4, validator=int_at_least(1))
-    # Rows (DPO: pairs; RL: prompts) a step trains on.
-    batch_size: int = attrs.field(default=8, validator=int_at_least(1))
     # Steps submitted before the oldest one's result is read (pipelining).
     submit_ahead: int = attrs.field(default=2, validator=int_at_least(0))
-    # Seeds the data order, the held-out split, LoRA's init and sampling.
-    seed: int = attrs.field(default=0, validator=int_at_least(0))
-    # The blob-store folder runs go in: <output>/<run_id>/.
-    output: str = attrs.field(default="runs", validator=output_folder)
-    # The run's name (a folder under output); unset: the workflow, date and time.
-    run_id: str | None = attrs.field(default=None, validator=attrs.validators.optional(safe_name))
-    # Continue run `run_id` from its newest checkpoint that verifies (settings checked
-    # against the run's saved ones: see TRAJECTORY_FIELDS).
-    resume: bool = attrs.field(default=False, validator=boolean)
-    # A NaN/Inf loss or gradient: "stop" the run naming step and batch, or "skip" the step.
-    on_nonfinite: OnNonfinite = choice(OnNonfinite.STOP)
-    # Seconds a training call may take before the run stops naming it (0 = wait forever);
-    # generous when set: a first step compiles for up to a minute.
-    call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
 
     # The shape of this class as saved in run records; bump it, and add an upgrade from the
     # old shape (saved mapping -> new mapping), when a field is renamed or its meaning changes.
@@ -132,22 +99,17 @@ class SFTConfig(TrainingConfig):
     # did: refused unless accepted explicitly.
     # Every model, data (a dataset without its eval_split holds out train rows instead),
     # rendering and optimizer setting, the batch and the seed.
-    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = dotted(
+    TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = TrainingConfig.TRAJECTORY_FIELDS | dotted(
         model=ModelSection, data=DataSection, render=RenderSection, optim=OptimSection
-    ) | {"batch_size", "seed"}
+    )
     # max_steps and num_epochs (SCHEDULE_LENGTH_FIELDS) are the LR schedule's length: part of
     # the trajectory unless the schedule is constant (then a run may be extended freely).
     # Where and how often to evaluate, checkpoint, sample and report, and who the run is.
-    FREE_FIELDS: ClassVar[frozenset[str]] = dotted(
-        checkpoints=CheckpointSection, evaluation=EvalSection, sampling=SamplingSection
-    ) | {
-        "submit_ahead",
-        "output",
-        "run_id",
-        "resume",
-        "on_nonfinite",  # what happens at a NaN, not what a finite step trains
-        "call_timeout_s",
-    }
+    FREE_FIELDS: ClassVar[frozenset[str]] = (
+        TrainingConfig.FREE_FIELDS
+        | dotted(checkpoints=CheckpointSection, evaluation=EvalSection, sampling=SamplingSection)
+        | {"submit_ahead"}
+    )
 
 
 @attrs.frozen
@@ -165,33 +127,13 @@ class RunResult:
 
 
 def build_workflow(config: SFTConfig) -> Workflow:
-    return Workflow(
-        "sft",
-        [
-            load_dataset,
-            check_split,
-            start_session,
-            check_sampling,
-            render_dataset,
-            plan_training,
-            resume_from_checkpoint,
-            init_weights,
-            save_run_record,
-            evaluate_stage("evaluate_base", at="start_step"),
-            training_loop(
-                forward_backward,
-                evaluate_stage("evaluate", at="step"),
-                config.eval_every,
-                config.checkpoint_every,
-            ),
-            drain,
-            evaluate_stage("evaluate_final", at="total_steps"),
-            checkpoint_stage("final_checkpoint", at="total_steps"),
-            export_sampler,
-            sample_answers,
-        ],
-        description="Supervised fine-tuning on chat data (LoRA or full), with held-out eval.",
+    parts = TrainingParts(
+        load=load_dataset,
+        render=(check_sampling, render_dataset),
+        step=forward_backward,
+        after=(sample_answers,),
     )
+    return Workflow("sft", training_steps(config, parts), description=DESCRIPTION)
 
 
 def run(

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import numpy as np
 
+from galley.core.configs import OnNonfinite
 from galley.core.domain.batching import BatchPlan, total_steps
 from galley.core.domain.schedules import LRSchedule
 from galley.core.domain.types import (
@@ -27,7 +28,7 @@ from galley.core.domain.types import (
 from galley.core.engine import FunctionStage, StageContext, reads_of, stage
 from galley.core.errors import NonFiniteError, ValidationError
 from galley.core.runs.records import TRAIN
-from galley.core.sections import OnNonfinite, OptimSection
+from galley.core.sections import OptimSection
 
 if TYPE_CHECKING:
     from galley.ports.training import TrainingSession
