@@ -13,7 +13,7 @@ import structlog
 from tinker import types as tt
 
 from galley.adapters.serve.errors import not_found
-from galley.adapters.serve.runs import RunRecord, RunStore, TinkerPath
+from galley.adapters.serve.runs import RunStore, ServedRun, TinkerPath
 from galley.core.domain.types import CheckpointRef
 from galley.core.errors import GalleyError
 from galley.core.runs.checkpoint_catalog import delete_saved_checkpoint, saved_checkpoints
@@ -45,7 +45,7 @@ class RunCatalog:
         except GalleyError:
             raise not_found(f"checkpoint {str(path)!r}") from None
 
-    def _checkpoints(self, tenant: str, record: RunRecord) -> list[tt.Checkpoint]:
+    def _checkpoints(self, tenant: str, record: ServedRun) -> list[tt.Checkpoint]:
         """The run's checkpoints whose manifests are there, as its record names them."""
         on_disk = {
             s.ref.key: s
@@ -69,7 +69,7 @@ class RunCatalog:
             )
         return found
 
-    def _training_run(self, tenant: str, record: RunRecord) -> tt.TrainingRun:
+    def _training_run(self, tenant: str, record: ServedRun) -> tt.TrainingRun:
         checkpoints = self._checkpoints(tenant, record)
         newest = {
             kind: next((c for c in reversed(checkpoints) if c.checkpoint_type == kind), None)

@@ -82,7 +82,11 @@ class SavedEntry:
 
 
 @attrs.frozen
-class RunRecord:
+class ServedRun:
+    """What the server keeps of one Tinker training run of a tenant: its model and LoRA,
+    its named saves, and when it was last asked for anything (a run of galley's own workflows
+    is a ``galley.core.runs.run_record.RunRecord``)."""
+
     training_run_id: str
     base_model: str
     lora: LoraConfig
@@ -106,23 +110,23 @@ class RunStore:
     def folder(self, tenant: str, run_id: str) -> str:
         return run_folder(self.root, tenant, run_id)
 
-    def write(self, tenant: str, record: RunRecord) -> None:
+    def write(self, tenant: str, record: ServedRun) -> None:
         data = json.dumps(converter.unstructure(record), indent=1, sort_keys=True).encode()
         self.blobs.write(join_key(self.folder(tenant, record.training_run_id), RECORD), data)
 
-    def read(self, tenant: str, run_id: str) -> RunRecord:
+    def read(self, tenant: str, run_id: str) -> ServedRun:
         key = join_key(self.folder(tenant, run_id), RECORD)
         try:
-            return converter.structure(json.loads(self.blobs.read(key)), RunRecord)
+            return converter.structure(json.loads(self.blobs.read(key)), ServedRun)
         except NotFoundError:
             raise not_found(f"training run {run_id!r}") from None
 
-    def runs(self, tenant: str) -> list[RunRecord]:
+    def runs(self, tenant: str) -> list[ServedRun]:
         keys = [k for k in self.blobs.list(join_key(self.root, tenant)) if k.endswith(f"/{RECORD}")]
         records = []
         for key in keys:
             try:
-                records.append(converter.structure(json.loads(self.blobs.read(key)), RunRecord))
+                records.append(converter.structure(json.loads(self.blobs.read(key)), ServedRun))
             except (GalleyError, ValueError):
                 continue  # a record being replaced, or not one of ours: not listed
         return sorted(records, key=lambda r: r.created)

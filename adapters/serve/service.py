@@ -27,7 +27,7 @@ from galley.adapters.serve.requests import (
     future_reply,
     settle,
 )
-from galley.adapters.serve.runs import RunRecord, RunStore, TinkerPath, checkpoint_name
+from galley.adapters.serve.runs import RunStore, ServedRun, TinkerPath, checkpoint_name
 from galley.adapters.serve.saves import SaveNames
 from galley.adapters.serve.tenancy import DEFAULT_LIMITS, Model, Sampler, ServeLimits, Tenancy
 from galley.core.adapter_set import Adapters
@@ -106,7 +106,7 @@ class TinkerService:
         self.tenancy.session(tenant, session_id)
         model_id = f"{session_id}:train:{model_seq_id}"
         self.tenancy.check_room_for(tenant, model_id)
-        record = RunRecord(
+        record = ServedRun(
             model_id,
             base_model,
             lora,
