@@ -26,7 +26,11 @@ from galley.core.domain.types import CheckpointRef
 from galley.core.engine import Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.runs.records import CheckpointRecord, DataSplit
-from galley.core.runs.summary import Summary, SummaryTable, data_header, number, saved_files
+from galley.core.runs.summary import (
+    Summary,
+    number,
+    training_summary,
+)
 from galley.core.sections import (
     CheckpointSection,
     DataSection,
@@ -152,10 +156,4 @@ def summarize(outcome: DPOResult) -> Summary:
     for split, count in outcome.skipped_examples.items():
         if count:
             rows.append((f"{split} pairs too long (skipped)", "", str(count)))
-    table = SummaryTable(f"run {outcome.run_id}", ("metric", "before", "after"), tuple(rows))
-    return Summary(
-        (table,),
-        (f"steps: {outcome.steps}",),
-        saved_files(outcome.checkpoints, outcome.sampler),
-        data_header(outcome.data),
-    )
+    return training_summary(outcome, rows)

@@ -24,7 +24,7 @@ from galley.core.domain.scorers import resolve_scorer, scorer_specs
 from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.runs.records import EVAL
-from galley.core.runs.summary import Summary, SummaryTable, number
+from galley.core.runs.summary import Summary, SummaryTable, answers_table, number
 from galley.core.sections import BaseModelSection, DataSection, RenderSection, SamplingSection
 from galley.core.stages import (
     ScoredAnswer,
@@ -151,6 +151,5 @@ def summarize(result: EvalResult) -> Summary:
             (a.prompt, a.reference, a.answer, *(number(a.scores[s]) for s in scorers))
             for a in result.answers[:SHOWN_ANSWERS]
         )
-        columns = ("prompt", "expected", "answer", *scorers)
-        tables.append(SummaryTable("answers", columns, answers, lines=True))
+        tables.append(answers_table("answers", ("prompt", "expected", "answer", *scorers), answers))
     return Summary(tuple(tables))

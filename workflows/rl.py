@@ -29,7 +29,12 @@ from galley.core.engine import Stage, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.errors import ValidationError
 from galley.core.runs.records import CheckpointRecord, DataSplit
-from galley.core.runs.summary import Summary, SummaryTable, data_header, number, saved_files
+from galley.core.runs.summary import (
+    Summary,
+    answers_table,
+    number,
+    training_summary,
+)
 from galley.core.sections import (
     CheckpointSection,
     DataSection,
@@ -198,23 +203,14 @@ def summarize(outcome: RLResult) -> Summary:
     if trained:
         rows.append(("train reward", number(trained[0]["reward"]), number(trained[-1]["reward"])))
         rows.append(("train kl", number(trained[0].get("kl")), number(trained[-1].get("kl"))))
-    tables = [SummaryTable(f"run {outcome.run_id}", ("metric", "before", "after"), tuple(rows))]
-    if outcome.answers_before and outcome.answers_after:
-        answers = tuple(
+    if not (outcome.answers_before and outcome.answers_after):
+        return training_summary(outcome, rows)
+    answers = answers_table(
+        "held-out prompts: before vs after (reward)",
+        ("prompt", "expected", "before", "after"),
+        [
             (b[0], b[1], f"{b[2]} ({b[3]:.2f})", f"{a[2]} ({a[3]:.2f})")
             for b, a in zip(outcome.answers_before, outcome.answers_after, strict=False)
-        )
-        tables.append(
-            SummaryTable(
-                "held-out prompts: before vs after (reward)",
-                ("prompt", "expected", "before", "after"),
-                answers,
-                lines=True,
-            )
-        )
-    return Summary(
-        tuple(tables),
-        (f"steps: {outcome.steps}",),
-        saved_files(outcome.checkpoints, outcome.sampler),
-        data_header(outcome.data),
+        ],
     )
+    return training_summary(outcome, rows, answers)

@@ -23,7 +23,12 @@ from galley.core.engine import Observer, RetryPolicy, Workflow
 from galley.core.engine.run import run_workflow
 from galley.core.runs.records import CheckpointRecord, DataSplit
 from galley.core.runs.run_record import resume_settings
-from galley.core.runs.summary import Summary, SummaryTable, data_header, number, saved_files
+from galley.core.runs.summary import (
+    Summary,
+    answers_table,
+    number,
+    training_summary,
+)
 from galley.core.sections import (
     CheckpointSection,
     DataSection,
@@ -193,25 +198,14 @@ def summarize(result: RunResult) -> Summary:
                 number(last_eval["eval/exact_match"]),
             )
         )
-    tables = [SummaryTable(f"run {result.run_id}", ("metric", "before", "after"), tuple(rows))]
-    if result.samples:
-        answers = tuple(
-            (s.prompt, s.reference, s.base, s.tuned) for s in result.samples[:SHOWN_SAMPLES]
-        )
-        tables.append(
-            SummaryTable(
-                "held-out prompts: base vs fine-tuned",
-                ("prompt", "expected", "base", "fine-tuned"),
-                answers,
-                lines=True,
-            )
-        )
-    return Summary(
-        tuple(tables),
-        (f"steps: {result.steps}",),
-        saved_files(result.checkpoints, result.sampler),
-        data_header(result.data),
+    if not result.samples:
+        return training_summary(result, rows)
+    answers = answers_table(
+        "held-out prompts: base vs fine-tuned",
+        ("prompt", "expected", "base", "fine-tuned"),
+        [(s.prompt, s.reference, s.base, s.tuned) for s in result.samples[:SHOWN_SAMPLES]],
     )
+    return training_summary(result, rows, answers)
 
 
 def resume_config(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import attrs
 
@@ -46,3 +47,42 @@ def saved_files(
 
 def number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4f}"
+
+
+class TrainedRun(Protocol):
+    """What every training workflow's result says of its run."""
+
+    @property
+    def run_id(self) -> str: ...
+    @property
+    def steps(self) -> int: ...
+    @property
+    def checkpoints(self) -> tuple[CheckpointRecord, ...]: ...
+    @property
+    def sampler(self) -> CheckpointRef | None: ...
+    @property
+    def data(self) -> DataSplit | None: ...
+
+
+def answers_table(
+    title: str, columns: tuple[str, ...], answers: Sequence[tuple[str, ...]]
+) -> SummaryTable:
+    """Answers side by side (before and after, base and tuned), one ruled row each."""
+    return SummaryTable(title, columns, tuple(answers), lines=True)
+
+
+def training_summary(
+    result: TrainedRun,
+    rows: Sequence[tuple[str, ...]],
+    *more: SummaryTable,
+) -> Summary:
+    """A training run's summary: its metrics before and after (``rows``), any ``more``
+    tables, its steps, where its checkpoints and export went, and what it trained on."""
+    metrics = SummaryTable(f"run {result.run_id}", ("metric", "before", "after"), tuple(rows))
+    return Summary(
+        (metrics, *more),
+        (f"steps: {result.steps}",),
+        saved_files(result.checkpoints, result.sampler),
+        data_header(result.data),
+    )
+
