@@ -31,9 +31,9 @@ from typing import Any
 import attrs
 import structlog
 
-from galley.adapters.helpers.fanout import fan_out
-from galley.adapters.helpers.followers import for_process
 from galley.adapters.settings import settings_from_mapping
+from galley.adapters.wrappers.fanout import fan_out
+from galley.adapters.wrappers.followers import for_process
 from galley.core.adapter_set import PORT_NAMES, Adapters
 from galley.core.errors import ConfigError, GalleyError
 
@@ -282,7 +282,7 @@ class RetryOptions:
 def wrap(adapter: Any, port: str, choice: AdapterChoice) -> Any:
     """Faults innermost, retries around them: retries see (and survive) the injected faults."""
     from galley.adapters.helpers.faults import Faults
-    from galley.adapters.helpers.resilience import with_faults, with_retries
+    from galley.adapters.wrappers.resilience import with_faults, with_retries
     from galley.core.retry import RetryPolicy
 
     if choice.faults is not None:
@@ -294,7 +294,7 @@ def wrap(adapter: Any, port: str, choice: AdapterChoice) -> Any:
         policy = RetryPolicy(r.max_attempts, r.initial_backoff_s, r.multiplier, r.max_backoff_s)
         adapter = with_retries(adapter, policy, port)
     if choice.events:  # outermost: a call's events span its retries
-        from galley.adapters.helpers.events import log_call, with_events
+        from galley.adapters.wrappers.events import log_call, with_events
 
         adapter = with_events(adapter, port, log_call())
     return adapter
@@ -344,7 +344,7 @@ def build_one(port: str, choice: AdapterChoice, built: Built) -> Any:
             f"built: {type(e).__name__}: {e}"
         ) from e
     if choice.cache:
-        from galley.adapters.helpers.cache import CachingCompleter, CachingTrainingClient
+        from galley.adapters.wrappers.cache import CachingCompleter, CachingTrainingClient
 
         caching = {"completer": CachingCompleter, "training": CachingTrainingClient}
         if port not in caching:

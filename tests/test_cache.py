@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 
 from galley.adapters.composition import build_adapters, parse_adapters_table
-from galley.adapters.helpers.cache import CachingCompleter, CachingTrainingClient
 from galley.adapters.noop import NoopBlobStore, NoopTrainingClient
 from galley.adapters.noop.completer import NoopCompleter
 from galley.adapters.noop.training import NoopTrainingSession
+from galley.adapters.wrappers.cache import CachingCompleter, CachingTrainingClient
 from galley.core import AdamParams, Datum, ModelInput, SessionConfig
 from galley.core.domain.types import CheckpointRef, Completion, ModelRef, SamplingParams
 from galley.core.errors import ConfigError

@@ -11,9 +11,9 @@ import pytest
 from galley.adapters.composition import AdapterChoice, build_adapters
 from galley.adapters.fsspec.blobs import FsspecBlobStore
 from galley.adapters.fsspec.metrics import JsonlMetricsStore
-from galley.adapters.helpers.resilience import FaultyAdapter, with_retries
 from galley.adapters.jax import JaxTrainingClient
 from galley.adapters.noop import NoopBlobStore, NoopTrainingClient, noop_adapters
+from galley.adapters.wrappers.resilience import FaultyAdapter, with_retries
 from galley.core import Datum, SessionConfig, TransientError, WorkflowError
 from galley.core.engine import NO_RETRY, RetryPolicy
 from galley.core.runs.layout import RunPaths

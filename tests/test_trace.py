@@ -15,7 +15,7 @@ import structlog
 
 from galley.adapters.cli import main
 from galley.adapters.composition import build_adapters, parse_adapters_table
-from galley.adapters.helpers.events import with_events
+from galley.adapters.wrappers.events import with_events
 from galley.workflows import WORKFLOWS
 from galley.workflows.sft import SFTConfig
 from galley.workflows.sft import run as run_sft

@@ -32,8 +32,8 @@ from galley.adapters.composition import (
     build_adapters,
     process_role,
 )
-from galley.adapters.helpers.events import TraceRecorder, traced
 from galley.adapters.settings import check_can_write
+from galley.adapters.wrappers.events import TraceRecorder, traced
 from galley.core.adapter_set import Adapters
 from galley.core.domain.scorers import ScoreError
 from galley.core.engine import Stream

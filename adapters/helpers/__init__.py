@@ -1,3 +1,5 @@
-"""Helpers for adapter authors: the request queue a session's ordering rests on, locks, fault
-injection and retry wrappers for any adapter, and the fail-closed stand-in for a port nobody
-configured. They import no adapter."""
+"""Building blocks for adapter authors: the request queue a session's ordering rests on,
+locks, seeded fault injection for fakes, the base of the trackers, secret redaction, the
+base every galley completer shares (``completing``) and the fail-closed stand-in for a port
+nobody configured. Port wrappers are in ``galley.adapters.wrappers``. They import no
+adapter."""

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load as load_safetensors
 
+from galley.adapters.helpers.completing import BatchCompleter, prompt_token_ids
 from galley.adapters.hf.model_files import SafetensorsReader, resolve_model_folder
 from galley.adapters.hf.tokenizer import HFTokenizerAdapter
 from galley.adapters.jax.batching import (
@@ -36,7 +37,13 @@ from galley.adapters.jax.batching import (
 )
 from galley.adapters.jax.compilation_cache import use_compilation_cache
 from galley.adapters.jax.config import ModelConfig, expected_shapes, read_config
-from galley.adapters.jax.generate import MAX_STOP_IDS, MIN_DECODE_ROWS, generate
+from galley.adapters.jax.generate import (
+    MAX_STOP_IDS,
+    MIN_DECODE_ROWS,
+    Prompts,
+    Sampling,
+    generate,
+)
 from galley.adapters.jax.mesh import MeshShape, as_mesh_shape
 from galley.adapters.jax.model import build_model
 from galley.adapters.jax.sharding import Layout, to_host
@@ -58,7 +65,7 @@ class LoadedModel:
     tokenizer: HFTokenizerAdapter
 
 
-class JaxCompleter:
+class JaxCompleter(BatchCompleter):
     """Samples from HF decoder models, optionally with sampler weights exported by the JAX
     TrainingClient (a PEFT adapter, merged in at load, or merged full weights). ``mesh``
     splits the weights over ``devices`` (default: this process's) as the training client's
@@ -139,14 +146,7 @@ class JaxCompleter:
     # -- sampling -------------------------------------------------------------------------
 
     def _encode(self, loaded: LoadedModel, prompt: str | ModelInput) -> list[int]:
-        if isinstance(prompt, ModelInput):
-            ids = prompt.to_ints()
-        else:
-            ids = loaded.tokenizer.encode(prompt)
-            bos = loaded.tokenizer.bos_token_id
-            ids = ([bos] if bos is not None else []) + ids
-        if not ids:
-            raise ValidationError("prompt", "is empty; expected at least one token")
+        ids = prompt_token_ids(prompt, loaded.tokenizer.encode, loaded.tokenizer.bos_token_id)
         if max(ids) >= loaded.config.vocab_size:
             raise ValidationError("prompt", f"token id {max(ids)} is outside the vocabulary")
         return ids
@@ -189,15 +189,15 @@ class JaxCompleter:
             generate(
                 loaded.graphdef,
                 loaded.state,
-                jnp.asarray(tokens),
-                jnp.asarray(mask),
-                jnp.asarray(row_prompts),
-                keys,
-                jnp.int32(params.max_tokens),
-                jnp.float32(params.temperature),
-                jnp.int32(params.top_k),
-                jnp.float32(params.top_p),
-                jnp.asarray(stop_ids),
+                Prompts(jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(row_prompts)),
+                Sampling(
+                    keys,
+                    jnp.int32(params.max_tokens),
+                    jnp.float32(params.temperature),
+                    jnp.int32(params.top_k),
+                    jnp.float32(params.top_p),
+                    jnp.asarray(stop_ids),
+                ),
                 new_tokens=new_tokens,
                 prompt_logprobs=params.include_prompt_logprobs,
             ),
@@ -222,16 +222,6 @@ class JaxCompleter:
                 prompt_logprobs = (None, *tail)
             completions.append(Completion(ids, sequences, prompt_logprobs))
         return completions
-
-    def complete(
-        self,
-        prompt: str | ModelInput,
-        params: SamplingParams,
-        *,
-        model: ModelRef | None = None,
-        num_samples: int = 1,
-    ) -> Completion:
-        return self._sample([prompt], params, model, num_samples)[0]
 
     def complete_batch(
         self,

@@ -6,7 +6,7 @@ batches prompts and turns the tokens into completions."""
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -91,97 +91,155 @@ def _pad_positions(array: Array, axis: int, width: int) -> Array:
     return jnp.pad(array, pad)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "new_tokens", "prompt_logprobs"))
-def generate(
-    graphdef: Any,
-    state: Any,
-    tokens: Array,  # int32 [R, P], each prompt once, left-padded
-    prompt_mask: Array,  # bool [R, P]
-    row_prompts: Array,  # int32 [B]: the prompt each sampled row continues
-    keys: Array,  # [B] PRNG keys, one per row
-    max_new: Array,  # int32: tokens to generate (<= new_tokens)
-    temperature: Array,
-    top_k: Array,
-    top_p: Array,
-    stop_ids: Array,  # int32 [MAX_STOP_IDS], -1 = unused
-    new_tokens: int,
-    prompt_logprobs: bool = True,
-) -> tuple[Array, Array, Array, Array]:
-    """(tokens [B, N], logprobs [B, N], generated counts [B], prompt logprobs [B, P], zeros
-    unless ``prompt_logprobs``).
+class Prompts(NamedTuple):
+    """The prompts, each once, and which one each sampled row continues."""
 
-    Each prompt fills a cache of its own length once, which its rows (its samples) copy:
-    G samples of a prompt cost one prefill, not G. Token 0 comes from the prompt's last
-    logits; then each loop iteration feeds token i-1 and picks token i, so no step computes
-    logits that nothing reads. The loop runs in phases (``phase_ends``), the cache padded to
-    each phase's length as it starts."""
-    model: CausalLM = nnx.merge(graphdef, state)
-    cfg = model.cfg
-    r, p = tokens.shape
-    b = row_prompts.shape[0]
-    positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)
-    causal = jnp.tril(jnp.ones((p, p), bool))[None] & prompt_mask[:, None, :]
+    tokens: Array  # int32 [R, P], left-padded
+    mask: Array  # bool [R, P]
+    row_prompts: Array  # int32 [B]
+
+
+class Sampling(NamedTuple):
+    """How every row draws its tokens: traced, so new values never recompile."""
+
+    keys: Array  # [B] PRNG keys, one per row
+    max_new: Array  # int32: tokens to generate (<= new_tokens)
+    temperature: Array
+    top_k: Array
+    top_p: Array
+    stop_ids: Array  # int32 [MAX_STOP_IDS], -1 = unused
+
+
+class Prefilled(NamedTuple):
+    """The prompts read once, spread over their rows."""
+
+    logits: Array  # [B, V]: each row's logits after its prompt
+    caches: list[tuple[Array, Array]]  # per layer: keys [B, H, D, P], values [B, H, P, D]
+    valid: Array  # bool [B, P]: the positions a row attends to
+    last_position: Array  # int32 [B]
+    prompt_logprobs: Array  # [R, P] (zeros unless asked for)
+
+
+class Decode(NamedTuple):
+    """The decode loop's state: token ``i`` is picked next, from the cache of what came
+    before it."""
+
+    i: Array
+    token: Array  # int32 [B]: the token picked last, fed next
+    done: Array  # bool [B]
+    generated: Array  # int32 [B]: tokens generated
+    caches: list[tuple[Array, Array]]
+    valid: Array  # bool [B, width]
+    out: Array  # int32 [B, N]
+    out_logprobs: Array  # [B, N]
+
+
+def prefill(model: CausalLM, prompts: Prompts, prompt_logprobs: bool) -> Prefilled:
+    """Each prompt fills a cache of its own length once, which its rows (its samples) copy:
+    G samples of a prompt cost one prefill, not G."""
+    cfg, (r, p) = model.cfg, prompts.tokens.shape
+    positions = jnp.maximum(jnp.cumsum(prompts.mask, axis=1) - 1, 0)
+    causal = jnp.tril(jnp.ones((p, p), bool))[None] & prompts.mask[:, None, :]
     dtype = model.embed_tokens[...].dtype
-    empty_keys = jnp.zeros((r, cfg.num_kv_heads, cfg.head_dim, p), dtype)
-    empty_values = jnp.zeros((r, cfg.num_kv_heads, p, cfg.head_dim), dtype)
+    empty = (
+        jnp.zeros((r, cfg.num_kv_heads, cfg.head_dim, p), dtype),
+        jnp.zeros((r, cfg.num_kv_heads, p, cfg.head_dim), dtype),
+    )
     logits, caches = model(
-        tokens,
+        prompts.tokens,
         positions,
         causal,
-        [(empty_keys, empty_values)] * cfg.num_layers,
+        [empty] * cfg.num_layers,
         jnp.int32(0),
         last_only=not prompt_logprobs,
     )
     assert caches is not None
+    prompt_logp = jnp.zeros((r, p))
     if prompt_logprobs:
         step_logp = jax.nn.log_softmax(logits[:, :-1], axis=-1)
-        prompt_logp = jnp.take_along_axis(step_logp, tokens[:, 1:, None], axis=-1)[..., 0]
-        prompt_logp = jnp.concatenate([jnp.zeros((r, 1)), prompt_logp], axis=1)
-    else:
-        prompt_logp = jnp.zeros((r, p))
-    caches = [(k[row_prompts], v[row_prompts]) for k, v in caches]
-    logits, prompt_mask = logits[row_prompts], prompt_mask[row_prompts]
-    last_pos = positions[row_prompts, -1]
-
-    def pick(i: Array, logits: Array, done: Array, count: Array, out: Array, out_lp: Array) -> Any:
-        """Token i of every row from its logits, recorded unless the row is done."""
-        token, lp = _pick(
-            logits, jax.vmap(jax.random.fold_in, (0, None))(keys, i), temperature, top_k, top_p
-        )
-        out = out.at[:, i].set(jnp.where(done, 0, token))
-        out_lp = out_lp.at[:, i].set(jnp.where(done, 0.0, lp))
-        count = count + (~done).astype(jnp.int32)
-        done = done | jnp.any(token[:, None] == stop_ids[None, :], axis=-1)
-        return token, done, count, out, out_lp
-
-    def body(carry: tuple[Any, ...]) -> tuple[Any, ...]:
-        i, token, done, count, caches, valid, out, out_lp = carry
-        valid = valid.at[:, p + i - 1].set(True)
-        step_logits, caches = model(
-            token[:, None], (last_pos + i)[:, None], valid[:, None, :], caches, p + i - 1
-        )
-        token, done, count, out, out_lp = pick(i, step_logits[:, 0], done, count, out, out_lp)
-        return i + 1, token, done, count, caches, valid, out, out_lp
-
-    token, done, count, out, out_lp = pick(
-        jnp.int32(0),
-        logits[:, -1],
-        jnp.full((b,), max_new <= 0),
-        jnp.zeros((b,), jnp.int32),
-        jnp.zeros((b, new_tokens), jnp.int32),
-        jnp.zeros((b, new_tokens), jnp.float32),
+        picked = jnp.take_along_axis(step_logp, prompts.tokens[:, 1:, None], axis=-1)[..., 0]
+        prompt_logp = jnp.concatenate([jnp.zeros((r, 1)), picked], axis=1)
+    rows = prompts.row_prompts
+    return Prefilled(
+        logits[rows, -1],
+        [(k[rows], v[rows]) for k, v in caches],
+        prompts.mask[rows],
+        positions[rows, -1],
+        prompt_logp,
     )
-    carry: tuple[Any, ...] = (jnp.int32(1), token, done, count, caches, prompt_mask, out, out_lp)
+
+
+def record_pick(state: Decode, logits: Array, sampling: Sampling) -> Decode:
+    """Token ``state.i`` of every row from its logits, recorded unless the row is done."""
+    keys = jax.vmap(jax.random.fold_in, (0, None))(sampling.keys, state.i)
+    token, lp = _pick(logits, keys, sampling.temperature, sampling.top_k, sampling.top_p)
+    done = state.done
+    return state._replace(
+        i=state.i + 1,
+        token=token,
+        out=state.out.at[:, state.i].set(jnp.where(done, 0, token)),
+        out_logprobs=state.out_logprobs.at[:, state.i].set(jnp.where(done, 0.0, lp)),
+        generated=state.generated + (~done).astype(jnp.int32),
+        done=done | jnp.any(token[:, None] == sampling.stop_ids[None, :], axis=-1),
+    )
+
+
+def widen(state: Decode, width: int) -> Decode:
+    """The cache padded to ``width`` positions, as a phase starts."""
+    caches = [(_pad_positions(k, 3, width), _pad_positions(v, 2, width)) for k, v in state.caches]
+    return state._replace(caches=caches, valid=_pad_positions(state.valid, 1, width))
+
+
+def decode_step(model: CausalLM, first: Prefilled, sampling: Sampling, p: int) -> Any:
+    """One loop iteration: feed token i-1 at its position, pick token i."""
+
+    def step(state: Decode) -> Decode:
+        at = p + state.i - 1
+        valid = state.valid.at[:, at].set(True)
+        positions = (first.last_position + state.i)[:, None]
+        logits, caches = model(state.token[:, None], positions, valid[:, None, :], state.caches, at)
+        assert caches is not None  # a decode step always returns its cache
+        state = state._replace(caches=caches, valid=valid)
+        return record_pick(state, logits[:, 0], sampling)
+
+    return step
+
+
+@partial(jax.jit, static_argnames=("graphdef", "new_tokens", "prompt_logprobs"))
+def generate(
+    graphdef: Any,
+    state: Any,
+    prompts: Prompts,
+    sampling: Sampling,
+    new_tokens: int,
+    prompt_logprobs: bool = True,
+) -> tuple[Array, Array, Array, Array]:
+    """(tokens [B, N], logprobs [B, N], generated counts [B], prompt logprobs [R, P], zeros
+    unless ``prompt_logprobs``).
+
+    Token 0 comes from the prompt's last logits; then each loop iteration feeds token i-1
+    and picks token i, so no step computes logits that nothing reads. The loop runs in
+    phases (``phase_ends``), the cache widened to each phase's length as it starts."""
+    model: CausalLM = nnx.merge(graphdef, state)
+    first = prefill(model, prompts, prompt_logprobs)
+    rows, p = prompts.row_prompts.shape[0], prompts.tokens.shape[1]
+    decode = Decode(
+        jnp.int32(0),
+        jnp.zeros((rows,), jnp.int32),
+        jnp.full((rows,), sampling.max_new <= 0),
+        jnp.zeros((rows,), jnp.int32),
+        first.caches,
+        first.valid,
+        jnp.zeros((rows, new_tokens), jnp.int32),
+        jnp.zeros((rows, new_tokens), jnp.float32),
+    )
+    decode = record_pick(decode, first.logits, sampling)
+    step = decode_step(model, first, sampling, p)
     for end in phase_ends(new_tokens):
-        width = p + end  # token i < end is fed at position p + i - 1
-        i, token, done, count, caches, valid, out, out_lp = carry
-        caches = [(_pad_positions(k, 3, width), _pad_positions(v, 2, width)) for k, v in caches]
-        carry = (i, token, done, count, caches, _pad_positions(valid, 1, width), out, out_lp)
 
-        def cond(carry: tuple[Any, ...], end: int = end) -> Array:
-            i, done = carry[0], carry[2]
-            keep_going: Array = (i < jnp.minimum(max_new, end)) & ~jnp.all(done)
-            return keep_going
+        def more(state: Decode, end: int = end) -> Array:
+            going: Array = (state.i < jnp.minimum(sampling.max_new, end)) & ~jnp.all(state.done)
+            return going
 
-        carry = jax.lax.while_loop(cond, body, carry)
-    return carry[6], carry[7], carry[3], prompt_logp
+        decode = jax.lax.while_loop(more, step, widen(decode, p + end))  # token i < end: p+i-1
+    return decode.out, decode.out_logprobs, decode.generated, first.prompt_logprobs

@@ -7,6 +7,7 @@ import string
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
+from galley.adapters.helpers.completing import BatchCompleter
 from galley.adapters.helpers.faults import FaultInjector, Faults
 from galley.adapters.noop.tokenizer import ByteTokenizer
 from galley.core.domain.chat import ROLES
@@ -21,7 +22,7 @@ from galley.ports.blobs import BlobStore
 LogprobsOf = Callable[[Sequence[int], Sequence[int]], list[float]]
 
 
-class NoopCompleter:
+class NoopCompleter(BatchCompleter):
     """Answers with ``scripted[key]`` for the longest ``key`` found in the prompt text, else
     echoes the prompt's last line (without a role header such as ``User:``).
 
@@ -98,18 +99,6 @@ class NoopCompleter:
             key = join_key(model.adapter.key, MANIFEST_NAME)
             if not self._blobs.exists(key):
                 raise NotFoundError(f"sampler weights {model.adapter.key!r} not found (no {key!r})")
-
-    def complete(
-        self,
-        prompt: str | ModelInput,
-        params: SamplingParams,
-        *,
-        model: ModelRef | None = None,
-        num_samples: int = 1,
-    ) -> Completion:
-        self._faults("complete")
-        self._check_model(model)
-        return self._answer_prompt(prompt, params, num_samples)
 
     def _answer_prompt(
         self, prompt: str | ModelInput, params: SamplingParams, num_samples: int

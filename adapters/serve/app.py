@@ -11,6 +11,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any, TypeVar
 
+import attrs
 import pydantic
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -164,7 +165,7 @@ def create_app(service: TinkerService, keys: KeyRing, *, reap_every_s: float = 5
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    for routes in (_service_routes, _training_routes, _sampling_routes, _run_routes):
+    for routes in (_message_routes, _service_routes, _body_routes, _run_routes):
         app.include_router(routes(service), prefix=API)
     for name, feature in UNSUPPORTED.items():
         _refuse_route(app, f"{API}/{name}", feature)
@@ -179,6 +180,68 @@ def tenant(request: Request) -> str:
 
 async def body(request: Request, kind: type[Message]) -> tuple[str, Message]:
     return tenant(request), parse(kind, await request.body())
+
+
+Answer = Callable[[str, Any], dict[str, Any]]  # (tenant, message) -> the response
+
+
+@attrs.frozen
+class MessageRoute:
+    """A POST endpoint whose body is one message of the SDK's, answered by a service's method
+    (``answer(service)``); ``off_loop`` ones touch storage or the device, so they run in a
+    thread, off the event loop."""
+
+    path: str
+    message: type[pydantic.BaseModel]
+    answer: Callable[[TinkerService], Answer]
+    off_loop: bool = False
+
+
+MESSAGE_ROUTES = (
+    MessageRoute("/create_session", tt.CreateSessionRequest, lambda s: s.create_session),
+    MessageRoute("/create_model", tt.CreateModelRequest, lambda s: s.training.create_model, True),
+    MessageRoute("/get_info", tt.GetInfoRequest, lambda s: s.training.get_info, True),
+    MessageRoute("/optim_step", tt.OptimStepRequest, lambda s: s.training.optim_step, True),
+    MessageRoute("/unload_model", tt.UnloadModelRequest, lambda s: s.training.unload_model),
+    MessageRoute("/save_weights", tt.SaveWeightsRequest, lambda s: s.weights.save_weights, True),
+    MessageRoute("/load_weights", tt.LoadWeightsRequest, lambda s: s.weights.load_weights, True),
+    MessageRoute(
+        "/save_weights_for_sampler",
+        tt.SaveWeightsForSamplerRequest,
+        lambda s: s.weights.save_weights_for_sampler,
+        True,
+    ),
+    MessageRoute(
+        "/create_sampling_session",
+        tt.CreateSamplingSessionRequest,
+        lambda s: s.samplers.create_sampling_session,
+        True,
+    ),
+    MessageRoute("/asample", tt.SampleRequest, lambda s: s.samplers.asample),
+)
+
+
+def _message_routes(service: TinkerService) -> APIRouter:
+    """Every ``MESSAGE_ROUTES`` entry as an endpoint."""
+    r = APIRouter()
+    for route in MESSAGE_ROUTES:
+        r.add_api_route(route.path, _handler(service, route), methods=["POST"])
+    return r
+
+
+def _handler(
+    service: TinkerService, route: MessageRoute
+) -> Callable[[Request], Awaitable[dict[str, Any]]]:
+    answer = route.answer(service)
+
+    async def handle(request: Request) -> dict[str, Any]:
+        who, message = await body(request, route.message)
+        if route.off_loop:
+            return await asyncio.to_thread(answer, who, message)
+        return answer(who, message)
+
+    handle.__name__ = route.path.strip("/")
+    return handle
 
 
 def _service_routes(service: TinkerService) -> APIRouter:
@@ -202,10 +265,6 @@ def _service_routes(service: TinkerService) -> APIRouter:
     @r.post("/telemetry")
     async def telemetry() -> dict[str, str]:
         return {"status": "accepted"}  # the SDK's own events: accepted and dropped
-
-    @r.post("/create_session")
-    async def create_session(request: Request) -> dict[str, Any]:
-        return service.create_session(*await body(request, tt.CreateSessionRequest))
 
     @r.post("/session_heartbeat")
     async def heartbeat(request: Request) -> dict[str, Any]:
@@ -243,68 +302,21 @@ def _service_routes(service: TinkerService) -> APIRouter:
     return r
 
 
-def _training_routes(service: TinkerService) -> APIRouter:
-    """Models: create, train, save and load. Work that touches storage runs off the loop."""
+def _body_routes(service: TinkerService) -> APIRouter:
+    """The endpoints whose request is not one JSON message: the protobuf forward_backward (its
+    work runs off the loop), and a sampler named in the path."""
     r = APIRouter()
-
-    @r.post("/create_model")
-    async def create_model(request: Request) -> dict[str, Any]:
-        message = await body(request, tt.CreateModelRequest)
-        return await asyncio.to_thread(service.create_model, *message)
-
-    @r.post("/get_info")
-    async def get_info(request: Request) -> dict[str, Any]:
-        return await asyncio.to_thread(service.get_info, *await body(request, tt.GetInfoRequest))
 
     @r.post("/forward_backward")
     async def forward_backward(request: Request) -> dict[str, Any]:
         if request.headers.get("content-encoding", "identity") != "identity":
             raise bad_request("compressed bodies are not accepted (send it uncompressed)")
         call = wire.read_forward_backward(await request.body())
-        return await asyncio.to_thread(service.forward_backward, tenant(request), call)
-
-    @r.post("/optim_step")
-    async def optim_step(request: Request) -> dict[str, Any]:
-        message = await body(request, tt.OptimStepRequest)
-        return await asyncio.to_thread(service.optim_step, *message)
-
-    @r.post("/save_weights")
-    async def save_weights(request: Request) -> dict[str, Any]:
-        message = await body(request, tt.SaveWeightsRequest)
-        return await asyncio.to_thread(service.save_weights, *message)
-
-    @r.post("/load_weights")
-    async def load_weights(request: Request) -> dict[str, Any]:
-        message = await body(request, tt.LoadWeightsRequest)
-        return await asyncio.to_thread(service.load_weights, *message)
-
-    @r.post("/save_weights_for_sampler")
-    async def save_for_sampler(request: Request) -> dict[str, Any]:
-        message = await body(request, tt.SaveWeightsForSamplerRequest)
-        return await asyncio.to_thread(service.save_weights_for_sampler, *message)
-
-    @r.post("/unload_model")
-    async def unload_model(request: Request) -> dict[str, Any]:
-        return service.unload_model(*await body(request, tt.UnloadModelRequest))
-
-    return r
-
-
-def _sampling_routes(service: TinkerService) -> APIRouter:
-    r = APIRouter()
-
-    @r.post("/create_sampling_session")
-    async def create_sampling_session(request: Request) -> dict[str, Any]:
-        message = await body(request, tt.CreateSamplingSessionRequest)
-        return await asyncio.to_thread(service.create_sampling_session, *message)
+        return await asyncio.to_thread(service.training.forward_backward, tenant(request), call)
 
     @r.get("/samplers/{sampler_id}")
     async def get_sampler(sampler_id: str, request: Request) -> dict[str, Any]:
-        return service.get_sampler(tenant(request), sampler_id)
-
-    @r.post("/asample")
-    async def asample(request: Request) -> dict[str, Any]:
-        return service.asample(*await body(request, tt.SampleRequest))
+        return service.samplers.get_sampler(tenant(request), sampler_id)
 
     return r
 

@@ -65,7 +65,7 @@ def galley_faults() -> Callable[..., Any]:
     ``galley_faults(adapter, failure_rate=0.3, seed=1, retries=5)``. A failed call raises
     ``TransientError``; with ``retries``, each call is tried up to that many times."""
     from galley.adapters.helpers.faults import Faults
-    from galley.adapters.helpers.resilience import with_faults, with_retries
+    from galley.adapters.wrappers.resilience import with_faults, with_retries
     from galley.core.retry import RetryPolicy
 
     def wrap(

@@ -5,11 +5,12 @@ a training session's weights as of a moment (``save_weights_and_get_sampling_cli
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from tinker import types as tt
 
+from galley.adapters.helpers.completing import BatchCompleter, prompt_token_ids
 from galley.adapters.hf.tokenizer import HFTokenizerAdapter
 from galley.adapters.tinker.convert import galley_error, prompt_ids, sdk_sampling
 from galley.adapters.tinker.tokenizer import for_model
@@ -19,7 +20,7 @@ from galley.core.errors import ValidationError
 from galley.ports.hub import HubClient
 
 
-class TinkerCompleter:
+class TinkerCompleter(BatchCompleter):
     """Over one ``ServiceClient`` (``service``). Tokenizers come from galley's ``hub`` where
     it has them (else from the SDK). ``sampler`` (with its ``tokenizer``) fixes the weights:
     then ``model=`` is refused, as the port says of a session's sampling client."""
@@ -85,24 +86,7 @@ class TinkerCompleter:
             return self._tokenizers[base]
 
     def _ids(self, tok: HFTokenizerAdapter, prompt: str | ModelInput) -> list[int]:
-        if isinstance(prompt, ModelInput):
-            ids = prompt.to_ints()
-        else:  # as galley's other completers: BOS, then the text's tokens
-            bos = tok.bos_token_id
-            ids = ([bos] if bos is not None else []) + tok.encode(prompt)
-        if not ids:
-            raise ValidationError("prompt", "is empty; expected at least one token")
-        return ids
-
-    def complete(
-        self,
-        prompt: str | ModelInput,
-        params: SamplingParams,
-        *,
-        model: ModelRef | None = None,
-        num_samples: int = 1,
-    ) -> Completion:
-        return self.complete_batch([prompt], params, model=model, num_samples=num_samples)[0]
+        return prompt_token_ids(prompt, tok.encode, tok.bos_token_id)
 
     def complete_batch(
         self,
@@ -133,14 +117,6 @@ class TinkerCompleter:
         except Exception as e:
             raise galley_error(e) from e
         return [_completion(tok, ids, r, params) for ids, r in zip(encoded, replies, strict=True)]
-
-    def stream(
-        self, prompt: str | ModelInput, params: SamplingParams, *, model: ModelRef | None = None
-    ) -> Iterator[str]:
-        """The whole text, once it is sampled (the API answers a request at once)."""
-        text = self.complete(prompt, params, model=model).text
-        if text:
-            yield text
 
 
 def _completion(

@@ -21,6 +21,7 @@ from typing import Any
 
 import structlog
 
+from galley.adapters.helpers.completing import BatchCompleter
 from galley.core.domain.model_input import ModelInput
 from galley.core.domain.types import Completion, ForwardBackwardOutput, ModelRef, SamplingParams
 from galley.core.errors import GalleyError
@@ -46,7 +47,7 @@ def weights_digest(blobs: BlobStore, key: str) -> str | None:
     return hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()
 
 
-class CachingCompleter:
+class CachingCompleter(BatchCompleter):
     def __init__(self, inner: Completer, blobs: BlobStore, prefix: str = PREFIX) -> None:
         self.inner, self.blobs, self.prefix = inner, blobs, prefix
         self.hits = self.misses = 0
@@ -97,16 +98,6 @@ class CachingCompleter:
         self.hits, self.misses = self.hits + len(prompts) - len(missing), self.misses + len(missing)
         log.debug("completer.cache", hits=len(prompts) - len(missing), misses=len(missing))
         return [found[i] for i in range(len(prompts))]
-
-    def complete(
-        self,
-        prompt: str | ModelInput,
-        params: SamplingParams,
-        *,
-        model: ModelRef | None = None,
-        num_samples: int = 1,
-    ) -> Completion:
-        return self.complete_batch([prompt], params, model=model, num_samples=num_samples)[0]
 
     def stream(
         self, prompt: str | ModelInput, params: SamplingParams, *, model: ModelRef | None = None

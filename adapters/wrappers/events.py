@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from galley.adapters.helpers.resilience import _Proxy
+from galley.adapters.wrappers.resilience import _Proxy
 
 log = structlog.get_logger("galley")
 
