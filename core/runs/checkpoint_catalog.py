@@ -14,9 +14,10 @@ from collections.abc import Mapping, Sequence
 import attrs
 
 from galley.core.adapter_set import Adapters
-from galley.core.runs.checkpoint_index import delete_checkpoint, read_index, write_index
+from galley.core.domain.types import CheckpointRef
 from galley.core.errors import ConfigError, GalleyError, Hint, LockedError, NotFoundError, Remedy
 from galley.core.keys import join_key
+from galley.core.runs.checkpoint_index import delete_checkpoint, read_index, write_index
 from galley.core.runs.layout import RECORD_NAME, RunPaths
 from galley.core.runs.manifest import (
     MANIFEST_NAME,
@@ -27,7 +28,6 @@ from galley.core.runs.manifest import (
 )
 from galley.core.runs.records import CheckpointRecord
 from galley.core.runs.run_record import RunInUseError, read_run_record
-from galley.core.domain.types import CheckpointRef
 from galley.ports.blobs import BlobStore
 
 

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from galley.core.domain.types import CheckpointRef
 from galley.core.errors import GalleyError, NotFoundError
 from galley.core.keys import join_key
 from galley.core.serialization import from_json, to_json
-from galley.core.domain.types import CheckpointRef
 
 if TYPE_CHECKING:
     from galley.ports.blobs import BlobStore

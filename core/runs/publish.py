@@ -11,14 +11,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from galley.core.adapter_set import Adapters
-from galley.core.runs.checkpoint_index import read_index
-from galley.core.runs.checkpoint_catalog import checkpoint_record, metrics_by_step
 from galley.core.errors import ConfigError, NotFoundError
+from galley.core.runs.checkpoint_catalog import checkpoint_record, metrics_by_step
+from galley.core.runs.checkpoint_index import read_index
 from galley.core.runs.layout import RunPaths
 from galley.core.runs.manifest import read_checkpoint
 from galley.core.runs.run_record import RunRecord, plain_saved_settings, read_run_record
-from galley.core.sections import BaseModelSection
 from galley.core.runs.sessions import run_session_config
+from galley.core.sections import BaseModelSection
 
 # Settings a model card lists, when the run has them.
 CARD_SETTINGS = (

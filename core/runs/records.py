@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 import attrs
 
-from galley.core.domain.batching import DataPosition
 from galley.core.checks import int_at_least, safe_name
+from galley.core.domain.batching import DataPosition
 from galley.core.domain.types import CheckpointRef
 
 # The streams galley's workflows record; a workflow may add its own (a plain name).

@@ -7,8 +7,8 @@ beside the runs it names (``<output>/registry/models.json``: everything galley w
 one folder, so an entry's run is under the output its registry is in), rewritten whole under
 a lock, so it works wherever blobs live.
 ``registry:NAME`` refers to an entry wherever a model or starting point is asked for
-(``base_model``, ``init_from``, a teacher, the model ``galley sample`` samples), so names never collide
-with run ids, blob keys or Hub ids."""
+(``base_model``, ``init_from``, a teacher, the model ``galley sample`` samples), so names
+never collide with run ids, blob keys or Hub ids."""
 
 from __future__ import annotations
 
@@ -21,18 +21,17 @@ from typing import Any
 import attrs
 
 from galley.core.adapter_set import Adapters
-from galley.core.runs.checkpoint_catalog import show_checkpoint
 from galley.core.checks import non_empty, safe_name
+from galley.core.configs import section_types
+from galley.core.domain.weights_source import REGISTRY_PREFIX, SourceForm, WeightsSource
 from galley.core.errors import ConfigError, GalleyError, LockedError, NotFoundError
 from galley.core.keys import join_key
+from galley.core.runs.checkpoint_catalog import show_checkpoint
 from galley.core.runs.layout import RunPaths
 from galley.core.runs.manifest import MANIFEST_NAME, read_manifest
 from galley.core.runs.run_record import plain_saved_settings, read_run_record
-from galley.core.configs import section_types
-from galley.core.domain.weights_source import REGISTRY_PREFIX, SourceForm, WeightsSource
 from galley.core.sections import BaseModelSection, ModelSection
 from galley.core.serialization import from_data, to_data
-
 
 
 def index_key(output: str) -> str:
@@ -192,13 +191,13 @@ def sampler_of(adapters: Adapters, entry: ModelEntry, output: str = "runs") -> s
     )
 
 
-def resolve_start(
-    adapters: Adapters, source: WeightsSource, output: str = "runs"
-) -> WeightsSource:
+def resolve_start(adapters: Adapters, source: WeightsSource, output: str = "runs") -> WeightsSource:
     """``registry:NAME`` as the key of the checkpoint it names (checked); anything else as is."""
     if source.form is not SourceForm.REGISTERED:
         return source
-    return WeightsSource(show_model(adapters, source.registered_name, output).state, SourceForm.PATH)
+    return WeightsSource(
+        show_model(adapters, source.registered_name, output).state, SourceForm.PATH
+    )
 
 
 def with_registered_base(adapters: Adapters, config: Any) -> Any:

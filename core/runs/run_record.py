@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import attrs
 
-from galley.core.retry import NO_RETRY, RetryPolicy, call_with_retry
+from galley.core.configs import flatten_keys
 from galley.core.errors import (
     ConfigError,
     GalleyError,
@@ -38,8 +38,8 @@ from galley.core.errors import (
     Remedy,
     ValidationError,
 )
+from galley.core.retry import NO_RETRY, RetryPolicy, call_with_retry
 from galley.core.runs.layout import RunPaths
-from galley.core.configs import flatten_keys
 from galley.core.serialization import from_data, from_json, to_data
 
 if TYPE_CHECKING:

@@ -7,8 +7,8 @@ from typing import Protocol
 
 import attrs
 
-from galley.core.runs.records import CheckpointRecord, DataSplit
 from galley.core.domain.types import CheckpointRef
+from galley.core.runs.records import CheckpointRecord, DataSplit
 
 
 @attrs.frozen
@@ -85,4 +85,3 @@ def training_summary(
         saved_files(result.checkpoints, result.sampler),
         data_header(result.data),
     )
-
