@@ -7,9 +7,10 @@ row, stage) and say what was expected.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Self
+
+import attrs
 
 
 class Remedy(StrEnum):
@@ -22,7 +23,7 @@ class Remedy(StrEnum):
     FORCE = "force"  # do it anyway (force=True)
 
 
-@dataclass(frozen=True)
+@attrs.frozen
 class Hint:
     """A remedy an error carries as data: the CLI shows it as the flags to pass, Python
     callers read it as the keywords to give. Core never spells a command line."""

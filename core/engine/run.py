@@ -38,6 +38,7 @@ from galley.core.errors import ValidationError, WorkflowError
 from galley.core.retry import RetryPolicy
 from galley.core.runs.layout import RunPaths
 from galley.core.runs.records import EVAL, TRAIN, MetricRecord, RunOutcome
+from galley.core.runs.registry import with_registered_base
 from galley.core.runs.run_record import claim_run, metrics_reader
 from galley.core.runs.tracking import end_tracked_run
 from galley.ports.training import TrainingSession
@@ -114,7 +115,6 @@ def run_workflow(
     """Run workflow ``name`` (``build(config)``) on ``adapters``; see the module docstring.
     Raises what ``claim_run`` refuses with, ``DataFlowError`` before doing anything if the
     workflow is miswired, and ``WorkflowError`` (with the state so far) if a stage fails."""
-    from galley.core.runs.registry import with_registered_base  # it reads runs: no import cycle
 
     check_run_arguments(name, config, adapters)
     run_id = config.run_id or new_run_id(name)

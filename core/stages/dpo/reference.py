@@ -105,7 +105,6 @@ class ReferenceScorer:
     key: str
     batch_size: int
     session: SessionConfig | None = None  # None: the run's own session
-    trained_model: str = ""  # the run's base model, named when the tokenizers differ
 
     def open(self, ctx: StageContext, policy: TrainingSession) -> TrainingSession:
         """The session that scores: the run's own, or the reference model's, refused when it
@@ -118,7 +117,7 @@ class ReferenceScorer:
             scorer.close()
             raise ConfigError(
                 f"reference_model {self.model!r} tokenizes otherwise than the trained model "
-                f"{self.trained_model!r}: {mismatch}; it cannot score the same tokens"
+                f"{policy.model_info.name!r}: {mismatch}; it cannot score the same tokens"
             )
         return scorer
 
@@ -149,9 +148,7 @@ def plan_reference(
     if preference.reference_model:
         scoring = attrs.evolve(model, base_model=preference.reference_model)
         config = run_session_config(scoring, seed, paths, "reference")
-        scorer = ReferenceScorer(
-            preference.reference_model, key, batch_size, config, model.base_model
-        )
+        scorer = ReferenceScorer(preference.reference_model, key, batch_size, config)
     else:
         start = f"{model.base_model} from {model.init_from}" if model.init_from else None
         scorer = ReferenceScorer(start or model.base_model, key, batch_size)

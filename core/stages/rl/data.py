@@ -10,14 +10,15 @@ import attrs
 
 from galley.core.domain.model_input import ModelInput
 from galley.core.domain.rendering import DoesNotFitError, make_renderer
-from galley.core.domain.rewards import check_references, resolve_rewards
+from galley.core.domain.rewards import check_references
 from galley.core.domain.rl import Task, row_to_task
 from galley.core.engine import StageContext, stage
-from galley.core.sections import DataSection, FormatSection, RewardSection, RolloutSection
+from galley.core.sections import DataSection, FormatSection, RolloutSection
 from galley.core.stages.data import load_rows
 from galley.core.stages.render import render_splits
 
 if TYPE_CHECKING:
+    from galley.core.stages.rl.sampling import RolloutRecipe  # it reads RenderedTask
     from galley.ports.training import TrainingSession
 
 
@@ -41,15 +42,14 @@ def load_tasks(ctx: StageContext, data: DataSection, seed: int) -> dict[str, Any
 @stage()
 def check_rewards(
     ctx: StageContext,
-    reward: RewardSection,
+    recipe: RolloutRecipe,
     train_rows: Sequence[Task],
     eval_rows: Sequence[Task],
     row_origins: Mapping[str, Sequence[tuple[str, int]]],
 ) -> dict[str, Any]:
-    """Refuse rows a reward cannot score (one that needs a reference answer, on a row
-    without one), naming the file and row, before the run is recorded."""
-    resolved = resolve_rewards(reward.rewards, reward.reward_weights)
-    check_references(resolved, {"train": train_rows, "eval": eval_rows}, row_origins)
+    """Refuse rows the run's rewards cannot score (one that needs a reference answer, on a
+    row without one), naming the file and row, before the run is recorded."""
+    check_references(recipe.rewards, {"train": train_rows, "eval": eval_rows}, row_origins)
     return {}
 
 
