@@ -81,9 +81,9 @@ class OnNonfinite(StrEnum):
 @attrs.frozen(init=False)
 class RunConfig(SectionedConfig):
     """The settings every run has, declared and validated once: who it is, where its files
-    go, how it is seeded and how long a call may take. A subclass adds its sections and
-    fields; ``TRAJECTORY_FIELDS`` are those a resume may not change (none, for a run that
-    does not train), ``FREE_FIELDS`` those it may."""
+    go, how it is seeded, how long a call may take and how its session cuts requests. A
+    subclass adds its sections and fields; ``TRAJECTORY_FIELDS`` are those a resume may not
+    change (none, for a run that does not train), ``FREE_FIELDS`` those it may."""
 
     # Seeds the data order, the held-out split, LoRA's init and sampling.
     seed: int = attrs.field(default=0, validator=int_at_least(0))
@@ -98,10 +98,17 @@ class RunConfig(SectionedConfig):
     # Seconds a training call may take before the run stops naming it (0 = wait forever);
     # generous when set: a first step compiles for up to a minute.
     call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
+    # Rows per forward or forward-backward pass of the run's model session: a request (a
+    # step's batch) runs as several passes whose gradients add up before the optimizer step,
+    # the same update in less memory. 0: a request in one pass. (The jax adapter runs the
+    # passes; a service such as tinker plans its own.)
+    micro_batch_size: int = attrs.field(default=0, validator=int_at_least(0))
 
     TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = frozenset()
+    # Where and who the run is, how long a call may wait, and how a request is cut into
+    # passes (the same update): none of them changes what trains.
     FREE_FIELDS: ClassVar[frozenset[str]] = frozenset(
-        {"output", "run_id", "resume", "call_timeout_s"}
+        {"output", "run_id", "resume", "call_timeout_s", "micro_batch_size"}
     )
 
     def __attrs_post_init__(self) -> None:

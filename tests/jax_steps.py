@@ -15,7 +15,8 @@ from galley.core import Datum
 
 def lowered_step(session: JaxTrainingSession, data: Sequence[Datum]) -> Any:
     """``forward_backward_step`` (cross-entropy) on ``data``, padded as the session pads."""
-    request, batch = session._prepare(data, "cross_entropy", None)
+    request, (batch, *more) = session._prepare(data, "cross_entropy", None)
+    assert not more, "a lowered step is one pass: no micro-batches"
     return forward_backward_step.lower(
         session._graphdef,
         session._trainable,
@@ -25,4 +26,5 @@ def lowered_step(session: JaxTrainingSession, data: Sequence[Datum]) -> Any:
         request.loss_fn,
         jnp.asarray([0.8, 1.2], jnp.float32),
         session._pins,
+        session._client.logits_chunk,
     )

@@ -21,31 +21,37 @@ import jax, numpy as np
 from galley.adapters.jax import JaxTrainingClient
 from galley.adapters.noop import NoopBlobStore, NoopHubClient
 from galley.core import AdamParams, Datum, LoraConfig, SessionConfig
-devices = jax.devices()[: int(sys.argv[2])]
-client = JaxTrainingClient(NoopHubClient(), NoopBlobStore(), devices=devices)
+devices, packing = jax.devices()[: int(sys.argv[2])], sys.argv[3] == "packed"
+client = JaxTrainingClient(NoopHubClient(), NoopBlobStore(), devices=devices, packing=packing)
 s = client.start_session(SessionConfig(sys.argv[1], LoraConfig(rank=4)))
 tok = s.tokenizer
 texts = ["the quick brown fox", "jumps over", "the lazy dog", "a galley", "rowed", "numbers 0 1 2"]
+texts.append(" ".join(texts * 3))  # one long row: the others pack beside it
 data = [Datum.from_tokens(tok.encode(t), [1.0] * len(tok.encode(t))) for t in texts]
+(batch,) = s._prepare(data, "cross_entropy", None)[1]
 losses = []
 for _ in range(3):
     losses.append(s.forward_backward(data).result().metrics["loss:sum"])
     s.optim_step(AdamParams(learning_rate=1e-2))
 weights = [lp.tolist() for lp in s.forward(data).result().logprobs]
 used = len(jax.tree.leaves(s._trainable)[0].sharding.device_set)
-print(json.dumps({"devices": used, "losses": losses, "logprobs": weights}))
+print(json.dumps({"devices": used, "losses": losses, "logprobs": weights,
+                  "rows": batch.tokens.shape[0], "packed": batch.segments is not None}))
 """
 
 
-def run_on_devices(folder: Path, n: int) -> dict[str, object]:
+def run_on_devices(folder: Path, n: int, layout: str) -> dict[str, object]:
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
-    return run_python(MESH_SCRIPT, str(folder), str(n), env=env)
+    return run_python(MESH_SCRIPT, str(folder), str(n), layout, env=env)
 
 
 def test_four_devices_train_like_one(tmp_path: Path) -> None:
+    """Four devices with packed rows train as one device with a row a datum."""
     folder = make_model(tmp_path / "m", "qwen2")
-    one, four = run_on_devices(folder, 1), run_on_devices(folder, 4)
+    one, four = run_on_devices(folder, 1, "padded"), run_on_devices(folder, 4, "packed")
     assert four["devices"] == 4 and one["devices"] == 1
+    assert four["packed"] and not one["packed"]
+    assert four["rows"] == 4 and one["rows"] == 8  # type: ignore[comparison-overlap]
     np.testing.assert_allclose(four["losses"], one["losses"], rtol=1e-5)
     for a, b in zip(four["logprobs"], one["logprobs"], strict=True):  # type: ignore[call-overload]
         np.testing.assert_allclose(a, b, atol=1e-5)

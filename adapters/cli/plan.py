@@ -34,6 +34,11 @@ def add_command(sub: Any) -> None:
         type=int,
         help="devices to plan for (default: the mesh's data x fsdp x tensor, data 1 if unset)",
     )
+    plan.add_argument(
+        "--memory",
+        metavar="SIZE",
+        help="device memory per device (24GiB, 80GB): recommend the quickest levers that fit",
+    )
     plan.add_argument("--json", action="store_true", help="print one JSON object instead")
     plan.set_defaults(handler=cmd_plan)
 
@@ -43,7 +48,16 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
 
     from galley.adapters.jax.batching import bucket
     from galley.adapters.jax.config import parse_config
-    from galley.adapters.jax.plan import GIB, plan_memory
+    from galley.adapters.jax.mesh import MeshShape
+    from galley.adapters.jax.model import Remat
+    from galley.adapters.jax.plan import (
+        Levers,
+        describe,
+        parse_bytes,
+        plan_memory,
+        recommend,
+        size_text,
+    )
 
     run_config = load_run_config(args.workflow, args.config, args.set, args.adapters)
     config, choice = run_config.config, run_config.adapters["training"]
@@ -58,31 +72,82 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     length = bucket(config.max_length, options.length_buckets)
     lora = LoraConfig(rank=config.lora_rank, alpha=config.lora_alpha) if config.lora_rank else None
     rows = rows_per_step(args.workflow, config)
-    plan = plan_memory(
-        model_config,
-        lora,
-        dtype=jnp.dtype(options.dtype),
-        mesh=mesh,
-        devices=devices,
-        rows=rows,
-        length=length,
+    budget = parse_bytes(args.memory) if args.memory else None
+
+    def plan_with(levers: Levers, shape: MeshShape) -> Any:
+        return plan_memory(
+            model_config,
+            lora,
+            dtype=jnp.dtype(options.dtype),
+            mesh=shape,
+            devices=devices,
+            rows=rows,
+            length=length,
+            levers=levers,
+        )
+
+    given = Levers(
+        config.micro_batch_size, Remat(options.remat), options.logits_chunk, options.scan_layers
     )
+    plan = plan_with(given, mesh)
+    advice = recommend(budget, plan_with, rows=rows, devices=devices, mesh=mesh) if budget else None
     if args.json:
-        figures = dict(plan.rows())
-        out = {"mesh": dict(plan.mesh), "devices": devices, "bytes_per_device": figures}
+        out: dict[str, Any] = {
+            "mesh": dict(plan.mesh),
+            "devices": devices,
+            "bytes_per_device": dict(plan.rows()),
+        }
+        if advice is not None:
+            out["recommended"] = {
+                "settings": _settings(advice.plan),
+                "bytes_per_device": dict(advice.plan.rows()),
+                "saves": dict(advice.savings),
+            }
         console.print(json.dumps(out), soft_wrap=True)
         return 0
-    sizes = ", ".join(f"{axis} {size}" for axis, size in plan.mesh.items())
     what = "full fine-tuning" if lora is None else f"LoRA rank {config.lora_rank}"
     console.print(
         f"{config.base_model}: {what}, {options.dtype}, {rows} sequences x {length} tokens "
-        f"a step, on {devices} device(s) ({sizes})"
+        f"a step, on {devices} device(s)"
     )
+    _print_plan(console, plan, f"as set ({describe(plan)})")
+    if advice is not None and budget is not None:
+        _print_plan(console, advice.plan, f"fits {size_text(budget)}: {describe(advice.plan)}")
+        table = Table("lever alone", "saves")
+        for name, saved in advice.savings:
+            table.add_row(name, size_text(saved))
+        console.print(table)
+        console.print(
+            "set: " + " ".join(f"--set {k}={v}" for k, v in _settings(advice.plan).items())
+        )
+    return 0
+
+
+def _settings(plan: Any) -> dict[str, Any]:
+    """The settings that pick ``plan``'s levers and mesh, as ``--set`` takes them (those
+    left at their defaults left out)."""
+    from galley.adapters.jax.plan import Levers
+
+    defaults = Levers().settings()
+    settings = {
+        k: str(v).lower() if isinstance(v, bool) else v
+        for k, v in plan.levers.settings().items()
+        if v != defaults[k]
+    }
+    if plan.mesh["fsdp"] > 1:
+        settings["adapters.training.mesh"] = f"{{fsdp = {plan.mesh['fsdp']}}}"
+    return settings
+
+
+def _print_plan(console: Console, plan: Any, title: str) -> None:
+    from galley.adapters.jax.plan import GIB
+
+    sizes = ", ".join(f"{axis} {size}" for axis, size in plan.mesh.items())
+    console.print(f"{title}; mesh {sizes}")
     table = Table("per device", "GiB", "bytes")
     for label, size in plan.rows():
         table.add_row(label, f"{size / GIB:.3f}", f"{size:,}")
     console.print(table)
-    return 0
 
 
 def rows_per_step(workflow: str, config: Any) -> int:

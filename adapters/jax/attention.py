@@ -8,6 +8,8 @@ the backward). Keys and values are ``[B, kv_heads, S, D]``.
 ``causal_attention`` is the training path: its mask is known, so query rows are cut into
 chunks and each chunk only meets the keys at or before its last position, skipping most of
 the masked-out upper triangle (about 35% of attention time at T=256, more at longer T).
+Rows that hold several sequences (packed datums, or tails sharing a head) add segment ids
+to that mask: a position sees the keys of its own segment and of segment 0 (a shared head).
 
 ``decode_attention`` is sampling's path for one new position per row: its keys come from a
 KV cache that stores them transposed, ``[B, kv_heads, D, S]``, so the score product streams
@@ -94,17 +96,24 @@ def chunk_size(t: int) -> int:
     return t // chunks
 
 
-def causal_attention(q: Array, k: Array, v: Array, groups: int) -> Array:
-    """Attention where position t sees keys 0..t (queries and keys cover the same T)."""
+def causal_attention(
+    q: Array, k: Array, v: Array, groups: int, segments: Array | None = None
+) -> Array:
+    """Attention where position t sees keys 0..t (queries and keys cover the same T) and, with
+    ``segments`` ([B, T] ids), only those of its own segment or of segment 0."""
     t = k.shape[2]
     size = chunk_size(t)
     chunks = t // size
-    causal = group_mask(jnp.tril(jnp.ones((t, t), bool))[None], groups)
+    causal = jnp.tril(jnp.ones((t, t), bool))[None]
     outputs = []
     for c in range(chunks):
+        queries, keys = slice(c * size, (c + 1) * size), (c + 1) * size
+        sees = causal[:, queries, :keys]
+        if segments is not None:
+            seg_k = segments[:, None, :keys]
+            sees = sees & ((seg_k == 0) | (seg_k == segments[:, queries, None]))
         rows = slice(c * size * groups, (c + 1) * size * groups)
-        keys = (c + 1) * size
         outputs.append(
-            attention(q[:, :, rows], k[:, :, :keys], v[:, :, :keys], causal[:, :, rows, :keys])
+            attention(q[:, :, rows], k[:, :, :keys], v[:, :, :keys], group_mask(sees, groups))
         )
     return jnp.concatenate(outputs, axis=2) if chunks > 1 else outputs[0]

@@ -1,10 +1,17 @@
 """Host-side batch assembly: Datums -> padded arrays in a few fixed shapes (buckets), so new
 sequence lengths reuse compiled steps instead of recompiling.
 
-Datums that open with the same tokens carrying no loss (an RL group's prompt, a preference
-pair's prompt) can share one row: the head once, then each datum's tail, every tail
-attending to the head and to itself only. Each datum's logprobs are those it would get in a
-row of its own; the head is computed once instead of once per datum."""
+Two layouts put several datums in one row, each attending only to itself, at positions that
+restart from 0, so each datum's logprobs (and loss, and gradient) are those it would get in
+a row of its own:
+
+- Datums that open with the same tokens carrying no loss (an RL group's prompt, a preference
+  pair's prompt) share one row: the head once, then each datum's tail, every tail attending
+  to the head and to itself. The head is computed once instead of once per datum.
+- Packing: datums of mixed lengths are placed best-fit-decreasing into rows of one width, so
+  a batch of short and long datums is not padded to its longest.
+
+Either is used only where it cuts the padded size by a quarter at least."""
 
 from __future__ import annotations
 
@@ -50,6 +57,14 @@ def batch_bucket(n: int, multiple: int) -> int:
     return int(np.ceil(size / multiple) * multiple)
 
 
+def joint_bucket(n: int, multiple: int) -> int:
+    """Rows of several datums padded to a power of two or three times one (3, 6, 12...),
+    that the device count divides: a packed row is long, so a padded one costs more than a
+    few more compiled shapes do."""
+    three = 3 * batch_bucket(-(-n // 3), 1)
+    return min(batch_bucket(n, multiple), int(np.ceil(three / multiple) * multiple))
+
+
 PADDED_DTYPES = {
     "tokens": np.int32,
     "targets": np.int32,
@@ -74,8 +89,8 @@ class PaddedBatch:
     advantages: np.ndarray[Any, Any]  # float32 [B, T]
     lengths: tuple[int, ...]  # real lengths, one per datum
     gather: np.ndarray[Any, Any]  # int [sum(lengths)]: datums' positions in [B·T], end to end
-    # Shared rows only: each position's place in its datum, and its segment (0 the shared
-    # head, k the k-th tail of the row, -1 padding).
+    # Rows of several datums only: each position's place in its datum, and its segment (0 a
+    # shared head, k the row's k-th datum or tail, -1 padding).
     positions: np.ndarray[Any, Any] | None = None  # int32 [B, T]
     segments: np.ndarray[Any, Any] | None = None  # int32 [B, T]
 
@@ -84,13 +99,13 @@ class PaddedBatch:
         return sum(self.lengths)
 
     def arrays(self) -> dict[str, np.ndarray[Any, Any]]:
-        """What the device step reads (segments and positions only for shared rows)."""
+        """What the device step reads (segments and positions only for rows of several)."""
         names = [*PADDED_DTYPES] + (["positions", "segments"] if self.segments is not None else [])
         return {name: getattr(self, name) for name in names}
 
 
 MIN_SHARED_HEAD = 8  # shorter common heads save less than the masked attention costs
-MAX_ROW_FACTOR = 4  # a shared row holds at most this many times the longest datum's tokens
+MAX_ROW_FACTOR = 4  # a shared or packed row holds at most this many times the longest datum
 
 
 def pad_batch(
@@ -99,21 +114,27 @@ def pad_batch(
     row_multiple: int,
     *,
     share_heads: bool = True,
+    packing: bool = False,
 ) -> PaddedBatch:
-    """Datum i's tokens and loss inputs fill row i from column 0, or, where datums share a
-    head and sharing cuts the padded size by a quarter at least, shared rows; a datum
-    without weights weighs 1, one without sampler logprobs or advantages has zeros."""
+    """Datum i's tokens and loss inputs fill row i from column 0, or, where it cuts the
+    padded size by a quarter at least, rows of several datums (shared heads with
+    ``share_heads``, the other datums packed with ``packing``); a datum without weights
+    weighs 1, one without sampler logprobs or advantages has zeros."""
     columns = [_columns(datum) for datum in request.data]
     lengths = request.lengths
     rows, width = batch_bucket(len(lengths), row_multiple), bucket(max(lengths), length_buckets)
+    layout: list[SharedRow] = [(0, [i]) for i in range(len(lengths))]
     if share_heads:
         # Cross-entropy scales each position's term by its weight, the others by its advantage.
         scale = "weights" if request.loss_fn is LossFn.CROSS_ENTROPY else "advantages"
         layout = _shared_layout(columns, lengths, scale)
-        shared_rows = batch_bucket(len(layout), row_multiple)
-        shared_width = bucket(max(_row_length(row, lengths) for row in layout), length_buckets)
-        if len(layout) < len(lengths) and 4 * shared_rows * shared_width <= 3 * rows * width:
-            return _shared_batch(columns, lengths, layout, shared_rows, shared_width)
+    if packing:
+        layout, joint_width = _packed(layout, lengths, length_buckets, row_multiple)
+    else:
+        joint_width = bucket(max(_row_length(row, lengths) for row in layout), length_buckets)
+    joint_rows = joint_bucket(len(layout), row_multiple)
+    if len(layout) < len(lengths) and 4 * joint_rows * joint_width <= 3 * rows * width:
+        return _shared_batch(columns, lengths, layout, joint_rows, joint_width)
     arrays = {name: np.zeros((rows, width), dtype) for name, dtype in PADDED_DTYPES.items()}
     for i, (datum, n) in enumerate(zip(columns, lengths, strict=True)):
         for name in PADDED_DTYPES:
@@ -163,7 +184,7 @@ def _leading(values: np.ndarray[Any, Any] | float, h: int) -> bytes:
 def _shared_layout(columns: list[Columns], lengths: tuple[int, ...], scale: str) -> list[SharedRow]:
     """Datums grouped by identical heads (tokens, targets and sampler logprobs), a group's
     tails split over rows of at most MAX_ROW_FACTOR x the longest datum; datums with short
-    heads get rows of their own."""
+    heads, or heads of their own, get rows of their own."""
     groups: dict[bytes, SharedRow] = {}
     singles: list[SharedRow] = []
     for i, datum in enumerate(columns):
@@ -178,6 +199,9 @@ def _shared_layout(columns: list[Columns], lengths: tuple[int, ...], scale: str)
     cap = MAX_ROW_FACTOR * max(lengths)
     layout: list[SharedRow] = []
     for h, members in groups.values():
+        if len(members) == 1:  # a head no other datum has: nothing to share
+            singles.append((0, members))
+            continue
         row: list[int] = []
         for i in members:
             if row and _row_length((h, [*row, i]), lengths) > cap:
@@ -186,6 +210,46 @@ def _shared_layout(columns: list[Columns], lengths: tuple[int, ...], scale: str)
             row.append(i)
         layout.append((h, row))
     return layout + singles
+
+
+def _packed(
+    layout: list[SharedRow], lengths: tuple[int, ...], buckets: Sequence[int], row_multiple: int
+) -> tuple[list[SharedRow], int]:
+    """``layout`` with its one-datum rows packed best-fit-decreasing into rows of one width:
+    of the bucket widths from the longest row's up to MAX_ROW_FACTOR times it, the one whose
+    rows x width is least (the narrower on a tie: attention grows with the width)."""
+    singles = sorted(
+        (members[0] for head, members in layout if not head and len(members) == 1),
+        key=lambda i: -lengths[i],
+    )
+    kept = [row for row in layout if row[0] or len(row[1]) > 1]
+    narrowest = bucket(max(_row_length(row, lengths) for row in layout), buckets)
+    widths = [narrowest, *(b for b in buckets if narrowest < b <= MAX_ROW_FACTOR * narrowest)]
+    best: tuple[int, int, list[SharedRow]] | None = None
+    for width in widths:
+        rows = kept + [(0, members) for members in _best_fit(singles, lengths, width)]
+        size = joint_bucket(len(rows), row_multiple) * width
+        if best is None or size < best[0]:
+            best = (size, width, rows)
+    assert best is not None
+    return best[2], best[1]
+
+
+def _best_fit(order: Sequence[int], lengths: Sequence[int], width: int) -> list[list[int]]:
+    """Datums ``order`` (longest first) into rows of ``width``: each into the fullest row it
+    fits in, or a new one."""
+    rows: list[list[int]] = []
+    free: list[int] = []
+    for i in order:
+        fits = [r for r, room in enumerate(free) if room >= lengths[i]]
+        if fits:
+            r = min(fits, key=free.__getitem__)
+            rows[r].append(i)
+            free[r] -= lengths[i]
+        else:
+            rows.append([i])
+            free.append(width - lengths[i])
+    return rows
 
 
 def _row_length(row: SharedRow, lengths: Sequence[int]) -> int:

@@ -22,6 +22,15 @@ class JaxTrainingOptions:
     # the environment (see docs/scaling.md).
     distributed: Distributed | None = None
     scan_layers: bool = False  # one layer's program over stacked weights: compile time flat
+    # Several datums a row, each attending only to itself (segment ids); unset: on, except
+    # where the fused GPU attention kernel runs (bf16/fp16 on a GPU), which takes no segments.
+    packing: bool | None = None
+    # What each decoder layer keeps for the backward: "none" (all), "dots" (its matmuls'
+    # results), "full" (its input only; the backward runs the layer again).
+    remat: str = "none"
+    # Positions whose logits are computed at once (0: all): the [positions, vocab] logits
+    # never exist whole, forward or backward.
+    logits_chunk: int = 0
 
 
 @attrs.frozen
@@ -49,6 +58,9 @@ def _training(o: JaxTrainingOptions, built: Built) -> Any:
         compilation_cache_dir=o.compilation_cache_dir,
         mesh=o.mesh,
         scan_layers=o.scan_layers,
+        packing=o.packing,
+        remat=o.remat,
+        logits_chunk=o.logits_chunk,
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 
 from galley.core.domain.losses import LossFn
 from galley.core.domain.types import Datum
+from galley.core.errors import ConfigError
 
 Array = jax.Array
 
@@ -21,6 +22,34 @@ def token_logprobs(logits: Array, targets: Array) -> Array:
     """log p(target) per position: gather the target logit, subtract logsumexp (no one-hot)."""
     picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
     return picked - jax.nn.logsumexp(logits, axis=-1)
+
+
+def checked_chunk(positions: int, where: str) -> int:
+    """A ``logits_chunk``: positions a chunk holds, 0 for no chunks."""
+    if type(positions) is not int or positions < 0:
+        raise ConfigError(
+            f"{where}: expected positions per chunk (0: no chunks), got {positions!r}"
+        )
+    return positions
+
+
+def chunked_token_logprobs(
+    unembed: Callable[[Array], Array], features: Array, targets: Array, chunk: int
+) -> Array:
+    """``token_logprobs(unembed(features), targets)`` computed ``chunk`` positions at a time,
+    each chunk's logits recomputed in the backward instead of kept: the ``[positions, vocab]``
+    logits never exist whole, forward or backward. ``features``: [N, hidden]; ``targets``: [N]."""
+    n, width = features.shape
+    pad = -n % chunk
+    xs = jnp.pad(features, ((0, pad), (0, 0))).reshape(-1, chunk, width)
+    ts = jnp.pad(targets, (0, pad)).reshape(-1, chunk)
+
+    @jax.checkpoint
+    def one(x: Array, t: Array) -> Array:
+        return token_logprobs(unembed(x), t)
+
+    logp: Array = jax.lax.scan(lambda carry, xt: (carry, one(*xt)), None, (xs, ts))[1]
+    return logp.reshape(-1)[:n]
 
 
 def loss_sum(

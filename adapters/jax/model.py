@@ -13,6 +13,7 @@ nothing. ``LoRAParam`` marks what trains in a LoRA session; in a full fine-tune 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from enum import StrEnum
 from typing import Any, Literal
 
 import jax
@@ -29,7 +30,7 @@ from galley.adapters.jax.attention import (
 from galley.adapters.jax.config import ModelConfig
 from galley.adapters.jax.linear import Linear, project, times_transposed
 from galley.core.domain.types import LoraConfig
-from galley.core.errors import ValidationError
+from galley.core.errors import ConfigError, ValidationError
 
 Array = jax.Array
 ATTN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
@@ -96,9 +97,12 @@ class Attention(nnx.Module):
         mask: Array | None,
         cache: KVCache | None,
         index: Array | None,
+        segments: Array | None = None,
     ) -> tuple[Array, KVCache | None]:
         """``x``: [B·T, hidden]; ``cos``/``sin``: [B, T, D]; ``mask``: [B, T, S], or None for
-        causal attention within ``x`` (training). See ``attention`` for the head layout."""
+        causal attention within ``x`` (training), each position seeing only its own segment
+        and segment 0 where ``segments`` ([B, T]) are given. See ``attention`` for the head
+        layout."""
         b, t = cos.shape[:2]
         kv, groups, d = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
         q, k, v = project(x, [self.q_proj, self.k_proj, self.v_proj])
@@ -107,7 +111,7 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         fused = fused_attention(q.dtype)
-        if mask is None and cache is None and fused is not None:  # training, on a GPU
+        if mask is None and cache is None and segments is None and fused is not None:  # a GPU
             out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=fused)
             return self.o_proj(out.reshape(b * t, self.num_heads * d)), None
         # [B, T, kv·groups, D] -> [B, kv, T·groups, D]: row t·groups + g is head kv·groups + g.
@@ -123,7 +127,7 @@ class Attention(nnx.Module):
         if cache is not None and mask is not None and t == 1:
             out = decode_attention(q, cache[0], v, group_mask(mask, groups))
         elif mask is None:
-            out = causal_attention(q, k, v, groups)
+            out = causal_attention(q, k, v, groups, segments)
         else:
             out = attention(q, k, v, group_mask(mask, groups))
         out = out.reshape(b, kv, t, groups, d).transpose(0, 2, 1, 3, 4)
@@ -175,10 +179,34 @@ class DecoderLayer(nnx.Module):
         mask: Array | None,
         cache: KVCache | None,
         index: Array | None,
+        segments: Array | None = None,
     ) -> tuple[Array, KVCache | None]:
-        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, index)
+        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, index, segments)
         x = x + h
         return x + self.mlp(self.post_attention_layernorm(x)), cache
+
+
+class Remat(StrEnum):
+    """What a decoder layer keeps for the backward (``jax.checkpoint`` policies): everything
+    (``none``), only its input (``full``: the backward runs the layer's forward again), or its
+    input and the results of its weight matmuls (``dots``: attention and activations are
+    recomputed, the projections are not)."""
+
+    NONE = "none"
+    FULL = "full"
+    DOTS = "dots"
+
+
+def checked_remat(remat: Remat | str, where: str) -> Remat:
+    if remat not in tuple(Remat):
+        raise ConfigError(f"{where}: {remat!r} is not one of {', '.join(Remat)}")
+    return Remat(remat)
+
+
+REMAT_POLICIES: dict[Remat, Callable[..., Any]] = {
+    Remat.FULL: jax.checkpoint_policies.nothing_saveable,
+    Remat.DOTS: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+}
 
 
 class CausalLM(nnx.Module):
@@ -198,6 +226,7 @@ class CausalLM(nnx.Module):
         # One layer whose weights hold every layer's, stacked: the forward scans over them
         # (``scan.stack_layers``), so the program is one layer's, whatever the depth.
         self.scanned = False
+        self.remat = Remat.NONE  # set by a training session: see ``Remat``
         self.norm = norm
         self.lm_head = lm_head  # None: tied to the embedding
         self.inv_freq = nnx.Variable(
@@ -218,34 +247,65 @@ class CausalLM(nnx.Module):
         FLOPs); ``mask[b, q, k]`` says which keys each query sees (None: causal over
         ``tokens``, the fast training path). With ``caches``, keys/values are written at
         ``index`` and attended in full (the mask then spans the cache)."""
+        if self.scanned:
+            raise ValidationError("CausalLM", "a scanned model runs only `features` (training)")
         b, t = tokens.shape
-        x = jnp.take(self.embed_tokens[...], tokens.reshape(b * t), axis=0)  # [B·T, hidden]
-        freqs = positions[..., None].astype(jnp.float32) * self.inv_freq[...]
-        emb = jnp.concatenate([freqs, freqs], axis=-1)
-        cos, sin = jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+        x, cos, sin = self._embed(tokens, positions)
         new_caches = []
-        if self.scanned:  # training only: no caches
-            one, stacked = nnx.split(self.layers[0])
-
-            def one_layer(x: Array, weights: Any) -> tuple[Array, None]:
-                return nnx.merge(one, weights)(x, cos, sin, mask, None, None)[0], None
-
-            x = jax.lax.scan(one_layer, x, stacked)[0]
-        for i, layer in enumerate([] if self.scanned else self.layers):
+        for i, layer in enumerate(self.layers):
             x, cache = layer(x, cos, sin, mask, None if caches is None else caches[i], index)
             if cache is not None:
                 new_caches.append(cache)
         if last_only:
             x, t = x.reshape(b, t, -1)[:, -1], 1
-        x = self.norm(x)
+        logits = self.unembed(self.norm(x)).reshape(b, t, -1)
+        return logits, (new_caches if caches is not None else None)
+
+    def features(self, tokens: Array, positions: Array, segments: Array | None) -> Array:
+        """The training forward up to the head: the final norm's output [B·T, hidden], each
+        position attending causally within its segment (and to segment 0) where ``segments``
+        are given. Each layer keeps for the backward what ``self.remat`` says."""
+        x, cos, sin = self._embed(tokens, positions)
+
+        def one_layer(x: Array, layer: DecoderLayer) -> Array:
+            return layer(x, cos, sin, None, None, None, segments)[0]
+
+        x = self._layers_forward(x, one_layer)
+        return self.norm(x)
+
+    def _layers_forward(self, x: Array, one_layer: Callable[[Array, Any], Array]) -> Array:
+        """``one_layer`` over every layer, scanned over stacked weights or unrolled, each
+        under ``jax.checkpoint`` with the remat policy when there is one."""
+
+        def apply(x: Array, graph: Any, weights: Any) -> Array:
+            return one_layer(x, nnx.merge(graph, weights))
+
+        if self.remat is not Remat.NONE:
+            apply = jax.checkpoint(apply, policy=REMAT_POLICIES[self.remat], static_argnums=(1,))
+        if self.scanned:
+            graph, stacked = nnx.split(self.layers[0])
+            return jax.lax.scan(lambda x, w: (apply(x, graph, w), None), x, stacked)[0]
+        for layer in self.layers:
+            x = apply(x, *nnx.split(layer))
+        return x
+
+    def _embed(self, tokens: Array, positions: Array) -> tuple[Array, Array, Array]:
+        """The tokens' embeddings [B·T, hidden] and RoPE's cos and sin at ``positions``."""
+        b, t = tokens.shape
+        x = jnp.take(self.embed_tokens[...], tokens.reshape(b * t), axis=0)
+        freqs = positions[..., None].astype(jnp.float32) * self.inv_freq[...]
+        emb = jnp.concatenate([freqs, freqs], axis=-1)
+        return x, jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+
+    def unembed(self, x: Array) -> Array:
+        """float32 logits [rows, vocab] of normed features [rows, hidden]."""
         if self.lm_head is not None:
             logits = self.lm_head(x)
         elif self.sampling_layout:  # the embedding is [vocab, hidden]: an [out, in] kernel
             logits = times_transposed(x, self.embed_tokens[...])
         else:
             logits = x @ self.embed_tokens[...].T
-        logits = logits.reshape(b, t, -1).astype(jnp.float32)
-        return logits, (new_caches if caches is not None else None)
+        return logits.astype(jnp.float32)
 
 
 TensorGetter = Callable[[str], "np.ndarray[Any, Any] | Array"]  # host or device arrays

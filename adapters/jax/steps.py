@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from galley.adapters.jax.losses import loss_sum, token_logprobs
+from galley.adapters.jax.losses import chunked_token_logprobs, loss_sum, token_logprobs
 from galley.adapters.jax.model import CausalLM
 from galley.adapters.jax.sharding import Pinned
 from galley.core.domain.losses import LossFn
@@ -31,18 +31,29 @@ def adamw() -> optax.GradientTransformation:
 
 
 def forward_logprobs(
-    graphdef: Any, trainable: Any, frozen: Any, batch: dict[str, jax.Array]
+    graphdef: Any,
+    trainable: Any,
+    frozen: Any,
+    batch: dict[str, jax.Array],
+    logits_chunk: int = 0,
 ) -> jax.Array:
+    """log p(target) at every position of ``batch`` [B, T]. Rows with ``segments`` hold several
+    sequences (packed datums, or tails after a shared head), each attending to itself (and the
+    head) at its own ``positions``. With ``logits_chunk``, the logits are computed that many
+    positions at a time (``chunked_token_logprobs``)."""
     model: CausalLM = nnx.merge(graphdef, trainable, frozen)
-    tokens = batch["tokens"]
-    if "segments" in batch:  # shared rows: a tail sees the head and itself
-        seg, t = batch["segments"], tokens.shape[1]
-        sees = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])
-        logits, _ = model(tokens, batch["positions"], jnp.tril(jnp.ones((t, t), bool)) & sees)
+    tokens, targets = batch["tokens"], batch["targets"]
+    if "segments" in batch:
+        positions, segments = batch["positions"], batch["segments"]
     else:
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        logits, _ = model(tokens, positions)
-    return token_logprobs(logits, batch["targets"])
+        segments = None
+    features = model.features(tokens, positions, segments)
+    if logits_chunk:
+        logp = chunked_token_logprobs(model.unembed, features, targets.reshape(-1), logits_chunk)
+    else:
+        logp = token_logprobs(model.unembed(features), targets.reshape(-1))
+    return logp.reshape(tokens.shape)
 
 
 def _loss(
@@ -52,8 +63,9 @@ def _loss(
     batch: dict[str, jax.Array],
     loss: LossFn,
     clip: jax.Array,
+    logits_chunk: int,
 ) -> tuple[jax.Array, jax.Array]:
-    logp = forward_logprobs(graphdef, trainable, frozen, batch)
+    logp = forward_logprobs(graphdef, trainable, frozen, batch, logits_chunk)
     value = loss_sum(
         loss, logp, batch["weights"], batch["sampler_logprobs"], batch["advantages"], clip
     )
@@ -76,7 +88,7 @@ class Pins:
         return logp if self.gathered is None else self.gathered(logp)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "loss", "pins"))
+@partial(jax.jit, static_argnames=("graphdef", "loss", "pins", "logits_chunk"))
 def forward_step(
     graphdef: Any,
     trainable: Any,
@@ -85,13 +97,18 @@ def forward_step(
     loss: LossFn,
     clip: jax.Array,
     pins: Pins,
+    logits_chunk: int = 0,
 ) -> tuple[jax.Array, jax.Array]:
     TRACES["forward"] += 1
-    value, logp = _loss(trainable, graphdef, frozen, batch, loss, clip)
+    value, logp = _loss(trainable, graphdef, frozen, batch, loss, clip, logits_chunk)
     return value, pins.whole(logp)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "loss", "pins"), donate_argnames=("grads",))
+@partial(
+    jax.jit,
+    static_argnames=("graphdef", "loss", "pins", "logits_chunk"),
+    donate_argnames=("grads",),
+)
 def forward_backward_step(
     graphdef: Any,
     trainable: Any,
@@ -101,10 +118,11 @@ def forward_backward_step(
     loss: LossFn,
     clip: jax.Array,
     pins: Pins,
+    logits_chunk: int = 0,
 ) -> tuple[jax.Array, jax.Array, Any]:
     TRACES["forward_backward"] += 1
     (value, logp), g = jax.value_and_grad(_loss, has_aux=True)(
-        trainable, graphdef, frozen, batch, loss, clip
+        trainable, graphdef, frozen, batch, loss, clip, logits_chunk
     )
     return value, pins.whole(logp), pins.trainable(jax.tree.map(jnp.add, grads, g))
 

@@ -34,18 +34,21 @@ from galley.adapters.jax.batching import (
     PaddedBatch,
     checked_buckets,
     checked_dtype,
-    pad_batch,
 )
 from galley.adapters.jax.compilation_cache import use_compilation_cache
 from galley.adapters.jax.config import ModelConfig, expected_shapes, read_config
+from galley.adapters.jax.losses import checked_chunk
 from galley.adapters.jax.mesh import MeshShape, as_mesh_shape
 from galley.adapters.jax.model import (
     CausalLM,
+    Remat,
     build_model,
     check_lora_rank,
     check_target_names,
+    checked_remat,
     fused_attention,
 )
+from galley.adapters.jax.passes import PassResult, RowLayout, joined_output, request_passes
 from galley.adapters.jax.peft_export import load_peft_adapter
 from galley.adapters.jax.scan import per_layer, stack_layers, stacked, unrolled
 from galley.adapters.jax.session_files import (
@@ -57,7 +60,7 @@ from galley.adapters.jax.session_files import (
     write_checkpoint,
 )
 from galley.adapters.jax.session_sampler import WeightsCompleter, sampling_copy
-from galley.adapters.jax.sharding import Layout, Pinned, to_host
+from galley.adapters.jax.sharding import Layout, Pinned
 from galley.adapters.jax.shared_base import SharedBase
 from galley.adapters.jax.state_files import (
     STATE_FILE,
@@ -117,6 +120,7 @@ class JaxTrainingSession:
         self._layers = self.model_config.num_layers if client.scan_layers else 0
         if self._layers:
             stack_layers(model)
+        model.remat = client.remat
         num_parameters = _count(nnx.state(model, nnx.Param))
         trainable_filter = nnx.LoRAParam if lora is not None else nnx.Param
         parts: tuple[Any, ...] = nnx.split(model, trainable_filter, ...)
@@ -164,8 +168,8 @@ class JaxTrainingSession:
         loss_fn: str = "cross_entropy",
         loss_fn_config: Mapping[str, float] | None = None,
     ) -> Future[ForwardBackwardOutput]:
-        request, batch = self._prepare(data, loss_fn, loss_fn_config)
-        return self._queue.submit(lambda: self._run(request, batch, backward=False))
+        request, batches = self._prepare(data, loss_fn, loss_fn_config)
+        return self._queue.submit(lambda: self._run(request, batches, backward=False))
 
     def forward_backward(
         self,
@@ -173,8 +177,8 @@ class JaxTrainingSession:
         loss_fn: str = "cross_entropy",
         loss_fn_config: Mapping[str, float] | None = None,
     ) -> Future[ForwardBackwardOutput]:
-        request, batch = self._prepare(data, loss_fn, loss_fn_config)
-        return self._queue.submit(lambda: self._run(request, batch, backward=True))
+        request, batches = self._prepare(data, loss_fn, loss_fn_config)
+        return self._queue.submit(lambda: self._run(request, batches, backward=True))
 
     def optim_step(self, params: AdamParams) -> Future[OptimStepResult]:
         return self._queue.submit(lambda: self._optim(params))
@@ -249,58 +253,37 @@ class JaxTrainingSession:
 
     def _prepare(
         self, data: Sequence[Datum], loss_fn: str, config: Mapping[str, float] | None
-    ) -> tuple[ForwardBackwardInput, PaddedBatch]:
+    ) -> tuple[ForwardBackwardInput, list[PaddedBatch]]:
+        """The request, checked, and the padded batches of its passes."""
         request = ForwardBackwardInput(tuple(data), loss_fn, dict(config or {}))
         request.check_vocabulary(self.model_config.vocab_size)
-        # Shared rows attend with a mask, which the fused GPU kernel's path does not take.
-        client = self._client
-        share = fused_attention(client.dtype) is None
-        return request, pad_batch(
-            request, client.length_buckets, client.layout.batch_rows, share_heads=share
-        )
+        return request, request_passes(request, self.config.micro_batch_size, self._client.rows)
 
     def _device_batch(self, batch: PaddedBatch) -> dict[str, jax.Array]:
         return self._client.layout.batch_arrays(batch.arrays())
 
     def _run(
-        self, request: ForwardBackwardInput, batch: PaddedBatch, *, backward: bool
+        self, request: ForwardBackwardInput, batches: list[PaddedBatch], *, backward: bool
     ) -> Deferred[ForwardBackwardOutput]:
+        """One pass per batch, in order; with ``backward`` each adds its gradient to the
+        accumulator, so micro-batches sum to the whole request's gradient."""
         cfg = request.loss_fn_config
         clip = jnp.asarray(
             [cfg.get("clip_low_threshold", 0.8), cfg.get("clip_high_threshold", 1.2)], jnp.float32
         )
-        device_batch = self._device_batch(batch)
-        if backward:
-            value, logp, self._grads = forward_backward_step(
-                self._graphdef,
-                self._trainable,
-                self._frozen,
-                self._grads,
-                device_batch,
-                request.loss_fn,
-                clip,
-                self._pins,
-            )
-        else:
-            value, logp = forward_step(
-                self._graphdef,
-                self._trainable,
-                self._frozen,
-                device_batch,
-                request.loss_fn,
-                clip,
-                self._pins,
-            )
-
-        def finish() -> ForwardBackwardOutput:
-            column = to_host(logp).reshape(-1)[batch.gather].astype(np.float32)
-            return ForwardBackwardOutput.from_columns(
-                {"logprobs": column},
-                batch.lengths,
-                {"loss:sum": float(value), "tokens:sum": float(batch.num_tokens)},
-            )
-
-        return Deferred(finish)
+        how = {"loss": request.loss_fn, "clip": clip, "pins": self._pins}
+        how["logits_chunk"] = self._client.logits_chunk
+        results: list[PassResult] = []
+        for batch in batches:
+            weights = (self._graphdef, self._trainable, self._frozen)
+            if backward:
+                value, logp, self._grads = forward_backward_step(
+                    *weights, self._grads, self._device_batch(batch), **how
+                )
+            else:
+                value, logp = forward_step(*weights, self._device_batch(batch), **how)
+            results.append((batch, value, logp))
+        return Deferred(lambda: joined_output(request, results))
 
     def _optim(self, p: AdamParams) -> Deferred[OptimStepResult]:
         self._trainable, self._opt_state, self._grads, grad_norm, update_norm = optim_step(
@@ -396,7 +379,8 @@ class JaxTrainingClient:
     """Sessions on HF decoder models; base models come through the HubClient (or a local
     directory), checkpoints and exports go through the BlobStore. ``mesh`` splits the
     ``devices`` (default: every device, of every process in a distributed run) into data,
-    FSDP and tensor-parallel axes."""
+    FSDP and tensor-parallel axes. ``packing``, ``remat`` and ``logits_chunk`` trade memory
+    and padding for time, never results (docs/jax-adapter.md)."""
 
     def __init__(
         self,
@@ -409,14 +393,28 @@ class JaxTrainingClient:
         mesh: MeshShape | Mapping[str, Any] | None = None,
         compilation_cache_dir: str | None = None,
         scan_layers: bool = False,
+        packing: bool | None = None,
+        remat: Remat | str = Remat.NONE,
+        logits_chunk: int = 0,
     ) -> None:
         if compilation_cache_dir is not None:
             use_compilation_cache(compilation_cache_dir)
         self.hub, self.blobs = hub, blobs
         self.scan_layers = scan_layers  # see scan.py: compile time flat in depth
         self.dtype = checked_dtype(dtype, "JaxTrainingClient")
+        # Rows of several datums attend with segment ids, which the fused GPU kernel does not
+        # take: they are the default where it does not run, and packing is opt-in there.
+        several = fused_attention(self.dtype) is None
+        self.remat = checked_remat(remat, "JaxTrainingClient.remat")
+        self.logits_chunk = checked_chunk(logits_chunk, "JaxTrainingClient.logits_chunk")
         self.length_buckets = checked_buckets(length_buckets, "JaxTrainingClient.length_buckets")
         self.layout = Layout(as_mesh_shape(mesh), devices)
+        self.rows = RowLayout(
+            self.length_buckets,
+            self.layout.batch_rows,
+            share_heads=several,
+            packing=several if packing is None else packing,
+        )
         self._ids = itertools.count(1)
         self._bases: weakref.WeakValueDictionary[tuple[str, str], SharedBase] = (
             weakref.WeakValueDictionary()

@@ -302,6 +302,9 @@ class SessionConfig:
     # The run this session trains for: stamped on every checkpoint it saves, so a load can
     # tell a checkpoint of this run from one of another.
     run_id: str = attrs.field(default="default", validator=safe_name)
+    # Datums per forward/backward pass: a request of more runs as several passes whose
+    # gradients add up before the optimizer step (less memory, the same update). 0: one pass.
+    micro_batch_size: int = attrs.field(default=0, validator=int_at_least(0))
 
 
 CheckpointKind = Literal["state", "sampler"]

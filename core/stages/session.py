@@ -15,10 +15,16 @@ from galley.core.sections import BaseModelSection
     ports=("training",),
 )
 def start_session(
-    ctx: StageContext, model: BaseModelSection, seed: int, paths: RunPaths
+    ctx: StageContext,
+    model: BaseModelSection,
+    seed: int,
+    paths: RunPaths,
+    micro_batch_size: int,
 ) -> dict[str, Any]:
-    """Start a training session (LoRA, or full fine-tuning when lora_rank is 0)."""
-    session = ctx.adapters.training.start_session(run_session_config(model, seed, paths))
+    """Start a training session (LoRA, or full fine-tuning when lora_rank is 0), running each
+    request in passes of ``micro_batch_size`` datums (0: one pass)."""
+    config = run_session_config(model, seed, paths, micro_batch_size=micro_batch_size)
+    session = ctx.adapters.training.start_session(config)
     info = session.model_info
     ctx.log.info(
         "session.started",

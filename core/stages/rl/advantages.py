@@ -146,14 +146,19 @@ class RewardAdvantages:
     ports=("training", "blobs"),
 )
 def start_reference(
-    ctx: StageContext, policy: PolicySection, model: ModelSection, seed: int, paths: RunPaths
+    ctx: StageContext,
+    policy: PolicySection,
+    model: ModelSection,
+    seed: int,
+    paths: RunPaths,
+    micro_batch_size: int,
 ) -> dict[str, Any]:
     """The advantages of reward-trained RL (``RewardAdvantages``). With a KL penalty, they
     hold a second session with the weights the run started from (its base model, or
     ``init_from``), to score sampled tokens against; a resumed run rebuilds it the same way."""
     if not policy.kl_penalty_coef:
         return {"advantages": RewardAdvantages(policy)}
-    config = run_session_config(model, seed, paths, "reference")
+    config = run_session_config(model, seed, paths, "reference", micro_batch_size=micro_batch_size)
     session = ctx.adapters.training.start_session(config)
     if model.init_from:
         load_init_from(ctx, session, model.init_from, paths)
