@@ -21,6 +21,9 @@ from galley.workflows.sft import run as run_sft
 
 @pytest.fixture
 def in_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    # Another test's my_rewards may be imported already: each test imports its own.
+    for name in ("my_rewards", "my_scorers"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
     monkeypatch.chdir(tmp_path)
     yield tmp_path
     for name in ("my_rewards", "my_scorers"):
