@@ -40,6 +40,7 @@ def chunked_token_logprobs(
     each chunk's logits recomputed in the backward instead of kept: the ``[positions, vocab]``
     logits never exist whole, forward or backward. ``features``: [N, hidden]; ``targets``: [N]."""
     n, width = features.shape
+    chunk = min(chunk, n)  # fewer positions than a chunk: one chunk of them, unpadded
     pad = -n % chunk
     xs = jnp.pad(features, ((0, pad), (0, 0))).reshape(-1, chunk, width)
     ts = jnp.pad(targets, (0, pad)).reshape(-1, chunk)

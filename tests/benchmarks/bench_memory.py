@@ -4,8 +4,9 @@
     python tests/benchmarks/bench_memory.py [--rows 8] [--length 1024]
 
 The benchmark model (``common.PRESETS["cpu"]``: a random Llama, hidden 512, 8 layers, vocab
-8192), LoRA rank 16, float32, one ``forward_backward_step`` of ``--rows`` x ``--length``
-tokens, compiled (not run) on this machine's default backend, under each lever: remat
+8192, float32; ``--preset 0.5b``: Qwen2.5-0.5B's shapes in bfloat16, for a GPU), LoRA rank
+16, one ``forward_backward_step`` of ``--rows`` x ``--length`` tokens, compiled (not run) on
+this machine's default backend, under each lever: remat
 ``full`` and ``dots`` (scanned), logits in chunks of 1024 (unrolled), and both. Prints the
 compiled step's temporaries and its total (arguments, temporaries and the optimizer state),
 the plan's total, and their ratio.
@@ -30,10 +31,10 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--length", type=int, default=1024)
     parser.add_argument("--model-dir", help="reuse (or make) the benchmark model here")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     args = parser.parse_args()
 
     import jax
-    import numpy as np
 
     from galley.adapters.jax import JaxTrainingClient
     from galley.adapters.jax.config import read_config
@@ -44,7 +45,8 @@ def main() -> None:
     from galley.core import Datum, LoraConfig, SessionConfig
     from tests.jax_steps import lowered_step
 
-    folder = model_folder(PRESETS["cpu"], args.model_dir)
+    preset = PRESETS[args.preset]
+    folder = model_folder(preset, args.model_dir)
     n = args.length + 1
     data = [
         Datum.from_tokens([(3 + i + j) % 200 for j in range(n)], [1.0] * n)
@@ -60,12 +62,15 @@ def main() -> None:
             remat=Remat.FULL, logits_chunk=1024, scan_layers=True
         ),
     }
-    print(f"{args.rows} x {args.length} tokens, LoRA 16, float32, on {jax.default_backend()}")
+    print(
+        f"{args.rows} x {args.length} tokens, LoRA 16, {preset.dtype}, on {jax.default_backend()}"
+    )
     print(f"{'lever':<32}{'temp MiB':>10}{'step MiB':>10}{'plan MiB':>10}{'plan/XLA':>10}")
     for name, lever in levers.items():
         client: Any = JaxTrainingClient(
             NoopHubClient(),
             NoopBlobStore(),
+            dtype=preset.dtype,
             scan_layers=lever.scan_layers,
             remat=lever.remat,
             logits_chunk=lever.logits_chunk,
@@ -77,7 +82,7 @@ def main() -> None:
         plan = plan_memory(
             read_config(folder),
             LoraConfig(rank=16),
-            dtype=np.float32,
+            dtype=jax.numpy.dtype(preset.dtype),
             mesh=MeshShape(),
             devices=1,
             rows=args.rows,

@@ -3,7 +3,7 @@
 # peft, but not galley or its light dependencies (carried as wheels in .whl/, see
 # docs/performance.md). Usage, from the repository root:
 #     tests/benchmarks/gpu.sh [env] [compile] [train] [sample] [sample-f32] [compile-cached]
-#                                [compile-no-autotune]
+#                                [compile-no-autotune] [pack] [memory]
 # The 0.5B model is made once in $MODEL_DIR and shared by the benchmarks.
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=/tmp/site
@@ -38,6 +38,12 @@ print(jax.devices())" ;;
     compile-no-autotune)  # how much of the first step is XLA autotuning its GPU kernels
         XLA_FLAGS=--xla_gpu_autotune_level=0 python3 tests/benchmarks/bench_compile.py \
             --preset 0.5b --model-dir "$MODEL_DIR" ;;
+    pack)  # packed vs padded SFT on chat rows of 16-1024 tokens (TRL too where installed)
+        runs="galley-packed galley-padded"
+        python3 -c "import trl" 2>/dev/null && runs="$runs trl"
+        python3 tests/benchmarks/bench_pack.py --preset 0.5b --model-dir "$MODEL_DIR" --runs $runs ;;
+    memory)  # XLA's memory analysis per lever (does unrolled remat save on a GPU?)
+        python3 tests/benchmarks/bench_memory.py --preset 0.5b --model-dir "$MODEL_DIR" ;;
     *) echo "unknown benchmark $what"; exit 2 ;;
     esac
 done
