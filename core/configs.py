@@ -98,10 +98,11 @@ class RunConfig(SectionedConfig):
     # Seconds a training call may take before the run stops naming it (0 = wait forever);
     # generous when set: a first step compiles for up to a minute.
     call_timeout_s: float = attrs.field(default=0.0, validator=at_least(0.0))
-    # Rows per forward or forward-backward pass of the run's model session: a request (a
-    # step's batch) runs as several passes whose gradients add up before the optimizer step,
-    # the same update in less memory. 0: a request in one pass. (The jax adapter runs the
-    # passes; a service such as tinker plans its own.)
+    # Sequences (datums: RL's completions, DPO's two answers a pair) per forward or
+    # forward-backward pass of the run's model session: a request (a step's batch) runs as
+    # several passes whose gradients add up before the optimizer step, the same update in
+    # less memory. 0: a request in one pass. (The jax adapter runs the passes; a service
+    # such as tinker plans its own.)
     micro_batch_size: int = attrs.field(default=0, validator=int_at_least(0))
 
     TRAJECTORY_FIELDS: ClassVar[frozenset[str]] = frozenset()

@@ -13,6 +13,15 @@ from galley.adapters.jax.training import JaxTrainingSession
 from galley.core import Datum
 
 
+def sequences(rows: int, length: int) -> list[Datum]:
+    """``rows`` distinct datums of ``length`` tokens, every position trained: the batches the
+    memory checks compile."""
+    return [
+        Datum.from_tokens([(3 + i + j) % 200 for j in range(length)], [1.0] * length)
+        for i in range(rows)
+    ]
+
+
 def lowered_step(session: JaxTrainingSession, data: Sequence[Datum]) -> Any:
     """``forward_backward_step`` (cross-entropy) on ``data``, padded as the session pads."""
     request, (batch, *more) = session._prepare(data, "cross_entropy", None)

@@ -18,11 +18,11 @@ from galley.adapters.jax.mesh import MeshShape
 from galley.adapters.jax.model import Remat
 from galley.adapters.jax.plan import Levers, plan_memory
 from galley.adapters.noop import NoopBlobStore, NoopHubClient
-from galley.core import Datum, LoraConfig, SessionConfig
+from galley.core import LoraConfig, SessionConfig
 from tests.benchmarks.common import ARCH as BENCH_ARCH
 from tests.benchmarks.common import make_model as bench_model
 from tests.hf_models import make_model
-from tests.jax_steps import lowered_step
+from tests.jax_steps import lowered_step, sequences
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +46,6 @@ def compiled_bytes(folder: Path, rank: int, rows: int, length: int, levers: Leve
     optimizer = sum(a.nbytes for a in jax.tree.leaves(s._opt_state))
     memory = analysis.memory_analysis()
     return int(memory.argument_size_in_bytes + memory.temp_size_in_bytes + optimizer)
-
-
-def sequences(rows: int, length: int) -> list[Datum]:
-    return [
-        Datum.from_tokens([(3 + i + j) % 200 for j in range(length)], [1.0] * length)
-        for i in range(rows)
-    ]
 
 
 LEVERS = {
@@ -185,3 +178,5 @@ def test_galley_plan_refuses_a_budget_nothing_fits(
     assert "nothing fits in 1.0 MiB per device" in out and "remat=full" in out
     assert main(["plan", "sft", "--memory", "lots"]) == 2
     assert "expected a size such as 24GiB" in capsys.readouterr().out
+    assert main(["plan", "sft", "--set", "adapters.training.remat=some"]) == 2
+    assert "remat: 'some' is not one of none, full, dots" in capsys.readouterr().out

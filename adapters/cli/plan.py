@@ -48,8 +48,9 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
 
     from galley.adapters.jax.batching import bucket
     from galley.adapters.jax.config import parse_config
+    from galley.adapters.jax.losses import checked_chunk
     from galley.adapters.jax.mesh import MeshShape
-    from galley.adapters.jax.model import Remat
+    from galley.adapters.jax.model import checked_remat
     from galley.adapters.jax.plan import (
         Levers,
         describe,
@@ -86,8 +87,12 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
             levers=levers,
         )
 
+    where = "[adapters.training] (jax)"
     given = Levers(
-        config.micro_batch_size, Remat(options.remat), options.logits_chunk, options.scan_layers
+        config.micro_batch_size,
+        checked_remat(options.remat, f"{where} remat"),
+        checked_chunk(options.logits_chunk, f"{where} logits_chunk"),
+        options.scan_layers,
     )
     plan = plan_with(given, mesh)
     advice = recommend(budget, plan_with, rows=rows, devices=devices, mesh=mesh) if budget else None

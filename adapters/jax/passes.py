@@ -34,16 +34,23 @@ def request_passes(
     """The padded batches of ``request``'s passes: one, or one per ``micro_batch_size``
     datums (0: one)."""
     size = micro_batch_size or len(request.data)
-    loss, config = request.loss_fn, request.loss_fn_config
+    if size >= len(request.data):
+        parts = [request]  # one pass: the request as it is, checked once
+    else:
+        loss, config = request.loss_fn, request.loss_fn_config
+        parts = [
+            ForwardBackwardInput(request.data[i : i + size], loss, config)
+            for i in range(0, len(request.data), size)
+        ]
     return [
         pad_batch(
-            ForwardBackwardInput(request.data[i : i + size], loss, config),
+            part,
             layout.length_buckets,
             layout.row_multiple,
             share_heads=layout.share_heads,
             packing=layout.packing,
         )
-        for i in range(0, len(request.data), size)
+        for part in parts
     ]
 
 

@@ -11,6 +11,7 @@ compiled step on CPU.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from functools import cache
 from typing import Any
 
 import attrs
@@ -106,19 +107,9 @@ def plan_memory(
     on ``devices`` devices split as ``mesh``, run with ``levers``; ``lora`` None or rank 0 is
     full fine-tuning."""
     sizes = dict(zip(("data", "fsdp", "tensor"), mesh.sizes(devices), strict=True))
-    shapes = expected_shapes(cfg)
-    lora = lora if lora is not None and lora.rank else None
-
-    def build() -> Any:
-        return build_model(cfg, lambda name: jnp.zeros(shapes[name]), lora, dtype)
-
-    model = nnx.eval_shape(build)
-    trainable_filter = nnx.LoRAParam if lora is not None else nnx.Param
-    parts: tuple[Any, ...] = nnx.split(model, trainable_filter, ...)
-    trainable, frozen = parts[1], parts[2]
-    from galley.adapters.jax.steps import adamw  # the optimizer the sessions use
-
-    optimizer = jax.eval_shape(adamw().init, trainable)
+    trainable, frozen, optimizer = abstract_state(
+        cfg, lora if lora is not None and lora.rank else None, np.dtype(dtype)
+    )
     rules = cfg.family.sharding
 
     def per_device(tree: Any) -> int:
@@ -148,6 +139,24 @@ def plan_memory(
         + (per_device(trainable) if levers.scan_layers else 0),
         levers=levers,
     )
+
+
+@cache
+def abstract_state(cfg: ModelConfig, lora: LoraConfig | None, dtype: np.dtype[Any]) -> Any:
+    """The session's trainable weights, frozen weights and optimizer state as shapes only
+    (``nnx.eval_shape``: no arrays), built once per model: ``galley plan --memory`` plans
+    the same model under many levers and meshes."""
+    shapes = expected_shapes(cfg)
+
+    def build() -> Any:
+        return build_model(cfg, lambda name: jnp.zeros(shapes[name]), lora, dtype)
+
+    model = nnx.eval_shape(build)
+    trainable_filter = nnx.LoRAParam if lora is not None else nnx.Param
+    parts: tuple[Any, ...] = nnx.split(model, trainable_filter, ...)
+    from galley.adapters.jax.steps import adamw  # the optimizer the sessions use
+
+    return parts[1], parts[2], jax.eval_shape(adamw().init, parts[1])
 
 
 def activation_bytes(

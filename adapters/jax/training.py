@@ -271,11 +271,15 @@ class JaxTrainingSession:
         clip = jnp.asarray(
             [cfg.get("clip_low_threshold", 0.8), cfg.get("clip_high_threshold", 1.2)], jnp.float32
         )
-        how = {"loss": request.loss_fn, "clip": clip, "pins": self._pins}
-        how["logits_chunk"] = self._client.logits_chunk
+        how = {
+            "loss": request.loss_fn,
+            "clip": clip,
+            "pins": self._pins,
+            "logits_chunk": self._client.logits_chunk,
+        }
+        weights = (self._graphdef, self._trainable, self._frozen)  # passes change only grads
         results: list[PassResult] = []
         for batch in batches:
-            weights = (self._graphdef, self._trainable, self._frozen)
             if backward:
                 value, logp, self._grads = forward_backward_step(
                     *weights, self._grads, self._device_batch(batch), **how

@@ -42,16 +42,12 @@ def main() -> None:
     from galley.adapters.jax.model import Remat
     from galley.adapters.jax.plan import Levers, plan_memory
     from galley.adapters.noop import NoopBlobStore, NoopHubClient
-    from galley.core import Datum, LoraConfig, SessionConfig
-    from tests.jax_steps import lowered_step
+    from galley.core import LoraConfig, SessionConfig
+    from tests.jax_steps import lowered_step, sequences
 
     preset = PRESETS[args.preset]
     folder = model_folder(preset, args.model_dir)
-    n = args.length + 1
-    data = [
-        Datum.from_tokens([(3 + i + j) % 200 for j in range(n)], [1.0] * n)
-        for i in range(args.rows)
-    ]
+    data = sequences(args.rows, args.length + 1)
     levers = {
         "none (unrolled)": Levers(),
         "none (scanned)": Levers(scan_layers=True),
