@@ -11,7 +11,7 @@ import transformers
 from galley.adapters.hf.tokenizer import HFTokenizerAdapter
 from galley.core import Conversation, TrainOn, ValidationError
 from galley.core.domain.rendering import make_renderer
-from tests.hf_models import CHATML, LLAMA3_STYLE, write_tokenizer
+from tests.hf_models import CHATML, GEMMA3, GEMMA_SPECIALS, LLAMA3_STYLE, write_tokenizer
 
 CHAT = Conversation.of(
     ("system", "You row the galley."),
@@ -22,9 +22,25 @@ CHAT = Conversation.of(
 )
 
 
-@pytest.fixture(params=[("chatml", CHATML), ("llama3", LLAMA3_STYLE)], ids=lambda p: p[0])
-def folder(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
-    write_tokenizer(tmp_path, 400, chat_template=request.param[1])
+# Per template: its end of turn, and its assistant header (never trained but under
+# all_tokens).
+TEMPLATES = {
+    "chatml": (CHATML, ("<|im_end|>",), "assistant"),
+    "llama3": (LLAMA3_STYLE, ("<|eos|>",), "assistant"),
+    "gemma3": (GEMMA3, ("<end_of_turn>",), "<start_of_turn>model"),
+}
+
+
+@pytest.fixture(params=list(TEMPLATES))
+def template(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def folder(template: str, tmp_path: Path) -> Path:
+    specials = GEMMA_SPECIALS if template == "gemma3" else ()
+    write_tokenizer(tmp_path, 400, chat_template=TEMPLATES[template][0], specials=specials)
     return tmp_path
 
 
@@ -48,7 +64,7 @@ def test_tokens_match_apply_chat_template(folder: Path) -> None:
     assert renderer.generation_prompt(history).to_ints() == reference_ids(folder, history, True)
 
 
-def test_masks_select_the_right_messages(folder: Path) -> None:
+def test_masks_select_the_right_messages(folder: Path, template: str) -> None:
     tok = HFTokenizerAdapter(folder)
     renderer = make_renderer("chat_template", tok)
 
@@ -59,9 +75,8 @@ def test_masks_select_the_right_messages(folder: Path) -> None:
 
     last = trained(TrainOn.LAST_ASSISTANT_MESSAGE)
     assert "Steady, 12 knots." in last and "Ramming" not in last and "How fast" not in last
-    assert last.rstrip().endswith(
-        ("<|im_end|>", "<|eos|>")
-    )  # the end of turn is trained: the model learns to stop
+    _, end_of_turn, header = TEMPLATES[template]
+    assert last.rstrip().endswith(end_of_turn)  # the end of turn is trained: it learns to stop
     both = trained(TrainOn.ALL_ASSISTANT_MESSAGES)
     assert (
         "Ramming speed." in both
@@ -69,12 +84,12 @@ def test_masks_select_the_right_messages(folder: Path) -> None:
         and "How fast" not in both
         and "galley" not in both
     )
-    everything = trained(TrainOn.ALL_MESSAGES)
+    everything = trained(TrainOn.ALL_MESSAGES)  # Gemma's system text opens the user turn
     assert all(
         s in everything for s in ("You row the galley.", "How fast?", "And now?", "Ramming speed.")
     )
     # The generation prompt (assistant header) is never trained outside all_tokens.
-    assert "assistant" not in both
+    assert header not in both
 
 
 def test_templates_run_sandboxed(tmp_path: Path) -> None:

@@ -13,14 +13,21 @@ from flax import nnx
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
-import galley.adapters.jax.model as model_module
+import galley.adapters.jax.layers as layers_module
 from galley.adapters.hf.model_files import SafetensorsReader
-from galley.adapters.jax.attention import attention, causal_attention, group_mask
+from galley.adapters.jax.attention import (
+    Scores,
+    Window,
+    attention,
+    causal_attention,
+    group_mask,
+)
 from galley.adapters.jax.config import read_config
 from galley.adapters.jax.generate import filter_logits, sample_categorical
+from galley.adapters.jax.layers import swiglu
 from galley.adapters.jax.linear import SKINNY_ROWS, times_transposed
 from galley.adapters.jax.lora import lora_project, merge_is_cheaper
-from galley.adapters.jax.model import build_model, swiglu
+from galley.adapters.jax.model import build_model
 from galley.core import LoraConfig
 from tests.hf_models import make_model
 
@@ -71,10 +78,10 @@ def test_causal_attention_equals_masked_attention(length: int) -> None:
     mask = group_mask(jnp.tril(jnp.ones((length, length), bool))[None], groups)
 
     def masked(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-        return jnp.sum(attention(q, k, v, mask) * g)
+        return jnp.sum(attention(q, k, v, mask, Scores.standard(dim)) * g)
 
     def chunked(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
-        return jnp.sum(causal_attention(q, k, v, groups) * g)
+        return jnp.sum(causal_attention(q, k, v, groups, Scores.standard(dim)) * g)
 
     want = jax.value_and_grad(masked, argnums=(0, 1, 2))(q, k, v)
     got = jax.value_and_grad(chunked, argnums=(0, 1, 2))(q, k, v)
@@ -82,14 +89,20 @@ def test_causal_attention_equals_masked_attention(length: int) -> None:
         np.testing.assert_allclose(np.asarray(c), np.asarray(w), rtol=1e-4, atol=1e-4)
 
 
-def textbook_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    scores = jnp.einsum("bkqd,bksd->bkqs", q, k) / np.sqrt(q.shape[-1])
-    probs = jax.nn.softmax(jnp.where(mask, scores, jnp.finfo(jnp.float32).min), axis=-1)
+def textbook_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, scores: Scores
+) -> jax.Array:
+    logits = jnp.einsum("bkqd,bksd->bkqs", q, k) * scores.scale
+    if scores.softcap is not None:
+        logits = scores.softcap * jnp.tanh(logits / scores.softcap)
+    probs = jax.nn.softmax(jnp.where(mask, logits, jnp.finfo(jnp.float32).min), axis=-1)
     return jnp.einsum("bkqs,bksd->bkqd", probs, v)
 
 
-def test_attention_backward_matches_autodiff_of_the_textbook_form() -> None:
-    """Including a padded row that sees no key at all: masked scores get no gradient."""
+@pytest.mark.parametrize("scores", [Scores.standard(8), Scores(0.2, softcap=1.5)])
+def test_attention_backward_matches_autodiff_of_the_textbook_form(scores: Scores) -> None:
+    """Including a padded row that sees no key at all: masked scores get no gradient; and
+    Gemma 2's form, another scale and scores soft-capped (at 1.5, where tanh bends)."""
     batch, kv, rows, length, dim = 2, 2, 6, 5, 8
     keys = jax.random.split(jax.random.key(2), 5)
     q = jax.random.normal(keys[0], (batch, kv, rows, dim))
@@ -99,13 +112,35 @@ def test_attention_backward_matches_autodiff_of_the_textbook_form() -> None:
 
     def loss(fn: Any) -> Any:
         return jax.value_and_grad(
-            lambda q, k, v: jnp.sum(fn(q, k, v, mask) * g), argnums=(0, 1, 2)
+            lambda q, k, v: jnp.sum(fn(q, k, v, mask, scores) * g), argnums=(0, 1, 2)
         )(q, k, v)
 
     for want, got in zip(
         jax.tree.leaves(loss(textbook_attention)), jax.tree.leaves(loss(attention)), strict=True
     ):
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("slides", [None, True, False])
+def test_sliding_window_attention_sees_only_the_nearest_keys(slides: bool | None) -> None:
+    """A window of 5 over 128 positions (2 query chunks) on packed rows, positions restarting
+    at each segment: equal to masked attention with the window written out, and (a layer
+    whose traced flag says it does not slide) to plain causal attention."""
+    batch, kv, groups, dim, length, size = 2, 2, 2, 8, 128, 5
+    keys = jax.random.split(jax.random.key(3), 3)
+    q = jax.random.normal(keys[0], (batch, kv, length * groups, dim))
+    k, v = (jax.random.normal(key, (batch, kv, length, dim)) for key in keys[1:])
+    segments = jnp.asarray(np.repeat([[1, 2], [1, 1]], [40, 88], axis=1))
+    positions = jnp.asarray(np.concatenate([np.arange(40), np.arange(88)]))[None].repeat(2, 0)
+    positions = positions.at[1].set(jnp.arange(length))  # row 1 is one sequence
+    window = Window(size, None if slides is None else jnp.asarray(slides))
+    got = causal_attention(q, k, v, groups, Scores.standard(dim), segments, (window, positions))
+    rows, cols = np.arange(length)[:, None], np.arange(length)[None, :]
+    sees = (cols <= rows) & (segments[:, None, :] == segments[:, :, None])
+    if slides is not False:
+        sees = sees & (rows - cols < size)
+    want = attention(q, k, v, group_mask(sees, groups), Scores.standard(dim))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
 def reference_filter(
@@ -210,8 +245,8 @@ def test_fused_attention_path_keeps_the_head_layout(
         return jnp.sum(jax.nn.log_softmax(logits)[..., 3]), logits
 
     (_, plain), plain_grads = jax.value_and_grad(loss, has_aux=True)(lora)
-    assert model_module.fused_attention(jnp.bfloat16) is None  # on this CPU
-    monkeypatch.setattr(model_module, "fused_attention", lambda dtype: "xla")
+    assert layers_module.fused_attention(jnp.bfloat16) is None  # on this CPU
+    monkeypatch.setattr(layers_module, "fused_attention", lambda dtype: "xla")
     (_, fused), fused_grads = jax.value_and_grad(loss, has_aux=True)(lora)
     np.testing.assert_allclose(np.asarray(fused), np.asarray(plain), atol=1e-4)
     for a, b in zip(jax.tree.leaves(fused_grads), jax.tree.leaves(plain_grads), strict=True):

@@ -3,7 +3,9 @@
 The template runs in jinja2's immutable sandbox, with the same settings and helpers
 ``transformers`` uses. Loss masks come from character spans: the text of message i is what
 rendering messages[:i+1] adds to rendering messages[:i] (for an assistant message, after the
-generation prompt), and a token is trained on when it starts inside a trained span.
+generation prompt), and a token is trained on when it starts inside a trained span. A
+template that folds a message into the next (Gemma's system message, which opens the first
+user turn) gives the first an empty span: its text trains with the message it joins.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any, NoReturn
 
 import attrs
 import numpy as np
+from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from galley.core.domain.chat import Conversation, Message, TrainOn
@@ -56,6 +59,16 @@ class ChatTemplateRenderer:
         )
         return rendered
 
+    def _before(self, messages: Sequence[Message], add_generation_prompt: bool) -> str:
+        """The text of a conversation's first ``messages``; for none, what the template gives
+        for no messages, or nothing where it needs one (Gemma's reads ``messages[0]``)."""
+        if messages:
+            return self.text(messages, add_generation_prompt)
+        try:
+            return self.text(messages, add_generation_prompt)
+        except TemplateError:
+            return ""
+
     def _spans(
         self, conversation: Conversation, train_on: TrainOn, full: str
     ) -> list[tuple[int, int]]:
@@ -67,7 +80,7 @@ class ChatTemplateRenderer:
                 continue
             if train_on is TrainOn.LAST_ASSISTANT_MESSAGE and i != last:
                 continue
-            start = len(self.text(messages[:i], add_generation_prompt=m.role == "assistant"))
+            start = len(self._before(messages[:i], add_generation_prompt=m.role == "assistant"))
             end = len(self.text(messages[: i + 1]))
             if not full.startswith(self.text(messages[: i + 1])):
                 raise ValidationError(

@@ -115,15 +115,19 @@ def pad_batch(
     *,
     share_heads: bool = True,
     packing: bool = False,
+    segments: bool = False,
 ) -> PaddedBatch:
     """Datum i's tokens and loss inputs fill row i from column 0, or, where it cuts the
     padded size by a quarter at least, rows of several datums (shared heads with
     ``share_heads``, the other datums packed with ``packing``); a datum without weights
-    weighs 1, one without sampler logprobs or advantages has zeros."""
+    weighs 1, one without sampler logprobs or advantages has zeros. With ``segments``, rows
+    of one datum carry segment ids and positions too (for models that read each sequence's
+    extent: LongRoPE)."""
     columns = [_columns(datum) for datum in request.data]
     lengths = request.lengths
     rows, width = batch_bucket(len(lengths), row_multiple), bucket(max(lengths), length_buckets)
-    layout: list[SharedRow] = [(0, [i]) for i in range(len(lengths))]
+    singles: list[SharedRow] = [(0, [i]) for i in range(len(lengths))]
+    layout = singles
     if share_heads:
         # Cross-entropy scales each position's term by its weight, the others by its advantage.
         scale = "weights" if request.loss_fn is LossFn.CROSS_ENTROPY else "advantages"
@@ -135,6 +139,8 @@ def pad_batch(
     joint_rows = joint_bucket(len(layout), row_multiple)
     if len(layout) < len(lengths) and 4 * joint_rows * joint_width <= 3 * rows * width:
         return _shared_batch(columns, lengths, layout, joint_rows, joint_width)
+    if segments:
+        return _shared_batch(columns, lengths, singles, rows, width)
     arrays = {name: np.zeros((rows, width), dtype) for name, dtype in PADDED_DTYPES.items()}
     for i, (datum, n) in enumerate(zip(columns, lengths, strict=True)):
         for name in PADDED_DTYPES:

@@ -167,6 +167,7 @@ class JaxCompleter(BatchCompleter):
         )
         if width + new_tokens > loaded.config.max_position_embeddings * 4:
             raise ValidationError("max_tokens", "prompt plus max_tokens exceed the model's context")
+        _refuse_a_rope_switch(loaded.config, encoded, params.max_tokens)
         n, m = max(batch_bucket(len(rows), 1), MIN_DECODE_ROWS), batch_bucket(len(encoded), 1)
         tokens, mask = np.zeros((m, width), np.int32), np.zeros((m, width), bool)
         for i, ids in enumerate(encoded):
@@ -302,3 +303,22 @@ def _with_peft(
         return base + deltas[name] if name in deltas else base
 
     return cfg, tensor
+
+
+def _refuse_a_rope_switch(cfg: ModelConfig, prompts: Sequence[list[int]], max_tokens: int) -> None:
+    """LongRoPE rotates every position of a sequence by its long set once the sequence is
+    longer than the original context, cached positions included (HF re-encodes its cache
+    at that token). This sampler does not re-encode its cache, so a sequence crossing the
+    boundary while it decodes is refused rather than sampled from keys rotated both ways."""
+    limit = cfg.rope.original_max_position
+    if cfg.rope.kind != "longrope":
+        return
+    for ids in prompts:
+        if len(ids) <= limit < len(ids) + max_tokens:
+            raise ValidationError(
+                "max_tokens",
+                f"a prompt of {len(ids)} tokens plus max_tokens {max_tokens} crosses the "
+                f"model's original context ({limit} positions), where LongRoPE changes the "
+                "rotation of every position; this sampler does not re-encode its cache there: "
+                f"keep prompt plus max_tokens within {limit}, or the prompt beyond it",
+            )

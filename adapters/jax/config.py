@@ -2,45 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import attrs
-import numpy as np
 
 from galley.adapters.hf.model_files import read_json
-from galley.adapters.jax.families import Family, family_of
+from galley.adapters.jax.families import FULL, SLIDING, Family, family_of
+from galley.adapters.jax.rope import RopeConfig, read_ropes
 from galley.core.errors import NotFoundError, ValidationError
 
-
-@attrs.frozen
-class RopeConfig:
-    theta: float = 10000.0
-    kind: str = "default"  # "default" | "llama3" | "linear"
-    factor: float = 1.0
-    low_freq_factor: float = 1.0
-    high_freq_factor: float = 4.0
-    original_max_position: int = 8192
-
-    def inverse_frequencies(self, head_dim: int) -> np.ndarray[Any, np.dtype[np.float64]]:
-        """HF's inv_freq, including the llama3 frequency-dependent rescaling."""
-        inv = 1.0 / (self.theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
-        if self.kind == "linear":
-            return inv / self.factor
-        if self.kind != "llama3":
-            return inv
-        low_wavelen = self.original_max_position / self.low_freq_factor
-        high_wavelen = self.original_max_position / self.high_freq_factor
-        wavelen = 2 * math.pi / inv
-        scaled = np.where(wavelen > low_wavelen, inv / self.factor, inv)
-        smooth = (self.original_max_position / wavelen - self.low_freq_factor) / (
-            self.high_freq_factor - self.low_freq_factor
-        )
-        smoothed = (1 - smooth) * scaled / self.factor + smooth * scaled
-        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-        return np.where(medium, smoothed, scaled)
+ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 
 
 @attrs.frozen
@@ -62,28 +35,64 @@ class ModelConfig:
     max_position_embeddings: int
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
+    # Per layer, the window of keys a sliding-window layer sees (itself included), or None
+    # where it sees every earlier key.
+    windows: tuple[int | None, ...] = ()
+    rope_local: RopeConfig | None = None  # sliding-window layers' own rope (Gemma 3)
+    activation: str = "silu"  # the MLP's gate: "silu" (SwiGLU) or "gelu_tanh" (GeGLU)
+    query_scale: float | None = None  # attention scores' scale; None: 1/sqrt(head_dim)
+    attention_softcap: float | None = None  # scores become cap·tanh(score/cap) (Gemma 2)
+    final_softcap: float | None = None  # the same for the logits
+
+    @property
+    def sliding(self) -> bool:
+        """Some layer attends within a window."""
+        return any(w is not None for w in self.windows)
 
 
-def _rope(raw: Mapping[str, Any]) -> RopeConfig:
-    # transformers >= 5 writes rope_parameters; older versions rope_theta + rope_scaling.
-    params = dict(raw.get("rope_parameters") or {})
-    scaling = dict(raw.get("rope_scaling") or {})
-    merged = {**scaling, **params}
-    theta = merged.get("rope_theta", raw.get("rope_theta", 10000.0))
-    kind = merged.get("rope_type", merged.get("type", "default"))
-    if kind not in ("default", "llama3", "linear"):
+def _windows(
+    raw: Mapping[str, Any], family: Family, layers: int, source: str
+) -> tuple[int | None, ...]:
+    """Each layer's attention window from ``layer_types`` (or the family's rule for configs
+    without them) and ``sliding_window``."""
+    types = raw.get("layer_types") or family.layer_types(raw, layers)
+    if len(types) != layers or not set(types) <= {FULL, SLIDING}:
         raise ValidationError(
-            "config.json rope_type",
-            f"{kind!r} is not supported; expected default, linear or llama3",
+            f"{source} layer_types",
+            f"expected {layers} entries, each {FULL!r} or {SLIDING!r}; got {list(types)}",
         )
-    return RopeConfig(
-        theta=float(theta),
-        kind=kind,
-        factor=float(merged.get("factor", 1.0)),
-        low_freq_factor=float(merged.get("low_freq_factor", 1.0)),
-        high_freq_factor=float(merged.get("high_freq_factor", 4.0)),
-        original_max_position=int(merged.get("original_max_position_embeddings", 8192)),
-    )
+    if SLIDING not in types:
+        return (None,) * layers
+    window = raw.get("sliding_window")
+    if type(window) is not int or window < 1:
+        raise ValidationError(
+            f"{source} sliding_window",
+            f"sliding-window layers need a positive window; got {window!r}",
+        )
+    return tuple(window if kind == SLIDING else None for kind in types)
+
+
+def _activation(raw: Mapping[str, Any], source: str) -> str:
+    key = "hidden_activation" if raw.get("hidden_activation") else "hidden_act"
+    name = raw.get(key, "silu")
+    if name not in ACTIVATIONS:
+        raise ValidationError(
+            f"{source} {key}", f"{name!r} is not supported; expected one of {sorted(ACTIVATIONS)}"
+        )
+    return ACTIVATIONS[name]
+
+
+def _cap(raw: Mapping[str, Any], key: str) -> float | None:
+    value = raw.get(key)
+    return float(value) if value else None
+
+
+# Switches of config.json that change what a model computes and that galley does not run:
+# refused by name rather than ignored.
+UNSUPPORTED = {
+    "use_bidirectional_attention": "galley's decoders attend causally",
+    "attention_chunk_size": "chunked attention is not implemented",
+}
 
 
 def _size(raw: Mapping[str, Any], key: str, source: str, default: int | None = None) -> int:
@@ -111,6 +120,9 @@ def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> ModelCo
             f"{source} num_key_value_heads",
             f"{kv_heads} does not divide num_attention_heads ({heads})",
         )
+    for key, why in UNSUPPORTED.items():
+        if raw.get(key):
+            raise ValidationError(f"{source} {key}", f"{raw[key]!r} is not supported: {why}")
     if raw.get("head_dim") is None and hidden % heads:
         raise ValidationError(
             f"{source} hidden_size",
@@ -118,18 +130,22 @@ def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> ModelCo
         )
     try:
         eos = raw.get("eos_token_id")
+        layers = _size(raw, "num_hidden_layers", source)
+        head_dim = _size(raw, "head_dim", source, hidden // heads)
+        rope, rope_local = read_ropes(raw, head_dim, source)
+        scalar = raw.get("query_pre_attn_scalar")
         return ModelConfig(
             family=family,
             model_type=str(model_type),
             vocab_size=_size(raw, "vocab_size", source),
             hidden_size=hidden,
             intermediate_size=_size(raw, "intermediate_size", source),
-            num_layers=_size(raw, "num_hidden_layers", source),
+            num_layers=layers,
             num_heads=heads,
             num_kv_heads=kv_heads,
-            head_dim=_size(raw, "head_dim", source, hidden // heads),
+            head_dim=head_dim,
             rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
-            rope=_rope(raw),
+            rope=rope,
             tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
             qkv_bias=family.qkv_bias(raw),
             qk_norm=family.qk_norm,
@@ -138,6 +154,12 @@ def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> ModelCo
             eos_token_ids=tuple(eos)
             if isinstance(eos, list)
             else (() if eos is None else (int(eos),)),
+            windows=_windows(raw, family, layers, source),
+            rope_local=rope_local,
+            activation=_activation(raw, source),
+            query_scale=float(scalar) ** -0.5 if scalar else None,
+            attention_softcap=_cap(raw, "attn_logit_softcapping"),
+            final_softcap=_cap(raw, "final_logit_softcapping"),
         )
     except KeyError as e:
         raise ValidationError(f"{source}", f"missing required field {e.args[0]!r}") from None
@@ -145,35 +167,50 @@ def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> ModelCo
         raise ValidationError(f"{source}", f"a field has the wrong type: {e}") from None
 
 
+def layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
+    """The weight shape of each module of one layer, by galley's name (HF's [out, in])."""
+    h, d, inner = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+    q, kv = cfg.num_heads * d, cfg.num_kv_heads * d
+    shapes = {
+        "input_layernorm": (h,),
+        "post_attention_layernorm": (h,),
+        "self_attn.o_proj": (h, q),
+        "mlp.down_proj": (h, inner),
+    }
+    if cfg.family.fused_projections:  # q_proj stacks q, k and v; gate_proj gate and up
+        shapes |= {"self_attn.q_proj": (q + 2 * kv, h), "mlp.gate_proj": (2 * inner, h)}
+    else:
+        shapes |= {
+            "self_attn.q_proj": (q, h),
+            "self_attn.k_proj": (kv, h),
+            "self_attn.v_proj": (kv, h),
+            "mlp.gate_proj": (inner, h),
+            "mlp.up_proj": (inner, h),
+        }
+    if cfg.qk_norm:
+        shapes |= {"self_attn.q_norm": (d,), "self_attn.k_norm": (d,)}
+    if cfg.family.sandwich_norms:
+        shapes |= {"pre_feedforward_layernorm": (h,), "post_feedforward_layernorm": (h,)}
+    return shapes
+
+
 def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """The shape config.json implies for every weight a checkpoint of it holds, by HF name."""
-    h, d, vocab, inner = cfg.hidden_size, cfg.head_dim, cfg.vocab_size, cfg.intermediate_size
-    q, kv = cfg.num_heads * d, cfg.num_kv_heads * d
+    h, vocab = cfg.hidden_size, cfg.vocab_size
     name = cfg.family.names.weight
     shapes = {
         name("embed_tokens"): (vocab, h),
         name("lm_head"): (vocab, h),
         name("norm"): (h,),
     }
-    per_layer = {
-        "input_layernorm": (h,),
-        "post_attention_layernorm": (h,),
-        "self_attn.q_proj": (q, h),
-        "self_attn.k_proj": (kv, h),
-        "self_attn.v_proj": (kv, h),
-        "self_attn.o_proj": (h, q),
-        "self_attn.q_norm": (d,),
-        "self_attn.k_norm": (d,),
-        "mlp.gate_proj": (inner, h),
-        "mlp.up_proj": (inner, h),
-        "mlp.down_proj": (h, inner),
-    }
-    biases = {"self_attn.q_proj": (q,), "self_attn.k_proj": (kv,), "self_attn.v_proj": (kv,)}
+    per_layer = layer_shapes(cfg)
     for i in range(cfg.num_layers):
         for module, shape in per_layer.items():
             shapes[name("layers", i, *module.split("."))] = shape
-        for module, shape in biases.items():
-            shapes[name("layers", i, *module.split("."), part="bias")] = shape
+        for module in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"):
+            if module in per_layer:
+                bias = name("layers", i, *module.split("."), part="bias")
+                shapes[bias] = per_layer[module][:1]
     return shapes
 
 

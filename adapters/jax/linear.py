@@ -33,7 +33,8 @@ class Linear(nnx.Module):
             raise ValidationError("Linear", "LoRA needs an [in, out] kernel, not a transposed one")
         self.kernel = nnx.Param(kernel)
         self.transposed = transposed  # kernel is [out, in]
-        # Output widths when the kernel stacks several projections (the sampling layout).
+        # Output widths when the kernel stacks several projections (the sampling layout, or
+        # a checkpoint's fused projections).
         self.parts = parts
         self.bias = nnx.Param(bias) if bias is not None else None
         self.lora_scale = lora_alpha / lora_rank if lora_rank else 0.0
@@ -77,7 +78,7 @@ def project(x: Array, linears: Sequence[Linear | None]) -> list[Array]:
     """The outputs of ``linears`` applied to the same ``x`` ([rows, in]: the model keeps
     activations 2-D so no matmul sees a batch axis). With enough rows, they run as one matmul
     over the concatenated kernels (LoRA merged in: see ``lora``). In the sampling layout the
-    first linear stacks them all and the others are None."""
+    first linear stacks them all and the others are None, as with fused projections."""
     if linears[0] is not None and linears[0].parts:
         return _stacked_outputs(x, linears[0])
     return _each_output(x, [linear for linear in linears if linear is not None])
@@ -111,7 +112,10 @@ def _each_output(x: Array, linears: Sequence[Linear]) -> list[Array]:
 
 
 def _stacked_outputs(x: Array, stacked: Linear) -> list[Array]:
-    y = times_transposed(x, stacked.kernel[...])
-    if stacked.bias is not None:
-        y = y + stacked.bias[...]
+    if stacked.transposed:
+        y = times_transposed(x, stacked.kernel[...])
+        if stacked.bias is not None:
+            y = y + stacked.bias[...]
+    else:  # a checkpoint's fused projection, trained as one (with one LoRA)
+        y = _each_output(x, [stacked])[0]
     return list(jnp.split(y, np.cumsum(stacked.parts)[:-1].tolist(), axis=1))

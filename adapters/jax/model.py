@@ -1,4 +1,5 @@
-"""Llama-family decoders (Llama 2/3, Mistral, Qwen2, Qwen3) as Flax NNX modules with LoRA.
+"""Decoders of the Llama lineage (Llama 2/3, Mistral, Qwen2/3, Gemma 2/3, Phi-3) as Flax NNX
+modules with LoRA; what sets each family apart is data (``families``, ``ModelConfig``).
 
 Linear kernels are stored ``[in, out]`` (HF stores ``[out, in]``), except in models built in
 the sampling layout (``build_model(..., sampling_layout=True)``, no LoRA): decoding reads every
@@ -12,178 +13,25 @@ nothing. ``LoRAParam`` marks what trains in a LoRA session; in a full fine-tune 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from galley.adapters.jax.attention import (
-    attention,
-    causal_attention,
-    decode_attention,
-    group_mask,
-)
-from galley.adapters.jax.config import ModelConfig
-from galley.adapters.jax.linear import Linear, project, times_transposed
+from galley.adapters.jax.config import ModelConfig, layer_shapes
+from galley.adapters.jax.layers import MLP, Attention, DecoderLayer, Inputs, KVCache, RMSNorm
+from galley.adapters.jax.linear import Linear, times_transposed
+from galley.adapters.jax.rope import cos_sin, frequency_table, long_context
 from galley.core.domain.types import LoraConfig
 from galley.core.errors import ConfigError, ValidationError
 
 Array = jax.Array
 ATTN_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_TARGETS = ("gate_proj", "up_proj", "down_proj")
-
-
-class RMSNorm(nnx.Module):
-    def __init__(self, weight: Array, eps: float) -> None:
-        self.weight = nnx.Param(weight)
-        self.eps = eps
-
-    def __call__(self, x: Array) -> Array:
-        x32 = x.astype(jnp.float32)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return (self.weight[...] * normed).astype(x.dtype)
-
-
-def rotate_half(x: Array) -> Array:
-    half = x.shape[-1] // 2
-    return jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-
-
-def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-    """x: [B, T, heads, D]; cos/sin: [B, T, D]."""
-    return x * cos[:, :, None, :] + rotate_half(x) * sin[:, :, None, :]
-
-
-# Keys transposed, [B, kv_heads, D, S] (see ``decode_attention``); values [B, kv_heads, S, D].
-KVCache = tuple[Array, Array]
-
-
-def fused_attention(dtype: Any) -> Literal["cudnn", "xla"] | None:
-    """The fused kernel causal training attention uses, or None for ``causal_attention``
-    (written for CPUs): cuDNN's flash attention on a GPU in bf16/fp16, which never writes the
-    [T, T] scores XLA's form keeps for the backward."""
-    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16):
-        return "cudnn"
-    return None
-
-
-class Attention(nnx.Module):
-    def __init__(
-        self,
-        cfg: ModelConfig,
-        linears: Mapping[str, Linear],
-        q_norm: RMSNorm | None,
-        k_norm: RMSNorm | None,
-    ) -> None:
-        # In the sampling layout, q_proj stacks q, k and v, and there is no k_proj or v_proj.
-        self.q_proj, self.o_proj = linears["q_proj"], linears["o_proj"]
-        self.k_proj, self.v_proj = linears.get("k_proj"), linears.get("v_proj")
-        self.q_norm, self.k_norm = q_norm, k_norm
-        self.num_heads, self.num_kv_heads, self.head_dim = (
-            cfg.num_heads,
-            cfg.num_kv_heads,
-            cfg.head_dim,
-        )
-
-    def __call__(
-        self,
-        x: Array,
-        cos: Array,
-        sin: Array,
-        mask: Array | None,
-        cache: KVCache | None,
-        index: Array | None,
-        segments: Array | None = None,
-    ) -> tuple[Array, KVCache | None]:
-        """``x``: [B·T, hidden]; ``cos``/``sin``: [B, T, D]; ``mask``: [B, T, S], or None for
-        causal attention within ``x`` (training), each position seeing only its own segment
-        and segment 0 where ``segments`` ([B, T]) are given. See ``attention`` for the head
-        layout."""
-        b, t = cos.shape[:2]
-        kv, groups, d = self.num_kv_heads, self.num_heads // self.num_kv_heads, self.head_dim
-        q, k, v = project(x, [self.q_proj, self.k_proj, self.v_proj])
-        q, k, v = q.reshape(b, t, self.num_heads, d), k.reshape(b, t, kv, d), v.reshape(b, t, kv, d)
-        if self.q_norm is not None and self.k_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        fused = fused_attention(q.dtype)
-        if mask is None and cache is None and segments is None and fused is not None:  # a GPU
-            out = jax.nn.dot_product_attention(q, k, v, is_causal=True, implementation=fused)
-            return self.o_proj(out.reshape(b * t, self.num_heads * d)), None
-        # [B, T, kv·groups, D] -> [B, kv, T·groups, D]: row t·groups + g is head kv·groups + g.
-        q = q.reshape(b, t, kv, groups, d).transpose(0, 2, 1, 3, 4).reshape(b, kv, t * groups, d)
-        k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-        if cache is not None and index is not None:
-            keys_t = jax.lax.dynamic_update_slice(
-                cache[0], k.swapaxes(2, 3).astype(cache[0].dtype), (0, 0, 0, index)
-            )
-            v = jax.lax.dynamic_update_slice(cache[1], v.astype(cache[1].dtype), (0, 0, index, 0))
-            cache = (keys_t, v)
-            k = keys_t.swapaxes(2, 3)  # read only when t > 1 (a prompt), where it is small
-        if cache is not None and mask is not None and t == 1:
-            out = decode_attention(q, cache[0], v, group_mask(mask, groups))
-        elif mask is None:
-            out = causal_attention(q, k, v, groups, segments)
-        else:
-            out = attention(q, k, v, group_mask(mask, groups))
-        out = out.reshape(b, kv, t, groups, d).transpose(0, 2, 1, 3, 4)
-        return self.o_proj(out.reshape(b * t, self.num_heads * d)), cache
-
-
-@jax.custom_vjp
-def swiglu(gate: Array, up: Array) -> Array:
-    """silu(gate) · up, with a backward that reads gate and up once and writes both gradients
-    in one pass (autodiff's takes several passes over these, the widest activations)."""
-    return jax.nn.silu(gate) * up
-
-
-def _swiglu_forward(gate: Array, up: Array) -> tuple[Array, tuple[Array, Array]]:
-    return jax.nn.silu(gate) * up, (gate, up)
-
-
-def _swiglu_backward(residuals: tuple[Array, Array], d_out: Array) -> tuple[Array, Array]:
-    gate, up = residuals
-    sig = jax.nn.sigmoid(gate)
-    d_gate = d_out * up * sig * (1.0 + gate * (1.0 - sig))
-    return d_gate, d_out * gate * sig
-
-
-swiglu.defvjp(_swiglu_forward, _swiglu_backward)
-
-
-class MLP(nnx.Module):
-    def __init__(self, linears: Mapping[str, Linear]) -> None:
-        # In the sampling layout, gate_proj stacks gate and up, and there is no up_proj.
-        self.gate_proj, self.down_proj = linears["gate_proj"], linears["down_proj"]
-        self.up_proj = linears.get("up_proj")
-
-    def __call__(self, x: Array) -> Array:
-        gate, up = project(x, [self.gate_proj, self.up_proj])
-        return self.down_proj(swiglu(gate, up))
-
-
-class DecoderLayer(nnx.Module):
-    def __init__(self, attn: Attention, mlp: MLP, input_norm: RMSNorm, post_norm: RMSNorm) -> None:
-        self.self_attn, self.mlp = attn, mlp
-        self.input_layernorm, self.post_attention_layernorm = input_norm, post_norm
-
-    def __call__(
-        self,
-        x: Array,
-        cos: Array,
-        sin: Array,
-        mask: Array | None,
-        cache: KVCache | None,
-        index: Array | None,
-        segments: Array | None = None,
-    ) -> tuple[Array, KVCache | None]:
-        h, cache = self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, index, segments)
-        x = x + h
-        return x + self.mlp(self.post_attention_layernorm(x)), cache
 
 
 class Remat(StrEnum):
@@ -229,8 +77,10 @@ class CausalLM(nnx.Module):
         self.remat = Remat.NONE  # set by a training session: see ``Remat``
         self.norm = norm
         self.lm_head = lm_head  # None: tied to the embedding
-        self.inv_freq = nnx.Variable(
-            jnp.asarray(cfg.rope.inverse_frequencies(cfg.head_dim), jnp.float32)
+        self.inv_freq = nnx.Variable(jnp.asarray(frequency_table(cfg.rope, cfg.head_dim)))
+        local = cfg.rope_local
+        self.local_inv_freq = (
+            nnx.Variable(jnp.asarray(frequency_table(local, cfg.head_dim))) if local else None
         )
 
     def __call__(
@@ -250,10 +100,10 @@ class CausalLM(nnx.Module):
         if self.scanned:
             raise ValidationError("CausalLM", "a scanned model runs only `features` (training)")
         b, t = tokens.shape
-        x, cos, sin = self._embed(tokens, positions)
+        x, inputs = self._embed(tokens, positions, None)
         new_caches = []
         for i, layer in enumerate(self.layers):
-            x, cache = layer(x, cos, sin, mask, None if caches is None else caches[i], index)
+            x, cache = layer(x, inputs, mask, None if caches is None else caches[i], index)
             if cache is not None:
                 new_caches.append(cache)
         if last_only:
@@ -265,10 +115,10 @@ class CausalLM(nnx.Module):
         """The training forward up to the head: the final norm's output [B·T, hidden], each
         position attending causally within its segment (and to segment 0) where ``segments``
         are given. Each layer keeps for the backward what ``self.remat`` says."""
-        x, cos, sin = self._embed(tokens, positions)
+        x, inputs = self._embed(tokens, positions, segments)
 
         def one_layer(x: Array, layer: DecoderLayer) -> Array:
-            return layer(x, cos, sin, None, None, None, segments)[0]
+            return layer(x, inputs, None, None, None)[0]
 
         x = self._layers_forward(x, one_layer)
         return self.norm(x)
@@ -289,23 +139,38 @@ class CausalLM(nnx.Module):
             x = apply(x, *nnx.split(layer))
         return x
 
-    def _embed(self, tokens: Array, positions: Array) -> tuple[Array, Array, Array]:
-        """The tokens' embeddings [B·T, hidden] and RoPE's cos and sin at ``positions``."""
+    def _embed(
+        self, tokens: Array, positions: Array, segments: Array | None
+    ) -> tuple[Array, Inputs]:
+        """The tokens' embeddings [B·T, hidden] (Gemma scales them by sqrt(hidden), rounded
+        to their dtype as HF does) and what the layers read."""
         b, t = tokens.shape
         x = jnp.take(self.embed_tokens[...], tokens.reshape(b * t), axis=0)
-        freqs = positions[..., None].astype(jnp.float32) * self.inv_freq[...]
-        emb = jnp.concatenate([freqs, freqs], axis=-1)
-        return x, jnp.cos(emb).astype(x.dtype), jnp.sin(emb).astype(x.dtype)
+        if self.cfg.family.scaled_embeddings:
+            x = x * jnp.asarray(self.cfg.hidden_size**0.5, x.dtype)
+        local = self.cfg.rope_local
+        long = long_context(self.cfg.rope, positions, segments)
+        return x, Inputs(
+            positions,
+            cos_sin(self.cfg.rope, self.inv_freq[...], positions, x.dtype, long),
+            None
+            if local is None or self.local_inv_freq is None
+            else cos_sin(local, self.local_inv_freq[...], positions, x.dtype),
+            segments,
+        )
 
     def unembed(self, x: Array) -> Array:
-        """float32 logits [rows, vocab] of normed features [rows, hidden]."""
+        """float32 logits [rows, vocab] of normed features [rows, hidden], soft-capped where
+        the model caps them (Gemma 2)."""
         if self.lm_head is not None:
             logits = self.lm_head(x)
         elif self.sampling_layout:  # the embedding is [vocab, hidden]: an [out, in] kernel
             logits = times_transposed(x, self.embed_tokens[...])
         else:
             logits = x @ self.embed_tokens[...].T
-        return logits.astype(jnp.float32)
+        logits = logits.astype(jnp.float32)
+        cap = self.cfg.final_softcap
+        return logits if cap is None else jnp.tanh(logits / cap) * cap
 
 
 TensorGetter = Callable[[str], "np.ndarray[Any, Any] | Array"]  # host or device arrays
@@ -339,7 +204,9 @@ def build_model(
         host: Array = np.asarray(value, dtype=dtype)  # type: ignore[assignment]
         return host
 
-    def linear(path: tuple[str | int, ...], targeted: bool, bias: bool = False) -> Linear:
+    def linear(
+        path: tuple[str | int, ...], targeted: bool, bias: bool = False, parts: tuple[int, ...] = ()
+    ) -> Linear:
         kernel = array(*path)
         return Linear(
             kernel if sampling_layout else kernel.T,
@@ -348,7 +215,11 @@ def build_model(
             alpha,
             next(keys),
             sampling_layout,
+            parts,
         )
+
+    def norm(*path: str | int) -> RMSNorm:
+        return RMSNorm(array(*path), cfg.rms_norm_eps, cfg.family.norm_offset)
 
     def stacked(paths: Sequence[tuple[str | int, ...]], bias: bool) -> Linear:
         """Projections of one input as one ``[Σout, in]`` kernel (the sampling layout)."""
@@ -359,10 +230,25 @@ def build_model(
 
     attn_on = bool(rank) and lora is not None and lora.train_attn
     mlp_on = bool(rank) and lora is not None and lora.train_mlp
+    q, kv, inner = (
+        cfg.num_heads * cfg.head_dim,
+        cfg.num_kv_heads * cfg.head_dim,
+        cfg.intermediate_size,
+    )
+    norm_names = [name for name in layer_shapes(cfg) if name.endswith("layernorm")]
     layers = []
     for i in range(cfg.num_layers):
         attn, mlp = ("layers", i, "self_attn"), ("layers", i, "mlp")
-        if sampling_layout:
+        if cfg.family.fused_projections:  # the checkpoint stacks them: one kernel, one LoRA
+            attn_linears = {
+                "q_proj": linear((*attn, "q_proj"), attn_on, cfg.qkv_bias, (q, kv, kv)),
+                "o_proj": linear((*attn, "o_proj"), attn_on),
+            }
+            mlp_linears = {
+                "gate_proj": linear((*mlp, "gate_proj"), mlp_on, parts=(inner, inner)),
+                "down_proj": linear((*mlp, "down_proj"), mlp_on),
+            }
+        elif sampling_layout:
             attn_linears = {
                 "q_proj": stacked(
                     [(*attn, n) for n in ("q_proj", "k_proj", "v_proj")], cfg.qkv_bias
@@ -378,14 +264,17 @@ def build_model(
                 n: linear((*attn, n), attn_on, cfg.qkv_bias and n != "o_proj") for n in ATTN_TARGETS
             }
             mlp_linears = {n: linear((*mlp, n), mlp_on) for n in MLP_TARGETS}
-        q_norm = RMSNorm(array(*attn, "q_norm"), cfg.rms_norm_eps) if cfg.qk_norm else None
-        k_norm = RMSNorm(array(*attn, "k_norm"), cfg.rms_norm_eps) if cfg.qk_norm else None
         layers.append(
             DecoderLayer(
-                Attention(cfg, attn_linears, q_norm, k_norm),
-                MLP(mlp_linears),
-                RMSNorm(array("layers", i, "input_layernorm"), cfg.rms_norm_eps),
-                RMSNorm(array("layers", i, "post_attention_layernorm"), cfg.rms_norm_eps),
+                Attention(
+                    cfg,
+                    attn_linears,
+                    norm(*attn, "q_norm") if cfg.qk_norm else None,
+                    norm(*attn, "k_norm") if cfg.qk_norm else None,
+                    slides=cfg.windows[i] is not None,
+                ),
+                MLP(mlp_linears, cfg.activation),
+                {name: norm("layers", i, name) for name in norm_names},
             )
         )
     embed = array("embed_tokens")
@@ -395,8 +284,7 @@ def build_model(
         head = Linear(embed.T, None, rank, alpha, next(keys)) if unembed_on else None
     else:
         head = linear(("lm_head",), unembed_on)
-    norm = RMSNorm(array("norm"), cfg.rms_norm_eps)
-    return CausalLM(cfg, embed, layers, norm, head, sampling_layout)
+    return CausalLM(cfg, embed, layers, norm("norm"), head, sampling_layout)
 
 
 def concatenate(arrays: Sequence[Array]) -> Array:

@@ -20,12 +20,13 @@ from galley.core.domain.types import ForwardBackwardInput, ForwardBackwardOutput
 class RowLayout:
     """How a session lays datums out in rows: padded to ``length_buckets``, a multiple of
     ``row_multiple`` rows (the devices a batch is split over), with shared heads and
-    packing where they are on."""
+    packing where they are on, and segment ids in every row with ``segments``."""
 
     length_buckets: tuple[int, ...]
     row_multiple: int
     share_heads: bool
     packing: bool
+    segments: bool = False
 
 
 def request_passes(
@@ -49,6 +50,7 @@ def request_passes(
             layout.row_multiple,
             share_heads=layout.share_heads,
             packing=layout.packing,
+            segments=layout.segments,
         )
         for part in parts
     ]

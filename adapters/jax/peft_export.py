@@ -12,8 +12,9 @@ from flax import nnx
 from safetensors.numpy import load as load_safetensors
 from safetensors.numpy import save as save_safetensors
 
+from galley.adapters.jax.layers import RMSNorm
 from galley.adapters.jax.linear import Linear
-from galley.adapters.jax.model import CausalLM, RMSNorm
+from galley.adapters.jax.model import CausalLM
 from galley.adapters.jax.sharding import to_host
 from galley.core.domain.types import SessionConfig
 from galley.core.errors import ValidationError
@@ -36,7 +37,7 @@ def peft_adapter_files(model: CausalLM, config: SessionConfig) -> dict[str, byte
             name = f"base_model.model.{model.cfg.family.names.module(path)}"
             tensors[f"{name}.lora_A.weight"] = np.ascontiguousarray(to_host(node.lora_a[...]).T)
             tensors[f"{name}.lora_B.weight"] = np.ascontiguousarray(to_host(node.lora_b[...]).T)
-            targets.add(str(path[-1]))
+            targets.add(name.rsplit(".", 1)[-1])  # the checkpoint's name (qkv_proj in Phi-3)
     lora = config.lora
     adapter_config = {
         "peft_type": "LORA",

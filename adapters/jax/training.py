@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+import attrs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,6 +38,7 @@ from galley.adapters.jax.batching import (
 )
 from galley.adapters.jax.compilation_cache import use_compilation_cache
 from galley.adapters.jax.config import ModelConfig, expected_shapes, read_config
+from galley.adapters.jax.layers import fused_attention
 from galley.adapters.jax.losses import checked_chunk
 from galley.adapters.jax.mesh import MeshShape, as_mesh_shape
 from galley.adapters.jax.model import (
@@ -46,7 +48,6 @@ from galley.adapters.jax.model import (
     check_lora_rank,
     check_target_names,
     checked_remat,
-    fused_attention,
 )
 from galley.adapters.jax.passes import PassResult, RowLayout, joined_output, request_passes
 from galley.adapters.jax.peft_export import load_peft_adapter
@@ -117,6 +118,11 @@ class JaxTrainingSession:
             model = build_model(self.model_config, reader, lora, client.dtype)
         finally:
             reader.close()
+        self._rows = client.rows
+        if self.model_config.rope.kind == "longrope":
+            # Each sequence's own length picks its rope (see ``rope.long_context``): rows
+            # carry segments, and no head is shared by sequences that could pick apart.
+            self._rows = attrs.evolve(client.rows, share_heads=False, segments=True)
         self._layers = self.model_config.num_layers if client.scan_layers else 0
         if self._layers:
             stack_layers(model)
@@ -257,7 +263,7 @@ class JaxTrainingSession:
         """The request, checked, and the padded batches of its passes."""
         request = ForwardBackwardInput(tuple(data), loss_fn, dict(config or {}))
         request.check_vocabulary(self.model_config.vocab_size)
-        return request, request_passes(request, self.config.micro_batch_size, self._client.rows)
+        return request, request_passes(request, self.config.micro_batch_size, self._rows)
 
     def _device_batch(self, batch: PaddedBatch) -> dict[str, jax.Array]:
         return self._client.layout.batch_arrays(batch.arrays())

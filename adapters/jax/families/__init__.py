@@ -1,7 +1,7 @@
 """Decoder families: how each one's config.json names it, what sets it apart, and where an HF
 checkpoint keeps its weights. Loading, the shapes checked at load, the PEFT export and the
 merged export all read names from here. A new family is one new module in this package
-defining ``FAMILY``.
+defining ``FAMILY`` (or ``FAMILIES``, for kin sharing one module).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ LAYER_MODULES = (
     "mlp.down_proj",
     "input_layernorm",
     "post_attention_layernorm",
+    "pre_feedforward_layernorm",
+    "post_feedforward_layernorm",
 )
 
 
@@ -86,12 +88,38 @@ LLAMA_SHARDING: ShardingRules = (
 )
 
 
+FULL, SLIDING = "full_attention", "sliding_attention"  # config.json's layer_types values
+
+
+def sliding_if_windowed(config: Mapping[str, Any], layers: int) -> tuple[str, ...]:
+    """Every layer slides where config.json sets a ``sliding_window`` (Mistral 7B v0.1,
+    Phi-3), none otherwise: the layer kinds of configs that predate ``layer_types``."""
+    return ((SLIDING if config.get("sliding_window") else FULL),) * layers
+
+
+def sliding_from_max_window_layers(config: Mapping[str, Any], layers: int) -> tuple[str, ...]:
+    """Qwen2/Qwen3: with ``use_sliding_window``, layers from ``max_window_layers`` on slide."""
+    if not config.get("use_sliding_window") or not config.get("sliding_window"):
+        return (FULL,) * layers
+    first = int(config.get("max_window_layers", layers))
+    return tuple(SLIDING if i >= first else FULL for i in range(layers))
+
+
 @attrs.frozen
 class Family:
     name: str
     model_types: tuple[str, ...]  # config.json's model_type values it reads
     qkv_bias: Callable[[Mapping[str, Any]], bool]  # q/k/v projections carry a bias
     qk_norm: bool = False  # queries and keys are RMS-normalised per head before RoPE
+    # Gemma: RMSNorm scales by (1 + weight); embeddings are scaled by sqrt(hidden); the
+    # attention's and the MLP's outputs are normed too ("sandwich" norms).
+    norm_offset: float = 0.0
+    scaled_embeddings: bool = False
+    sandwich_norms: bool = False
+    # Phi-3: q/k/v and gate/up are each one fused projection in the checkpoint.
+    fused_projections: bool = False
+    # Each layer's kind (FULL or SLIDING) for a config.json without ``layer_types``.
+    layer_types: Callable[[Mapping[str, Any], int], tuple[str, ...]] = sliding_if_windowed
     names: HFNames = attrs.field(factory=HFNames)
     sharding: ShardingRules = LLAMA_SHARDING  # how its parameters split over a mesh
 
@@ -101,8 +129,9 @@ def families() -> Mapping[str, Family]:
     """Every family in this package, by the model_type values it reads."""
     found: dict[str, Family] = {}
     for info in pkgutil.iter_modules(__path__):
-        family: Family = importlib.import_module(f"{__name__}.{info.name}").FAMILY
-        found |= dict.fromkeys(family.model_types, family)
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for family in getattr(module, "FAMILIES", None) or (module.FAMILY,):
+            found |= dict.fromkeys(family.model_types, family)
     return found
 
 
