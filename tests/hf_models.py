@@ -131,6 +131,20 @@ FEATURES: dict[str, dict[str, Any]] = {
             "full_attention": {"rope_type": "linear", "rope_theta": 1e6, "factor": 8.0},
         },
     },
+    "qwen2_moe": {
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "shared_expert_intermediate_size": 48,
+    },
+    "qwen3_moe": {
+        "head_dim": 16,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 32,
+        "norm_topk_prob": True,
+    },
+    "mixtral": {"num_local_experts": 4, "num_experts_per_tok": 2},
     "phi3": {
         "sliding_window": 24,
         "original_max_position_embeddings": 48,  # 40 tokens within, 64 beyond
@@ -148,7 +162,7 @@ def make_model(
     folder: Path, family: str = "llama", *, tie: bool = False, seed: int = 0, **overrides: Any
 ) -> Path:
     """Save a tiny random ``family`` model (llama, qwen2, qwen3, mistral, gemma2, gemma3,
-    phi3) in HF format."""
+    phi3, qwen2_moe, qwen3_moe, mixtral) in HF format."""
     import transformers
 
     classes = {
@@ -159,6 +173,9 @@ def make_model(
         "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM),
         "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
         "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
+        "qwen2_moe": (transformers.Qwen2MoeConfig, transformers.Qwen2MoeForCausalLM),
+        "qwen3_moe": (transformers.Qwen3MoeConfig, transformers.Qwen3MoeForCausalLM),
+        "mixtral": (transformers.MixtralConfig, transformers.MixtralForCausalLM),
     }
     config_cls, model_cls = classes[family]
     folder.mkdir(parents=True, exist_ok=True)

@@ -324,7 +324,7 @@ CASES: list[tuple[str, Any, str]] = [
     (
         "unsupported model type",
         lambda tmp: model_folder(tmp, set_config(model_type="gpt2"))(tmp),
-        "'gpt2' is not supported; expected one of llama, mistral, qwen2, qwen3",
+        "'gpt2' is not supported; expected one of gemma2, gemma3_text, llama, mistral, mixtral",
     ),
     (
         "missing tensor",

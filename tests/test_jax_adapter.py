@@ -20,8 +20,8 @@ from safetensors import safe_open
 
 from galley.adapters.hf.model_files import SafetensorsReader
 from galley.adapters.jax import JaxCompleter, JaxTrainingClient
+from galley.adapters.jax.build import build_model
 from galley.adapters.jax.config import parse_config, read_config
-from galley.adapters.jax.model import build_model
 from galley.adapters.jax.steps import TRACES
 from galley.adapters.noop import NoopBlobStore, NoopHubClient
 from galley.adapters.testing import TrainingClientContract

@@ -1,12 +1,14 @@
-"""Gemma 2, Gemma 3 and Phi-3 against transformers + peft on CPU, one tiny model per family
-with every feature it has switched on where it changes the output (``hf_models.FEATURES``):
-sliding windows shorter than the sequences, soft-capped scores and logits, Gemma 3's rope
-per layer kind, Phi-3's fused projections and LongRoPE on both sides of its original
-context."""
+"""Gemma 2, Gemma 3, Phi-3 and the mixtures of experts (Qwen2-MoE, Qwen3-MoE, Mixtral)
+against transformers + peft on CPU, one tiny model per family with every feature it has
+switched on where it changes the output (``hf_models.FEATURES``): sliding windows shorter
+than the sequences, soft-capped scores and logits, Gemma 3's rope per layer kind, Phi-3's
+fused projections and LongRoPE on both sides of its original context, 4 experts routed top-2
+(renormalised or not) and a shared expert."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +24,8 @@ from peft import PeftModel
 from galley.adapters.hf.local_hub import LocalDirectoryHub
 from galley.adapters.hf.model_files import SafetensorsReader
 from galley.adapters.jax import JaxCompleter, JaxTrainingClient
+from galley.adapters.jax.build import build_model
 from galley.adapters.jax.config import ModelConfig, parse_config, read_config
-from galley.adapters.jax.model import build_model
 from galley.adapters.noop import NoopBlobStore, NoopHubClient
 from galley.core import (
     AdamParams,
@@ -35,8 +37,11 @@ from galley.core import (
     ValidationError,
 )
 from tests.hf_models import make_model
+from tests.python_script import run_python
 
-FAMILIES = ["gemma2", "gemma3", "phi3"]
+FAMILIES = ["gemma2", "gemma3", "phi3", "qwen2_moe", "qwen3_moe", "mixtral"]
+MOE = {"qwen2_moe", "qwen3_moe", "mixtral"}
+MLP = ("gate_proj", "up_proj", "down_proj")
 
 
 @pytest.fixture(scope="module")
@@ -61,17 +66,38 @@ def logits_of(cfg: ModelConfig, folder: Path, tokens: np.ndarray[Any, Any]) -> n
     return np.asarray(model(jnp.asarray(tokens), positions)[0])
 
 
+def moe(cfg: ModelConfig, **changes: Any) -> ModelConfig:
+    assert cfg.moe is not None
+    return attrs.evolve(cfg, moe=attrs.evolve(cfg.moe, **changes))
+
+
 # What each family's test model switches off, one at a time: each must change the logits,
 # or the equality with transformers would not show that galley runs it.
-FEATURES_OFF = {
+FEATURES_OFF: dict[str, dict[str, Callable[[ModelConfig], ModelConfig]]] = {
     "gemma2": {
-        "windows": (None, None, None),
-        "attention_softcap": None,
-        "final_softcap": None,
-        "query_scale": None,
+        "windows": lambda c: attrs.evolve(c, windows=(None, None, None)),
+        "attention_softcap": lambda c: attrs.evolve(c, attention_softcap=None),
+        "final_softcap": lambda c: attrs.evolve(c, final_softcap=None),
+        "query_scale": lambda c: attrs.evolve(c, query_scale=None),
     },
-    "gemma3": {"windows": (None, None, None), "rope_local": None, "query_scale": None},
-    "phi3": {"windows": (None, None)},
+    "gemma3": {
+        "windows": lambda c: attrs.evolve(c, windows=(None, None, None)),
+        "rope_local": lambda c: attrs.evolve(c, rope_local=None),
+        "query_scale": lambda c: attrs.evolve(c, query_scale=None),
+    },
+    "phi3": {"windows": lambda c: attrs.evolve(c, windows=(None, None))},
+    "qwen2_moe": {
+        "top_k": lambda c: moe(c, top_k=1),
+        "shared expert": lambda c: moe(c, shared_expert_size=0),
+    },
+    "qwen3_moe": {
+        "top_k": lambda c: moe(c, top_k=1),
+        "normalize_top_k": lambda c: moe(c, normalize_top_k=False),
+    },
+    "mixtral": {
+        "top_k": lambda c: moe(c, top_k=1),
+        "normalize_top_k": lambda c: moe(c, normalize_top_k=False),
+    },
 }
 
 
@@ -88,9 +114,9 @@ def test_logits_match_transformers_and_every_feature_counts(
     assert ref.std() > 1.0  # logits spread over several nats: a wrong model would show
     assert np.abs(logits_of(cfg, folder, tokens) - ref).max() <= 1e-4
     if length == 40:
-        for field, off in FEATURES_OFF[family].items():
-            changed = logits_of(attrs.evolve(cfg, **{field: off}), folder, tokens)
-            assert np.abs(changed - ref).max() > 1e-2, f"{family}: {field} changes nothing"
+        for feature, off in FEATURES_OFF[family].items():
+            changed = logits_of(off(cfg), folder, tokens)
+            assert np.abs(changed - ref).max() > 1e-2, f"{family}: {feature} changes nothing"
 
 
 def test_longrope_switches_to_its_long_factors_beyond_the_original_context(
@@ -170,9 +196,17 @@ def test_lora_loss_and_gradients_after_three_steps_match_peft(
     batch's loss and every LoRA gradient equal PEFT's."""
     run = trained[family]
     config = json.loads((run["adapter"] / "adapter_config.json").read_text())
-    fused = {"qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"}
-    split = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj", "lm_head"}
-    assert set(config["target_modules"]) == (fused if family == "phi3" else split)
+    attention = {f"self_attn.{n}" for n in ("q_proj", "k_proj", "v_proj", "o_proj")}
+    targets = {
+        "phi3": {"qkv_proj", "o_proj", "gate_up_proj", "down_proj", "lm_head"},
+        "qwen2_moe": {*attention, *(f"mlp.shared_expert.{n}" for n in MLP), "lm_head"},
+        "qwen3_moe": {*attention, "lm_head"},
+        "mixtral": {*attention, "lm_head"},
+    }.get(family, {"q_proj", "k_proj", "v_proj", "o_proj", *MLP, "lm_head"})
+    assert set(config["target_modules"]) == targets
+    if family in MOE:  # each expert's gate-up and down, in PEFT's stacked-experts layout
+        experts = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
+        assert config["target_parameters"] == experts
     model = PeftModel.from_pretrained(
         hf_model(folder_of(hub, family)), run["adapter"], is_trainable=True
     )
@@ -184,11 +218,25 @@ def test_lora_loss_and_gradients_after_three_steps_match_peft(
     names = read_config(folder_of(hub, family)).family.names
     compared = 0
     for path, variable in run["grads"]:
-        which = "lora_A" if path[-1] == "lora_a" else "lora_B"
-        expected = torch_grads[f"base_model.model.{names.module(path[:-1])}.{which}.default.weight"]
+        ours = np.asarray(variable[...])
+        if "experts" in path:  # [E, in, r] and [E, r, out] in PEFT's layout
+            kind, which = path[-1].rsplit("_lora_", 1)
+            module = (
+                f"model.layers.{path[1]}.mlp.experts.{'base_layer.' if kind == 'gate_up' else ''}"
+            )
+            name = f"base_model.model.{module}lora_{which.upper()}.default.weight"
+            e, r = ours.shape[0], ours.shape[2] if which == "a" else ours.shape[1]
+            ours = (
+                ours.transpose(0, 2, 1).reshape(e * r, -1).T
+                if which == "a"
+                else ours.transpose(2, 1, 0).reshape(-1, r * e).T
+            )
+        else:
+            which = "A" if path[-1] == "lora_a" else "B"
+            name = f"base_model.model.{names.module(path[:-1])}.lora_{which}.default.weight"
+        expected = torch_grads[name]
         scale = float(np.abs(expected).max())
-
-        np.testing.assert_allclose(np.asarray(variable[...]), expected.T, atol=1e-4 * scale)
+        np.testing.assert_allclose(ours, expected.T, atol=1e-4 * scale, err_msg=name)
         compared += 1
     assert compared == len(torch_grads) > 0
 
@@ -271,6 +319,15 @@ def test_old_gemma3_configs_read_as_new_ones() -> None:
     assert parse_config(gemma3_config(sliding_window_pattern=2)).windows[:2] == (512, None)
 
 
+QWEN3_MOE = {
+    "model_type": "qwen3_moe",
+    "sliding_window": None,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 8,
+}
+
+
 @pytest.mark.parametrize(
     ("changes", "named"),
     [
@@ -292,6 +349,15 @@ def test_old_gemma3_configs_read_as_new_ones() -> None:
                 "sliding_window": None,
             },
             "rope_scaling",
+        ),
+        *(
+            ({**QWEN3_MOE, key: value}, key)
+            for key, value in [
+                ("mlp_only_layers", [0]),
+                ("decoder_sparse_step", 2),
+                ("router_jitter_noise", 0.01),
+                ("num_experts_per_tok", 5),
+            ]
         ),
     ],
 )
@@ -324,3 +390,85 @@ def test_layers_of_different_kinds_still_scan_and_remat(hub: LocalDirectoryHub) 
     assert runs[0][1] < runs[0][0]
     (offered,) = ModelFacts(hub).capabilities(["tiny/gemma3"]).supported_models
     assert offered.model_name == "tiny/gemma3" and offered.max_context_length == 256
+
+
+MOE_MESH_SCRIPT = """
+import json, sys
+import jax, numpy as np
+from galley.adapters.jax import JaxCompleter, JaxTrainingClient
+from galley.adapters.jax.mesh import MeshShape
+from galley.adapters.jax.plan import plan_memory
+from galley.adapters.noop import NoopBlobStore, NoopHubClient
+from galley.core import AdamParams, Datum, LoraConfig, SamplingParams, SessionConfig
+
+folder, out = sys.argv[1], {}
+GREEDY = SamplingParams(max_tokens=10, temperature=0.0)
+texts = ["the quick brown fox", "jumps over", "the lazy dog", "a galley", "rowed", "numbers 0 1"]
+meshes = {"one": {"data": 1}, "fsdp": {"fsdp": 4}, "fsdp x tensor": {"fsdp": 2, "tensor": 2}}
+for name, mesh in meshes.items():
+    client = JaxTrainingClient(NoopHubClient(), NoopBlobStore(), mesh=MeshShape(**mesh))
+    s = client.start_session(SessionConfig(folder, LoraConfig(rank=4)))
+    ids = [s.tokenizer.encode(t) for t in texts]
+    data = [Datum.from_tokens(i, [1.0] * len(i)) for i in ids]
+    losses, balance = [], []
+    for _ in range(3):
+        metrics = s.forward_backward(data).result().metrics
+        losses.append(metrics["loss:sum"]); balance.append(metrics["router_balance_loss:mean"])
+        s.optim_step(AdamParams(learning_rate=1e-2)).result()
+    experts = s._frozen["layers"][0]["mlp"]["experts"]["gate_up"][...]
+    plan = plan_memory(s.model_config, LoraConfig(rank=4), dtype=np.float32,
+                       mesh=MeshShape(**mesh), devices=4, rows=6, length=32)
+    resident = sum(a.addressable_shards[0].data.nbytes for a in jax.tree.leaves(s._frozen))
+    c = JaxCompleter(NoopHubClient(), NoopBlobStore(), model=folder, mesh=MeshShape(**mesh))
+    out[name] = {
+        "losses": losses, "balance": balance,
+        "experts_share": experts.addressable_shards[0].data.size / experts.size,
+        "frozen_planned": plan.frozen_weights, "frozen_resident": resident,
+        "greedy": c.complete("the quick", GREEDY).sequences[0].tokens,
+    }
+print(json.dumps(out))
+"""
+
+
+def test_experts_split_over_four_devices_train_as_one_device(hub: LocalDirectoryHub) -> None:
+    """Qwen3-MoE on 4 CPU devices, its experts split by expert over fsdp (one each), then by
+    width over tensor too: the losses equal one device's, each device holds its share of the
+    experts (as ``galley plan`` counts them), and greedy sampling on the mesh gives one
+    device's tokens. The router's balance loss is reported every step."""
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    runs = run_python(MOE_MESH_SCRIPT, str(folder_of(hub, "qwen3_moe")), env=env)
+    one = runs["one"]
+    for name, share in (("fsdp", 1 / 4), ("fsdp x tensor", 1 / 4)):
+        np.testing.assert_allclose(runs[name]["losses"], one["losses"], rtol=1e-5)
+        np.testing.assert_allclose(runs[name]["balance"], one["balance"], rtol=1e-5)
+        assert runs[name]["experts_share"] == share
+        assert runs[name]["frozen_planned"] == runs[name]["frozen_resident"]
+        assert runs[name]["greedy"] == one["greedy"]
+    assert one["experts_share"] == 1 and one["frozen_planned"] == one["frozen_resident"]
+    assert one["losses"][-1] < one["losses"][0] and all(b >= 1.0 for b in one["balance"])
+
+
+@pytest.mark.parametrize("family", ["qwen2_moe", "mixtral"])
+def test_the_routers_balance_loss_is_hfs_and_its_coefficient_adds_it(
+    hub: LocalDirectoryHub, family: str
+) -> None:
+    """``router_balance_loss:mean`` equals transformers' ``aux_loss`` over the same padded
+    batch (real tokens only); ``router_aux_loss_coef`` adds coef x balance x tokens."""
+    folder = str(folder_of(hub, family))
+    plain = JaxTrainingClient(NoopHubClient(), NoopBlobStore())
+    weighted = JaxTrainingClient(NoopHubClient(), NoopBlobStore(), router_aux_loss_coef=0.5)
+    sessions = [
+        c.start_session(SessionConfig(folder, LoraConfig(rank=4))) for c in (plain, weighted)
+    ]
+    data = texts(sessions[0].tokenizer, ["the quick brown fox jumps over the lazy dog", "a ship"])
+    without, added = (s.forward_backward(data).result().metrics for s in sessions)
+    ids = [d.model_input.to_ints() for d in data]
+    width = max(map(len, ids))
+    tokens = torch.tensor([i + [0] * (width - len(i)) for i in ids])
+    mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids])
+    with torch.no_grad():
+        theirs = hf_model(Path(folder))(tokens, attention_mask=mask, output_router_logits=True)
+    balance = without["router_balance_loss:mean"]
+    assert balance == pytest.approx(float(theirs.aux_loss), rel=1e-5)
+    n = sum(map(len, ids))
+    assert added["loss:sum"] - without["loss:sum"] == pytest.approx(0.5 * balance * n, rel=1e-4)

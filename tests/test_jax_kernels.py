@@ -22,12 +22,12 @@ from galley.adapters.jax.attention import (
     causal_attention,
     group_mask,
 )
+from galley.adapters.jax.build import build_model
 from galley.adapters.jax.config import read_config
 from galley.adapters.jax.generate import filter_logits, sample_categorical
 from galley.adapters.jax.layers import swiglu
 from galley.adapters.jax.linear import SKINNY_ROWS, times_transposed
 from galley.adapters.jax.lora import lora_project, merge_is_cheaper
-from galley.adapters.jax.model import build_model
 from galley.core import LoraConfig
 from tests.hf_models import make_model
 

@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load as load_safetensors
 
 from galley.adapters.helpers.completing import BatchCompleter, prompt_token_ids
 from galley.adapters.hf.model_files import SafetensorsReader, resolve_model_folder
@@ -35,6 +34,7 @@ from galley.adapters.jax.batching import (
     checked_buckets,
     checked_dtype,
 )
+from galley.adapters.jax.build import build_model
 from galley.adapters.jax.compilation_cache import use_compilation_cache
 from galley.adapters.jax.config import ModelConfig, expected_shapes, read_config
 from galley.adapters.jax.generate import (
@@ -45,7 +45,7 @@ from galley.adapters.jax.generate import (
     generate,
 )
 from galley.adapters.jax.mesh import MeshShape, as_mesh_shape
-from galley.adapters.jax.model import build_model
+from galley.adapters.jax.peft_export import peft_deltas
 from galley.adapters.jax.sharding import Layout, to_host
 from galley.core.domain.model_input import ModelInput
 from galley.core.domain.types import Completion, ModelRef, SampledSequence, SamplingParams
@@ -277,17 +277,7 @@ def _with_peft(
     cfg: ModelConfig, reader: SafetensorsReader, files: dict[str, bytes]
 ) -> tuple[ModelConfig, Any]:
     """A tensor getter with a PEFT adapter folded into the base weights (W + B A alpha/r)."""
-    import json
-
-    adapter_config = json.loads(files["adapter_config.json"])
-    scale = float(adapter_config["lora_alpha"]) / float(adapter_config["r"])
-    lora = load_safetensors(files["adapter_model.safetensors"])
-    deltas: dict[str, np.ndarray[Any, Any]] = {}
-    for name, a in lora.items():
-        if name.endswith(".lora_A.weight"):
-            module = name.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
-            b = lora[name.replace("lora_A", "lora_B")]
-            deltas[f"{module}.weight"] = (b @ a) * scale
+    deltas = peft_deltas(cfg, files)
     if "lm_head.weight" in deltas and cfg.tie_word_embeddings:
         cfg = attrs.evolve(
             cfg, tie_word_embeddings=False

@@ -10,6 +10,7 @@ import attrs
 
 from galley.adapters.hf.model_files import read_json
 from galley.adapters.jax.families import FULL, SLIDING, Family, family_of
+from galley.adapters.jax.moe import MoEConfig
 from galley.adapters.jax.rope import RopeConfig, read_ropes
 from galley.core.errors import NotFoundError, ValidationError
 
@@ -43,6 +44,7 @@ class ModelConfig:
     query_scale: float | None = None  # attention scores' scale; None: 1/sqrt(head_dim)
     attention_softcap: float | None = None  # scores become cap·tanh(score/cap) (Gemma 2)
     final_softcap: float | None = None  # the same for the logits
+    moe: MoEConfig | None = None  # every layer's MLP is a mixture of experts
 
     @property
     def sliding(self) -> bool:
@@ -160,6 +162,7 @@ def parse_config(raw: Mapping[str, Any], source: str = "config.json") -> ModelCo
             query_scale=float(scalar) ** -0.5 if scalar else None,
             attention_softcap=_cap(raw, "attn_logit_softcapping"),
             final_softcap=_cap(raw, "final_logit_softcapping"),
+            moe=family.experts(raw, source) if family.experts is not None else None,
         )
     except KeyError as e:
         raise ValidationError(f"{source}", f"missing required field {e.args[0]!r}") from None
@@ -175,17 +178,32 @@ def layer_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
         "input_layernorm": (h,),
         "post_attention_layernorm": (h,),
         "self_attn.o_proj": (h, q),
-        "mlp.down_proj": (h, inner),
     }
     if cfg.family.fused_projections:  # q_proj stacks q, k and v; gate_proj gate and up
-        shapes |= {"self_attn.q_proj": (q + 2 * kv, h), "mlp.gate_proj": (2 * inner, h)}
+        shapes |= {"self_attn.q_proj": (q + 2 * kv, h)}
     else:
         shapes |= {
             "self_attn.q_proj": (q, h),
             "self_attn.k_proj": (kv, h),
             "self_attn.v_proj": (kv, h),
+        }
+    if cfg.moe is not None:  # each expert's kernels are named per expert: expected_shapes
+        shapes["mlp.router"] = (cfg.moe.num_experts, h)
+        if cfg.moe.shared_expert_size:
+            shared = cfg.moe.shared_expert_size
+            shapes |= {
+                "mlp.shared_expert.gate_proj": (shared, h),
+                "mlp.shared_expert.up_proj": (shared, h),
+                "mlp.shared_expert.down_proj": (h, shared),
+                "mlp.shared_expert_gate": (1, h),
+            }
+    elif cfg.family.fused_projections:
+        shapes |= {"mlp.gate_proj": (2 * inner, h), "mlp.down_proj": (h, inner)}
+    else:
+        shapes |= {
             "mlp.gate_proj": (inner, h),
             "mlp.up_proj": (inner, h),
+            "mlp.down_proj": (h, inner),
         }
     if cfg.qk_norm:
         shapes |= {"self_attn.q_norm": (d,), "self_attn.k_norm": (d,)}
@@ -211,6 +229,13 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
             if module in per_layer:
                 bias = name("layers", i, *module.split("."), part="bias")
                 shapes[bias] = per_layer[module][:1]
+        if cfg.moe is not None:
+            width = cfg.moe.expert_size
+            gate, up, down = cfg.family.names.expert_parts
+            for e in range(cfg.moe.num_experts):
+                shapes[cfg.family.names.expert(i, e, gate)] = (width, h)
+                shapes[cfg.family.names.expert(i, e, up)] = (width, h)
+                shapes[cfg.family.names.expert(i, e, down)] = (h, width)
     return shapes
 
 

@@ -31,6 +31,9 @@ class JaxTrainingOptions:
     # Positions whose logits are computed at once (0: all): the [positions, vocab] logits
     # never exist whole, forward or backward.
     logits_chunk: int = 0
+    # A mixture of experts' load-balancing loss is added to its loss with this weight per
+    # token (0: reported as router_balance_loss, not added).
+    router_aux_loss_coef: float = 0.0
 
 
 @attrs.frozen
@@ -61,6 +64,7 @@ def _training(o: JaxTrainingOptions, built: Built) -> Any:
         packing=o.packing,
         remat=o.remat,
         logits_chunk=o.logits_chunk,
+        router_aux_loss_coef=o.router_aux_loss_coef,
     )
 
 

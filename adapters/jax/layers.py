@@ -22,6 +22,7 @@ from galley.adapters.jax.attention import (
 )
 from galley.adapters.jax.config import ModelConfig
 from galley.adapters.jax.linear import Linear, project
+from galley.adapters.jax.moe import RouterStats, SparseMoE
 from galley.adapters.jax.rope import apply_rope
 
 Array = jax.Array
@@ -207,7 +208,7 @@ class Attention(nnx.Module):
 
 
 class DecoderLayer(nnx.Module):
-    def __init__(self, attn: Attention, mlp: MLP, norms: Mapping[str, RMSNorm]) -> None:
+    def __init__(self, attn: Attention, mlp: MLP | SparseMoE, norms: Mapping[str, RMSNorm]) -> None:
         self.self_attn, self.mlp = attn, mlp
         self.input_layernorm = norms["input_layernorm"]
         self.post_attention_layernorm = norms["post_attention_layernorm"]
@@ -224,11 +225,20 @@ class DecoderLayer(nnx.Module):
         mask: Array | None,
         cache: KVCache | None,
         index: Array | None,
-    ) -> tuple[Array, KVCache | None]:
+    ) -> tuple[Array, KVCache | None, RouterStats | None]:
+        """The layer's output, its cache, and its router's stats (mixtures of experts)."""
         h, cache = self.self_attn(self.input_layernorm(x), inputs, mask, cache, index)
         pre_mlp, post_mlp = self.pre_feedforward_layernorm, self.post_feedforward_layernorm
         if pre_mlp is None or post_mlp is None:
             x = x + h
-            return x + self.mlp(self.post_attention_layernorm(x)), cache
+            h, stats = self._mlp(self.post_attention_layernorm(x), inputs)
+            return x + h, cache, stats
         x = x + self.post_attention_layernorm(h)
-        return x + post_mlp(self.mlp(pre_mlp(x))), cache
+        h, stats = self._mlp(pre_mlp(x), inputs)
+        return x + post_mlp(h), cache, stats
+
+    def _mlp(self, x: Array, inputs: Inputs) -> tuple[Array, RouterStats | None]:
+        if isinstance(self.mlp, SparseMoE):  # the router counts real tokens, not padding
+            segments = inputs.segments
+            return self.mlp(x, None if segments is None else (segments >= 0).reshape(-1))
+        return self.mlp(x), None

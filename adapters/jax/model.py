@@ -13,18 +13,18 @@ nothing. ``LoRAParam`` marks what trains in a LoRA session; in a full fine-tune 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
-from galley.adapters.jax.config import ModelConfig, layer_shapes
-from galley.adapters.jax.layers import MLP, Attention, DecoderLayer, Inputs, KVCache, RMSNorm
+from galley.adapters.jax.config import ModelConfig
+from galley.adapters.jax.layers import DecoderLayer, Inputs, KVCache, RMSNorm
 from galley.adapters.jax.linear import Linear, times_transposed
+from galley.adapters.jax.moe import RouterStats
 from galley.adapters.jax.rope import cos_sin, frequency_table, long_context
 from galley.core.domain.types import LoraConfig
 from galley.core.errors import ConfigError, ValidationError
@@ -55,6 +55,10 @@ REMAT_POLICIES: dict[Remat, Callable[..., Any]] = {
     Remat.FULL: jax.checkpoint_policies.nothing_saveable,
     Remat.DOTS: jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
+
+
+# The residual stream and the router stats of the layers so far (mixtures of experts).
+LayersCarry = tuple[Array, RouterStats | None]
 
 
 class CausalLM(nnx.Module):
@@ -103,7 +107,7 @@ class CausalLM(nnx.Module):
         x, inputs = self._embed(tokens, positions, None)
         new_caches = []
         for i, layer in enumerate(self.layers):
-            x, cache = layer(x, inputs, mask, None if caches is None else caches[i], index)
+            x, cache, _ = layer(x, inputs, mask, None if caches is None else caches[i], index)
             if cache is not None:
                 new_caches.append(cache)
         if last_only:
@@ -111,33 +115,46 @@ class CausalLM(nnx.Module):
         logits = self.unembed(self.norm(x)).reshape(b, t, -1)
         return logits, (new_caches if caches is not None else None)
 
-    def features(self, tokens: Array, positions: Array, segments: Array | None) -> Array:
+    def features(
+        self, tokens: Array, positions: Array, segments: Array | None
+    ) -> tuple[Array, RouterStats | None]:
         """The training forward up to the head: the final norm's output [B·T, hidden], each
         position attending causally within its segment (and to segment 0) where ``segments``
-        are given. Each layer keeps for the backward what ``self.remat`` says."""
+        are given; and, for a mixture of experts, its routers' stats summed over layers.
+        Each layer keeps for the backward what ``self.remat`` says."""
         x, inputs = self._embed(tokens, positions, segments)
 
-        def one_layer(x: Array, layer: DecoderLayer) -> Array:
-            return layer(x, inputs, None, None, None)[0]
+        def one_layer(x: Array, layer: DecoderLayer) -> tuple[Array, RouterStats | None]:
+            x, _, stats = layer(x, inputs, None, None, None)
+            return x, stats
 
-        x = self._layers_forward(x, one_layer)
-        return self.norm(x)
+        x, stats = self._layers_forward(x, one_layer)
+        return self.norm(x), stats
 
-    def _layers_forward(self, x: Array, one_layer: Callable[[Array, Any], Array]) -> Array:
+    def _layers_forward(
+        self, x: Array, one_layer: Callable[[Array, Any], tuple[Array, RouterStats | None]]
+    ) -> tuple[Array, RouterStats | None]:
         """``one_layer`` over every layer, scanned over stacked weights or unrolled, each
-        under ``jax.checkpoint`` with the remat policy when there is one."""
+        under ``jax.checkpoint`` with the remat policy when there is one; the layers'
+        router stats summed."""
 
-        def apply(x: Array, graph: Any, weights: Any) -> Array:
-            return one_layer(x, nnx.merge(graph, weights))
+        def apply(carry: LayersCarry, graph: Any, weights: Any) -> LayersCarry:
+            x, total = carry
+            x, stats = one_layer(x, nnx.merge(graph, weights))
+            if stats is None:
+                return x, total
+            return x, stats if total is None else total + stats
 
         if self.remat is not Remat.NONE:
             apply = jax.checkpoint(apply, policy=REMAT_POLICIES[self.remat], static_argnums=(1,))
+        moe = self.cfg.moe
+        carry: LayersCarry = (x, RouterStats.zeros(moe.num_experts) if moe is not None else None)
         if self.scanned:
             graph, stacked = nnx.split(self.layers[0])
-            return jax.lax.scan(lambda x, w: (apply(x, graph, w), None), x, stacked)[0]
+            return jax.lax.scan(lambda c, w: (apply(c, graph, w), None), carry, stacked)[0]
         for layer in self.layers:
-            x = apply(x, *nnx.split(layer))
-        return x
+            carry = apply(carry, *nnx.split(layer))
+        return carry
 
     def _embed(
         self, tokens: Array, positions: Array, segments: Array | None
@@ -171,128 +188,6 @@ class CausalLM(nnx.Module):
         logits = logits.astype(jnp.float32)
         cap = self.cfg.final_softcap
         return logits if cap is None else jnp.tanh(logits / cap) * cap
-
-
-TensorGetter = Callable[[str], "np.ndarray[Any, Any] | Array"]  # host or device arrays
-
-
-def build_model(
-    cfg: ModelConfig,
-    tensor: TensorGetter,
-    lora: LoraConfig | None,
-    dtype: Any = jnp.float32,
-    *,
-    sampling_layout: bool = False,
-) -> CausalLM:
-    """The model with weights from ``tensor(hf_name)`` and, when ``lora.rank > 0``, fresh LoRA
-    parameters on the targets ``lora`` selects (seeded by ``lora.seed``). ``sampling_layout``
-    (no LoRA, forward only) keeps kernels ``[out, in]`` and stacks q/k/v and gate/up."""
-    if sampling_layout and lora is not None and lora.rank:
-        raise ValidationError("build_model", "the sampling layout has no LoRA; merge it first")
-    rank = lora.rank if lora is not None else 0
-    alpha = lora.alpha if lora is not None else 1.0
-    keys = iter(jax.random.split(jax.random.key(lora.seed if lora else 0), 7 * cfg.num_layers + 1))
-
-    names = cfg.family.names  # where the checkpoint keeps each module
-
-    def array(*path: str | int, part: str = "weight") -> Array:
-        value = tensor(names.weight(*path, part=part))
-        if isinstance(value, jax.Array):  # a session's own weights (a sampling copy)
-            return jnp.asarray(value, dtype)
-        # Weights read from files stay on the host until a session or completer splits them
-        # over its mesh: no device holds the whole model on the way.
-        host: Array = np.asarray(value, dtype=dtype)  # type: ignore[assignment]
-        return host
-
-    def linear(
-        path: tuple[str | int, ...], targeted: bool, bias: bool = False, parts: tuple[int, ...] = ()
-    ) -> Linear:
-        kernel = array(*path)
-        return Linear(
-            kernel if sampling_layout else kernel.T,
-            array(*path, part="bias") if bias else None,
-            rank if targeted else 0,
-            alpha,
-            next(keys),
-            sampling_layout,
-            parts,
-        )
-
-    def norm(*path: str | int) -> RMSNorm:
-        return RMSNorm(array(*path), cfg.rms_norm_eps, cfg.family.norm_offset)
-
-    def stacked(paths: Sequence[tuple[str | int, ...]], bias: bool) -> Linear:
-        """Projections of one input as one ``[Σout, in]`` kernel (the sampling layout)."""
-        kernels = [array(*path) for path in paths]
-        biases = concatenate([array(*path, part="bias") for path in paths]) if bias else None
-        widths = tuple(int(k.shape[0]) for k in kernels)
-        return Linear(concatenate(kernels), biases, 0, alpha, None, True, widths)
-
-    attn_on = bool(rank) and lora is not None and lora.train_attn
-    mlp_on = bool(rank) and lora is not None and lora.train_mlp
-    q, kv, inner = (
-        cfg.num_heads * cfg.head_dim,
-        cfg.num_kv_heads * cfg.head_dim,
-        cfg.intermediate_size,
-    )
-    norm_names = [name for name in layer_shapes(cfg) if name.endswith("layernorm")]
-    layers = []
-    for i in range(cfg.num_layers):
-        attn, mlp = ("layers", i, "self_attn"), ("layers", i, "mlp")
-        if cfg.family.fused_projections:  # the checkpoint stacks them: one kernel, one LoRA
-            attn_linears = {
-                "q_proj": linear((*attn, "q_proj"), attn_on, cfg.qkv_bias, (q, kv, kv)),
-                "o_proj": linear((*attn, "o_proj"), attn_on),
-            }
-            mlp_linears = {
-                "gate_proj": linear((*mlp, "gate_proj"), mlp_on, parts=(inner, inner)),
-                "down_proj": linear((*mlp, "down_proj"), mlp_on),
-            }
-        elif sampling_layout:
-            attn_linears = {
-                "q_proj": stacked(
-                    [(*attn, n) for n in ("q_proj", "k_proj", "v_proj")], cfg.qkv_bias
-                ),
-                "o_proj": linear((*attn, "o_proj"), False),
-            }
-            mlp_linears = {
-                "gate_proj": stacked([(*mlp, "gate_proj"), (*mlp, "up_proj")], False),
-                "down_proj": linear((*mlp, "down_proj"), False),
-            }
-        else:
-            attn_linears = {
-                n: linear((*attn, n), attn_on, cfg.qkv_bias and n != "o_proj") for n in ATTN_TARGETS
-            }
-            mlp_linears = {n: linear((*mlp, n), mlp_on) for n in MLP_TARGETS}
-        layers.append(
-            DecoderLayer(
-                Attention(
-                    cfg,
-                    attn_linears,
-                    norm(*attn, "q_norm") if cfg.qk_norm else None,
-                    norm(*attn, "k_norm") if cfg.qk_norm else None,
-                    slides=cfg.windows[i] is not None,
-                ),
-                MLP(mlp_linears, cfg.activation),
-                {name: norm("layers", i, name) for name in norm_names},
-            )
-        )
-    embed = array("embed_tokens")
-    unembed_on = bool(rank) and lora is not None and lora.train_unembed
-    if cfg.tie_word_embeddings:
-        # A tied head gets its own Linear only when LoRA targets it; the kernel is the embedding.
-        head = Linear(embed.T, None, rank, alpha, next(keys)) if unembed_on else None
-    else:
-        head = linear(("lm_head",), unembed_on)
-    return CausalLM(cfg, embed, layers, norm("norm"), head, sampling_layout)
-
-
-def concatenate(arrays: Sequence[Array]) -> Array:
-    """Along the first axis, on the host if they all are there (see ``build_model``)."""
-    if all(isinstance(a, np.ndarray) for a in arrays):
-        joined: Array = np.concatenate(arrays)  # type: ignore[assignment]
-        return joined
-    return jnp.concatenate(arrays)
 
 
 def check_lora_rank(lora: LoraConfig, cfg: ModelConfig) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 from flax import nnx
 
 from galley.adapters.jax.linear import Linear
+from galley.core.errors import ConfigError
 
 Array = jax.Array
 
@@ -37,6 +38,14 @@ class MoEConfig:
     aux_loss_coef: float = 0.0  # config.json's router_aux_loss_coef
 
 
+def checked_coef(coef: float, where: str) -> float:
+    """The weight of the load-balancing loss in a session's loss: a number from 0 (reported,
+    not added)."""
+    if isinstance(coef, bool) or not isinstance(coef, int | float) or not 0 <= coef < 1e3:
+        raise ConfigError(f"{where}: expected a number from 0 (0: not added), got {coef!r}")
+    return float(coef)
+
+
 class RouterStats(NamedTuple):
     """Per expert, summed over a layer's real tokens: how often it was picked, and its
     routing probability; and how many tokens were routed. HF's load-balancing loss is
@@ -46,7 +55,7 @@ class RouterStats(NamedTuple):
     probability: Array  # [E]
     tokens: Array  # scalar
 
-    def __add__(self, other: Any) -> RouterStats:  # type: ignore[override]
+    def __add__(self, other: Any) -> RouterStats:
         return RouterStats(*(a + b for a, b in zip(self, other, strict=True)))
 
     def balance_loss(self) -> Array:
@@ -72,12 +81,14 @@ class Experts(nnx.Module):
     ) -> None:
         self.gate_up, self.down = nnx.Param(gate_up), nnx.Param(down)
         self.lora_scale = lora_alpha / lora_rank if lora_rank else 0.0
-        self.gate_up_lora_a = self.gate_up_lora_b = None
-        self.down_lora_a = self.down_lora_b = None
+        factors: tuple[nnx.LoRAParam[Array] | None, ...] = (None,) * 4
         if lora_rank and key is not None:
             keys = jax.random.split(key)
-            self.gate_up_lora_a, self.gate_up_lora_b = _factors(gate_up.shape, lora_rank, keys[0])
-            self.down_lora_a, self.down_lora_b = _factors(down.shape, lora_rank, keys[1])
+            factors = (
+                *_factors(gate_up.shape, lora_rank, keys[0]),
+                *_factors(down.shape, lora_rank, keys[1]),
+            )
+        self.gate_up_lora_a, self.gate_up_lora_b, self.down_lora_a, self.down_lora_b = factors
 
     def project(self, x: Array, sizes: Array, which: str) -> Array:
         """Rows of ``x`` (sorted by expert, ``sizes[e]`` rows for expert ``e``) through each
@@ -108,13 +119,13 @@ class SparseMoE(nnx.Module):
         moe: MoEConfig,
         router: Linear,
         experts: Experts,
-        gate: Callable[[Array, Array], Array],
+        activation: Callable[[Array, Array], Array],
         shared: Any = None,
         shared_gate: Linear | None = None,
     ) -> None:
         self.moe = moe
         self.router, self.experts = router, experts
-        self.gate = gate
+        self.activation = activation  # the experts' gated activation (SwiGLU)
         self.shared_expert, self.shared_expert_gate = shared, shared_gate
 
     def __call__(self, x: Array, real: Array | None = None) -> tuple[Array, RouterStats]:
@@ -131,7 +142,7 @@ class SparseMoE(nnx.Module):
         token = order // moe.top_k
         sizes = jnp.bincount(flat, length=moe.num_experts).astype(jnp.int32)
         gate, up = jnp.split(self.experts.project(x[token], sizes, "gate_up"), 2, axis=-1)
-        y = self.experts.project(self.gate(gate, up), sizes, "down")
+        y = self.experts.project(self.activation(gate, up), sizes, "down")
         y = y * weights.reshape(-1)[order][:, None].astype(y.dtype)
         out = jnp.zeros_like(x).at[token].add(y)
         if self.shared_expert is not None and self.shared_expert_gate is not None:

@@ -5,13 +5,14 @@ back together as one output, in the request's order."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import attrs
 import jax
 import numpy as np
 
 from galley.adapters.jax.batching import PaddedBatch, pad_batch
+from galley.adapters.jax.config import ModelConfig
 from galley.adapters.jax.sharding import to_host
 from galley.core.domain.types import ForwardBackwardInput, ForwardBackwardOutput
 
@@ -27,6 +28,17 @@ class RowLayout:
     share_heads: bool
     packing: bool
     segments: bool = False
+
+    def for_model(self, cfg: ModelConfig) -> RowLayout:
+        """This layout as ``cfg``'s model needs it. With LongRoPE each sequence's own length
+        picks its rope (``rope.long_context``): rows carry segments, and no head is shared
+        by sequences that could pick apart. A mixture of experts' routers count real
+        tokens, not padding: rows carry segments."""
+        if cfg.rope.kind == "longrope":
+            return attrs.evolve(self, share_heads=False, segments=True)
+        if cfg.moe is not None:
+            return attrs.evolve(self, segments=True)
+        return self
 
 
 def request_passes(
@@ -56,22 +68,27 @@ def request_passes(
     ]
 
 
-# One pass's batch, its loss (a device scalar) and its log-probabilities (device, [B, T]).
-PassResult = tuple[PaddedBatch, jax.Array, jax.Array]
+class PassResult(NamedTuple):
+    batch: PaddedBatch
+    loss: jax.Array  # a device scalar
+    logprobs: jax.Array  # device, [B, T]
+    metrics: dict[str, jax.Array]  # the model's own (a router's balance), device scalars
 
 
 def joined_output(
     request: ForwardBackwardInput, results: Sequence[PassResult]
 ) -> ForwardBackwardOutput:
-    """The passes' results as one output: each datum's log-probabilities, the summed loss."""
+    """The passes' results as one output: each datum's log-probabilities, the summed loss, and
+    the model's metrics averaged over passes (``name:mean``)."""
     columns: list[np.ndarray[Any, Any]] = [
-        to_host(logp).reshape(-1)[batch.gather].astype(np.float32) for batch, _, logp in results
+        to_host(r.logprobs).reshape(-1)[r.batch.gather].astype(np.float32) for r in results
     ]
+    metrics = {
+        "loss:sum": float(sum(float(r.loss) for r in results)),
+        "tokens:sum": float(sum(r.batch.num_tokens for r in results)),
+    }
+    for name in results[0].metrics if results else ():
+        metrics[f"{name}:mean"] = float(np.mean([float(r.metrics[name]) for r in results]))
     return ForwardBackwardOutput.from_columns(
-        {"logprobs": np.concatenate(columns)},
-        request.lengths,
-        {
-            "loss:sum": float(sum(float(value) for _, value, _ in results)),
-            "tokens:sum": float(sum(batch.num_tokens for batch, _, _ in results)),
-        },
+        {"logprobs": np.concatenate(columns)}, request.lengths, metrics
     )

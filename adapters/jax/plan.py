@@ -22,9 +22,10 @@ from flax import nnx
 
 from galley.adapters.jax.attention import chunk_size
 from galley.adapters.jax.batching import PADDED_DTYPES
+from galley.adapters.jax.build import build_model
 from galley.adapters.jax.config import ModelConfig, expected_shapes
 from galley.adapters.jax.mesh import MeshShape
-from galley.adapters.jax.model import Remat, build_model
+from galley.adapters.jax.model import Remat
 from galley.adapters.jax.sharding import BATCH_AXES, param_name, split_axes, split_count
 from galley.core.domain.types import LoraConfig
 from galley.core.errors import ConfigError
@@ -173,12 +174,19 @@ def activation_bytes(
     rebuilds the rest, one layer at a time. Both need ``scan_layers``: unrolled, XLA's CPU
     scheduler runs the recomputation during the forward, which saves nothing. The logits
     and their log-softmax are float32, per ``logits_chunk`` positions where it is set.
-    Tensor parallelism splits the widths and heads."""
+    Tensor parallelism splits the widths and heads. A mixture of experts' MLP runs each
+    token through its top-k experts (and the shared one): that is its width per token."""
     tokens = rows * length
     hidden = cfg.hidden_size
     q = cfg.num_heads * cfg.head_dim // tensor
     kv = max(cfg.num_kv_heads // tensor, 1) * cfg.head_dim
-    inner = cfg.intermediate_size // tensor
+    moe = cfg.moe
+    mlp_width = (
+        cfg.intermediate_size
+        if moe is None
+        else moe.top_k * moe.expert_size + moe.shared_expert_size
+    )
+    inner = mlp_width // tensor
     size = chunk_size(length)
     visible = sum((c + 1) * size for c in range(length // size)) * size  # (query, key) pairs
     probabilities = rows * max(cfg.num_heads // tensor, 1) * visible * 4

@@ -16,9 +16,10 @@ import attrs
 from flax import nnx
 
 from galley.adapters.hf.tokenizer import HFTokenizerAdapter
+from galley.adapters.jax.build import build_model
 from galley.adapters.jax.completer import JaxCompleter, LoadedModel
 from galley.adapters.jax.config import ModelConfig
-from galley.adapters.jax.model import CausalLM, build_model
+from galley.adapters.jax.model import CausalLM
 from galley.adapters.jax.peft_export import merged_weights
 from galley.adapters.jax.sharding import Layout
 from galley.core.domain.types import ModelRef

@@ -16,6 +16,7 @@ from flax import nnx
 
 from galley.adapters.jax.losses import chunked_token_logprobs, loss_sum, token_logprobs
 from galley.adapters.jax.model import CausalLM
+from galley.adapters.jax.moe import RouterStats
 from galley.adapters.jax.sharding import Pinned
 from galley.core.domain.losses import LossFn
 from galley.core.domain.types import AdamParams
@@ -41,6 +42,17 @@ def forward_logprobs(
     sequences (packed datums, or tails after a shared head), each attending to itself (and the
     head) at its own ``positions``. With ``logits_chunk``, the logits are computed that many
     positions at a time (``chunked_token_logprobs``)."""
+    return _forward(graphdef, trainable, frozen, batch, logits_chunk)[0]
+
+
+def _forward(
+    graphdef: Any,
+    trainable: Any,
+    frozen: Any,
+    batch: dict[str, jax.Array],
+    logits_chunk: int,
+) -> tuple[jax.Array, RouterStats | None]:
+    """``forward_logprobs``, and a mixture of experts' router stats."""
     model: CausalLM = nnx.merge(graphdef, trainable, frozen)
     tokens, targets = batch["tokens"], batch["targets"]
     if "segments" in batch:
@@ -48,12 +60,12 @@ def forward_logprobs(
     else:
         positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         segments = None
-    features = model.features(tokens, positions, segments)
+    features, router = model.features(tokens, positions, segments)
     if logits_chunk:
         logp = chunked_token_logprobs(model.unembed, features, targets.reshape(-1), logits_chunk)
     else:
         logp = token_logprobs(model.unembed(features), targets.reshape(-1))
-    return logp.reshape(tokens.shape)
+    return logp.reshape(tokens.shape), router
 
 
 def _loss(
@@ -64,12 +76,23 @@ def _loss(
     loss: LossFn,
     clip: jax.Array,
     logits_chunk: int,
-) -> tuple[jax.Array, jax.Array]:
-    logp = forward_logprobs(graphdef, trainable, frozen, batch, logits_chunk)
+    balance_coef: float,
+) -> tuple[jax.Array, tuple[jax.Array, dict[str, jax.Array]]]:
+    """The loss summed over tokens, and (log-probabilities, metrics). A mixture of experts
+    reports its load-balancing loss; with ``balance_coef`` it is added, times the pass's
+    tokens (the coefficient is per token, as HF's is on its mean loss)."""
+    logp, router = _forward(graphdef, trainable, frozen, batch, logits_chunk)
     value = loss_sum(
         loss, logp, batch["weights"], batch["sampler_logprobs"], batch["advantages"], clip
     )
-    return value, logp
+    metrics: dict[str, jax.Array] = {}
+    if router is not None:
+        balance = router.balance_loss()
+        metrics["router_balance_loss"] = balance
+        if balance_coef:
+            tokens = jnp.sum(batch["segments"] >= 0) if "segments" in batch else logp.size
+            value = value + balance_coef * balance * tokens
+    return value, (logp, metrics)
 
 
 @attrs.frozen
@@ -88,7 +111,10 @@ class Pins:
         return logp if self.gathered is None else self.gathered(logp)
 
 
-@partial(jax.jit, static_argnames=("graphdef", "loss", "pins", "logits_chunk"))
+STATIC = ("graphdef", "loss", "pins", "logits_chunk", "balance_coef")
+
+
+@partial(jax.jit, static_argnames=STATIC)
 def forward_step(
     graphdef: Any,
     trainable: Any,
@@ -98,17 +124,16 @@ def forward_step(
     clip: jax.Array,
     pins: Pins,
     logits_chunk: int = 0,
-) -> tuple[jax.Array, jax.Array]:
+    balance_coef: float = 0.0,
+) -> tuple[jax.Array, jax.Array, dict[str, jax.Array]]:
     TRACES["forward"] += 1
-    value, logp = _loss(trainable, graphdef, frozen, batch, loss, clip, logits_chunk)
-    return value, pins.whole(logp)
+    value, (logp, metrics) = _loss(
+        trainable, graphdef, frozen, batch, loss, clip, logits_chunk, balance_coef
+    )
+    return value, pins.whole(logp), metrics
 
 
-@partial(
-    jax.jit,
-    static_argnames=("graphdef", "loss", "pins", "logits_chunk"),
-    donate_argnames=("grads",),
-)
+@partial(jax.jit, static_argnames=STATIC, donate_argnames=("grads",))
 def forward_backward_step(
     graphdef: Any,
     trainable: Any,
@@ -119,12 +144,13 @@ def forward_backward_step(
     clip: jax.Array,
     pins: Pins,
     logits_chunk: int = 0,
-) -> tuple[jax.Array, jax.Array, Any]:
+    balance_coef: float = 0.0,
+) -> tuple[jax.Array, jax.Array, Any, dict[str, jax.Array]]:
     TRACES["forward_backward"] += 1
-    (value, logp), g = jax.value_and_grad(_loss, has_aux=True)(
-        trainable, graphdef, frozen, batch, loss, clip, logits_chunk
+    (value, (logp, metrics)), g = jax.value_and_grad(_loss, has_aux=True)(
+        trainable, graphdef, frozen, batch, loss, clip, logits_chunk, balance_coef
     )
-    return value, pins.whole(logp), pins.trainable(jax.tree.map(jnp.add, grads, g))
+    return value, pins.whole(logp), pins.trainable(jax.tree.map(jnp.add, grads, g)), metrics
 
 
 @partial(jax.jit, static_argnames=("pins",), donate_argnames=("trainable", "opt_state", "grads"))

@@ -20,7 +20,6 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-import attrs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -36,6 +35,7 @@ from galley.adapters.jax.batching import (
     checked_buckets,
     checked_dtype,
 )
+from galley.adapters.jax.build import build_model
 from galley.adapters.jax.compilation_cache import use_compilation_cache
 from galley.adapters.jax.config import ModelConfig, expected_shapes, read_config
 from galley.adapters.jax.layers import fused_attention
@@ -44,11 +44,11 @@ from galley.adapters.jax.mesh import MeshShape, as_mesh_shape
 from galley.adapters.jax.model import (
     CausalLM,
     Remat,
-    build_model,
     check_lora_rank,
     check_target_names,
     checked_remat,
 )
+from galley.adapters.jax.moe import checked_coef
 from galley.adapters.jax.passes import PassResult, RowLayout, joined_output, request_passes
 from galley.adapters.jax.peft_export import load_peft_adapter
 from galley.adapters.jax.scan import per_layer, stack_layers, stacked, unrolled
@@ -118,11 +118,7 @@ class JaxTrainingSession:
             model = build_model(self.model_config, reader, lora, client.dtype)
         finally:
             reader.close()
-        self._rows = client.rows
-        if self.model_config.rope.kind == "longrope":
-            # Each sequence's own length picks its rope (see ``rope.long_context``): rows
-            # carry segments, and no head is shared by sequences that could pick apart.
-            self._rows = attrs.evolve(client.rows, share_heads=False, segments=True)
+        self._rows = client.rows.for_model(self.model_config)
         self._layers = self.model_config.num_layers if client.scan_layers else 0
         if self._layers:
             stack_layers(model)
@@ -282,17 +278,18 @@ class JaxTrainingSession:
             "clip": clip,
             "pins": self._pins,
             "logits_chunk": self._client.logits_chunk,
+            "balance_coef": self._client.router_aux_loss_coef,
         }
         weights = (self._graphdef, self._trainable, self._frozen)  # passes change only grads
         results: list[PassResult] = []
         for batch in batches:
             if backward:
-                value, logp, self._grads = forward_backward_step(
+                value, logp, self._grads, metrics = forward_backward_step(
                     *weights, self._grads, self._device_batch(batch), **how
                 )
             else:
-                value, logp = forward_step(*weights, self._device_batch(batch), **how)
-            results.append((batch, value, logp))
+                value, logp, metrics = forward_step(*weights, self._device_batch(batch), **how)
+            results.append(PassResult(batch, value, logp, metrics))
         return Deferred(lambda: joined_output(request, results))
 
     def _optim(self, p: AdamParams) -> Deferred[OptimStepResult]:
@@ -390,7 +387,8 @@ class JaxTrainingClient:
     directory), checkpoints and exports go through the BlobStore. ``mesh`` splits the
     ``devices`` (default: every device, of every process in a distributed run) into data,
     FSDP and tensor-parallel axes. ``packing``, ``remat`` and ``logits_chunk`` trade memory
-    and padding for time, never results (docs/jax-adapter.md)."""
+    and padding for time, never results (docs/jax-adapter.md). ``router_aux_loss_coef``
+    adds a mixture of experts' load-balancing loss to its loss (it is reported either way)."""
 
     def __init__(
         self,
@@ -406,6 +404,7 @@ class JaxTrainingClient:
         packing: bool | None = None,
         remat: Remat | str = Remat.NONE,
         logits_chunk: int = 0,
+        router_aux_loss_coef: float = 0.0,
     ) -> None:
         if compilation_cache_dir is not None:
             use_compilation_cache(compilation_cache_dir)
@@ -417,6 +416,9 @@ class JaxTrainingClient:
         several = fused_attention(self.dtype) is None
         self.remat = checked_remat(remat, "JaxTrainingClient.remat")
         self.logits_chunk = checked_chunk(logits_chunk, "JaxTrainingClient.logits_chunk")
+        self.router_aux_loss_coef = checked_coef(
+            router_aux_loss_coef, "JaxTrainingClient.router_aux_loss_coef"
+        )
         self.length_buckets = checked_buckets(length_buckets, "JaxTrainingClient.length_buckets")
         self.layout = Layout(as_mesh_shape(mesh), devices)
         self.rows = RowLayout(

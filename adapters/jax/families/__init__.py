@@ -14,6 +14,7 @@ from typing import Any
 
 import attrs
 
+from galley.adapters.jax.moe import MoEConfig
 from galley.core.errors import ValidationError
 
 # A module's path in galley's model: ("layers", 3, "mlp", "up_proj"), ("norm",), ("lm_head",).
@@ -34,6 +35,11 @@ LAYER_MODULES = (
     "post_attention_layernorm",
     "pre_feedforward_layernorm",
     "post_feedforward_layernorm",
+    "mlp.router",  # mixtures of experts (moe.py): the router, the shared expert and its gate
+    "mlp.shared_expert.gate_proj",
+    "mlp.shared_expert.up_proj",
+    "mlp.shared_expert.down_proj",
+    "mlp.shared_expert_gate",
 )
 
 
@@ -48,6 +54,17 @@ class HFNames:
     # (galley's name, the checkpoint's) per layer; pairs, not a dict: a model's config is a
     # static, hashed part of its compiled steps.
     in_layer: tuple[tuple[str, str], ...] = tuple((m, m) for m in LAYER_MODULES)
+
+    # Mixtures of experts: where the checkpoint keeps expert e's gate, up and down kernels
+    # (f"{layers}.{i}.{experts}.{e}.{part}"), which galley stacks into one kernel per kind.
+    experts: str = "mlp.experts"
+    expert_parts: tuple[str, str, str] = ("gate_proj", "up_proj", "down_proj")
+    # ... and where transformers holds them stacked, as its ``gate_up_proj`` and
+    # ``down_proj`` parameters: PEFT names adapters of experts by it.
+    stacked_experts: str = "mlp.experts"
+
+    def expert(self, layer: int, expert: int, part: str) -> str:
+        return f"{self.layers}.{layer}.{self.experts}.{expert}.{part}.weight"
 
     def module(self, path: ModulePath) -> str:
         """The HF module name of galley's module at ``path``."""
@@ -105,6 +122,22 @@ def sliding_from_max_window_layers(config: Mapping[str, Any], layers: int) -> tu
     return tuple(SLIDING if i >= first else FULL for i in range(layers))
 
 
+# Experts split over fsdp by expert (a device holds some experts whole) and over tensor by
+# their MLP width, like the dense MLP's gate/up and down; the shared expert as a dense MLP.
+MOE_SHARDING: ShardingRules = (
+    *LLAMA_SHARDING,
+    ("mlp.experts.gate_up", ("fsdp", None, "tensor")),  # [experts, hidden, 2 x width]
+    ("mlp.experts.down", ("fsdp", "tensor", None)),
+    ("mlp.experts.gate_up_lora_a", ("fsdp", None, None)),
+    ("mlp.experts.gate_up_lora_b", ("fsdp", None, "tensor")),
+    ("mlp.experts.down_lora_a", ("fsdp", "tensor", None)),
+    ("mlp.experts.down_lora_b", ("fsdp", None, None)),
+    ("mlp.shared_expert.gate_proj.kernel", ("fsdp", "tensor")),
+    ("mlp.shared_expert.up_proj.kernel", ("fsdp", "tensor")),
+    ("mlp.shared_expert.down_proj.kernel", ("tensor", "fsdp")),
+)
+
+
 @attrs.frozen
 class Family:
     name: str
@@ -120,6 +153,8 @@ class Family:
     fused_projections: bool = False
     # Each layer's kind (FULL or SLIDING) for a config.json without ``layer_types``.
     layer_types: Callable[[Mapping[str, Any], int], tuple[str, ...]] = sliding_if_windowed
+    # Mixtures of experts: their settings from config.json (and its path, to name a key).
+    experts: Callable[[Mapping[str, Any], str], MoEConfig] | None = None
     names: HFNames = attrs.field(factory=HFNames)
     sharding: ShardingRules = LLAMA_SHARDING  # how its parameters split over a mesh
 
@@ -143,3 +178,48 @@ def family_of(model_type: Any, source: str = "config.json") -> Family:
             f"{model_type!r} is not supported; expected one of {', '.join(sorted(known))}",
         )
     return known[model_type]
+
+
+def read_experts(
+    config: Mapping[str, Any],
+    source: str,
+    *,
+    width: str,
+    normalize: bool | None = None,
+    shared: bool = False,
+) -> MoEConfig:
+    """A family's experts from config.json: how many (``num_experts`` or
+    ``num_local_experts``), how many per token, each one's width (the ``width`` key), whether
+    the top-k weights are renormalised (``normalize``, else ``norm_topk_prob``) and the shared
+    expert's width. Switches galley does not run are refused by key."""
+    count = config.get("num_experts", config.get("num_local_experts"))
+    top_k, size = config.get("num_experts_per_tok"), config.get(width)
+    for key, value in (("num_experts", count), ("num_experts_per_tok", top_k), (width, size)):
+        if type(value) is not int or value < 1:
+            raise ValidationError(f"{source} {key}", f"expected a positive integer, got {value!r}")
+    assert isinstance(count, int) and isinstance(top_k, int) and isinstance(size, int)
+    if top_k > count:
+        raise ValidationError(
+            f"{source} num_experts_per_tok", f"{top_k} is more than the {count} experts"
+        )
+    refused = {
+        "mlp_only_layers": bool(config.get("mlp_only_layers")),
+        "decoder_sparse_step": config.get("decoder_sparse_step", 1) != 1,
+        "router_jitter_noise": bool(config.get("router_jitter_noise")),
+    }
+    for key, present in refused.items():
+        if present:
+            raise ValidationError(
+                f"{source} {key}",
+                f"{config[key]!r} is not supported: galley runs every layer's MLP as experts, "
+                "routed without noise",
+            )
+    shared_size = int(config.get("shared_expert_intermediate_size") or 0) if shared else 0
+    return MoEConfig(
+        num_experts=count,
+        top_k=top_k,
+        expert_size=size,
+        normalize_top_k=bool(config.get("norm_topk_prob")) if normalize is None else normalize,
+        shared_expert_size=shared_size,
+        aux_loss_coef=float(config.get("router_aux_loss_coef") or 0.0),
+    )
