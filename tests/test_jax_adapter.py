@@ -34,8 +34,8 @@ from galley.core import (
     SessionConfig,
     ValidationError,
 )
-from galley.ports import BlobStore
 from tests.hf_models import make_model
+from tests.jax_steps import texts, write_blobs
 
 
 def causal_mask(length: int) -> jax.Array:
@@ -161,21 +161,6 @@ def test_missing_tensor_is_named(models: dict[str, Path], tmp_path: Path) -> Non
         client.start_session(SessionConfig(str(folder)))
 
 
-def batch(tok: Any, texts: list[str]) -> list[Datum]:
-    out = []
-    for t in texts:
-        ids = [tok.bos_token_id, *tok.encode(t)]
-        out.append(Datum.from_tokens(ids, [0.0] + [1.0] * (len(ids) - 1)))
-    return out
-
-
-def write_blobs(blobs: BlobStore, prefix: str, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for key in blobs.list(prefix):
-        (folder / key.rsplit("/", 1)[-1]).write_bytes(blobs.read(key))
-    return folder
-
-
 @pytest.mark.parametrize("name", ["llama", "qwen2-tied"])
 def test_lora_loss_and_gradients_match_peft(
     models: dict[str, Path], tmp_path: Path, name: str
@@ -185,13 +170,13 @@ def test_lora_loss_and_gradients_match_peft(
         SessionConfig(str(folder), LoraConfig(rank=4, alpha=8.0, seed=3))
     )
     tok = session.tokenizer
-    session.forward_backward(batch(tok, ["the lazy dog jumps", "a ship"]))
+    session.forward_backward(texts(tok, ["the lazy dog jumps", "a ship"]))
     session.optim_step(AdamParams(learning_rate=0.05)).result()  # B != 0 from here on
     ref = session.save_weights_for_sampler("lora").result()
     adapter_dir = write_blobs(blobs, ref.key, tmp_path / "adapter")
     assert json.loads((adapter_dir / "adapter_config.json").read_text())["r"] == 4
 
-    data = batch(tok, ["galley rowed in rhythm", "quick brown fox"])
+    data = texts(tok, ["galley rowed in rhythm", "quick brown fox"])
     out = session.forward_backward(data).result()
     grads = nnx.to_flat_state(session._grads)  # white-box: the accumulated LoRA gradient
 
@@ -233,7 +218,7 @@ def test_merged_export_loads_in_transformers_with_the_same_logits(
     session = JaxTrainingClient(NoopHubClient(), blobs).start_session(
         SessionConfig(str(folder), LoraConfig(rank=4))
     )
-    data = batch(session.tokenizer, ["the quick brown fox", "jumps over"])
+    data = texts(session.tokenizer, ["the quick brown fox", "jumps over"])
     for _ in range(2):
         session.forward_backward(data)
         session.optim_step(AdamParams(learning_rate=0.05))
@@ -265,7 +250,7 @@ def test_training_drives_loss_down_and_full_finetune_trains_everything(
     client = JaxTrainingClient(NoopHubClient(), NoopBlobStore())
     full = client.start_session(SessionConfig(str(models["llama"]), LoraConfig(rank=0)))
     assert full.model_info.num_trainable_parameters == full.model_info.num_parameters
-    data = batch(full.tokenizer, ["the quick brown fox jumps over the lazy dog"] * 2)
+    data = texts(full.tokenizer, ["the quick brown fox jumps over the lazy dog"] * 2)
     losses = []
     for _ in range(15):
         losses.append(full.forward_backward(data).result().metrics["loss:sum"])
@@ -284,7 +269,7 @@ def test_bfloat16_session_trains_float32_adapters(models: dict[str, Path], tmp_p
     assert {v[...].dtype for _, v in adapters} == {jnp.dtype(jnp.float32)}
     assert jnp.dtype(jnp.bfloat16) in {leaf.dtype for leaf in frozen}
     before = {path: np.asarray(v[...]) for path, v in adapters}
-    data = batch(session.tokenizer, ["the quick brown fox jumps over the lazy dog"] * 2)
+    data = texts(session.tokenizer, ["the quick brown fox jumps over the lazy dog"] * 2)
     losses = []
     for _ in range(10):
         losses.append(session.forward_backward(data).result().metrics["loss:sum"])
@@ -314,17 +299,17 @@ def test_new_lengths_in_a_bucket_do_not_recompile(models: dict[str, Path]) -> No
         NoopHubClient(), NoopBlobStore(), length_buckets=(32, 64)
     ).start_session(SessionConfig(str(models["mistral"]), LoraConfig(rank=2)))
     tok = session.tokenizer
-    session.forward_backward(batch(tok, ["a"])).result()
+    session.forward_backward(texts(tok, ["a"])).result()
     session.optim_step(AdamParams()).result()
     before = dict(TRACES)
     for text in ["the quick", "the quick brown fox", "galley ship rowed", "numbers 0 1 2 3 4"]:
-        session.forward_backward(batch(tok, [text])).result()
+        session.forward_backward(texts(tok, [text])).result()
         session.optim_step(
             AdamParams(learning_rate=float(len(text)) * 1e-4, grad_clip_norm=1.0)
         ).result()
     assert dict(TRACES) == before  # same bucket, new lengths, new LR and clipping: no trace
     session.forward_backward(
-        batch(tok, ["the quick brown fox jumps over the lazy dog " * 2])
+        texts(tok, ["the quick brown fox jumps over the lazy dog " * 2])
     ).result()
     assert (
         TRACES["forward_backward"] == before["forward_backward"] + 1
@@ -377,10 +362,10 @@ def test_every_loss_matches_the_core_reference(models: dict[str, Path], loss: st
 
     client = JaxTrainingClient(NoopHubClient(), NoopBlobStore())
     session = client.start_session(SessionConfig(str(models["llama"]), LoraConfig(rank=4, seed=1)))
-    session.forward_backward(batch(session.tokenizer, ["warm up the adapter"]))
+    session.forward_backward(texts(session.tokenizer, ["warm up the adapter"]))
     session.optim_step(AdamParams(learning_rate=0.05)).result()
     rng = np.random.default_rng(7)
-    plain = batch(session.tokenizer, ["the quick brown fox", "a galley ship"])
+    plain = texts(session.tokenizer, ["the quick brown fox", "a galley ship"])
     current = session.forward(plain).result().logprobs
     data = []
     for d, logp in zip(plain, current, strict=True):
@@ -404,7 +389,7 @@ def test_every_loss_matches_the_core_reference(models: dict[str, Path], loss: st
     assert out.metrics["loss:sum"] == pytest.approx(expected, rel=1e-4, abs=1e-4)
     # The gradient equals cross entropy with weights -dL/dlogp (the linearisation identity).
     twin = client.start_session(SessionConfig(str(models["llama"]), LoraConfig(rank=4, seed=1)))
-    twin.forward_backward(batch(twin.tokenizer, ["warm up the adapter"]))
+    twin.forward_backward(texts(twin.tokenizer, ["warm up the adapter"]))
     twin.optim_step(AdamParams(learning_rate=0.05)).result()
     linear = []
     for d, logp in zip(data, out.logprobs, strict=True):

@@ -37,6 +37,7 @@ from galley.core import (
     ValidationError,
 )
 from tests.hf_models import make_model
+from tests.jax_steps import texts, write_blobs
 from tests.python_script import run_python
 
 FAMILIES = ["gemma2", "gemma3", "phi3", "qwen2_moe", "qwen3_moe", "mixtral"]
@@ -128,21 +129,6 @@ def test_longrope_switches_to_its_long_factors_beyond_the_original_context(
     assert rope.attention_factor == pytest.approx(np.sqrt(1 + np.log(256 / 48) / np.log(48)))
     short, long = rope.inverse_frequencies(16), rope.inverse_frequencies(16, long=True)
     assert not np.allclose(short, long)
-
-
-def texts(tok: Any, samples: list[str]) -> list[Datum]:
-    out = []
-    for t in samples:
-        ids = [tok.bos_token_id, *tok.encode(t)]
-        out.append(Datum.from_tokens(ids, [0.0] + [1.0] * (len(ids) - 1)))
-    return out
-
-
-def write_blobs(blobs: NoopBlobStore, prefix: str, folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    for key in blobs.list(prefix):
-        (folder / key.rsplit("/", 1)[-1]).write_bytes(blobs.read(key))
-    return folder
 
 
 @pytest.fixture(scope="module")

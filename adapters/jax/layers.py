@@ -148,11 +148,9 @@ class Attention(nnx.Module):
             return inputs.rope
         if self.slides is None:
             return inputs.local_rope if self.window_size is not None else inputs.rope
-        picked = [
-            jnp.where(self.slides[...], a, b)
-            for a, b in zip(*[inputs.local_rope, inputs.rope], strict=True)
-        ]
-        return picked[0], picked[1]
+        (local_cos, local_sin), (cos, sin) = inputs.local_rope, inputs.rope
+        slides = self.slides[...]
+        return jnp.where(slides, local_cos, cos), jnp.where(slides, local_sin, sin)
 
     def __call__(
         self,
