@@ -135,7 +135,6 @@ class Attention(nnx.Module):
         # still stack for scanning; where they are all alike it is static.
         mixed = len(set(cfg.windows)) > 1
         self.slides = nnx.Variable(np.asarray(slides)) if mixed else None
-        self.local_rope = cfg.rope_local is not None
 
     def window(self, keys: int) -> Window | None:
         """This layer's window over ``keys`` keys; None where it cannot bind."""

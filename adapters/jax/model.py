@@ -1,5 +1,6 @@
-"""Decoders of the Llama lineage (Llama 2/3, Mistral, Qwen2/3, Gemma 2/3, Phi-3) as Flax NNX
-modules with LoRA; what sets each family apart is data (``families``, ``ModelConfig``).
+"""Decoders of the Llama lineage (Llama 2/3, Mistral, Qwen2/3, Gemma 2/3, Phi-3, and the
+mixtures of experts Qwen2/3-MoE and Mixtral) as Flax NNX modules with LoRA; what sets each
+family apart is data (``families``, ``ModelConfig``). ``build.py`` builds them.
 
 Linear kernels are stored ``[in, out]`` (HF stores ``[out, in]``), except in models built in
 the sampling layout (``build_model(..., sampling_layout=True)``, no LoRA): decoding reads every

@@ -120,7 +120,7 @@ class SparseMoE(nnx.Module):
         router: Linear,
         experts: Experts,
         activation: Callable[[Array, Array], Array],
-        shared: Any = None,
+        shared: Any = None,  # the shared expert: a dense MLP (layers.py, which imports this)
         shared_gate: Linear | None = None,
     ) -> None:
         self.moe = moe

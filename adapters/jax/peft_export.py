@@ -32,17 +32,58 @@ def _modules(model: CausalLM) -> list[tuple[tuple[Any, ...], Any]]:
     ]
 
 
-# PEFT adapts a stacked-experts module's two parameters by wrapping it twice: the first
-# listed in ``target_parameters`` innermost (its factors under ``base_layer``).
+# The parameters of a stacked-experts module that galley's two expert kernels are, by kind.
 EXPERT_PARAMETERS = {"gate_up": "gate_up_proj", "down": "down_proj"}
-EXPERT_PREFIXES = {"gate_up": "base_layer.", "down": ""}
 
 
-def _experts(model: CausalLM) -> list[tuple[str, Experts]]:
-    """Each layer's experts, by the name PEFT gives their module."""
+def _expert_module(experts: str, kind: str) -> str:
+    """PEFT's name for the module whose factors adapt the experts' ``kind`` kernels: it wraps
+    a stacked-experts module once per parameter, the first listed in ``target_parameters``
+    innermost (under ``base_layer``)."""
+    return f"{experts}.base_layer" if kind == "gate_up" else experts
+
+
+def _to_peft(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> tuple[Any, Any]:
+    """Stacked factors [E, in, r], [E, r, out] as PEFT's ``lora_A`` [E·r, in], expert-major,
+    and ``lora_B`` [out, r·E], expert-minor."""
+    experts, fan_in, rank = a.shape
+    return (
+        a.transpose(0, 2, 1).reshape(experts * rank, fan_in),
+        b.transpose(2, 1, 0).reshape(b.shape[2], rank * experts),
+    )
+
+
+def _from_peft(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any], rank: int) -> tuple[Any, Any]:
+    """``_to_peft`` undone."""
+    experts = a.shape[0] // rank
+    return (
+        a.reshape(experts, rank, -1).transpose(0, 2, 1),
+        b.reshape(-1, rank, experts).transpose(2, 1, 0),
+    )
+
+
+def _per_expert(names: HFNames, layer: int, kind: str, kernels: Any) -> dict[str, Any]:
+    """Stacked [E, out, in] kernels (or deltas) of ``kind`` as each expert's, under the
+    checkpoint's names: ``gate_up`` splits into gate's rows, then up's."""
+    gate, up, down = names.expert_parts
+    if kind == "down":
+        return {names.expert(layer, e, down): k for e, k in enumerate(kernels)}
+    width = kernels.shape[1] // 2
+    out = {}
+    for e, k in enumerate(kernels):
+        out[names.expert(layer, e, gate)], out[names.expert(layer, e, up)] = k[:width], k[width:]
+    return out
+
+
+def _experts(model: CausalLM) -> list[tuple[int, str, Experts]]:
+    """Each layer's experts: its index, the name PEFT gives their module, the module."""
     names = model.cfg.family.names
     return [
-        (f"base_model.model.{names.layers}.{path[1]}.{names.stacked_experts}", node)
+        (
+            int(str(path[1])),
+            f"base_model.model.{names.layers}.{path[1]}.{names.stacked_experts}",
+            node,
+        )
         for path, node in nnx.iter_graph(model)
         if isinstance(node, Experts)
     ]
@@ -78,19 +119,14 @@ def peft_adapter_files(model: CausalLM, config: SessionConfig) -> dict[str, byte
             tensors[f"{name}.lora_B.weight"] = np.ascontiguousarray(to_host(node.lora_b[...]).T)
             targets.add(_target(model, path))
     parameters = []
-    for name, experts in _experts(model):
+    for _, name, experts in _experts(model):
         for kind, (a, b) in _expert_factors(experts).items():
             if a is None or b is None:
                 continue
-            a_host, b_host = to_host(a[...]), to_host(b[...])  # [E, in, r], [E, r, out]
-            where = f"{name}.{EXPERT_PREFIXES[kind]}"
-            e, fan_in, r = a_host.shape
-            tensors[f"{where}lora_A.weight"] = np.ascontiguousarray(
-                a_host.transpose(0, 2, 1).reshape(e * r, fan_in)
-            )
-            tensors[f"{where}lora_B.weight"] = np.ascontiguousarray(
-                b_host.transpose(2, 1, 0).reshape(b_host.shape[2], r * e)
-            )
+            peft_a, peft_b = _to_peft(to_host(a[...]), to_host(b[...]))
+            where = _expert_module(name, kind)
+            tensors[f"{where}.lora_A.weight"] = np.ascontiguousarray(peft_a)
+            tensors[f"{where}.lora_B.weight"] = np.ascontiguousarray(peft_b)
             parameters.append(f"{model.cfg.family.names.stacked_experts}.{EXPERT_PARAMETERS[kind]}")
     lora = config.lora
     adapter_config = {
@@ -132,30 +168,14 @@ def merged_weights(model: CausalLM) -> dict[str, jax.Array]:
         tensors[f"{name}.weight"] = kernel.T
         if node.bias is not None:
             tensors[f"{name}.bias"] = node.bias[...]
-    for path, experts in nnx.iter_graph(model):
-        if isinstance(experts, Experts):
-            tensors |= _merged_experts(model, int(str(path[1])), experts)
+    for layer, _, experts in _experts(model):
+        for kind, (a, b) in _expert_factors(experts).items():
+            kernel = getattr(experts, kind)[...]  # [E, in, out]
+            if a is not None and b is not None:
+                delta = jnp.einsum("eir,ero->eio", a[...], b[...]) * experts.lora_scale
+                kernel = (kernel + delta).astype(kernel.dtype)
+            tensors |= _per_expert(names, layer, kind, kernel.transpose(0, 2, 1))
     return tensors
-
-
-def _merged_experts(model: CausalLM, layer: int, experts: Experts) -> dict[str, jax.Array]:
-    """Each expert's gate, up and down kernels under the checkpoint's per-expert names."""
-    names = model.cfg.family.names
-    kernels = {}
-    for kind, (a, b) in _expert_factors(experts).items():
-        kernel = getattr(experts, kind)[...]  # [E, in, out]
-        if a is not None and b is not None:
-            delta = jnp.einsum("eir,ero->eio", a[...], b[...]) * experts.lora_scale
-            kernel = (kernel + delta).astype(kernel.dtype)
-        kernels[kind] = kernel
-    gate, up, down = names.expert_parts
-    width = kernels["down"].shape[1]
-    out = {}
-    for e in range(kernels["down"].shape[0]):
-        out[names.expert(layer, e, gate)] = kernels["gate_up"][e, :, :width].T
-        out[names.expert(layer, e, up)] = kernels["gate_up"][e, :, width:].T
-        out[names.expert(layer, e, down)] = kernels["down"][e].T
-    return out
 
 
 def merged_hf_tensors(model: CausalLM) -> dict[str, np.ndarray[Any, Any]]:
@@ -185,10 +205,10 @@ def load_peft_adapter(
         if isinstance(node, Linear) and node.lora_a is not None and node.lora_b is not None
     }
     stacked: dict[str, tuple[Any, Any]] = {}
-    for name, experts in _experts(model):
+    for _, name, experts in _experts(model):
         for kind, (a, b) in _expert_factors(experts).items():
             if a is not None and b is not None:
-                stacked[f"{name}.{EXPERT_PREFIXES[kind]}".removesuffix(".")] = (a, b)
+                stacked[_expert_module(name, kind)] = (a, b)
     wanted |= stacked
     given = {n.removesuffix(".lora_A.weight") for n in tensors if n.endswith(".lora_A.weight")}
     if given != set(wanted):
@@ -199,11 +219,8 @@ def load_peft_adapter(
             f"and has {extra[:3]} (train_attn/train_mlp/train_unembed differ?)",
         )
     for name, (lora_a, lora_b) in wanted.items():
-        a, b = tensors[f"{name}.lora_A.weight"].T, tensors[f"{name}.lora_B.weight"].T
-        if name in stacked:  # PEFT's stacked-experts layout back to [E, in, r], [E, r, out]
-            e, r = lora_a[...].shape[0], lora_a[...].shape[2]
-            a = a.T.reshape(e, r, -1).transpose(0, 2, 1)
-            b = b.T.reshape(-1, r, e).transpose(2, 1, 0)
+        a, b = tensors[f"{name}.lora_A.weight"], tensors[f"{name}.lora_B.weight"]
+        a, b = _from_peft(a, b, lora.rank) if name in stacked else (a.T, b.T)
         if a.shape != lora_a[...].shape or b.shape != lora_b[...].shape:
             raise ValidationError(
                 "load_weights", f"adapter {key!r}: {name} has shapes {a.shape}, {b.shape}"
@@ -226,13 +243,14 @@ def peft_deltas(cfg: ModelConfig, files: Mapping[str, bytes]) -> dict[str, np.nd
             continue
         module = key.removeprefix("base_model.model.").removesuffix(".lora_A.weight")
         b = lora[key.replace("lora_A", "lora_B")]
-        expert_kind = _stacked_experts_kind(module, names)
-        if expert_kind is None:
+        experts = _stacked_experts(module, names)
+        if experts is None:
             deltas[f"{module}.weight"] = (b @ a) * scale
         else:
-            layer = int(module.removeprefix(f"{names.layers}.").split(".", 1)[0])
-            rank = int(adapter_config["r"])
-            deltas |= _expert_deltas(names, layer, expert_kind, (a, b), rank, scale)
+            layer, kind = experts
+            a3, b3 = _from_peft(a, b, int(adapter_config["r"]))
+            delta = np.einsum("eir,ero->eoi", a3, b3) * scale
+            deltas |= _per_expert(names, layer, kind, delta)
     unknown = sorted(set(deltas) - set(known))
     if unknown:
         raise ValidationError(
@@ -242,37 +260,11 @@ def peft_deltas(cfg: ModelConfig, files: Mapping[str, bytes]) -> dict[str, np.nd
     return deltas
 
 
-def _stacked_experts_kind(module: str, names: HFNames) -> str | None:
-    """``gate_up`` or ``down`` where ``module`` names a layer's stacked experts as PEFT does
-    (``EXPERT_PREFIXES``), else None."""
-    for kind, prefix in EXPERT_PREFIXES.items():
-        suffix = f".{names.stacked_experts}.{prefix}".removesuffix(".")
-        if module.startswith(f"{names.layers}.") and module.endswith(suffix):
-            return kind
+def _stacked_experts(module: str, names: HFNames) -> tuple[int, str] | None:
+    """(layer, kind) where ``module`` is PEFT's name for a layer's stacked experts
+    (``_expert_module``), else None."""
+    layer, _, inner = module.removeprefix(f"{names.layers}.").partition(".")
+    for kind in EXPERT_PARAMETERS:
+        if layer.isdigit() and inner == _expert_module(names.stacked_experts, kind):
+            return int(layer), kind
     return None
-
-
-def _expert_deltas(
-    names: HFNames,
-    layer: int,
-    kind: str,
-    factors: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]],
-    rank: int,
-    scale: float,
-) -> dict[str, np.ndarray[Any, Any]]:
-    """PEFT's stacked factors (``lora_A`` [E·r, in] expert-major, ``lora_B`` [out, r·E]
-    expert-minor) as each expert's [out, in] deltas under the checkpoint's names."""
-    a, b = factors
-    experts = a.shape[0] // rank
-    a3 = a.reshape(experts, rank, -1)  # [E, r, in]
-    b3 = b.reshape(b.shape[0], rank, experts).transpose(2, 0, 1)  # [E, out, r]
-    delta = np.einsum("eor,eri->eoi", b3, a3) * scale
-    gate, up, down = names.expert_parts
-    if kind == "down":
-        return {names.expert(layer, e, down): delta[e] for e in range(experts)}
-    width = delta.shape[1] // 2  # gate's rows, then up's
-    out = {}
-    for e in range(experts):
-        out[names.expert(layer, e, gate)] = delta[e, :width]
-        out[names.expert(layer, e, up)] = delta[e, width:]
-    return out
